@@ -1,0 +1,220 @@
+"""edgeft.yaml → typed, frozen config: one section per stage, every problem reported at once.
+
+The dataclasses below are the specification: each field's default is the default edgeft uses,
+with a comment saying why where it is not obvious. Relative paths are resolved against the
+config file's directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeft.errors import ConfigError, InputError
+
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m", "q2_k")
+ONNX_TYPES = ("fp32", "int8")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str = ""  # JSONL file: alpaca rows or chat `messages` rows
+    validation: str | None = None  # explicit validation file; else split off `train`
+    val_ratio: float = 0.1
+    seed: int = 0  # the split is a deterministic function of (rows, seed)
+    system_prompt: str | None = None  # prepended to every conversation without a system turn
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    quantization: str = "none"  # "nf4": QLoRA, base loaded in 4-bit NF4 with double quant
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+    learning_rate: float = 1e-3
+    epochs: float = 3.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 8
+    gradient_accumulation: int = 1
+    max_seq_length: int = 512
+    warmup_ratio: float = 0.05
+    seed: int = 0
+    assistant_only_loss: bool = True  # loss on what the assistant says, not on the prompt
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    # float32 keeps the merged model as close to the trained one as possible; the export
+    # stage makes the smaller types.
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class GGUFConfig:
+    types: list[str] = field(default_factory=lambda: ["f16", "q8_0", "q4_k_m"])
+
+
+@dataclass(frozen=True)
+class ONNXConfig:
+    types: list[str] = field(default_factory=lambda: ["fp32", "int8"])
+    opset: int = 17
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    gguf: GGUFConfig = field(default_factory=GGUFConfig)
+    onnx: ONNXConfig = field(default_factory=ONNXConfig)
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    max_prompts: int = 8  # held-out prompts compared per artifact
+    max_new_tokens: int = 48  # greedy generation length cap per prompt
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = ""  # names dist/<name>/ and the GGUF's general.name
+    base_model: str = ""  # HF hub id, local model directory, or tiny:<size>[:<seed>]
+    workdir: str = "runs"  # stage directories go under <workdir>/<name>/
+    dist_dir: str = "dist"
+    trust_remote_code: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    source: str = ""  # the config file (set by load_config)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.source).parent if self.source else Path.cwd()
+
+    def path(self, p: str) -> Path:
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else self.root / q
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path(self.workdir) / self.name
+
+    @property
+    def dist_path(self) -> Path:
+        return self.path(self.dist_dir) / self.name
+
+    def section(self, name: str) -> dict[str, Any]:
+        return dataclasses.asdict(getattr(self, name))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _build(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
+    if not isinstance(raw, dict):
+        problems.append(f"{where or 'top level'}: expected a mapping, got {type(raw).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    kwargs = {}
+    for key, value in raw.items():
+        dotted = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), sorted(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(fields))})"
+            problems.append(f"unknown key {dotted!r}{hint}")
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value if value is not None else {}, dotted, problems)
+        elif not _type_ok(value, tp):
+            problems.append(f"{dotted}: expected {_type_name(tp)}, got {value!r}")
+        else:
+            kwargs[key] = float(value) if tp is float else value
+    return cls(**kwargs)
+
+
+def _check_values(cfg: Config, problems: list[str]) -> None:
+    def bad(cond: bool, msg: str) -> None:
+        if cond:
+            problems.append(msg)
+
+    bad(not cfg.name, "name: required (it names dist/<name>/ and the exported model)")
+    bad(bool(cfg.name) and not cfg.name.replace("-", "").replace("_", "").replace(".", "").isalnum(),
+        f"name: {cfg.name!r} may contain only letters, digits, '-', '_' and '.'")
+    bad(not cfg.base_model, "base_model: required (HF id, model directory or tiny:<size>)")
+    bad(not cfg.data.train, "data.train: required (a JSONL file of examples)")
+    bad(not 0 < cfg.data.val_ratio < 1, f"data.val_ratio: {cfg.data.val_ratio} must be in (0, 1)")
+    bad(cfg.train.quantization not in ("none", "nf4"),
+        f"train.quantization: {cfg.train.quantization!r} must be 'none' or 'nf4'")
+    bad(cfg.train.lora_r < 1, "train.lora_r: must be at least 1")
+    bad(cfg.train.learning_rate <= 0, "train.learning_rate: must be positive")
+    bad(cfg.train.batch_size < 1, "train.batch_size: must be at least 1")
+    bad(cfg.merge.dtype not in ("float32", "float16", "bfloat16"),
+        f"merge.dtype: {cfg.merge.dtype!r} must be float32, float16 or bfloat16")
+    for t in cfg.export.gguf.types:
+        bad(t not in GGUF_TYPES, f"export.gguf.types: {t!r} is not one of {', '.join(GGUF_TYPES)}")
+    for t in cfg.export.onnx.types:
+        bad(t not in ONNX_TYPES, f"export.onnx.types: {t!r} is not one of {', '.join(ONNX_TYPES)}")
+    bad(cfg.verify.max_prompts < 1, "verify.max_prompts: must be at least 1")
+
+
+def parse_config(raw: Any, source: str = "") -> Config:
+    problems: list[str] = []
+    cfg = _build(Config, raw if raw is not None else {}, "", problems)
+    if not problems:
+        _check_values(cfg, problems)
+    if problems:
+        raise ConfigError(problems, source or None)
+    return dataclasses.replace(cfg, source=source)
+
+
+def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and validate a YAML config; `overrides` are dotted keys (`train.max_steps`)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"not valid YAML ({getattr(e, 'problem', e)})", f"{path}{line}") from None
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return parse_config(raw, str(path.resolve()))

@@ -1,0 +1,156 @@
+"""Export the merged model to GGUF with llama.cpp's own converter and quantizer.
+
+Consumes a `merge` stage; produces an `export-gguf` stage with one `<name>-<type>.gguf` per
+configured type. The HF model is converted once to f32 by the vendored `convert_hf_to_gguf.py`
+(the same llama.cpp version llama-cpp-python was built from), then each type is made from that
+with `llama_model_quantize`. Per file the manifest records size, bits per weight and the
+tensors llama.cpp had to give another type (it reports success either way).
+
+    edgeft export gguf -c examples/nl2sql/edgeft.yaml
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgeft.base import plain_template
+from edgeft.config import Config
+from edgeft.errors import InputError, ToolError
+from edgeft.manifest import Stage, StageWriter, hash_json, read_stage
+from edgeft.paths import vendor_dir
+
+log = logging.getLogger(__name__)
+
+# edgeft type name → llama.cpp's llama_ftype constant name.
+FTYPES = {
+    "f32": "LLAMA_FTYPE_ALL_F32",
+    "f16": "LLAMA_FTYPE_MOSTLY_F16",
+    "bf16": "LLAMA_FTYPE_MOSTLY_BF16",
+    "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
+    "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+    "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+    "q3_k_m": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
+    "q2_k": "LLAMA_FTYPE_MOSTLY_Q2_K",
+}
+
+_FALLBACK = re.compile(
+    r"warning:\s+(?P<tensor>\S+)\s+-\s+ncols\s+(?P<ncols>\d+)\s+not divisible by\s+(?P<block>\d+)"
+    r"\s+\(required for type\s+(?P<wanted>\S+)\).*?falling back to\s+(?P<used>\S+)"
+)
+
+
+def _stage_for_conversion(model_dir: Path, work: Path) -> Path:
+    """A view of the merged model whose chat template plain Jinja can render."""
+    staged = work / "hf"
+    staged.mkdir()
+    for f in model_dir.iterdir():
+        if f.name not in ("tokenizer_config.json", "chat_template.jinja"):
+            (staged / f.name).symlink_to(f.resolve())
+    tc = json.loads((model_dir / "tokenizer_config.json").read_text())
+    if "chat_template" in tc and isinstance(tc["chat_template"], str):
+        tc["chat_template"] = plain_template(tc["chat_template"])
+    (staged / "tokenizer_config.json").write_text(json.dumps(tc, indent=2))
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.exists():
+        (staged / "chat_template.jinja").write_text(plain_template(jinja.read_text()))
+    return staged
+
+
+def convert_hf(model_dir: Path, outfile: Path, name: str, outtype: str = "f32") -> None:
+    """Run llama.cpp's converter (from vendor/) on an HF model directory."""
+    script = vendor_dir() / "convert_hf_to_gguf.py"
+    if not script.is_file():
+        raise InputError(f"{script}: llama.cpp's converter is missing; run scripts/setup.sh "
+                         f"(it unpacks it from the pinned llama-cpp-python source package)")
+    with tempfile.TemporaryDirectory() as work:
+        staged = _stage_for_conversion(Path(model_dir), Path(work))
+        cmd = [sys.executable, str(script), str(staged), "--outfile", str(outfile),
+               "--outtype", outtype, "--model-name", name]
+        env = {**os.environ, "NO_LOCAL_GGUF": "1"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0 or not outfile.is_file():
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
+        raise ToolError(f"convert_hf_to_gguf.py failed on {model_dir} (exit {proc.returncode}):\n{tail}")
+
+
+def quantize(src: Path, dst: Path, gguf_type: str, threads: int = 0) -> list[dict[str, Any]]:
+    """`llama_model_quantize` src → dst; return the tensors that fell back to another type."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, FTYPES[gguf_type])
+    params.nthread = threads
+    # llama-cpp-python forwards llama.cpp's log to sys.stderr when its logger allows it; the
+    # fallback warnings are only reported there.
+    logger = logging.getLogger("llama-cpp-python")
+    old_level = logger.level
+    logger.setLevel(logging.WARNING)
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf):
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    finally:
+        logger.setLevel(old_level)
+    if rc != 0 or not dst.is_file():
+        raise ToolError(f"llama_model_quantize {src.name} → {gguf_type} failed (code {rc}):\n"
+                        + "\n".join(buf.getvalue().strip().splitlines()[-5:]))
+    return [
+        {"tensor": m["tensor"], "ncols": int(m["ncols"]), "block": int(m["block"]),
+         "wanted": m["wanted"], "used": m["used"]}
+        for m in _FALLBACK.finditer(buf.getvalue())
+    ]
+
+
+def gguf_summary(path: Path) -> dict[str, Any]:
+    """Parameter count and bits per weight of a GGUF file, read with gguf's reader."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    params = sum(int(t.n_elements) for t in reader.tensors)
+    data_bytes = sum(int(t.n_bytes) for t in reader.tensors)
+    return {"parameters": params, "bits_per_weight": round(8 * data_bytes / max(params, 1), 3)}
+
+
+def export_gguf(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None = None,
+                *, force: bool = False) -> Stage:
+    """Convert and quantize the merged model to every configured GGUF type."""
+    merged = read_stage(merge_dir or cfg.run_dir / "merge", "merge")
+    out_dir = Path(out_dir) if out_dir else cfg.run_dir / "export-gguf"
+    model_dir = merged.file(merged.artifact("model")["path"])
+    types = list(dict.fromkeys(cfg.export.gguf.types))
+    with StageWriter(out_dir, "export-gguf", config=cfg.to_dict(),
+                     inputs_hash=hash_json([merged.inputs_hash, cfg.export.gguf.types]),
+                     parent=str(merged.path), base_model=cfg.base_model, force=force) as w:
+        f32 = w.tmp / f"{cfg.name}-f32.gguf"
+        log.info("converting %s to GGUF with llama.cpp's converter", model_dir)
+        convert_hf(model_dir, f32, cfg.name)
+        for t in types:
+            if t == "f32":
+                fallbacks: list[dict[str, Any]] = []
+                continue
+            out = w.tmp / f"{cfg.name}-{t}.gguf"
+            log.info("quantizing to %s", t)
+            fallbacks = quantize(f32, out, t)
+            w.add_artifact(f"gguf-{t}", out.name, "gguf", type=t, runtime="llama.cpp",
+                           fallback_tensors=len(fallbacks), fallbacks=fallbacks, **gguf_summary(out))
+        if "f32" in types:
+            w.add_artifact("gguf-f32", f32.name, "gguf", type="f32", runtime="llama.cpp",
+                           fallback_tensors=0, fallbacks=[], **gguf_summary(f32))
+        else:
+            f32.unlink()
+        stage = w.publish()
+    log.info("GGUF files written to %s", stage.path)
+    return stage
+

@@ -1,0 +1,98 @@
+"""Export the merged model to ONNX with optimum (KV cache), and quantize with ONNX Runtime.
+
+Consumes a `merge` stage; produces an `export-onnx` stage with one folder per type
+(`onnx-fp32/`, `onnx-int8/`), each holding `model.onnx` (+ external data when large), the
+tokenizer files and the configs, i.e. what ONNX Runtime Java + a tokenizer library need.
+fp32 is optimum's `text-generation-with-past` export; int8 is ONNX Runtime's dynamic
+quantization of it. Input/output names are recorded in the manifest.
+
+    edgeft export onnx -c examples/nl2sql/edgeft.yaml
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgeft.config import Config
+from edgeft.errors import ToolError
+from edgeft.manifest import Stage, StageWriter, hash_json, read_stage
+
+log = logging.getLogger(__name__)
+
+
+def io_names(model_path: Path) -> dict[str, Any]:
+    """Input/output names, element types and shapes, as an ONNX Runtime consumer sees them."""
+    import onnx
+
+    m = onnx.load(str(model_path), load_external_data=False)
+
+    def desc(values) -> list[dict[str, Any]]:
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+            out.append({"name": v.name, "type": onnx.TensorProto.DataType.Name(t.elem_type).lower(),
+                        "shape": dims})
+        return out
+
+    return {"opset": max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")),
+            "inputs": desc(m.graph.input), "outputs": desc(m.graph.output)}
+
+
+def _export_fp32(model_dir: Path, out: Path, opset: int) -> None:
+    from optimum.exporters.onnx import main_export
+
+    # optimum prints its progress to stdout, which carries edgeft's data: send it to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            main_export(str(model_dir), output=str(out), task="text-generation-with-past",
+                        opset=opset, device="cpu", do_validation=False, no_post_process=False)
+        except Exception as e:  # optimum raises many kinds; all mean "this export failed"
+            raise ToolError(f"optimum ONNX export of {model_dir} failed: {e}") from e
+
+
+def _quantize_int8(src_dir: Path, dst_dir: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    shutil.copytree(src_dir, dst_dir, ignore=shutil.ignore_patterns("model.onnx", "model.onnx_data"))
+    # Dynamic (weight-only int8, activations quantized at run time): needs no calibration data
+    # and is what ONNX Runtime's CPU provider runs fastest for transformer MatMuls.
+    quantize_dynamic(str(src_dir / "model.onnx"), str(dst_dir / "model.onnx"),
+                     weight_type=QuantType.QInt8, per_channel=True)
+
+
+def export_onnx(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None = None,
+                *, force: bool = False) -> Stage:
+    """Export the merged model to every configured ONNX type."""
+    merged = read_stage(merge_dir or cfg.run_dir / "merge", "merge")
+    out_dir = Path(out_dir) if out_dir else cfg.run_dir / "export-onnx"
+    model_dir = merged.file(merged.artifact("model")["path"])
+    types = list(dict.fromkeys(cfg.export.onnx.types))
+    with StageWriter(out_dir, "export-onnx", config=cfg.to_dict(),
+                     inputs_hash=hash_json([merged.inputs_hash, cfg.section("export")["onnx"]]),
+                     parent=str(merged.path), base_model=cfg.base_model, force=force) as w:
+        fp32 = w.tmp / "onnx-fp32"
+        log.info("exporting %s to ONNX (text-generation-with-past)", model_dir)
+        _export_fp32(model_dir, fp32, cfg.export.onnx.opset)
+        # The tokenizer's template keeps its {% generation %} markers: the HF tokenizers that
+        # read these folders understand them.
+        for t in types:
+            folder = w.tmp / f"onnx-{t}"
+            if t == "int8":
+                log.info("quantizing ONNX to int8 (dynamic)")
+                _quantize_int8(fp32, folder)
+            w.add_artifact(f"onnx-{t}", folder.name, "onnx", type=t, runtime="onnxruntime",
+                           model_file="model.onnx", **io_names(folder / "model.onnx"))
+        if "fp32" not in types:
+            shutil.rmtree(fp32)
+        stage = w.publish()
+    log.info("ONNX models written to %s", stage.path)
+    return stage
+
+

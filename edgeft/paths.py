@@ -1,0 +1,17 @@
+"""Where edgeft keeps its cache (tiny models, built wheels): EDGEFT_CACHE or ~/.cache/edgeft."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EDGEFT_CACHE", Path.home() / ".cache" / "edgeft"))
+
+
+def vendor_dir() -> Path:
+    """llama.cpp's conversion code, unpacked by set-up (EDGEFT_VENDOR overrides)."""
+    return Path(os.environ.get("EDGEFT_VENDOR", REPO_ROOT / "vendor" / "llama.cpp"))
