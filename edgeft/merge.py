@@ -22,6 +22,10 @@ from edgeft.manifest import Stage, StageWriter, hash_json, read_stage
 log = logging.getLogger(__name__)
 
 
+def inputs_hash(cfg: Config, train: Stage) -> str:
+    return hash_json([train.inputs_hash, cfg.section("merge")])
+
+
 def merge_adapter(cfg: Config, train_dir: Path | None = None, out_dir: Path | None = None,
                   *, force: bool = False) -> Stage:
     """Merge the train stage's adapter into the base; return the published merge stage."""
@@ -35,7 +39,7 @@ def merge_adapter(cfg: Config, train_dir: Path | None = None, out_dir: Path | No
     adapter_dir = train.file(train.artifact("adapter")["path"])
     dtype = getattr(torch, cfg.merge.dtype)
     with StageWriter(out_dir, "merge", config=cfg.to_dict(),
-                     inputs_hash=hash_json([train.inputs_hash, cfg.section("merge")]),
+                     inputs_hash=inputs_hash(cfg, train),
                      parent=str(train.path), base_model=cfg.base_model, force=force) as w:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype,
                                                      trust_remote_code=cfg.trust_remote_code)

@@ -123,6 +123,10 @@ def gguf_summary(path: Path) -> dict[str, Any]:
     return {"parameters": params, "bits_per_weight": round(8 * data_bytes / max(params, 1), 3)}
 
 
+def inputs_hash(cfg: Config, merged: Stage) -> str:
+    return hash_json([merged.inputs_hash, cfg.export.gguf.types])
+
+
 def export_gguf(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None = None,
                 *, force: bool = False) -> Stage:
     """Convert and quantize the merged model to every configured GGUF type."""
@@ -131,7 +135,7 @@ def export_gguf(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None
     model_dir = merged.file(merged.artifact("model")["path"])
     types = list(dict.fromkeys(cfg.export.gguf.types))
     with StageWriter(out_dir, "export-gguf", config=cfg.to_dict(),
-                     inputs_hash=hash_json([merged.inputs_hash, cfg.export.gguf.types]),
+                     inputs_hash=inputs_hash(cfg, merged),
                      parent=str(merged.path), base_model=cfg.base_model, force=force) as w:
         f32 = w.tmp / f"{cfg.name}-f32.gguf"
         log.info("converting %s to GGUF with llama.cpp's converter", model_dir)

@@ -12,7 +12,6 @@ quantization of it. Input/output names are recorded in the manifest.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import shutil
 import sys
@@ -67,6 +66,10 @@ def _quantize_int8(src_dir: Path, dst_dir: Path) -> None:
                      weight_type=QuantType.QInt8, per_channel=True)
 
 
+def inputs_hash(cfg: Config, merged: Stage) -> str:
+    return hash_json([merged.inputs_hash, cfg.section("export")["onnx"]])
+
+
 def export_onnx(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None = None,
                 *, force: bool = False) -> Stage:
     """Export the merged model to every configured ONNX type."""
@@ -75,7 +78,7 @@ def export_onnx(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None
     model_dir = merged.file(merged.artifact("model")["path"])
     types = list(dict.fromkeys(cfg.export.onnx.types))
     with StageWriter(out_dir, "export-onnx", config=cfg.to_dict(),
-                     inputs_hash=hash_json([merged.inputs_hash, cfg.section("export")["onnx"]]),
+                     inputs_hash=inputs_hash(cfg, merged),
                      parent=str(merged.path), base_model=cfg.base_model, force=force) as w:
         fp32 = w.tmp / "onnx-fp32"
         log.info("exporting %s to ONNX (text-generation-with-past)", model_dir)

@@ -1,0 +1,67 @@
+"""One interface over the runtimes a consumer loads an artifact in: HF transformers, llama.cpp, ONNX Runtime.
+
+verify (and later evaluate) loop over `Runtime`s without knowing which is which. Every
+runtime uses the artifact's *own* tokenizer, chat template and stop tokens, never the
+reference's: that is what a consumer gets, so that is what must be checked.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Messages = list[dict[str, str]]
+
+
+class Runtime(ABC):
+    name: str = "runtime"
+
+    @abstractmethod
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """Token ids; `add_special` adds BOS as the model's tokenizer config says."""
+
+    @abstractmethod
+    def chat_prompt(self, messages: Messages) -> str:
+        """The prompt for `messages` (with the generation prompt) from the artifact's template."""
+
+    @abstractmethod
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """Next-token logits at every position of `ids`, shape [len(ids), vocab], float32."""
+
+    @abstractmethod
+    def generate(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], bool]:
+        """Greedy continuation of `ids`: (new tokens without the stop token, stopped at a stop token)."""
+
+    @abstractmethod
+    def special_tokens(self) -> dict[str, Any]:
+        """{"bos": id|None, "eos": id|None, "stop": sorted ids that end generation}."""
+
+    def close(self) -> None:  # noqa: B027 - optional for runtimes holding no native resources
+        pass
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_runtime(artifact: dict[str, Any], stage_dir: Path) -> Runtime:
+    """The runtime a consumer would use for a manifest artifact entry."""
+    path = Path(stage_dir) / artifact["path"]
+    if artifact["format"] == "gguf":
+        from edgeft.runtimes.llamacpp import LlamaCppRuntime
+
+        return LlamaCppRuntime(path)
+    if artifact["format"] == "onnx":
+        from edgeft.runtimes.onnx import OnnxRuntime
+
+        return OnnxRuntime(path, artifact.get("model_file", "model.onnx"))
+    if artifact["format"] == "hf-safetensors":
+        from edgeft.runtimes.hf import HFRuntime
+
+        return HFRuntime(path)
+    raise ValueError(f"no runtime for artifact format {artifact['format']!r}")

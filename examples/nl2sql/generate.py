@@ -50,7 +50,7 @@ def row(rng: random.Random) -> tuple[str, str]:
         return f"Show the highest salary in {c}.", \
             f"SELECT MAX(salary) FROM employees WHERE city = '{c}';"
     if k == 9:
-        return f"Count the employees in each department.", \
+        return "Count the employees in each department.", \
             "SELECT department, COUNT(*) FROM employees GROUP BY department;"
     if k == 10:
         return f"List employees in {c} ordered by salary, highest first.", \

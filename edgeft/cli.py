@@ -1,0 +1,285 @@
+"""The edgeft command line: thin Click commands over the stage functions.
+
+Each command parses its options, calls one stage function, and prints the directory it made
+on stdout; logs and progress go to stderr. An `EdgeftError` becomes `Error: <message>` on
+stderr with its exit code (see edgeft/errors.py and the README).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgeft import __version__
+from edgeft.errors import EdgeftError
+
+CONFIG_OPTION = click.option(
+    "-c", "--config", "config_path", required=True, type=click.Path(path_type=Path),
+    help="edgeft.yaml: a section per stage (see the README's config reference).",
+)
+FORCE_OPTION = click.option("--force", is_flag=True, help="Replace an existing output directory.")
+SET_OPTION = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="Override a config key, e.g. --set train.max_steps=10 (YAML value syntax).",
+)
+
+
+class EdgeftGroup(click.Group):
+    """Turns EdgeftError into `Error: ...` + its exit code, everywhere below the root."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgeftError as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(e.exit_code)
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    # edgeft's own log at `level`; libraries (ONNX Runtime's quantizer, datasets, …) are chatty
+    # at INFO, so theirs only from WARNING unless -v.
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="edgeft: %(message)s", stream=sys.stderr, force=True)
+    logging.getLogger("edgeft").setLevel(level)
+    if quiet:
+        os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def _load(config_path: Path, overrides: tuple[str, ...] = ()):
+    import yaml
+
+    from edgeft.config import load_config
+    from edgeft.errors import ConfigError
+
+    parsed: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        parsed[key.strip()] = yaml.safe_load(value)
+    return load_config(config_path, parsed)
+
+
+@click.group(cls=EdgeftGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgeft")
+@click.option("-v", "--verbose", count=True, help="More log output.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+def cli(verbose: int, quiet: bool) -> None:
+    """Fine-tune a base LLM on your examples and ship verified GGUF and ONNX artifacts.
+
+    \b
+    edgeft build -c examples/nl2sql/edgeft.yaml     # everything, from one config
+    edgeft data check data/train.jsonl              # validate examples first
+    """
+    _setup_logging(verbose, quiet)
+
+
+@cli.command()
+@CONFIG_OPTION
+@FORCE_OPTION
+@SET_OPTION
+def build(config_path: Path, force: bool, overrides: tuple[str, ...]) -> None:
+    """Run train → merge → export → verify → package; print the dist directory.
+
+    Stages whose inputs are unchanged since the last build are reused (--force re-runs all).
+
+    \b
+    edgeft build -c examples/nl2sql/edgeft.yaml
+    """
+    from edgeft.build import build as run_build
+
+    cfg = _load(config_path, overrides)
+
+    def on_stage(name: str, state: str) -> None:
+        click.echo(f"edgeft: [{name}] {state}", err=True)
+
+    result = run_build(cfg, force=force, on_stage=on_stage)
+    click.echo(f"edgeft: ran {', '.join(result.ran) or 'nothing'}; reused {', '.join(result.reused) or 'nothing'}",
+               err=True)
+    click.echo(str(result.dist))
+
+
+@cli.group()
+def data() -> None:
+    """Inspect and validate training examples."""
+
+
+@data.command("check")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--val-ratio", default=0.1, show_default=True, help="Validation share of the split.")
+@click.option("--seed", default=0, show_default=True, help="Split seed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def data_check(file: Path, val_ratio: float, seed: int, as_json: bool) -> None:
+    """Validate a JSONL file of alpaca or chat rows; report malformed rows as FILE:LINE.
+
+    Exits 4 when any row is unusable or fewer than 10 rows are usable.
+
+    \b
+    edgeft data check examples/nl2sql/data/nl2sql.jsonl
+    """
+    from edgeft.data import load_examples, require_usable, split
+
+    report = load_examples(file)
+    train, val = split(report.examples, val_ratio, seed) if report.examples else ([], [])
+    summary = report.to_dict() | {"train_rows": len(train), "validation_rows": len(val)}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        for p in report.problems:
+            click.echo(p, err=True)
+        fmts = ", ".join(f"{n} {k}" for k, n in report.formats.items()) or "none"
+        click.echo(f"{file}: {len(report.examples)} usable rows ({fmts}), {len(report.problems)} malformed; "
+                   f"split {len(train)} train / {len(val)} validation (seed {seed})")
+    require_usable(report)
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--out", type=click.Path(path_type=Path), help="Output directory [<workdir>/<name>/train].")
+@FORCE_OPTION
+@SET_OPTION
+def train(config_path: Path, out: Path | None, force: bool, overrides: tuple[str, ...]) -> None:
+    """Train a LoRA adapter (QLoRA with train.quantization: nf4) on the config's data.
+
+    \b
+    edgeft train -c examples/nl2sql/edgeft.yaml --set train.max_steps=20
+    """
+    from edgeft.train import train_adapter
+
+    stage = train_adapter(_load(config_path, overrides), out, force=force)
+    m = stage.metrics
+    click.echo(f"edgeft: validation loss {m['base_val_loss']} (base) → {m['val_loss']}", err=True)
+    click.echo(str(stage.path))
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--train-dir", type=click.Path(path_type=Path), help="Train stage [<workdir>/<name>/train].")
+@click.option("--out", type=click.Path(path_type=Path), help="Output directory [<workdir>/<name>/merge].")
+@FORCE_OPTION
+def merge(config_path: Path, train_dir: Path | None, out: Path | None, force: bool) -> None:
+    """Merge the adapter into the full-precision base model.
+
+    \b
+    edgeft merge -c examples/nl2sql/edgeft.yaml
+    """
+    from edgeft.merge import merge_adapter
+
+    click.echo(str(merge_adapter(_load(config_path), train_dir, out, force=force).path))
+
+
+@cli.group()
+def export() -> None:
+    """Export the merged model to edge formats."""
+
+
+@export.command("gguf")
+@CONFIG_OPTION
+@click.option("--merge-dir", type=click.Path(path_type=Path), help="Merge stage [<workdir>/<name>/merge].")
+@click.option("--out", type=click.Path(path_type=Path), help="Output directory [<workdir>/<name>/export-gguf].")
+@FORCE_OPTION
+@SET_OPTION
+def export_gguf_cmd(config_path: Path, merge_dir: Path | None, out: Path | None, force: bool,
+                    overrides: tuple[str, ...]) -> None:
+    """Convert with llama.cpp's converter and quantize (export.gguf.types).
+
+    \b
+    edgeft export gguf -c examples/nl2sql/edgeft.yaml --set 'export.gguf.types=[q4_k_m]'
+    """
+    from edgeft.export.gguf import export_gguf
+
+    click.echo(str(export_gguf(_load(config_path, overrides), merge_dir, out, force=force).path))
+
+
+@export.command("onnx")
+@CONFIG_OPTION
+@click.option("--merge-dir", type=click.Path(path_type=Path), help="Merge stage [<workdir>/<name>/merge].")
+@click.option("--out", type=click.Path(path_type=Path), help="Output directory [<workdir>/<name>/export-onnx].")
+@FORCE_OPTION
+@SET_OPTION
+def export_onnx_cmd(config_path: Path, merge_dir: Path | None, out: Path | None, force: bool,
+                    overrides: tuple[str, ...]) -> None:
+    """Export with optimum (KV cache) and quantize with ONNX Runtime (export.onnx.types).
+
+    \b
+    edgeft export onnx -c examples/nl2sql/edgeft.yaml
+    """
+    from edgeft.export.onnx import export_onnx
+
+    click.echo(str(export_onnx(_load(config_path, overrides), merge_dir, out, force=force).path))
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--merge-dir", type=click.Path(path_type=Path), help="Reference [<workdir>/<name>/merge].")
+@click.option("--export-dir", "export_dirs", multiple=True, type=click.Path(path_type=Path),
+              help="Export stage to check (repeatable) [the config's export stages].")
+@click.option("--out", type=click.Path(path_type=Path), help="Report directory [<workdir>/<name>/verify].")
+@click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
+def verify(config_path: Path, merge_dir: Path | None, export_dirs: tuple[Path, ...], out: Path | None,
+           as_json: bool) -> None:
+    """Compare every exported artifact with the merged model; exit 7 if any check fails.
+
+    \b
+    edgeft verify -c examples/nl2sql/edgeft.yaml
+    """
+    from edgeft.errors import VerifyFailed
+    from edgeft.verify import verify_artifacts
+
+    cfg = _load(config_path)
+    out_dir = out or cfg.run_dir / "verify"
+    try:
+        stage = verify_artifacts(cfg, merge_dir, list(export_dirs) or None, out_dir)
+    except VerifyFailed:
+        if as_json and (out_dir / "report.json").is_file():
+            click.echo((out_dir / "report.json").read_text())
+        raise
+    click.echo(stage.file("report.json").read_text() if as_json else str(stage.path))
+
+
+@cli.command()
+@CONFIG_OPTION
+def package(config_path: Path) -> None:
+    """Assemble dist/<name>/ (artifacts, verify report, model card, manifest.json).
+
+    \b
+    edgeft package -c examples/nl2sql/edgeft.yaml
+    """
+    from edgeft.package import package_dist
+
+    click.echo(str(package_dist(_load(config_path)).path))
+
+
+@cli.command("tiny-model")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--size", type=click.Choice(["micro", "small"]), default="micro", show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Same seed, same files.")
+@FORCE_OPTION
+def tiny_model(out: Path, size: str, seed: int, force: bool) -> None:
+    """Build a small pre-trained Llama model directory (no hub needed).
+
+    \b
+    edgeft tiny-model models/tiny-small --size small --seed 0
+    """
+    from edgeft.tiny import build_tiny_model
+
+    def progress(step: int, total: int, loss: float) -> None:
+        if step % 50 == 0 or step == total:
+            click.echo(f"edgeft: pre-training step {step}/{total}, loss {loss:.3f}", err=True)
+
+    click.echo(str(build_tiny_model(out, size, seed, force=force, progress=progress)))
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

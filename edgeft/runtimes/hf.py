@@ -1,0 +1,63 @@
+"""HF transformers runtime (fp32 on CPU): the reference the parity gate compares against."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeft.runtimes import Messages, Runtime
+
+
+def stop_ids_from(generation_config: Any, tokenizer: Any) -> list[int]:
+    eos = getattr(generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    return sorted({int(i) for i in ids if i is not None})
+
+
+class HFRuntime(Runtime):
+    name = "transformers"
+
+    def __init__(self, model_dir: Path | str, dtype: str = "float32", trust_remote_code: bool = False):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+        ).eval()
+        self._stop = stop_ids_from(self.model.generation_config, self.tokenizer)
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+    def chat_prompt(self, messages: Messages) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            out = self.model(torch.tensor([ids]))
+        return out.logits[0].float().numpy()
+
+    def generate(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], bool]:
+        import torch
+
+        with torch.no_grad():
+            out = self.model.generate(
+                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self._stop,
+                pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
+                else self._stop[0],
+            )
+        new = out[0, len(ids):].tolist()
+        if new and new[-1] in self._stop:
+            return new[:-1], True
+        return new, False
+
+    def special_tokens(self) -> dict[str, Any]:
+        return {"bos": self.tokenizer.bos_token_id, "eos": self.tokenizer.eos_token_id, "stop": self._stop}

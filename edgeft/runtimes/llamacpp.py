@@ -1,0 +1,109 @@
+"""llama.cpp runtime through llama-cpp-python: what a GGUF consumer (C, JNA, Python) runs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeft.runtimes import Messages, Runtime
+
+
+@contextlib.contextmanager
+def _no_weight_repacking() -> Iterator[None]:
+    """Load with llama.cpp's extra CPU buffer types (weight repacking, AMX) turned off.
+
+    On CPUs with AMX (Sapphire Rapids and later, as the machines edgeft is tested on) the AMX
+    matmul path segfaults on q8_0/q4_k_m models with small dimensions (llama.cpp issue 20824,
+    open). llama-cpp-python's `Llama` does not expose `use_extra_bufts`, so the default-params
+    factory it calls is wrapped while the model loads. EDGEFT_LLAMA_REPACK=1 keeps repacking.
+    """
+    import llama_cpp.llama as high_level
+
+    low = high_level.llama_cpp
+    original = low.llama_model_default_params
+    if os.environ.get("EDGEFT_LLAMA_REPACK") == "1":
+        yield
+        return
+
+    def params():  # type: ignore[no-untyped-def]
+        p = original()
+        p.use_extra_bufts = False
+        return p
+
+    low.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = original
+
+
+class LlamaCppRuntime(Runtime):
+    name = "llama.cpp"
+
+    def __init__(self, path: Path | str, n_ctx: int = 1024):
+        import llama_cpp
+
+        self._lib = llama_cpp
+        with _no_weight_repacking():
+            self.llm = llama_cpp.Llama(
+                model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False,
+                n_threads=os.cpu_count() or 1, seed=0,
+            )
+        self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        meta = self.llm.metadata
+        self.template = meta.get("tokenizer.chat_template")
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        # special=True: special-token text is parsed as the token, as HF tokenizers do.
+        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True))
+
+    def chat_prompt(self, messages: Messages) -> str:
+        """Render with the template stored in the GGUF, the way llama-cpp-python's chat API does."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        if not self.template:
+            raise LookupError("the GGUF has no tokenizer.chat_template")
+        model = self.llm._model
+        eos, bos = self.llm.token_eos(), self.llm.token_bos()
+        fmt = Jinja2ChatFormatter(
+            template=self.template,
+            eos_token=model.token_get_text(eos) if eos != -1 else "",
+            bos_token=model.token_get_text(bos) if bos != -1 else "",
+        )
+        return fmt(messages=messages).prompt
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        self.llm.reset()
+        self.llm.eval(ids)
+        return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
+
+    def is_stop(self, token: int) -> bool:
+        return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
+
+    def generate(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], bool]:
+        self.llm.reset()
+        out: list[int] = []
+        for tok in self.llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+            if self.is_stop(tok):
+                return out, True
+            out.append(tok)
+            if len(out) >= max_new_tokens or len(ids) + len(out) >= self.llm.n_ctx():
+                break
+        return out, False
+
+    def special_tokens(self) -> dict[str, Any]:
+        n = self._lib.llama_vocab_n_tokens(self._vocab)
+        stop = [t for t in range(n) if self.is_stop(t)]
+        bos, eos = self.llm.token_bos(), self.llm.token_eos()
+        return {"bos": bos if bos != -1 else None, "eos": eos if eos != -1 else None, "stop": stop}
+
+    def close(self) -> None:
+        # Closed explicitly: left to the interpreter's exit, llama.cpp's teardown errors out.
+        if getattr(self, "llm", None) is not None:
+            self.llm.close()
+            self.llm = None
