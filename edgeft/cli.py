@@ -48,6 +48,9 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="edgeft: %(message)s", stream=sys.stderr, force=True)
     logging.getLogger("edgeft").setLevel(level)
+    # bitsandbytes warns at import that it cannot fetch an optional CPU kernel from a hub; its
+    # built-in CPU path is used instead, so the warning says nothing a user can act on.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     if quiet:
         os.environ.setdefault("TQDM_DISABLE", "1")
 

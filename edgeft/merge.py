@@ -29,11 +29,11 @@ def inputs_hash(cfg: Config, train: Stage) -> str:
 def merge_adapter(cfg: Config, train_dir: Path | None = None, out_dir: Path | None = None,
                   *, force: bool = False) -> Stage:
     """Merge the train stage's adapter into the base; return the published merge stage."""
+    train = read_stage(train_dir or cfg.run_dir / "train", "train")
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    train = read_stage(train_dir or cfg.run_dir / "train", "train")
     out_dir = Path(out_dir) if out_dir else cfg.run_dir / "merge"
     base = train.data.get("resolved_base") or resolve_base(cfg.base_model, cfg.root)
     adapter_dir = train.file(train.artifact("adapter")["path"])

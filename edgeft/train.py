@@ -55,6 +55,15 @@ def _load_model(base: str, quantization: str, trust_remote_code: bool):
     return AutoModelForCausalLM.from_pretrained(base, **kwargs)
 
 
+def _describe_weights(model) -> dict[str, Any]:
+    """How the base's linear layers are held in memory (proof that QLoRA really ran in 4-bit)."""
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        if type(module).__name__ in ("Linear", "Linear4bit", "Linear8bitLt"):
+            counts[type(module).__name__] = counts.get(type(module).__name__, 0) + 1
+    return {"dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "layers": counts}
+
+
 def train_adapter(cfg: Config, out_dir: Path | None = None, *, force: bool = False) -> Stage:
     """Fine-tune a LoRA adapter on the config's data; return the published train stage."""
     import torch
@@ -78,6 +87,7 @@ def train_adapter(cfg: Config, out_dir: Path | None = None, *, force: bool = Fal
         train_ds = Dataset.from_list([{"messages": e.messages} for e in train_rows])
         val_ds = Dataset.from_list([{"messages": e.messages} for e in val_rows])
         model = _load_model(base, t.quantization, cfg.trust_remote_code)
+        w.extra["base_loaded_as"] = _describe_weights(model)
         peft_config = LoraConfig(
             r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
             target_modules=t.target_modules, task_type="CAUSAL_LM",

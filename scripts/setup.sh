@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Set up edgeft on this machine: a virtual environment with torch==2.13.0 installed first, the
+# pinned stack, llama-cpp-python compiled once (the wheel is cached, later set-ups skip the
+# ~6 minute compile), and llama.cpp's conversion code unpacked from the *same* pinned source
+# package into vendor/llama.cpp (its gguf-py is what gets installed as `gguf`).
+#
+#   scripts/setup.sh            # idempotent: re-running only checks what is already there
+#
+# Environment: PYTHON (interpreter, default python3.11 or python3), EDGEFT_VENV (default .venv),
+# EDGEFT_CACHE (default ~/.cache/edgeft: source package, built wheel, tiny models).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
+VENV=${EDGEFT_VENV:-.venv}
+CACHE=${EDGEFT_CACHE:-$HOME/.cache/edgeft}
+PKG_VERSION=$(sed -n 's/^llama-cpp-python==//p' vendor/PIN)
+PKG_SHA256=$(sed -n 's/^sha256=//p' vendor/PIN)
+SDIST="$CACHE/sdist/llama_cpp_python-$PKG_VERSION.tar.gz"
+say() { echo "setup: $*" >&2; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating $VENV with $PY"
+  "$PY" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+
+# torch first and exactly: any other spec pulls several GB of CUDA packages on a CPU machine.
+if ! "$VENV/bin/python" -c 'import torch, sys; sys.exit(not torch.__version__.startswith("2.13.0"))' 2>/dev/null; then
+  say "installing torch==2.13.0"
+  "${PIP[@]}" install torch==2.13.0
+fi
+
+# The pinned llama-cpp-python source package: compiled into the runtime, and the converter's source.
+if [ ! -f "$SDIST" ] || ! echo "$PKG_SHA256  $SDIST" | sha256sum -c --status; then
+  say "downloading llama-cpp-python $PKG_VERSION source package"
+  mkdir -p "$CACHE/sdist"
+  rm -f "$SDIST"
+  "${PIP[@]}" download --no-deps --no-binary :all: "llama-cpp-python==$PKG_VERSION" -d "$CACHE/sdist"
+  echo "$PKG_SHA256  $SDIST" | sha256sum -c --status || { say "sha256 of $SDIST does not match vendor/PIN"; exit 1; }
+fi
+
+WHEEL=$(ls "$CACHE"/wheels/llama_cpp_python-"$PKG_VERSION"-*.whl 2>/dev/null | head -n1 || true)
+if [ -z "$WHEEL" ]; then
+  say "compiling llama-cpp-python $PKG_VERSION (about 6 minutes on 2 cores; cached afterwards)"
+  mkdir -p "$CACHE/wheels"
+  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "${PIP[@]}" wheel --no-deps -w "$CACHE/wheels" "$SDIST"
+  WHEEL=$(ls "$CACHE"/wheels/llama_cpp_python-"$PKG_VERSION"-*.whl | head -n1)
+fi
+
+if [ ! -f vendor/llama.cpp/SOURCE ] || ! grep -q "$PKG_SHA256" vendor/llama.cpp/SOURCE; then
+  say "unpacking llama.cpp's conversion code into vendor/llama.cpp"
+  "$VENV/bin/python" scripts/vendor_llama_cpp.py --sdist "$SDIST"
+fi
+
+say "installing the pinned stack and edgeft"
+"${PIP[@]}" install "$WHEEL" ./vendor/llama.cpp/gguf-py -e ".[dev]"
+"$VENV/bin/python" - <<'PY'
+import gguf, llama_cpp, torch, transformers
+assert hasattr(gguf, "LazyChunkedTensor"), "gguf is not the vendored gguf-py"
+print(f"setup: ready (torch {torch.__version__}, transformers {transformers.__version__}, "
+      f"llama-cpp-python {llama_cpp.__version__})")
+PY

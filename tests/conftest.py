@@ -1,0 +1,69 @@
+"""Shared fixtures: hermetic environment and tiny models built once per test run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "nl2sql"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # No hub: everything below runs on models this project builds itself.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def edgeft_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh edgeft cache per run, so tiny models are really built by the kit under test."""
+    cache = tmp_path_factory.mktemp("edgeft-cache")
+    old = os.environ.get("EDGEFT_CACHE")
+    os.environ["EDGEFT_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("EDGEFT_CACHE", None)
+    else:
+        os.environ["EDGEFT_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def micro_model(edgeft_cache: Path) -> Path:
+    from edgeft.tiny import cached_tiny_model
+
+    return cached_tiny_model("micro", 0)
+
+
+@pytest.fixture(scope="session")
+def other_micro_model(edgeft_cache: Path) -> Path:
+    """Same kit, another seed: a different model with the same kind of tokenizer."""
+    from edgeft.tiny import cached_tiny_model
+
+    return cached_tiny_model("micro", 1)
+
+
+def write_config(path: Path, **sections) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(sections, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def micro_config(tmp_path: Path, micro_model: Path) -> Path:
+    """A quick config on the micro model and the bundled example's data."""
+    return write_config(
+        tmp_path / "edgeft.yaml",
+        name="micro",
+        base_model="tiny:micro",
+        workdir=str(tmp_path / "runs"),
+        dist_dir=str(tmp_path / "dist"),
+        data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
+        train={"max_steps": 30, "learning_rate": 0.003, "max_seq_length": 256},
+        export={"gguf": {"types": ["f16", "q8_0"]}, "onnx": {"types": ["fp32"]}},
+        verify={"max_prompts": 4, "max_new_tokens": 24},
+    )

@@ -1,0 +1,117 @@
+"""Every stage for real on the micro tiny model: train (LoRA and QLoRA on CPU), merge, export,
+verify, package, and the parity gate failing when a wrong GGUF is put in place."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgeft.cli import cli
+from edgeft.manifest import sha256_file
+
+from conftest import EXAMPLE, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, micro_model: Path) -> dict:
+    root = tmp_path_factory.mktemp("pipeline")
+    cfg = write_config(
+        root / "edgeft.yaml", name="micro", base_model="tiny:micro", workdir="runs", dist_dir="dist",
+        data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
+        train={"max_steps": 40, "learning_rate": 0.003, "max_seq_length": 256},
+        export={"gguf": {"types": ["f16", "q8_0"]}, "onnx": {"types": ["fp32"]}},
+        verify={"max_prompts": 4, "max_new_tokens": 24},
+    )
+    result = run("build", "-c", str(cfg))
+    assert result.exit_code == 0, result.output
+    return {"root": root, "config": cfg, "dist": Path(result.stdout.strip())}
+
+
+def test_build_publishes_a_consistent_dist(built: dict) -> None:
+    dist = built["dist"]
+    assert dist == built["root"] / "dist" / "micro"
+    manifest = json.loads((dist / "manifest.json").read_text())
+    for f in manifest["files"]:
+        assert sha256_file(dist / f["path"]) == f["sha256"], f["path"]
+    names = {a["name"] for a in manifest["artifacts"]}
+    assert names == {"gguf-f16", "gguf-q8_0", "onnx-fp32"}
+    assert manifest["verify"]["passed"] is True
+    training = manifest["lineage"]["training"]
+    assert training["val_loss"] < training["base_val_loss"]
+    assert manifest["versions"]["llama-cpp-python"] == "0.3.36"
+    # No temporary directories are left next to the published stages.
+    assert not [p for p in (built["root"] / "runs" / "micro").iterdir() if p.name.startswith(".")]
+
+
+def test_merged_model_stops_at_end_of_turn(built: dict) -> None:
+    merged = json.loads((built["root"] / "runs/micro/merge/edgeft.json").read_text())
+    gen = json.loads((built["root"] / "runs/micro/merge/model/generation_config.json").read_text())
+    assert merged["end_of_turn"] == "<|im_end|>"
+    assert 4 in gen["eos_token_id"]  # <|im_end|> is id 4 in the tiny tokenizer
+
+
+def test_qlora_trains_on_cpu(built: dict, tmp_path: Path) -> None:
+    out = tmp_path / "qlora"
+    result = run("train", "-c", str(built["config"]), "--set", "train.quantization=nf4",
+                 "--set", "train.max_steps=6", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "edgeft.json").read_text())
+    assert manifest["base_loaded_as"]["layers"].get("Linear4bit", 0) == 14  # 7 per layer, 2 layers
+    assert manifest["artifacts"][0]["quantization"] == "nf4"
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert manifest["metrics"]["val_loss"] < manifest["metrics"]["base_val_loss"]
+    # Merging a QLoRA adapter goes into the full-precision base.
+    merged = tmp_path / "merged"
+    result = run("merge", "-c", str(built["config"]), "--train-dir", str(out), "--out", str(merged))
+    assert result.exit_code == 0, result.output
+    assert json.loads((merged / "model" / "config.json").read_text()).get("quantization_config") is None
+
+
+def _copy_gguf_stage(built: dict, tmp_path: Path) -> Path:
+    copy = tmp_path / "export-gguf"
+    shutil.copytree(built["root"] / "runs/micro/export-gguf", copy)
+    return copy
+
+
+def test_verify_fails_on_a_gguf_from_another_model(built: dict, other_micro_model: Path, tmp_path: Path) -> None:
+    from edgeft.export.gguf import convert_hf
+
+    copy = _copy_gguf_stage(built, tmp_path)
+    target = copy / "micro-q8_0.gguf"
+    convert_hf(other_micro_model, target, "micro", outtype="q8_0")
+    # Keep the manifest consistent with the swapped file: the parity checks, not the
+    # checksums, must catch it.
+    mf = json.loads((copy / "edgeft.json").read_text())
+    for a in mf["artifacts"]:
+        if a["path"] == target.name:
+            a["sha256"], a["bytes"] = sha256_file(target), target.stat().st_size
+    (copy / "edgeft.json").write_text(json.dumps(mf))
+    out = tmp_path / "verify"
+    result = run("verify", "-c", str(built["config"]), "--export-dir", str(copy), "--out", str(out))
+    assert result.exit_code == 7, result.output
+    assert "Error: verification failed" in result.stderr
+    assert "gguf-q8_0: kl_mean: mean KL" in result.stderr
+    assert "gguf-q8_0: top1: top-1 agreement" in result.stderr
+    assert "gguf-f16" not in result.stderr.split("report:")[1]  # the right file still passes
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] is False
+    assert report["artifacts"]["gguf-f16"]["passed"] is True
+    assert report["artifacts"]["gguf-q8_0"]["numbers"]["kl_mean"] > 0.5
+
+
+def test_verify_fails_on_a_file_that_differs_from_its_manifest(built: dict, tmp_path: Path) -> None:
+    copy = _copy_gguf_stage(built, tmp_path)
+    shutil.copy(copy / "micro-f16.gguf", copy / "micro-q8_0.gguf")
+    result = run("verify", "-c", str(built["config"]), "--export-dir", str(copy), "--out", str(tmp_path / "v"))
+    assert result.exit_code == 7
+    assert "gguf-q8_0: checksums:" in result.stderr
