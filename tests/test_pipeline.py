@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import EXAMPLE, write_config
 
 from edgeft.cli import cli
 from edgeft.manifest import sha256_file
-
-from conftest import EXAMPLE, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,58 @@
+"""README command 1 for real: `edgeft build` on the bundled nl2sql example."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import EXAMPLE
+
+from edgeft.cli import cli
+from edgeft.manifest import sha256_file
+
+pytestmark = pytest.mark.slow
+
+
+def build(tmp: Path, *extra: str):
+    return CliRunner().invoke(cli, ["build", "-c", str(EXAMPLE / "edgeft.yaml"),
+                                    "--set", f"workdir={tmp / 'runs'}", "--set", f"dist_dir={tmp / 'dist'}",
+                                    *extra])
+
+
+def test_example_build_end_to_end(tmp_path: Path) -> None:
+    result = build(tmp_path)
+    assert result.exit_code == 0, result.output
+    dist = Path(result.stdout.strip())
+    assert dist == tmp_path / "dist" / "nl2sql-tiny"
+    manifest = json.loads((dist / "manifest.json").read_text())
+    by_type = {(a["format"], a["type"]): a for a in manifest["artifacts"]}
+    assert {("gguf", "q4_k_m"), ("gguf", "q8_0"), ("onnx", "fp32"), ("onnx", "int8")} <= set(by_type)
+    for f in manifest["files"]:
+        assert sha256_file(dist / f["path"]) == f["sha256"], f["path"]
+        assert (dist / f["path"]).stat().st_size == f["bytes"]
+    # "small" has K-quant-friendly dimensions: nothing falls back to another type.
+    assert by_type[("gguf", "q4_k_m")]["fallback_tensors"] == 0
+    report = json.loads((dist / "verify" / "report.json").read_text())
+    assert report["passed"] and manifest["verify"]["passed"]
+    training = manifest["lineage"]["training"]
+    assert training["val_loss"] < training["base_val_loss"]
+    assert manifest["lineage"]["dataset"]["train_rows"] == 360
+    assert manifest["config"]["base_model"] == "tiny:small"
+    assert "nl2sql-tiny" in (dist / "README.md").read_text()
+
+    # Unchanged inputs: nothing heavy re-runs.
+    started = time.time()
+    again = build(tmp_path)
+    assert again.exit_code == 0, again.output
+    assert "edgeft: ran nothing; reused train, merge, export-gguf, export-onnx, verify, package" in again.stderr
+    assert time.time() - started < 10
+
+    # Only export settings changed: re-export, re-verify, re-package; no retraining.
+    changed = build(tmp_path, "--set", "export.gguf.types=[q8_0, q4_0]")
+    assert changed.exit_code == 0, changed.output
+    assert "edgeft: ran export-gguf, verify, package; reused train, merge, export-onnx" in changed.stderr
+    names = {a["name"] for a in json.loads((dist / "manifest.json").read_text())["artifacts"]}
+    assert names == {"gguf-q8_0", "gguf-q4_0", "onnx-fp32", "onnx-int8"}
