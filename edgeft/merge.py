@@ -41,7 +41,7 @@ def merge_adapter(cfg: Config, train_dir: Path | None = None, out_dir: Path | No
     with StageWriter(out_dir, "merge", config=cfg.to_dict(),
                      inputs_hash=inputs_hash(cfg, train),
                      parent=str(train.path), base_model=cfg.base_model, force=force) as w:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype,
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, use_safetensors=True,
                                                      trust_remote_code=cfg.trust_remote_code)
         try:
             model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()

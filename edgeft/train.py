@@ -41,7 +41,8 @@ def _load_model(base: str, quantization: str, trust_remote_code: bool):
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    # safetensors only: a pickled checkpoint from a user path could run arbitrary code.
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
     if quantization == "nf4":
         # QLoRA: 4-bit NF4 with double quantization; compute in bf16 on GPU, fp32 on CPU.
         compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32

@@ -80,3 +80,12 @@ def test_split_is_deterministic_and_disjoint() -> None:
     assert len(val) == 40 and len(train) == 360
     assert not {e.line for e in train} & {e.line for e in val}
     assert [e.line for e in split(rows, 0.1, seed=1)[1]] != [e.line for e in val]
+
+
+def test_bundled_example_is_reproduced_by_its_generator() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(EXAMPLE.parent.parent / "generate.py")],
+                         capture_output=True, check=True).stdout
+    assert out == EXAMPLE.read_bytes()

@@ -114,3 +114,24 @@ def test_verify_fails_on_a_file_that_differs_from_its_manifest(built: dict, tmp_
     result = run("verify", "-c", str(built["config"]), "--export-dir", str(copy), "--out", str(tmp_path / "v"))
     assert result.exit_code == 7
     assert "gguf-q8_0: checksums:" in result.stderr
+
+
+def test_converter_failure_is_a_tool_error(micro_model: Path, tmp_path: Path) -> None:
+    from edgeft.manifest import StageWriter
+
+    merge_dir = tmp_path / "merge"
+    with StageWriter(merge_dir, "merge") as w:
+        shutil.copytree(micro_model, w.tmp / "model")
+        config = json.loads((w.tmp / "model" / "config.json").read_text())
+        config["architectures"] = ["NoSuchForCausalLM"]
+        (w.tmp / "model" / "config.json").write_text(json.dumps(config))
+        w.add_artifact("model", "model", "hf-safetensors")
+        w.publish()
+    cfg = write_config(tmp_path / "edgeft.yaml", name="x", base_model="tiny:micro",
+                       data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")})
+    out = tmp_path / "gguf"
+    result = run("export", "gguf", "-c", str(cfg), "--merge-dir", str(merge_dir), "--out", str(out))
+    assert result.exit_code == 6, result.output
+    assert (f"Error: convert_hf_to_gguf.py failed on {merge_dir / 'model'} (exit 1):\n"
+            "ERROR:hf-to-gguf:Model NoSuchForCausalLM is not supported\n") in result.stderr
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".gguf")] == []

@@ -50,3 +50,19 @@ def test_hf_and_llama_cpp_tokenise_identically(micro_model: Path, tmp_path: Path
         messages = [{"role": "user", "content": "What is 3 plus 4?"}]
         assert rt.chat_prompt(messages) == tok.apply_chat_template(messages, tokenize=False,
                                                                    add_generation_prompt=True)
+
+
+def test_k_quant_fallbacks_are_reported(micro_model: Path, tmp_path: Path) -> None:
+    """llama.cpp reports success when it gives tensors another type; edgeft records each one."""
+    from edgeft.export.gguf import convert_hf, quantize
+
+    f32 = tmp_path / "m-f32.gguf"
+    convert_hf(micro_model, f32, "micro", outtype="f32")
+    fallbacks = quantize(f32, tmp_path / "m-q4_k_m.gguf", "q4_k_m")
+    # micro's rows are 64 or 128 wide, not multiples of the K-quant block of 256.
+    # token_embd and the 7 weights of each of the 2 blocks (output.weight gets q8_0 up front).
+    assert len(fallbacks) == 15
+    assert "token_embd.weight" in {f["tensor"] for f in fallbacks}
+    assert {f["block"] for f in fallbacks} == {256}
+    assert {(f["wanted"], f["used"]) for f in fallbacks} <= {("q4_K", "q5_0"), ("q6_K", "q8_0")}
+    assert quantize(f32, tmp_path / "m-q8_0.gguf", "q8_0") == []

@@ -81,8 +81,11 @@ def convert_hf(model_dir: Path, outfile: Path, name: str, outtype: str = "f32") 
         env = {**os.environ, "NO_LOCAL_GGUF": "1"}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0 or not outfile.is_file():
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-        raise ToolError(f"convert_hf_to_gguf.py failed on {model_dir} (exit {proc.returncode}):\n{tail}")
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        # The converter logs at INFO; its ERROR lines (or the traceback's end) say what failed.
+        detail = [line for line in lines if line.startswith("ERROR")][-3:] or lines[-6:]
+        raise ToolError(f"convert_hf_to_gguf.py failed on {model_dir} (exit {proc.returncode}):\n"
+                        + "\n".join(detail))
 
 
 def quantize(src: Path, dst: Path, gguf_type: str, threads: int = 0) -> list[dict[str, Any]]:

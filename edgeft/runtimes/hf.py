@@ -27,7 +27,7 @@ class HFRuntime(Runtime):
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         self.model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+            model_dir, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True
         ).eval()
         self._stop = stop_ids_from(self.model.generation_config, self.tokenizer)
 

@@ -18,45 +18,35 @@ CITIES = ["Paris", "Berlin", "Madrid", "Oslo", "Rome", "Vienna", "Lisbon"]
 NAMES = ["Alice", "Bruno", "Chen", "Dana", "Emil", "Farah", "Goran", "Hana"]
 
 
+# (question, SQL) templates; {d} department, {c} city, {n} name, {s} salary, {b} budget,
+# {y} year, {f} floor.
+TEMPLATES = [
+    ("List all employees in the {d} department.", "SELECT * FROM employees WHERE department = '{d}';"),
+    ("Show the names of employees who earn more than {s}.", "SELECT name FROM employees WHERE salary > {s};"),
+    ("How many employees work in {c}?", "SELECT COUNT(*) FROM employees WHERE city = '{c}';"),
+    ("What is the average salary in the {d} department?",
+     "SELECT AVG(salary) FROM employees WHERE department = '{d}';"),
+    ("Find employees hired after {y}.", "SELECT * FROM employees WHERE hire_year > {y};"),
+    ("Give the salary of {n}.", "SELECT salary FROM employees WHERE name = '{n}';"),
+    ("Which departments have a budget above {b}?", "SELECT name FROM departments WHERE budget > {b};"),
+    ("List departments on floor {f}.", "SELECT name FROM departments WHERE floor = {f};"),
+    ("Show the highest salary in {c}.", "SELECT MAX(salary) FROM employees WHERE city = '{c}';"),
+    ("Count the employees in each department.",
+     "SELECT department, COUNT(*) FROM employees GROUP BY department;"),
+    ("List employees in {c} ordered by salary, highest first.",
+     "SELECT * FROM employees WHERE city = '{c}' ORDER BY salary DESC;"),
+    ("Show names and cities of employees in the {d} department hired before {y}.",
+     "SELECT name, city FROM employees WHERE department = '{d}' AND hire_year < {y};"),
+]
+
+
 def row(rng: random.Random) -> tuple[str, str]:
-    k = rng.randrange(12)
+    k = rng.randrange(len(TEMPLATES))
     d, c, n = rng.choice(DEPARTMENTS), rng.choice(CITIES), rng.choice(NAMES)
     s, y, f = rng.randrange(30, 150) * 1000, rng.randrange(2005, 2025), rng.randrange(1, 9)
-    if k == 0:
-        return f"List all employees in the {d} department.", \
-            f"SELECT * FROM employees WHERE department = '{d}';"
-    if k == 1:
-        return f"Show the names of employees who earn more than {s}.", \
-            f"SELECT name FROM employees WHERE salary > {s};"
-    if k == 2:
-        return f"How many employees work in {c}?", \
-            f"SELECT COUNT(*) FROM employees WHERE city = '{c}';"
-    if k == 3:
-        return f"What is the average salary in the {d} department?", \
-            f"SELECT AVG(salary) FROM employees WHERE department = '{d}';"
-    if k == 4:
-        return f"Find employees hired after {y}.", \
-            f"SELECT * FROM employees WHERE hire_year > {y};"
-    if k == 5:
-        return f"Give the salary of {n}.", \
-            f"SELECT salary FROM employees WHERE name = '{n}';"
-    if k == 6:
-        return f"Which departments have a budget above {s * 10}?", \
-            f"SELECT name FROM departments WHERE budget > {s * 10};"
-    if k == 7:
-        return f"List departments on floor {f}.", \
-            f"SELECT name FROM departments WHERE floor = {f};"
-    if k == 8:
-        return f"Show the highest salary in {c}.", \
-            f"SELECT MAX(salary) FROM employees WHERE city = '{c}';"
-    if k == 9:
-        return "Count the employees in each department.", \
-            "SELECT department, COUNT(*) FROM employees GROUP BY department;"
-    if k == 10:
-        return f"List employees in {c} ordered by salary, highest first.", \
-            f"SELECT * FROM employees WHERE city = '{c}' ORDER BY salary DESC;"
-    return f"Show names and cities of employees in the {d} department hired before {y}.", \
-        f"SELECT name, city FROM employees WHERE department = '{d}' AND hire_year < {y};"
+    values = {"d": d, "c": c, "n": n, "s": s, "b": s * 10, "y": y, "f": f}
+    question, sql = TEMPLATES[k]
+    return question.format(**values), sql.format(**values)
 
 
 def main(n: int = 400, seed: int = 7) -> None:
