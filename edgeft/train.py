@@ -53,7 +53,24 @@ def _load_model(base: str, quantization: str, trust_remote_code: bool):
         kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
     else:
         kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    if quantization == "nf4" and not torch.cuda.is_available():
+        _keep_4bit_weights_trainable(model)
+    return model
+
+
+def _keep_4bit_weights_trainable(model) -> None:
+    """Stop bitsandbytes repacking 4-bit weights for CPU inference during evaluation.
+
+    bitsandbytes 0.50.2, on CPUs with AVX512-BF16, repacks a Linear4bit's weights the first time
+    it runs in eval mode without gradients (our base-model evaluation before training) and from
+    then on multiplies through `gemv_4bit`, which has no autograd kernel: gradients stop flowing
+    through the frozen base layers, silently (torch only warns). Training must keep the
+    differentiable path, so the repacking is switched off on every 4-bit layer.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _describe_weights(model) -> dict[str, Any]:
