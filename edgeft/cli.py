@@ -115,32 +115,80 @@ def data() -> None:
 
 
 @data.command("check")
-@click.argument("file", type=click.Path(path_type=Path))
-@click.option("--val-ratio", default=0.1, show_default=True, help="Validation share of the split.")
-@click.option("--seed", default=0, show_default=True, help="Split seed.")
+@click.argument("file", type=click.Path(path_type=Path), required=False)
+@click.option("-c", "--config", "config_path", type=click.Path(path_type=Path),
+              help="Take the data section, base model and max length from this config.")
+@click.option("--model", help="Tokenizer (HF id or directory) for length checks [the config's base_model].")
+@click.option("--max-length", type=int, help="Token limit per example [train.max_seq_length].")
+@click.option("--validation", type=click.Path(path_type=Path), help="Explicit validation file.")
+@click.option("--column", "columns", multiple=True, metavar="CANONICAL=YOURS",
+              help="Map a field, e.g. --column prompt=question (repeatable).")
+@click.option("--val-ratio", type=float, help="Validation share of the split [0.1].")
+@click.option("--seed", type=int, help="Split seed [0].")
+@click.option("--dedup", is_flag=True, default=None, help="Drop exact duplicates before splitting.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def data_check(file: Path, val_ratio: float, seed: int, as_json: bool) -> None:
-    """Validate a JSONL file of alpaca or chat rows; report malformed rows as FILE:LINE.
+def data_check(file: Path | None, config_path: Path | None, model: str | None, max_length: int | None,
+               validation: Path | None, columns: tuple[str, ...], val_ratio: float | None, seed: int | None,
+               dedup: bool | None, as_json: bool) -> None:
+    """Check a dataset (JSONL, JSON, CSV, Parquet, datasets dir): every problem with its location.
 
-    Exits 4 when any row is unusable or fewer than 10 rows are usable.
+    Rows may be alpaca, chat `messages`, prompt/completion or text. With a tokenizer (--model,
+    or -c), also checks lengths under the model's chat template and shows one example exactly
+    as the model sees it. Exits 4 when any error is found; warnings (duplicates) do not fail.
 
     \b
     edgeft data check examples/nl2sql/data/nl2sql.jsonl
+    edgeft data check -c examples/nl2sql/edgeft.yaml
     """
-    from edgeft.data import load_examples, require_usable, split
+    from edgeft.datacheck import analyse, format_table
+    from edgeft.errors import DataError, InputError
 
-    report = load_examples(file)
-    train, val = split(report.examples, val_ratio, seed) if report.examples else ([], [])
-    summary = report.to_dict() | {"train_rows": len(train), "validation_rows": len(val)}
+    cfg = _load(config_path) if config_path else None
+    d = cfg.data if cfg else None
+    if file is None and cfg is None:
+        raise InputError("give a data FILE, or -c CONFIG to check its data section")
+    train_path = file or cfg.path(d.train)
+    mapping = dict(d.columns) if d else {}
+    for item in columns:
+        key, _, value = item.partition("=")
+        if not value:
+            raise InputError(f"--column {item!r}: expected CANONICAL=YOURS, e.g. prompt=question")
+        mapping[key] = value
+    tokenizer = None
+    source = model or (cfg.base_model if cfg else None)
+    if source:
+        from transformers import AutoTokenizer
+
+        from edgeft.base import resolve_base
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_base(source, cfg.root if cfg else None))
+    report = analyse(
+        train_path,
+        validation_path=validation or (cfg.path(d.validation) if d and d.validation else None),
+        columns=mapping or None, system_prompt=d.system_prompt if d else None,
+        val_ratio=val_ratio if val_ratio is not None else (d.val_ratio if d else 0.1),
+        seed=seed if seed is not None else (d.seed if d else 0),
+        dedup=dedup if dedup is not None else (d.dedup if d else False),
+        tokenizer=tokenizer,
+        max_length=max_length if max_length is not None else (cfg.train.max_seq_length if cfg else None),
+    )
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
-        for p in report.problems:
-            click.echo(p, err=True)
-        fmts = ", ".join(f"{n} {k}" for k, n in report.formats.items()) or "none"
-        click.echo(f"{file}: {len(report.examples)} usable rows ({fmts}), {len(report.problems)} malformed; "
-                   f"split {len(train)} train / {len(val)} validation (seed {seed})")
-    require_usable(report)
+        info = report.info
+        fmts = ", ".join(f"{n} {k}" for k, n in info["formats"].items()) or "none"
+        click.echo(format_table(report))
+        click.echo(f"{train_path}: {info['usable']} usable of {info['rows']} rows ({fmts}); "
+                   f"{len(report.errors)} error(s), {len(report.warnings)} warning(s); "
+                   f"split {len(report.train)} train / {len(report.validation)} validation")
+        if report.stats:
+            s = report.stats
+            click.echo(f"tokens per example: min {s['min']}, median {s['median']:g}, p95 {s['p95']:g}, "
+                       f"max {s['max']}")
+        if report.rendered_example is not None:
+            click.echo("first training example as the model sees it:\n" + report.rendered_example)
+    if report.errors:
+        raise DataError(f"{train_path}: {len(report.errors)} error(s) in the data")
 
 
 @cli.command()

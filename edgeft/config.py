@@ -28,6 +28,10 @@ class DataConfig:
     val_ratio: float = 0.1
     seed: int = 0  # the split is a deterministic function of (rows, seed)
     system_prompt: str | None = None  # prepended to every conversation without a system turn
+    # Your field name for each canonical one, e.g. {prompt: question, completion: answer}.
+    columns: dict[str, str] = field(default_factory=dict)
+    dedup: bool = False  # drop exact duplicates before splitting (else they are warnings)
+    near_duplicate_threshold: float = 0.9  # character 5-gram Jaccard similarity
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,9 @@ def _type_ok(value: Any, tp: Any) -> bool:
     if origin is list:
         (item,) = typing.get_args(tp)
         return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        kt, vt = typing.get_args(tp)
+        return isinstance(value, dict) and all(_type_ok(k, kt) and _type_ok(v, vt) for k, v in value.items())
     if tp is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if tp is int:
@@ -174,6 +181,11 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
     bad(not cfg.base_model, "base_model: required (HF id, model directory or tiny:<size>)")
     bad(not cfg.data.train, "data.train: required (a JSONL file of examples)")
     bad(not 0 < cfg.data.val_ratio < 1, f"data.val_ratio: {cfg.data.val_ratio} must be in (0, 1)")
+    from edgeft.data import CANONICAL_FIELDS
+
+    for key in cfg.data.columns:
+        bad(key not in CANONICAL_FIELDS,
+            f"data.columns: {key!r} is not a field edgeft reads; map to one of {', '.join(CANONICAL_FIELDS)}")
     bad(cfg.train.quantization not in ("none", "nf4"),
         f"train.quantization: {cfg.train.quantization!r} must be 'none' or 'nf4'")
     bad(cfg.train.lora_r < 1, "train.lora_r: must be at least 1")

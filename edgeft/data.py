@@ -1,18 +1,25 @@
-"""Examples: load JSONL, normalise to chat messages, validate, split deterministically.
+"""Examples: read any common dataset file, normalise rows, report what is wrong and where.
 
-Consumes a JSONL file whose rows are alpaca (`instruction`, optional `input`, `output`) or
-chat (`messages`: a list of {role, content}, OpenAI fine-tuning style); produces
-conversations (lists of messages) and a train/validation split.
+Consumes JSONL, JSON (a list of objects), CSV, Parquet, or a directory saved by `datasets`,
+whose rows are alpaca (`instruction`, `input`?, `output`), chat (`messages`: role/content
+list, OpenAI fine-tuning style), `prompt`/`completion`, or plain `text`; other field names
+are mapped with `columns`. Produces `Example`s (chat messages, or text) and `Finding`s
+located as `FILE:LINE` (line-based files) or `FILE[row N]`.
+
+The checks that need the model's tokenizer, the duplicates and the split live in
+`edgeft/datacheck.py`.
 
     edgeft data check examples/nl2sql/data/nl2sql.jsonl
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,123 +29,283 @@ from edgeft.errors import DataError, InputError
 ROLES = ("system", "user", "assistant")
 # Below this many usable rows a fine-tune learns nothing worth shipping.
 MIN_EXAMPLES = 10
+# Canonical field names that `columns` may map from other names.
+CANONICAL_FIELDS = ("instruction", "input", "output", "messages", "prompt", "completion", "text", "system")
 
 Conversation = list[dict[str, str]]
 
 
 @dataclass
 class Example:
-    line: int
-    messages: Conversation
-    fmt: str
+    where: str
+    fmt: str  # alpaca | chat | prompt-completion | text
+    messages: Conversation | None = None
+    text: str | None = None
+
+    @property
+    def is_chat(self) -> bool:
+        return self.messages is not None
+
+    def key(self) -> str:
+        """Identity for exact duplicates and leakage: content, whitespace-normalised."""
+        if self.messages is not None:
+            return json.dumps([[m["role"], " ".join(m["content"].split())] for m in self.messages])
+        return " ".join((self.text or "").split())
+
+    def parts(self) -> tuple[str, str]:
+        """(prompt, answer): everything before the last assistant turn, and that turn."""
+        if self.messages is not None:
+            return "\n".join(m["content"] for m in self.messages[:-1]), self.messages[-1]["content"]
+        return self.text or "", self.text or ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"messages": self.messages} if self.messages is not None else {"text": self.text}
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str  # "error": the row (or the dataset) cannot be used; "warning": worth a look
+    where: str
+    check: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"severity": self.severity, "where": self.where, "check": self.check, "message": self.message}
 
 
 @dataclass
 class LoadReport:
     path: Path
     examples: list[Example] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)  # "FILE:LINE: what is wrong"
+    findings: list[Finding] = field(default_factory=list)
     formats: Counter = field(default_factory=Counter)
+    rows: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "file": str(self.path),
-            "usable": len(self.examples),
-            "malformed": len(self.problems),
-            "formats": dict(self.formats),
-            "problems": self.problems,
-        }
+    @property
+    def problems(self) -> list[str]:
+        return [str(f) for f in self.findings if f.severity == "error"]
 
-
-def _text(row: dict, key: str, where: str, required: bool = True) -> tuple[str | None, str | None]:
-    value = row.get(key)
-    if value is None:
-        return None, (f"{where}: missing {key!r}" if required else None)
-    if not isinstance(value, str):
-        return None, f"{where}: {key!r} must be a string, got {type(value).__name__}"
-    if required and not value.strip():
-        return None, f"{where}: {key!r} is empty"
-    return value, None
+    def error(self, where: str, check: str, message: str) -> None:
+        self.findings.append(Finding("error", where, check, message))
 
 
-def normalise(row: Any, where: str, system_prompt: str | None = None) -> tuple[Example | None, str | None]:
-    """One parsed JSON row → (Example, None) or (None, "where: problem")."""
-    if not isinstance(row, dict):
-        return None, f"{where}: expected a JSON object, got {type(row).__name__}"
-    line = int(where.rsplit(":", 1)[1])
-    if "messages" in row:
-        msgs = row["messages"]
-        if not isinstance(msgs, list) or not msgs:
-            return None, f"{where}: 'messages' must be a non-empty list of {{role, content}}"
-        out: Conversation = []
-        for i, m in enumerate(msgs):
-            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                return None, (f"{where}: messages[{i}] must be {{\"role\": system|user|assistant, "
-                              f"\"content\": string}}")
-            out.append({"role": m["role"], "content": m["content"]})
-        if out[-1]["role"] != "assistant" or not out[-1]["content"].strip():
-            return None, f"{where}: the last message must be a non-empty 'assistant' turn"
-        if not any(m["role"] == "user" for m in out):
-            return None, f"{where}: no 'user' message"
-        fmt = "chat"
-    elif "instruction" in row or "output" in row:
-        instruction, err = _text(row, "instruction", where)
-        if err:
-            return None, err + " (alpaca rows need instruction, input?, output)"
-        inp, err = _text(row, "input", where, required=False)
-        if err:
-            return None, err
-        output, err = _text(row, "output", where)
-        if err:
-            return None, err + " (alpaca rows need instruction, input?, output)"
-        user = instruction if not inp or not inp.strip() else f"{instruction}\n\n{inp}"
-        out = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
-        fmt = "alpaca"
-    else:
-        keys = ", ".join(sorted(map(str, row))) or "none"
-        return None, (f"{where}: unknown row format (keys: {keys}); use alpaca "
-                      f"(instruction, input?, output) or chat (messages)")
-    if system_prompt and out[0]["role"] != "system":
-        out = [{"role": "system", "content": system_prompt}, *out]
-    return Example(line, out, fmt), None
+# --- reading ---------------------------------------------------------------------------------
 
-
-def load_examples(path: Path | str, system_prompt: str | None = None) -> LoadReport:
-    """Read every row of a JSONL file; malformed rows become problems, not exceptions."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: data file not found")
-    report = LoadReport(path)
-    raw = path.read_bytes()
-    for n, line in enumerate(raw.split(b"\n"), start=1):
+def _rows_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    for n, line in enumerate(path.read_bytes().split(b"\n"), start=1):
         if not line.strip():
             continue
         where = f"{path}:{n}"
         try:
-            row = json.loads(line.decode("utf-8"))
+            yield where, json.loads(line.decode("utf-8"))
         except UnicodeDecodeError as e:
-            report.problems.append(f"{where}: not valid UTF-8 (byte {e.start})")
-            continue
+            yield where, ValueError(f"not valid UTF-8 (byte {e.start})")
         except json.JSONDecodeError as e:
-            report.problems.append(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
+            yield where, ValueError(f"not valid JSON ({e.msg} at column {e.colno})")
+
+
+def _rows_json(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); a .json file holds one list "
+                        f"of rows (use .jsonl for one row per line)") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
+    for i, row in enumerate(data):
+        yield f"{path}[row {i}]", row
+
+
+def _rows_csv(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    for row in reader:
+        # line_num is the reader's line after the row: rows may span lines, so report its end.
+        yield f"{path}:{reader.line_num}", {k: v for k, v in row.items() if k is not None and v != ""}
+
+
+def _rows_table(path: Path) -> Iterator[tuple[str, Any]]:
+    """Parquet files and directories written by `datasets.Dataset.save_to_disk`."""
+    if path.is_dir():
+        import datasets
+
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except (FileNotFoundError, ValueError) as e:
+            raise InputError(f"{path}: not a dataset saved by `datasets` ({e})") from None
+        if isinstance(ds, datasets.DatasetDict):
+            if "train" not in ds:
+                raise DataError(f"{path}: a DatasetDict without a 'train' split (has {', '.join(ds)})")
+            ds = ds["train"]
+        rows = ds.to_list()
+    else:
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+    for i, row in enumerate(rows):
+        yield f"{path}[row {i}]", row
+
+
+def read_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """(location, row) for each row; a row that cannot be parsed comes as a ValueError."""
+    if not path.exists():
+        raise InputError(f"{path}: data file not found")
+    if path.is_dir():
+        return _rows_table(path)
+    suffix = path.suffix.lower()
+    readers = {".jsonl": _rows_jsonl, ".ndjson": _rows_jsonl, ".json": _rows_json, ".csv": _rows_csv,
+               ".parquet": _rows_table}
+    if suffix not in readers:
+        raise InputError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .parquet "
+                         f"or a directory saved by `datasets`")
+    return readers[suffix](path)
+
+
+# --- normalising -----------------------------------------------------------------------------
+
+class _Bad(Exception):
+    """A row problem: its message and which check it belongs to."""
+
+    def __init__(self, message: str, check: str = "format"):
+        super().__init__(message)
+        self.check = check
+
+
+def _string(row: dict, key: str, required: bool = True, hint: str = "") -> str | None:
+    value = row.get(key)
+    if value is None:
+        if required:
+            raise _Bad(f"missing {key!r}{hint}")
+        return None
+    if not isinstance(value, str):
+        raise _Bad(f"{key!r} must be a string, got {type(value).__name__}")
+    if required and not value.strip():
+        raise _Bad((f"{key!r} is empty" if not value else f"{key!r} is only whitespace") + hint, "empty")
+    return value
+
+
+def _check_roles(msgs: Conversation) -> str | None:
+    expected_first = 1 if msgs[0]["role"] == "system" else 0
+    for i, m in enumerate(msgs):
+        if i < expected_first:
             continue
-        ex, err = normalise(row, where, system_prompt)
-        if err:
-            report.problems.append(err)
-        else:
-            assert ex is not None
-            report.examples.append(ex)
-            report.formats[ex.fmt] += 1
+        want = "user" if (i - expected_first) % 2 == 0 else "assistant"
+        if m["role"] != want:
+            return f"roles out of order at messages[{i}]: expected {want!r}, got {m['role']!r}"
+    if msgs[-1]["role"] != "assistant":
+        return "the conversation must end with an 'assistant' message"
+    return None
+
+
+def normalise(row: Any, columns: dict[str, str] | None = None,
+              system_prompt: str | None = None) -> tuple[Example | None, str | None, str]:
+    """One row → (example, None, "") or (None, problem, check)."""
+    try:
+        ex = _normalise(row, columns)
+    except _Bad as bad:
+        return None, str(bad), bad.check
+    if ex.messages is not None and system_prompt and ex.messages[0]["role"] != "system":
+        ex.messages = [{"role": "system", "content": system_prompt}, *ex.messages]
+    return ex, None, ""
+
+
+def _chat_messages(msgs: Any) -> Conversation:
+    if isinstance(msgs, str):
+        try:
+            msgs = json.loads(msgs)  # CSV cells and some exports hold the list as JSON text
+        except json.JSONDecodeError:
+            pass
+    if not isinstance(msgs, list) or not msgs:
+        raise _Bad("'messages' must be a non-empty list of {role, content}")
+    out: Conversation = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise _Bad(f'messages[{i}] must be {{"role": system|user|assistant, "content": string}}')
+        if not m["content"].strip() and m["role"] != "system":
+            raise _Bad(f"messages[{i}] ({m['role']}) is empty or only whitespace", "empty")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _normalise(row: Any, columns: dict[str, str] | None) -> Example:
+    if not isinstance(row, dict):
+        raise _Bad(f"expected an object, got {type(row).__name__}")
+    if columns:
+        row = dict(row)
+        for canonical, source in columns.items():
+            if source in row:
+                row[canonical] = row.pop(source)
+    system = row.get("system") if isinstance(row.get("system"), str) and row["system"].strip() else None
+    if "messages" in row:
+        fmt, out = "chat", _chat_messages(row["messages"])
+    elif "instruction" in row or "output" in row:
+        hint = " (alpaca rows need instruction, input?, output)"
+        instruction = _string(row, "instruction", hint=hint)
+        inp = _string(row, "input", required=False)
+        output = _string(row, "output", hint=hint)
+        user = instruction if not inp or not inp.strip() else f"{instruction}\n\n{inp}"
+        fmt, out = "alpaca", [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    elif "prompt" in row or "completion" in row:
+        hint = " (prompt/completion rows need both)"
+        prompt, completion = _string(row, "prompt", hint=hint), _string(row, "completion", hint=hint)
+        fmt, out = "prompt-completion", [{"role": "user", "content": prompt},
+                                         {"role": "assistant", "content": completion}]
+    elif "text" in row:
+        return Example("", "text", text=_string(row, "text"))
+    else:
+        keys = ", ".join(sorted(map(str, row))) or "none"
+        raise _Bad(f"unknown row format (keys: {keys}); use alpaca (instruction, input?, output), chat "
+                   f"(messages), prompt/completion or text, or map your fields with data.columns")
+    if system and out[0]["role"] != "system":
+        out.insert(0, {"role": "system", "content": system})
+    problem = _check_roles(out)
+    if problem:
+        raise _Bad(problem, "roles")
+    return Example("", fmt, messages=out)
+
+
+def load_examples(path: Path | str, columns: dict[str, str] | None = None,
+                  system_prompt: str | None = None) -> LoadReport:
+    """Read every row; unusable rows become error findings, never exceptions."""
+    path = Path(path)
+    report = LoadReport(path)
+    for where, row in read_rows(path):
+        report.rows += 1
+        if isinstance(row, ValueError):
+            report.error(where, "encoding" if "UTF-8" in str(row) else "json", str(row))
+            continue
+        ex, problem, check = normalise(row, columns, system_prompt)
+        if problem:
+            report.error(where, check, problem)
+            continue
+        assert ex is not None
+        ex.where = where
+        report.examples.append(ex)
+        report.formats[ex.fmt] += 1
+    kinds = {e.is_chat for e in report.examples}
+    if len(kinds) > 1:
+        report.error(str(path), "format", "mixes conversation rows and plain-text rows; use one kind per dataset")
     return report
 
 
 def require_usable(report: LoadReport) -> None:
-    """Raise DataError listing every malformed row, or if too few rows are usable."""
-    if report.problems:
-        shown = report.problems[:50]
-        more = len(report.problems) - len(shown)
+    """Raise DataError listing every unusable row, or if too few rows are usable."""
+    problems = report.problems
+    if problems:
+        shown = problems[:50]
+        more = len(problems) - len(shown)
         raise DataError(
-            f"{report.path}: {len(report.problems)} malformed row(s); fix or remove them\n"
+            f"{report.path}: {len(problems)} malformed row(s); fix or remove them\n"
             + "\n".join(shown)
             + (f"\n... and {more} more" if more else "")
         )
@@ -160,34 +327,23 @@ def split(examples: list[Example], val_ratio: float, seed: int) -> tuple[list[Ex
 
 
 def file_hash(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """sha256 of a file, or of every file of a dataset directory."""
+    path = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if f.is_file():
+            h.update(f.relative_to(path).as_posix().encode() if path.is_dir() else b"")
+            h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def write_jsonl(path: Path, examples: list[Example]) -> None:
     with Path(path).open("w", encoding="utf-8") as f:
         for e in examples:
-            f.write(json.dumps({"messages": e.messages}, ensure_ascii=False) + "\n")
+            f.write(json.dumps(e.to_json(), ensure_ascii=False) + "\n")
 
 
 def read_conversations(path: Path) -> list[Conversation]:
-    """Read a split written by `write_jsonl` (a stage's own file, already validated)."""
-    return [json.loads(line)["messages"] for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
-
-
-def prepare(data_cfg, root: Path) -> tuple[list[Example], list[Example], dict[str, Any]]:
-    """Load, validate and split according to the config's data section."""
-    train_path = root / data_cfg.train if not Path(data_cfg.train).is_absolute() else Path(data_cfg.train)
-    report = load_examples(train_path, data_cfg.system_prompt)
-    require_usable(report)
-    info: dict[str, Any] = {"train_file": str(train_path), "train_sha256": file_hash(train_path)}
-    if data_cfg.validation:
-        val_path = root / data_cfg.validation
-        vreport = load_examples(val_path, data_cfg.system_prompt)
-        if vreport.problems:
-            require_usable(vreport)
-        train, val = report.examples, vreport.examples
-        info.update(validation_file=str(val_path), validation_sha256=file_hash(val_path))
-    else:
-        train, val = split(report.examples, data_cfg.val_ratio, data_cfg.seed)
-    info.update(train_rows=len(train), validation_rows=len(val))
-    return train, val, info
+    """The conversations of a split written by `write_jsonl` (a stage's own, validated file)."""
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
+    return [r["messages"] for r in rows if "messages" in r]

@@ -19,7 +19,8 @@ from typing import Any
 
 from edgeft.base import fingerprint, resolve_base
 from edgeft.config import Config
-from edgeft.data import prepare, write_jsonl
+from edgeft.data import file_hash, write_jsonl
+from edgeft.datacheck import analyse_config, data_files
 from edgeft.errors import ConfigError, ToolError
 from edgeft.manifest import Stage, StageWriter, hash_json
 
@@ -27,12 +28,9 @@ log = logging.getLogger(__name__)
 
 
 def inputs_hash(cfg: Config, resolved_base: str) -> str:
-    from edgeft.data import file_hash
-
-    data_files = [cfg.path(cfg.data.train)] + ([cfg.path(cfg.data.validation)] if cfg.data.validation else [])
     return hash_json({
         "base": fingerprint(cfg.base_model, resolved_base),
-        "data": cfg.section("data") | {"files": [file_hash(p) for p in data_files if p.is_file()]},
+        "data": cfg.section("data") | {"files": [file_hash(p) for p in data_files(cfg) if p.exists()]},
         "train": cfg.section("train"),
     })
 
@@ -92,18 +90,23 @@ def train_adapter(cfg: Config, out_dir: Path | None = None, *, force: bool = Fal
 
     out_dir = Path(out_dir) if out_dir else cfg.run_dir / "train"
     base = resolve_base(cfg.base_model, cfg.root)
-    train_rows, val_rows, data_info = prepare(cfg.data, cfg.root)
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=cfg.trust_remote_code)
     if not tokenizer.chat_template:
         raise ConfigError(f"base_model: {cfg.base_model} has no chat template; use a chat/instruct "
                           f"model or one whose tokenizer_config.json defines chat_template")
+    report = analyse_config(cfg, tokenizer)
+    report.raise_on_errors()
+    for f in report.warnings[:10]:
+        log.warning("data: %s", f)
+    train_rows, val_rows = report.train, report.validation
+    data_info = report.to_dict() | {"findings": [f.to_dict() for f in report.warnings]}
     t = cfg.train
     with StageWriter(out_dir, "train", config=cfg.to_dict(), inputs_hash=inputs_hash(cfg, base),
                      base_model=cfg.base_model, force=force) as w:
         write_jsonl(w.tmp / "train.jsonl", train_rows)
         write_jsonl(w.tmp / "validation.jsonl", val_rows)
-        train_ds = Dataset.from_list([{"messages": e.messages} for e in train_rows])
-        val_ds = Dataset.from_list([{"messages": e.messages} for e in val_rows])
+        train_ds = Dataset.from_list([e.to_json() for e in train_rows])
+        val_ds = Dataset.from_list([e.to_json() for e in val_rows])
         model = _load_model(base, t.quantization, cfg.trust_remote_code)
         w.extra["base_loaded_as"] = _describe_weights(model)
         peft_config = LoraConfig(

@@ -31,28 +31,59 @@ def test_help_is_instant_and_lists_every_stage() -> None:
 def test_data_check_clean_file_prints_statistics() -> None:
     result = run("data", "check", str(EXAMPLE_DATA))
     assert result.exit_code == 0
-    assert result.stdout.strip() == (f"{EXAMPLE_DATA}: 400 usable rows (400 alpaca), 0 malformed; "
-                                     "split 360 train / 40 validation (seed 0)")
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["severity", "check", "where", "message"]
+    # The example is generated from templates: rows one digit apart are near-duplicates (warnings).
+    assert f"{EXAMPLE_DATA}: 400 usable of 400 rows (400 alpaca); 0 error(s), 129 warning(s); " \
+           "split 360 train / 40 validation" in lines
 
 
-def test_data_check_json(tmp_path: Path) -> None:
+def test_data_check_json() -> None:
     result = run("data", "check", str(EXAMPLE_DATA), "--json")
     assert result.exit_code == 0
-    assert json.loads(result.stdout)["usable"] == 400
+    report = json.loads(result.stdout)
+    assert (report["usable"], report["train_rows"], report["errors"]) == (400, 360, 0)
 
 
-def test_data_check_reports_malformed_rows_and_exits_4(tmp_path: Path) -> None:
+def test_data_check_reports_every_defect_with_its_location(tmp_path: Path) -> None:
     f = tmp_path / "bad.jsonl"
-    rows = [json.dumps({"instruction": f"q{i}", "output": "a"}) for i in range(12)]
-    rows.insert(3, json.dumps({"instruction": "no answer"}))
-    rows.insert(7, "not json")
-    f.write_text("\n".join(rows) + "\n")
-    result = run("data", "check", str(f))
+    good = [{"instruction": f"Spell the number {i} for me", "output": f"value {i * 7919 % 10007}"}
+            for i in range(12)]
+    lines = [json.dumps(r) for r in good]
+    lines.insert(3, json.dumps({"instruction": "no answer"}))                                  # line 4
+    lines.insert(7, "not json")                                                                # line 8
+    lines.append(json.dumps({"messages": [{"role": "assistant", "content": "a"},
+                                          {"role": "user", "content": "q"}]}))                 # line 15
+    lines.append(json.dumps({"messages": [{"role": "user", "content": "q"}]}))                # line 16
+    lines.append(json.dumps({"instruction": "   ", "output": "x"}))                           # line 17
+    lines.append(json.dumps(good[0]))                                                          # line 18
+    lines.append(json.dumps({"instruction": "Spell the number 1 for me!", "output": good[1]["output"]}))  # 19
+    lines.append(json.dumps({"instruction": "long " * 300, "output": "x"}))                   # line 20
+    f.write_bytes(("\n".join(lines) + "\n").encode() + b'{"instruction": "\xff", "output": "b"}\n')  # 21
+    val = tmp_path / "val.jsonl"
+    val.write_text(json.dumps(good[5]) + "\n" + json.dumps({"instruction": "fresh", "output": "row"}) + "\n")
+    result = run("data", "check", str(f), "--validation", str(val), "--model", "tiny:micro",
+                 "--max-length", "256", "--json")
     assert result.exit_code == 4
-    assert f"{f}:4: missing 'output' (alpaca rows need instruction, input?, output)" in result.stderr
-    assert f"{f}:8: not valid JSON" in result.stderr
-    assert f"Error: {f}: 2 malformed row(s); fix or remove them" in result.stderr
-    assert "Traceback" not in result.output
+    found = {(x["severity"], x["check"], x["where"]) for x in json.loads(result.stdout)["findings"]}
+    assert found == {
+        ("error", "format", f"{f}:4"),
+        ("error", "json", f"{f}:8"),
+        ("error", "roles", f"{f}:15"),
+        ("error", "roles", f"{f}:16"),
+        ("error", "empty", f"{f}:17"),
+        ("warning", "duplicate", f"{f}:18"),
+        ("warning", "near-duplicate", f"{f}:19"),
+        ("error", "too-long", f"{f}:20"),
+        ("error", "encoding", f"{f}:21"),
+        ("error", "leakage", f"{val}:1"),
+    }
+    assert result.stderr.endswith(f"Error: {f}: 8 error(s) in the data\n")
+    table = run("data", "check", str(f), "--validation", str(val))
+    assert table.exit_code == 4
+    assert any(line.startswith("error") and f"{f}:4" in line and "missing 'output'" in line
+               for line in table.stdout.splitlines())
+    assert "Traceback" not in table.output
 
 
 def test_missing_data_file_exits_5(tmp_path: Path) -> None:

@@ -1,0 +1,240 @@
+"""Dataset checks beyond a single row: duplicates, leakage, lengths under the model's template.
+
+Consumes the data section of a config (or a file and options from `edgeft data check`) and,
+when given, the model's tokenizer; produces a `DataReport`: the train/validation split, every
+finding with its location and severity, token-length statistics and the rendered form of one
+example, exactly as the model will see it.
+
+    edgeft data check examples/nl2sql/data/nl2sql.jsonl -c examples/nl2sql/edgeft.yaml
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeft.data import MIN_EXAMPLES, Example, Finding, LoadReport, file_hash, load_examples, split
+from edgeft.errors import DataError
+
+# Jaccard similarity of character 5-gram sets (prompt and answer each) above which two examples
+# are near-duplicates: catches copies with whitespace, case, punctuation or a word changed.
+NEAR_DUPLICATE_THRESHOLD = 0.9
+MAX_PAIRS_LISTED = 50
+
+
+@dataclass
+class DataReport:
+    train: list[Example]
+    validation: list[Example]
+    findings: list[Finding] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    rendered_example: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.info,
+            "train_rows": len(self.train),
+            "validation_rows": len(self.validation),
+            "errors": len(self.errors),
+            "warnings": len(self.warnings),
+            "findings": [f.to_dict() for f in self.findings],
+            "token_lengths": self.stats,
+            "rendered_example": self.rendered_example,
+        }
+
+    def raise_on_errors(self) -> None:
+        if not self.errors:
+            return
+        shown = [str(f) for f in self.errors[:50]]
+        more = len(self.errors) - len(shown)
+        first = self.errors[0]
+        where = first.where.split(":")[0].split("[")[0]
+        raise DataError(f"{where}: {len(self.errors)} data error(s); fix them (or see `edgeft data check`)\n"
+                        + "\n".join(shown) + (f"\n... and {more} more" if more else ""))
+
+
+def exact_duplicates(examples: list[Example]) -> list[Finding]:
+    seen: dict[str, Example] = {}
+    out = []
+    for e in examples:
+        k = e.key()
+        if k in seen:
+            out.append(Finding("warning", e.where, "duplicate", f"exact duplicate of {seen[k].where}"))
+        else:
+            seen[k] = e
+    return out
+
+
+def _shingles(text: str, n: int = 5) -> set[str]:
+    t = " ".join(text.lower().split())
+    return {t[i : i + n] for i in range(max(1, len(t) - n + 1))}
+
+
+def _jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / max(len(a | b), 1)
+
+
+def near_duplicates(examples: list[Example], threshold: float = NEAR_DUPLICATE_THRESHOLD) -> list[Finding]:
+    """Pairs whose prompts *and* answers are each at least `threshold` similar (5-gram Jaccard).
+
+    Both halves must match: rows made from one template share most of their prompt but differ
+    in the answer, and are not duplicates. MinHash LSH (datasketch) over the answers proposes
+    candidates in linear time; each is confirmed with exact Jaccard similarities.
+    """
+    from datasketch import MinHash, MinHashLSH
+
+    # A lower LSH threshold than the reported one: LSH misses some pairs near its threshold.
+    lsh = MinHashLSH(threshold=max(0.5, threshold - 0.15), num_perm=64)
+    grams: list[tuple[set[str], set[str]]] = []
+    keys, out = [], []
+    for i, e in enumerate(examples):
+        prompt, answer = (_shingles(t) for t in e.parts())
+        m = MinHash(num_perm=64, seed=1)
+        m.update_batch([x.encode() for x in answer])
+        grams.append((prompt, answer))
+        keys.append(e.key())
+        best, partner = 0.0, -1
+        for j in lsh.query(m):
+            if keys[j] == keys[i]:
+                continue  # exact duplicates are reported as such
+            sim = min(_jaccard(prompt, grams[j][0]), _jaccard(answer, grams[j][1]))
+            if sim > best or (sim == best and j < partner):
+                best, partner = sim, j
+        # Each example once, with its most similar earlier example: a cluster of k near-copies
+        # gives k - 1 warnings, not k² / 2.
+        if best >= threshold:
+            out.append(Finding("warning", e.where, "near-duplicate",
+                               f"near-duplicate of {examples[partner].where} (similarity {best:.2f})"))
+        lsh.insert(i, m)
+    return out
+
+
+def leakage(train: list[Example], validation: list[Example]) -> list[Finding]:
+    seen = {e.key(): e for e in train}
+    return [Finding("error", v.where, "leakage",
+                    f"validation example also in the training data ({seen[v.key()].where}): "
+                    f"it would overstate validation quality; remove one or use data.dedup")
+            for v in validation if v.key() in seen]
+
+
+def render(example: Example, tokenizer: Any) -> str:
+    if example.messages is not None:
+        return tokenizer.apply_chat_template(example.messages, tokenize=False)
+    return example.text or ""
+
+
+def token_lengths(examples: list[Example], tokenizer: Any, max_length: int | None) -> tuple[list[Finding], dict]:
+    """Length of each example as the model sees it (its template, its tokenizer)."""
+    lengths, out = [], []
+    for e in examples:
+        if e.messages is not None:
+            n = len(tokenizer.apply_chat_template(e.messages, tokenize=True))
+        else:
+            n = len(tokenizer(e.text)["input_ids"]) + 1  # + EOS, appended in training
+        lengths.append(n)
+        if max_length and n > max_length:
+            out.append(Finding("error", e.where, "too-long",
+                               f"{n} tokens under the model's template, over train.max_seq_length "
+                               f"{max_length}: shorten it or raise the limit"))
+    arr = np.array(lengths or [0])
+    stats = {"min": int(arr.min()), "median": float(np.median(arr)), "p95": float(np.percentile(arr, 95)),
+             "max": int(arr.max()), "total": int(arr.sum())}
+    return out, stats
+
+
+def dedupe(examples: list[Example]) -> tuple[list[Example], int]:
+    seen, out = set(), []
+    for e in examples:
+        if e.key() not in seen:
+            seen.add(e.key())
+            out.append(e)
+    return out, len(examples) - len(out)
+
+
+def _loaded(report: LoadReport) -> list[Finding]:
+    findings = list(report.findings)
+    if len(report.examples) < MIN_EXAMPLES:
+        findings.append(Finding("error", str(report.path), "too-few",
+                                f"{len(report.examples)} usable example(s); at least {MIN_EXAMPLES} needed"))
+    return findings
+
+
+def analyse(train_path: Path, *, validation_path: Path | None = None, columns: dict[str, str] | None = None,
+            system_prompt: str | None = None, val_ratio: float = 0.1, seed: int = 0, dedup: bool = False,
+            tokenizer: Any = None, max_length: int | None = None,
+            near_duplicate_threshold: float = NEAR_DUPLICATE_THRESHOLD) -> DataReport:
+    """Load, check and split a dataset; every problem becomes a finding (nothing raises)."""
+    loaded = load_examples(train_path, columns, system_prompt)
+    findings = _loaded(loaded)
+    examples = loaded.examples
+    info: dict[str, Any] = {"train_file": str(train_path), "train_sha256": file_hash(train_path),
+                            "rows": loaded.rows, "usable": len(examples), "formats": dict(loaded.formats)}
+    if dedup:
+        examples, removed = dedupe(examples)
+        info["duplicates_removed"] = removed
+    else:
+        findings += exact_duplicates(examples)
+    findings += near_duplicates(examples, near_duplicate_threshold)
+    if validation_path is not None:
+        vloaded = load_examples(validation_path, columns, system_prompt)
+        findings += vloaded.findings
+        train, val = examples, vloaded.examples
+        info.update(validation_file=str(validation_path), validation_sha256=file_hash(validation_path))
+        if not val:
+            findings.append(Finding("error", str(validation_path), "too-few", "no usable validation example"))
+    else:
+        train, val = split(examples, val_ratio, seed) if examples else ([], [])
+    findings += leakage(train, val)
+    report = DataReport(train, val, findings, info=info)
+    if tokenizer is not None and examples:
+        long_findings, report.stats = token_lengths(train + val, tokenizer, max_length)
+        report.findings += long_findings
+        report.rendered_example = render(train[0] if train else val[0], tokenizer)
+    return report
+
+
+def analyse_config(cfg: Any, tokenizer: Any = None) -> DataReport:
+    d = cfg.data
+    return analyse(
+        cfg.path(d.train), validation_path=cfg.path(d.validation) if d.validation else None,
+        columns=d.columns or None, system_prompt=d.system_prompt, val_ratio=d.val_ratio, seed=d.seed,
+        dedup=d.dedup, tokenizer=tokenizer, max_length=cfg.train.max_seq_length,
+        near_duplicate_threshold=d.near_duplicate_threshold,
+    )
+
+
+def format_table(report: DataReport) -> str:
+    """The findings as an aligned, human-readable table."""
+    if not report.findings:
+        return "no problems found"
+    rows = [(f.severity, f.check, f.where, f.message) for f in report.findings]
+    w = [max(len(r[i]) for r in [("severity", "check", "where"), *rows]) for i in range(3)]
+    header = f"{'severity':<{w[0]}}  {'check':<{w[1]}}  {'where':<{w[2]}}  message"
+    lines = [header, "-" * len(header)]
+    listed = 0
+    for r in rows:
+        if r[1] == "near-duplicate" and listed >= MAX_PAIRS_LISTED:
+            continue
+        listed += r[1] == "near-duplicate"
+        lines.append(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}")
+    hidden = sum(r[1] == "near-duplicate" for r in rows) - listed
+    if hidden > 0:
+        lines.append(f"... and {hidden} more near-duplicate pairs (all in --json)")
+    return "\n".join(lines)
+
+
+def data_files(cfg: Any) -> list[Path]:
+    return [cfg.path(cfg.data.train)] + ([cfg.path(cfg.data.validation)] if cfg.data.validation else [])
+
