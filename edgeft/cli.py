@@ -194,17 +194,25 @@ def data_check(file: Path | None, config_path: Path | None, model: str | None, m
 @cli.command()
 @CONFIG_OPTION
 @click.option("--out", type=click.Path(path_type=Path), help="Output directory [<workdir>/<name>/train].")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
 @FORCE_OPTION
 @SET_OPTION
-def train(config_path: Path, out: Path | None, force: bool, overrides: tuple[str, ...]) -> None:
+def train(config_path: Path, out: Path | None, resume: bool, force: bool, overrides: tuple[str, ...]) -> None:
     """Train a LoRA adapter (QLoRA with train.quantization: nf4) on the config's data.
+
+    A run killed at any point continues with --resume. Under `accelerate launch` it trains
+    data-parallel on every process (DDP); nothing else changes.
 
     \b
     edgeft train -c examples/nl2sql/edgeft.yaml --set train.max_steps=20
+    edgeft train -c examples/nl2sql/edgeft.yaml --resume
+    accelerate launch --num_processes 2 -m edgeft train -c examples/nl2sql/edgeft.yaml
     """
     from edgeft.train import train_adapter
 
-    stage = train_adapter(_load(config_path, overrides), out, force=force)
+    stage = train_adapter(_load(config_path, overrides), out, force=force, resume=resume)
+    if stage is None:  # a non-main process of a distributed run
+        return
     m = stage.metrics
     click.echo(f"edgeft: validation loss {m['base_val_loss']} (base) → {m['val_loss']}", err=True)
     click.echo(str(stage.path))
@@ -215,15 +223,21 @@ def train(config_path: Path, out: Path | None, force: bool, overrides: tuple[str
 @click.option("--train-dir", type=click.Path(path_type=Path), help="Train stage [<workdir>/<name>/train].")
 @click.option("--out", type=click.Path(path_type=Path), help="Output directory [<workdir>/<name>/merge].")
 @FORCE_OPTION
-def merge(config_path: Path, train_dir: Path | None, out: Path | None, force: bool) -> None:
-    """Merge the adapter into the full-precision base model.
+@SET_OPTION
+def merge(config_path: Path, train_dir: Path | None, out: Path | None, force: bool,
+          overrides: tuple[str, ...]) -> None:
+    """Merge the adapter into the full-precision base model (never into 4-bit weights).
+
+    After QLoRA, also measures merge.strategy full-precision and dequantized against the
+    adapter on the 4-bit base, and records both in the manifest.
 
     \b
     edgeft merge -c examples/nl2sql/edgeft.yaml
+    edgeft merge -c examples/nl2sql/edgeft.yaml --set merge.strategy=dequantized
     """
     from edgeft.merge import merge_adapter
 
-    click.echo(str(merge_adapter(_load(config_path), train_dir, out, force=force).path))
+    click.echo(str(merge_adapter(_load(config_path, overrides), train_dir, out, force=force).path))
 
 
 @cli.group()

@@ -19,6 +19,7 @@ from edgeft.errors import ConfigError, InputError
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m", "q2_k")
 ONNX_TYPES = ("fp32", "int8")
+LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 
 @dataclass(frozen=True)
@@ -36,20 +37,31 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    quantization: str = "none"  # "nf4": QLoRA, base loaded in 4-bit NF4 with double quant
+    # QLoRA: "nf4" (or "fp4") loads the base in 4-bit through bitsandbytes; "none" is plain LoRA.
+    quantization: str = "none"
+    double_quant: bool = True  # quantize the 4-bit scales too: ~0.4 bit/param less, same quality
+    compute_dtype: str = "auto"  # auto: bfloat16 on GPUs that have it, float16 on others, float32 on CPU
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     target_modules: str | list[str] = "all-linear"
     learning_rate: float = 1e-3
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
     epochs: float = 3.0
     max_steps: int = -1  # > 0 overrides epochs
     batch_size: int = 8
     gradient_accumulation: int = 1
     max_seq_length: int = 512
-    warmup_ratio: float = 0.05
+    gradient_checkpointing: bool = False  # trade ~30% speed for much less activation memory
     seed: int = 0
     assistant_only_loss: bool = True  # loss on what the assistant says, not on the prompt
+    packing: bool = False  # concatenate examples into max_seq_length blocks (fewer pad tokens)
+    logging_steps: int = 5
+    eval_steps: int = 0  # evaluate (and checkpoint) every N steps; 0 = once per epoch
+    save_total_limit: int = 2  # checkpoints kept for --resume (the best one is always kept)
+    early_stopping_patience: int = 0  # stop after N evaluations without improvement; 0 = off
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,11 @@ class MergeConfig:
     # float32 keeps the merged model as close to the trained one as possible; the export
     # stage makes the smaller types.
     dtype: str = "float32"
+    # After QLoRA: "full-precision" merges into the original weights (the default: the adapter
+    # corrects the quantized base, and is applied to the better one); "dequantized" merges into
+    # the NF4 weights the adapter saw, dequantized. Both are measured either way.
+    strategy: str = "full-precision"
+    compare_prompts: int = 16  # validation conversations used to compare the merge strategies
 
 
 @dataclass(frozen=True)
@@ -186,8 +203,14 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
     for key in cfg.data.columns:
         bad(key not in CANONICAL_FIELDS,
             f"data.columns: {key!r} is not a field edgeft reads; map to one of {', '.join(CANONICAL_FIELDS)}")
-    bad(cfg.train.quantization not in ("none", "nf4"),
-        f"train.quantization: {cfg.train.quantization!r} must be 'none' or 'nf4'")
+    bad(cfg.train.quantization not in ("none", "nf4", "fp4"),
+        f"train.quantization: {cfg.train.quantization!r} must be 'none', 'nf4' or 'fp4'")
+    bad(cfg.train.compute_dtype not in ("auto", "bfloat16", "float16", "float32"),
+        f"train.compute_dtype: {cfg.train.compute_dtype!r} must be auto, bfloat16, float16 or float32")
+    bad(cfg.train.lr_scheduler not in LR_SCHEDULERS,
+        f"train.lr_scheduler: {cfg.train.lr_scheduler!r} is not one of {', '.join(LR_SCHEDULERS)}")
+    bad(cfg.merge.strategy not in ("full-precision", "dequantized"),
+        f"merge.strategy: {cfg.merge.strategy!r} must be 'full-precision' or 'dequantized'")
     bad(cfg.train.lora_r < 1, "train.lora_r: must be at least 1")
     bad(cfg.train.learning_rate <= 0, "train.learning_rate: must be positive")
     bad(cfg.train.batch_size < 1, "train.batch_size: must be at least 1")

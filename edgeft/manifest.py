@@ -113,7 +113,10 @@ class StageWriter:
     """Collects a stage's files in a temporary directory next to `dest`; `publish` renames it.
 
     Use as a context manager: on an exception the temporary directory is removed and `dest`
-    is left as it was.
+    is left as it was. A `resumable` stage (training) works in `.<name>.partial/` instead,
+    which survives an interruption (even SIGKILL) so the next run can `resume` from it.
+    `is_main` is False on the other processes of a distributed run: they share the directory
+    but only the main process creates, cleans or publishes it.
     """
 
     dest: Path
@@ -123,13 +126,24 @@ class StageWriter:
     parent: str | None = None
     base_model: str | None = None
     force: bool = False
+    resumable: bool = False
+    resume: bool = False
+    is_main: bool = True
 
     def __post_init__(self) -> None:
         self.dest = Path(self.dest)
         if self.dest.exists() and not self.force:
             raise InputError(f"{self.dest} already exists: pass --force to replace it")
         self.dest.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}.tmp-", dir=self.dest.parent))
+        if self.resumable:
+            self.tmp = self.dest.with_name(f".{self.dest.name}.partial")
+            if self.resume and not self.tmp.is_dir():
+                raise InputError(f"{self.tmp}: no interrupted run to resume; run without --resume")
+            if not self.resume and self.is_main:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp.mkdir(exist_ok=True)
+        elif self.is_main:
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}.tmp-", dir=self.dest.parent))
         self._artifacts: list[dict[str, Any]] = []
         self.metrics: dict[str, Any] = {}
         self.extra: dict[str, Any] = {}
@@ -139,7 +153,7 @@ class StageWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
+        if exc_type is not None and not self.resumable and self.is_main:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def add_artifact(self, name: str, relpath: str, fmt: str, **info: Any) -> dict[str, Any]:
@@ -174,6 +188,8 @@ class StageWriter:
         }
 
     def publish(self) -> Stage:
+        if not self.is_main:
+            raise RuntimeError("only the main process publishes a stage")
         data = self.manifest()
         (self.tmp / MANIFEST).write_text(json.dumps(data, indent=2, default=str) + "\n")
         if self.dest.exists():

@@ -1,9 +1,15 @@
-"""Merge the adapter into the full-precision base: the reference model every export is checked against.
+"""Merge the adapter into the base: the reference model every export is checked against.
 
 Consumes a `train` stage; produces a `merge` stage: `model/`, an HF model directory
 (safetensors, tokenizer, chat template, generation config whose EOS includes the template's
-end-of-turn token). The base is always reloaded in full precision, even after QLoRA: merging
-into the 4-bit weights would bake their rounding error into every exported file.
+end-of-turn token), and the validation split. The merged weights are never the 4-bit ones:
+
+- `full-precision` (default): the adapter is merged into the original weights, reloaded;
+- `dequantized`: into the NF4/FP4 weights the adapter was trained against, dequantized.
+
+After QLoRA both are built and compared with what was actually trained (the adapter on the
+4-bit base) on validation conversations: KL divergence and top-1 agreement per strategy go into
+the manifest, whichever is chosen.
 
     edgeft merge -c examples/nl2sql/edgeft.yaml
 """
@@ -13,9 +19,12 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from edgeft.base import end_of_turn, resolve_base
-from edgeft.config import Config
+from edgeft.config import Config, parse_config
 from edgeft.errors import ToolError
 from edgeft.manifest import Stage, StageWriter, hash_json, read_stage
 
@@ -26,28 +35,98 @@ def inputs_hash(cfg: Config, train: Stage) -> str:
     return hash_json([train.inputs_hash, cfg.section("merge")])
 
 
+def _logits(model: Any, sequences: list[list[int]]) -> list[np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        return [model(torch.tensor([ids])).logits[0].float().numpy() for ids in sequences]
+
+
+def _apply(model: Any, adapter_dir: Path) -> Any:
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    except (ValueError, RuntimeError, KeyError) as e:
+        raise ToolError(f"{adapter_dir}: cannot apply the adapter to the base: {e}") from e
+
+
+def _full_precision_base(base: str, cfg: Config) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, cfg.merge.dtype), use_safetensors=True,
+                                                trust_remote_code=cfg.trust_remote_code)
+
+
+def _dequantized_weights(quantized: Any) -> dict[str, Any]:
+    """Each 4-bit linear layer's weight as the adapter saw it, dequantized to float32."""
+    import bitsandbytes as bnb
+
+    out = {}
+    for name, module in quantized.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            out[name] = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state).float()
+    return out
+
+
+def compare_strategies(base: str, adapter_dir: Path, cfg: Config, train_cfg: Config, tokenizer: Any,
+                       conversations: list[list[dict[str, str]]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both merge strategies against the adapter on the 4-bit base; return (metrics, weights)."""
+    from peft import PeftModel
+
+    from edgeft.compare import kl_stats, summarise
+    from edgeft.train import load_base
+
+    sequences = [tokenizer.apply_chat_template(c, tokenize=True) for c in conversations]
+    quantized = load_base(base, train_cfg)  # exactly as in training: same quantization settings
+    dq_weights = _dequantized_weights(quantized)
+    trained = PeftModel.from_pretrained(quantized, adapter_dir).eval()
+    reference = _logits(trained, sequences)
+    del trained, quantized
+    metrics: dict[str, Any] = {"reference": f"adapter on the {train_cfg.train.quantization} base, as trained",
+                               "prompts": len(sequences)}
+    models = {}
+    for strategy in ("full-precision", "dequantized"):
+        model = _full_precision_base(base, cfg)
+        if strategy == "dequantized":
+            for name, weight in dq_weights.items():
+                model.get_submodule(name).weight.data = weight.to(model.dtype)
+        model = _apply(model, adapter_dir).eval()
+        stats = summarise([kl_stats(r, o) for r, o in zip(reference, _logits(model, sequences), strict=True)])
+        metrics[strategy] = {k: stats[k] for k in ("kl_mean", "kl_max", "top1")}
+        log.info("merge %s vs trained: KL mean %.3g, top-1 %.3f", strategy, stats["kl_mean"], stats["top1"])
+        if strategy == cfg.merge.strategy:
+            models[strategy] = model
+    return metrics, models
+
+
 def merge_adapter(cfg: Config, train_dir: Path | None = None, out_dir: Path | None = None,
                   *, force: bool = False) -> Stage:
     """Merge the train stage's adapter into the base; return the published merge stage."""
     train = read_stage(train_dir or cfg.run_dir / "train", "train")
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from edgeft.data import read_conversations
 
     out_dir = Path(out_dir) if out_dir else cfg.run_dir / "merge"
     base = train.data.get("resolved_base") or resolve_base(cfg.base_model, cfg.root)
     adapter_dir = train.file(train.artifact("adapter")["path"])
-    dtype = getattr(torch, cfg.merge.dtype)
-    with StageWriter(out_dir, "merge", config=cfg.to_dict(),
-                     inputs_hash=inputs_hash(cfg, train),
+    quantization = train.artifact("adapter").get("quantization", "none")
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    with StageWriter(out_dir, "merge", config=cfg.to_dict(), inputs_hash=inputs_hash(cfg, train),
                      parent=str(train.path), base_model=cfg.base_model, force=force) as w:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, use_safetensors=True,
-                                                     trust_remote_code=cfg.trust_remote_code)
-        try:
-            model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-        except (ValueError, RuntimeError, KeyError) as e:
-            raise ToolError(f"{adapter_dir}: cannot apply the adapter to {cfg.base_model}: {e}") from e
-        tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+        strategy = "full-precision"
+        if quantization != "none":
+            # The adapter was trained under the train stage's settings, not necessarily today's config.
+            train_cfg = parse_config(train.data["config"], cfg.source)
+            conversations = read_conversations(train.file("validation.jsonl"))[: cfg.merge.compare_prompts]
+            w.metrics["merge_comparison"], models = compare_strategies(
+                base, adapter_dir, cfg, train_cfg, tokenizer, conversations)
+            strategy = cfg.merge.strategy
+            model = models[strategy]
+        else:
+            model = _apply(_full_precision_base(base, cfg), adapter_dir)
         gen = model.generation_config or GenerationConfig()
         eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
         eos_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
@@ -57,16 +136,15 @@ def merge_adapter(cfg: Config, train_dir: Path | None = None, out_dir: Path | No
             eos_ids.append(eot[1])
         gen.eos_token_id = eos_ids
         model.generation_config = gen
-        model_dir = w.tmp / "model"
-        model.save_pretrained(model_dir, safe_serialization=True)
-        tokenizer.save_pretrained(model_dir)
-        w.add_artifact("model", "model", "hf-safetensors", dtype=cfg.merge.dtype)
+        model.save_pretrained(w.tmp / "model", safe_serialization=True)
+        tokenizer.save_pretrained(w.tmp / "model")
+        w.add_artifact("model", "model", "hf-safetensors", dtype=cfg.merge.dtype, strategy=strategy)
+        shutil.copy(train.file("validation.jsonl"), w.tmp / "validation.jsonl")
+        w.add_artifact("validation-split", "validation.jsonl", "jsonl")
         w.extra["end_of_turn"] = eot[0] if eot else None
         w.extra["eos_token_ids"] = eos_ids
         # Carried forward so later stages need only this directory.
         w.extra["data"] = train.data.get("data")
-        shutil.copy(train.file("validation.jsonl"), w.tmp / "validation.jsonl")
-        w.add_artifact("validation-split", "validation.jsonl", "jsonl")
         w.metrics.update(train.metrics)
         stage = w.publish()
     log.info("merged model written to %s", stage.path)

@@ -1,11 +1,17 @@
 """Train a LoRA (or QLoRA) adapter with peft + trl's SFTTrainer on the base's chat template.
 
 Consumes the config's `base_model`, `data` and `train` sections; produces a `train` stage
-directory: `adapter/` (adapter weights, config, tokenizer with the chat template), the
-train/validation splits it used, `metrics.jsonl` (the trainer's log) and, in the manifest,
+directory: `adapter/` (the best adapter by validation loss, its config, and the tokenizer with
+the chat template used in training), the train/validation splits, `metrics.jsonl` (every
+log line of the trainer, written as training goes) and `reports/loss.png`; the manifest holds
 the base model's and the adapter's validation loss.
 
+Work happens in `<workdir>/<name>/.train.partial/`, with checkpoints at each evaluation, so
+a run killed at any moment continues with `--resume`. Under `accelerate launch` the same
+command trains data-parallel; only the main process writes the stage.
+
     edgeft train -c examples/nl2sql/edgeft.yaml
+    accelerate launch --num_processes 2 -m edgeft train -c examples/nl2sql/edgeft.yaml
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +28,7 @@ from edgeft.base import fingerprint, resolve_base
 from edgeft.config import Config
 from edgeft.data import file_hash, write_jsonl
 from edgeft.datacheck import analyse_config, data_files
-from edgeft.errors import ConfigError, ToolError
+from edgeft.errors import ConfigError, InputError, ToolError
 from edgeft.manifest import Stage, StageWriter, hash_json
 
 log = logging.getLogger(__name__)
@@ -35,24 +42,40 @@ def inputs_hash(cfg: Config, resolved_base: str) -> str:
     })
 
 
-def _load_model(base: str, quantization: str, trust_remote_code: bool):
+def compute_dtype(name: str):
+    import torch
+
+    if name != "auto":
+        return getattr(torch, name)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_base(base: str, cfg: Config):
+    """The base model, in 4-bit for QLoRA, else in the compute dtype (safetensors only)."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    t = cfg.train
+    dtype = compute_dtype(t.compute_dtype)
     # safetensors only: a pickled checkpoint from a user path could run arbitrary code.
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
-    if quantization == "nf4":
-        # QLoRA: 4-bit NF4 with double quantization; compute in bf16 on GPU, fp32 on CPU.
-        compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code, "use_safetensors": True}
+    if t.quantization in ("nf4", "fp4"):
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute,
+            load_in_4bit=True, bnb_4bit_quant_type=t.quantization,
+            bnb_4bit_use_double_quant=t.double_quant, bnb_4bit_compute_dtype=dtype,
         )
-        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+        if torch.cuda.is_available():
+            from accelerate import PartialState
+
+            kwargs["device_map"] = {"": PartialState().local_process_index}
+        else:
+            kwargs["device_map"] = {"": "cpu"}
     else:
-        kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        kwargs["dtype"] = dtype
     model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
-    if quantization == "nf4" and not torch.cuda.is_available():
+    if t.quantization != "none" and not torch.cuda.is_available():
         _keep_4bit_weights_trainable(model)
     return model
 
@@ -71,7 +94,7 @@ def _keep_4bit_weights_trainable(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def _describe_weights(model) -> dict[str, Any]:
+def describe_weights(model) -> dict[str, Any]:
     """How the base's linear layers are held in memory (proof that QLoRA really ran in 4-bit)."""
     counts: dict[str, int] = {}
     for module in model.modules():
@@ -80,14 +103,116 @@ def _describe_weights(model) -> dict[str, Any]:
     return {"dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "layers": counts}
 
 
-def train_adapter(cfg: Config, out_dir: Path | None = None, *, force: bool = False) -> Stage:
-    """Fine-tune a LoRA adapter on the config's data; return the published train stage."""
+def sft_config(cfg: Config, output_dir: Path, chat: bool):
+    """trl's SFTConfig from the train section: edgeft's defaults, evaluation and checkpoints."""
     import torch
+    from trl import SFTConfig
+
+    t = cfg.train
+    on_gpu = torch.cuda.is_available()
+    dtype = compute_dtype(t.compute_dtype)
+    every = {"eval_strategy": "steps", "eval_steps": t.eval_steps, "save_strategy": "steps",
+             "save_steps": t.eval_steps} if t.eval_steps > 0 else {"eval_strategy": "epoch", "save_strategy": "epoch"}
+    return SFTConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_ratio=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        max_length=t.max_seq_length,
+        # Plain-text rows have no assistant turns: their loss is over the whole text.
+        assistant_only_loss=t.assistant_only_loss and chat,
+        packing=t.packing,
+        gradient_checkpointing=t.gradient_checkpointing,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        **every,
+        # The best checkpoint by validation loss becomes the adapter; the others are for resume.
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        save_total_limit=t.save_total_limit,
+        save_only_model=False,  # optimizer, scheduler and RNG state too: resume continues exactly
+        report_to=[],
+        use_cpu=not on_gpu,
+        bf16=on_gpu and dtype == torch.bfloat16,
+        fp16=on_gpu and dtype == torch.float16,
+        dataloader_num_workers=0,
+        pad_to_multiple_of=None,
+        ddp_find_unused_parameters=False,
+    )
+
+
+def last_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest complete checkpoint: trainer_state.json is written last, so it marks completeness."""
+    done = []
+    for d in checkpoints.glob("checkpoint-*"):
+        try:
+            json.loads((d / "trainer_state.json").read_text())
+            done.append((int(d.name.split("-")[1]), d))
+        except (OSError, ValueError):
+            continue  # killed while saving: older checkpoints are still good
+    return max(done)[1] if done else None
+
+
+class _MetricsFile:
+    """A trainer callback appending each log line to metrics.jsonl as training goes."""
+
+    def __new__(cls, path: Path):
+        from transformers import TrainerCallback
+
+        class Writer(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if state.is_world_process_zero and logs:
+                    with path.open("a") as f:
+                        f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+        return Writer()
+
+
+def plot_losses(log_history: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
+    val = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e and "step" in e]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="training loss")
+    if val:
+        ax.plot(*zip(*val, strict=True), marker="o", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("edgeft train")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def train_adapter(cfg: Config, out_dir: Path | None = None, *, force: bool = False,
+                  resume: bool = False) -> Stage | None:
+    """Fine-tune a LoRA adapter; return the published stage (None on non-main processes)."""
+    import torch
+    from accelerate import PartialState
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+    from transformers import AutoTokenizer, EarlyStoppingCallback
+    from trl import SFTTrainer
 
+    # One process, or one of `accelerate launch`'s. Without CUDA, cpu=True is what makes
+    # accelerate join the launcher's process group (gloo) rather than run alone.
+    state = PartialState(cpu=not torch.cuda.is_available())
     out_dir = Path(out_dir) if out_dir else cfg.run_dir / "train"
     base = resolve_base(cfg.base_model, cfg.root)
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=cfg.trust_remote_code)
@@ -96,78 +221,85 @@ def train_adapter(cfg: Config, out_dir: Path | None = None, *, force: bool = Fal
                           f"model or one whose tokenizer_config.json defines chat_template")
     report = analyse_config(cfg, tokenizer)
     report.raise_on_errors()
-    for f in report.warnings[:10]:
-        log.warning("data: %s", f)
+    if state.is_main_process and report.warnings:
+        from collections import Counter
+
+        kinds = Counter(f.check for f in report.warnings)
+        log.warning("data: %d warning(s) (%s), e.g. %s; `edgeft data check` lists them", len(report.warnings),
+                    ", ".join(f"{k}: {n}" for k, n in kinds.items()), report.warnings[0])
     train_rows, val_rows = report.train, report.validation
-    data_info = report.to_dict() | {"findings": [f.to_dict() for f in report.warnings]}
+    chat = train_rows[0].is_chat
     t = cfg.train
-    with StageWriter(out_dir, "train", config=cfg.to_dict(), inputs_hash=inputs_hash(cfg, base),
-                     base_model=cfg.base_model, force=force) as w:
-        write_jsonl(w.tmp / "train.jsonl", train_rows)
-        write_jsonl(w.tmp / "validation.jsonl", val_rows)
-        train_ds = Dataset.from_list([e.to_json() for e in train_rows])
-        val_ds = Dataset.from_list([e.to_json() for e in val_rows])
-        model = _load_model(base, t.quantization, cfg.trust_remote_code)
-        w.extra["base_loaded_as"] = _describe_weights(model)
-        peft_config = LoraConfig(
-            r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
-            target_modules=t.target_modules, task_type="CAUSAL_LM",
+    expected = inputs_hash(cfg, base)
+    with state.main_process_first():
+        w = StageWriter(out_dir, "train", config=cfg.to_dict(), inputs_hash=expected,
+                        base_model=cfg.base_model, force=force or resume, resumable=True, resume=resume,
+                        is_main=state.is_main_process)
+    with w:
+        checkpoints = w.tmp / "checkpoints"
+        resume_from = None
+        if resume:
+            started = json.loads((w.tmp / "run.json").read_text()) if (w.tmp / "run.json").exists() else {}
+            if started.get("inputs_hash") != expected:
+                raise InputError(f"{w.tmp}: the interrupted run had other inputs (config, data or base); "
+                                 f"run without --resume to start again")
+            resume_from = last_checkpoint(checkpoints)
+            log.info("resuming from %s", resume_from or "the start (no complete checkpoint yet)")
+        if state.is_main_process:
+            (w.tmp / "run.json").write_text(json.dumps({"inputs_hash": expected}))
+            write_jsonl(w.tmp / "train.jsonl", train_rows)
+            write_jsonl(w.tmp / "validation.jsonl", val_rows)
+            if not resume:
+                (w.tmp / "metrics.jsonl").unlink(missing_ok=True)
+        model = load_base(base, cfg)
+        w.extra["base_loaded_as"] = describe_weights(model)
+        peft_config = LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
+                                 target_modules=t.target_modules, task_type="CAUSAL_LM")
+        callbacks = [_MetricsFile(w.tmp / "metrics.jsonl")]
+        if t.early_stopping_patience > 0:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
+        trainer = SFTTrainer(
+            model=model, args=sft_config(cfg, checkpoints, chat),
+            train_dataset=Dataset.from_list([e.to_json() for e in train_rows]),
+            eval_dataset=Dataset.from_list([e.to_json() for e in val_rows]),
+            processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
         )
-        on_gpu = torch.cuda.is_available()
-        args = SFTConfig(
-            output_dir=str(w.tmp / "checkpoints"),
-            per_device_train_batch_size=t.batch_size,
-            per_device_eval_batch_size=t.batch_size,
-            gradient_accumulation_steps=t.gradient_accumulation,
-            learning_rate=t.learning_rate,
-            num_train_epochs=t.epochs,
-            max_steps=t.max_steps,
-            lr_scheduler_type="cosine",
-            warmup_ratio=t.warmup_ratio,
-            max_length=t.max_seq_length,
-            assistant_only_loss=t.assistant_only_loss,
-            seed=t.seed,
-            data_seed=t.seed,
-            logging_steps=5,
-            eval_strategy="no",
-            save_strategy="no",
-            report_to=[],
-            use_cpu=not on_gpu,
-            bf16=on_gpu and t.quantization == "none",
-            dataloader_num_workers=0,
-            pad_to_multiple_of=None,
-        )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                             processing_class=tokenizer, peft_config=peft_config)
         # The trainer prints its log lines to stdout, which carries edgeft's data: send to stderr.
         with contextlib.redirect_stdout(sys.stderr):
             # LoRA's B matrices start at zero, so before training the model *is* the base.
-            base_eval = trainer.evaluate()
+            base_eval = trainer.evaluate(metric_key_prefix="base")
             try:
-                result = trainer.train()
+                result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
             except (RuntimeError, ValueError) as e:
-                raise ToolError(f"training failed: {e}") from e
-            final_eval = trainer.evaluate()
-        adapter_dir = w.tmp / "adapter"
-        trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
-        tokenizer.save_pretrained(adapter_dir)
-        with (w.tmp / "metrics.jsonl").open("w") as f:
-            for entry in trainer.state.log_history:
-                f.write(json.dumps(entry) + "\n")
-        import shutil
-
-        shutil.rmtree(w.tmp / "checkpoints", ignore_errors=True)
+                raise ToolError(f"training failed: {e} (checkpoints kept in {checkpoints}; "
+                                f"continue with --resume)") from e
+            final_eval = trainer.evaluate()  # the best checkpoint, reloaded at the end
+        if not state.is_main_process:
+            return None
+        trainer.model.save_pretrained(w.tmp / "adapter", safe_serialization=True)
+        tokenizer.save_pretrained(w.tmp / "adapter")
+        history = trainer.state.log_history
+        plot_losses(history, w.tmp / "reports" / "loss.png")
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        (w.tmp / "run.json").unlink()
         w.add_artifact("adapter", "adapter", "peft-lora", quantization=t.quantization)
         w.add_artifact("train-split", "train.jsonl", "jsonl", rows=len(train_rows))
         w.add_artifact("validation-split", "validation.jsonl", "jsonl", rows=len(val_rows))
+        w.add_artifact("metrics", "metrics.jsonl", "jsonl")
+        w.add_artifact("loss-plot", "reports/loss.png", "png")
+        evals = [round(e["eval_loss"], 5) for e in history if "eval_loss" in e]
         w.metrics.update(
-            base_val_loss=round(base_eval["eval_loss"], 5),
+            base_val_loss=round(base_eval["base_loss"], 5),
             val_loss=round(final_eval["eval_loss"], 5),
+            val_losses=evals,
             train_loss=round(result.training_loss, 5),
             steps=result.global_step,
+            best_checkpoint_step=trainer.state.best_global_step,
             train_seconds=round(result.metrics.get("train_runtime", 0.0), 2),
+            resumed_from_step=int(resume_from.name.split("-")[1]) if resume_from else None,
+            processes=state.num_processes,
         )
-        w.extra["data"] = data_info
+        w.extra["data"] = report.to_dict() | {"findings": [f.to_dict() for f in report.warnings]}
         w.extra["resolved_base"] = base
         stage = w.publish()
     log.info("adapter written to %s (val loss %.4f, base %.4f)", stage.path,

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from edgeft.base import end_of_turn
+from edgeft.compare import kl_stats, summarise
 from edgeft.config import Config
 from edgeft.data import read_conversations
 from edgeft.errors import VerifyFailed
@@ -83,22 +84,6 @@ def probes_from(conversations: list[list[dict[str, str]]], n: int) -> list[Probe
     for i, conv in enumerate(conversations[:n]):
         out.append(Probe(f"validation[{i}]", conv[:-1], conv[-1]["content"]))
     return out
-
-
-def kl_stats(ref: np.ndarray, art: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-position KL(ref || art), top-1 agreement and max |Δlogit| from two [T, V] logit arrays."""
-    def log_softmax(x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float64)
-        x = x - x.max(axis=-1, keepdims=True)
-        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-    lp, lq = log_softmax(ref), log_softmax(art)
-    kl = (np.exp(lp) * (lp - lq)).sum(axis=-1)
-    return {
-        "kl": np.maximum(kl, 0.0),
-        "top1": (ref.argmax(-1) == art.argmax(-1)).astype(np.float64),
-        "dlogit": np.abs(ref.astype(np.float64) - art).max(axis=-1),
-    }
 
 
 def _prefix(a: list[int], b: list[int]) -> int:
@@ -197,14 +182,11 @@ def compare(rt: Runtime, ref: Reference, probes: list[Probe], band: Band, checks
                bos=special["bos"], eos=special["eos"], stop=special["stop"])
     # 3. next-token distributions over every position of prompt + answer
     per_probe = [kl_stats(ref.logits[i], rt.logits(ref.full_ids[i])) for i in range(len(probes))]
-    kl = np.concatenate([s["kl"] for s in per_probe])
-    top1 = float(np.concatenate([s["top1"] for s in per_probe]).mean())
-    dlogit = float(max(s["dlogit"].max() for s in per_probe))
+    numbers: dict[str, Any] = summarise(per_probe)
+    top1 = numbers["top1"]
     worst = int(np.argmax([s["kl"].max() for s in per_probe]))
-    numbers = {"kl_mean": float(kl.mean()), "kl_p99": float(np.quantile(kl, 0.99)),
-               "kl_max": float(kl.max()), "top1": top1, "max_dlogit": dlogit, "positions": int(kl.size)}
     checks.add("kl_mean", numbers["kl_mean"] <= band.kl_mean,
-               f"mean KL {numbers['kl_mean']:.3g} (limit {band.kl_mean:g}) over {kl.size} positions",
+               f"mean KL {numbers['kl_mean']:.3g} (limit {band.kl_mean:g}) over {numbers['positions']} positions",
                value=numbers["kl_mean"], limit=band.kl_mean)
     checks.add("kl_max", numbers["kl_max"] <= band.kl_max,
                f"max KL {numbers['kl_max']:.3g} (limit {band.kl_max:g}), worst probe {probes[worst].name}",

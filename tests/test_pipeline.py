@@ -72,11 +72,24 @@ def test_qlora_trains_on_cpu(built: dict, tmp_path: Path, recwarn: pytest.Warnin
     assert manifest["artifacts"][0]["quantization"] == "nf4"
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert manifest["metrics"]["val_loss"] < manifest["metrics"]["base_val_loss"]
-    # Merging a QLoRA adapter goes into the full-precision base.
+    # Merging a QLoRA adapter goes into the full-precision base by default, never the 4-bit one,
+    # and both strategies are measured against the adapter on the 4-bit base.
     merged = tmp_path / "merged"
     result = run("merge", "-c", str(built["config"]), "--train-dir", str(out), "--out", str(merged))
     assert result.exit_code == 0, result.output
     assert json.loads((merged / "model" / "config.json").read_text()).get("quantization_config") is None
+    stage = json.loads((merged / "edgeft.json").read_text())
+    comparison = stage["metrics"]["merge_comparison"]
+    assert stage["artifacts"][0]["strategy"] == "full-precision"
+    # The dequantized weights are what the adapter was trained on: that merge reproduces the
+    # trained model up to float rounding; the full-precision one differs by the NF4 error.
+    assert comparison["dequantized"]["kl_mean"] < 1e-4 and comparison["dequantized"]["top1"] > 0.99
+    assert comparison["full-precision"]["kl_mean"] > 10 * comparison["dequantized"]["kl_mean"]
+    dq = tmp_path / "merged-dq"
+    result = run("merge", "-c", str(built["config"]), "--train-dir", str(out), "--out", str(dq),
+                 "--set", "merge.strategy=dequantized")
+    assert result.exit_code == 0, result.output
+    assert json.loads((dq / "edgeft.json").read_text())["artifacts"][0]["strategy"] == "dequantized"
 
 
 def _copy_gguf_stage(built: dict, tmp_path: Path) -> Path:
