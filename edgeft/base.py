@@ -50,6 +50,35 @@ def fingerprint(spec: str, resolved: str) -> str:
     return hash_json({"config": json.loads((p / "config.json").read_text()), "files": files})
 
 
+# For a base model without a chat template (a pre-trained, not instruction-tuned, model): plain
+# text turns, and the tokenizer's own EOS closes the assistant's turn, so no token has to be
+# added to the vocabulary and generation stops where a base model already knows to stop.
+DEFAULT_CHAT_TEMPLATE = (
+    "{{ bos_token if bos_token else '' }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '### User:\n' + message['content'] + '\n\n' }}"
+    "{% else %}{{ '### Assistant:\n' }}"
+    "{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}{{ '\n\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### Assistant:\n' }}{% endif %}"
+)
+
+
+def ensure_chat_template(tokenizer: Any) -> bool:
+    """Give a template-less tokenizer edgeft's default template; True if it had to."""
+    if tokenizer.chat_template:
+        return False
+    if tokenizer.eos_token is None:
+        from edgeft.errors import ConfigError
+
+        raise ConfigError("base_model: the tokenizer has neither a chat template nor an EOS token; "
+                          "give it a chat_template in tokenizer_config.json")
+    tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    return True
+
+
 _GENERATION_TAG = re.compile(r"\{%-?\s*(end)?generation\s*-?%\}")
 
 

@@ -159,9 +159,10 @@ def data_check(file: Path | None, config_path: Path | None, model: str | None, m
     if source:
         from transformers import AutoTokenizer
 
-        from edgeft.base import resolve_base
+        from edgeft.base import ensure_chat_template, resolve_base
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_base(source, cfg.root if cfg else None))
+        ensure_chat_template(tokenizer)
     report = analyse(
         train_path,
         validation_path=validation or (cfg.path(d.validation) if d and d.validation else None),

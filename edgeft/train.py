@@ -24,11 +24,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgeft.base import fingerprint, resolve_base
+from edgeft.base import ensure_chat_template, fingerprint, resolve_base
 from edgeft.config import Config
 from edgeft.data import file_hash, write_jsonl
 from edgeft.datacheck import analyse_config, data_files
-from edgeft.errors import ConfigError, InputError, ToolError
+from edgeft.errors import InputError, ToolError
 from edgeft.manifest import Stage, StageWriter, hash_json
 
 log = logging.getLogger(__name__)
@@ -216,9 +216,10 @@ def train_adapter(cfg: Config, out_dir: Path | None = None, *, force: bool = Fal
     out_dir = Path(out_dir) if out_dir else cfg.run_dir / "train"
     base = resolve_base(cfg.base_model, cfg.root)
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=cfg.trust_remote_code)
-    if not tokenizer.chat_template:
-        raise ConfigError(f"base_model: {cfg.base_model} has no chat template; use a chat/instruct "
-                          f"model or one whose tokenizer_config.json defines chat_template")
+    default_template = ensure_chat_template(tokenizer)
+    if default_template and state.is_main_process:
+        log.warning("base model %s has no chat template: using edgeft's default (README: chat templates)",
+                    cfg.base_model)
     report = analyse_config(cfg, tokenizer)
     report.raise_on_errors()
     if state.is_main_process and report.warnings:
@@ -301,6 +302,7 @@ def train_adapter(cfg: Config, out_dir: Path | None = None, *, force: bool = Fal
         )
         w.extra["data"] = report.to_dict() | {"findings": [f.to_dict() for f in report.warnings]}
         w.extra["resolved_base"] = base
+        w.extra["chat_template"] = "edgeft default (the base had none)" if default_template else "the base model's"
         stage = w.publish()
     log.info("adapter written to %s (val loss %.4f, base %.4f)", stage.path,
              stage.metrics["val_loss"], stage.metrics["base_val_loss"])
