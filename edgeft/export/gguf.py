@@ -26,7 +26,8 @@ from typing import Any
 from edgeft.base import plain_template
 from edgeft.config import Config
 from edgeft.errors import InputError, ToolError
-from edgeft.manifest import Stage, StageWriter, hash_json, read_stage
+from edgeft.export import open_export
+from edgeft.manifest import Stage, hash_json
 from edgeft.paths import vendor_dir
 
 log = logging.getLogger(__name__)
@@ -133,20 +134,13 @@ def inputs_hash(cfg: Config, merged: Stage) -> str:
 def export_gguf(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None = None,
                 *, force: bool = False) -> Stage:
     """Convert and quantize the merged model to every configured GGUF type."""
-    merged = read_stage(merge_dir or cfg.run_dir / "merge", "merge")
-    out_dir = Path(out_dir) if out_dir else cfg.run_dir / "export-gguf"
-    model_dir = merged.file(merged.artifact("model")["path"])
+    model_dir, writer = open_export(cfg, "export-gguf", merge_dir, out_dir, force, inputs_hash)
     types = list(dict.fromkeys(cfg.export.gguf.types))
-    with StageWriter(out_dir, "export-gguf", config=cfg.to_dict(),
-                     inputs_hash=inputs_hash(cfg, merged),
-                     parent=str(merged.path), base_model=cfg.base_model, force=force) as w:
+    with writer as w:
         f32 = w.tmp / f"{cfg.name}-f32.gguf"
         log.info("converting %s to GGUF with llama.cpp's converter", model_dir)
         convert_hf(model_dir, f32, cfg.name)
-        for t in types:
-            if t == "f32":
-                fallbacks: list[dict[str, Any]] = []
-                continue
+        for t in (t for t in types if t != "f32"):
             out = w.tmp / f"{cfg.name}-{t}.gguf"
             log.info("quantizing to %s", t)
             fallbacks = quantize(f32, out, t)

@@ -20,7 +20,8 @@ from typing import Any
 
 from edgeft.config import Config
 from edgeft.errors import ToolError
-from edgeft.manifest import Stage, StageWriter, hash_json, read_stage
+from edgeft.export import open_export
+from edgeft.manifest import Stage, hash_json
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +74,9 @@ def inputs_hash(cfg: Config, merged: Stage) -> str:
 def export_onnx(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None = None,
                 *, force: bool = False) -> Stage:
     """Export the merged model to every configured ONNX type."""
-    merged = read_stage(merge_dir or cfg.run_dir / "merge", "merge")
-    out_dir = Path(out_dir) if out_dir else cfg.run_dir / "export-onnx"
-    model_dir = merged.file(merged.artifact("model")["path"])
+    model_dir, writer = open_export(cfg, "export-onnx", merge_dir, out_dir, force, inputs_hash)
     types = list(dict.fromkeys(cfg.export.onnx.types))
-    with StageWriter(out_dir, "export-onnx", config=cfg.to_dict(),
-                     inputs_hash=inputs_hash(cfg, merged),
-                     parent=str(merged.path), base_model=cfg.base_model, force=force) as w:
+    with writer as w:
         fp32 = w.tmp / "onnx-fp32"
         log.info("exporting %s to ONNX (text-generation-with-past)", model_dir)
         _export_fp32(model_dir, fp32, cfg.export.onnx.opset)
