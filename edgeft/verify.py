@@ -31,7 +31,6 @@ import numpy as np
 from edgeft.base import end_of_turn
 from edgeft.compare import kl_stats, summarise
 from edgeft.config import Config
-from edgeft.data import read_conversations
 from edgeft.errors import VerifyFailed
 from edgeft.manifest import Stage, StageWriter, check_files, hash_json, read_stage
 from edgeft.runtimes import Runtime, load_runtime
@@ -75,14 +74,22 @@ BANDS: dict[str, Band] = {
 @dataclass
 class Probe:
     name: str
-    messages: list[dict[str, str]]  # the prompt (everything before the answer)
-    answer: str
+    messages: list[dict[str, str]] | None  # the prompt (everything before the answer); None for text
+    answer: str  # the reference answer; for a text probe, the whole text
+
+    @property
+    def plain_text(self) -> str:
+        return self.answer if self.messages is None else self.messages[-1]["content"] + " " + self.answer
 
 
-def probes_from(conversations: list[list[dict[str, str]]], n: int) -> list[Probe]:
+def probes_from(rows: list[dict[str, Any]], n: int) -> list[Probe]:
+    """Held-out probes from a validation split: conversations, or plain-text rows."""
     out = []
-    for i, conv in enumerate(conversations[:n]):
-        out.append(Probe(f"validation[{i}]", conv[:-1], conv[-1]["content"]))
+    for i, row in enumerate(rows[:n]):
+        if "messages" in row:
+            out.append(Probe(f"validation[{i}]", row["messages"][:-1], row["messages"][-1]["content"]))
+        else:
+            out.append(Probe(f"validation[{i}]", None, row["text"]))
     return out
 
 
@@ -112,14 +119,17 @@ class Reference:
 def reference_outputs(ref: Runtime, probes: list[Probe], max_new_tokens: int, eot: int | None) -> Reference:
     prompts, prompt_ids, full_ids, plain_ids, logits, gens = [], [], [], [], [], []
     for p in probes:
-        prompt = ref.chat_prompt(p.messages)
-        ids = ref.tokenize(prompt, add_special=False)
-        answer_ids = ref.tokenize(p.answer, add_special=False)
-        full = ids + answer_ids + ([eot] if eot is not None else [])
+        if p.messages is None:  # plain text: the first half is the prompt, the rest the answer
+            prompt, full = "", ref.tokenize(p.answer)
+            ids = full[: max(1, len(full) // 2)]
+        else:
+            prompt = ref.chat_prompt(p.messages)
+            ids = ref.tokenize(prompt, add_special=False)
+            full = ids + ref.tokenize(p.answer, add_special=False) + ([eot] if eot is not None else [])
         prompts.append(prompt)
         prompt_ids.append(ids)
         full_ids.append(full)
-        plain_ids.append(ref.tokenize(p.messages[-1]["content"] + " " + p.answer))
+        plain_ids.append(ref.tokenize(p.plain_text))
         logits.append(ref.logits(full))
         gens.append(ref.generate(ids, max_new_tokens))
     return Reference(prompts, prompt_ids, full_ids, plain_ids, logits, gens, ref.special_tokens(), eot)
@@ -143,31 +153,32 @@ class Checks:
 def compare(rt: Runtime, ref: Reference, probes: list[Probe], band: Band, checks: Checks,
             max_new_tokens: int) -> dict[str, Any]:
     # 1. token ids, plain and chat-rendered (the reference's rendering, so only the tokenizer varies)
-    for kind, texts, expected in (
-        ("tokens_plain", [p.messages[-1]["content"] + " " + p.answer for p in probes], ref.plain_ids),
-        ("tokens_chat", ref.prompts, ref.prompt_ids),
+    chat = [i for i, p in enumerate(probes) if p.messages is not None]
+    for kind, idx, texts, expected in (
+        ("tokens_plain", range(len(probes)), [p.plain_text for p in probes], ref.plain_ids),
+        ("tokens_chat", chat, ref.prompts, ref.prompt_ids),
     ):
-        bad = [(probes[i].name, rt.tokenize(t, add_special=(kind == "tokens_plain")), expected[i])
-               for i, t in enumerate(texts)]
+        bad = [(probes[i].name, rt.tokenize(texts[i], add_special=(kind == "tokens_plain")), expected[i])
+               for i in idx]
         bad = [b for b in bad if b[1] != b[2]]
         if bad:
             name, got, want = bad[0]
             at = _prefix(got, want)
-            checks.add(kind, False, f"{len(bad)}/{len(probes)} probes tokenise differently; first "
+            checks.add(kind, False, f"{len(bad)}/{len(idx)} probes tokenise differently; first "
                        f"{name} at position {at}: got {got[at:at + 5]}, reference {want[at:at + 5]}")
         else:
-            checks.add(kind, True, f"{len(probes)} probes identical")
+            checks.add(kind, True, f"{len(idx)} probes identical")
     # 2. the artifact's own template, and its special tokens
     try:
-        rendered = [rt.chat_prompt(p.messages) for p in probes]
-        diff = [i for i, r in enumerate(rendered) if r != ref.prompts[i]]
+        rendered = {i: rt.chat_prompt(probes[i].messages) for i in chat}
+        diff = [i for i, r in rendered.items() if r != ref.prompts[i]]
         if diff:
             i = diff[0]
             at = _prefix(list(rendered[i]), list(ref.prompts[i]))
             checks.add("chat_template", False, f"{probes[i].name}: rendered prompt differs at char {at}: "
                        f"{rendered[i][at:at + 30]!r} vs reference {ref.prompts[i][at:at + 30]!r}")
         else:
-            checks.add("chat_template", True, "renders the reference prompt")
+            checks.add("chat_template", True, f"renders the reference prompt ({len(chat)} conversations)")
     except Exception as e:  # a missing or unrenderable template is exactly what this check finds
         checks.add("chat_template", False, f"cannot render the artifact's chat template: {e}")
     special = rt.special_tokens()
@@ -234,8 +245,8 @@ def verify_artifacts(cfg: Config, merge_dir: Path | None = None, export_dirs: li
     else:
         exports = [read_stage(d, ("export-gguf", "export-onnx")) for d in export_dirs]
     out_dir = Path(out_dir) if out_dir else cfg.run_dir / "verify"
-    conversations = read_conversations(merged.file("validation.jsonl"))
-    probes = probes_from(conversations, cfg.verify.max_prompts)
+    rows = [json.loads(line) for line in merged.file("validation.jsonl").read_text().splitlines() if line]
+    probes = probes_from(rows, cfg.verify.max_prompts)
     ref_rt = HFRuntime(merged.file(merged.artifact("model")["path"]))
     eot = end_of_turn(ref_rt.tokenizer)
     log.info("reference: transformers fp32 on %d probes", len(probes))

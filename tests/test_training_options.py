@@ -61,3 +61,20 @@ def test_full_sequence_loss_and_packing(tmp_path: Path, micro_model: Path) -> No
                               gradient_checkpointing=True))
     assert manifest["metrics"]["steps"] == 4
     assert manifest["config"]["train"]["packing"] is True
+
+
+def test_plain_text_data_trains_exports_and_verifies(tmp_path: Path, micro_model: Path) -> None:
+    rows = [json.loads(line) for line in (EXAMPLE / "data" / "nl2sql.jsonl").read_text().splitlines()[:120]]
+    data = tmp_path / "text.jsonl"
+    data.write_text("".join(json.dumps({"text": f"Q: {r['input']}\nA: {r['output']}"}) + "\n" for r in rows))
+    cfg = write_config(tmp_path / "edgeft.yaml", name="text", base_model="tiny:micro", workdir="runs",
+                       dist_dir="dist", data={"train": str(data)},
+                       train={"max_steps": 10, "learning_rate": 0.003, "max_seq_length": 128},
+                       export={"gguf": {"types": ["f16"]}, "onnx": {"types": []}},
+                       verify={"max_prompts": 3, "max_new_tokens": 16})
+    result = CliRunner().invoke(cli, ["build", "-c", str(cfg)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "dist" / "text" / "verify" / "report.json").read_text())
+    checks = report["artifacts"]["gguf-f16"]["checks"]
+    assert checks["tokens_plain"]["passed"] and checks["tokens_plain"]["detail"] == "3 probes identical"
+    assert report["passed"]
