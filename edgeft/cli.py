@@ -323,6 +323,84 @@ def package(config_path: Path) -> None:
     click.echo(str(package_dist(_load(config_path)).path))
 
 
+SAMPLING_OPTIONS = [
+    click.option("--type", "kind", help="Artifact in a dist folder (e.g. q4_k_m, onnx-int8) [its first GGUF]."),
+    click.option("--max-tokens", default=256, show_default=True, help="Most tokens to generate."),
+    click.option("--temperature", default=0.0, show_default=True, help="0 = greedy."),
+    click.option("--top-k", default=0, show_default=True, help="Keep the k most likely tokens (0 = all)."),
+    click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling threshold."),
+    click.option("--seed", default=0, show_default=True, help="Sampling seed."),
+    click.option("--system", help="A system message."),
+]
+
+
+def sampling_options(f):
+    for option in reversed(SAMPLING_OPTIONS):
+        f = option(f)
+    return f
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("prompt")
+@sampling_options
+@click.option("--json", "as_json", is_flag=True, help="Print text, token counts and tokens/s as JSON.")
+def run(artifact: Path, prompt: str, kind: str | None, max_tokens: int, temperature: float, top_k: int,
+        top_p: float, seed: int, system: str | None, as_json: bool) -> None:
+    """Answer one prompt with an exported artifact (GGUF file, ONNX folder or dist folder).
+
+    Uses the artifact's own chat template and stops at its end-of-turn token. Offline.
+
+    \b
+    edgeft run examples/nl2sql/dist/nl2sql-tiny "How many employees work in Oslo?"
+    edgeft run model-q4_k_m.gguf "Hello" --temperature 0.7 --json
+    """
+    from edgeft.run import open_runtime, respond
+    from edgeft.runtimes import Sampling
+
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    with open_runtime(artifact, kind) as rt:
+        stream = None if as_json else (lambda text: click.echo(text, nl=False))
+        reply = respond(rt, messages, max_tokens, Sampling(temperature, top_k, top_p, seed), stream)
+    click.echo(json.dumps(reply.to_dict(), ensure_ascii=False) if as_json else "")
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@sampling_options
+def chat(artifact: Path, kind: str | None, max_tokens: int, temperature: float, top_k: int, top_p: float,
+         seed: int, system: str | None) -> None:
+    """Chat with an exported artifact, streaming replies (/reset clears, /exit or Ctrl-D quits).
+
+    \b
+    edgeft chat examples/nl2sql/dist/nl2sql-tiny --type q8_0
+    """
+    from edgeft.run import open_runtime, respond
+    from edgeft.runtimes import Sampling
+
+    sampling = Sampling(temperature, top_k, top_p, seed)
+    start = [{"role": "system", "content": system}] if system else []
+    messages = list(start)
+    with open_runtime(artifact, kind) as rt:
+        click.echo(f"edgeft: chatting with {artifact} in {rt.name}; /reset clears, /exit quits", err=True)
+        while True:
+            try:
+                line = input("> ")
+            except EOFError:
+                break
+            if line.strip() in ("/exit", "/quit"):
+                break
+            if line.strip() == "/reset":
+                messages = list(start)
+                continue
+            if not line.strip():
+                continue
+            messages.append({"role": "user", "content": line})
+            reply = respond(rt, messages, max_tokens, sampling, lambda text: click.echo(text, nl=False))
+            click.echo("")
+            messages.append({"role": "assistant", "content": reply.text})
+
+
 @cli.command("tiny-model")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--size", type=click.Choice(["micro", "small"]), default="micro", show_default=True)

@@ -106,6 +106,7 @@ class Config:
     workdir: str = "runs"  # stage directories go under <workdir>/<name>/
     dist_dir: str = "dist"
     trust_remote_code: bool = False
+    license: str | None = None  # SPDX id written into the GGUF files and the model card
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)

@@ -50,9 +50,20 @@ def test_example_build_end_to_end(tmp_path: Path) -> None:
     assert "edgeft: ran nothing; reused train, merge, export-gguf, export-onnx, verify, package" in again.stderr
     assert time.time() - started < 10
 
-    # Only export settings changed: re-export, re-verify, re-package; no retraining.
-    changed = build(tmp_path, "--set", "export.gguf.types=[q8_0, q4_0]")
+    # Only export settings changed: re-export, re-verify, re-package; no retraining. Every
+    # other GGUF type comes out of the same build, each verified in llama.cpp.
+    others = ["f32", "bf16", "q6_k", "q5_k_m", "q4_0", "q3_k_m", "q2_k"]
+    changed = build(tmp_path, "--set", f"export.gguf.types=[{', '.join(others)}]", "--set", "license=mit")
     assert changed.exit_code == 0, changed.output
     assert "edgeft: ran export-gguf, verify, package; reused train, merge, export-onnx" in changed.stderr
-    names = {a["name"] for a in json.loads((dist / "manifest.json").read_text())["artifacts"]}
-    assert names == {"gguf-q8_0", "gguf-q4_0", "onnx-fp32", "onnx-int8"}
+    manifest = json.loads((dist / "manifest.json").read_text())
+    names = {a["name"] for a in manifest["artifacts"]}
+    assert names == {f"gguf-{t}" for t in others} | {"onnx-fp32", "onnx-int8"}
+    assert all(a["verify"]["passed"] for a in manifest["artifacts"])
+    # Metadata read back from the files: name, lineage, license, special tokens.
+    meta = {a["type"]: a["metadata"] for a in manifest["artifacts"] if a["format"] == "gguf"}
+    assert meta["q2_k"] == {
+        "general.name": "nl2sql-tiny", "general.finetune": "nl2sql-tiny",
+        "general.base_model.0.name": "edgeft-tiny-small", "general.license": "mit",
+        "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.eot_token_id": 4,
+    }

@@ -26,7 +26,7 @@ from typing import Any
 from edgeft.base import plain_template
 from edgeft.config import Config
 from edgeft.errors import InputError, ToolError
-from edgeft.export import open_export
+from edgeft.export import gguf_meta, open_export
 from edgeft.manifest import Stage, hash_json
 from edgeft.paths import vendor_dir
 
@@ -46,19 +46,26 @@ FTYPES = {
     "q2_k": "LLAMA_FTYPE_MOSTLY_Q2_K",
 }
 
+# The metadata each artifact's manifest entry repeats (all of it is checked).
+META_SUMMARY = ("general.name", "general.finetune", "general.base_model.0.name", "general.license",
+                "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")
+
 _FALLBACK = re.compile(
     r"warning:\s+(?P<tensor>\S+)\s+-\s+ncols\s+(?P<ncols>\d+)\s+not divisible by\s+(?P<block>\d+)"
     r"\s+\(required for type\s+(?P<wanted>\S+)\).*?falling back to\s+(?P<used>\S+)"
 )
 
 
-def _stage_for_conversion(model_dir: Path, work: Path) -> Path:
+def _stage_for_conversion(model_dir: Path, work: Path, license: str | None = None) -> Path:
     """A view of the merged model whose chat template plain Jinja can render."""
     staged = work / "hf"
     staged.mkdir()
     for f in model_dir.iterdir():
-        if f.name not in ("tokenizer_config.json", "chat_template.jinja"):
+        if f.name not in ("tokenizer_config.json", "chat_template.jinja", "README.md"):
             (staged / f.name).symlink_to(f.resolve())
+    card = gguf_meta.model_card_front_matter(license)
+    if card:
+        (staged / "README.md").write_text(card)
     tc = json.loads((model_dir / "tokenizer_config.json").read_text())
     if "chat_template" in tc and isinstance(tc["chat_template"], str):
         tc["chat_template"] = plain_template(tc["chat_template"])
@@ -69,16 +76,20 @@ def _stage_for_conversion(model_dir: Path, work: Path) -> Path:
     return staged
 
 
-def convert_hf(model_dir: Path, outfile: Path, name: str, outtype: str = "f32") -> None:
+def convert_hf(model_dir: Path, outfile: Path, name: str, outtype: str = "f32",
+               metadata: dict[str, Any] | None = None, license: str | None = None) -> None:
     """Run llama.cpp's converter (from vendor/) on an HF model directory."""
     script = vendor_dir() / "convert_hf_to_gguf.py"
     if not script.is_file():
         raise InputError(f"{script}: llama.cpp's converter is missing; run scripts/setup.sh "
                          f"(it unpacks it from the pinned llama-cpp-python source package)")
     with tempfile.TemporaryDirectory() as work:
-        staged = _stage_for_conversion(Path(model_dir), Path(work))
+        staged = _stage_for_conversion(Path(model_dir), Path(work), license)
         cmd = [sys.executable, str(script), str(staged), "--outfile", str(outfile),
                "--outtype", outtype, "--model-name", name]
+        if metadata:
+            (Path(work) / "metadata.json").write_text(json.dumps(metadata))
+            cmd += ["--metadata", str(Path(work) / "metadata.json")]
         env = {**os.environ, "NO_LOCAL_GGUF": "1"}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0 or not outfile.is_file():
@@ -128,7 +139,7 @@ def gguf_summary(path: Path) -> dict[str, Any]:
 
 
 def inputs_hash(cfg: Config, merged: Stage) -> str:
-    return hash_json([merged.inputs_hash, cfg.export.gguf.types])
+    return hash_json([merged.inputs_hash, cfg.export.gguf.types, cfg.name, cfg.base_model, cfg.license])
 
 
 def export_gguf(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None = None,
@@ -136,20 +147,33 @@ def export_gguf(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None
     """Convert and quantize the merged model to every configured GGUF type."""
     model_dir, writer = open_export(cfg, "export-gguf", merge_dir, out_dir, force, inputs_hash)
     types = list(dict.fromkeys(cfg.export.gguf.types))
+    want = gguf_meta.expected(model_dir, cfg.name, cfg.base_model, cfg.license)
     with writer as w:
         f32 = w.tmp / f"{cfg.name}-f32.gguf"
+        raw = w.tmp / ".converted-f32.gguf"
         log.info("converting %s to GGUF with llama.cpp's converter", model_dir)
-        convert_hf(model_dir, f32, cfg.name)
-        for t in (t for t in types if t != "f32"):
-            out = w.tmp / f"{cfg.name}-{t}.gguf"
-            log.info("quantizing to %s", t)
-            fallbacks = quantize(f32, out, t)
-            w.add_artifact(f"gguf-{t}", out.name, "gguf", type=t, runtime="llama.cpp",
-                           fallback_tensors=len(fallbacks), fallbacks=fallbacks, **gguf_summary(out))
-        if "f32" in types:
-            w.add_artifact("gguf-f32", f32.name, "gguf", type="f32", runtime="llama.cpp",
-                           fallback_tensors=0, fallbacks=[], **gguf_summary(f32))
+        convert_hf(model_dir, raw, cfg.name, metadata=gguf_meta.override(cfg.name, cfg.base_model),
+                   license=cfg.license)
+        if "tokenizer.ggml.eot_token_id" in want:
+            gguf_meta.set_end_of_turn(raw, f32, want["tokenizer.ggml.eot_token_id"])
+            raw.unlink()
         else:
+            raw.rename(f32)
+        for t in types:
+            out = w.tmp / f"{cfg.name}-{t}.gguf"
+            fallbacks = []
+            if t != "f32":
+                log.info("quantizing to %s", t)
+                fallbacks = quantize(f32, out, t)
+            meta = gguf_meta.read(out)
+            problems = gguf_meta.check(meta, want)
+            if problems:
+                raise ToolError(f"{out.name}: wrong metadata after conversion: " + "; ".join(problems))
+            w.add_artifact(f"gguf-{t}", out.name, "gguf", type=t, runtime="llama.cpp",
+                           fallback_tensors=len(fallbacks), fallbacks=fallbacks,
+                           importance_matrix=False, metadata={k: meta.get(k) for k in META_SUMMARY},
+                           **gguf_summary(out))
+        if "f32" not in types:
             f32.unlink()
         stage = w.publish()
     log.info("GGUF files written to %s", stage.path)

@@ -8,6 +8,8 @@ reference's: that is what a consumer gets, so that is what must be checked.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,41 @@ import numpy as np
 Messages = list[dict[str, str]]
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding settings; temperature 0 is greedy (what verify uses)."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0 = no top-k cut
+    top_p: float = 1.0
+    seed: int = 0
+
+
+GREEDY = Sampling()
+
+
+def sample(logits: np.ndarray, s: Sampling, rng: np.random.Generator) -> int:
+    """One token from next-token logits under `s` (temperature, then top-k, then top-p)."""
+    if s.temperature <= 0:
+        return int(np.argmax(logits))
+    x = logits.astype(np.float64) / s.temperature
+    if s.top_k > 0:
+        x[np.argsort(x)[: -s.top_k]] = -np.inf
+    p = np.exp(x - x.max())
+    p /= p.sum()
+    if s.top_p < 1.0:
+        order = np.argsort(-p)
+        keep = np.cumsum(p[order]) - p[order] < s.top_p
+        mask = np.zeros_like(p, dtype=bool)
+        mask[order[keep]] = True
+        p = np.where(mask, p, 0.0)
+        p /= p.sum()
+    return int(rng.choice(len(p), p=p))
+
+
 class Runtime(ABC):
     name: str = "runtime"
+    stopped: bool = False  # whether the last stream ended at a stop token
 
     @abstractmethod
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
@@ -31,9 +66,17 @@ class Runtime(ABC):
     def logits(self, ids: list[int]) -> np.ndarray:
         """Next-token logits at every position of `ids`, shape [len(ids), vocab], float32."""
 
-    @abstractmethod
+    def stream(self, ids: list[int], max_new_tokens: int, sampling: Sampling = GREEDY) -> Iterator[int]:
+        """New tokens one at a time, the stop token excluded; sets `stopped`."""
+        raise NotImplementedError(f"{self.name} does not stream")
+
     def generate(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], bool]:
         """Greedy continuation of `ids`: (new tokens without the stop token, stopped at a stop token)."""
+        out = list(self.stream(ids, max_new_tokens))
+        return out, self.stopped
+
+    def detokenize(self, ids: list[int]) -> str:
+        raise NotImplementedError(f"{self.name} does not detokenize")
 
     @abstractmethod
     def special_tokens(self) -> dict[str, Any]:

@@ -59,5 +59,8 @@ class HFRuntime(Runtime):
             return new[:-1], True
         return new, False
 
+    def detokenize(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
     def special_tokens(self) -> dict[str, Any]:
         return {"bos": self.tokenizer.bos_token_id, "eos": self.tokenizer.eos_token_id, "stop": self._stop}

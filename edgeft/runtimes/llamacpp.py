@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeft.runtimes import Messages, Runtime
+from edgeft.runtimes import GREEDY, Messages, Runtime, Sampling
 
 
 @contextlib.contextmanager
@@ -85,16 +85,25 @@ class LlamaCppRuntime(Runtime):
     def is_stop(self, token: int) -> bool:
         return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
 
-    def generate(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], bool]:
+    def stream(self, ids: list[int], max_new_tokens: int, sampling: Sampling = GREEDY) -> Iterator[int]:
+        self.stopped = False
         self.llm.reset()
-        out: list[int] = []
-        for tok in self.llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+        self.llm.set_seed(sampling.seed)
+        greedy = sampling.temperature <= 0
+        n = 0
+        for tok in self.llm.generate(ids, temp=0.0 if greedy else sampling.temperature,
+                                     top_k=1 if greedy else sampling.top_k, top_p=sampling.top_p,
+                                     min_p=0.0, repeat_penalty=1.0, reset=True):
             if self.is_stop(tok):
-                return out, True
-            out.append(tok)
-            if len(out) >= max_new_tokens or len(ids) + len(out) >= self.llm.n_ctx():
-                break
-        return out, False
+                self.stopped = True
+                return
+            yield tok
+            n += 1
+            if n >= max_new_tokens or len(ids) + n >= self.llm.n_ctx():
+                return
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.llm.detokenize(ids).decode("utf-8", errors="replace")
 
     def special_tokens(self) -> dict[str, Any]:
         n = self._lib.llama_vocab_n_tokens(self._vocab)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeft.runtimes import Messages, Runtime
+from edgeft.runtimes import GREEDY, Messages, Runtime, Sampling, sample
 from edgeft.runtimes.hf import stop_ids_from
 
 
@@ -70,17 +71,22 @@ class OnnxRuntime(Runtime):
         logits, _ = self._run(ids, self._empty_past(), 0)
         return logits
 
-    def generate(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], bool]:
+    def stream(self, ids: list[int], max_new_tokens: int, sampling: Sampling = GREEDY) -> Iterator[int]:
+        self.stopped = False
+        rng = np.random.default_rng(sampling.seed)
         logits, past = self._run(ids, self._empty_past(), 0)
-        pos, out = len(ids), []
+        pos = len(ids)
         for _ in range(max_new_tokens):
-            tok = int(np.argmax(logits[-1]))
+            tok = sample(logits[-1], sampling, rng)
             if tok in self._stop:
-                return out, True
-            out.append(tok)
+                self.stopped = True
+                return
+            yield tok
             logits, past = self._run([tok], past, pos)
             pos += 1
-        return out, False
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def special_tokens(self) -> dict[str, Any]:
         return {"bos": self.tokenizer.bos_token_id, "eos": self.tokenizer.eos_token_id, "stop": self._stop}

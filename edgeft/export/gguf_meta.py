@@ -1,0 +1,113 @@
+"""GGUF metadata: what edgeft writes into every GGUF file, and the check that reads it back.
+
+The converter names a model after its folder and knows nothing of the fine-tune; a consumer
+(llama.cpp, LM Studio, Ollama, a Java app) reads the name, lineage, license, chat template and
+special tokens from the file itself. So edgeft passes them to the converter, sets the
+end-of-turn token explicitly (llama.cpp otherwise guesses it from a list of known texts), and
+reads every written file back with `gguf`'s reader to check each value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgeft.base import end_of_turn, plain_template
+from edgeft.errors import ToolError
+
+
+def base_model_entry(base_model: str) -> dict[str, str]:
+    """`general.base_model.0.*` for a hub id (organization/name + URL), a directory or a tiny model."""
+    if base_model.startswith("tiny:"):
+        return {"name": "edgeft-tiny-" + base_model.split(":")[1], "organization": "edgeft"}
+    p = Path(base_model).expanduser()
+    if base_model.startswith((".", "/", "~")) or p.exists():
+        return {"name": p.name}
+    org, _, name = base_model.rpartition("/")
+    entry = {"name": name or base_model, "repo_url": f"https://huggingface.co/{base_model}"}
+    if org:
+        entry["organization"] = org
+    return entry
+
+
+def override(name: str, base_model: str) -> dict[str, Any]:
+    """The converter's --metadata override (general.* keys)."""
+    base = base_model_entry(base_model)
+    return {
+        "general.name": name,
+        "general.finetune": name,
+        "general.basename": base["name"],
+        "general.base_models": [base],
+        "general.description": f"LoRA fine-tune of {base_model}, made with edgeft",
+        "general.quantized_by": "edgeft",
+    }
+
+
+def model_card_front_matter(license: str | None) -> str:
+    """A README.md whose front matter carries the license (the converter reads it from there)."""
+    return f"---\nlicense: {license}\n---\n" if license else ""
+
+
+def set_end_of_turn(src: Path, dst: Path, eot_id: int) -> None:
+    """Copy src to dst with `tokenizer.ggml.eot_token_id` set, using gguf-py's own tool."""
+    cmd = [sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(src), str(dst),
+           "--special-token-by-id", "eot", str(eot_id), "--force"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "NO_LOCAL_GGUF": "1"})
+    if proc.returncode != 0 or not dst.is_file():
+        raise ToolError(f"gguf_new_metadata failed on {src.name}: {(proc.stderr or proc.stdout).strip()[-500:]}")
+
+
+def read(path: Path) -> dict[str, Any]:
+    """The scalar and string metadata of a GGUF file (token lists left out)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    out = {}
+    for key, f in reader.fields.items():
+        if key.startswith(("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
+                           "tokenizer.ggml.merges", "GGUF.")):
+            continue
+        out[key] = f.contents()
+    return out
+
+
+def expected(model_dir: Path, name: str, base_model: str, license: str | None) -> dict[str, Any]:
+    """What the GGUF must say, derived from the merged HF model."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    config = AutoConfig.from_pretrained(model_dir)
+    eot = end_of_turn(tok)
+    want: dict[str, Any] = {
+        "general.name": name,
+        "general.finetune": name,
+        "general.base_model.0.name": base_model_entry(base_model)["name"],
+        "tokenizer.chat_template": plain_template(tok.chat_template) if tok.chat_template else None,
+        "tokenizer.ggml.bos_token_id": tok.bos_token_id,
+        "tokenizer.ggml.eos_token_id": tok.eos_token_id,
+        "tokenizer.ggml.eot_token_id": eot[1] if eot else None,
+        # Prefixed by llama.cpp's architecture name (llama.context_length): matched by suffix.
+        ".context_length": getattr(config, "max_position_embeddings", None),
+    }
+    if license:
+        want["general.license"] = license
+    return {k: v for k, v in want.items() if v is not None}
+
+
+def check(meta: dict[str, Any], want: dict[str, Any]) -> list[str]:
+    """One line per metadata value that is missing or differs from what it must be."""
+    problems = []
+    for key, value in want.items():
+        if key.startswith("."):  # an architecture-prefixed key, e.g. llama.context_length
+            found = [v for k, v in meta.items() if k.endswith(key)]
+            got = found[0] if found else None
+        else:
+            got = meta.get(key)
+        if got != value:
+            shown = json.dumps(got)[:80] if got is not None else "missing"
+            problems.append(f"{key.lstrip('.')}: {shown}, expected {json.dumps(value)[:80]}")
+    return problems

@@ -1,0 +1,89 @@
+"""Offline inference on an exported artifact: what `edgeft run` and `edgeft chat` do.
+
+Consumes a GGUF file, an ONNX folder (model.onnx + tokenizer), or a `dist/` folder (its first
+GGUF unless `--type` picks another artifact); produces text, rendered with the artifact's own
+chat template and stopped at its end-of-turn token. Nothing touches the network.
+
+    edgeft run dist/nl2sql-tiny "How many employees work in Oslo?"
+    edgeft chat dist/nl2sql-tiny/gguf/nl2sql-tiny-q4_k_m.gguf
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeft.errors import InputError
+from edgeft.runtimes import Messages, Runtime, Sampling
+
+
+def resolve_artifact(path: Path, kind: str | None = None) -> dict[str, Any]:
+    """A manifest-style entry {format, path, type} for a file, an ONNX folder or a dist folder."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such artifact (a .gguf file, an ONNX folder or a dist folder)")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise InputError(f"{path}: not a .gguf file; pass a GGUF file, an ONNX folder or a dist folder")
+        return {"format": "gguf", "path": path.name, "root": path.parent, "type": kind}
+    if (path / "model.onnx").is_file():
+        return {"format": "onnx", "path": path.name, "root": path.parent, "model_file": "model.onnx", "type": kind}
+    manifest = path / "manifest.json"
+    if not manifest.is_file():
+        raise InputError(f"{path}: neither model.onnx nor manifest.json here; pass a .gguf file, an ONNX "
+                         f"folder or a dist folder")
+    artifacts = json.loads(manifest.read_text())["artifacts"]
+    wanted = [a for a in artifacts if kind in (None, a["type"], a["name"])]
+    if not wanted:
+        known = ", ".join(a["name"] for a in artifacts)
+        raise InputError(f"{path}: no artifact of type {kind!r} (has {known})")
+    gguf = [a for a in wanted if a["format"] == "gguf"]
+    chosen = (gguf or wanted)[0]
+    return {**chosen, "root": path}
+
+
+def open_runtime(path: Path, kind: str | None = None) -> Runtime:
+    from edgeft.runtimes import load_runtime
+
+    entry = resolve_artifact(path, kind)
+    return load_runtime(entry, entry["root"])
+
+
+@dataclass
+class Reply:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    stopped: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "tokens_per_s": round(self.completion_tokens / self.seconds, 2) if self.seconds else None,
+                "stopped_at_end_of_turn": self.stopped}
+
+
+def respond(rt: Runtime, messages: Messages, max_tokens: int, sampling: Sampling,
+            on_text: Callable[[str], None] | None = None) -> Reply:
+    """Generate the assistant's reply to `messages`, streaming text to `on_text`."""
+    ids = rt.tokenize(rt.chat_prompt(messages), add_special=False)
+    tokens: list[int] = []
+    shown = ""
+    started = time.perf_counter()
+    for tok in rt.stream(ids, max_tokens, sampling):
+        tokens.append(tok)
+        text = rt.detokenize(tokens)
+        # Print only complete characters: a multi-byte character can span tokens.
+        if on_text and not text.endswith("\ufffd") and len(text) > len(shown):
+            on_text(text[len(shown):])
+            shown = text
+    seconds = time.perf_counter() - started
+    text = rt.detokenize(tokens)
+    if on_text and len(text) > len(shown):
+        on_text(text[len(shown):])
+    return Reply(text, len(ids), len(tokens), seconds, rt.stopped)
