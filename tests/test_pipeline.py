@@ -151,3 +151,42 @@ def test_converter_failure_is_a_tool_error(micro_model: Path, tmp_path: Path) ->
     assert (f"Error: convert_hf_to_gguf.py failed on {merge_dir / 'model'} (exit 1):\n"
             "ERROR:hf-to-gguf:Model NoSuchForCausalLM is not supported\n") in result.stderr
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".gguf")] == []
+
+
+def _reference_answer(built: dict, question: str) -> str:
+    from edgeft.runtimes.hf import HFRuntime
+
+    rt = HFRuntime(built["root"] / "runs/micro/merge/model")
+    ids = rt.tokenize(rt.chat_prompt([{"role": "user", "content": question}]), add_special=False)
+    tokens, stopped = rt.generate(ids, 40)
+    return rt.detokenize(tokens)
+
+
+def test_run_answers_like_the_trained_model(built: dict) -> None:
+    question = "Convert the following natural language query into a SQL statement.\n\nList departments on floor 3."
+    want = _reference_answer(built, question)
+    onnx = run("run", str(built["dist"] / "onnx" / "onnx-fp32"), question, "--max-tokens", "40", "--json")
+    assert onnx.exit_code == 0, onnx.output
+    reply = json.loads(onnx.stdout)
+    assert reply["text"] == want
+    assert reply["completion_tokens"] > 0 and reply["tokens_per_s"] > 0
+    gguf = run("run", str(built["dist"]), question, "--type", "f16", "--max-tokens", "40")
+    assert gguf.exit_code == 0, gguf.output
+    assert gguf.stdout == want + "\n"
+
+
+def test_chat_streams_replies_and_keeps_the_conversation(built: dict) -> None:
+    question = "List departments on floor 3."
+    want = _reference_answer(built, question)
+    result = CliRunner().invoke(cli, ["chat", str(built["dist"] / "gguf" / "micro-f16.gguf"), "--max-tokens", "40"],
+                                input=f"{question}\n/reset\n/exit\n")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"> {want}\n> > "  # the reply, then the prompts for /reset and /exit
+
+
+def test_run_rejects_what_is_not_an_artifact(tmp_path: Path) -> None:
+    (tmp_path / "x.bin").write_bytes(b"x")
+    result = run("run", str(tmp_path / "x.bin"), "hi")
+    assert result.exit_code == 5
+    assert result.stderr == (f"Error: {tmp_path / 'x.bin'}: not a .gguf file; pass a GGUF file, an ONNX folder "
+                             "or a dist folder\n")
