@@ -79,6 +79,8 @@ class MergeConfig:
 @dataclass(frozen=True)
 class GGUFConfig:
     types: list[str] = field(default_factory=lambda: ["f16", "q8_0", "q4_k_m"])
+    # Also the adapter as its own GGUF with an f16 base GGUF: one base, swappable adapters.
+    lora: bool = False
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,11 @@ STACK = ("torch", "transformers", "tokenizers", "peft", "trl", "accelerate", "da
          "llama-cpp-python", "gguf")
 
 
+# What a dist manifest repeats from each export artifact's entry.
+CARRIED = ("bits_per_weight", "parameters", "fallback_tensors", "importance_matrix", "metadata", "base_file",
+           "adapter_file", "model_file", "opset", "inputs", "outputs")
+
+
 def versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"edgeft": __version__, "python": platform.python_version()}
     for name in STACK:
@@ -92,8 +97,7 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = True
                 _place(stage.file(a["path"]), w.tmp / rel)
                 entry = w.add_artifact(a["name"], rel, a["format"], type=a["type"], runtime=a["runtime"],
                                        verify=_verify_summary(report, a["name"]),
-                                       **{k: a[k] for k in ("bits_per_weight", "parameters", "fallback_tensors",
-                                                            "model_file", "opset", "inputs", "outputs") if k in a})
+                                       **{k: a[k] for k in CARRIED if k in a})
                 artifacts.append(entry)
         for name in ("report.json", "report.md"):
             _place(verify.file(name), w.tmp / "verify" / name)

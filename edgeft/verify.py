@@ -66,6 +66,8 @@ BANDS: dict[str, Band] = {
     "gguf:q4_0": Band(0.08, 1.5, 0.8, 0.4, "4-bit blocks of 32, no K-quant refinements"),
     "gguf:q3_k_m": Band(0.15, 2.5, 0.7, 0.3, "3-bit K-quant: large quality loss is expected"),
     "gguf:q2_k": Band(0.4, 4.0, 0.55, 0.2, "2-bit K-quant: only a size option, expect big losses"),
+    "gguf-lora:f16": Band(2e-3, 0.05, 0.97, 0.9,
+                          "f16 base + f16 adapter applied at run time: f16 rounding of both, unmerged"),
     "onnx:fp32": Band(1e-5, 1e-4, 0.999, 1.0, "same fp32 graph; ~1e-5 kernel differences in logits"),
     "onnx:int8": Band(0.02, 0.5, 0.9, 0.6, "dynamic int8: per-channel weights, activations per batch"),
 }

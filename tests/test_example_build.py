@@ -29,7 +29,8 @@ def test_example_build_end_to_end(tmp_path: Path) -> None:
     assert dist == tmp_path / "dist" / "nl2sql-tiny"
     manifest = json.loads((dist / "manifest.json").read_text())
     by_type = {(a["format"], a["type"]): a for a in manifest["artifacts"]}
-    assert {("gguf", "q4_k_m"), ("gguf", "q8_0"), ("onnx", "fp32"), ("onnx", "int8")} <= set(by_type)
+    assert {("gguf", "q4_k_m"), ("gguf", "q8_0"), ("onnx", "fp32"), ("onnx", "int8"),
+            ("gguf-lora", "f16")} <= set(by_type)
     for f in manifest["files"]:
         assert sha256_file(dist / f["path"]) == f["sha256"], f["path"]
         assert (dist / f["path"]).stat().st_size == f["bytes"]
@@ -58,11 +59,12 @@ def test_example_build_end_to_end(tmp_path: Path) -> None:
     assert "edgeft: ran export-gguf, verify, package; reused train, merge, export-onnx" in changed.stderr
     manifest = json.loads((dist / "manifest.json").read_text())
     names = {a["name"] for a in manifest["artifacts"]}
-    assert names == {f"gguf-{t}" for t in others} | {"onnx-fp32", "onnx-int8"}
+    assert names == {f"gguf-{t}" for t in others} | {"gguf-lora", "onnx-fp32", "onnx-int8"}
     assert all(a["verify"]["passed"] for a in manifest["artifacts"])
     # Metadata read back from the files: name, lineage, license, special tokens.
-    meta = {a["type"]: a["metadata"] for a in manifest["artifacts"] if a["format"] == "gguf"}
-    assert meta["q2_k"] == {
+    meta = {a["name"]: a["metadata"] for a in manifest["artifacts"] if a["format"].startswith("gguf")}
+    assert meta["gguf-lora"] == meta["gguf-q2_k"]  # the base GGUF of the adapter says the same
+    assert meta["gguf-q2_k"] == {
         "general.name": "nl2sql-tiny", "general.finetune": "nl2sql-tiny",
         "general.base_model.0.name": "edgeft-tiny-small", "general.license": "mit",
         "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.eot_token_id": 4,

@@ -27,7 +27,7 @@ from edgeft.base import plain_template
 from edgeft.config import Config
 from edgeft.errors import InputError, ToolError
 from edgeft.export import gguf_meta, open_export
-from edgeft.manifest import Stage, hash_json
+from edgeft.manifest import Stage, hash_json, read_stage
 from edgeft.paths import vendor_dir
 
 log = logging.getLogger(__name__)
@@ -56,48 +56,71 @@ _FALLBACK = re.compile(
 )
 
 
-def _stage_for_conversion(model_dir: Path, work: Path, license: str | None = None) -> Path:
-    """A view of the merged model whose chat template plain Jinja can render."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja", "added_tokens.json")
+
+
+def _stage_for_conversion(model_dir: Path, work: Path, license: str | None = None,
+                          tokenizer_dir: Path | None = None) -> Path:
+    """A view of the model whose chat template plain Jinja can render.
+
+    `tokenizer_dir` supplies the tokenizer and template instead of `model_dir`'s: the base
+    GGUF that a LoRA GGUF is applied to must carry the fine-tune's template, not the base's.
+    """
+    tokenizer_dir = tokenizer_dir or model_dir
     staged = work / "hf"
     staged.mkdir()
     for f in model_dir.iterdir():
-        if f.name not in ("tokenizer_config.json", "chat_template.jinja", "README.md"):
+        if f.name not in (*TOKENIZER_FILES, "README.md"):
             (staged / f.name).symlink_to(f.resolve())
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file() and name not in ("tokenizer_config.json", "chat_template.jinja"):
+            (staged / name).symlink_to((tokenizer_dir / name).resolve())
     card = gguf_meta.model_card_front_matter(license)
     if card:
         (staged / "README.md").write_text(card)
-    tc = json.loads((model_dir / "tokenizer_config.json").read_text())
+    tc = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
     if "chat_template" in tc and isinstance(tc["chat_template"], str):
         tc["chat_template"] = plain_template(tc["chat_template"])
     (staged / "tokenizer_config.json").write_text(json.dumps(tc, indent=2))
-    jinja = model_dir / "chat_template.jinja"
+    jinja = tokenizer_dir / "chat_template.jinja"
     if jinja.exists():
         (staged / "chat_template.jinja").write_text(plain_template(jinja.read_text()))
     return staged
 
 
-def convert_hf(model_dir: Path, outfile: Path, name: str, outtype: str = "f32",
-               metadata: dict[str, Any] | None = None, license: str | None = None) -> None:
-    """Run llama.cpp's converter (from vendor/) on an HF model directory."""
-    script = vendor_dir() / "convert_hf_to_gguf.py"
+def _converter(script_name: str, args: list[str], what: Path) -> None:
+    """Run one of llama.cpp's converter scripts from vendor/; a failure is a ToolError."""
+    script = vendor_dir() / script_name
     if not script.is_file():
         raise InputError(f"{script}: llama.cpp's converter is missing; run scripts/setup.sh "
                          f"(it unpacks it from the pinned llama-cpp-python source package)")
-    with tempfile.TemporaryDirectory() as work:
-        staged = _stage_for_conversion(Path(model_dir), Path(work), license)
-        cmd = [sys.executable, str(script), str(staged), "--outfile", str(outfile),
-               "--outtype", outtype, "--model-name", name]
-        if metadata:
-            (Path(work) / "metadata.json").write_text(json.dumps(metadata))
-            cmd += ["--metadata", str(Path(work) / "metadata.json")]
-        env = {**os.environ, "NO_LOCAL_GGUF": "1"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0 or not outfile.is_file():
+    env = {**os.environ, "NO_LOCAL_GGUF": "1"}
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         # The converter logs at INFO; its ERROR lines (or the traceback's end) say what failed.
         detail = [line for line in lines if line.startswith("ERROR")][-3:] or lines[-6:]
-        raise ToolError(f"convert_hf_to_gguf.py failed on {model_dir} (exit {proc.returncode}):\n"
-                        + "\n".join(detail))
+        raise ToolError(f"{script_name} failed on {what} (exit {proc.returncode}):\n" + "\n".join(detail))
+
+
+def convert_hf(model_dir: Path, outfile: Path, name: str, outtype: str = "f32",
+               metadata: dict[str, Any] | None = None, license: str | None = None,
+               tokenizer_dir: Path | None = None) -> None:
+    """llama.cpp's HF → GGUF converter on a model directory."""
+    with tempfile.TemporaryDirectory() as work:
+        staged = _stage_for_conversion(Path(model_dir), Path(work), license, tokenizer_dir)
+        args = [str(staged), "--outfile", str(outfile), "--outtype", outtype, "--model-name", name]
+        if metadata:
+            (Path(work) / "metadata.json").write_text(json.dumps(metadata))
+            args += ["--metadata", str(Path(work) / "metadata.json")]
+        _converter("convert_hf_to_gguf.py", args, Path(model_dir))
+
+
+def convert_lora(adapter_dir: Path, outfile: Path, base_dir: Path, outtype: str = "f16") -> None:
+    """llama.cpp's PEFT LoRA → GGUF converter (the base directory gives the tensor layout)."""
+    _converter("convert_lora_to_gguf.py", ["--outfile", str(outfile), "--outtype", outtype, "--base", str(base_dir),
+                                           str(adapter_dir)], Path(adapter_dir))
 
 
 def quantize(src: Path, dst: Path, gguf_type: str, threads: int = 0) -> list[dict[str, Any]]:
@@ -139,43 +162,80 @@ def gguf_summary(path: Path) -> dict[str, Any]:
 
 
 def inputs_hash(cfg: Config, merged: Stage) -> str:
-    return hash_json([merged.inputs_hash, cfg.export.gguf.types, cfg.name, cfg.base_model, cfg.license])
+    return hash_json([merged.inputs_hash, cfg.section("export")["gguf"], cfg.name, cfg.base_model, cfg.license])
+
+
+def _convert_with_metadata(model_dir: Path, out: Path, cfg: Config, want: dict[str, Any], outtype: str,
+                           tokenizer_dir: Path | None = None) -> None:
+    """Convert, then set the end-of-turn token (the converter does not write it)."""
+    raw = out.with_name(f".converted-{out.name}")
+    convert_hf(model_dir, raw, cfg.name, outtype=outtype, metadata=gguf_meta.override(cfg.name, cfg.base_model),
+               license=cfg.license, tokenizer_dir=tokenizer_dir)
+    if "tokenizer.ggml.eot_token_id" in want:
+        gguf_meta.set_end_of_turn(raw, out, want["tokenizer.ggml.eot_token_id"])
+        raw.unlink()
+    else:
+        raw.rename(out)
+
+
+def _checked_metadata(path: Path, want: dict[str, Any]) -> dict[str, Any]:
+    meta = gguf_meta.read(path)
+    problems = gguf_meta.check(meta, want)
+    if problems:
+        raise ToolError(f"{path.name}: wrong metadata after conversion: " + "; ".join(problems))
+    return {k: meta.get(k) for k in META_SUMMARY}
+
+
+def _base_directory(resolved_base: str) -> Path:
+    """A local directory for the base model (a hub id resolves to its downloaded snapshot)."""
+    if Path(resolved_base).is_dir():
+        return Path(resolved_base)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(resolved_base, allow_patterns=["*.json", "*.safetensors", "*.model", "*.jinja"]))
+
+
+def export_lora(cfg: Config, merged: Stage, folder: Path, want: dict[str, Any]) -> None:
+    """The adapter as its own GGUF plus the f16 base GGUF it applies to, in `folder`."""
+    train = read_stage(merged.data["parent"], "train")
+    adapter_dir = train.file(train.artifact("adapter")["path"])
+    base_dir = _base_directory(train.data["resolved_base"])
+    folder.mkdir()
+    log.info("converting the LoRA adapter and its f16 base to GGUF")
+    # The base carries the fine-tune's tokenizer and template: it is only used with the adapter.
+    _convert_with_metadata(base_dir, folder / f"{cfg.name}-base-f16.gguf", cfg, want, "f16", adapter_dir)
+    convert_lora(adapter_dir, folder / f"{cfg.name}-adapter-f16.gguf", base_dir)
 
 
 def export_gguf(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None = None,
                 *, force: bool = False) -> Stage:
-    """Convert and quantize the merged model to every configured GGUF type."""
-    model_dir, writer = open_export(cfg, "export-gguf", merge_dir, out_dir, force, inputs_hash)
+    """Convert and quantize the merged model to every configured GGUF type (and the LoRA GGUF)."""
+    merged, model_dir, writer = open_export(cfg, "export-gguf", merge_dir, out_dir, force, inputs_hash)
     types = list(dict.fromkeys(cfg.export.gguf.types))
     want = gguf_meta.expected(model_dir, cfg.name, cfg.base_model, cfg.license)
     with writer as w:
         f32 = w.tmp / f"{cfg.name}-f32.gguf"
-        raw = w.tmp / ".converted-f32.gguf"
         log.info("converting %s to GGUF with llama.cpp's converter", model_dir)
-        convert_hf(model_dir, raw, cfg.name, metadata=gguf_meta.override(cfg.name, cfg.base_model),
-                   license=cfg.license)
-        if "tokenizer.ggml.eot_token_id" in want:
-            gguf_meta.set_end_of_turn(raw, f32, want["tokenizer.ggml.eot_token_id"])
-            raw.unlink()
-        else:
-            raw.rename(f32)
+        _convert_with_metadata(model_dir, f32, cfg, want, "f32")
         for t in types:
             out = w.tmp / f"{cfg.name}-{t}.gguf"
             fallbacks = []
             if t != "f32":
                 log.info("quantizing to %s", t)
                 fallbacks = quantize(f32, out, t)
-            meta = gguf_meta.read(out)
-            problems = gguf_meta.check(meta, want)
-            if problems:
-                raise ToolError(f"{out.name}: wrong metadata after conversion: " + "; ".join(problems))
             w.add_artifact(f"gguf-{t}", out.name, "gguf", type=t, runtime="llama.cpp",
                            fallback_tensors=len(fallbacks), fallbacks=fallbacks,
-                           importance_matrix=False, metadata={k: meta.get(k) for k in META_SUMMARY},
+                           # llama-cpp-python's quantize API cannot take an importance matrix.
+                           importance_matrix=False, metadata=_checked_metadata(out, want),
                            **gguf_summary(out))
         if "f32" not in types:
             f32.unlink()
+        if cfg.export.gguf.lora:
+            export_lora(cfg, merged, w.tmp / "lora", want)
+            base_file = f"{cfg.name}-base-f16.gguf"
+            w.add_artifact("gguf-lora", "lora", "gguf-lora", type="f16", runtime="llama.cpp",
+                           base_file=base_file, adapter_file=f"{cfg.name}-adapter-f16.gguf",
+                           metadata=_checked_metadata(w.tmp / "lora" / base_file, want))
         stage = w.publish()
     log.info("GGUF files written to %s", stage.path)
     return stage
-

@@ -74,7 +74,7 @@ def inputs_hash(cfg: Config, merged: Stage) -> str:
 def export_onnx(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None = None,
                 *, force: bool = False) -> Stage:
     """Export the merged model to every configured ONNX type."""
-    model_dir, writer = open_export(cfg, "export-onnx", merge_dir, out_dir, force, inputs_hash)
+    _, model_dir, writer = open_export(cfg, "export-onnx", merge_dir, out_dir, force, inputs_hash)
     types = list(dict.fromkeys(cfg.export.onnx.types))
     with writer as w:
         fp32 = w.tmp / "onnx-fp32"

@@ -99,6 +99,10 @@ def load_runtime(artifact: dict[str, Any], stage_dir: Path) -> Runtime:
         from edgeft.runtimes.llamacpp import LlamaCppRuntime
 
         return LlamaCppRuntime(path)
+    if artifact["format"] == "gguf-lora":  # base GGUF + adapter GGUF, applied at load time
+        from edgeft.runtimes.llamacpp import LlamaCppRuntime
+
+        return LlamaCppRuntime(path / artifact["base_file"], lora=path / artifact["adapter_file"])
     if artifact["format"] == "onnx":
         from edgeft.runtimes.onnx import OnnxRuntime
 

@@ -45,14 +45,14 @@ def _no_weight_repacking() -> Iterator[None]:
 class LlamaCppRuntime(Runtime):
     name = "llama.cpp"
 
-    def __init__(self, path: Path | str, n_ctx: int = 1024):
+    def __init__(self, path: Path | str, n_ctx: int = 1024, lora: Path | str | None = None):
         import llama_cpp
 
         self._lib = llama_cpp
         with _no_weight_repacking():
             self.llm = llama_cpp.Llama(
                 model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False,
-                n_threads=os.cpu_count() or 1, seed=0,
+                n_threads=os.cpu_count() or 1, seed=0, lora_path=str(lora) if lora else None,
             )
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         meta = self.llm.metadata
