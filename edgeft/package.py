@@ -1,7 +1,8 @@
 """Assemble `dist/<name>/`: what a deploying team ships, with checksums and lineage.
 
 Consumes the train, merge, export and verify stages; produces `dist/<name>/` with `gguf/`,
-`onnx/<type>/`, `verify/report.{json,md}`, `README.md` (the model card) and `manifest.json`
+`onnx/<type>/`, `verify/report.{json,md}`, `java/` (the JNA kit for the GGUF files, see
+javakit.py), `README.md` (the model card) and `manifest.json`
 (every file with bytes and sha256, the resolved config, versions of edgeft and of the pinned
 stack, lineage: base model, dataset hash, adapter, training metrics, and the verify result).
 
@@ -101,6 +102,11 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = True
                 artifacts.append(entry)
         for name in ("report.json", "report.md"):
             _place(verify.file(name), w.tmp / "verify" / name)
+        gguf_files = [Path(a["path"]).name for a in artifacts if a["format"] == "gguf"]
+        if gguf_files:
+            from edgeft.javakit import write_kit
+
+            write_kit(w.tmp / "java", cfg.name, gguf_files)
         adapter_dir = train.file(train.artifact("adapter")["path"])
         lineage = {
             "base_model": cfg.base_model,
@@ -156,8 +162,8 @@ def model_card(cfg: Config, lineage: dict[str, Any], artifacts: list[dict[str, A
         f"prompts (details in `verify/report.md`). Checksums of every file are in `manifest.json`.",
         "",
         "## Use",
-        "- GGUF: llama.cpp (`llama-cli -m gguf/<file> -cnv`), llama-cpp-python, or JNA over `libllama`; "
-        "the chat template and end-of-turn token are embedded.",
+        "- GGUF: llama.cpp (`llama-cli -m gguf/<file> -cnv`), llama-cpp-python, or Java through JNA over "
+        "`libllama` (`java/`, a tested example); the chat template and end-of-turn token are embedded.",
         "- ONNX: ONNX Runtime with `onnx/<type>/model.onnx` and `tokenizer.json` beside it; the input "
         "and output names are listed in `manifest.json`.",
         "",

@@ -53,6 +53,16 @@ if [ ! -f vendor/llama.cpp/SOURCE ] || ! grep -q "$PKG_SHA256" vendor/llama.cpp/
   "$VENV/bin/python" scripts/vendor_llama_cpp.py --sdist "$SDIST"
 fi
 
+# The Java kit's tests need a JDK and JNA (Debian: openjdk-17-jdk-headless, libjna-java).
+if [ ! -f /usr/share/java/jna.jar ] || ! command -v javac >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing OpenJDK 17 and JNA for the Java kit"
+    apt-get update -qq >/dev/null && apt-get install -y -qq openjdk-17-jdk-headless libjna-java >/dev/null
+  else
+    say "note: no JDK or JNA (apt install openjdk-17-jdk-headless libjna-java); the Java kit test will skip"
+  fi
+fi
+
 say "installing the pinned stack and edgeft"
 "${PIP[@]}" install "$WHEEL" ./vendor/llama.cpp/gguf-py -e ".[dev]"
 "$VENV/bin/python" - <<'PY'

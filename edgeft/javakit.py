@@ -1,0 +1,225 @@
+"""The Java consumer kit in every dist: a small program that runs the GGUF through JNA over libllama.
+
+Produces `dist/<name>/java/`: `src/edgeft/kit/Llama.java` (the JNA binding of the llama.cpp C
+API functions it uses, with the parameter structs generated from the very llama-cpp-python that
+edgeft verified with, so their layout matches that libllama), `src/edgeft/kit/Generate.java`
+(load, render the chat prompt with the model's template, greedy generation, print the token ids
+and the text), `build.sh` and a README.
+
+    javac -cp /usr/share/java/jna.jar -d out src/edgeft/kit/*.java
+    java -cp out:/usr/share/java/jna.jar -Djna.library.path=LIBDIR edgeft.kit.Generate MODEL.gguf "question"
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+# ctypes type name → Java field type (C bool is one byte: JNA's `boolean` would be four).
+_JAVA = {"c_int": "int", "c_uint": "int", "c_int32": "int", "c_uint32": "int", "c_bool": "byte",
+         "c_float": "float", "c_ulong": "long", "c_size_t": "long", "c_int64": "long", "c_uint64": "long",
+         "c_char_p": "String", "c_byte": "byte", "c_int8": "byte"}
+STRUCTS = {"LlamaModelParams": "llama_model_params", "LlamaContextParams": "llama_context_params",
+           "LlamaBatch": "llama_batch", "LlamaSamplerChainParams": "llama_sampler_chain_params",
+           "LlamaChatMessage": "llama_chat_message"}
+
+
+def _java_struct(java_name: str, c_struct: type) -> str:
+    fields = []
+    for name, ctype in c_struct._fields_:
+        jtype = _JAVA.get(ctype.__name__, "Pointer")  # pointers and callbacks
+        fields.append((name, jtype))
+    order = ", ".join(f'"{n}"' for n, _ in fields)
+    body = "\n".join(f"        public {t} {n};" for n, t in fields)
+    return f"""    @Structure.FieldOrder({{{order}}})
+    class {java_name} extends Structure {{
+{body}
+        /** sizeof(struct {c_struct.__name__}) in the libllama this kit was made for. */
+        public static final int C_SIZE = {ctypes.sizeof(c_struct)};
+        public static class ByValue extends {java_name} implements Structure.ByValue {{}}
+        public static class ByReference extends {java_name} implements Structure.ByReference {{}}
+    }}
+"""
+
+
+def binding_source() -> str:
+    import llama_cpp
+
+    structs = "\n".join(_java_struct(j, getattr(llama_cpp, c)) for j, c in STRUCTS.items())
+    return f"""package edgeft.kit;
+
+import com.sun.jna.Library;
+import com.sun.jna.Native;
+import com.sun.jna.Pointer;
+import com.sun.jna.Structure;
+
+/** JNA binding of the llama.cpp C API functions the kit uses (llama-cpp-python {llama_cpp.__version__}). */
+public interface Llama extends Library {{
+    Llama INSTANCE = Native.load("llama", Llama.class);
+
+{structs}
+    void llama_backend_init();
+    void llama_backend_free();
+    LlamaModelParams.ByValue llama_model_default_params();
+    LlamaContextParams.ByValue llama_context_default_params();
+    LlamaSamplerChainParams.ByValue llama_sampler_chain_default_params();
+    Pointer llama_model_load_from_file(String path, LlamaModelParams.ByValue params);
+    void llama_model_free(Pointer model);
+    Pointer llama_init_from_model(Pointer model, LlamaContextParams.ByValue params);
+    void llama_free(Pointer ctx);
+    Pointer llama_model_get_vocab(Pointer model);
+    String llama_model_chat_template(Pointer model, String name);
+    int llama_chat_apply_template(String tmpl, LlamaChatMessage chat, long nMsg, byte addAssistant,
+                                  byte[] buf, int length);
+    int llama_tokenize(Pointer vocab, byte[] text, int textLen, int[] tokens, int nTokensMax,
+                       byte addSpecial, byte parseSpecial);
+    int llama_token_to_piece(Pointer vocab, int token, byte[] buf, int length, int lstrip, byte special);
+    byte llama_vocab_is_eog(Pointer vocab, int token);
+    LlamaBatch.ByValue llama_batch_get_one(Pointer tokens, int nTokens);
+    int llama_decode(Pointer ctx, LlamaBatch.ByValue batch);
+    Pointer llama_sampler_chain_init(LlamaSamplerChainParams.ByValue params);
+    void llama_sampler_chain_add(Pointer chain, Pointer sampler);
+    Pointer llama_sampler_init_greedy();
+    int llama_sampler_sample(Pointer sampler, Pointer ctx, int idx);
+    void llama_sampler_free(Pointer sampler);
+}}
+"""
+
+
+GENERATE = r"""package edgeft.kit;
+
+import com.sun.jna.Memory;
+import com.sun.jna.Pointer;
+import java.io.ByteArrayOutputStream;
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.List;
+
+/**
+ * Greedy generation with a GGUF model through libllama:
+ *   java edgeft.kit.Generate MODEL.gguf "user message" [MAX_TOKENS]
+ * Prints the prompt's token ids, the generated token ids, and the text.
+ */
+public final class Generate {
+    private static void check(boolean ok, String what) {
+        if (!ok) { System.err.println("error: " + what); System.exit(1); }
+    }
+
+    private static Pointer tokens(int[] ids, int n) {
+        Memory m = new Memory(4L * Math.max(n, 1));
+        m.write(0, ids, 0, n);
+        return m;
+    }
+
+    public static void main(String[] args) {
+        check(args.length >= 2, "usage: Generate MODEL.gguf \"user message\" [MAX_TOKENS]");
+        int maxTokens = args.length > 2 ? Integer.parseInt(args[2]) : 64;
+        Llama L = Llama.INSTANCE;
+        check(new Llama.LlamaModelParams().size() == Llama.LlamaModelParams.C_SIZE
+              && new Llama.LlamaContextParams().size() == Llama.LlamaContextParams.C_SIZE
+              && new Llama.LlamaBatch().size() == Llama.LlamaBatch.C_SIZE,
+              "struct sizes differ from the libllama this kit was generated for");
+        L.llama_backend_init();
+        Llama.LlamaModelParams.ByValue mp = L.llama_model_default_params();
+        // Weight repacking (AMX) crashes on some CPUs with small models (llama.cpp issue 20824).
+        mp.use_extra_bufts = 0;
+        Pointer model = L.llama_model_load_from_file(args[0], mp);
+        check(model != null, "cannot load " + args[0]);
+        Pointer vocab = L.llama_model_get_vocab(model);
+        Llama.LlamaContextParams.ByValue cp = L.llama_context_default_params();
+        cp.n_ctx = 2048;
+        cp.n_batch = 2048;
+        cp.no_perf = 1;
+        Pointer ctx = L.llama_init_from_model(model, cp);
+        check(ctx != null, "cannot create a context");
+
+        // The chat prompt, from the template stored in the GGUF.
+        String template = L.llama_model_chat_template(model, null);
+        check(template != null, "the GGUF has no chat template");
+        Llama.LlamaChatMessage msg = new Llama.LlamaChatMessage();
+        msg.role = "user";
+        msg.content = args[1];
+        byte[] buf = new byte[1 << 16];
+        int n = L.llama_chat_apply_template(template, msg, 1, (byte) 1, buf, buf.length);
+        check(n > 0 && n <= buf.length, "llama.cpp does not know this chat template");
+        byte[] prompt = java.util.Arrays.copyOf(buf, n);
+
+        int[] ids = new int[8192];
+        int nIds = L.llama_tokenize(vocab, prompt, prompt.length, ids, ids.length, (byte) 1, (byte) 1);
+        check(nIds > 0, "tokenization failed");
+        Pointer sampler = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params());
+        L.llama_sampler_chain_add(sampler, L.llama_sampler_init_greedy());
+
+        check(L.llama_decode(ctx, L.llama_batch_get_one(tokens(ids, nIds), nIds)) == 0, "decode failed");
+        List<Integer> out = new ArrayList<>();
+        ByteArrayOutputStream text = new ByteArrayOutputStream();
+        byte[] piece = new byte[256];
+        while (out.size() < maxTokens) {
+            int tok = L.llama_sampler_sample(sampler, ctx, -1);
+            if (L.llama_vocab_is_eog(vocab, tok) != 0) break;
+            out.add(tok);
+            int len = L.llama_token_to_piece(vocab, tok, piece, piece.length, 0, (byte) 0);
+            if (len > 0) text.write(piece, 0, len);
+            check(L.llama_decode(ctx, L.llama_batch_get_one(tokens(new int[] {tok}, 1), 1)) == 0, "decode failed");
+        }
+        StringBuilder promptIds = new StringBuilder();
+        for (int i = 0; i < nIds; i++) promptIds.append(i == 0 ? "" : " ").append(ids[i]);
+        StringBuilder outIds = new StringBuilder();
+        for (int i = 0; i < out.size(); i++) outIds.append(i == 0 ? "" : " ").append(out.get(i));
+        System.out.println("prompt_tokens: " + promptIds);
+        System.out.println("tokens: " + outIds);
+        System.out.println("text: " + new String(text.toByteArray(), StandardCharsets.UTF_8));
+        L.llama_sampler_free(sampler);
+        L.llama_free(ctx);
+        L.llama_model_free(model);
+        L.llama_backend_free();
+    }
+}
+"""
+
+BUILD = """#!/usr/bin/env sh
+# Compile the kit (OpenJDK 17 and JNA: Debian's `openjdk-17-jdk-headless libjna-java`).
+set -e
+cd "$(dirname "$0")"
+JNA=${JNA_JAR:-/usr/share/java/jna.jar}
+mkdir -p out
+javac -cp "$JNA" -d out src/edgeft/kit/*.java
+echo "run: java -cp out:$JNA -Djna.library.path=<dir with libllama.so> edgeft.kit.Generate <model.gguf> \\"question\\""
+"""
+
+
+def readme(name: str, gguf_files: list[str]) -> str:
+    files = "\n".join(f"- `../gguf/{f}`" for f in gguf_files)
+    return f"""# {name}: Java kit (GGUF through JNA over libllama)
+
+A minimal Java program that loads a GGUF of this dist with llama.cpp's C API, renders the chat
+prompt with the template stored in the file, and generates greedily until the end-of-turn token.
+edgeft's tests compile and run it and check that its tokens equal llama.cpp's Python bindings'.
+
+Requirements: OpenJDK 17+, JNA 5 (`apt install openjdk-17-jdk-headless libjna-java`), and a
+`libllama.so` built from the same llama.cpp version as the one this kit was generated for (the
+one in llama-cpp-python's `lib/` directory works). The struct layouts in `Llama.java` are
+generated from that version; the program refuses to run if the library's differ.
+
+```sh
+./build.sh
+java -cp out:/usr/share/java/jna.jar -Djna.library.path=/path/to/llama_cpp/lib \\
+     edgeft.kit.Generate ../gguf/{gguf_files[0] if gguf_files else "<model>.gguf"} "your question" 128
+```
+
+GGUF files in this dist:
+{files}
+
+It prints `prompt_tokens:`, `tokens:` (the generated ids) and `text:`. Use it as the starting
+point for your own service: the calls are the ones a production binding makes.
+"""
+
+
+def write_kit(dest: Path, name: str, gguf_files: list[str]) -> None:
+    src = dest / "src" / "edgeft" / "kit"
+    src.mkdir(parents=True)
+    (src / "Llama.java").write_text(binding_source())
+    (src / "Generate.java").write_text(GENERATE)
+    (dest / "build.sh").write_text(BUILD)
+    (dest / "build.sh").chmod(0o755)
+    (dest / "README.md").write_text(readme(name, gguf_files))
