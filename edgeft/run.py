@@ -30,6 +30,8 @@ def resolve_artifact(path: Path, kind: str | None = None) -> dict[str, Any]:
         if path.suffix != ".gguf":
             raise InputError(f"{path}: not a .gguf file; pass a GGUF file, an ONNX folder or a dist folder")
         return {"format": "gguf", "path": path.name, "root": path.parent, "type": kind}
+    if (path / "genai_config.json").is_file():
+        return {"format": "onnx-genai", "path": path.name, "root": path.parent, "type": kind}
     if (path / "model.onnx").is_file():
         return {"format": "onnx", "path": path.name, "root": path.parent, "model_file": "model.onnx", "type": kind}
     manifest = path / "manifest.json"

@@ -1,10 +1,12 @@
 """Export the merged model to ONNX with optimum (KV cache), and quantize with ONNX Runtime.
 
 Consumes a `merge` stage; produces an `export-onnx` stage with one folder per type
-(`onnx-fp32/`, `onnx-int8/`), each holding `model.onnx` (+ external data when large), the
-tokenizer files and the configs, i.e. what ONNX Runtime Java + a tokenizer library need.
-fp32 is optimum's `text-generation-with-past` export; int8 is ONNX Runtime's dynamic
-quantization of it. Input/output names are recorded in the manifest.
+(`onnx-fp32/`, `onnx-int8/`, `onnx-int4/`), each holding `model.onnx` (+ external data when
+large), the tokenizer files and the configs, i.e. what ONNX Runtime Java + a tokenizer library
+need. fp32 is optimum's `text-generation-with-past` export; int8 is ONNX Runtime's dynamic
+quantization of it; int4 is onnxruntime-genai's model builder output (with genai_config.json),
+which the ORT GenAI APIs, Java included, load as a folder. Input/output names are recorded in
+the manifest.
 
     edgeft export onnx -c examples/nl2sql/edgeft.yaml
 """
@@ -71,6 +73,21 @@ def inputs_hash(cfg: Config, merged: Stage) -> str:
     return hash_json([merged.inputs_hash, cfg.section("export")["onnx"]])
 
 
+def _export_genai_int4(model_dir: Path, folder: Path) -> None:
+    """onnxruntime-genai's model builder: int4 weights (MatMulNBits, blocks of 32) for the CPU."""
+    import os
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache:
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir), "-o", str(folder),
+               "-p", "int4", "-e", "cpu", "-c", cache]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if proc.returncode != 0 or not (folder / "genai_config.json").is_file():
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+        raise ToolError(f"onnxruntime-genai's model builder failed on {model_dir}:\n{tail}")
+
+
 def export_onnx(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None = None,
                 *, force: bool = False) -> Stage:
     """Export the merged model to every configured ONNX type."""
@@ -87,6 +104,12 @@ def export_onnx(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None
             if t == "int8":
                 log.info("quantizing ONNX to int8 (dynamic)")
                 _quantize_int8(fp32, folder)
+            if t == "int4":
+                log.info("building the onnxruntime-genai int4 folder")
+                _export_genai_int4(model_dir, folder)
+                w.add_artifact("onnx-genai-int4", folder.name, "onnx-genai", type=t, runtime="onnxruntime-genai",
+                               model_file="model.onnx", **io_names(folder / "model.onnx"))
+                continue
             w.add_artifact(f"onnx-{t}", folder.name, "onnx", type=t, runtime="onnxruntime",
                            model_file="model.onnx", **io_names(folder / "model.onnx"))
         if "fp32" not in types:

@@ -107,6 +107,10 @@ def load_runtime(artifact: dict[str, Any], stage_dir: Path) -> Runtime:
         from edgeft.runtimes.onnx import OnnxRuntime
 
         return OnnxRuntime(path, artifact.get("model_file", "model.onnx"))
+    if artifact["format"] == "onnx-genai":
+        from edgeft.runtimes.genai import GenAIRuntime
+
+        return GenAIRuntime(path)
     if artifact["format"] == "hf-safetensors":
         from edgeft.runtimes.hf import HFRuntime
 
