@@ -22,9 +22,10 @@ def resolve_base(spec: str, root: Path | None = None) -> str:
 
         parts = spec.split(":")
         size = parts[1] if len(parts) > 1 else ""
-        if size not in SIZES or len(parts) > 3 or (len(parts) == 3 and not parts[2].isdigit()):
+        known = [*SIZES, *(f"{s}-bpe" for s in SIZES)]
+        if size not in known or len(parts) > 3 or (len(parts) == 3 and not parts[2].isdigit()):
             raise ConfigError(
-                f"base_model: {spec!r} is not tiny:<size>[:<seed>] with size one of {', '.join(SIZES)}"
+                f"base_model: {spec!r} is not tiny:<size>[:<seed>] with size one of {', '.join(known)}"
             )
         return str(cached_tiny_model(size, int(parts[2]) if len(parts) == 3 else 0))
     local = Path(spec).expanduser()

@@ -405,8 +405,10 @@ def chat(artifact: Path, kind: str | None, max_tokens: int, temperature: float, 
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--size", type=click.Choice(["micro", "small"]), default="micro", show_default=True)
 @click.option("--seed", default=0, show_default=True, help="Same seed, same files.")
+@click.option("--tokenizer", type=click.Choice(["spm", "bpe"]), default="spm", show_default=True,
+              help="SentencePiece, or byte-level BPE (GPT-2 style).")
 @FORCE_OPTION
-def tiny_model(out: Path, size: str, seed: int, force: bool) -> None:
+def tiny_model(out: Path, size: str, seed: int, tokenizer: str, force: bool) -> None:
     """Build a small pre-trained Llama model directory (no hub needed).
 
     \b
@@ -418,7 +420,7 @@ def tiny_model(out: Path, size: str, seed: int, force: bool) -> None:
         if step % 50 == 0 or step == total:
             click.echo(f"edgeft: pre-training step {step}/{total}, loss {loss:.3f}", err=True)
 
-    click.echo(str(build_tiny_model(out, size, seed, force=force, progress=progress)))
+    click.echo(str(build_tiny_model(out, size, seed, force=force, progress=progress, tokenizer=tokenizer)))
 
 
 def main() -> None:

@@ -196,6 +196,30 @@ def _write_tokenizer(sp_model: Path, out: Path) -> None:
     shutil.copy(sp_model, out / "tokenizer.model")
 
 
+def _write_bpe_tokenizer(texts: list[str], vocab: int, out: Path, pre_tokenizer=None) -> None:
+    """A byte-level BPE tokenizer (GPT-2 style): the kind llama.cpp identifies by hash, not by config.
+
+    `pre_tokenizer` replaces GPT-2's (ByteLevel with its regex) to make a variant llama.cpp
+    cannot know, for the tests of that failure.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", IM_START, IM_END]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizer or pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<unk>", additional_special_tokens=[IM_START, IM_END])
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(out)
+
+
 def _pretrain(model, tokenizer, texts: list[str], size: Size, seed: int,
               progress: Callable[[int, int, float], None] | None) -> float:
     import torch
@@ -235,8 +259,13 @@ def build_tiny_model(
     *,
     force: bool = False,
     progress: Callable[[int, int, float], None] | None = None,
+    tokenizer: str = "spm",
+    pre_tokenizer=None,
 ) -> Path:
-    """Write a pre-trained tiny Llama model directory to `out_dir`; return its path."""
+    """Write a pre-trained tiny Llama model directory to `out_dir`; return its path.
+
+    `tokenizer` is "spm" (SentencePiece, the default) or "bpe" (byte-level BPE, GPT-2 style).
+    """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -250,9 +279,12 @@ def build_tiny_model(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         texts = corpus(seed)
-        with tempfile.TemporaryDirectory() as work:
-            sp_model = _train_tokenizer(texts, spec.vocab, Path(work))
-            _write_tokenizer(sp_model, tmp)
+        if tokenizer == "bpe":
+            _write_bpe_tokenizer(texts, spec.vocab, tmp, pre_tokenizer)
+        else:
+            with tempfile.TemporaryDirectory() as work:
+                sp_model = _train_tokenizer(texts, spec.vocab, Path(work))
+                _write_tokenizer(sp_model, tmp)
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(tmp)
@@ -276,7 +308,7 @@ def build_tiny_model(
         )
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / "edgeft_tiny.json").write_text(json.dumps(
-            {"kit_version": KIT_VERSION, "size": size, "seed": seed,
+            {"kit_version": KIT_VERSION, "size": size, "seed": seed, "tokenizer": tokenizer,
              "final_pretrain_loss": round(loss, 4)}, indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -289,11 +321,15 @@ def build_tiny_model(
 
 
 def cached_tiny_model(size: str, seed: int = 0, cache_dir: Path | None = None) -> Path:
-    """The tiny model for (size, seed), built on first use under the edgeft cache."""
+    """The tiny model for (size, seed), built on first use under the edgeft cache.
+
+    `size` may end in "-bpe" for the byte-level BPE tokenizer variant ("micro-bpe").
+    """
     from edgeft.paths import cache_dir as default_cache
 
+    base, _, variant = size.partition("-")
     root = Path(cache_dir) if cache_dir else default_cache() / "tiny"
     path = root / f"{size}-seed{seed}-kit{KIT_VERSION}"
     if not (path / "config.json").exists():
-        build_tiny_model(path, size, seed, force=True)
+        build_tiny_model(path, base, seed, force=True, tokenizer="bpe" if variant == "bpe" else "spm")
     return path

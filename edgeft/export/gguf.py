@@ -60,6 +60,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                    "chat_template.jinja", "added_tokens.json")
 
 
+class _UnknownPreTokenizer(Exception):
+    """The converter refused a BPE pre-tokenizer it does not know by hash."""
+
+
 def _stage_for_conversion(model_dir: Path, work: Path, license: str | None = None,
                           tokenizer_dir: Path | None = None) -> Path:
     """A view of the model whose chat template plain Jinja can render.
@@ -89,14 +93,39 @@ def _stage_for_conversion(model_dir: Path, work: Path, license: str | None = Non
     return staged
 
 
-def _converter(script_name: str, args: list[str], what: Path) -> None:
+# BPE pre-tokenizers llama.cpp implements, by their tokenizer.json configuration. llama.cpp
+# itself recognises them only by a hash that also depends on the vocabulary.
+KNOWN_PRE_TOKENIZERS = {
+    "gpt-2": {"normalizer": None,
+              "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                                "use_regex": True}},
+}
+_UNRECOGNISED_PRE = "BPE pre-tokenizer was not recognized"
+
+
+def match_pre_tokenizer(tokenizer_json: Path) -> tuple[str | None, dict[str, Any]]:
+    """(llama.cpp's name for this BPE pre-tokenizer or None, the configuration compared)."""
+    tj = json.loads(tokenizer_json.read_text())
+    config = {"normalizer": tj.get("normalizer"), "pre_tokenizer": tj.get("pre_tokenizer")}
+    for name, known in KNOWN_PRE_TOKENIZERS.items():
+        if config == known:
+            return name, config
+    return None, config
+
+
+def _converter(script_name: str, args: list[str], what: Path, pre: str | None = None) -> None:
     """Run one of llama.cpp's converter scripts from vendor/; a failure is a ToolError."""
     script = vendor_dir() / script_name
     if not script.is_file():
         raise InputError(f"{script}: llama.cpp's converter is missing; run scripts/setup.sh "
                          f"(it unpacks it from the pinned llama-cpp-python source package)")
     env = {**os.environ, "NO_LOCAL_GGUF": "1"}
-    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env)
+    cmd = [sys.executable, str(script), *args]
+    if pre:
+        cmd = [sys.executable, "-m", "edgeft.export._convert_with_pre", pre, str(vendor_dir()), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0 and _UNRECOGNISED_PRE in proc.stderr and pre is None:
+        raise _UnknownPreTokenizer(proc.stderr)
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         # The converter logs at INFO; its ERROR lines (or the traceback's end) say what failed.
@@ -114,7 +143,21 @@ def convert_hf(model_dir: Path, outfile: Path, name: str, outtype: str = "f32",
         if metadata:
             (Path(work) / "metadata.json").write_text(json.dumps(metadata))
             args += ["--metadata", str(Path(work) / "metadata.json")]
-        _converter("convert_hf_to_gguf.py", args, Path(model_dir))
+        try:
+            _converter("convert_hf_to_gguf.py", args, Path(model_dir))
+        except _UnknownPreTokenizer as e:
+            pre, config = match_pre_tokenizer(staged / "tokenizer.json")
+            if pre is None:
+                hsh = re.search(r"chkhsh:\s+([0-9a-f]+)", str(e))
+                raise ToolError(
+                    f"{Path(tokenizer_dir or model_dir) / 'tokenizer.json'}: llama.cpp does not recognise this "
+                    f"BPE pre-tokenizer (hash {hsh.group(1) if hsh else '?'}) and its configuration "
+                    f"{json.dumps(config['pre_tokenizer'])} (normalizer {json.dumps(config['normalizer'])}) "
+                    f"matches none it implements ({', '.join(KNOWN_PRE_TOKENIZERS)}); add the model to llama.cpp's "
+                    f"convert_hf_to_gguf_update.py, or fine-tune a base whose tokenizer llama.cpp supports"
+                ) from None
+            log.info("BPE pre-tokenizer unknown to llama.cpp by hash, identical to %r by configuration", pre)
+            _converter("convert_hf_to_gguf.py", args, Path(model_dir), pre=pre)
 
 
 def convert_lora(adapter_dir: Path, outfile: Path, base_dir: Path, outtype: str = "f16") -> None:
