@@ -18,7 +18,7 @@ from typing import Any
 from edgeft.errors import ConfigError, InputError
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m", "q2_k")
-ONNX_TYPES = ("fp32", "int8", "int4")
+ONNX_TYPES = ("fp32", "fp16", "int8", "int4")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 

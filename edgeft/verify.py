@@ -69,6 +69,7 @@ BANDS: dict[str, Band] = {
     "gguf-lora:f16": Band(2e-3, 0.05, 0.97, 0.9,
                           "f16 base + f16 adapter applied at run time: f16 rounding of both, unmerged"),
     "onnx:fp32": Band(1e-5, 1e-4, 0.999, 1.0, "same fp32 graph; ~1e-5 kernel differences in logits"),
+    "onnx:fp16": Band(1e-3, 0.02, 0.98, 0.9, "fp16 weights and activations, fp32 inputs and outputs"),
     "onnx-genai:int4": Band(0.08, 1.5, 0.8, 0.4,
                             "int4 weights in blocks of 32 with int8 activations (accuracy level 4): like q4_0"),
     "onnx:int8": Band(0.02, 0.5, 0.9, 0.6, "dynamic int8: per-channel weights, activations per batch"),

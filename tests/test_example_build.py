@@ -30,7 +30,7 @@ def test_example_build_end_to_end(tmp_path: Path) -> None:
     manifest = json.loads((dist / "manifest.json").read_text())
     by_type = {(a["format"], a["type"]): a for a in manifest["artifacts"]}
     assert {("gguf", "q4_k_m"), ("gguf", "q8_0"), ("onnx", "fp32"), ("onnx", "int8"),
-            ("gguf-lora", "f16"), ("onnx-genai", "int4")} <= set(by_type)
+            ("gguf-lora", "f16"), ("onnx", "fp16"), ("onnx-genai", "int4")} <= set(by_type)
     for f in manifest["files"]:
         assert sha256_file(dist / f["path"]) == f["sha256"], f["path"]
         assert (dist / f["path"]).stat().st_size == f["bytes"]
@@ -59,7 +59,8 @@ def test_example_build_end_to_end(tmp_path: Path) -> None:
     assert "edgeft: ran export-gguf, verify, package; reused train, merge, export-onnx" in changed.stderr
     manifest = json.loads((dist / "manifest.json").read_text())
     names = {a["name"] for a in manifest["artifacts"]}
-    assert names == {f"gguf-{t}" for t in others} | {"gguf-lora", "onnx-fp32", "onnx-int8", "onnx-genai-int4"}
+    assert names == {f"gguf-{t}" for t in others} | {"gguf-lora", "onnx-fp32", "onnx-fp16", "onnx-int8",
+                                                          "onnx-genai-int4"}
     assert all(a["verify"]["passed"] for a in manifest["artifacts"])
     # Metadata read back from the files: name, lineage, license, special tokens.
     meta = {a["name"]: a["metadata"] for a in manifest["artifacts"] if a["format"].startswith("gguf")}

@@ -59,6 +59,14 @@ def _export_fp32(model_dir: Path, out: Path, opset: int) -> None:
             raise ToolError(f"optimum ONNX export of {model_dir} failed: {e}") from e
 
 
+# Protobuf's limit: a model file over 2 GB must keep its weights in an external data file.
+EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2
+
+
+def _external(src_dir: Path) -> bool:
+    return (src_dir / "model.onnx_data").exists() or (src_dir / "model.onnx").stat().st_size > EXTERNAL_DATA_BYTES
+
+
 def _quantize_int8(src_dir: Path, dst_dir: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -66,7 +74,19 @@ def _quantize_int8(src_dir: Path, dst_dir: Path) -> None:
     # Dynamic (weight-only int8, activations quantized at run time): needs no calibration data
     # and is what ONNX Runtime's CPU provider runs fastest for transformer MatMuls.
     quantize_dynamic(str(src_dir / "model.onnx"), str(dst_dir / "model.onnx"),
-                     weight_type=QuantType.QInt8, per_channel=True)
+                     weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=_external(src_dir))
+
+
+def _convert_fp16(src_dir: Path, dst_dir: Path) -> None:
+    """fp16 weights and compute with fp32 inputs and outputs (keep_io_types), via ONNX Runtime's
+    converter: the same feeds as the fp32 model, and a graph the CPU provider runs."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    shutil.copytree(src_dir, dst_dir, ignore=shutil.ignore_patterns("model.onnx", "model.onnx_data"))
+    model = convert_float_to_float16(onnx.load(str(src_dir / "model.onnx")), keep_io_types=True)
+    large = model.ByteSize() > EXTERNAL_DATA_BYTES
+    onnx.save(model, str(dst_dir / "model.onnx"), save_as_external_data=large, location="model.onnx_data")
 
 
 def inputs_hash(cfg: Config, merged: Stage) -> str:
@@ -104,6 +124,9 @@ def export_onnx(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None
             if t == "int8":
                 log.info("quantizing ONNX to int8 (dynamic)")
                 _quantize_int8(fp32, folder)
+            if t == "fp16":
+                log.info("converting ONNX to fp16")
+                _convert_fp16(fp32, folder)
             if t == "int4":
                 log.info("building the onnxruntime-genai int4 folder")
                 _export_genai_int4(model_dir, folder)
