@@ -10,6 +10,7 @@ chat template and stopped at its end-of-turn token. Nothing touches the network.
 
 from __future__ import annotations
 
+import codecs
 import json
 import time
 from collections.abc import Callable
@@ -52,7 +53,7 @@ def open_runtime(path: Path, kind: str | None = None) -> Runtime:
     from edgeft.runtimes import load_runtime
 
     entry = resolve_artifact(path, kind)
-    return load_runtime(entry, entry["root"])
+    return load_runtime(entry, entry["root"], all_logits=False)
 
 
 @dataclass
@@ -76,16 +77,24 @@ def respond(rt: Runtime, messages: Messages, max_tokens: int, sampling: Sampling
     ids = rt.tokenize(rt.chat_prompt(messages), add_special=False)
     tokens: list[int] = []
     shown = ""
+    # A multi-byte character can span tokens: decode incrementally and print only whole characters.
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     started = time.perf_counter()
     for tok in rt.stream(ids, max_tokens, sampling):
         tokens.append(tok)
-        text = rt.detokenize(tokens)
-        # Print only complete characters: a multi-byte character can span tokens.
-        if on_text and not text.endswith("\ufffd") and len(text) > len(shown):
-            on_text(text[len(shown):])
-            shown = text
+        if not on_text:
+            continue
+        piece = rt.piece(tok)
+        if piece is not None:  # llama.cpp: each token's bytes, as its own examples stream them
+            chunk = decoder.decode(piece)
+        else:  # tokenizers whose pieces do not concatenate (SentencePiece spaces): decode the whole
+            text = rt.detokenize(tokens)
+            chunk = text[len(shown):] if not text.endswith("\ufffd") else ""
+        if chunk:
+            on_text(chunk)
+            shown += chunk
     seconds = time.perf_counter() - started
     text = rt.detokenize(tokens)
-    if on_text and len(text) > len(shown):
+    if on_text and len(text) > len(shown) and text.startswith(shown):
         on_text(text[len(shown):])
     return Reply(text, len(ids), len(tokens), seconds, rt.stopped)

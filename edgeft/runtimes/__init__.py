@@ -78,6 +78,10 @@ class Runtime(ABC):
     def detokenize(self, ids: list[int]) -> str:
         raise NotImplementedError(f"{self.name} does not detokenize")
 
+    def piece(self, token: int) -> bytes | None:
+        """The bytes one token adds to the text, where concatenating them is exact (else None)."""
+        return None
+
     @abstractmethod
     def special_tokens(self) -> dict[str, Any]:
         """{"bos": id|None, "eos": id|None, "stop": sorted ids that end generation}."""
@@ -92,17 +96,22 @@ class Runtime(ABC):
         self.close()
 
 
-def load_runtime(artifact: dict[str, Any], stage_dir: Path) -> Runtime:
-    """The runtime a consumer would use for a manifest artifact entry."""
+def load_runtime(artifact: dict[str, Any], stage_dir: Path, *, all_logits: bool = True) -> Runtime:
+    """The runtime a consumer would use for a manifest artifact entry.
+
+    `all_logits=False` when only generating (edgeft run/chat): llama.cpp then skips computing
+    and copying logits for every prompt position.
+    """
     path = Path(stage_dir) / artifact["path"]
     if artifact["format"] == "gguf":
         from edgeft.runtimes.llamacpp import LlamaCppRuntime
 
-        return LlamaCppRuntime(path)
+        return LlamaCppRuntime(path, all_logits=all_logits)
     if artifact["format"] == "gguf-lora":  # base GGUF + adapter GGUF, applied at load time
         from edgeft.runtimes.llamacpp import LlamaCppRuntime
 
-        return LlamaCppRuntime(path / artifact["base_file"], lora=path / artifact["adapter_file"])
+        return LlamaCppRuntime(path / artifact["base_file"], lora=path / artifact["adapter_file"],
+                               all_logits=all_logits)
     if artifact["format"] == "onnx":
         from edgeft.runtimes.onnx import OnnxRuntime
 

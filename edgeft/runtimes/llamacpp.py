@@ -45,18 +45,21 @@ def _no_weight_repacking() -> Iterator[None]:
 class LlamaCppRuntime(Runtime):
     name = "llama.cpp"
 
-    def __init__(self, path: Path | str, n_ctx: int = 1024, lora: Path | str | None = None):
+    def __init__(self, path: Path | str, n_ctx: int = 1024, lora: Path | str | None = None,
+                 all_logits: bool = True):
+        """`all_logits=False` for generation only: `logits()` then fails, generation is faster."""
         import llama_cpp
 
         self._lib = llama_cpp
         with _no_weight_repacking():
             self.llm = llama_cpp.Llama(
-                model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False,
+                model_path=str(path), n_ctx=n_ctx, logits_all=all_logits, verbose=False,
                 n_threads=os.cpu_count() or 1, seed=0, lora_path=str(lora) if lora else None,
             )
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         meta = self.llm.metadata
         self.template = meta.get("tokenizer.chat_template")
+        self._formatter = None
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         # special=True: special-token text is parsed as the token, as HF tokenizers do.
@@ -68,14 +71,15 @@ class LlamaCppRuntime(Runtime):
 
         if not self.template:
             raise LookupError("the GGUF has no tokenizer.chat_template")
-        model = self.llm._model
-        eos, bos = self.llm.token_eos(), self.llm.token_bos()
-        fmt = Jinja2ChatFormatter(
-            template=self.template,
-            eos_token=model.token_get_text(eos) if eos != -1 else "",
-            bos_token=model.token_get_text(bos) if bos != -1 else "",
-        )
-        return fmt(messages=messages).prompt
+        if self._formatter is None:  # compiling the template costs more than a tiny model's reply
+            model = self.llm._model
+            eos, bos = self.llm.token_eos(), self.llm.token_bos()
+            self._formatter = Jinja2ChatFormatter(
+                template=self.template,
+                eos_token=model.token_get_text(eos) if eos != -1 else "",
+                bos_token=model.token_get_text(bos) if bos != -1 else "",
+            )
+        return self._formatter(messages=messages).prompt
 
     def logits(self, ids: list[int]) -> np.ndarray:
         self.llm.reset()
@@ -87,7 +91,8 @@ class LlamaCppRuntime(Runtime):
 
     def stream(self, ids: list[int], max_new_tokens: int, sampling: Sampling = GREEDY) -> Iterator[int]:
         self.stopped = False
-        self.llm.reset()
+        # No reset: llama-cpp-python reuses the KV cache of a shared prompt prefix (a chat's
+        # earlier turns), which is exact and what its own callers get.
         self.llm.set_seed(sampling.seed)
         greedy = sampling.temperature <= 0
         n = 0
@@ -104,6 +109,9 @@ class LlamaCppRuntime(Runtime):
 
     def detokenize(self, ids: list[int]) -> str:
         return self.llm.detokenize(ids).decode("utf-8", errors="replace")
+
+    def piece(self, token: int) -> bytes | None:
+        return self.llm.detokenize([token])
 
     def special_tokens(self) -> dict[str, Any]:
         n = self._lib.llama_vocab_n_tokens(self._vocab)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -132,9 +131,17 @@ def run_one(recipe: str, model_dir: Path, args: argparse.Namespace) -> dict:
     val_loss = trainer.evaluate()["eval_loss"]
     tokens = result["tokens"] - result["tokens_at_t0"]
     peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+            else peak_rss())
     return {"recipe": recipe, "tokens_per_s": tokens / (result["t1"] - result["t0"]), "peak_bytes": peak,
             "val_loss": val_loss, "device": "cuda" if torch.cuda.is_available() else "cpu"}
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss it is not inherited across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def main() -> None:
