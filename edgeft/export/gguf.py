@@ -113,16 +113,22 @@ def match_pre_tokenizer(tokenizer_json: Path) -> tuple[str | None, dict[str, Any
     return None, config
 
 
-def _converter(script_name: str, args: list[str], what: Path, pre: str | None = None) -> None:
-    """Run one of llama.cpp's converter scripts from vendor/; a failure is a ToolError."""
+def _converter(script_name: str, args: list[str], what: Path, pre: str | None = None,
+               eot: int | None = None) -> None:
+    """Run one of llama.cpp's converter scripts from vendor/; a failure is a ToolError.
+
+    convert_hf_to_gguf.py runs through edgeft.export._convert, which can also set the BPE
+    pre-tokenizer and the end-of-turn token id (see there).
+    """
     script = vendor_dir() / script_name
     if not script.is_file():
         raise InputError(f"{script}: llama.cpp's converter is missing; run scripts/setup.sh "
                          f"(it unpacks it from the pinned llama-cpp-python source package)")
     env = {**os.environ, "NO_LOCAL_GGUF": "1"}
     cmd = [sys.executable, str(script), *args]
-    if pre:
-        cmd = [sys.executable, "-m", "edgeft.export._convert_with_pre", pre, str(vendor_dir()), *args]
+    if script_name == "convert_hf_to_gguf.py":
+        cmd = [sys.executable, "-m", "edgeft.export._convert", str(vendor_dir()), pre or "-",
+               "-" if eot is None else str(eot), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0 and _UNRECOGNISED_PRE in proc.stderr and pre is None:
         raise _UnknownPreTokenizer(proc.stderr)
@@ -135,7 +141,7 @@ def _converter(script_name: str, args: list[str], what: Path, pre: str | None = 
 
 def convert_hf(model_dir: Path, outfile: Path, name: str, outtype: str = "f32",
                metadata: dict[str, Any] | None = None, license: str | None = None,
-               tokenizer_dir: Path | None = None) -> None:
+               tokenizer_dir: Path | None = None, eot: int | None = None) -> None:
     """llama.cpp's HF → GGUF converter on a model directory."""
     with tempfile.TemporaryDirectory() as work:
         staged = _stage_for_conversion(Path(model_dir), Path(work), license, tokenizer_dir)
@@ -144,7 +150,7 @@ def convert_hf(model_dir: Path, outfile: Path, name: str, outtype: str = "f32",
             (Path(work) / "metadata.json").write_text(json.dumps(metadata))
             args += ["--metadata", str(Path(work) / "metadata.json")]
         try:
-            _converter("convert_hf_to_gguf.py", args, Path(model_dir))
+            _converter("convert_hf_to_gguf.py", args, Path(model_dir), eot=eot)
         except _UnknownPreTokenizer as e:
             pre, config = match_pre_tokenizer(staged / "tokenizer.json")
             if pre is None:
@@ -157,7 +163,7 @@ def convert_hf(model_dir: Path, outfile: Path, name: str, outtype: str = "f32",
                     f"convert_hf_to_gguf_update.py, or fine-tune a base whose tokenizer llama.cpp supports"
                 ) from None
             log.info("BPE pre-tokenizer unknown to llama.cpp by hash, identical to %r by configuration", pre)
-            _converter("convert_hf_to_gguf.py", args, Path(model_dir), pre=pre)
+            _converter("convert_hf_to_gguf.py", args, Path(model_dir), pre=pre, eot=eot)
 
 
 def convert_lora(adapter_dir: Path, outfile: Path, base_dir: Path, outtype: str = "f16") -> None:
@@ -210,15 +216,9 @@ def inputs_hash(cfg: Config, merged: Stage) -> str:
 
 def _convert_with_metadata(model_dir: Path, out: Path, cfg: Config, want: dict[str, Any], outtype: str,
                            tokenizer_dir: Path | None = None) -> None:
-    """Convert, then set the end-of-turn token (the converter does not write it)."""
-    raw = out.with_name(f".converted-{out.name}")
-    convert_hf(model_dir, raw, cfg.name, outtype=outtype, metadata=gguf_meta.override(cfg.name, cfg.base_model),
-               license=cfg.license, tokenizer_dir=tokenizer_dir)
-    if "tokenizer.ggml.eot_token_id" in want:
-        gguf_meta.set_end_of_turn(raw, out, want["tokenizer.ggml.eot_token_id"])
-        raw.unlink()
-    else:
-        raw.rename(out)
+    """Convert with edgeft's metadata and the end-of-turn token id."""
+    convert_hf(model_dir, out, cfg.name, outtype=outtype, metadata=gguf_meta.override(cfg.name, cfg.base_model),
+               license=cfg.license, tokenizer_dir=tokenizer_dir, eot=want.get("tokenizer.ggml.eot_token_id"))
 
 
 def _checked_metadata(path: Path, want: dict[str, Any]) -> dict[str, Any]:

@@ -2,22 +2,18 @@
 
 The converter names a model after its folder and knows nothing of the fine-tune; a consumer
 (llama.cpp, LM Studio, Ollama, a Java app) reads the name, lineage, license, chat template and
-special tokens from the file itself. So edgeft passes them to the converter, sets the
-end-of-turn token explicitly (llama.cpp otherwise guesses it from a list of known texts), and
-reads every written file back with `gguf`'s reader to check each value.
+special tokens from the file itself. So edgeft passes them to the converter, has it write the
+end-of-turn token explicitly (llama.cpp otherwise guesses it from a list of known texts; see
+_convert.py), and reads every written file back with `gguf`'s reader to check each value.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from edgeft.base import end_of_turn, plain_template
-from edgeft.errors import ToolError
 
 
 def base_model_entry(base_model: str) -> dict[str, str]:
@@ -50,15 +46,6 @@ def override(name: str, base_model: str) -> dict[str, Any]:
 def model_card_front_matter(license: str | None) -> str:
     """A README.md whose front matter carries the license (the converter reads it from there)."""
     return f"---\nlicense: {license}\n---\n" if license else ""
-
-
-def set_end_of_turn(src: Path, dst: Path, eot_id: int) -> None:
-    """Copy src to dst with `tokenizer.ggml.eot_token_id` set, using gguf-py's own tool."""
-    cmd = [sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(src), str(dst),
-           "--special-token-by-id", "eot", str(eot_id), "--force"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "NO_LOCAL_GGUF": "1"})
-    if proc.returncode != 0 or not dst.is_file():
-        raise ToolError(f"gguf_new_metadata failed on {src.name}: {(proc.stderr or proc.stdout).strip()[-500:]}")
 
 
 def read(path: Path) -> dict[str, Any]:
