@@ -200,16 +200,6 @@ def quantize(src: Path, dst: Path, gguf_type: str, threads: int = 0) -> list[dic
     ]
 
 
-def gguf_summary(path: Path) -> dict[str, Any]:
-    """Parameter count and bits per weight of a GGUF file, read with gguf's reader."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(path))
-    params = sum(int(t.n_elements) for t in reader.tensors)
-    data_bytes = sum(int(t.n_bytes) for t in reader.tensors)
-    return {"parameters": params, "bits_per_weight": round(8 * data_bytes / max(params, 1), 3)}
-
-
 def inputs_hash(cfg: Config, merged: Stage) -> str:
     return hash_json([merged.inputs_hash, cfg.section("export")["gguf"], cfg.name, cfg.base_model, cfg.license])
 
@@ -222,11 +212,12 @@ def _convert_with_metadata(model_dir: Path, out: Path, cfg: Config, want: dict[s
 
 
 def _checked_metadata(path: Path, want: dict[str, Any]) -> dict[str, Any]:
-    meta = gguf_meta.read(path)
+    """The file's metadata summary and size figures, after checking every expected value."""
+    meta, summary = gguf_meta.read(path)
     problems = gguf_meta.check(meta, want)
     if problems:
         raise ToolError(f"{path.name}: wrong metadata after conversion: " + "; ".join(problems))
-    return {k: meta.get(k) for k in META_SUMMARY}
+    return {"metadata": {k: meta.get(k) for k in META_SUMMARY}, **summary}
 
 
 def _base_directory(resolved_base: str) -> Path:
@@ -255,7 +246,7 @@ def export_gguf(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None
     """Convert and quantize the merged model to every configured GGUF type (and the LoRA GGUF)."""
     merged, model_dir, writer = open_export(cfg, "export-gguf", merge_dir, out_dir, force, inputs_hash)
     types = list(dict.fromkeys(cfg.export.gguf.types))
-    want = gguf_meta.expected(model_dir, cfg.name, cfg.base_model, cfg.license)
+    want = gguf_meta.expected(model_dir, cfg.name, cfg.base_model, cfg.license, merged.data.get("end_of_turn"))
     with writer as w:
         f32 = w.tmp / f"{cfg.name}-f32.gguf"
         log.info("converting %s to GGUF with llama.cpp's converter", model_dir)
@@ -269,8 +260,7 @@ def export_gguf(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None
             w.add_artifact(f"gguf-{t}", out.name, "gguf", type=t, runtime="llama.cpp",
                            fallback_tensors=len(fallbacks), fallbacks=fallbacks,
                            # llama-cpp-python's quantize API cannot take an importance matrix.
-                           importance_matrix=False, metadata=_checked_metadata(out, want),
-                           **gguf_summary(out))
+                           importance_matrix=False, **_checked_metadata(out, want))
         if "f32" not in types:
             f32.unlink()
         if cfg.export.gguf.lora:
@@ -278,7 +268,7 @@ def export_gguf(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None
             base_file = f"{cfg.name}-base-f16.gguf"
             w.add_artifact("gguf-lora", "lora", "gguf-lora", type="f16", runtime="llama.cpp",
                            base_file=base_file, adapter_file=f"{cfg.name}-adapter-f16.gguf",
-                           metadata=_checked_metadata(w.tmp / "lora" / base_file, want))
+                           **_checked_metadata(w.tmp / "lora" / base_file, want))
         stage = w.publish()
     log.info("GGUF files written to %s", stage.path)
     return stage

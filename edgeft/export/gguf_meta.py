@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgeft.base import end_of_turn, plain_template
+from edgeft.base import plain_template
 
 
 def base_model_entry(base_model: str) -> dict[str, str]:
@@ -48,37 +48,55 @@ def model_card_front_matter(license: str | None) -> str:
     return f"---\nlicense: {license}\n---\n" if license else ""
 
 
-def read(path: Path) -> dict[str, Any]:
-    """The scalar and string metadata of a GGUF file (token lists left out)."""
+def read(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(scalar and string metadata without the token lists, parameter count and bits per weight)."""
     from gguf import GGUFReader
 
-    reader = GGUFReader(str(path))
-    out = {}
+    reader = GGUFReader(str(path))  # parsing is the slow part (token lists): once per file
+    meta = {}
     for key, f in reader.fields.items():
         if key.startswith(("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
                            "tokenizer.ggml.merges", "GGUF.")):
             continue
-        out[key] = f.contents()
-    return out
+        meta[key] = f.contents()
+    params = sum(int(t.n_elements) for t in reader.tensors)
+    data_bytes = sum(int(t.n_bytes) for t in reader.tensors)
+    return meta, {"parameters": params, "bits_per_weight": round(8 * data_bytes / max(params, 1), 3)}
 
 
-def expected(model_dir: Path, name: str, base_model: str, license: str | None) -> dict[str, Any]:
-    """What the GGUF must say, derived from the merged HF model."""
-    from transformers import AutoConfig, AutoTokenizer
+def _token_ids(model_dir: Path) -> dict[str, int]:
+    tj = json.loads((model_dir / "tokenizer.json").read_text())
+    ids = {t["content"]: t["id"] for t in tj.get("added_tokens", [])}
+    vocab = tj.get("model", {}).get("vocab")
+    if isinstance(vocab, dict):
+        ids = {**vocab, **ids}
+    return ids
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    config = AutoConfig.from_pretrained(model_dir)
-    eot = end_of_turn(tok)
+
+def _content(entry: Any) -> str | None:
+    return entry.get("content") if isinstance(entry, dict) else entry
+
+
+def expected(model_dir: Path, name: str, base_model: str, license: str | None,
+             end_of_turn: str | None) -> dict[str, Any]:
+    """What the GGUF must say, read from the merged model's files (no transformers import: it
+    would cost more than converting a small model) and the merge stage's end-of-turn token."""
+    tc = json.loads((model_dir / "tokenizer_config.json").read_text())
+    config = json.loads((model_dir / "config.json").read_text())
+    template = tc.get("chat_template")
+    if (model_dir / "chat_template.jinja").is_file():
+        template = (model_dir / "chat_template.jinja").read_text()
+    ids = _token_ids(model_dir)
     want: dict[str, Any] = {
         "general.name": name,
         "general.finetune": name,
         "general.base_model.0.name": base_model_entry(base_model)["name"],
-        "tokenizer.chat_template": plain_template(tok.chat_template) if tok.chat_template else None,
-        "tokenizer.ggml.bos_token_id": tok.bos_token_id,
-        "tokenizer.ggml.eos_token_id": tok.eos_token_id,
-        "tokenizer.ggml.eot_token_id": eot[1] if eot else None,
+        "tokenizer.chat_template": plain_template(template) if isinstance(template, str) else None,
+        "tokenizer.ggml.bos_token_id": ids.get(_content(tc.get("bos_token"))),
+        "tokenizer.ggml.eos_token_id": ids.get(_content(tc.get("eos_token"))),
+        "tokenizer.ggml.eot_token_id": ids.get(end_of_turn) if end_of_turn else None,
         # Prefixed by llama.cpp's architecture name (llama.context_length): matched by suffix.
-        ".context_length": getattr(config, "max_position_embeddings", None),
+        ".context_length": config.get("max_position_embeddings"),
     }
     if license:
         want["general.license"] = license
