@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -251,16 +252,22 @@ def export_gguf(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None
         f32 = w.tmp / f"{cfg.name}-f32.gguf"
         log.info("converting %s to GGUF with llama.cpp's converter", model_dir)
         _convert_with_metadata(model_dir, f32, cfg, want, "f32")
-        for t in types:
-            out = w.tmp / f"{cfg.name}-{t}.gguf"
-            fallbacks = []
-            if t != "f32":
-                log.info("quantizing to %s", t)
-                fallbacks = quantize(f32, out, t)
-            w.add_artifact(f"gguf-{t}", out.name, "gguf", type=t, runtime="llama.cpp",
-                           fallback_tensors=len(fallbacks), fallbacks=fallbacks,
-                           # llama-cpp-python's quantize API cannot take an importance matrix.
-                           importance_matrix=False, **_checked_metadata(out, want))
+        # Reading a file back (gguf's reader is pure Python) overlaps the next quantization
+        # (native code, which releases the GIL): the checks then cost little extra time.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            done = []
+            for t in types:
+                out = w.tmp / f"{cfg.name}-{t}.gguf"
+                fallbacks = []
+                if t != "f32":
+                    log.info("quantizing to %s", t)
+                    fallbacks = quantize(f32, out, t)
+                done.append((t, out, fallbacks, pool.submit(_checked_metadata, out, want)))
+            for t, out, fallbacks, checked in done:
+                w.add_artifact(f"gguf-{t}", out.name, "gguf", type=t, runtime="llama.cpp",
+                               fallback_tensors=len(fallbacks), fallbacks=fallbacks,
+                               # llama-cpp-python's quantize API cannot take an importance matrix.
+                               importance_matrix=False, **checked.result())
         if "f32" not in types:
             f32.unlink()
         if cfg.export.gguf.lora:
