@@ -215,11 +215,32 @@ point for your own service: the calls are the ones a production binding makes.
 """
 
 
-def write_kit(dest: Path, name: str, gguf_files: list[str]) -> None:
+def onnx_section(onnx: list[dict]) -> str:
+    """How to feed each plain ONNX model from ONNX Runtime Java: names, types, shapes, tokenizer."""
+    if not onnx:
+        return ""
+    out = ["", "## ONNX Runtime Java (plain ONNX + tokenizer.json)", "",
+           "Load `model.onnx` with `OrtEnvironment.getEnvironment().createSession(path)`, tokenize with",
+           "`tokenizer.json` beside it (DJL's `HuggingFaceTokenizer.newInstance(path)` reads it), render the",
+           "chat template from `tokenizer_config.json` (the `chat_template` the model was trained with), and",
+           "feed the first step with empty past tensors (sequence length 0); then feed each `present.*`",
+           "back as `past_key_values.*`. Stop at any id in `generation_config.json`'s `eos_token_id`.", ""]
+    for a in onnx:
+        out += [f"### `../{a['path']}/model.onnx` ({a['type']}, opset {a.get('opset')})", "",
+                "| direction | name | type | shape |", "|---|---|---|---|"]
+        for direction in ("inputs", "outputs"):
+            for io in a.get(direction, []):
+                shape = " × ".join(str(d) for d in io["shape"])
+                out.append(f"| {direction[:-1]} | `{io['name']}` | {io['type']} | {shape} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def write_kit(dest: Path, name: str, gguf_files: list[str], onnx: list[dict] | None = None) -> None:
     src = dest / "src" / "edgeft" / "kit"
     src.mkdir(parents=True)
     (src / "Llama.java").write_text(binding_source())
     (src / "Generate.java").write_text(GENERATE)
     (dest / "build.sh").write_text(BUILD)
     (dest / "build.sh").chmod(0o755)
-    (dest / "README.md").write_text(readme(name, gguf_files))
+    (dest / "README.md").write_text(readme(name, gguf_files) + onnx_section(onnx or []))

@@ -103,10 +103,11 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = True
         for name in ("report.json", "report.md"):
             _place(verify.file(name), w.tmp / "verify" / name)
         gguf_files = [Path(a["path"]).name for a in artifacts if a["format"] == "gguf"]
-        if gguf_files:
+        onnx = [a for a in artifacts if a["format"] == "onnx"]
+        if gguf_files or onnx:
             from edgeft.javakit import write_kit
 
-            write_kit(w.tmp / "java", cfg.name, gguf_files)
+            write_kit(w.tmp / "java", cfg.name, gguf_files, onnx)
         adapter_dir = train.file(train.artifact("adapter")["path"])
         lineage = {
             "base_model": cfg.base_model,

@@ -43,6 +43,10 @@ def test_example_build_end_to_end(tmp_path: Path) -> None:
     assert manifest["lineage"]["dataset"]["train_rows"] == 360
     assert manifest["config"]["base_model"] == "tiny:small"
     assert "nl2sql-tiny" in (dist / "README.md").read_text()
+    # The Java kit's README gives ONNX Runtime Java users the exact input and output names.
+    kit_readme = (dist / "java" / "README.md").read_text()
+    assert "### `../onnx/onnx-int8/model.onnx` (int8, opset 17)" in kit_readme
+    assert "| input | `past_key_values.1.value` | float |" in kit_readme
 
     # Unchanged inputs: nothing heavy re-runs.
     started = time.time()
