@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import peak_rss
+
 PROMPT_TOKENS, GEN_TOKENS = 256, 64
 GGUF_TYPES = ["f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m", "q2_k"]
 
@@ -180,14 +182,6 @@ def export_overhead(model: Path, work: Path) -> float:
                                        params)
     theirs = time.perf_counter() - t
     return ours / theirs
-
-
-def peak_rss() -> int:
-    """This process's peak resident memory (VmHWM: unlike ru_maxrss it is not inherited across exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def main() -> None:

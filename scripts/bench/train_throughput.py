@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import peak_rss
+
 REPO = Path(__file__).resolve().parents[2]
 SHAPES = {
     "cpu-tiny": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
@@ -134,14 +136,6 @@ def run_one(recipe: str, model_dir: Path, args: argparse.Namespace) -> dict:
             else peak_rss())
     return {"recipe": recipe, "tokens_per_s": tokens / (result["t1"] - result["t0"]), "peak_bytes": peak,
             "val_loss": val_loss, "device": "cuda" if torch.cuda.is_available() else "cpu"}
-
-
-def peak_rss() -> int:
-    """This process's peak resident memory (VmHWM: unlike ru_maxrss it is not inherited across exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def main() -> None:
