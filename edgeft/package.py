@@ -100,8 +100,9 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = True
                                        verify=_verify_summary(report, a["name"]),
                                        **{k: a[k] for k in CARRIED if k in a})
                 artifacts.append(entry)
-        for name in ("report.json", "report.md"):
-            _place(verify.file(name), w.tmp / "verify" / name)
+        for name in ("report.json", "report.md", "kl.png"):
+            if verify.file(name).is_file():
+                _place(verify.file(name), w.tmp / "verify" / name)
         gguf_files = [Path(a["path"]).name for a in artifacts if a["format"] == "gguf"]
         onnx = [a for a in artifacts if a["format"] == "onnx"]
         if gguf_files or onnx:

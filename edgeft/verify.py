@@ -146,6 +146,7 @@ class Checks:
     def __init__(self, artifact: str):
         self.artifact = artifact
         self.results: dict[str, dict[str, Any]] = {}
+        self.kl_curve: np.ndarray | None = None  # KL at every position of the probe set
 
     def add(self, check: str, passed: bool, detail: str, **numbers: Any) -> None:
         self.results[check] = {"passed": bool(passed), "detail": detail, **numbers}
@@ -198,6 +199,7 @@ def compare(rt: Runtime, ref: Reference, probes: list[Probe], band: Band, checks
                bos=special["bos"], eos=special["eos"], stop=special["stop"])
     # 3. next-token distributions over every position of prompt + answer
     per_probe = [kl_stats(ref.logits[i], rt.logits(ref.full_ids[i])) for i in range(len(probes))]
+    checks.kl_curve = np.concatenate([s["kl"] for s in per_probe])
     numbers: dict[str, Any] = summarise(per_probe)
     top1 = numbers["top1"]
     worst = int(np.argmax([s["kl"].max() for s in per_probe]))
@@ -259,6 +261,7 @@ def verify_artifacts(cfg: Config, merge_dir: Path | None = None, export_dirs: li
     del ref_rt
     report: dict[str, Any] = {"reference": str(merged.path), "probes": [p.name for p in probes], "artifacts": {}}
     failures: list[str] = []
+    curves: dict[str, np.ndarray] = {}
     for stage in exports:
         for art in stage.artifacts:
             key = f"{art['format']}:{art['type']}"
@@ -273,6 +276,8 @@ def verify_artifacts(cfg: Config, merge_dir: Path | None = None, export_dirs: li
                 log.info("verifying %s in %s", art["name"], art["runtime"])
                 with load_runtime(art, stage.path) as rt:
                     numbers = compare(rt, ref, probes, band, checks, cfg.verify.max_new_tokens)
+            if checks.kl_curve is not None:
+                curves[art["name"]] = checks.kl_curve
             report["artifacts"][art["name"]] = {
                 "file": str(stage.file(art["path"])), "type": key, "runtime": art["runtime"],
                 "band": band.__dict__, "numbers": numbers, "checks": checks.results,
@@ -287,6 +292,9 @@ def verify_artifacts(cfg: Config, merge_dir: Path | None = None, export_dirs: li
         (w.tmp / "report.md").write_text(markdown_report(report))
         w.add_artifact("report", "report.json", "json")
         w.add_artifact("report-md", "report.md", "markdown")
+        if curves:
+            plot_kl(curves, [len(ids) for ids in ref.full_ids], [p.name for p in probes], w.tmp / "kl.png")
+            w.add_artifact("kl-plot", "kl.png", "png")
         w.metrics.update(passed=report["passed"], failures=len(failures))
         stage = w.publish()
     if failures:
@@ -307,3 +315,30 @@ def markdown_report(report: dict[str, Any]) -> str:
     lines += ["", "**Passed.**" if report["passed"] else "**Failed:**", ""]
     lines += [f"- {f}" for f in report["failures"]]
     return "\n".join(lines) + "\n"
+
+
+def plot_kl(curves: dict[str, np.ndarray], lengths: list[int], names: list[str], out: Path) -> None:
+    """KL divergence at every probe position, one line per artifact (log scale), probes marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 4.5), dpi=100)
+    floor = 1e-12  # lossless artifacts sit at float noise; keep them on a log axis
+    for name, kl in curves.items():
+        ax.plot(np.maximum(kl, floor), linewidth=0.8, label=name)
+    edge = 0
+    for n in lengths:
+        edge += n
+        ax.axvline(edge, color="grey", linewidth=0.4, alpha=0.6)
+    ax.set_yscale("log")
+    ax.set_xlabel(f"position over {len(names)} probes (grey lines: probe boundaries)")
+    ax.set_ylabel("KL(reference || artifact), nats")
+    ax.set_title("edgeft verify: next-token KL divergence per position")
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    ax.grid(alpha=0.2)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+

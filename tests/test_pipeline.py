@@ -45,6 +45,7 @@ def test_build_publishes_a_consistent_dist(built: dict) -> None:
     names = {a["name"] for a in manifest["artifacts"]}
     assert names == {"gguf-f16", "gguf-q8_0", "onnx-fp32"}
     assert manifest["verify"]["passed"] is True
+    assert (dist / "verify" / "kl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     training = manifest["lineage"]["training"]
     assert training["val_loss"] < training["base_val_loss"]
     assert manifest["versions"]["llama-cpp-python"] == "0.3.36"
