@@ -283,26 +283,41 @@ def export_onnx_cmd(config_path: Path, merge_dir: Path | None, out: Path | None,
 
 
 @cli.command()
-@CONFIG_OPTION
-@click.option("--merge-dir", type=click.Path(path_type=Path), help="Reference [<workdir>/<name>/merge].")
+@click.argument("path", type=click.Path(path_type=Path), required=False)
+@click.option("-c", "--config", "config_path", type=click.Path(path_type=Path),
+              help="Verify the export stages of this config (instead of PATH).")
+@click.option("--merge-dir", type=click.Path(path_type=Path),
+              help="Reference merge stage [from PATH's manifest, or <workdir>/<name>/merge].")
 @click.option("--export-dir", "export_dirs", multiple=True, type=click.Path(path_type=Path),
-              help="Export stage to check (repeatable) [the config's export stages].")
-@click.option("--out", type=click.Path(path_type=Path), help="Report directory [<workdir>/<name>/verify].")
+              help="With -c: export stage to check (repeatable) [the config's export stages].")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Report directory [<workdir>/<name>/verify, or PATH-verify next to PATH].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
-def verify(config_path: Path, merge_dir: Path | None, export_dirs: tuple[Path, ...], out: Path | None,
-           as_json: bool) -> None:
+def verify(path: Path | None, config_path: Path | None, merge_dir: Path | None, export_dirs: tuple[Path, ...],
+           out: Path | None, as_json: bool) -> None:
     """Compare every exported artifact with the merged model; exit 7 if any check fails.
 
+    PATH is a dist folder or an export stage; its manifest says how it was made and where the
+    reference is. Or -c CONFIG for the config's own stages.
+
     \b
+    edgeft verify examples/nl2sql/dist/nl2sql-tiny
     edgeft verify -c examples/nl2sql/edgeft.yaml
     """
-    from edgeft.errors import VerifyFailed
-    from edgeft.verify import verify_artifacts
+    from edgeft.errors import InputError, VerifyFailed
+    from edgeft.verify import verify_artifacts, verify_path
 
-    cfg = _load(config_path)
-    out_dir = out or cfg.run_dir / "verify"
+    if path is None and config_path is None:
+        raise InputError("give a dist folder or export stage to verify, or -c CONFIG")
+    if path is not None:
+        out_dir = out or path.with_name(path.name + "-verify")
+        run = lambda: verify_path(path, merge_dir, out_dir)  # noqa: E731
+    else:
+        cfg = _load(config_path)
+        out_dir = out or cfg.run_dir / "verify"
+        run = lambda: verify_artifacts(cfg, merge_dir, list(export_dirs) or None, out_dir)  # noqa: E731
     try:
-        stage = verify_artifacts(cfg, merge_dir, list(export_dirs) or None, out_dir)
+        stage = run()
     except VerifyFailed:
         if as_json and (out_dir / "report.json").is_file():
             click.echo((out_dir / "report.json").read_text())

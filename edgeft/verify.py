@@ -31,7 +31,7 @@ import numpy as np
 from edgeft.base import end_of_turn
 from edgeft.compare import kl_stats, summarise
 from edgeft.config import Config
-from edgeft.errors import VerifyFailed
+from edgeft.errors import InputError, VerifyFailed
 from edgeft.manifest import Stage, StageWriter, check_files, hash_json, read_stage
 from edgeft.runtimes import Runtime, load_runtime
 
@@ -239,6 +239,25 @@ def inputs_hash(cfg: Config, merged: Stage, exports: list[Stage]) -> str:
     return hash_json([merged.inputs_hash, [e.inputs_hash for e in exports], cfg.section("verify")])
 
 
+def verify_path(path: Path, merge_dir: Path | None = None, out_dir: Path | None = None) -> Stage:
+    """Verify a dist folder or an export stage on its own: its manifest says how it was made and,
+    unless `merge_dir` is given, where the merged reference model is."""
+    from edgeft.config import parse_config
+
+    stage = read_stage(path, ("dist", "export-gguf", "export-onnx"))
+    cfg = parse_config(stage.data["config"])
+    if merge_dir is None:
+        parent = Path(stage.data.get("parent") or "")
+        if stage.kind == "dist" and (parent / "edgeft.json").is_file():
+            parent = Path(read_stage(parent, "verify").data.get("parent") or "")
+        if not (parent / "edgeft.json").is_file():
+            raise InputError(f"{path}: its reference model ({parent}) is not here; pass --merge-dir with the "
+                             f"merge stage it was exported from")
+        merge_dir = parent
+    out = Path(out_dir) if out_dir else Path(path).with_name(Path(path).name + "-verify")
+    return verify_artifacts(cfg, merge_dir, [Path(path)], out)
+
+
 def verify_artifacts(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path] | None = None,
                      out_dir: Path | None = None, *, force: bool = False) -> Stage:
     """Compare every artifact of the export stages with the merged model; publish the report."""
@@ -250,7 +269,7 @@ def verify_artifacts(cfg: Config, merge_dir: Path | None = None, export_dirs: li
 
         exports = export_stages(cfg)
     else:
-        exports = [read_stage(d, ("export-gguf", "export-onnx")) for d in export_dirs]
+        exports = [read_stage(d, ("export-gguf", "export-onnx", "dist")) for d in export_dirs]
     out_dir = Path(out_dir) if out_dir else cfg.run_dir / "verify"
     rows = [json.loads(line) for line in merged.file("validation.jsonl").read_text().splitlines() if line]
     probes = probes_from(rows, cfg.verify.max_prompts)

@@ -191,3 +191,19 @@ def test_run_rejects_what_is_not_an_artifact(tmp_path: Path) -> None:
     assert result.exit_code == 5
     assert result.stderr == (f"Error: {tmp_path / 'x.bin'}: not a .gguf file; pass a GGUF file, an ONNX folder "
                              "or a dist folder\n")
+
+
+def test_verify_a_dist_folder_by_path(built: dict, tmp_path: Path) -> None:
+    result = run("-q", "verify", str(built["dist"]), "--out", str(tmp_path / "ok"))
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "ok" / "report.json").read_text())["passed"] is True
+    # A shipped file altered after packaging: the dist's own checksums catch it.
+    copy = tmp_path / "dist-copy"
+    shutil.copytree(built["dist"], copy)
+    gguf = copy / "gguf" / "micro-q8_0.gguf"
+    data = bytearray(gguf.read_bytes())
+    data[-100] ^= 0xFF
+    gguf.write_bytes(bytes(data))
+    result = run("verify", str(copy), "--out", str(tmp_path / "bad"))
+    assert result.exit_code == 7
+    assert f"gguf-q8_0: checksums: {gguf}: sha256 differs from the manifest" in result.stderr
