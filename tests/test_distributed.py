@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +26,12 @@ def test_two_process_training_produces_a_usable_adapter(tmp_path: Path, micro_mo
     )
     # --multi_gpu selects accelerate's torchrun launcher; with no CUDA each process trains on
     # the CPU and the group talks over gloo.
+    with socket.socket() as s:  # a free port: the default 29500 may still be held by an earlier run
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
            "-m", "edgeft", "-q", "train", "-c", str(cfg)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           timeout=600)
