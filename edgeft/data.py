@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeft.errors import DataError, InputError
+from edgeft.manifest import sha256_file
 
 ROLES = ("system", "user", "assistant")
 # Below this many usable rows a fine-tune learns nothing worth shipping.
@@ -298,17 +299,17 @@ def load_examples(path: Path | str, columns: dict[str, str] | None = None,
     return report
 
 
+def raise_listing(head: str, lines: list[str], limit: int = 50) -> None:
+    """Raise DataError: `head`, then the first `limit` lines (every one a FILE:LINE: problem)."""
+    shown = lines[:limit]
+    more = len(lines) - len(shown)
+    raise DataError(head + "\n" + "\n".join(shown) + (f"\n... and {more} more" if more else ""))
+
+
 def require_usable(report: LoadReport) -> None:
     """Raise DataError listing every unusable row, or if too few rows are usable."""
-    problems = report.problems
-    if problems:
-        shown = problems[:50]
-        more = len(problems) - len(shown)
-        raise DataError(
-            f"{report.path}: {len(problems)} malformed row(s); fix or remove them\n"
-            + "\n".join(shown)
-            + (f"\n... and {more} more" if more else "")
-        )
+    if report.problems:
+        raise_listing(f"{report.path}: {len(report.problems)} malformed row(s); fix or remove them", report.problems)
     if len(report.examples) < MIN_EXAMPLES:
         raise DataError(
             f"{report.path}: {len(report.examples)} usable example(s); at least {MIN_EXAMPLES} needed"
@@ -327,13 +328,16 @@ def split(examples: list[Example], val_ratio: float, seed: int) -> tuple[list[Ex
 
 
 def file_hash(path: Path) -> str:
-    """sha256 of a file, or of every file of a dataset directory."""
+    """sha256 of a file, or of every file (relative path, then contents) of a dataset directory."""
     path = Path(path)
+    if not path.is_dir():
+        return sha256_file(path)
     h = hashlib.sha256()
-    for f in sorted(path.rglob("*")) if path.is_dir() else [path]:
-        if f.is_file():
-            h.update(f.relative_to(path).as_posix().encode() if path.is_dir() else b"")
-            h.update(f.read_bytes())
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()
 
 

@@ -16,8 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from edgeft.data import MIN_EXAMPLES, Example, Finding, LoadReport, file_hash, load_examples, split
-from edgeft.errors import DataError
+from edgeft.data import (
+    MIN_EXAMPLES,
+    Example,
+    Finding,
+    LoadReport,
+    file_hash,
+    load_examples,
+    raise_listing,
+    split,
+)
 
 # Jaccard similarity of character 5-gram sets (prompt and answer each) above which two examples
 # are near-duplicates: catches copies with whitespace, case, punctuation or a word changed.
@@ -57,12 +65,9 @@ class DataReport:
     def raise_on_errors(self) -> None:
         if not self.errors:
             return
-        shown = [str(f) for f in self.errors[:50]]
-        more = len(self.errors) - len(shown)
-        first = self.errors[0]
-        where = first.where.split(":")[0].split("[")[0]
-        raise DataError(f"{where}: {len(self.errors)} data error(s); fix them (or see `edgeft data check`)\n"
-                        + "\n".join(shown) + (f"\n... and {more} more" if more else ""))
+        where = self.errors[0].where.split(":")[0].split("[")[0]
+        raise_listing(f"{where}: {len(self.errors)} data error(s); fix them (or see `edgeft data check`)",
+                      [str(f) for f in self.errors])
 
 
 def exact_duplicates(examples: list[Example]) -> list[Finding]:

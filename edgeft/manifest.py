@@ -144,6 +144,8 @@ class StageWriter:
             self.tmp.mkdir(exist_ok=True)
         elif self.is_main:
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}.tmp-", dir=self.dest.parent))
+        else:  # other processes could not find a randomly named directory
+            raise RuntimeError("a stage shared by several processes must be resumable (a fixed work directory)")
         self._artifacts: list[dict[str, Any]] = []
         self.metrics: dict[str, Any] = {}
         self.extra: dict[str, Any] = {}

@@ -161,19 +161,17 @@ def last_checkpoint(checkpoints: Path) -> Path | None:
     return max(done)[1] if done else None
 
 
-class _MetricsFile:
+def metrics_callback(path: Path):
     """A trainer callback appending each log line to metrics.jsonl as training goes."""
+    from transformers import TrainerCallback
 
-    def __new__(cls, path: Path):
-        from transformers import TrainerCallback
+    class MetricsFile(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                with path.open("a") as f:
+                    f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
-        class Writer(TrainerCallback):
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                if state.is_world_process_zero and logs:
-                    with path.open("a") as f:
-                        f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-
-        return Writer()
+    return MetricsFile()
 
 
 def plot_losses(log_history: list[dict[str, Any]], out: Path) -> None:
@@ -256,7 +254,7 @@ def train_adapter(cfg: Config, out_dir: Path | None = None, *, force: bool = Fal
         w.extra["base_loaded_as"] = describe_weights(model)
         peft_config = LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
                                  target_modules=t.target_modules, task_type="CAUSAL_LM")
-        callbacks = [_MetricsFile(w.tmp / "metrics.jsonl")]
+        callbacks = [metrics_callback(w.tmp / "metrics.jsonl")]
         if t.early_stopping_patience > 0:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
         trainer = SFTTrainer(
