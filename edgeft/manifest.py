@@ -159,14 +159,19 @@ class StageWriter:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def add_artifact(self, name: str, relpath: str, fmt: str, **info: Any) -> dict[str, Any]:
-        """Record a file (or directory) already written under `self.tmp`."""
+        """Record a file (or directory) already written under `self.tmp`.
+
+        A caller that hashed the file already (e.g. in a thread overlapping other work) passes
+        `sha256=`; otherwise it is hashed here.
+        """
         p = self.tmp / relpath
         if not p.exists():
             raise FileNotFoundError(p)
         entry = {"name": name, "path": relpath, "format": fmt, **info}
         if p.is_file():
             entry["bytes"] = p.stat().st_size
-            entry["sha256"] = sha256_file(p)
+            if "sha256" not in entry:
+                entry["sha256"] = sha256_file(p)
         else:
             entry["files"] = file_table(p)
             entry["bytes"] = sum(f["bytes"] for f in entry["files"])

@@ -28,7 +28,7 @@ from edgeft.base import plain_template
 from edgeft.config import Config
 from edgeft.errors import InputError, ToolError
 from edgeft.export import gguf_meta, open_export
-from edgeft.manifest import Stage, hash_json, read_stage
+from edgeft.manifest import Stage, hash_json, read_stage, sha256_file
 from edgeft.paths import vendor_dir
 
 log = logging.getLogger(__name__)
@@ -212,13 +212,15 @@ def _convert_with_metadata(model_dir: Path, out: Path, cfg: Config, want: dict[s
                license=cfg.license, tokenizer_dir=tokenizer_dir, eot=want.get("tokenizer.ggml.eot_token_id"))
 
 
-def _checked_metadata(path: Path, want: dict[str, Any]) -> dict[str, Any]:
-    """The file's metadata summary and size figures, after checking every expected value."""
+def _checked_metadata(path: Path, want: dict[str, Any], digest: bool = False) -> dict[str, Any]:
+    """The file's metadata summary and size figures, after checking every expected value
+    (and its sha256 for the manifest when `digest`)."""
     meta, summary = gguf_meta.read(path)
     problems = gguf_meta.check(meta, want)
     if problems:
         raise ToolError(f"{path.name}: wrong metadata after conversion: " + "; ".join(problems))
-    return {"metadata": {k: meta.get(k) for k in META_SUMMARY}, **summary}
+    extra = {"sha256": sha256_file(path)} if digest else {}
+    return {"metadata": {k: meta.get(k) for k in META_SUMMARY}, **summary, **extra}
 
 
 def _base_directory(resolved_base: str) -> Path:
@@ -252,8 +254,8 @@ def export_gguf(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None
         f32 = w.tmp / f"{cfg.name}-f32.gguf"
         log.info("converting %s to GGUF with llama.cpp's converter", model_dir)
         _convert_with_metadata(model_dir, f32, cfg, want, "f32")
-        # Reading a file back (gguf's reader is pure Python) overlaps the next quantization
-        # (native code, which releases the GIL): the checks then cost little extra time.
+        # Reading a file back and hashing it overlap the next quantization (native code, which
+        # releases the GIL): the checks then cost little extra time.
         with ThreadPoolExecutor(max_workers=1) as pool:
             done = []
             for t in types:
@@ -262,7 +264,7 @@ def export_gguf(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None
                 if t != "f32":
                     log.info("quantizing to %s", t)
                     fallbacks = quantize(f32, out, t)
-                done.append((t, out, fallbacks, pool.submit(_checked_metadata, out, want)))
+                done.append((t, out, fallbacks, pool.submit(_checked_metadata, out, want, True)))
             for t, out, fallbacks, checked in done:
                 w.add_artifact(f"gguf-{t}", out.name, "gguf", type=t, runtime="llama.cpp",
                                fallback_tensors=len(fallbacks), fallbacks=fallbacks,

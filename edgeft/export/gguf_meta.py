@@ -48,11 +48,31 @@ def model_card_front_matter(license: str | None) -> str:
     return f"---\nlicense: {license}\n---\n" if license else ""
 
 
-def read(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(scalar and string metadata without the token lists, parameter count and bits per weight)."""
+def _reader(path: Path):
+    """gguf's GGUFReader parsing from a plain array view of its memory map.
+
+    The reader slices its `np.memmap` once per value part (three per vocabulary entry), and
+    every memmap slice runs numpy's Python-level `__array_finalize__`: 1 s per file for a 32k
+    vocabulary. Slicing a plain ndarray view of the same map gives identical values 3x faster.
+    """
+    import numpy as np
     from gguf import GGUFReader
 
-    reader = GGUFReader(str(path))  # parsing is the slow part (token lists): once per file
+    class _Reader(GGUFReader):
+        def _get(self, offset, dtype, count=1, override_order=None):
+            plain = self.__dict__.get("_plain")
+            if plain is None:
+                plain = self.__dict__["_plain"] = np.asarray(self.data)
+            count = int(count)
+            arr = plain[offset:offset + np.dtype(dtype).itemsize * count].view(dtype=dtype)[:count]
+            return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+    return _Reader(str(path))
+
+
+def read(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(scalar and string metadata without the token lists, parameter count and bits per weight)."""
+    reader = _reader(path)  # parsing is the slow part (token lists): once per file
     meta = {}
     for key, f in reader.fields.items():
         if key.startswith(("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
