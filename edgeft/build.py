@@ -1,4 +1,4 @@
-"""The pipeline: train → merge → export (GGUF, ONNX) → verify → package, from one config.
+"""The pipeline: train → merge → export (GGUF, ONNX) → verify → eval → package, from one config.
 
 Each stage's inputs are hashed into its manifest; a stage whose directory already holds a
 complete result for the same inputs is reused, so a second build with unchanged inputs
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeft import evaluate as eval_mod
 from edgeft import merge as merge_mod
 from edgeft import package as package_mod
 from edgeft import train as train_mod
@@ -47,7 +48,7 @@ def _existing(path: Path, kind: str, expected_hash: str) -> Stage | None:
         return None
     if stage.inputs_hash != expected_hash:
         return None
-    if kind == "verify" and not stage.metrics.get("passed"):
+    if kind in ("verify", "eval") and not stage.metrics.get("passed"):
         return None
     return stage
 
@@ -90,7 +91,9 @@ def build(cfg: Config, *, force: bool = False,
                             lambda make=make: make(cfg, force=True)))
     verified = step("verify", run / "verify", "verify", verify_mod.inputs_hash(cfg, merged, exports),
                     lambda: verify_mod.verify_artifacts(cfg, force=True))
+    evaluated = step("eval", run / "eval", "eval", eval_mod.inputs_hash(cfg, merged, exports),
+                     lambda: eval_mod.evaluate(cfg, force=True))
     step("package", cfg.dist_path, "dist",
-         package_mod.inputs_hash([train, merged, *exports, verified]),
+         package_mod.inputs_hash([train, merged, *exports, verified, evaluated]),
          lambda: package_mod.package_dist(cfg, force=True))
     return result

@@ -89,7 +89,7 @@ def cli(verbose: int, quiet: bool) -> None:
 @FORCE_OPTION
 @SET_OPTION
 def build(config_path: Path, force: bool, overrides: tuple[str, ...]) -> None:
-    """Run train → merge → export → verify → package; print the dist directory.
+    """Run train → merge → export → verify → eval → package; print the dist directory.
 
     Stages whose inputs are unchanged since the last build are reused (--force re-runs all).
 
@@ -325,10 +325,42 @@ def verify(path: Path | None, config_path: Path | None, merge_dir: Path | None, 
     click.echo(stage.file("report.json").read_text() if as_json else str(stage.path))
 
 
+@cli.command("eval")
+@CONFIG_OPTION
+@click.option("--merge-dir", type=click.Path(path_type=Path), help="Fine-tuned model's merge stage [<workdir>/<name>/merge].")
+@click.option("--export-dir", "export_dirs", multiple=True, type=click.Path(path_type=Path),
+              help="Export stage whose artifacts to score (repeatable) [the config's export stages].")
+@click.option("--out", type=click.Path(path_type=Path), help="Results directory [<workdir>/<name>/eval].")
+@click.option("--json", "as_json", is_flag=True, help="Print the results JSON on stdout.")
+@SET_OPTION
+def eval_cmd(config_path: Path, merge_dir: Path | None, export_dirs: tuple[Path, ...], out: Path | None,
+             as_json: bool, overrides: tuple[str, ...]) -> None:
+    """Score base, fine-tuned model and every artifact on the held-out split; exit 8 on a regression.
+
+    Exact match, chrF and format compliance (eval.json / eval.json_schema / eval.regex); each
+    artifact must keep eval.min_relative (95%) of the fine-tuned model's score on every metric.
+
+    \b
+    edgeft eval -c examples/nl2sql/edgeft.yaml
+    """
+    from edgeft.errors import EvalFailed
+    from edgeft.evaluate import evaluate
+
+    cfg = _load(config_path, overrides)
+    out_dir = out or cfg.run_dir / "eval"
+    try:
+        stage = evaluate(cfg, merge_dir, list(export_dirs) or None, out_dir)
+    except EvalFailed:
+        if as_json and (out_dir / "results.json").is_file():
+            click.echo((out_dir / "results.json").read_text())
+        raise
+    click.echo(stage.file("results.json").read_text() if as_json else str(stage.path))
+
+
 @cli.command()
 @CONFIG_OPTION
 def package(config_path: Path) -> None:
-    """Assemble dist/<name>/ (artifacts, verify report, model card, manifest.json).
+    """Assemble dist/<name>/ (artifacts, verify report, eval results, model card, manifest.json).
 
     \b
     edgeft package -c examples/nl2sql/edgeft.yaml

@@ -99,6 +99,20 @@ class ExportConfig:
 class VerifyConfig:
     max_prompts: int = 8  # held-out prompts compared per artifact
     max_new_tokens: int = 48  # greedy generation length cap per prompt
+    edge_cases: bool = True  # also probe unicode, spaces, special-token text, an empty and a near-context prompt
+    context_tokens: int = 1024  # context verified: the near-context probe fills min(this, the model's) tokens
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    max_examples: int = 100  # held-out examples scored per model
+    max_new_tokens: int = 128  # greedy reply length cap
+    min_relative: float = 0.95  # regression gate: each artifact keeps this fraction of the fine-tuned score
+    json: bool = False  # format compliance: replies must be JSON that parses
+    json_schema: str | None = None  # …or JSON valid against this schema file
+    regex: str | None = None  # …or replies that match this regular expression (whole reply)
+    general_prompts: str | None = None  # optional general-capability examples (any data format) to detect forgetting
+    forgetting_tolerance: float = 0.2  # flag forgetting when fine-tuned chrF drops more than this vs base
 
 
 @dataclass(frozen=True)
@@ -114,6 +128,7 @@ class Config:
     merge: MergeConfig = field(default_factory=MergeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     source: str = ""  # the config file (set by load_config)
 
     @property
@@ -224,6 +239,19 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
     for t in cfg.export.onnx.types:
         bad(t not in ONNX_TYPES, f"export.onnx.types: {t!r} is not one of {', '.join(ONNX_TYPES)}")
     bad(cfg.verify.max_prompts < 1, "verify.max_prompts: must be at least 1")
+    bad(cfg.verify.context_tokens < cfg.verify.max_new_tokens + 64,
+        "verify.context_tokens: must leave room for a prompt: at least verify.max_new_tokens + 64")
+    bad(cfg.eval.max_examples < 1, "eval.max_examples: must be at least 1")
+    bad(not 0 < cfg.eval.min_relative <= 1, f"eval.min_relative: {cfg.eval.min_relative} must be in (0, 1]")
+    bad(sum(map(bool, (cfg.eval.json, cfg.eval.json_schema, cfg.eval.regex))) > 1,
+        "eval: give at most one of json, json_schema and regex")
+    if cfg.eval.regex:
+        import re
+
+        try:
+            re.compile(cfg.eval.regex)
+        except re.error as e:
+            problems.append(f"eval.regex: not a valid regular expression ({e})")
 
 
 def parse_config(raw: Any, source: str = "") -> Config:

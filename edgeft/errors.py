@@ -10,6 +10,7 @@
 | 5 | input error (missing file, wrong kind of stage directory, existing output without --force) |
 | 6 | a tool failed (conversion, quantization, export, training) |
 | 7 | verification ran and failed (the parity gate) |
+| 8 | evaluation ran and an artifact fell below the regression gate |
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ class VerifyFailed(EdgeftError):
     exit_code = 7
 
 
+class EvalFailed(EdgeftError):
+    exit_code = 8
+
+
 EXIT_CODES = {
     0: "success",
     1: "unexpected error (a bug: the traceback is shown)",
@@ -62,4 +67,5 @@ EXIT_CODES = {
     InputError.exit_code: "input error (missing file, wrong stage directory, output exists)",
     ToolError.exit_code: "a tool failed (training, conversion, quantization, export)",
     VerifyFailed.exit_code: "verification ran and failed",
+    EvalFailed.exit_code: "evaluation ran and an artifact fell below the regression gate",
 }

@@ -1,7 +1,7 @@
 """Assemble `dist/<name>/`: what a deploying team ships, with checksums and lineage.
 
-Consumes the train, merge, export and verify stages; produces `dist/<name>/` with `gguf/`,
-`onnx/<type>/`, `verify/report.{json,md}`, `java/` (the JNA kit for the GGUF files, see
+Consumes the train, merge, export, verify and eval stages; produces `dist/<name>/` with `gguf/`,
+`onnx/<type>/`, `verify/report.{json,md}`, `eval/results.{json,md}`, `java/` (the JNA kit for the GGUF files, see
 javakit.py), `README.md` (the model card) and `manifest.json`
 (every file with bytes and sha256, the resolved config, versions of edgeft and of the pinned
 stack, lineage: base model, dataset hash, adapter, training metrics, and the verify result).
@@ -87,8 +87,16 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = True
         raise InputError(f"{verify.path}: verification did not pass; fix the failures in "
                          f"{verify.file('report.md')} before packaging")
     report = json.loads(verify.file("report.json").read_text())
+    if not (run / "eval" / "edgeft.json").is_file():
+        raise InputError(f"{run / 'eval'}: no evaluation results; run `edgeft eval -c {cfg.source or 'CONFIG'}` first")
+    evaluated = read_stage(run / "eval", "eval")
+    if not evaluated.metrics.get("passed"):
+        raise InputError(f"{evaluated.path}: evaluation failed its regression gate; see "
+                         f"{evaluated.file('results.md')}")
+    results = json.loads(evaluated.file("results.json").read_text())
     out_dir = Path(out_dir) if out_dir else cfg.dist_path
-    with StageWriter(out_dir, "dist", config=cfg.to_dict(), inputs_hash=inputs_hash([train, merge, *exports, verify]),
+    with StageWriter(out_dir, "dist", config=cfg.to_dict(),
+                     inputs_hash=inputs_hash([train, merge, *exports, verify, evaluated]),
                      parent=str(verify.path), base_model=cfg.base_model, force=force) as w:
         artifacts: list[dict[str, Any]] = []
         for stage in exports:
@@ -103,6 +111,8 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = True
         for name in ("report.json", "report.md", "kl.png"):
             if verify.file(name).is_file():
                 _place(verify.file(name), w.tmp / "verify" / name)
+        for name in ("results.json", "results.md"):
+            _place(evaluated.file(name), w.tmp / "eval" / name)
         gguf_files = [Path(a["path"]).name for a in artifacts if a["format"] == "gguf"]
         onnx = [a for a in artifacts if a["format"] == "onnx"]
         if gguf_files or onnx:
@@ -117,10 +127,11 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = True
             "adapter": {"files": file_table(adapter_dir), "quantization": cfg.train.quantization},
             "training": train.metrics,
         }
-        (w.tmp / "README.md").write_text(model_card(cfg, lineage, artifacts, report))
+        (w.tmp / "README.md").write_text(model_card(cfg, lineage, artifacts, report, results))
         files = file_table(w.tmp)
         w.extra.update(name=cfg.name, versions=versions(), lineage=lineage, files=files,
-                       verify={"passed": report["passed"], "failures": report["failures"]})
+                       verify={"passed": report["passed"], "failures": report["failures"]},
+                       evaluation=_eval_summary(results))
         # manifest.json is the user-facing copy of the same data (edgeft.json marks completeness).
         (w.tmp / "manifest.json").write_text(json.dumps(w.manifest(), indent=2, default=str) + "\n")
         stage = w.publish()
@@ -134,8 +145,29 @@ def _verify_summary(report: dict[str, Any], name: str) -> dict[str, Any]:
                                           ("kl_mean", "kl_max", "top1", "max_dlogit", "generation_prefix")}}
 
 
+def _eval_summary(results: dict[str, Any]) -> dict[str, Any]:
+    out = {"passed": results["passed"], "examples": results["examples"], "format": results["format"],
+           "min_relative": results["min_relative"],
+           "scores": {name: m["scores"] for name, m in results["models"].items()},
+           "improvement": results["improvement"]}
+    if "general" in results:
+        out["forgetting"] = {k: results["general"][k] for k in ("chrf_drop", "forgetting", "tolerance")}
+    return out
+
+
+def _eval_rows(results: dict[str, Any]) -> list[str]:
+    fmt = "format" in results["models"]["fine-tuned"]["scores"]
+    rows = ["| model | runtime | exact match | chrF |" + (" format |" if fmt else ""),
+            "|---|---|---|---|" + ("---|" if fmt else "")]
+    for name, m in results["models"].items():
+        s = m["scores"]
+        rows.append(f"| {name} | {m['runtime']} | {s['exact_match']:.3f} | {s['chrf']:.1f} |"
+                    + (f" {s['format']:.3f} |" if fmt else ""))
+    return rows
+
+
 def model_card(cfg: Config, lineage: dict[str, Any], artifacts: list[dict[str, Any]],
-               report: dict[str, Any]) -> str:
+               report: dict[str, Any], results: dict[str, Any]) -> str:
     t = lineage["training"]
     data = lineage.get("dataset") or {}
     rows = ["| file | type | runtime | size | KL mean | top-1 | verify |", "|---|---|---|---|---|---|---|"]
@@ -163,6 +195,17 @@ def model_card(cfg: Config, lineage: dict[str, Any], artifacts: list[dict[str, A
         f"Verification: {'passed' if report['passed'] else 'FAILED'} on {len(report['probes'])} held-out "
         f"prompts (details in `verify/report.md`). Checksums of every file are in `manifest.json`.",
         "",
+        "## Evaluation",
+        f"Greedy replies to {results['examples']} held-out prompts, scored by exact match (whitespace-normalised), "
+        f"chrF" + (f" and format compliance ({results['format']})" if results["format"] else "")
+        + f"; every artifact keeps at least {results['min_relative']:.0%} of the fine-tuned model's score "
+        f"(`eval/results.md`).",
+        "",
+        *_eval_rows(results),
+        "",
+        *([f"General-capability prompts: fine-tuned chrF {-100 * results['general']['chrf_drop']:+.0f}% vs base"
+           + (" — catastrophic forgetting flagged." if results["general"]["forgetting"] else ".") , ""]
+          if "general" in results else []),
         "## Use",
         "- GGUF: llama.cpp (`llama-cli -m gguf/<file> -cnv`), llama-cpp-python, or Java through JNA over "
         "`libllama` (`java/`, a tested example); the chat template and end-of-turn token are embedded.",

@@ -67,3 +67,27 @@ def micro_config(tmp_path: Path, micro_model: Path) -> Path:
         export={"gguf": {"types": ["f16", "q8_0"]}, "onnx": {"types": ["fp32"]}},
         verify={"max_prompts": 4, "max_new_tokens": 24},
     )
+
+
+def build_micro(root: Path, seed: int = 0) -> dict:
+    """`edgeft build` of the micro model (GGUF f16 + q8_0, ONNX fp32) on the example's data."""
+    from click.testing import CliRunner
+
+    from edgeft.cli import cli
+
+    cfg = write_config(
+        root / "edgeft.yaml", name="micro", base_model=f"tiny:micro:{seed}", workdir="runs", dist_dir="dist",
+        data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl"), "seed": seed},
+        train={"max_steps": 40, "learning_rate": 0.003, "max_seq_length": 256, "seed": seed},
+        export={"gguf": {"types": ["f16", "q8_0"]}, "onnx": {"types": ["fp32"]}},
+        verify={"max_prompts": 4, "max_new_tokens": 24},
+    )
+    result = CliRunner().invoke(cli, ["build", "-c", str(cfg)])
+    assert result.exit_code == 0, result.output
+    return {"root": root, "config": cfg, "dist": Path(result.stdout.strip())}
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory, micro_model: Path) -> dict:
+    """One real build shared by the pipeline and fault-seeding tests (they only read it)."""
+    return build_micro(tmp_path_factory.mktemp("pipeline"))

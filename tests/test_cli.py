@@ -24,7 +24,7 @@ def test_help_is_instant_and_lists_every_stage() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
     result = run("--help")
     assert result.exit_code == 0
-    for command in ("build", "data", "train", "merge", "export", "verify", "package", "tiny-model"):
+    for command in ("build", "data", "train", "merge", "export", "verify", "eval", "package", "tiny-model"):
         assert command in result.output
 
 

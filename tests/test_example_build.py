@@ -52,15 +52,15 @@ def test_example_build_end_to_end(tmp_path: Path) -> None:
     started = time.time()
     again = build(tmp_path)
     assert again.exit_code == 0, again.output
-    assert "edgeft: ran nothing; reused train, merge, export-gguf, export-onnx, verify, package" in again.stderr
+    assert "edgeft: ran nothing; reused train, merge, export-gguf, export-onnx, verify, eval, package" in again.stderr
     assert time.time() - started < 10
 
-    # Only export settings changed: re-export, re-verify, re-package; no retraining. Every
+    # Only export settings changed: re-export, re-verify, re-evaluate, re-package; no retraining. Every
     # other GGUF type comes out of the same build, each verified in llama.cpp.
     others = ["f32", "bf16", "q6_k", "q5_k_m", "q4_0", "q3_k_m", "q2_k"]
     changed = build(tmp_path, "--set", f"export.gguf.types=[{', '.join(others)}]", "--set", "license=mit")
     assert changed.exit_code == 0, changed.output
-    assert "edgeft: ran export-gguf, verify, package; reused train, merge, export-onnx" in changed.stderr
+    assert "edgeft: ran export-gguf, verify, eval, package; reused train, merge, export-onnx" in changed.stderr
     manifest = json.loads((dist / "manifest.json").read_text())
     names = {a["name"] for a in manifest["artifacts"]}
     assert names == {f"gguf-{t}" for t in others} | {"gguf-lora", "onnx-fp32", "onnx-fp16", "onnx-int8",

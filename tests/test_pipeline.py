@@ -21,21 +21,6 @@ def run(*args: str):
     return CliRunner().invoke(cli, list(args))
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, micro_model: Path) -> dict:
-    root = tmp_path_factory.mktemp("pipeline")
-    cfg = write_config(
-        root / "edgeft.yaml", name="micro", base_model="tiny:micro", workdir="runs", dist_dir="dist",
-        data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
-        train={"max_steps": 40, "learning_rate": 0.003, "max_seq_length": 256},
-        export={"gguf": {"types": ["f16", "q8_0"]}, "onnx": {"types": ["fp32"]}},
-        verify={"max_prompts": 4, "max_new_tokens": 24},
-    )
-    result = run("build", "-c", str(cfg))
-    assert result.exit_code == 0, result.output
-    return {"root": root, "config": cfg, "dist": Path(result.stdout.strip())}
-
-
 def test_build_publishes_a_consistent_dist(built: dict) -> None:
     dist = built["dist"]
     assert dist == built["root"] / "dist" / "micro"

@@ -96,22 +96,23 @@ class Runtime(ABC):
         self.close()
 
 
-def load_runtime(artifact: dict[str, Any], stage_dir: Path, *, all_logits: bool = True) -> Runtime:
+def load_runtime(artifact: dict[str, Any], stage_dir: Path, *, all_logits: bool = True,
+                 n_ctx: int = 1024) -> Runtime:
     """The runtime a consumer would use for a manifest artifact entry.
 
     `all_logits=False` when only generating (edgeft run/chat): llama.cpp then skips computing
-    and copying logits for every prompt position.
+    and copying logits for every prompt position. `n_ctx`: llama.cpp's context size.
     """
     path = Path(stage_dir) / artifact["path"]
     if artifact["format"] == "gguf":
         from edgeft.runtimes.llamacpp import LlamaCppRuntime
 
-        return LlamaCppRuntime(path, all_logits=all_logits)
+        return LlamaCppRuntime(path, n_ctx=n_ctx, all_logits=all_logits)
     if artifact["format"] == "gguf-lora":  # base GGUF + adapter GGUF, applied at load time
         from edgeft.runtimes.llamacpp import LlamaCppRuntime
 
         return LlamaCppRuntime(path / artifact["base_file"], lora=path / artifact["adapter_file"],
-                               all_logits=all_logits)
+                               n_ctx=n_ctx, all_logits=all_logits)
     if artifact["format"] == "onnx":
         from edgeft.runtimes.onnx import OnnxRuntime
 

@@ -63,4 +63,6 @@ class HFRuntime(Runtime):
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def special_tokens(self) -> dict[str, Any]:
-        return {"bos": self.tokenizer.bos_token_id, "eos": self.tokenizer.eos_token_id, "stop": self._stop}
+        added = {int(i): t.content for i, t in self.tokenizer.added_tokens_decoder.items() if t.special}
+        return {"bos": self.tokenizer.bos_token_id, "eos": self.tokenizer.eos_token_id, "stop": self._stop,
+                "added": added, "texts": added}

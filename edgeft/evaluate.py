@@ -1,0 +1,284 @@
+"""Task evaluation: "always measure before and after", on the held-out split, for every artifact.
+
+Consumes the merge stage (the fine-tuned model, its validation split, and through the train
+stage the base it was trained from) and the export stages; produces an `eval` stage with
+`results.json` and `results.md`. Each model answers every held-out prompt greedily in its own
+runtime (the artifact's template, tokenizer and stop tokens, as a consumer gets them):
+
+- the base model (transformers, with the fine-tune's chat template and stop tokens, so that
+  before and after differ only in the weights);
+- the fine-tuned model (the merged model in transformers: the reference);
+- every exported artifact (llama.cpp, ONNX Runtime, ORT GenAI).
+
+Metrics: exact match after whitespace normalisation, chrF (sacrebleu), and format compliance
+when the config asks for one (JSON that parses, a JSON schema, or a regex). Regression gate:
+an artifact scoring below `eval.min_relative` of the fine-tuned model on any metric fails,
+naming the artifact and metric (`EvalFailed`, exit 8, after the results are written).
+Optional general-capability prompts are answered by base and fine-tuned model, and a drop
+beyond `eval.forgetting_tolerance` is flagged as catastrophic forgetting.
+
+    edgeft eval -c examples/nl2sql/edgeft.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgeft.config import Config
+from edgeft.data import file_hash
+from edgeft.errors import EvalFailed, InputError
+from edgeft.manifest import Stage, StageWriter, hash_json, read_stage
+from edgeft.runtimes import Runtime, load_runtime
+
+log = logging.getLogger(__name__)
+
+METRICS = ("exact_match", "chrf", "format")
+
+
+def normalise(text: str) -> str:
+    """Whitespace-insensitive form used by exact match: runs of whitespace → one space, trimmed."""
+    return " ".join(text.split())
+
+
+def format_checker(cfg: Config) -> tuple[Callable[[str], bool] | None, str | None]:
+    """(a check of one output, its description) from eval.json / eval.json_schema / eval.regex."""
+    e = cfg.eval
+    if e.regex:
+        pattern = re.compile(e.regex, re.DOTALL)
+        return (lambda text: pattern.fullmatch(text.strip()) is not None), f"matches /{e.regex}/"
+    if e.json_schema:
+        import jsonschema
+
+        path = cfg.path(e.json_schema)
+        try:
+            schema = json.loads(path.read_text())
+            validator = jsonschema.Draft202012Validator(schema)
+        except (OSError, json.JSONDecodeError, jsonschema.SchemaError) as err:
+            raise InputError(f"{path}: eval.json_schema is not a readable JSON schema: {err}") from None
+
+        def valid(text: str) -> bool:
+            try:
+                return validator.is_valid(json.loads(text))
+            except json.JSONDecodeError:
+                return False
+
+        return valid, f"JSON valid against {path.name}"
+    if e.json:
+
+        def parses(text: str) -> bool:
+            try:
+                json.loads(text)
+                return True
+            except json.JSONDecodeError:
+                return False
+
+        return parses, "JSON that parses"
+    return None, None
+
+
+def score(outputs: list[str], references: list[str], fmt: Callable[[str], bool] | None) -> dict[str, float]:
+    """Exact match, chrF (0-100, sacrebleu's corpus-level chrF) and format compliance."""
+    from sacrebleu.metrics import CHRF
+
+    n = max(len(outputs), 1)
+    out = {
+        "exact_match": sum(normalise(o) == normalise(r) for o, r in zip(outputs, references, strict=True)) / n,
+        "chrf": CHRF().corpus_score(outputs, [references]).score,
+    }
+    if fmt is not None:
+        out["format"] = sum(fmt(o) for o in outputs) / n
+    return out
+
+
+Prompt = list[dict[str, str]] | str  # a conversation, or the first half of a plain text
+
+
+def answer(rt: Runtime, prompts: list[Prompt], max_new_tokens: int, label: str) -> list[str]:
+    """Greedy replies from the runtime's own template, tokenizer and stop tokens (plain-text
+    prompts: the continuation of the text, BOS added as the tokenizer says)."""
+    outputs = []
+    started = shown = time.time()
+    for i, messages in enumerate(prompts, 1):
+        if isinstance(messages, str):
+            ids = rt.tokenize(messages)
+        else:
+            ids = rt.tokenize(rt.chat_prompt(messages), add_special=False)
+        tokens, _ = rt.generate(ids, max_new_tokens)
+        outputs.append(rt.detokenize(tokens).strip())
+        if time.time() - shown > 15 and i < len(prompts):  # progress on long runs only
+            log.info("%s: %d/%d answered", label, i, len(prompts))
+            shown = time.time()
+    log.info("%s: %d prompts answered in %.1f s", label, len(prompts), time.time() - started)
+    return outputs
+
+
+def _examples(rows: list[dict[str, Any]], limit: int) -> tuple[list[Prompt], list[str]]:
+    """(prompts, reference answers): a conversation's last turn is the answer; a plain text is
+    cut at the space nearest its middle, the second half being the continuation to produce."""
+    prompts: list[Prompt] = []
+    references = []
+    for r in rows[:limit]:
+        if "messages" in r:
+            prompts.append(r["messages"][:-1])
+            references.append(r["messages"][-1]["content"])
+        elif r.get("text", "").strip():
+            text = r["text"].strip()
+            spaces = [i for i, c in enumerate(text) if c.isspace()] or [len(text) // 2]
+            cut = min(spaces, key=lambda i: abs(i - len(text) // 2))
+            prompts.append(text[:cut])
+            references.append(text[cut:].strip())
+    return prompts, references
+
+
+def _general_prompts(cfg: Config) -> tuple[list[list[dict[str, str]]], list[str]] | None:
+    """eval.general_prompts: the user's general-capability examples (any format `data` reads)."""
+    if not cfg.eval.general_prompts:
+        return None
+    from edgeft.data import load_examples, raise_listing
+
+    path = cfg.path(cfg.eval.general_prompts)
+    if not path.exists():
+        raise InputError(f"{path}: eval.general_prompts not found")
+    report = load_examples(path, cfg.data.columns or None, cfg.data.system_prompt)
+    if report.problems:
+        raise_listing(f"{path}: {len(report.problems)} malformed row(s) in eval.general_prompts", report.problems)
+    chats = [e.messages for e in report.examples if e.messages]
+    if not chats:
+        raise InputError(f"{path}: eval.general_prompts has no conversations (prompt + answer rows)")
+    return [m[:-1] for m in chats], [m[-1]["content"] for m in chats]
+
+
+def _base_runtime(base_dir: str, reference: Any) -> Runtime:
+    """The base model in transformers, prompted and stopped exactly like the fine-tuned model."""
+    from edgeft.runtimes.hf import HFRuntime
+
+    rt = HFRuntime(base_dir)
+    rt.tokenizer.chat_template = reference.tokenizer.chat_template
+    rt._stop = sorted(set(rt._stop) | set(reference._stop))
+    return rt
+
+
+def inputs_hash(cfg: Config, merged: Stage, exports: list[Stage]) -> str:
+    general = cfg.path(cfg.eval.general_prompts) if cfg.eval.general_prompts else None
+    return hash_json([merged.inputs_hash, [e.inputs_hash for e in exports], cfg.section("eval"),
+                      file_hash(general) if general and general.is_file() else None])
+
+
+def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path] | None = None,
+             out_dir: Path | None = None, *, force: bool = False) -> Stage:
+    """Score base, fine-tuned model and every artifact on the held-out split; publish the results."""
+    from edgeft.runtimes.hf import HFRuntime
+
+    merged = read_stage(merge_dir or cfg.run_dir / "merge", "merge")
+    if export_dirs is None:
+        from edgeft.package import export_stages
+
+        exports = export_stages(cfg)
+    else:
+        exports = [read_stage(d, ("export-gguf", "export-onnx", "dist")) for d in export_dirs]
+    train = read_stage(merged.data["parent"], "train")
+    rows = [json.loads(line) for line in merged.file("validation.jsonl").read_text().splitlines() if line]
+    prompts, references = _examples(rows, cfg.eval.max_examples)
+    if not prompts:
+        raise InputError(f"{merged.file('validation.jsonl')}: no held-out examples to evaluate on")
+    fmt, fmt_desc = format_checker(cfg)
+    general = _general_prompts(cfg)
+    n_new = cfg.eval.max_new_tokens
+    results: dict[str, Any] = {"examples": len(prompts), "max_new_tokens": n_new, "format": fmt_desc,
+                               "min_relative": cfg.eval.min_relative, "models": {}, "samples": []}
+    outputs: dict[str, list[str]] = {}
+
+    reference = HFRuntime(merged.file(merged.artifact("model")["path"]))
+    outputs["fine-tuned"] = answer(reference, prompts, n_new, "fine-tuned (transformers)")
+    general_out = {"fine-tuned": answer(reference, general[0], n_new, "fine-tuned, general") if general else None}
+    base = _base_runtime(train.data["resolved_base"], reference)
+    del reference
+    outputs["base"] = answer(base, prompts, n_new, "base (transformers)")
+    general_out["base"] = answer(base, general[0], n_new, "base, general") if general else None
+    del base
+    runtimes = {"base": "transformers", "fine-tuned": "transformers"}
+    for stage in exports:
+        for art in stage.artifacts:
+            with load_runtime(art, stage.path, all_logits=False) as rt:
+                outputs[art["name"]] = answer(rt, prompts, n_new, f"{art['name']} ({art['runtime']})")
+            runtimes[art["name"]] = art["runtime"]
+
+    ref_scores = score(outputs["fine-tuned"], references, fmt)
+    failures = []
+    for name, outs in outputs.items():
+        s = score(outs, references, fmt)
+        entry: dict[str, Any] = {"runtime": runtimes[name], "scores": s}
+        if name not in ("base", "fine-tuned"):
+            relative = {m: (s[m] / ref_scores[m] if ref_scores[m] > 0 else 1.0) for m in s}
+            entry["relative"] = relative
+            low = [m for m in s if ref_scores[m] > 0 and relative[m] < cfg.eval.min_relative]
+            entry["passed"] = not low
+            failures += [f"{name}: {m} {s[m]:.3g} is {relative[m]:.1%} of the fine-tuned model's {ref_scores[m]:.3g} "
+                         f"(minimum {cfg.eval.min_relative:.0%})" for m in low]
+        results["models"][name] = entry
+    base_scores = results["models"]["base"]["scores"]
+    results["improvement"] = {m: ref_scores[m] - base_scores[m] for m in ref_scores}
+    if general:
+        g = {k: score(v, general[1], None) for k, v in general_out.items()}
+        drop = 1 - g["fine-tuned"]["chrf"] / g["base"]["chrf"] if g["base"]["chrf"] > 0 else 0.0
+        results["general"] = {"prompts": len(general[0]), "scores": g, "chrf_drop": drop,
+                              "forgetting": drop > cfg.eval.forgetting_tolerance,
+                              "tolerance": cfg.eval.forgetting_tolerance}
+        if results["general"]["forgetting"]:
+            log.warning("catastrophic forgetting: on the general prompts the fine-tuned model's chrF is %.0f%% "
+                        "below the base model's (tolerance %.0f%%)", 100 * drop, 100 * cfg.eval.forgetting_tolerance)
+    results["samples"] = [{"prompt": p if isinstance(p, str) else p[-1]["content"], "reference": r, **{k: v[i] for k, v in outputs.items()}}
+                          for i, (p, r) in enumerate(zip(prompts, references, strict=True)) if i < 5]
+    results["passed"] = not failures
+    results["failures"] = failures
+    out_dir = Path(out_dir) if out_dir else cfg.run_dir / "eval"
+    with StageWriter(out_dir, "eval", config=cfg.to_dict(), inputs_hash=inputs_hash(cfg, merged, exports),
+                     parent=str(merged.path), base_model=cfg.base_model, force=True) as w:
+        (w.tmp / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        (w.tmp / "results.md").write_text(markdown(results))
+        w.add_artifact("results", "results.json", "json")
+        w.add_artifact("results-md", "results.md", "markdown")
+        w.metrics.update(passed=not failures, failures=len(failures), fine_tuned=ref_scores, base=base_scores)
+        stage = w.publish()
+    if failures:
+        raise EvalFailed(f"evaluation: {len(failures)} regression(s) below {cfg.eval.min_relative:.0%} of the "
+                         f"fine-tuned model; results: {stage.file('results.md')}\n" + "\n".join(failures))
+    return stage
+
+
+def markdown(results: dict[str, Any]) -> str:
+    metrics = [m for m in METRICS if m in results["models"]["fine-tuned"]["scores"]]
+    names = {"exact_match": "exact match", "chrf": "chrF", "format": f"format ({results['format']})"}
+    lines = ["# edgeft eval results", "",
+             f"{results['examples']} held-out examples, greedy decoding, at most {results['max_new_tokens']} new "
+             f"tokens. Artifacts are scored relative to the fine-tuned model (gate: "
+             f"{results['min_relative']:.0%} on every metric).", "",
+             "| model | runtime | " + " | ".join(names[m] for m in metrics) + " | vs fine-tuned | result |",
+             "|---|---|" + "---|" * len(metrics) + "---|---|"]
+    for name, m in results["models"].items():
+        cells = " | ".join(f"{m['scores'][k]:.3f}" if k != "chrf" else f"{m['scores'][k]:.1f}" for k in metrics)
+        rel = " / ".join(f"{m['relative'][k]:.0%}" for k in metrics) if "relative" in m else "–"
+        result = ("pass" if m["passed"] else "FAIL") if "passed" in m else "–"
+        lines.append(f"| {name} | {m['runtime']} | {cells} | {rel} | {result} |")
+    imp = results["improvement"]
+    lines += ["", "Fine-tuned vs base: " + ", ".join(
+        f"{names[k].split(' (')[0]} {imp[k]:+.3f}" if k != "chrf" else f"chrF {imp[k]:+.1f}" for k in metrics) + "."]
+    if "general" in results:
+        g = results["general"]
+        lines += ["", f"General-capability prompts ({g['prompts']}): chrF base {g['scores']['base']['chrf']:.1f}, "
+                  f"fine-tuned {g['scores']['fine-tuned']['chrf']:.1f} ({-100 * g['chrf_drop']:+.0f}%)"
+                  + (" — **catastrophic forgetting flagged**" if g["forgetting"] else " — no forgetting flagged")
+                  + "."]
+    lines += ["", "**Passed.**" if results["passed"] else "**Failed:**", ""]
+    lines += [f"- {f}" for f in results["failures"]]
+    lines += ["", "## Samples", ""]
+    for s in results["samples"]:
+        lines += [f"- prompt: {s['prompt']!r}", f"  - reference: {s['reference']!r}",
+                  *(f"  - {k}: {v!r}" for k, v in s.items() if k not in ("prompt", "reference"))]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,108 @@
+"""edgeft eval: metrics, the results in dist/, and the regression gate failing `eval` and `build`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgeft.cli import cli
+from edgeft.config import parse_config
+from edgeft.errors import ConfigError
+from edgeft.evaluate import format_checker, normalise, score
+from edgeft.manifest import sha256_file
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def _cfg(tmp_path: Path, **eval_section):
+    return parse_config({"name": "x", "base_model": "tiny:micro", "data": {"train": "d.jsonl"}, "eval": eval_section},
+                        str(tmp_path / "edgeft.yaml"))
+
+
+def test_exact_match_ignores_whitespace_only() -> None:
+    assert normalise("  SELECT *\n FROM  t; ") == "SELECT * FROM t;"
+    s = score(["SELECT * FROM t;", "select * from t;"], ["SELECT *  FROM t;", "SELECT * FROM t;"], None)
+    assert s["exact_match"] == 0.5
+    assert 0 < s["chrf"] < 100 and "format" not in s
+
+
+def test_format_compliance_regex_json_and_schema(tmp_path: Path) -> None:
+    check, desc = format_checker(_cfg(tmp_path, regex="SELECT [^;]+;"))
+    assert [check(t) for t in ("SELECT a FROM t;", " SELECT a FROM t; ", "SELECT a FROM t; extra")] == [1, 1, 0]
+    check, _ = format_checker(_cfg(tmp_path, json=True))
+    assert [check(t) for t in ('{"a": 1}', "{'a': 1}", "[1, 2]")] == [True, False, True]
+    (tmp_path / "schema.json").write_text(json.dumps({"type": "object", "required": ["sql"],
+                                                      "properties": {"sql": {"type": "string"}}}))
+    check, desc = format_checker(_cfg(tmp_path, json_schema="schema.json"))
+    assert [check(t) for t in ('{"sql": "SELECT 1;"}', '{"sql": 1}', '{"query": "x"}', "nope")] == [1, 0, 0, 0]
+    assert desc == "JSON valid against schema.json"
+    assert score(['{"sql": "a"}', "b"], ["x", "y"], check)["format"] == 0.5
+
+
+def test_eval_config_is_validated(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        _cfg(tmp_path, regex="SELECT (", min_relative=1.5, json=True)
+    text = str(e.value)
+    assert "eval.regex: not a valid regular expression" in text
+    assert "eval.min_relative: 1.5 must be in (0, 1]" in text
+    assert "eval: give at most one of json, json_schema and regex" in text
+
+
+@pytest.mark.slow
+def test_eval_results_are_in_the_dist_and_model_card(built: dict) -> None:
+    dist = built["dist"]
+    results = json.loads((dist / "eval" / "results.json").read_text())
+    models = results["models"]
+    assert set(models) == {"fine-tuned", "base", "gguf-f16", "gguf-q8_0", "onnx-fp32"}
+    fine, base = models["fine-tuned"]["scores"], models["base"]["scores"]
+    assert fine["chrf"] > base["chrf"] + 10  # the fine-tune learned the task's form
+    assert results["improvement"]["chrf"] == pytest.approx(fine["chrf"] - base["chrf"])
+    # ONNX fp32 is the same computation: the same greedy answers, the same scores.
+    assert models["onnx-fp32"]["scores"] == pytest.approx(fine)
+    for name in ("gguf-f16", "gguf-q8_0", "onnx-fp32"):
+        assert models[name]["passed"] and min(models[name]["relative"].values()) >= 0.95
+    manifest = json.loads((dist / "manifest.json").read_text())
+    assert manifest["evaluation"]["passed"] is True
+    assert manifest["evaluation"]["scores"]["base"] == base
+    card = (dist / "README.md").read_text()
+    assert "## Evaluation" in card and "| fine-tuned | transformers |" in card
+    assert (dist / "eval" / "results.md").read_text().startswith("# edgeft eval results")
+
+
+@pytest.mark.slow
+def test_regression_gate_fails_eval_and_build(built: dict, other_micro_model: Path, tmp_path: Path) -> None:
+    """An artifact that answers worse than the fine-tuned model fails `edgeft eval` (exit 8) and
+    `edgeft build` (exit 8, or 7 when verify re-runs first and the parity gate catches it)."""
+    from edgeft.export.gguf import convert_hf
+
+    root = tmp_path / "project"
+    shutil.copytree(built["root"], root)
+    cfg = str(root / "edgeft.yaml")
+    export = root / "runs" / "micro" / "export-gguf"
+    convert_hf(other_micro_model, export / "micro-q8_0.gguf", "micro", outtype="q8_0")  # another model's weights
+    mf = json.loads((export / "edgeft.json").read_text())
+    for a in mf["artifacts"]:
+        if a["path"] == "micro-q8_0.gguf":
+            a["sha256"], a["bytes"] = sha256_file(export / a["path"]), (export / a["path"]).stat().st_size
+    (export / "edgeft.json").write_text(json.dumps(mf))
+
+    result = run("-q", "eval", "-c", cfg, "--out", str(tmp_path / "eval"))
+    assert result.exit_code == 8, result.output
+    assert "Error: evaluation: " in result.stderr and "gguf-q8_0: chrf " in result.stderr
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["passed"] is False and results["models"]["gguf-f16"]["passed"] is True
+
+    dist_before = sha256_file(root / "dist" / "micro" / "manifest.json")
+    result = run("-q", "build", "-c", cfg, "--set", "eval.max_new_tokens=100")  # eval re-runs, verify reused
+    assert result.exit_code == 8, result.output
+    assert "gguf-q8_0: chrf " in result.stderr
+    result = run("-q", "build", "-c", cfg, "--set", "verify.max_new_tokens=20")  # verify re-runs first
+    assert result.exit_code == 7, result.output
+    assert "gguf-q8_0: kl_mean" in result.stderr
+    assert sha256_file(root / "dist" / "micro" / "manifest.json") == dist_before  # the dist was not replaced
