@@ -1,4 +1,5 @@
-"""The Java consumer kit in every dist: a small program that runs the GGUF through JNA over libllama.
+"""The Java consumer kit in every dist: a small program that runs the GGUF through JNA over libllama,
+and one that runs the onnxruntime-genai int4 folder through JNA over the ORT GenAI C API.
 
 Produces `dist/<name>/java/`: `src/edgeft/kit/Llama.java` (the JNA binding of the llama.cpp C
 API functions it uses, with the parameter structs generated from the very llama-cpp-python that
@@ -177,6 +178,177 @@ public final class Generate {
 }
 """
 
+GENAI_BINDING = """package edgeft.kit;
+
+import com.sun.jna.Library;
+import com.sun.jna.Native;
+import com.sun.jna.Pointer;
+import com.sun.jna.ptr.LongByReference;
+import com.sun.jna.ptr.PointerByReference;
+
+/**
+ * JNA binding of the ONNX Runtime GenAI C API functions the kit uses (ort_genai_c.h). Every
+ * OgaResult* return is null on success; otherwise OgaResultGetError says why.
+ */
+public interface OrtGenAI extends Library {
+    OrtGenAI INSTANCE = Native.load("onnxruntime-genai", OrtGenAI.class);
+
+    String OgaResultGetError(Pointer result);
+    void OgaDestroyResult(Pointer result);
+    void OgaDestroyString(Pointer string);
+    void OgaShutdown();
+    Pointer OgaCreateModel(String configPath, PointerByReference out);
+    void OgaDestroyModel(Pointer model);
+    Pointer OgaCreateTokenizer(Pointer model, PointerByReference out);
+    void OgaDestroyTokenizer(Pointer tokenizer);
+    Pointer OgaTokenizerApplyChatTemplate(Pointer tokenizer, String templateStr, String messages, String tools,
+                                          byte addGenerationPrompt, PointerByReference out);
+    Pointer OgaTokenizerEncode(Pointer tokenizer, String text, Pointer sequences);
+    Pointer OgaTokenizerDecode(Pointer tokenizer, int[] tokens, long count, PointerByReference out);
+    Pointer OgaCreateSequences(PointerByReference out);
+    void OgaDestroySequences(Pointer sequences);
+    long OgaSequencesGetSequenceCount(Pointer sequences, long index);
+    Pointer OgaSequencesGetSequenceData(Pointer sequences, long index);
+    Pointer OgaCreateGeneratorParams(Pointer model, PointerByReference out);
+    void OgaDestroyGeneratorParams(Pointer params);
+    Pointer OgaGeneratorParamsSetSearchNumber(Pointer params, String name, double value);
+    Pointer OgaCreateGenerator(Pointer model, Pointer params, PointerByReference out);
+    void OgaDestroyGenerator(Pointer generator);
+    Pointer OgaGenerator_AppendTokenSequences(Pointer generator, Pointer sequences);
+    byte OgaGenerator_IsDone(Pointer generator);
+    Pointer OgaGenerator_GenerateNextToken(Pointer generator);
+    Pointer OgaGenerator_GetNextTokens(Pointer generator, PointerByReference out, LongByReference count);
+}
+"""
+
+GENERATE_GENAI = r"""package edgeft.kit;
+
+import com.sun.jna.Pointer;
+import com.sun.jna.ptr.LongByReference;
+import com.sun.jna.ptr.PointerByReference;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Set;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+
+/**
+ * Greedy generation with the dist's onnxruntime-genai int4 folder through the ORT GenAI C API:
+ *   ORT_LIB_PATH=/path/to/libonnxruntime.so.1.x java edgeft.kit.GenerateGenAI FOLDER "user message" [MAX_TOKENS]
+ * Prints the prompt's token ids, the generated token ids, and the text.
+ */
+public final class GenerateGenAI {
+    private static final OrtGenAI G = OrtGenAI.INSTANCE;
+
+    private static void ok(Pointer result, String what) {
+        if (result != null) {
+            System.err.println("error: " + what + ": " + G.OgaResultGetError(result));
+            G.OgaDestroyResult(result);
+            System.exit(1);
+        }
+    }
+
+    private static String json(String s) {
+        StringBuilder b = new StringBuilder("\"");
+        for (char c : s.toCharArray()) {
+            switch (c) {
+                case '"': b.append("\\\""); break;
+                case '\\': b.append("\\\\"); break;
+                case '\n': b.append("\\n"); break;
+                case '\r': b.append("\\r"); break;
+                case '\t': b.append("\\t"); break;
+                default:
+                    if (c < 0x20) b.append(String.format("\\u%04x", (int) c)); else b.append(c);
+            }
+        }
+        return b.append('"').toString();
+    }
+
+    /** The stop ids: genai_config.json's model.eos_token_id (a number or a list). */
+    private static Set<Integer> eos(String folder) throws Exception {
+        String config = Files.readString(Path.of(folder, "genai_config.json"));
+        Matcher m = Pattern.compile("\"eos_token_id\"\\s*:\\s*(\\[[^\\]]*\\]|-?\\d+)").matcher(config);
+        Set<Integer> ids = new HashSet<>();
+        if (m.find()) {
+            for (String v : m.group(1).replaceAll("[\\[\\]\\s]", "").split(",")) {
+                if (!v.isEmpty()) ids.add(Integer.parseInt(v));
+            }
+        }
+        return ids;
+    }
+
+    private static String join(List<Integer> ids) {
+        StringBuilder b = new StringBuilder();
+        for (int i = 0; i < ids.size(); i++) b.append(i == 0 ? "" : " ").append(ids.get(i));
+        return b.toString();
+    }
+
+    public static void main(String[] args) throws Exception {
+        if (args.length < 2) {
+            System.err.println("usage: GenerateGenAI FOLDER \"user message\" [MAX_TOKENS]");
+            System.exit(1);
+        }
+        int maxTokens = args.length > 2 ? Integer.parseInt(args[2]) : 64;
+        Set<Integer> stops = eos(args[0]);
+        PointerByReference ref = new PointerByReference();
+        ok(G.OgaCreateModel(args[0], ref), "cannot load " + args[0]);
+        Pointer model = ref.getValue();
+        ok(G.OgaCreateTokenizer(model, ref), "cannot create the tokenizer");
+        Pointer tokenizer = ref.getValue();
+
+        // The chat prompt, from the template in the folder's tokenizer_config.json.
+        String messages = "[{\"role\": \"user\", \"content\": " + json(args[1]) + "}]";
+        ok(G.OgaTokenizerApplyChatTemplate(tokenizer, null, messages, null, (byte) 1, ref), "chat template");
+        Pointer rendered = ref.getValue();
+        String prompt = rendered.getString(0, "UTF-8");
+        G.OgaDestroyString(rendered);
+
+        ok(G.OgaCreateSequences(ref), "sequences");
+        Pointer sequences = ref.getValue();
+        ok(G.OgaTokenizerEncode(tokenizer, prompt, sequences), "tokenization");
+        int nIds = (int) G.OgaSequencesGetSequenceCount(sequences, 0);
+        int[] promptIds = G.OgaSequencesGetSequenceData(sequences, 0).getIntArray(0, nIds);
+
+        ok(G.OgaCreateGeneratorParams(model, ref), "generator params");
+        Pointer params = ref.getValue();
+        ok(G.OgaGeneratorParamsSetSearchNumber(params, "max_length", nIds + maxTokens), "max_length");
+        ok(G.OgaCreateGenerator(model, params, ref), "generator");
+        Pointer generator = ref.getValue();
+        ok(G.OgaGenerator_AppendTokenSequences(generator, sequences), "prompt");
+
+        List<Integer> out = new ArrayList<>();
+        LongByReference count = new LongByReference();
+        while (G.OgaGenerator_IsDone(generator) == 0 && out.size() < maxTokens) {
+            ok(G.OgaGenerator_GenerateNextToken(generator), "generation");
+            ok(G.OgaGenerator_GetNextTokens(generator, ref, count), "next token");
+            int tok = ref.getValue().getInt(0);
+            if (stops.contains(tok)) break;
+            out.add(tok);
+        }
+        int[] outIds = out.stream().mapToInt(Integer::intValue).toArray();
+        ok(G.OgaTokenizerDecode(tokenizer, outIds, outIds.length, ref), "decoding");
+        Pointer decoded = ref.getValue();
+        String text = decoded.getString(0, "UTF-8");
+        G.OgaDestroyString(decoded);
+
+        List<Integer> ids = new ArrayList<>();
+        for (int id : promptIds) ids.add(id);
+        System.out.println("prompt_tokens: " + join(ids));
+        System.out.println("tokens: " + join(out));
+        System.out.println("text: " + text);
+        G.OgaDestroyGenerator(generator);
+        G.OgaDestroyGeneratorParams(params);
+        G.OgaDestroySequences(sequences);
+        G.OgaDestroyTokenizer(tokenizer);
+        G.OgaDestroyModel(model);
+        G.OgaShutdown();
+    }
+}
+"""
+
 BUILD = """#!/usr/bin/env sh
 # Compile the kit (OpenJDK 17 and JNA: Debian's `openjdk-17-jdk-headless libjna-java`).
 set -e
@@ -236,11 +408,43 @@ def onnx_section(onnx: list[dict]) -> str:
     return "\n".join(out)
 
 
-def write_kit(dest: Path, name: str, gguf_files: list[str], onnx: list[dict] | None = None) -> None:
+def genai_section(folders: list[str]) -> str:
+    """How to run the onnxruntime-genai int4 folder from Java (GenerateGenAI over the C API)."""
+    if not folders:
+        return ""
+    return f"""
+## ONNX Runtime GenAI (the int4 folder)
+
+`GenerateGenAI.java` runs `../{folders[0]}` through the ONNX Runtime GenAI C API (`OrtGenAI.java`,
+JNA over `libonnxruntime-genai.so`): model and tokenizer from the folder, the chat template from
+its `tokenizer_config.json`, greedy search, stop at `genai_config.json`'s `eos_token_id`. edgeft's
+tests compile and run it and check that its tokens equal onnxruntime-genai's Python API's.
+`ORT_LIB_PATH` names the ONNX Runtime library GenAI loads (both come with the Python packages
+`onnxruntime-genai` and `onnxruntime`, in `onnxruntime_genai/` and `onnxruntime/capi/`).
+
+```sh
+./build.sh
+ORT_LIB_PATH=/path/to/onnxruntime/capi/libonnxruntime.so.1.31.1 \\
+java -cp out:/usr/share/java/jna.jar -Djna.library.path=/path/to/onnxruntime_genai \\
+     edgeft.kit.GenerateGenAI ../{folders[0]} "your question" 128
+```
+
+The official ORT GenAI Java API (`ai.onnxruntime.genai`, Maven Central `com.microsoft.onnxruntime:
+onnxruntime-genai`) wraps the same C functions: `new Model(folder)`, `new Tokenizer(model)`,
+`GeneratorParams.setSearchOption("max_length", n)`, `Generator.appendTokenSequences`,
+`generateNextToken`. This kit uses the C API directly because the jar is not available where
+edgeft is built and tested.
+"""
+
+
+def write_kit(dest: Path, name: str, gguf_files: list[str], onnx: list[dict] | None = None,
+              genai: list[str] | None = None) -> None:
     src = dest / "src" / "edgeft" / "kit"
     src.mkdir(parents=True)
     (src / "Llama.java").write_text(binding_source())
     (src / "Generate.java").write_text(GENERATE)
+    (src / "OrtGenAI.java").write_text(GENAI_BINDING)
+    (src / "GenerateGenAI.java").write_text(GENERATE_GENAI)
     (dest / "build.sh").write_text(BUILD)
     (dest / "build.sh").chmod(0o755)
-    (dest / "README.md").write_text(readme(name, gguf_files) + onnx_section(onnx or []))
+    (dest / "README.md").write_text(readme(name, gguf_files) + onnx_section(onnx or []) + genai_section(genai or []))

@@ -115,10 +115,11 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = True
             _place(evaluated.file(name), w.tmp / "eval" / name)
         gguf_files = [Path(a["path"]).name for a in artifacts if a["format"] == "gguf"]
         onnx = [a for a in artifacts if a["format"] == "onnx"]
-        if gguf_files or onnx:
+        genai = [a["path"] for a in artifacts if a["format"] == "onnx-genai"]
+        if gguf_files or onnx or genai:
             from edgeft.javakit import write_kit
 
-            write_kit(w.tmp / "java", cfg.name, gguf_files, onnx)
+            write_kit(w.tmp / "java", cfg.name, gguf_files, onnx, genai)
         adapter_dir = train.file(train.artifact("adapter")["path"])
         lineage = {
             "base_model": cfg.base_model,

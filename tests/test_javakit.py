@@ -22,36 +22,66 @@ pytestmark = [
 ]
 
 
-def test_java_kit_generates_what_llama_cpp_python_generates(tmp_path: Path, micro_model: Path) -> None:
+QUESTION = "Convert the following natural language query into a SQL statement.\n\nList departments on floor 3."
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory, micro_model: Path) -> Path:
+    """A dist with a GGUF and an onnxruntime-genai int4 folder, and its Java kit compiled."""
+    root = tmp_path_factory.mktemp("javakit")
+    cfg = write_config(root / "edgeft.yaml", name="kit", base_model="tiny:micro", workdir="runs",
+                       dist_dir="dist", data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
+                       train={"max_steps": 30, "learning_rate": 0.003, "max_seq_length": 256},
+                       export={"gguf": {"types": ["q8_0"]}, "onnx": {"types": ["int4"]}},
+                       verify={"max_prompts": 2, "max_new_tokens": 16}, eval={"max_examples": 4})
+    result = CliRunner().invoke(cli, ["build", "-c", str(cfg)])
+    assert result.exit_code == 0, result.output
+    subprocess.run(["sh", str(root / "dist" / "kit" / "java" / "build.sh")], check=True, capture_output=True)
+    return root / "dist" / "kit"
+
+
+def _java(dist: Path, main: str, target: Path, libdir: Path, env: dict[str, str]) -> dict[str, str]:
+    proc = subprocess.run(
+        ["java", "-cp", f"{dist / 'java' / 'out'}:{JNA}", f"-Djna.library.path={libdir}", main, str(target),
+         QUESTION, "40"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return dict(line.split(": ", 1) for line in proc.stdout.splitlines() if ": " in line)
+
+
+def test_java_kit_generates_what_llama_cpp_python_generates(dist: Path) -> None:
     import llama_cpp
 
     from edgeft.runtimes.llamacpp import LlamaCppRuntime
 
-    cfg = write_config(tmp_path / "edgeft.yaml", name="kit", base_model="tiny:micro", workdir="runs",
-                       dist_dir="dist", data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
-                       train={"max_steps": 30, "learning_rate": 0.003, "max_seq_length": 256},
-                       export={"gguf": {"types": ["q8_0"]}, "onnx": {"types": []}},
-                       verify={"max_prompts": 2, "max_new_tokens": 16})
-    result = CliRunner().invoke(cli, ["build", "-c", str(cfg)])
-    assert result.exit_code == 0, result.output
-    kit = tmp_path / "dist" / "kit" / "java"
-    gguf = tmp_path / "dist" / "kit" / "gguf" / "kit-q8_0.gguf"
-    subprocess.run(["sh", str(kit / "build.sh")], check=True, capture_output=True)
-
-    question = "Convert the following natural language query into a SQL statement.\n\nList departments on floor 3."
+    gguf = dist / "gguf" / "kit-q8_0.gguf"
     libdir = Path(llama_cpp.__file__).parent / "lib"
-    proc = subprocess.run(
-        ["java", "-cp", f"{kit / 'out'}:{JNA}", f"-Djna.library.path={libdir}", "edgeft.kit.Generate",
-         str(gguf), question, "40"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "LD_LIBRARY_PATH": str(libdir)})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if ": " in line)
-
+    lines = _java(dist, "edgeft.kit.Generate", gguf, libdir, {"LD_LIBRARY_PATH": str(libdir)})
     with LlamaCppRuntime(gguf) as rt:
-        ids = rt.tokenize(rt.chat_prompt([{"role": "user", "content": question}]), add_special=False)
+        ids = rt.tokenize(rt.chat_prompt([{"role": "user", "content": QUESTION}]), add_special=False)
         tokens, stopped = rt.generate(ids, 40)
         text = rt.detokenize(tokens)
     assert lines["prompt_tokens"] == " ".join(map(str, ids))
     assert lines["tokens"] == " ".join(map(str, tokens))
     assert lines["text"] == text
     assert tokens  # the comparison means something only if something was generated
+
+
+def test_java_kit_runs_the_genai_folder_like_ort_genai_python(dist: Path) -> None:
+    import onnxruntime
+    import onnxruntime_genai
+
+    from edgeft.runtimes.genai import GenAIRuntime
+
+    folder = dist / "onnx" / "onnx-int4"
+    ort_lib = next((Path(onnxruntime.__file__).parent / "capi").glob("libonnxruntime.so*"))
+    lines = _java(dist, "edgeft.kit.GenerateGenAI", folder, Path(onnxruntime_genai.__file__).parent,
+                  {"ORT_LIB_PATH": str(ort_lib)})
+    rt = GenAIRuntime(folder)
+    ids = rt.tokenize(rt.chat_prompt([{"role": "user", "content": QUESTION}]), add_special=False)
+    tokens, _ = rt.generate(ids, 40)
+    assert lines["prompt_tokens"] == " ".join(map(str, ids))
+    assert lines["tokens"] == " ".join(map(str, tokens))
+    assert lines["text"] == rt.detokenize(tokens)
+    assert tokens
+    assert "GenerateGenAI ../onnx/onnx-int4" in (dist / "java" / "README.md").read_text()
