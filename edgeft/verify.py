@@ -48,13 +48,19 @@ class Band:
     top1: float  # minimum fraction of positions where the argmax agrees
     gen_prefix: float  # minimum mean fraction of the reference generation reproduced exactly
     why: str
-    # Mean KL allowed over the edge cases, whose near-context probe (~1000 positions) weighs most:
-    # where activations are in reduced precision the error grows with position. None: kl_mean.
+    # Mean KL and top-1 allowed over the edge cases, whose near-context probe (~1000 positions)
+    # weighs most: where activations are in reduced precision the error grows with position.
+    # None: kl_mean and top1.
     edge_kl_mean: float | None = None
+    edge_top1: float | None = None
 
     @property
     def edge_limit(self) -> float:
         return self.kl_mean if self.edge_kl_mean is None else self.edge_kl_mean
+
+    @property
+    def edge_top1_limit(self) -> float:
+        return self.top1 if self.edge_top1 is None else self.edge_top1
 
 
 # Calibrated on the tiny models (edgeft tiny-model, micro and small, several seeds), where a
@@ -77,8 +83,9 @@ BANDS: dict[str, Band] = {
     "gguf-lora:f16": Band(2e-3, 0.05, 0.97, 0.9,
                           "f16 base + f16 adapter applied at run time: f16 rounding of both, unmerged"),
     "onnx:fp32": Band(1e-5, 1e-4, 0.999, 1.0, "same fp32 graph; ~1e-5 kernel differences in logits"),
-    "onnx:fp16": Band(1e-3, 0.02, 0.98, 0.9, "fp16 weights and activations, fp32 inputs and outputs; the "
-                      "fp16 attention's error grows with position (mean KL 1e-3 at ~950 tokens)", edge_kl_mean=5e-3),
+    "onnx:fp16": Band(1e-3, 0.02, 0.98, 0.9, "fp16 weights and activations, fp32 inputs and outputs; the error "
+                      "grows with position (tiny:small: mean KL 1e-5 over positions 0-100, 0.015 over 850-950, "
+                      "with rotary, norms and softmax kept in fp32 alike)", edge_kl_mean=0.02, edge_top1=0.93),
     "onnx-genai:int4": Band(0.08, 1.5, 0.8, 0.4,
                             "int4 weights in blocks of 32 with int8 activations (accuracy level 4): like q4_0"),
     "onnx:int8": Band(0.02, 0.5, 0.9, 0.6, "dynamic int8: per-channel weights, activations per batch"),
@@ -309,10 +316,10 @@ def compare(rt: Runtime, ref: Reference, probes: list[Probe], band: Band, checks
         worst_edge = edge[int(np.argmax([per_probe[i]["kl"].mean() for i in edge]))]
         # The type's band on the edge cases' own aggregate: mean KL and top-1. A single position
         # deep in the near-context probe is not gated (reduced-precision accumulation), its mean is.
-        ok = e["kl_mean"] <= band.edge_limit and e["top1"] >= band.top1
+        ok = e["kl_mean"] <= band.edge_limit and e["top1"] >= band.edge_top1_limit
         checks.add("edge_kl", ok,
                    f"edge cases: mean KL {e['kl_mean']:.3g} (limit {band.edge_limit:g}), top-1 {e['top1']:.4f} "
-                   f"(minimum {band.top1:g}), max KL {e['kl_max']:.3g}; worst probe {probes[worst_edge].name} "
+                   f"(minimum {band.edge_top1_limit:g}), max KL {e['kl_max']:.3g}; worst probe {probes[worst_edge].name} "
                    f"(mean KL {per_probe[worst_edge]['kl'].mean():.3g})", value=e["kl_mean"], top1=e["top1"])
     # 4. greedy generations and where they stop
     fractions, stop_mismatch, first_diff = [], [], None

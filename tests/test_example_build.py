@@ -38,6 +38,11 @@ def test_example_build_end_to_end(tmp_path: Path) -> None:
     assert by_type[("gguf", "q4_k_m")]["fallback_tensors"] == 0
     report = json.loads((dist / "verify" / "report.json").read_text())
     assert report["passed"] and manifest["verify"]["passed"]
+    # "Always measure before and after": the fine-tune beats its base on the held-out split.
+    scores = manifest["evaluation"]["scores"]
+    assert scores["fine-tuned"]["exact_match"] > scores["base"]["exact_match"]
+    assert scores["fine-tuned"]["format"] > scores["base"]["format"]
+    assert manifest["evaluation"]["passed"] and (dist / "eval" / "results.md").is_file()
     training = manifest["lineage"]["training"]
     assert training["val_loss"] < training["base_val_loss"]
     assert manifest["lineage"]["dataset"]["train_rows"] == 360
@@ -55,19 +60,24 @@ def test_example_build_end_to_end(tmp_path: Path) -> None:
     assert "edgeft: ran nothing; reused train, merge, export-gguf, export-onnx, verify, eval, package" in again.stderr
     assert time.time() - started < 10
 
-    # Only export settings changed: re-export, re-verify, re-evaluate, re-package; no retraining. Every
-    # other GGUF type comes out of the same build, each verified in llama.cpp.
+    # Only export settings changed: re-export, re-verify, re-evaluate; no retraining. Every other
+    # GGUF type comes out of the same build, each verified in llama.cpp; then the regression gate
+    # stops the build (exit 8, no new dist): q2_k loses every exact answer of the fine-tuned model.
     others = ["f32", "bf16", "q6_k", "q5_k_m", "q4_0", "q3_k_m", "q2_k"]
+    manifest_before = (dist / "manifest.json").read_bytes()
     changed = build(tmp_path, "--set", f"export.gguf.types=[{', '.join(others)}]", "--set", "license=mit")
-    assert changed.exit_code == 0, changed.output
-    assert "edgeft: ran export-gguf, verify, eval, package; reused train, merge, export-onnx" in changed.stderr
-    manifest = json.loads((dist / "manifest.json").read_text())
-    names = {a["name"] for a in manifest["artifacts"]}
-    assert names == {f"gguf-{t}" for t in others} | {"gguf-lora", "onnx-fp32", "onnx-fp16", "onnx-int8",
-                                                          "onnx-genai-int4"}
-    assert all(a["verify"]["passed"] for a in manifest["artifacts"])
+    assert changed.exit_code == 8, changed.output
+    assert "edgeft: [eval] running" in changed.stderr and "gguf-q2_k: exact_match 0 is 0.0% of" in changed.stderr
+    assert (dist / "manifest.json").read_bytes() == manifest_before
+    runs = tmp_path / "runs" / "nl2sql-tiny"
+    report = json.loads((runs / "verify" / "report.json").read_text())
+    assert report["passed"] and set(report["artifacts"]) == {f"gguf-{t}" for t in others} | {
+        "gguf-lora", "onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-genai-int4"}
+    results = json.loads((runs / "eval" / "results.json").read_text())
+    assert results["models"]["gguf-f32"]["passed"] and not results["models"]["gguf-q2_k"]["passed"]
     # Metadata read back from the files: name, lineage, license, special tokens.
-    meta = {a["name"]: a["metadata"] for a in manifest["artifacts"] if a["format"].startswith("gguf")}
+    exported = json.loads((runs / "export-gguf" / "edgeft.json").read_text())
+    meta = {a["name"]: a["metadata"] for a in exported["artifacts"]}
     assert meta["gguf-lora"] == meta["gguf-q2_k"]  # the base GGUF of the adapter says the same
     assert meta["gguf-q2_k"] == {
         "general.name": "nl2sql-tiny", "general.finetune": "nl2sql-tiny",
