@@ -106,3 +106,23 @@ def test_regression_gate_fails_eval_and_build(built: dict, other_micro_model: Pa
     assert result.exit_code == 7, result.output
     assert "gguf-q8_0: kl_mean" in result.stderr
     assert sha256_file(root / "dist" / "micro" / "manifest.json") == dist_before  # the dist was not replaced
+
+
+@pytest.mark.slow
+def test_general_prompts_compare_base_and_fine_tuned(built: dict, tmp_path: Path) -> None:
+    """The user's general-capability prompts (here: the tiny base's own pre-training chat tasks)
+    are answered by base and fine-tuned model; a chrF drop beyond the tolerance is flagged."""
+    words = ["apple", "river", "stone", "cloud", "engine", "paper", "garden", "window", "silver", "orange"]
+    general = tmp_path / "general.jsonl"
+    general.write_text("".join(json.dumps({"prompt": f"Repeat: {a} {b} {c}", "completion": f"{a} {b} {c}"}) + "\n"
+                               for a, b, c in zip(words, words[3:] + words[:3], words[6:] + words[:6], strict=True)))
+    out = tmp_path / "eval"
+    result = run("-q", "eval", "-c", str(built["config"]), "--out", str(out),
+                 "--set", f"eval.general_prompts={general}", "--set", "eval.forgetting_tolerance=0.0")
+    assert result.exit_code == 0, result.output
+    g = json.loads((out / "results.json").read_text())["general"]
+    assert g["prompts"] == 10
+    base, fine = g["scores"]["base"]["chrf"], g["scores"]["fine-tuned"]["chrf"]
+    assert g["chrf_drop"] == pytest.approx(1 - fine / base)
+    assert g["forgetting"] == (g["chrf_drop"] > 0.0)
+    assert "General-capability prompts (10)" in (out / "results.md").read_text()
