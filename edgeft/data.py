@@ -347,7 +347,11 @@ def write_jsonl(path: Path, examples: list[Example]) -> None:
             f.write(json.dumps(e.to_json(), ensure_ascii=False) + "\n")
 
 
+def read_split(path: Path) -> list[dict[str, Any]]:
+    """The rows of a split written by `write_jsonl` (a stage's own, validated file)."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
+
+
 def read_conversations(path: Path) -> list[Conversation]:
-    """The conversations of a split written by `write_jsonl` (a stage's own, validated file)."""
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
-    return [r["messages"] for r in rows if "messages" in r]
+    """The conversations of a split written by `write_jsonl`."""
+    return [r["messages"] for r in read_split(path) if "messages" in r]

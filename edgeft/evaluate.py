@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeft.config import Config
-from edgeft.data import file_hash
+from edgeft.data import file_hash, read_split
 from edgeft.errors import EvalFailed, InputError
 from edgeft.manifest import Stage, StageWriter, hash_json, read_stage
 from edgeft.runtimes import Runtime, load_runtime
@@ -158,10 +158,8 @@ def _base_runtime(base_dir: str, reference: Any) -> Runtime:
     """The base model in transformers, prompted and stopped exactly like the fine-tuned model."""
     from edgeft.runtimes.hf import HFRuntime
 
-    rt = HFRuntime(base_dir)
-    rt.tokenizer.chat_template = reference.tokenizer.chat_template
-    rt._stop = sorted(set(rt._stop) | set(reference._stop))
-    return rt
+    ref = reference.special_tokens()
+    return HFRuntime(base_dir, chat_template=reference.tokenizer.chat_template, extra_stop=ref["stop"])
 
 
 def inputs_hash(cfg: Config, merged: Stage, exports: list[Stage]) -> str:
@@ -173,18 +171,13 @@ def inputs_hash(cfg: Config, merged: Stage, exports: list[Stage]) -> str:
 def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path] | None = None,
              out_dir: Path | None = None, *, force: bool = False) -> Stage:
     """Score base, fine-tuned model and every artifact on the held-out split; publish the results."""
+    from edgeft.package import export_stages
     from edgeft.runtimes.hf import HFRuntime
 
     merged = read_stage(merge_dir or cfg.run_dir / "merge", "merge")
-    if export_dirs is None:
-        from edgeft.package import export_stages
-
-        exports = export_stages(cfg)
-    else:
-        exports = [read_stage(d, ("export-gguf", "export-onnx", "dist")) for d in export_dirs]
+    exports = export_stages(cfg, export_dirs)
     train = read_stage(merged.data["parent"], "train")
-    rows = [json.loads(line) for line in merged.file("validation.jsonl").read_text().splitlines() if line]
-    prompts, references = _examples(rows, cfg.eval.max_examples)
+    prompts, references = _examples(read_split(merged.file("validation.jsonl")), cfg.eval.max_examples)
     if not prompts:
         raise InputError(f"{merged.file('validation.jsonl')}: no held-out examples to evaluate on")
     fmt, fmt_desc = format_checker(cfg)

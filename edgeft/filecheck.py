@@ -91,16 +91,26 @@ def _on_4bit_grid(w: np.ndarray, block: int = 64, sample: int = 256) -> bool:
     return bool((distinct <= 16).mean() > 0.9)
 
 
-def weights(path: Path, model_dir: Path, gguf_type: str) -> tuple[list[str], dict[str, Any]]:
+def check(path: Path, model_dir: Path, gguf_type: str) -> list[tuple[str, list[str], dict[str, Any]]]:
+    """(check, problems, numbers) for `hyperparameters`, and `weights` for the lossless types; the
+    file is parsed once."""
+    from edgeft.export import gguf_meta
+
+    reader = gguf_meta.open_reader(path)
+    meta = gguf_meta.metadata(reader)
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    out: list[tuple[str, list[str], dict[str, Any]]] = [("hyperparameters", hyperparameters(meta, config), {})]
+    if gguf_type in WEIGHT_TOLERANCE:
+        out.append(("weights", *weights(reader, meta, config, model_dir, gguf_type)))
+    return out
+
+
+def weights(reader: Any, meta: dict[str, Any], config: dict[str, Any], model_dir: Path,
+            gguf_type: str) -> tuple[list[str], dict[str, Any]]:
     """(problems, numbers) comparing a lossless GGUF's tensors with the reference safetensors."""
     import gguf
 
-    from edgeft.export.gguf_meta import _reader
-
-    reader = _reader(path)
-    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith(("tokenizer.", "GGUF."))}
     arch = meta.get("general.architecture")
-    config = json.loads((Path(model_dir) / "config.json").read_text())
     ref = _reference_tensors(model_dir)
     n_blocks = int(config.get("num_hidden_layers", 0))
     try:
@@ -144,5 +154,5 @@ def weights(path: Path, model_dir: Path, gguf_type: str) -> tuple[list[str], dic
         problems.append(f"{len(differ)} of {compared} tensors differ from the reference beyond {gguf_type} rounding "
                         f"(relative error limit {tolerance:g}); worst {name}: {rel:.3g}")
     if compared == 0:
-        problems.append(f"no tensor of {path.name} matches a reference tensor by name: not this model's weights")
+        problems.append("no tensor matches a reference tensor by name: not this model's weights")
     return problems, {"weights_compared": compared, "weights_max_rel_error": worst}

@@ -70,8 +70,11 @@ def inputs_hash(stages: list[Stage]) -> str:
     return hash_json([s.inputs_hash for s in stages])
 
 
-def export_stages(cfg: Config) -> list[Stage]:
-    """The export stages the config asks for (a type list left empty means no such export)."""
+def export_stages(cfg: Config, dirs: list[Path] | None = None) -> list[Stage]:
+    """The export stages in `dirs` (export stages or dist folders), or else the ones the config asks
+    for (a type list left empty means no such export)."""
+    if dirs is not None:
+        return [read_stage(d, ("export-gguf", "export-onnx", "dist")) for d in dirs]
     wanted = [("export-gguf", cfg.export.gguf.types), ("export-onnx", cfg.export.onnx.types)]
     return [read_stage(cfg.run_dir / kind, kind) for kind, types in wanted if types]
 

@@ -32,6 +32,7 @@ from edgeft import filecheck
 from edgeft.base import end_of_turn
 from edgeft.compare import kl_stats, summarise
 from edgeft.config import Config
+from edgeft.data import read_split
 from edgeft.errors import InputError, VerifyFailed
 from edgeft.manifest import Stage, StageWriter, check_files, hash_json, read_stage
 from edgeft.runtimes import Runtime, load_runtime
@@ -253,7 +254,7 @@ def _ids_check(checks: Checks, kind: str, probes: list[Probe], idx, texts: list[
 
 
 def _token(special: dict[str, Any], token: int | None) -> str:
-    text = special.get("texts", {}).get(token)
+    text = special.get("added", {}).get(token)
     return f"{token} ({text!r})" if text is not None else str(token)
 
 
@@ -348,19 +349,18 @@ def compare(rt: Runtime, ref: Reference, probes: list[Probe], band: Band, checks
 
 def file_checks(path: Path, model_dir: Path, gguf_type: str, checks: Checks) -> dict[str, Any]:
     """The GGUF's hyperparameters, and for lossless types its weights, against the reference files."""
-    from edgeft.export import gguf_meta
-
-    meta, _ = gguf_meta.read(path)
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    problems = filecheck.hyperparameters(meta, config)
-    checks.add("hyperparameters", not problems, "; ".join(problems) or "GGUF hyperparameters match the reference config")
-    if gguf_type not in filecheck.WEIGHT_TOLERANCE:
-        return {}
-    problems, numbers = filecheck.weights(path, model_dir, gguf_type)
-    checks.add("weights", not problems, "; ".join(problems) or
-               f"{numbers['weights_compared']} tensors equal the reference within {gguf_type} rounding "
-               f"(max relative error {numbers['weights_max_rel_error']:.2g})", **numbers)
-    return numbers
+    found: dict[str, Any] = {}
+    for name, problems, numbers in filecheck.check(path, model_dir, gguf_type):
+        if name == "hyperparameters":
+            passed = "GGUF hyperparameters match the reference config"
+        elif "note" in numbers:  # an architecture gguf-py has no tensor names for: nothing compared
+            passed = numbers["note"]
+        else:
+            passed = (f"{numbers['weights_compared']} tensors equal the reference within {gguf_type} rounding "
+                      f"(max relative error {numbers['weights_max_rel_error']:.2g})")
+        checks.add(name, not problems, "; ".join(problems) or passed, **numbers)
+        found.update(numbers)
+    return found
 
 
 def inputs_hash(cfg: Config, merged: Stage, exports: list[Stage]) -> str:
@@ -389,18 +389,13 @@ def verify_path(path: Path, merge_dir: Path | None = None, out_dir: Path | None 
 def verify_artifacts(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path] | None = None,
                      out_dir: Path | None = None, *, force: bool = False) -> Stage:
     """Compare every artifact of the export stages with the merged model; publish the report."""
+    from edgeft.package import export_stages
     from edgeft.runtimes.hf import HFRuntime
 
     merged = read_stage(merge_dir or cfg.run_dir / "merge", "merge")
-    if export_dirs is None:
-        from edgeft.package import export_stages
-
-        exports = export_stages(cfg)
-    else:
-        exports = [read_stage(d, ("export-gguf", "export-onnx", "dist")) for d in export_dirs]
+    exports = export_stages(cfg, export_dirs)
     out_dir = Path(out_dir) if out_dir else cfg.run_dir / "verify"
-    rows = [json.loads(line) for line in merged.file("validation.jsonl").read_text().splitlines() if line]
-    probes = probes_from(rows, cfg.verify.max_prompts)
+    probes = probes_from(read_split(merged.file("validation.jsonl")), cfg.verify.max_prompts)
     model_dir = merged.file(merged.artifact("model")["path"])
     ref_rt = HFRuntime(model_dir)
     eot = end_of_turn(ref_rt.tokenizer)

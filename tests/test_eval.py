@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import resign
 
 from edgeft.cli import cli
 from edgeft.config import parse_config
@@ -86,11 +87,7 @@ def test_regression_gate_fails_eval_and_build(built: dict, other_micro_model: Pa
     cfg = str(root / "edgeft.yaml")
     export = root / "runs" / "micro" / "export-gguf"
     convert_hf(other_micro_model, export / "micro-q8_0.gguf", "micro", outtype="q8_0")  # another model's weights
-    mf = json.loads((export / "edgeft.json").read_text())
-    for a in mf["artifacts"]:
-        if a["path"] == "micro-q8_0.gguf":
-            a["sha256"], a["bytes"] = sha256_file(export / a["path"]), (export / a["path"]).stat().st_size
-    (export / "edgeft.json").write_text(json.dumps(mf))
+    resign(export, "micro-q8_0.gguf")
 
     result = run("-q", "eval", "-c", cfg, "--out", str(tmp_path / "eval"))
     assert result.exit_code == 8, result.output

@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import build_micro
+from conftest import build_micro, resign
 
 from edgeft.cli import cli
-from edgeft.manifest import sha256_file
 
 pytestmark = pytest.mark.slow
 
@@ -53,23 +52,6 @@ def rewrite_gguf(path: Path, set_keys: dict | None = None, remove: tuple[str, ..
     copy_with_new_metadata(reader, gguf.GGUFWriter(tmp, arch=arch, endianess=reader.endianess), new, list(remove))
     del reader
     tmp.replace(path)
-
-
-def resign(dist: Path, relpath: str) -> None:
-    """Make the dist's manifests agree with an altered file (so only behaviour can give it away)."""
-    target = dist / relpath
-    for name in ("manifest.json", "edgeft.json"):
-        mf = json.loads((dist / name).read_text())
-        tables = [mf.get("files", [])] + [a.get("files", []) for a in mf["artifacts"]]
-        for art in mf["artifacts"]:
-            if art["path"] == relpath:
-                art["bytes"], art["sha256"] = target.stat().st_size, sha256_file(target)
-        for table in tables:
-            for f in table:
-                for root in (dist, *(dist / a["path"] for a in mf["artifacts"] if "files" in a)):
-                    if (root / f["path"]).resolve() == target.resolve():
-                        f["bytes"], f["sha256"] = target.stat().st_size, sha256_file(target)
-        (dist / name).write_text(json.dumps(mf, indent=2))
 
 
 def _template_removed(dist: Path) -> None:

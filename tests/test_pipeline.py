@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import EXAMPLE, write_config
+from conftest import EXAMPLE, resign, write_config
 
 from edgeft.cli import cli
 from edgeft.manifest import sha256_file
@@ -92,11 +92,7 @@ def test_verify_fails_on_a_gguf_from_another_model(built: dict, other_micro_mode
     convert_hf(other_micro_model, target, "micro", outtype="q8_0")
     # Keep the manifest consistent with the swapped file: the parity checks, not the
     # checksums, must catch it.
-    mf = json.loads((copy / "edgeft.json").read_text())
-    for a in mf["artifacts"]:
-        if a["path"] == target.name:
-            a["sha256"], a["bytes"] = sha256_file(target), target.stat().st_size
-    (copy / "edgeft.json").write_text(json.dumps(mf))
+    resign(copy, target.name)
     out = tmp_path / "verify"
     result = run("verify", "-c", str(built["config"]), "--export-dir", str(copy), "--out", str(out))
     assert result.exit_code == 7, result.output

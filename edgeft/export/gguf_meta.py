@@ -48,7 +48,7 @@ def model_card_front_matter(license: str | None) -> str:
     return f"---\nlicense: {license}\n---\n" if license else ""
 
 
-def _reader(path: Path):
+def open_reader(path: Path):
     """gguf's GGUFReader parsing from a plain array view of its memory map.
 
     The reader slices its `np.memmap` once per value part (three per vocabulary entry), and
@@ -70,15 +70,17 @@ def _reader(path: Path):
     return _Reader(str(path))
 
 
+def metadata(reader: Any) -> dict[str, Any]:
+    """Scalar and string metadata of an open reader, without the token lists."""
+    skip = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
+            "GGUF.")
+    return {key: f.contents() for key, f in reader.fields.items() if not key.startswith(skip)}
+
+
 def read(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(scalar and string metadata without the token lists, parameter count and bits per weight)."""
-    reader = _reader(path)  # parsing is the slow part (token lists): once per file
-    meta = {}
-    for key, f in reader.fields.items():
-        if key.startswith(("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
-                           "tokenizer.ggml.merges", "GGUF.")):
-            continue
-        meta[key] = f.contents()
+    reader = open_reader(path)  # parsing is the slow part (token lists): once per file
+    meta = metadata(reader)
     params = sum(int(t.n_elements) for t in reader.tensors)
     data_bytes = sum(int(t.n_bytes) for t in reader.tensors)
     return meta, {"parameters": params, "bits_per_weight": round(8 * data_bytes / max(params, 1), 3)}

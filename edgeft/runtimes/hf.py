@@ -21,15 +21,19 @@ def stop_ids_from(generation_config: Any, tokenizer: Any) -> list[int]:
 class HFRuntime(Runtime):
     name = "transformers"
 
-    def __init__(self, model_dir: Path | str, dtype: str = "float32", trust_remote_code: bool = False):
+    def __init__(self, model_dir: Path | str, dtype: str = "float32", trust_remote_code: bool = False,
+                 chat_template: str | None = None, extra_stop: list[int] | tuple[int, ...] = ()):
+        """`chat_template` replaces the tokenizer's; `extra_stop` ids end generation as well."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        if chat_template is not None:
+            self.tokenizer.chat_template = chat_template
         self.model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True
         ).eval()
-        self._stop = stop_ids_from(self.model.generation_config, self.tokenizer)
+        self._stop = sorted(set(stop_ids_from(self.model.generation_config, self.tokenizer)) | set(extra_stop))
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
@@ -65,4 +69,4 @@ class HFRuntime(Runtime):
     def special_tokens(self) -> dict[str, Any]:
         added = {int(i): t.content for i, t in self.tokenizer.added_tokens_decoder.items() if t.special}
         return {"bos": self.tokenizer.bos_token_id, "eos": self.tokenizer.eos_token_id, "stop": self._stop,
-                "added": added, "texts": added}
+                "added": added}
