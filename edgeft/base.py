@@ -6,17 +6,26 @@ without the training-only `{% generation %}` markers (plain Jinja, as runtimes r
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
 
-from edgeft.errors import ConfigError
+from edgeft.errors import ConfigError, InputError
 from edgeft.manifest import hash_json
 
+# What a base model directory must hold, and the files fetched for a hub id: configs, safetensors
+# weights, tokenizer files. Never pickles (*.bin, *.pt): loading one can run arbitrary code.
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
-def resolve_base(spec: str, root: Path | None = None) -> str:
-    """Return what `from_pretrained` should load: a directory path or a hub id."""
+
+def resolve_base(spec: str, root: Path | None = None, trust_remote_code: bool = False) -> str:
+    """The local model directory `base_model` names: a directory, a tiny model (built on first
+    use), or a hub id (its snapshot in the HF cache, fetched when online). Checked: config.json,
+    safetensors weights, and no model code to run unless `trust_remote_code`."""
     if spec.startswith("tiny:"):
         from edgeft.tiny import SIZES, cached_tiny_model
 
@@ -31,24 +40,93 @@ def resolve_base(spec: str, root: Path | None = None) -> str:
     local = Path(spec).expanduser()
     if not local.is_absolute() and root is not None and (root / local).exists():
         local = root / local
-    if local.exists():
-        if not (local / "config.json").is_file():
-            raise ConfigError(f"base_model: {local} has no config.json (not an HF model directory)")
-        return str(local.resolve())
-    if spec.startswith((".", "/", "~")):
-        raise ConfigError(f"base_model: {spec!r} does not exist")
-    return spec  # a hub id: transformers resolves (and, offline, reports) it
+    if not local.exists():
+        if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+            raise ConfigError(f"base_model: {spec!r} does not exist")
+        local = _hub_snapshot(spec, trust_remote_code)
+    check_model_dir(local, spec, trust_remote_code)
+    return str(local.resolve())
+
+
+def _hub_snapshot(spec: str, trust_remote_code: bool) -> Path:
+    """The hub model's files in the local HF cache (downloaded when the hub can be reached)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return Path(snapshot_download(spec, allow_patterns=HUB_FILES + (["*.py"] if trust_remote_code else [])))
+    except HFValidationError:
+        raise ConfigError(f"base_model: {spec!r} is neither a model directory nor a hub id (organization/name)") from None
+    except Exception as e:  # offline, unknown repo, gated, network: the hub client raises many kinds
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"base_model: {spec!r} is not a local directory and could not be fetched from the Hugging "
+                         f"Face hub ({reason}); download it where the hub is reachable (`hf download {spec}`) "
+                         f"or give a model directory") from None
+
+
+def check_model_dir(model_dir: Path, spec: str, trust_remote_code: bool = False) -> None:
+    """Refuse a base model edgeft would load unsafely or not at all, naming what to do."""
+    if not (model_dir / "config.json").is_file():
+        raise ConfigError(f"base_model: {model_dir} has no config.json (not an HF model directory)")
+    if not any(model_dir.glob("*.safetensors")):
+        pickled = sorted(p.name for pattern in PICKLED for p in model_dir.glob(pattern))
+        if pickled:
+            raise InputError(
+                f"base_model: {model_dir} has only pickled weights ({', '.join(pickled[:3])}); edgeft loads "
+                f"safetensors only, because loading a pickle can run code. Convert it once, where you trust the "
+                f"file: python -c \"from transformers import AutoModelForCausalLM as M; "
+                f"M.from_pretrained('{model_dir}').save_pretrained('{model_dir}-safetensors')\" and use that folder")
+        raise InputError(f"base_model: {model_dir} has no *.safetensors weights")
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{model_dir / 'config.json'}: not readable JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{model_dir / 'config.json'}: not an HF model config")
+    from transformers import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING and not trust_remote_code:
+        if config.get("auto_map"):
+            raise ConfigError(f"base_model: {spec} ships its own model code (auto_map in config.json, model_type "
+                              f"{model_type!r} is not built into transformers); edgeft runs a model's code only "
+                              f"with trust_remote_code: true in the config (review that code first)")
+        raise ConfigError(f"base_model: {spec} has model_type {model_type!r}, which this transformers does not know")
 
 
 def fingerprint(spec: str, resolved: str) -> str:
-    """Identify the base cheaply: config and file sizes/mtimes for a directory, else the id."""
+    """Identify the base by content: its config and the sha256 of every file (cached per file by
+    device, inode, size, mtime and ctime, so a rebuild re-reads nothing; ctime moves on any write,
+    even one that restores the mtime)."""
     p = Path(resolved)
     if not p.is_dir():
         return hash_json({"id": spec})
-    files = {
-        f.name: [f.stat().st_size, int(f.stat().st_mtime)] for f in sorted(p.iterdir()) if f.is_file()
-    }
+    files = {f.name: cached_sha256(f) for f in sorted(p.iterdir()) if f.is_file()}
     return hash_json({"config": json.loads((p / "config.json").read_text()), "files": files})
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256 of a file, remembered in the edgeft cache under its stat identity."""
+    from edgeft.manifest import sha256_file
+    from edgeft.paths import cache_dir
+
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+    store = cache_dir() / "sha256"
+    entry = store / hashlib.sha256(key.encode()).hexdigest()
+    try:
+        return entry.read_text()
+    except OSError:
+        pass
+    digest = sha256_file(path)
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_name(f".{entry.name}.{os.getpid()}")
+        tmp.write_text(digest)
+        tmp.replace(entry)
+    except OSError:
+        pass  # a read-only cache only costs time
+    return digest
 
 
 # For a base model without a chat template (a pre-trained, not instruction-tuned, model): plain
@@ -68,16 +146,25 @@ DEFAULT_CHAT_TEMPLATE = (
 
 
 def ensure_chat_template(tokenizer: Any) -> bool:
-    """Give a template-less tokenizer edgeft's default template; True if it had to."""
+    """Give a template-less tokenizer edgeft's default template; True if it had to. The template
+    is rendered once within bounds first (edgeft.template): it is code from the model's author."""
+    from edgeft.template import guard
+
     if tokenizer.chat_template:
+        templates = tokenizer.chat_template
+        for template in templates.values() if isinstance(templates, dict) else [templates]:
+            guard(template, source=f"base model {tokenizer.name_or_path}", **special_tokens(tokenizer))
         return False
     if tokenizer.eos_token is None:
-        from edgeft.errors import ConfigError
-
         raise ConfigError("base_model: the tokenizer has neither a chat template nor an EOS token; "
                           "give it a chat_template in tokenizer_config.json")
     tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
     return True
+
+
+def special_tokens(tokenizer: Any) -> dict[str, str]:
+    """The special-token strings an HF chat template may use (bos_token, eos_token, …)."""
+    return {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
 
 
 _GENERATION_TAG = re.compile(r"\{%-?\s*(end)?generation\s*-?%\}")

@@ -25,7 +25,8 @@ from edgeft.base import resolve_base
 from edgeft.config import Config
 from edgeft.export import gguf as gguf_mod
 from edgeft.export import onnx as onnx_mod
-from edgeft.manifest import MANIFEST, Stage, read_stage
+from edgeft.manifest import MANIFEST, Stage, check_replaceable, owned, read_stage
+from edgeft.workdir import session
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ class BuildResult:
 
 
 def _existing(path: Path, kind: str, expected_hash: str) -> Stage | None:
-    """The stage at `path` if it is complete, of this kind, and made from the same inputs."""
+    """The stage at `path` if it is complete, of this kind, made from the same inputs, and its
+    files are still what was published (an edited or truncated output is made again)."""
     if not (path / MANIFEST).is_file():
         return None
     try:
@@ -50,12 +52,25 @@ def _existing(path: Path, kind: str, expected_hash: str) -> Stage | None:
         return None
     if kind in ("verify", "eval") and not stage.metrics.get("passed"):
         return None
+    changed = stage.changed()
+    if changed:
+        log.warning("%s changed since edgeft wrote it (%s%s): making it again", path, changed[0],
+                    f", and {len(changed) - 1} more" if len(changed) > 1 else "")
+        return None
     return stage
 
 
 def build(cfg: Config, *, force: bool = False,
           on_stage: Callable[[str, str], None] | None = None) -> BuildResult:
-    """Run every stage whose inputs changed (all of them with `force`); return what ran."""
+    """Run every stage whose inputs changed (all of them with `force`); return what ran.
+
+    One process at a time per work directory (workdir.session). Stages replace their own earlier
+    output; a directory in their way that edgeft did not write is refused unless `force`."""
+    with session(cfg.run_dir):
+        return _build(cfg, force, on_stage)
+
+
+def _build(cfg: Config, force: bool, on_stage: Callable[[str, str], None] | None) -> BuildResult:
     run = cfg.run_dir
     result = BuildResult(dist=cfg.dist_path)
 
@@ -74,26 +89,37 @@ def build(cfg: Config, *, force: bool = False,
         result.ran.append(name)
         return stage
 
-    base = resolve_base(cfg.base_model, cfg.root)
-    train = step("train", run / "train", "train", train_mod.inputs_hash(cfg, base),
-                 lambda: train_mod.train_adapter(cfg, force=True))
+    def train_stage() -> Stage:
+        resume = not force and train_mod.interrupted_run(cfg)
+        if resume:
+            log.info("continuing the interrupted training in %s", run / ".train.partial")
+        return train_mod.train_adapter(cfg, force=force, replace_own=True, resume=resume)
+
+    # Before minutes of work: every output this build may replace must be edgeft's own (or --force).
+    for kind in ("train", "merge", "export-gguf", "export-onnx", "verify", "eval"):
+        check_replaceable(run / kind, kind, force=force, replace_own=True)
+    check_replaceable(cfg.dist_path, "dist", force=force, replace_own=True)
+    base = resolve_base(cfg.base_model, cfg.root, cfg.trust_remote_code)
+    own = {"force": force, "replace_own": True}
+    train = step("train", run / "train", "train", train_mod.inputs_hash(cfg, base), train_stage)
     merged = step("merge", run / "merge", "merge", merge_mod.inputs_hash(cfg, train),
-                  lambda: merge_mod.merge_adapter(cfg, force=True))
+                  lambda: merge_mod.merge_adapter(cfg, **own))
     exports = []
     for kind, types, mod, make in (
         ("export-gguf", cfg.export.gguf.types, gguf_mod, gguf_mod.export_gguf),
         ("export-onnx", cfg.export.onnx.types, onnx_mod, onnx_mod.export_onnx),
     ):
         if not types:
-            shutil.rmtree(run / kind, ignore_errors=True)  # a stale export must not be shipped
+            if owned(run / kind, kind):  # a stale export must not be shipped (and only edgeft's is removed)
+                shutil.rmtree(run / kind)
             continue
         exports.append(step(kind, run / kind, kind, mod.inputs_hash(cfg, merged),
-                            lambda make=make: make(cfg, force=True)))
+                            lambda make=make: make(cfg, **own)))
     verified = step("verify", run / "verify", "verify", verify_mod.inputs_hash(cfg, merged, exports),
-                    lambda: verify_mod.verify_artifacts(cfg, force=True))
+                    lambda: verify_mod.verify_artifacts(cfg, force=force))
     evaluated = step("eval", run / "eval", "eval", eval_mod.inputs_hash(cfg, merged, exports),
-                     lambda: eval_mod.evaluate(cfg, force=True))
+                     lambda: eval_mod.evaluate(cfg, force=force))
     step("package", cfg.dist_path, "dist",
          package_mod.inputs_hash([train, merged, *exports, verified, evaluated]),
-         lambda: package_mod.package_dist(cfg, force=True))
+         lambda: package_mod.package_dist(cfg, force=force))
     return result

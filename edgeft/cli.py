@@ -31,11 +31,21 @@ SET_OPTION = click.option(
 
 
 class EdgeftGroup(click.Group):
-    """Turns EdgeftError into `Error: ...` + its exit code, everywhere below the root."""
+    """Turns EdgeftError into `Error: ...` + its exit code, everywhere below the root; a full disk
+    met outside a stage writer (which names its own folder) becomes NoSpaceError too."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from edgeft.errors import NoSpaceError, no_space
+
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except Exception as e:
+                if isinstance(e, EdgeftError) or not no_space(e):
+                    raise
+                where = getattr(no_space(e), "filename", None)
+                raise NoSpaceError(f"no space left on the disk{f' holding {where}' if where else ''}: free some "
+                                   f"space and run the command again") from e
         except EdgeftError as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(e.exit_code)
@@ -66,7 +76,13 @@ def _load(config_path: Path, overrides: tuple[str, ...] = ()):
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         key, value = item.split("=", 1)
-        parsed[key.strip()] = yaml.safe_load(value)
+        if not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a key such as train.max_steps")
+        try:
+            parsed[key.strip()] = yaml.safe_load(value)
+        except (yaml.YAMLError, RecursionError) as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e}); "
+                              f"quote it, e.g. --set 'name=\"a: b\"'") from None
     return load_config(config_path, parsed)
 
 
@@ -91,7 +107,9 @@ def cli(verbose: int, quiet: bool) -> None:
 def build(config_path: Path, force: bool, overrides: tuple[str, ...]) -> None:
     """Run train → merge → export → verify → eval → package; print the dist directory.
 
-    Stages whose inputs are unchanged since the last build are reused (--force re-runs all).
+    Stages whose inputs and files are unchanged since the last build are reused; an interrupted
+    training of the same inputs is resumed. --force re-runs everything and may replace output
+    directories edgeft did not write.
 
     \b
     edgeft build -c examples/nl2sql/edgeft.yaml
@@ -161,7 +179,9 @@ def data_check(file: Path | None, config_path: Path | None, model: str | None, m
 
         from edgeft.base import ensure_chat_template, resolve_base
 
-        tokenizer = AutoTokenizer.from_pretrained(resolve_base(source, cfg.root if cfg else None))
+        trust = cfg.trust_remote_code if cfg else False
+        tokenizer = AutoTokenizer.from_pretrained(resolve_base(source, cfg.root if cfg else None, trust),
+                                                  trust_remote_code=trust)
         ensure_chat_template(tokenizer)
     report = analyse(
         train_path,
@@ -292,16 +312,21 @@ def export_onnx_cmd(config_path: Path, merge_dir: Path | None, out: Path | None,
               help="With -c: export stage to check (repeatable) [the config's export stages].")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Report directory [<workdir>/<name>/verify, or PATH-verify next to PATH].")
+@click.option("--check", "check_only", is_flag=True,
+              help="Only check PATH's files against its manifest (fast: no runtime is loaded).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
+@click.option("--force", is_flag=True, help="Replace an --out directory that is not an edgeft verify report.")
 def verify(path: Path | None, config_path: Path | None, merge_dir: Path | None, export_dirs: tuple[Path, ...],
-           out: Path | None, as_json: bool) -> None:
+           out: Path | None, check_only: bool, as_json: bool, force: bool) -> None:
     """Compare every exported artifact with the merged model; exit 7 if any check fails.
 
     PATH is a dist folder or an export stage; its manifest says how it was made and where the
-    reference is. Or -c CONFIG for the config's own stages.
+    reference is. Or -c CONFIG for the config's own stages. A dist's own files (manifest.json
+    and every file it lists) are checked first; --check does only that.
 
     \b
     edgeft verify examples/nl2sql/dist/nl2sql-tiny
+    edgeft verify examples/nl2sql/dist/nl2sql-tiny --check
     edgeft verify -c examples/nl2sql/edgeft.yaml
     """
     from edgeft.errors import InputError, VerifyFailed
@@ -309,13 +334,20 @@ def verify(path: Path | None, config_path: Path | None, merge_dir: Path | None, 
 
     if path is None and config_path is None:
         raise InputError("give a dist folder or export stage to verify, or -c CONFIG")
+    if check_only:
+        from edgeft.integrity import check_path
+
+        if path is None:
+            raise InputError("--check needs a dist folder or export stage PATH")
+        click.echo(check_path(path))
+        return
     if path is not None:
         out_dir = out or path.with_name(path.name + "-verify")
-        run = lambda: verify_path(path, merge_dir, out_dir)  # noqa: E731
+        run = lambda: verify_path(path, merge_dir, out_dir, force=force)  # noqa: E731
     else:
         cfg = _load(config_path)
         out_dir = out or cfg.run_dir / "verify"
-        run = lambda: verify_artifacts(cfg, merge_dir, list(export_dirs) or None, out_dir)  # noqa: E731
+        run = lambda: verify_artifacts(cfg, merge_dir, list(export_dirs) or None, out_dir, force=force)  # noqa: E731
     try:
         stage = run()
     except VerifyFailed:
@@ -332,9 +364,10 @@ def verify(path: Path | None, config_path: Path | None, merge_dir: Path | None, 
               help="Export stage whose artifacts to score (repeatable) [the config's export stages].")
 @click.option("--out", type=click.Path(path_type=Path), help="Results directory [<workdir>/<name>/eval].")
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON on stdout.")
+@click.option("--force", is_flag=True, help="Replace an --out directory that is not an edgeft eval result.")
 @SET_OPTION
 def eval_cmd(config_path: Path, merge_dir: Path | None, export_dirs: tuple[Path, ...], out: Path | None,
-             as_json: bool, overrides: tuple[str, ...]) -> None:
+             as_json: bool, force: bool, overrides: tuple[str, ...]) -> None:
     """Score base, fine-tuned model and every artifact on the held-out split; exit 8 on a regression.
 
     Exact match, chrF and format compliance (eval.json / eval.json_schema / eval.regex); each
@@ -349,7 +382,7 @@ def eval_cmd(config_path: Path, merge_dir: Path | None, export_dirs: tuple[Path,
     cfg = _load(config_path, overrides)
     out_dir = out or cfg.run_dir / "eval"
     try:
-        stage = evaluate(cfg, merge_dir, list(export_dirs) or None, out_dir)
+        stage = evaluate(cfg, merge_dir, list(export_dirs) or None, out_dir, force=force)
     except EvalFailed:
         if as_json and (out_dir / "results.json").is_file():
             click.echo((out_dir / "results.json").read_text())
@@ -359,15 +392,19 @@ def eval_cmd(config_path: Path, merge_dir: Path | None, export_dirs: tuple[Path,
 
 @cli.command()
 @CONFIG_OPTION
-def package(config_path: Path) -> None:
+@click.option("--force", is_flag=True, help="Replace a dist_dir/<name>/ that edgeft did not write.")
+def package(config_path: Path, force: bool) -> None:
     """Assemble dist/<name>/ (artifacts, verify report, eval results, model card, manifest.json).
+
+    Every artifact byte is checked against the checksums verify recorded; an earlier dist of
+    edgeft's is replaced, anything else only with --force.
 
     \b
     edgeft package -c examples/nl2sql/edgeft.yaml
     """
     from edgeft.package import package_dist
 
-    click.echo(str(package_dist(_load(config_path)).path))
+    click.echo(str(package_dist(_load(config_path), force=force).path))
 
 
 SAMPLING_OPTIONS = [

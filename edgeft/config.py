@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from edgeft.errors import ConfigError, InputError
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m", "q2_k")
 ONNX_TYPES = ("fp32", "fp16", "int8", "int4")
+# Names become folder and file names (dist/<name>/, <name>-q4_k_m.gguf) and GGUF metadata.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 
@@ -62,6 +65,9 @@ class TrainConfig:
     eval_steps: int = 0  # evaluate (and checkpoint) every N steps; 0 = once per epoch
     save_total_limit: int = 2  # checkpoints kept for --resume (the best one is always kept)
     early_stopping_patience: int = 0  # stop after N evaluations without improvement; 0 = off
+    # An evaluation counts as an improvement only if validation loss falls by more than this
+    # (nats): a plateau creeping down by 1e-4 per evaluation otherwise never stops.
+    early_stopping_threshold: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -211,16 +217,38 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
             problems.append(msg)
 
     bad(not cfg.name, "name: required (it names dist/<name>/ and the exported model)")
-    bad(bool(cfg.name) and not cfg.name.replace("-", "").replace("_", "").replace(".", "").isalnum(),
-        f"name: {cfg.name!r} may contain only letters, digits, '-', '_' and '.'")
+    bad(bool(cfg.name) and not NAME.fullmatch(cfg.name),
+        f"name: {cfg.name!r} must start with an ASCII letter or digit and contain only ASCII letters, digits, "
+        f"'-', '_' and '.' (at most 64): it names folders and files")
     bad(not cfg.base_model, "base_model: required (HF id, model directory or tiny:<size>)")
     bad(not cfg.data.train, "data.train: required (a JSONL file of examples)")
     bad(not 0 < cfg.data.val_ratio < 1, f"data.val_ratio: {cfg.data.val_ratio} must be in (0, 1)")
+    bad(not 0 < cfg.data.near_duplicate_threshold <= 1,
+        f"data.near_duplicate_threshold: {cfg.data.near_duplicate_threshold} must be in (0, 1] (a similarity)")
     from edgeft.data import CANONICAL_FIELDS
 
     for key in cfg.data.columns:
         bad(key not in CANONICAL_FIELDS,
             f"data.columns: {key!r} is not a field edgeft reads; map to one of {', '.join(CANONICAL_FIELDS)}")
+    t = cfg.train
+    for key, minimum in (("lora_r", 1), ("lora_alpha", 1), ("batch_size", 1), ("gradient_accumulation", 1),
+                         ("max_seq_length", 16), ("logging_steps", 1), ("eval_steps", 0), ("save_total_limit", 1),
+                         ("early_stopping_patience", 0)):
+        bad(getattr(t, key) < minimum, f"train.{key}: {getattr(t, key)} must be at least {minimum}")
+    bad(not 0 <= t.lora_dropout < 1, f"train.lora_dropout: {t.lora_dropout} must be in [0, 1)")
+    bad(not 0 <= t.warmup_ratio < 1, f"train.warmup_ratio: {t.warmup_ratio} must be in [0, 1) (a share of the steps)")
+    bad(t.weight_decay < 0, f"train.weight_decay: {t.weight_decay} must not be negative")
+    bad(t.early_stopping_threshold < 0, f"train.early_stopping_threshold: {t.early_stopping_threshold} must not be "
+        f"negative")
+    bad(t.learning_rate <= 0, f"train.learning_rate: {t.learning_rate} must be positive")
+    bad(t.max_steps <= 0 and t.epochs <= 0,
+        f"train.epochs: {t.epochs:g} trains nothing: give a positive number of epochs, or train.max_steps")
+    if isinstance(t.target_modules, str):
+        bad(t.target_modules != "all-linear",
+            f"train.target_modules: {t.target_modules!r} must be 'all-linear' or a list of module names")
+    else:
+        bad(not t.target_modules or not all(m.strip() for m in t.target_modules),
+            "train.target_modules: give module names (e.g. [q_proj, v_proj]) or 'all-linear'")
     bad(cfg.train.quantization not in ("none", "nf4", "fp4"),
         f"train.quantization: {cfg.train.quantization!r} must be 'none', 'nf4' or 'fp4'")
     bad(cfg.train.compute_dtype not in ("auto", "bfloat16", "float16", "float32"),
@@ -229,25 +257,26 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
         f"train.lr_scheduler: {cfg.train.lr_scheduler!r} is not one of {', '.join(LR_SCHEDULERS)}")
     bad(cfg.merge.strategy not in ("full-precision", "dequantized"),
         f"merge.strategy: {cfg.merge.strategy!r} must be 'full-precision' or 'dequantized'")
-    bad(cfg.train.lora_r < 1, "train.lora_r: must be at least 1")
-    bad(cfg.train.learning_rate <= 0, "train.learning_rate: must be positive")
-    bad(cfg.train.batch_size < 1, "train.batch_size: must be at least 1")
+    bad(cfg.merge.compare_prompts < 1, f"merge.compare_prompts: {cfg.merge.compare_prompts} must be at least 1")
     bad(cfg.merge.dtype not in ("float32", "float16", "bfloat16"),
         f"merge.dtype: {cfg.merge.dtype!r} must be float32, float16 or bfloat16")
     for t in cfg.export.gguf.types:
         bad(t not in GGUF_TYPES, f"export.gguf.types: {t!r} is not one of {', '.join(GGUF_TYPES)}")
     for t in cfg.export.onnx.types:
         bad(t not in ONNX_TYPES, f"export.onnx.types: {t!r} is not one of {', '.join(ONNX_TYPES)}")
+    bad(not 7 <= cfg.export.onnx.opset <= 23, f"export.onnx.opset: {cfg.export.onnx.opset} must be in 7-23")
     bad(cfg.verify.max_prompts < 1, "verify.max_prompts: must be at least 1")
+    bad(cfg.verify.max_new_tokens < 1, "verify.max_new_tokens: must be at least 1")
     bad(cfg.verify.context_tokens < cfg.verify.max_new_tokens + 64,
         "verify.context_tokens: must leave room for a prompt: at least verify.max_new_tokens + 64")
     bad(cfg.eval.max_examples < 1, "eval.max_examples: must be at least 1")
+    bad(cfg.eval.max_new_tokens < 1, "eval.max_new_tokens: must be at least 1")
+    bad(not 0 <= cfg.eval.forgetting_tolerance <= 1,
+        f"eval.forgetting_tolerance: {cfg.eval.forgetting_tolerance} must be in [0, 1] (a share of the base's chrF)")
     bad(not 0 < cfg.eval.min_relative <= 1, f"eval.min_relative: {cfg.eval.min_relative} must be in (0, 1]")
     bad(sum(map(bool, (cfg.eval.json, cfg.eval.json_schema, cfg.eval.regex))) > 1,
         "eval: give at most one of json, json_schema and regex")
     if cfg.eval.regex:
-        import re
-
         try:
             re.compile(cfg.eval.regex)
         except re.error as e:
@@ -272,15 +301,25 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Co
     if not path.is_file():
         raise InputError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         raise ConfigError(f"not valid YAML ({getattr(e, 'problem', e)})", f"{path}{line}") from None
+    except (UnicodeDecodeError, RecursionError) as e:
+        why = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else "nested too deeply"
+        raise ConfigError(f"not a readable config ({why})", str(path)) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a mapping of sections (name: …, base_model: …), got {type(raw).__name__}",
+                          str(path))
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, last = dotted.split(".")
-        for p in parents:
+        for i, p in enumerate(parents):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {dotted}: {'.'.join(parents[:i + 1])} is not a section")
+        if not last:
+            raise ConfigError(f"--set {dotted!r}: expected KEY=VALUE with a key such as train.max_steps")
         node[last] = value
     return parse_config(raw, str(path.resolve()))

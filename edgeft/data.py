@@ -106,6 +106,8 @@ def _rows_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
             yield where, ValueError(f"not valid UTF-8 (byte {e.start})")
         except json.JSONDecodeError as e:
             yield where, ValueError(f"not valid JSON ({e.msg} at column {e.colno})")
+        except RecursionError:
+            yield where, ValueError("not usable JSON (nested too deeply)")
 
 
 def _rows_json(path: Path) -> Iterator[tuple[str, Any]]:
@@ -116,6 +118,8 @@ def _rows_json(path: Path) -> Iterator[tuple[str, Any]]:
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); a .json file holds one list "
                         f"of rows (use .jsonl for one row per line)") from None
+    except RecursionError:
+        raise DataError(f"{path}: not usable JSON (nested too deeply)") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -130,31 +134,43 @@ def _rows_csv(path: Path) -> Iterator[tuple[str, Any]]:
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8 (byte {e.start})") from None
     reader = csv.DictReader(text.splitlines(keepends=True))
-    for row in reader:
-        # line_num is the reader's line after the row: rows may span lines, so report its end.
-        yield f"{path}:{reader.line_num}", {k: v for k, v in row.items() if k is not None and v != ""}
+    try:
+        for row in reader:
+            # line_num is the reader's line after the row: rows may span lines, so report its end.
+            yield f"{path}:{reader.line_num}", {k: v for k, v in row.items() if k is not None and v != ""}
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: not readable CSV ({e})") from None
 
 
 def _rows_table(path: Path) -> Iterator[tuple[str, Any]]:
     """Parquet files and directories written by `datasets.Dataset.save_to_disk`."""
+    import pyarrow as pa
+
     if path.is_dir():
         import datasets
 
         try:
             ds = datasets.load_from_disk(str(path))
-        except (FileNotFoundError, ValueError) as e:
-            raise InputError(f"{path}: not a dataset saved by `datasets` ({e})") from None
-        if isinstance(ds, datasets.DatasetDict):
-            if "train" not in ds:
-                raise DataError(f"{path}: a DatasetDict without a 'train' split (has {', '.join(ds)})")
-            ds = ds["train"]
-        rows = ds.to_list()
+            if isinstance(ds, datasets.DatasetDict):
+                if "train" not in ds:
+                    raise DataError(f"{path}: a DatasetDict without a 'train' split (has {', '.join(ds)})")
+                ds = ds["train"]
+            rows = ds.to_list()
+        except (FileNotFoundError, ValueError, pa.ArrowException, OSError) as e:
+            raise DataError(f"{path}: not a dataset saved by `datasets` ({_first_line(e)})") from None
     else:
         import pyarrow.parquet as pq
 
-        rows = pq.read_table(path).to_pylist()
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
     for i, row in enumerate(rows):
         yield f"{path}[row {i}]", row
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def read_rows(path: Path) -> Iterator[tuple[str, Any]]:

@@ -141,11 +141,26 @@ def render(example: Example, tokenizer: Any) -> str:
 
 
 def token_lengths(examples: list[Example], tokenizer: Any, max_length: int | None) -> tuple[list[Finding], dict]:
-    """Length of each example as the model sees it (its template, its tokenizer)."""
+    """Length of each example as the model sees it (its template, its tokenizer). A conversation
+    the template refuses (`raise_exception`, e.g. a system turn it does not allow) is a finding."""
+    from jinja2.exceptions import TemplateError
+
+    from edgeft.base import special_tokens
+    from edgeft.template import guard
+
     lengths, out = [], []
+    first = next((e for e in examples if e.messages is not None), None)
+    if first is not None:  # bounded once, before the unbounded renderer sees every row
+        guard(tokenizer.chat_template, first.messages, source=f"base model {tokenizer.name_or_path}",
+              add_generation_prompt=False, **special_tokens(tokenizer))
     for e in examples:
         if e.messages is not None:
-            n = len(tokenizer.apply_chat_template(e.messages, tokenize=True))
+            try:
+                n = len(tokenizer.apply_chat_template(e.messages, tokenize=True))
+            except TemplateError as err:
+                out.append(Finding("error", e.where, "template", f"the model's chat template refuses this "
+                                   f"conversation: {err}"))
+                continue
         else:
             n = len(tokenizer(e.text)["input_ids"]) + 1  # + EOS, appended in training
         lengths.append(n)
@@ -206,7 +221,8 @@ def analyse(train_path: Path, *, validation_path: Path | None = None, columns: d
     if tokenizer is not None and examples:
         long_findings, report.stats = token_lengths(train + val, tokenizer, max_length)
         report.findings += long_findings
-        report.rendered_example = render(train[0] if train else val[0], tokenizer)
+        if not any(f.check == "template" for f in long_findings):
+            report.rendered_example = render(train[0] if train else val[0], tokenizer)
     return report
 
 

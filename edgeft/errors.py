@@ -1,16 +1,6 @@
 """The errors edgeft reports to users, and the exit code of each (no Click import here).
 
-| code | meaning |
-|------|---------|
-| 0 | success |
-| 1 | unexpected error (a bug: the traceback is shown) |
-| 2 | command-line usage error (Click) |
-| 3 | configuration error (bad or unknown key, wrong type) |
-| 4 | data error (malformed rows, too few usable examples) |
-| 5 | input error (missing file, wrong kind of stage directory, existing output without --force) |
-| 6 | a tool failed (conversion, quantization, export, training) |
-| 7 | verification ran and failed (the parity gate) |
-| 8 | evaluation ran and an artifact fell below the regression gate |
+`EXIT_CODES` is the one table of exit codes: the README's table is tested against it.
 """
 
 from __future__ import annotations
@@ -58,14 +48,51 @@ class EvalFailed(EdgeftError):
     exit_code = 8
 
 
+class BusyError(EdgeftError):
+    """Another edgeft process holds the work directory's lock."""
+
+    exit_code = 9
+
+
+class NoSpaceError(EdgeftError):
+    """The disk being written to is full."""
+
+    exit_code = 10
+
+
+_NO_SPACE_TEXT = ("No space left on device", "StorageFull", "Disk quota exceeded")
+
+
+def no_space(exc: BaseException) -> BaseException | None:
+    """The exception in `exc`'s chain that says the disk is full, if any. Libraries report it in
+    their own ways: OSError ENOSPC, or wrapped in a RuntimeError (torch) or SafetensorError whose
+    message carries the OS's words."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        if any(text in str(exc) for text in _NO_SPACE_TEXT):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 EXIT_CODES = {
     0: "success",
     1: "unexpected error (a bug: the traceback is shown)",
     2: "command-line usage error",
-    ConfigError.exit_code: "configuration error",
-    DataError.exit_code: "data error",
-    InputError.exit_code: "input error (missing file, wrong stage directory, output exists)",
+    ConfigError.exit_code: "configuration error (bad or unknown key, wrong type or value)",
+    DataError.exit_code: "data error (malformed rows, fewer than 10 usable examples)",
+    InputError.exit_code: "input error (missing or unreadable file, wrong kind of stage directory, "
+                          "output exists without `--force`, a stage output changed after it was verified)",
     ToolError.exit_code: "a tool failed (training, conversion, quantization, export)",
-    VerifyFailed.exit_code: "verification ran and failed",
-    EvalFailed.exit_code: "evaluation ran and an artifact fell below the regression gate",
+    VerifyFailed.exit_code: "verification ran and failed (the report is still written)",
+    EvalFailed.exit_code: "evaluation ran and an artifact fell below the regression gate (the results are "
+                          "still written)",
+    BusyError.exit_code: "another edgeft process is working in the same work directory (wait for it, or use "
+                         "another `workdir`)",
+    NoSpaceError.exit_code: "no space left on the disk being written (nothing half-written is kept)",
 }

@@ -33,8 +33,9 @@ from typing import Any
 from edgeft.config import Config
 from edgeft.data import file_hash, read_split
 from edgeft.errors import EvalFailed, InputError
-from edgeft.manifest import Stage, StageWriter, hash_json, read_stage
+from edgeft.manifest import Stage, StageWriter, check_replaceable, hash_json, read_stage
 from edgeft.runtimes import Runtime, load_runtime
+from edgeft.workdir import in_session
 
 log = logging.getLogger(__name__)
 
@@ -163,17 +164,23 @@ def _base_runtime(base_dir: str, reference: Any) -> Runtime:
 
 
 def inputs_hash(cfg: Config, merged: Stage, exports: list[Stage]) -> str:
+    """The fine-tuned model's inputs, the *bytes* of every artifact, the eval section and the
+    general prompts file."""
     general = cfg.path(cfg.eval.general_prompts) if cfg.eval.general_prompts else None
-    return hash_json([merged.inputs_hash, [e.inputs_hash for e in exports], cfg.section("eval"),
+    return hash_json([merged.inputs_hash, [e.content_hash() for e in exports], cfg.section("eval"),
                       file_hash(general) if general and general.is_file() else None])
 
 
+@in_session
 def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path] | None = None,
              out_dir: Path | None = None, *, force: bool = False) -> Stage:
-    """Score base, fine-tuned model and every artifact on the held-out split; publish the results."""
+    """Score base, fine-tuned model and every artifact on the held-out split; publish the results
+    (replacing earlier eval results, nothing else without `force`)."""
     from edgeft.package import export_stages
     from edgeft.runtimes.hf import HFRuntime
 
+    out_dir = Path(out_dir) if out_dir else cfg.run_dir / "eval"
+    check_replaceable(out_dir, "eval", force=force, replace_own=True)  # before minutes of work
     merged = read_stage(merge_dir or cfg.run_dir / "merge", "merge")
     exports = export_stages(cfg, export_dirs)
     train = read_stage(merged.data["parent"], "train")
@@ -196,11 +203,17 @@ def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path]
     general_out["base"] = answer(base, general[0], n_new, "base, general") if general else None
     del base
     runtimes = {"base": "transformers", "fine-tuned": "transformers"}
+    unreadable: dict[str, str] = {}
     for stage in exports:
         for art in stage.artifacts:
-            with load_runtime(art, stage.path, all_logits=False) as rt:
-                outputs[art["name"]] = answer(rt, prompts, n_new, f"{art['name']} ({art['runtime']})")
             runtimes[art["name"]] = art["runtime"]
+            try:
+                with load_runtime(art, stage.path, all_logits=False) as rt:
+                    outputs[art["name"]] = answer(rt, prompts, n_new, f"{art['name']} ({art['runtime']})")
+            except Exception as e:  # the artifact failed, not the evaluation: it scores nothing, named
+                log.debug("%s could not be evaluated", art["name"], exc_info=True)
+                unreadable[art["name"]] = f"{type(e).__name__}: {str(e).strip()[:300]}"
+                outputs[art["name"]] = [""] * len(prompts)
 
     ref_scores = score(outputs["fine-tuned"], references, fmt)
     failures = []
@@ -211,9 +224,13 @@ def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path]
             relative = {m: (s[m] / ref_scores[m] if ref_scores[m] > 0 else 1.0) for m in s}
             entry["relative"] = relative
             low = [m for m in s if ref_scores[m] > 0 and relative[m] < cfg.eval.min_relative]
-            entry["passed"] = not low
-            failures += [f"{name}: {m} {s[m]:.3g} is {relative[m]:.1%} of the fine-tuned model's {ref_scores[m]:.3g} "
-                         f"(minimum {cfg.eval.min_relative:.0%})" for m in low]
+            entry["passed"] = not low and name not in unreadable
+            if name in unreadable:
+                entry["error"] = unreadable[name]
+                failures.append(f"{name}: {runtimes[name]} cannot run it: {unreadable[name]}")
+            else:
+                failures += [f"{name}: {m} {s[m]:.3g} is {relative[m]:.1%} of the fine-tuned model's "
+                             f"{ref_scores[m]:.3g} (minimum {cfg.eval.min_relative:.0%})" for m in low]
         results["models"][name] = entry
     base_scores = results["models"]["base"]["scores"]
     results["improvement"] = {m: ref_scores[m] - base_scores[m] for m in ref_scores}
@@ -230,9 +247,8 @@ def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path]
                           for i, (p, r) in enumerate(zip(prompts, references, strict=True)) if i < 5]
     results["passed"] = not failures
     results["failures"] = failures
-    out_dir = Path(out_dir) if out_dir else cfg.run_dir / "eval"
     with StageWriter(out_dir, "eval", config=cfg.to_dict(), inputs_hash=inputs_hash(cfg, merged, exports),
-                     parent=str(merged.path), base_model=cfg.base_model, force=True) as w:
+                     parent=str(merged.path), base_model=cfg.base_model, force=force, replace_own=True) as w:
         (w.tmp / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
         (w.tmp / "results.md").write_text(markdown(results))
         w.add_artifact("results", "results.json", "json")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -18,21 +19,41 @@ from pathlib import Path
 from typing import Any
 
 from edgeft import __version__
-from edgeft.errors import InputError
+from edgeft.errors import InputError, NoSpaceError, no_space
 
 SCHEMA_VERSION = 1
 MANIFEST = "edgeft.json"
 
 # What to run to produce each kind of stage directory, for the "wrong directory" message.
 PRODUCED_BY = {
-    "data": "edgeft data check FILE --out DIR",
     "train": "edgeft train -c CONFIG",
     "merge": "edgeft merge -c CONFIG",
     "export-gguf": "edgeft export gguf -c CONFIG",
     "export-onnx": "edgeft export onnx -c CONFIG",
     "verify": "edgeft verify -c CONFIG",
+    "eval": "edgeft eval -c CONFIG",
     "dist": "edgeft build -c CONFIG",
 }
+
+# Directories edgeft publishes get the permissions of any directory the user creates (mkdtemp
+# makes them 0700, which would hide a shared dist from the team that deploys it).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+DIR_MODE = 0o777 & ~_UMASK
+
+
+def inside(root: Path | str, relpath: str) -> Path:
+    """`root / relpath` for a path read from a manifest, refused unless it stays inside `root`
+    (no absolute path, no `..`, no symlink leading out): a manifest must not make edgeft open,
+    hash or copy a file elsewhere."""
+    root = Path(root)
+    rel = Path(relpath) if isinstance(relpath, str) and relpath else None
+    if rel is None or rel.is_absolute() or ".." in rel.parts:
+        raise InputError(f"{root}: the manifest names {relpath!r}, a path outside this folder: refused")
+    full = root / rel
+    if not full.resolve().is_relative_to(root.resolve()):
+        raise InputError(f"{full}: a link to {full.resolve()}, outside {root}: refused")
+    return full
 
 
 def sha256_file(path: Path) -> str:
@@ -78,7 +99,48 @@ class Stage:
         raise InputError(f"{self.path}: no artifact named {name!r} in {MANIFEST}")
 
     def file(self, relpath: str) -> Path:
-        return self.path / relpath
+        return inside(self.path, relpath)
+
+    def content_hash(self) -> str:
+        """A hash of the bytes the stage's artifacts hold (their checksums), for the stages that
+        judge those bytes: verify, eval and package re-run when an artifact's bytes change."""
+        return hash_json([[a["name"], a.get("sha256"), a.get("files")] for a in self.artifacts])
+
+    def recorded_files(self) -> dict[str, tuple[int, str]]:
+        """relative path → (bytes, sha256) for every file whose checksum the manifest records."""
+        out: dict[str, tuple[int, str]] = {}
+        for f in self.data.get("files", []):
+            out[f["path"]] = (f["bytes"], f["sha256"])
+        for a in self.artifacts:
+            if "sha256" in a:
+                out[a["path"]] = (a["bytes"], a["sha256"])
+            for f in a.get("files", []):
+                out[f"{a['path']}/{f['path']}"] = (f["bytes"], f["sha256"])
+        return out
+
+    def changed(self) -> list[str]:
+        """Files that are no longer what was published: missing, resized, or (when size or
+        modification time moved) other bytes than their recorded sha256. Cheap when nothing
+        changed: one stat per file."""
+        hashes = self.recorded_files()
+        stats = self.data.get("stat") or {rel: (size, None) for rel, (size, _) in hashes.items()}
+        problems = []
+        for rel, (size, mtime_ns) in stats.items():
+            try:
+                p = self.file(rel)
+                st = p.stat()
+            except InputError as e:
+                problems.append(str(e))
+                continue
+            except OSError:
+                problems.append(f"{self.path / rel}: missing")
+                continue
+            if st.st_size == size and st.st_mtime_ns == mtime_ns:
+                continue
+            want = hashes.get(rel)
+            if st.st_size != size or want is None or sha256_file(p) != want[1]:
+                problems.append(f"{p}: changed since it was written ({st.st_size} bytes, was {size})")
+        return problems
 
 
 def read_stage(path: Path | str, kind: str | tuple[str, ...] | None = None) -> Stage:
@@ -92,20 +154,38 @@ def read_stage(path: Path | str, kind: str | tuple[str, ...] | None = None) -> S
     if not mf.is_file():
         raise InputError(f"{path}: not a complete edgeft stage (no {MANIFEST}){hint}")
     try:
-        data = json.loads(mf.read_text())
+        data = json.loads(mf.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise InputError(f"{mf}:{e.lineno}: not valid JSON ({e.msg})") from None
-    if data.get("schema_version") != SCHEMA_VERSION:
+    except (UnicodeDecodeError, RecursionError):
+        raise InputError(f"{mf}: not a readable edgeft manifest") from None
+    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+        found = data.get("schema_version") if isinstance(data, dict) else None
         raise InputError(
-            f"{mf}: schema version {data.get('schema_version')!r}, this edgeft reads "
-            f"{SCHEMA_VERSION}: re-run the stage with this version"
+            f"{mf}: schema version {found!r}, this edgeft reads {SCHEMA_VERSION}: re-run the stage with this version"
         )
     if kinds and data.get("stage") not in kinds:
         raise InputError(
             f"{path}: is a {data.get('stage')!r} stage directory, expected "
             f"{' or '.join(repr(k) for k in kinds)}{hint}"
         )
+    if not isinstance(data.get("artifacts", []), list) or not all(
+            isinstance(a, dict) and isinstance(a.get("path"), str) for a in data.get("artifacts", [])):
+        raise InputError(f"{mf}: its artifacts are not a list of entries with a path: not an edgeft manifest")
     return Stage(path, data)
+
+
+def owned(path: Path, kind: str) -> bool:
+    """Whether `path` is a complete edgeft stage of this kind (what edgeft may replace unasked)."""
+    try:
+        return read_stage(path, kind) is not None
+    except InputError:
+        return False
+
+
+def _tmp_name(dest: Path, what: str) -> str:
+    # The pid lets the next run tell a dead process's leftover from a live one's work (workdir.clean_stale).
+    return f".{dest.name}.{what}-{os.getpid()}-"
 
 
 @dataclass
@@ -113,10 +193,13 @@ class StageWriter:
     """Collects a stage's files in a temporary directory next to `dest`; `publish` renames it.
 
     Use as a context manager: on an exception the temporary directory is removed and `dest`
-    is left as it was. A `resumable` stage (training) works in `.<name>.partial/` instead,
-    which survives an interruption (even SIGKILL) so the next run can `resume` from it.
-    `is_main` is False on the other processes of a distributed run: they share the directory
-    but only the main process creates, cleans or publishes it.
+    is left as it was. An existing `dest` is replaced only when it is an edgeft stage of the
+    same kind and `replace_own` is set (build, verify, eval, package re-run their own output),
+    or with `force` (the user's --force); anything else there is refused, never deleted.
+    A `resumable` stage (training) works in `.<name>.partial/` instead, which survives an
+    interruption (even SIGKILL) so the next run can `resume` from it. `is_main` is False on
+    the other processes of a distributed run: they share the directory but only the main
+    process creates, cleans or publishes it.
     """
 
     dest: Path
@@ -126,15 +209,19 @@ class StageWriter:
     parent: str | None = None
     base_model: str | None = None
     force: bool = False
+    replace_own: bool = False
     resumable: bool = False
     resume: bool = False
     is_main: bool = True
 
     def __post_init__(self) -> None:
+        from edgeft.workdir import clean_stale
+
         self.dest = Path(self.dest)
-        if self.dest.exists() and not self.force:
-            raise InputError(f"{self.dest} already exists: pass --force to replace it")
+        check_replaceable(self.dest, self.stage, force=self.force, replace_own=self.replace_own or self.resume)
         self.dest.parent.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            clean_stale(self.dest.parent, f".{self.dest.name}.")
         if self.resumable:
             self.tmp = self.dest.with_name(f".{self.dest.name}.partial")
             if self.resume and not self.tmp.is_dir():
@@ -143,9 +230,11 @@ class StageWriter:
                 shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp.mkdir(exist_ok=True)
         elif self.is_main:
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}.tmp-", dir=self.dest.parent))
+            self.tmp = Path(tempfile.mkdtemp(prefix=_tmp_name(self.dest, "tmp"), dir=self.dest.parent))
         else:  # other processes could not find a randomly named directory
             raise RuntimeError("a stage shared by several processes must be resumable (a fixed work directory)")
+        if self.is_main:
+            self.tmp.chmod(DIR_MODE)
         self._artifacts: list[dict[str, Any]] = []
         self.metrics: dict[str, Any] = {}
         self.extra: dict[str, Any] = {}
@@ -155,8 +244,15 @@ class StageWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None and not self.resumable and self.is_main:
+        if exc_type is None:
+            return
+        if not self.resumable and self.is_main:
             shutil.rmtree(self.tmp, ignore_errors=True)
+        if exc is not None and not isinstance(exc, NoSpaceError) and no_space(exc):
+            then = (f"continue with --resume (the work so far is kept in {self.tmp})" if self.resumable
+                    else "run the command again (nothing was half-written)")
+            raise NoSpaceError(f"no space left on the disk holding {self.dest.parent} while writing the {self.stage} "
+                               f"stage: free some space (or point workdir / dist_dir elsewhere), then {then}") from exc
 
     def add_artifact(self, name: str, relpath: str, fmt: str, **info: Any) -> dict[str, Any]:
         """Record a file (or directory) already written under `self.tmp`.
@@ -198,15 +294,34 @@ class StageWriter:
         if not self.is_main:
             raise RuntimeError("only the main process publishes a stage")
         data = self.manifest()
+        # Size and modification time of every file as published: `Stage.changed` notices an
+        # edit later with one stat per file (and hashes only what moved).
+        data["stat"] = {p.relative_to(self.tmp).as_posix(): [p.stat().st_size, p.stat().st_mtime_ns]
+                        for p in sorted(self.tmp.rglob("*")) if p.is_file() and p.name != MANIFEST}
         (self.tmp / MANIFEST).write_text(json.dumps(data, indent=2, default=str) + "\n")
         if self.dest.exists():
-            old = self.dest.with_name(f".{self.dest.name}.old-{int(time.time() * 1000)}")
-            self.dest.rename(old)
+            # Checked again: the destination may have appeared while this stage was working.
+            check_replaceable(self.dest, self.stage, force=self.force, replace_own=self.replace_own or self.resume)
+            old = Path(tempfile.mkdtemp(prefix=_tmp_name(self.dest, "old"), dir=self.dest.parent))
+            self.dest.rename(old / self.dest.name)
             self.tmp.rename(self.dest)
             shutil.rmtree(old, ignore_errors=True)
         else:
             self.tmp.rename(self.dest)
         return Stage(self.dest, data)
+
+
+def check_replaceable(dest: Path, kind: str, *, force: bool, replace_own: bool) -> None:
+    """Refuse to go on when `dest` exists and may not be replaced (see StageWriter)."""
+    if not (dest.exists() or dest.is_symlink()) or force:
+        return
+    if owned(dest, kind):
+        if replace_own:
+            return
+        raise InputError(f"{dest} already exists: pass --force to replace it")
+    what = "a file" if dest.is_file() else "a directory edgeft did not write"
+    raise InputError(f"{dest} exists and is {what} (not an edgeft {kind!r} output): choose another output "
+                     f"path, or pass --force to replace it")
 
 
 def file_table(root: Path) -> list[dict[str, Any]]:
@@ -223,7 +338,11 @@ def check_files(root: Path, table: list[dict[str, Any]]) -> list[str]:
     """Compare files on disk with a table from `file_table`; return one line per mismatch."""
     problems = []
     for f in table:
-        p = Path(root) / f["path"]
+        try:
+            p = inside(root, f["path"])
+        except InputError as e:
+            problems.append(str(e))
+            continue
         if not p.is_file():
             problems.append(f"{p}: missing")
         elif p.stat().st_size < f["bytes"]:

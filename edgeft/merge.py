@@ -27,6 +27,7 @@ from edgeft.base import end_of_turn, resolve_base
 from edgeft.config import Config, parse_config
 from edgeft.errors import ToolError
 from edgeft.manifest import Stage, StageWriter, hash_json, read_stage
+from edgeft.workdir import in_session
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,9 @@ def compare_strategies(base: str, adapter_dir: Path, cfg: Config, train_cfg: Con
     return metrics, models
 
 
+@in_session
 def merge_adapter(cfg: Config, train_dir: Path | None = None, out_dir: Path | None = None,
-                  *, force: bool = False) -> Stage:
+                  *, force: bool = False, replace_own: bool = False) -> Stage:
     """Merge the train stage's adapter into the base; return the published merge stage."""
     train = read_stage(train_dir or cfg.run_dir / "train", "train")
     from transformers import AutoTokenizer, GenerationConfig
@@ -110,12 +112,13 @@ def merge_adapter(cfg: Config, train_dir: Path | None = None, out_dir: Path | No
     from edgeft.data import read_conversations
 
     out_dir = Path(out_dir) if out_dir else cfg.run_dir / "merge"
-    base = train.data.get("resolved_base") or resolve_base(cfg.base_model, cfg.root)
+    base = train.data.get("resolved_base") or resolve_base(cfg.base_model, cfg.root, cfg.trust_remote_code)
     adapter_dir = train.file(train.artifact("adapter")["path"])
     quantization = train.artifact("adapter").get("quantization", "none")
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     with StageWriter(out_dir, "merge", config=cfg.to_dict(), inputs_hash=inputs_hash(cfg, train),
-                     parent=str(train.path), base_model=cfg.base_model, force=force) as w:
+                     parent=str(train.path), base_model=cfg.base_model, force=force,
+                     replace_own=replace_own) as w:
         strategy = "full-precision"
         if quantization != "none":
             # The adapter was trained under the train stage's settings, not necessarily today's config.

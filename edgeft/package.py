@@ -11,10 +11,10 @@ stack, lineage: base model, dataset hash, adapter, training metrics, and the ver
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import logging
-import os
 import platform
 import shutil
 from pathlib import Path
@@ -23,8 +23,9 @@ from typing import Any
 from edgeft import __version__
 from edgeft.config import Config
 from edgeft.errors import InputError
-from edgeft.manifest import Stage, StageWriter, file_table, hash_json, read_stage
+from edgeft.manifest import Stage, StageWriter, file_table, hash_json, inside, read_stage
 from edgeft.paths import vendor_dir
+from edgeft.workdir import in_session
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +53,62 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def _place(src: Path, dst: Path) -> None:
-    """Hard-link when possible (same filesystem: instant, no extra space), else copy."""
+_FICLONE = 0x40049409  # Linux ioctl: share the source's blocks (btrfs, XFS), copy-on-write
+
+
+def _copy(src: Path, dst: Path) -> str:
+    """Copy one file (a reflink where the filesystem can, else bytes) and return the sha256 of
+    what landed at `dst`: never a hard link, so editing the dist cannot alter the work directory."""
+    import fcntl
+
+    h = hashlib.sha256()
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if src.is_dir():
-        for f in sorted(src.rglob("*")):
-            if f.is_file():
-                _place(f, dst / f.relative_to(src))
-        return
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+    with src.open("rb") as fin, dst.open("wb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+            cloned = True
+        except OSError:
+            cloned = False
+        if cloned:
+            fout.flush()
+            with dst.open("rb") as check:
+                for block in iter(lambda: check.read(1 << 20), b""):
+                    h.update(block)
+        else:
+            for block in iter(lambda: fin.read(1 << 20), b""):
+                h.update(block)
+                fout.write(block)
+    shutil.copystat(src, dst)
+    return h.hexdigest()
+
+
+def _place_verified(stage: Stage, art: dict[str, Any], dst: Path, seen: dict[str, Any]) -> None:
+    """Copy an artifact (file or folder) into the dist, checking every byte against the
+    checksums verify recorded when it passed (`seen`): bytes verify never saw are not shipped."""
+    src = stage.file(art["path"])
+    if "files" in art:
+        table = {f["path"]: f["sha256"] for f in seen.get("files") or []}
+        pairs = [(inside(src, f["path"]), dst / f["path"], table.get(f["path"])) for f in art["files"]]
+        extra = sorted(p.relative_to(src).as_posix() for p in src.rglob("*")
+                       if p.is_file() and p.relative_to(src).as_posix() not in table)
+        if extra:
+            raise InputError(f"{src / extra[0]}: not among the files verify checked; re-run `edgeft verify` "
+                             f"(or `edgeft build`)")
+    else:
+        pairs = [(src, dst, seen.get("sha256"))]
+    for source, target, want in pairs:
+        got = _copy(source, target)
+        if got != want:
+            raise InputError(f"{source}: its bytes are not the ones verify checked (sha256 {got[:12]}…, verified "
+                             f"{str(want)[:12]}…): it changed after verification; re-run `edgeft verify` (or "
+                             f"`edgeft build`) before packaging")
+
+
+def _place(src: Path, dst: Path) -> None:
+    """Copy a file or folder of edgeft's own reports into the dist."""
+    for f in sorted(src.rglob("*")) if src.is_dir() else [src]:
+        if f.is_file():
+            _copy(f, dst / f.relative_to(src) if src.is_dir() else dst)
 
 
 def inputs_hash(stages: list[Stage]) -> str:
@@ -79,8 +124,13 @@ def export_stages(cfg: Config, dirs: list[Path] | None = None) -> list[Stage]:
     return [read_stage(cfg.run_dir / kind, kind) for kind, types in wanted if types]
 
 
-def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = True) -> Stage:
-    """Build dist/<name>/ from the config's stage directories (verify must have passed)."""
+@in_session
+def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = False) -> Stage:
+    """Build dist/<name>/ from the config's stage directories (verify and eval must have passed on
+    exactly these artifacts). An earlier dist of edgeft's is replaced; anything else only with `force`."""
+    from edgeft import evaluate as eval_mod
+    from edgeft import verify as verify_mod
+
     run = cfg.run_dir
     train = read_stage(run / "train", "train")
     merge = read_stage(run / "merge", "merge")
@@ -89,6 +139,10 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = True
     if not verify.metrics.get("passed"):
         raise InputError(f"{verify.path}: verification did not pass; fix the failures in "
                          f"{verify.file('report.md')} before packaging")
+    again = f"re-run `edgeft verify -c {cfg.source or 'CONFIG'}` (or `edgeft build`)"
+    if verify.inputs_hash != verify_mod.inputs_hash(cfg, merge, exports):
+        raise InputError(f"{verify.path}: this report is for other artifacts or settings than the export stages "
+                         f"now hold: {again}")
     report = json.loads(verify.file("report.json").read_text())
     if not (run / "eval" / "edgeft.json").is_file():
         raise InputError(f"{run / 'eval'}: no evaluation results; run `edgeft eval -c {cfg.source or 'CONFIG'}` first")
@@ -96,17 +150,21 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = True
     if not evaluated.metrics.get("passed"):
         raise InputError(f"{evaluated.path}: evaluation failed its regression gate; see "
                          f"{evaluated.file('results.md')}")
+    if evaluated.inputs_hash != eval_mod.inputs_hash(cfg, merge, exports):
+        raise InputError(f"{evaluated.path}: these results are for other artifacts or settings than the export "
+                         f"stages now hold: re-run `edgeft eval -c {cfg.source or 'CONFIG'}` (or `edgeft build`)")
     results = json.loads(evaluated.file("results.json").read_text())
     out_dir = Path(out_dir) if out_dir else cfg.dist_path
     with StageWriter(out_dir, "dist", config=cfg.to_dict(),
                      inputs_hash=inputs_hash([train, merge, *exports, verify, evaluated]),
-                     parent=str(verify.path), base_model=cfg.base_model, force=force) as w:
+                     parent=str(verify.path), base_model=cfg.base_model, force=force, replace_own=True) as w:
         artifacts: list[dict[str, Any]] = []
         for stage in exports:
             sub = "gguf" if stage.kind == "export-gguf" else "onnx"
             for a in stage.artifacts:
                 rel = f"{sub}/{Path(a['path']).name}"
-                _place(stage.file(a["path"]), w.tmp / rel)
+                seen = report["artifacts"].get(a["name"], {})
+                _place_verified(stage, a, w.tmp / rel, seen)
                 entry = w.add_artifact(a["name"], rel, a["format"], type=a["type"], runtime=a["runtime"],
                                        verify=_verify_summary(report, a["name"]),
                                        **{k: a[k] for k in CARRIED if k in a})
@@ -126,8 +184,7 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = True
         adapter_dir = train.file(train.artifact("adapter")["path"])
         lineage = {
             "base_model": cfg.base_model,
-            "resolved_base": train.data.get("resolved_base"),
-            "dataset": train.data.get("data"),
+            "dataset": portable_dataset(cfg, train.data.get("data")),
             "adapter": {"files": file_table(adapter_dir), "quantization": cfg.train.quantization},
             "training": train.metrics,
         }
@@ -141,6 +198,31 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = True
         stage = w.publish()
     log.info("dist written to %s", stage.path)
     return stage
+
+
+def portable_dataset(cfg: Config, data: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The data record with the build machine's paths made relative to the config file (a dist
+    is shipped elsewhere; the sha256 identifies the file)."""
+    if not data:
+        return data
+    from edgeft.datacheck import data_files
+
+    # Longest first: a data folder outside the config's folder loses its whole prefix.
+    prefixes = sorted({str(cfg.root.resolve()) + "/", *(str(p.resolve().parent) + "/" for p in data_files(cfg))},
+                      key=len, reverse=True)
+
+    def portable(value: Any) -> Any:
+        if isinstance(value, str):
+            for prefix in prefixes:
+                value = value.replace(prefix, "")
+            return value
+        if isinstance(value, list):
+            return [portable(v) for v in value]
+        if isinstance(value, dict):
+            return {k: portable(v) for k, v in value.items()}
+        return value
+
+    return portable(data)
 
 
 def _verify_summary(report: dict[str, Any], name: str) -> dict[str, Any]:

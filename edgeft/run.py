@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeft.errors import InputError
+from edgeft.manifest import inside
 from edgeft.runtimes import Messages, Runtime, Sampling
 
 
@@ -39,7 +40,13 @@ def resolve_artifact(path: Path, kind: str | None = None) -> dict[str, Any]:
     if not manifest.is_file():
         raise InputError(f"{path}: neither model.onnx nor manifest.json here; pass a .gguf file, an ONNX "
                          f"folder or a dist folder")
-    artifacts = json.loads(manifest.read_text())["artifacts"]
+    try:
+        artifacts = json.loads(manifest.read_text(encoding="utf-8"))["artifacts"]
+        if not all(isinstance(a, dict) and {"name", "type", "format", "path"} <= a.keys() for a in artifacts):
+            raise TypeError
+    except (ValueError, RecursionError, KeyError, TypeError):
+        raise InputError(f"{manifest}: not a dist manifest (JSON with a list of artifacts); check the folder "
+                         f"with `edgeft verify {path} --check`") from None
     wanted = [a for a in artifacts if kind in (None, a["type"], a["name"])]
     if not wanted:
         known = ", ".join(a["name"] for a in artifacts)
@@ -50,10 +57,27 @@ def resolve_artifact(path: Path, kind: str | None = None) -> dict[str, Any]:
 
 
 def open_runtime(path: Path, kind: str | None = None) -> Runtime:
+    """The artifact loaded in its runtime; a file its runtime cannot read is an input error
+    naming the cause (for GGUF, gguf's reader says what is wrong where llama.cpp only refuses)."""
     from edgeft.runtimes import load_runtime
 
     entry = resolve_artifact(path, kind)
-    return load_runtime(entry, entry["root"], all_logits=False)
+    where = inside(entry["root"], entry["path"])
+    try:
+        return load_runtime(entry, entry["root"], all_logits=False)
+    except InputError:
+        raise
+    except Exception as e:  # each runtime raises its own kinds for a file it cannot read
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if entry["format"] == "gguf":
+            from edgeft.export import gguf_meta
+
+            try:
+                gguf_meta.read(where)
+            except Exception as parse_error:  # noqa: BLE001 - its message is the diagnosis
+                cause = f"not a valid GGUF file: {parse_error}"
+        raise InputError(f"{where}: cannot be loaded ({cause[:300]}); is it truncated or corrupt? A dist's files "
+                         f"can be checked with `edgeft verify DIST --check`") from None
 
 
 @dataclass

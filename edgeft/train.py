@@ -28,13 +28,15 @@ from edgeft.base import ensure_chat_template, fingerprint, resolve_base
 from edgeft.config import Config
 from edgeft.data import file_hash, write_jsonl
 from edgeft.datacheck import analyse_config, data_files
-from edgeft.errors import InputError, ToolError
+from edgeft.errors import ConfigError, InputError, ToolError, no_space
 from edgeft.manifest import Stage, StageWriter, hash_json
+from edgeft.workdir import session
 
 log = logging.getLogger(__name__)
 
 
 def inputs_hash(cfg: Config, resolved_base: str) -> str:
+    """Base (by content), data files (by content) and the data and train sections."""
     return hash_json({
         "base": fingerprint(cfg.base_model, resolved_base),
         "data": cfg.section("data") | {"files": [file_hash(p) for p in data_files(cfg) if p.exists()]},
@@ -78,6 +80,63 @@ def load_base(base: str, cfg: Config):
     if t.quantization != "none" and not torch.cuda.is_available():
         _keep_4bit_weights_trainable(model)
     return model
+
+
+def weight_names(model_dir: Path) -> list[str]:
+    """Tensor names from the safetensors headers of a model directory (no weights are read)."""
+    import struct
+
+    names = []
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with f.open("rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(min(size, 100 * 1024 * 1024)))
+        names += [k for k in header if k != "__metadata__"]
+    return names
+
+
+def check_target_modules(cfg: Config, base: str) -> None:
+    """train.target_modules must name modules of the base (peft matches a name or its last
+    parts); checked on the weight names before the model is loaded."""
+    wanted = cfg.train.target_modules
+    if isinstance(wanted, str):
+        return
+    modules = {n.rsplit(".", 1)[0] for n in weight_names(Path(base)) if n.endswith(".weight")}
+    missing = [m for m in wanted if not any(x == m or x.endswith("." + m) for x in modules)]
+    if missing:
+        leaves = sorted({m.rsplit(".", 1)[-1] for m in modules if m.split(".")[-1] not in ("embed_tokens", "lm_head")
+                         and "norm" not in m.split(".")[-1]})
+        raise ConfigError(f"train.target_modules: {', '.join(map(repr, missing))} is not a module of the base model; "
+                          f"its layers are {', '.join(leaves[:20])} (or use 'all-linear')")
+
+
+def check_packing_keeps_examples_apart(model) -> None:
+    """train.packing concatenates examples into one row with position ids restarting at each
+    (trl's padding-free 'bfd' packing, no attention mask). The attention must then keep them
+    apart: FlashAttention does, and transformers builds a block-diagonal mask from the position
+    ids for models on its masking utilities. Measured, not assumed: the second of two packed
+    sequences must give the logits it gives alone."""
+    import torch
+
+    vocab = model.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randint(5, vocab, (1, 12), generator=g) for _ in range(2))
+    packed = torch.cat([a, b], dim=1)
+    positions = torch.cat([torch.arange(12), torch.arange(12)])[None]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        together = model(input_ids=packed, position_ids=positions, use_cache=False).logits[0, 12:].float()
+        alone = model(input_ids=b, position_ids=positions[:, :12], use_cache=False).logits[0].float()
+    model.train(was_training)
+    # Same tokens, same positions: only attention across the boundary can move the logits by
+    # more than kernel rounding (1e-2 of the logit scale even in bf16).
+    scale = max(1.0, float(alone.abs().max()))
+    if float((together - alone).abs().max()) > 1e-2 * scale:
+        raise ConfigError(
+            f"train.packing: this model's attention ({model.config._attn_implementation}) lets packed examples "
+            f"attend to each other: set packing: false, or use an attention implementation that keeps them apart "
+            f"(FlashAttention 2 on a GPU)")
 
 
 def _keep_4bit_weights_trainable(model) -> None:
@@ -128,6 +187,9 @@ def sft_config(cfg: Config, output_dir: Path, chat: bool):
         # Plain-text rows have no assistant turns: their loss is over the whole text.
         assistant_only_loss=t.assistant_only_loss and chat,
         packing=t.packing,
+        # Best-fit packing, padding-free: position ids restart at each example and no attention
+        # mask is passed, which is what keeps packed examples apart (check_packing_keeps_examples_apart).
+        packing_strategy="bfd",
         gradient_checkpointing=t.gradient_checkpointing,
         seed=t.seed,
         data_seed=t.seed,
@@ -162,16 +224,39 @@ def last_checkpoint(checkpoints: Path) -> Path | None:
 
 
 def metrics_callback(path: Path):
-    """A trainer callback appending each log line to metrics.jsonl as training goes."""
-    from transformers import TrainerCallback
+    """A trainer callback appending each log line to metrics.jsonl as training goes, and asking
+    for a log line at every checkpoint and at the last step: the logged losses then cover every
+    step exactly once, whether or not the run was resumed (see `train_loss`)."""
+    from transformers import IntervalStrategy, TrainerCallback
 
     class MetricsFile(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            saving = args.save_strategy == IntervalStrategy.STEPS and state.global_step % args.save_steps == 0
+            if saving or state.global_step >= state.max_steps:
+                control.should_log = True
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            if args.save_strategy == IntervalStrategy.EPOCH:
+                control.should_log = True
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and logs:
                 with path.open("a") as f:
                     f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
     return MetricsFile()
+
+
+def train_loss(log_history: list[dict[str, Any]]) -> float | None:
+    """Mean training loss over every step, from the logged interval means weighted by their
+    length. transformers' own `training_loss` divides only the resumed part's loss by all steps."""
+    total, steps, last = 0.0, 0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry and entry["step"] > last:
+            total += entry["loss"] * (entry["step"] - last)
+            steps += entry["step"] - last
+            last = entry["step"]
+    return total / steps if steps else None
 
 
 def plot_losses(log_history: list[dict[str, Any]], out: Path) -> None:
@@ -198,21 +283,43 @@ def plot_losses(log_history: list[dict[str, Any]], out: Path) -> None:
     plt.close(fig)
 
 
-def train_adapter(cfg: Config, out_dir: Path | None = None, *, force: bool = False,
+def interrupted_run(cfg: Config, out_dir: Path | None = None) -> bool:
+    """Whether an interrupted run of these very inputs waits in `.train.partial` to be resumed."""
+    dest = Path(out_dir) if out_dir else cfg.run_dir / "train"
+    partial = dest.with_name(f".{dest.name}.partial")
+    try:
+        started = json.loads((partial / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    base = resolve_base(cfg.base_model, cfg.root, cfg.trust_remote_code)
+    return isinstance(started, dict) and started.get("inputs_hash") == inputs_hash(cfg, base)
+
+
+def train_adapter(cfg: Config, out_dir: Path | None = None, *, force: bool = False, replace_own: bool = False,
                   resume: bool = False) -> Stage | None:
-    """Fine-tune a LoRA adapter; return the published stage (None on non-main processes)."""
+    """Fine-tune a LoRA adapter; return the published stage (None on non-main processes).
+
+    An existing train stage is replaced with `force`, or `replace_own` (build); `resume`
+    continues the interrupted run in `.train.partial`."""
     import torch
     from accelerate import PartialState
+
+    # One process, or one of `accelerate launch`'s. Without CUDA, cpu=True is what makes
+    # accelerate join the launcher's process group (gloo) rather than run alone.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    work = session(cfg.run_dir) if state.is_main_process else contextlib.nullcontext()
+    with work:
+        return _train(cfg, state, Path(out_dir) if out_dir else cfg.run_dir / "train", force, replace_own, resume)
+
+
+def _train(cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: bool, resume: bool) -> Stage | None:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoTokenizer, EarlyStoppingCallback
     from trl import SFTTrainer
 
-    # One process, or one of `accelerate launch`'s. Without CUDA, cpu=True is what makes
-    # accelerate join the launcher's process group (gloo) rather than run alone.
-    state = PartialState(cpu=not torch.cuda.is_available())
-    out_dir = Path(out_dir) if out_dir else cfg.run_dir / "train"
-    base = resolve_base(cfg.base_model, cfg.root)
+    base = resolve_base(cfg.base_model, cfg.root, cfg.trust_remote_code)
+    check_target_modules(cfg, base)
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=cfg.trust_remote_code)
     default_template = ensure_chat_template(tokenizer)
     if default_template and state.is_main_process:
@@ -232,8 +339,8 @@ def train_adapter(cfg: Config, out_dir: Path | None = None, *, force: bool = Fal
     expected = inputs_hash(cfg, base)
     with state.main_process_first():
         w = StageWriter(out_dir, "train", config=cfg.to_dict(), inputs_hash=expected,
-                        base_model=cfg.base_model, force=force or resume, resumable=True, resume=resume,
-                        is_main=state.is_main_process)
+                        base_model=cfg.base_model, force=force, replace_own=replace_own, resumable=True,
+                        resume=resume, is_main=state.is_main_process)
     with w:
         checkpoints = w.tmp / "checkpoints"
         resume_from = None
@@ -251,25 +358,32 @@ def train_adapter(cfg: Config, out_dir: Path | None = None, *, force: bool = Fal
             if not resume:
                 (w.tmp / "metrics.jsonl").unlink(missing_ok=True)
         model = load_base(base, cfg)
+        if t.packing:
+            check_packing_keeps_examples_apart(model)
         w.extra["base_loaded_as"] = describe_weights(model)
         peft_config = LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
                                  target_modules=t.target_modules, task_type="CAUSAL_LM")
-        callbacks = [metrics_callback(w.tmp / "metrics.jsonl")]
-        if t.early_stopping_patience > 0:
-            callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
         trainer = SFTTrainer(
             model=model, args=sft_config(cfg, checkpoints, chat),
             train_dataset=Dataset.from_list([e.to_json() for e in train_rows]),
             eval_dataset=Dataset.from_list([e.to_json() for e in val_rows]),
-            processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
+            processing_class=tokenizer, peft_config=peft_config,
+            callbacks=[metrics_callback(w.tmp / "metrics.jsonl")],
         )
         # The trainer prints its log lines to stdout, which carries edgeft's data: send to stderr.
         with contextlib.redirect_stdout(sys.stderr):
             # LoRA's B matrices start at zero, so before training the model *is* the base.
             base_eval = trainer.evaluate(metric_key_prefix="base")
+            if t.early_stopping_patience > 0:
+                # Added after the base evaluation, whose metrics are named base_* and which the
+                # callback would report as "early stopping is disabled" (it only skips that call).
+                trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience,
+                                                           early_stopping_threshold=t.early_stopping_threshold))
             try:
                 result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
             except (RuntimeError, ValueError) as e:
+                if no_space(e):
+                    raise
                 raise ToolError(f"training failed: {e} (checkpoints kept in {checkpoints}; "
                                 f"continue with --resume)") from e
             final_eval = trainer.evaluate()  # the best checkpoint, reloaded at the end
@@ -287,12 +401,15 @@ def train_adapter(cfg: Config, out_dir: Path | None = None, *, force: bool = Fal
         w.add_artifact("metrics", "metrics.jsonl", "jsonl")
         w.add_artifact("loss-plot", "reports/loss.png", "png")
         evals = [round(e["eval_loss"], 5) for e in history if "eval_loss" in e]
+        mean_loss = train_loss(history)
         w.metrics.update(
             base_val_loss=round(base_eval["base_loss"], 5),
             val_loss=round(final_eval["eval_loss"], 5),
             val_losses=evals,
-            train_loss=round(result.training_loss, 5),
+            train_loss=round(mean_loss, 5) if mean_loss is not None else None,
             steps=result.global_step,
+            planned_steps=trainer.state.max_steps,
+            stopped_early=result.global_step < trainer.state.max_steps,
             best_checkpoint_step=trainer.state.best_global_step,
             train_seconds=round(result.metrics.get("train_runtime", 0.0), 2),
             resumed_from_step=int(resume_from.name.split("-")[1]) if resume_from else None,

@@ -33,9 +33,11 @@ from edgeft.base import end_of_turn
 from edgeft.compare import kl_stats, summarise
 from edgeft.config import Config
 from edgeft.data import read_split
-from edgeft.errors import InputError, VerifyFailed
-from edgeft.manifest import Stage, StageWriter, check_files, hash_json, read_stage
+from edgeft.errors import ConfigError, InputError, VerifyFailed
+from edgeft.integrity import checksum_problems, dist_problems
+from edgeft.manifest import Stage, StageWriter, check_replaceable, hash_json, read_stage
 from edgeft.runtimes import Runtime, load_runtime
+from edgeft.workdir import session
 
 log = logging.getLogger(__name__)
 
@@ -364,16 +366,23 @@ def file_checks(path: Path, model_dir: Path, gguf_type: str, checks: Checks) -> 
 
 
 def inputs_hash(cfg: Config, merged: Stage, exports: list[Stage]) -> str:
-    return hash_json([merged.inputs_hash, [e.inputs_hash for e in exports], cfg.section("verify")])
+    """The reference's inputs, the *bytes* of every artifact (a re-export that changed them
+    re-verifies), and the verify section."""
+    return hash_json([merged.inputs_hash, [e.content_hash() for e in exports], cfg.section("verify")])
 
 
-def verify_path(path: Path, merge_dir: Path | None = None, out_dir: Path | None = None) -> Stage:
+def verify_path(path: Path, merge_dir: Path | None = None, out_dir: Path | None = None, *,
+                force: bool = False) -> Stage:
     """Verify a dist folder or an export stage on its own: its manifest says how it was made and,
-    unless `merge_dir` is given, where the merged reference model is."""
+    unless `merge_dir` is given, where the merged reference model is. A dist's own files are
+    checked too (`dist_problems`)."""
     from edgeft.config import parse_config
 
     stage = read_stage(path, ("dist", "export-gguf", "export-onnx"))
-    cfg = parse_config(stage.data["config"])
+    try:
+        cfg = parse_config(stage.data.get("config"))
+    except ConfigError as e:
+        raise InputError(f"{path}: its manifest's config is not valid: {e}") from None
     if merge_dir is None:
         parent = Path(stage.data.get("parent") or "")
         if stage.kind == "dist" and (parent / "edgeft.json").is_file():
@@ -383,18 +392,27 @@ def verify_path(path: Path, merge_dir: Path | None = None, out_dir: Path | None 
                              f"merge stage it was exported from")
         merge_dir = parent
     out = Path(out_dir) if out_dir else Path(path).with_name(Path(path).name + "-verify")
-    return verify_artifacts(cfg, merge_dir, [Path(path)], out)
+    own = dist_problems(stage) if stage.kind == "dist" else []
+    return _verify(cfg, read_stage(merge_dir, "merge"), [stage], out, force, own)
 
 
 def verify_artifacts(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path] | None = None,
                      out_dir: Path | None = None, *, force: bool = False) -> Stage:
-    """Compare every artifact of the export stages with the merged model; publish the report."""
+    """Compare every artifact of the config's (or the given) export stages with the merged model;
+    publish the report (replacing an earlier verify report, nothing else without `force`)."""
     from edgeft.package import export_stages
+
+    with session(cfg.run_dir):
+        merged = read_stage(merge_dir or cfg.run_dir / "merge", "merge")
+        return _verify(cfg, merged, export_stages(cfg, export_dirs),
+                       Path(out_dir) if out_dir else cfg.run_dir / "verify", force)
+
+
+def _verify(cfg: Config, merged: Stage, exports: list[Stage], out_dir: Path, force: bool,
+            dist_findings: list[str] | None = None) -> Stage:
     from edgeft.runtimes.hf import HFRuntime
 
-    merged = read_stage(merge_dir or cfg.run_dir / "merge", "merge")
-    exports = export_stages(cfg, export_dirs)
-    out_dir = Path(out_dir) if out_dir else cfg.run_dir / "verify"
+    check_replaceable(out_dir, "verify", force=force, replace_own=True)  # before minutes of work
     probes = probes_from(read_split(merged.file("validation.jsonl")), cfg.verify.max_prompts)
     model_dir = merged.file(merged.artifact("model")["path"])
     ref_rt = HFRuntime(model_dir)
@@ -409,36 +427,21 @@ def verify_artifacts(cfg: Config, merge_dir: Path | None = None, export_dirs: li
     ref = reference_outputs(ref_rt, probes, cfg.verify.max_new_tokens, eot[1] if eot else None)
     del ref_rt
     report: dict[str, Any] = {"reference": str(merged.path), "probes": [p.name for p in probes], "artifacts": {}}
-    failures: list[str] = []
+    failures: list[str] = [f"dist: files: {p}" for p in dist_findings or []]
     curves: dict[str, np.ndarray] = {}
     for stage in exports:
         for art in stage.artifacts:
-            key = f"{art['format']}:{art['type']}"
-            band = BANDS[key]
-            checks = Checks(art["name"])
-            table = art.get("files") or [{"path": art["path"], "bytes": art["bytes"], "sha256": art["sha256"]}]
-            root = stage.file(art["path"]) if "files" in art else stage.path
-            bad_files = check_files(root, table)
-            checks.add("checksums", not bad_files, "; ".join(bad_files) or "files match the manifest")
-            numbers: dict[str, Any] = {}
-            if not bad_files and art["format"] == "gguf":
-                numbers.update(file_checks(stage.file(art["path"]), model_dir, art["type"], checks))
-            if not bad_files:
-                log.info("verifying %s in %s", art["name"], art["runtime"])
-                with load_runtime(art, stage.path, n_ctx=n_ctx) as rt:
-                    numbers.update(compare(rt, ref, probes, band, checks, cfg.verify.max_new_tokens))
+            entry, checks = verify_artifact(stage, art, ref, probes, model_dir, n_ctx, cfg.verify.max_new_tokens)
             if checks.kl_curve is not None:
                 curves[art["name"]] = checks.kl_curve
-            report["artifacts"][art["name"]] = {
-                "file": str(stage.file(art["path"])), "type": key, "runtime": art["runtime"],
-                "band": band.__dict__, "numbers": numbers, "checks": checks.results,
-                "passed": not checks.failures,
-            }
+            report["artifacts"][art["name"]] = entry
             failures += checks.failures
+    if dist_findings is not None:
+        report["dist_files"] = {"passed": not dist_findings, "problems": dist_findings}
     report["passed"] = not failures
     report["failures"] = failures
     with StageWriter(out_dir, "verify", config=cfg.to_dict(), inputs_hash=inputs_hash(cfg, merged, exports),
-                     parent=str(merged.path), base_model=cfg.base_model, force=True) as w:
+                     parent=str(merged.path), base_model=cfg.base_model, force=force, replace_own=True) as w:
         (w.tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (w.tmp / "report.md").write_text(markdown_report(report))
         w.add_artifact("report", "report.json", "json")
@@ -452,6 +455,37 @@ def verify_artifacts(cfg: Config, merge_dir: Path | None = None, export_dirs: li
         raise VerifyFailed(f"verification failed ({len(failures)} check(s)); report: {stage.file('report.md')}\n"
                            + "\n".join(failures))
     return stage
+
+
+def verify_artifact(stage: Stage, art: dict[str, Any], ref: Reference, probes: list[Probe], model_dir: Path,
+                    n_ctx: int, max_new_tokens: int) -> tuple[dict[str, Any], Checks]:
+    """Every check of one artifact. A file that passes its checksum but cannot be read (a GGUF
+    header with an absurd count, a corrupt model.onnx) fails this artifact alone, naming why."""
+    name = str(art.get("name"))
+    checks = Checks(name)
+    key = f"{art.get('format')}:{art.get('type')}"
+    band = BANDS.get(key)
+    numbers: dict[str, Any] = {}
+    bad_files = checksum_problems(stage, art)
+    checks.add("checksums", not bad_files, "; ".join(bad_files) or "files match the manifest")
+    if band is None:
+        checks.add("type", False, f"no band for artifact type {key!r}: not an artifact edgeft exports")
+    elif not bad_files:
+        try:
+            if art["format"] == "gguf":
+                numbers.update(file_checks(stage.file(art["path"]), model_dir, art["type"], checks))
+            log.info("verifying %s in %s", name, art["runtime"])
+            with load_runtime(art, stage.path, n_ctx=n_ctx) as rt:
+                numbers.update(compare(rt, ref, probes, band, checks, max_new_tokens))
+        except Exception as e:  # the artifact is what failed, whatever the reader raised: report it, go on
+            log.debug("%s could not be read", name, exc_info=True)
+            checks.add("readable", False, f"{art.get('runtime', 'its runtime')} cannot read it: {type(e).__name__}: "
+                       f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else 'no detail'}")
+    recorded = {k: art[k] for k in ("sha256", "files") if k in art}
+    entry = {"file": str(art.get("path")), "type": key, "runtime": art.get("runtime"),
+             "band": band.__dict__ if band else None, "numbers": numbers, "checks": checks.results,
+             "passed": not checks.failures, **recorded}
+    return entry, checks
 
 
 def markdown_report(report: dict[str, Any]) -> str:

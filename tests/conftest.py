@@ -113,4 +113,6 @@ def resign(stage: Path, relpath: str) -> None:
             for f in table:
                 if (root / f["path"]).resolve() == target.resolve():
                     f["bytes"], f["sha256"] = target.stat().st_size, sha256_file(target)
+        if relpath in mf.get("stat", {}):  # what build's change detection compares
+            mf["stat"][relpath] = [target.stat().st_size, target.stat().st_mtime_ns]
         (stage / name).write_text(json.dumps(mf, indent=2))

@@ -143,3 +143,16 @@ def test_existing_output_without_force_exits_5(tmp_path: Path) -> None:
     result = run("tiny-model", str(tmp_path / "m"))
     assert result.exit_code == 5
     assert result.stderr == f"Error: {tmp_path / 'm'} already exists: choose another path or pass --force\n"
+
+
+def test_every_hint_names_a_real_command() -> None:
+    from edgeft.manifest import PRODUCED_BY
+
+    for kind, hint in PRODUCED_BY.items():
+        words = hint.split()[1:]
+        command = words[:2] if words[0] in ("export", "data") else words[:1]
+        result = run(*command, "--help")
+        assert result.exit_code == 0, f"{kind}: `{hint}`"
+        for option in (w for w in words if w.startswith("-")):
+            assert option in result.output, f"{kind}: `{hint}`: no option {option}"
+    assert {"train", "merge", "export-gguf", "export-onnx", "verify", "eval", "dist"} <= set(PRODUCED_BY)

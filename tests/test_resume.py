@@ -47,6 +47,9 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path: Path, micro_model: Pat
     assert resumed.exit_code == 0, resumed.output
     manifest = json.loads((out / "edgeft.json").read_text())
     assert manifest["metrics"]["resumed_from_step"] >= 8 and manifest["metrics"]["steps"] == 24
+    # The mean training loss covers all 24 steps, not only the resumed ones.
+    whole_loss = json.loads((tmp_path / "whole" / "edgeft.json").read_text())["metrics"]["train_loss"]
+    assert manifest["metrics"]["train_loss"] == pytest.approx(whole_loss, abs=1e-4)
     assert not partial.exists()
 
     a = load_file(tmp_path / "whole" / "adapter" / "adapter_model.safetensors")

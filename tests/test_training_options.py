@@ -46,14 +46,35 @@ def test_base_without_a_template_gets_the_documented_default(tmp_path: Path, mic
     assert end_of_turn(tok) == (tok.eos_token, tok.eos_token_id)
 
 
-def test_early_stopping_ends_a_diverging_run(tmp_path: Path, micro_model: Path) -> None:
-    # With a learning rate this high validation loss soon stops improving: patience 1 ends the
-    # run at the first evaluation that is no better, and the best checkpoint is what is kept.
-    manifest = _train(_config(tmp_path, max_steps=60, eval_steps=3, learning_rate=0.5,
-                              early_stopping_patience=1))
+def test_early_stopping_stops_when_no_evaluation_improves(tmp_path: Path, micro_model: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    # With a learning rate of 1e-6, three steps move the LoRA weights by ~1e-6: validation loss
+    # cannot fall by the 0.05 nats the threshold asks, on any CPU. So the first evaluation (step 3)
+    # is the best, the second (step 6) is no improvement, and patience 1 ends the run there.
+    manifest = _train(_config(tmp_path, max_steps=60, eval_steps=3, learning_rate=1e-6,
+                              early_stopping_patience=1, early_stopping_threshold=0.05))
     m = manifest["metrics"]
-    assert m["steps"] < 60
+    assert m["steps"] == 6 and m["planned_steps"] == 60 and m["stopped_early"] is True
     assert m["val_loss"] == min(m["val_losses"])
+    # The base model's evaluation (base_loss) no longer reaches the callback, which called it
+    # "early stopping is disabled" although it only skipped that one call.
+    assert "early stopping required metric_for_best_model" not in caplog.text
+
+
+def test_packing_keeps_examples_apart_or_is_refused() -> None:
+    import transformers
+
+    from edgeft.errors import ConfigError
+    from edgeft.train import check_packing_keeps_examples_apart
+
+    small = {"num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 300}
+    llama = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, **small)
+    check_packing_keeps_examples_apart(transformers.AutoModelForCausalLM.from_config(llama))  # block-diagonal mask
+    # OPT takes positions from the attention mask, not the position ids: packed examples would see
+    # each other, and edgeft refuses rather than train on that.
+    opt = transformers.OPTConfig(hidden_size=64, ffn_dim=128, word_embed_proj_dim=64, **small)
+    with pytest.raises(ConfigError, match="train.packing: this model's attention .* lets packed examples attend"):
+        check_packing_keeps_examples_apart(transformers.AutoModelForCausalLM.from_config(opt))
 
 
 def test_full_sequence_loss_and_packing(tmp_path: Path, micro_model: Path) -> None:

@@ -30,6 +30,7 @@ from edgeft.errors import InputError, ToolError
 from edgeft.export import gguf_meta, open_export
 from edgeft.manifest import Stage, hash_json, read_stage, sha256_file
 from edgeft.paths import vendor_dir
+from edgeft.workdir import die_with_parent, in_session
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def _converter(script_name: str, args: list[str], what: Path, pre: str | None = 
     if script_name == "convert_hf_to_gguf.py":
         cmd = [sys.executable, "-m", "edgeft.export._convert", str(vendor_dir()), pre or "-",
                "-" if eot is None else str(eot), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=die_with_parent)
     if proc.returncode != 0 and _UNRECOGNISED_PRE in proc.stderr and pre is None:
         raise _UnknownPreTokenizer(proc.stderr)
     if proc.returncode != 0:
@@ -223,20 +224,11 @@ def _checked_metadata(path: Path, want: dict[str, Any], digest: bool = False) ->
     return {"metadata": {k: meta.get(k) for k in META_SUMMARY}, **summary, **extra}
 
 
-def _base_directory(resolved_base: str) -> Path:
-    """A local directory for the base model (a hub id resolves to its downloaded snapshot)."""
-    if Path(resolved_base).is_dir():
-        return Path(resolved_base)
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(resolved_base, allow_patterns=["*.json", "*.safetensors", "*.model", "*.jinja"]))
-
-
 def export_lora(cfg: Config, merged: Stage, folder: Path, want: dict[str, Any]) -> None:
     """The adapter as its own GGUF plus the f16 base GGUF it applies to, in `folder`."""
     train = read_stage(merged.data["parent"], "train")
     adapter_dir = train.file(train.artifact("adapter")["path"])
-    base_dir = _base_directory(train.data["resolved_base"])
+    base_dir = Path(train.data["resolved_base"])  # a local directory: resolve_base fetched a hub id
     folder.mkdir()
     log.info("converting the LoRA adapter and its f16 base to GGUF")
     # The base carries the fine-tune's tokenizer and template: it is only used with the adapter.
@@ -244,10 +236,11 @@ def export_lora(cfg: Config, merged: Stage, folder: Path, want: dict[str, Any]) 
     convert_lora(adapter_dir, folder / f"{cfg.name}-adapter-f16.gguf", base_dir)
 
 
+@in_session
 def export_gguf(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None = None,
-                *, force: bool = False) -> Stage:
+                *, force: bool = False, replace_own: bool = False) -> Stage:
     """Convert and quantize the merged model to every configured GGUF type (and the LoRA GGUF)."""
-    merged, model_dir, writer = open_export(cfg, "export-gguf", merge_dir, out_dir, force, inputs_hash)
+    merged, model_dir, writer = open_export(cfg, "export-gguf", merge_dir, out_dir, force, inputs_hash, replace_own)
     types = list(dict.fromkeys(cfg.export.gguf.types))
     want = gguf_meta.expected(model_dir, cfg.name, cfg.base_model, cfg.license, merged.data.get("end_of_turn"))
     with writer as w:

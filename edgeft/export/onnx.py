@@ -24,6 +24,7 @@ from edgeft.config import Config
 from edgeft.errors import ToolError
 from edgeft.export import open_export
 from edgeft.manifest import Stage, hash_json
+from edgeft.workdir import die_with_parent, in_session
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +103,18 @@ def _export_genai_int4(model_dir: Path, folder: Path) -> None:
     with tempfile.TemporaryDirectory() as cache:
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir), "-o", str(folder),
                "-p", "int4", "-e", "cpu", "-c", cache]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                              preexec_fn=die_with_parent)
     if proc.returncode != 0 or not (folder / "genai_config.json").is_file():
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
         raise ToolError(f"onnxruntime-genai's model builder failed on {model_dir}:\n{tail}")
 
 
+@in_session
 def export_onnx(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None = None,
-                *, force: bool = False) -> Stage:
+                *, force: bool = False, replace_own: bool = False) -> Stage:
     """Export the merged model to every configured ONNX type."""
-    _, model_dir, writer = open_export(cfg, "export-onnx", merge_dir, out_dir, force, inputs_hash)
+    _, model_dir, writer = open_export(cfg, "export-onnx", merge_dir, out_dir, force, inputs_hash, replace_own)
     types = list(dict.fromkeys(cfg.export.onnx.types))
     with writer as w:
         fp32 = w.tmp / "onnx-fp32"

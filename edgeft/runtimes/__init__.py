@@ -53,14 +53,28 @@ def sample(logits: np.ndarray, s: Sampling, rng: np.random.Generator) -> int:
 class Runtime(ABC):
     name: str = "runtime"
     stopped: bool = False  # whether the last stream ended at a stop token
+    template: str | None = None  # the artifact's own chat template, as its runtime reads it
+    source: str = "the artifact"  # where it was loaded from, for messages
 
     @abstractmethod
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         """Token ids; `add_special` adds BOS as the model's tokenizer config says."""
 
-    @abstractmethod
     def chat_prompt(self, messages: Messages) -> str:
-        """The prompt for `messages` (with the generation prompt) from the artifact's template."""
+        """The prompt for `messages` (with the generation prompt) from the artifact's template,
+        rendered by its runtime once edgeft.template has rendered it within bounds."""
+        from edgeft.template import guard
+
+        guard(self.template, messages, source=self.source, **self.template_tokens())
+        return self.render_chat(messages)
+
+    @abstractmethod
+    def render_chat(self, messages: Messages) -> str:
+        """The runtime's own rendering of `messages` with the generation prompt."""
+
+    def template_tokens(self) -> dict[str, str]:
+        """Special-token strings the template may use (bos_token, eos_token)."""
+        return {}
 
     @abstractmethod
     def logits(self, ids: list[int]) -> np.ndarray:
@@ -103,7 +117,10 @@ def load_runtime(artifact: dict[str, Any], stage_dir: Path, *, all_logits: bool 
     `all_logits=False` when only generating (edgeft run/chat): llama.cpp then skips computing
     and copying logits for every prompt position. `n_ctx`: llama.cpp's context size.
     """
-    path = Path(stage_dir) / artifact["path"]
+    from edgeft.manifest import inside
+
+    # Every path a manifest names stays inside its folder (manifest.inside).
+    path = inside(stage_dir, artifact["path"])
     if artifact["format"] == "gguf":
         from edgeft.runtimes.llamacpp import LlamaCppRuntime
 
@@ -111,11 +128,12 @@ def load_runtime(artifact: dict[str, Any], stage_dir: Path, *, all_logits: bool 
     if artifact["format"] == "gguf-lora":  # base GGUF + adapter GGUF, applied at load time
         from edgeft.runtimes.llamacpp import LlamaCppRuntime
 
-        return LlamaCppRuntime(path / artifact["base_file"], lora=path / artifact["adapter_file"],
+        return LlamaCppRuntime(inside(path, artifact["base_file"]), lora=inside(path, artifact["adapter_file"]),
                                n_ctx=n_ctx, all_logits=all_logits)
     if artifact["format"] == "onnx":
         from edgeft.runtimes.onnx import OnnxRuntime
 
+        inside(path, artifact.get("model_file", "model.onnx"))
         return OnnxRuntime(path, artifact.get("model_file", "model.onnx"))
     if artifact["format"] == "onnx-genai":
         from edgeft.runtimes.genai import GenAIRuntime

@@ -29,8 +29,12 @@ class GenAIRuntime(Runtime):
         self._bos = config.get("bos_token_id")
         self._context = config.get("context_length", 2048)
         tc = folder / "tokenizer_config.json"
+        tokenizer_config = json.loads(tc.read_text()) if tc.exists() else {}
         # ORT GenAI's encode never adds BOS; callers add it when the tokenizer is configured to.
-        self._add_bos = json.loads(tc.read_text()).get("add_bos_token", False) if tc.exists() else False
+        self._add_bos = tokenizer_config.get("add_bos_token", False)
+        jinja = folder / "chat_template.jinja"
+        self.template = jinja.read_text() if jinja.is_file() else tokenizer_config.get("chat_template")
+        self.source = str(folder)
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         ids = [int(i) for i in self.tokenizer.encode(text)]
@@ -38,7 +42,7 @@ class GenAIRuntime(Runtime):
             ids = [self._bos, *ids]
         return ids
 
-    def chat_prompt(self, messages: Messages) -> str:
+    def render_chat(self, messages: Messages) -> str:
         return self.tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
 
     def _generator(self, ids: list[int], max_new_tokens: int, sampling: Sampling):

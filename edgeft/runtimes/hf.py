@@ -18,6 +18,12 @@ def stop_ids_from(generation_config: Any, tokenizer: Any) -> list[int]:
     return sorted({int(i) for i in ids if i is not None})
 
 
+def default_template(tokenizer: Any) -> str | None:
+    """The template apply_chat_template uses without a name (a tokenizer may carry several)."""
+    t = tokenizer.chat_template
+    return t.get("default") if isinstance(t, dict) else t
+
+
 class HFRuntime(Runtime):
     name = "transformers"
 
@@ -34,12 +40,18 @@ class HFRuntime(Runtime):
             model_dir, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True
         ).eval()
         self._stop = sorted(set(stop_ids_from(self.model.generation_config, self.tokenizer)) | set(extra_stop))
+        self.template, self.source = default_template(self.tokenizer), str(model_dir)
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
 
-    def chat_prompt(self, messages: Messages) -> str:
+    def render_chat(self, messages: Messages) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def template_tokens(self) -> dict[str, str]:
+        from edgeft.base import special_tokens
+
+        return special_tokens(self.tokenizer)
 
     def logits(self, ids: list[int]) -> np.ndarray:
         import torch

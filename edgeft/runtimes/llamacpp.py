@@ -59,27 +59,28 @@ class LlamaCppRuntime(Runtime):
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         meta = self.llm.metadata
         self.template = meta.get("tokenizer.chat_template")
+        self.source = str(path)
         self._formatter = None
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         # special=True: special-token text is parsed as the token, as HF tokenizers do.
         return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True))
 
-    def chat_prompt(self, messages: Messages) -> str:
+    def render_chat(self, messages: Messages) -> str:
         """Render with the template stored in the GGUF, the way llama-cpp-python's chat API does."""
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         if not self.template:
             raise LookupError("the GGUF has no tokenizer.chat_template")
         if self._formatter is None:  # compiling the template costs more than a tiny model's reply
-            model = self.llm._model
-            eos, bos = self.llm.token_eos(), self.llm.token_bos()
-            self._formatter = Jinja2ChatFormatter(
-                template=self.template,
-                eos_token=model.token_get_text(eos) if eos != -1 else "",
-                bos_token=model.token_get_text(bos) if bos != -1 else "",
-            )
+            self._formatter = Jinja2ChatFormatter(template=self.template, **self.template_tokens())
         return self._formatter(messages=messages).prompt
+
+    def template_tokens(self) -> dict[str, str]:
+        model = self.llm._model
+        eos, bos = self.llm.token_eos(), self.llm.token_bos()
+        return {"eos_token": model.token_get_text(eos) if eos != -1 else "",
+                "bos_token": model.token_get_text(bos) if bos != -1 else ""}
 
     def logits(self, ids: list[int]) -> np.ndarray:
         self.llm.reset()

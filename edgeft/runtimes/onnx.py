@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgeft.runtimes import GREEDY, Messages, Runtime, Sampling, sample
-from edgeft.runtimes.hf import stop_ids_from
+from edgeft.runtimes.hf import default_template, stop_ids_from
 
 
 class OnnxRuntime(Runtime):
@@ -31,6 +31,7 @@ class OnnxRuntime(Runtime):
         self.session = ort.InferenceSession(str(folder / model_file), opts,
                                             providers=["CPUExecutionProvider"])
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.template, self.source = default_template(self.tokenizer), str(folder)
         gen = GenerationConfig.from_pretrained(folder) if (folder / "generation_config.json").exists() else None
         self._stop = stop_ids_from(gen, self.tokenizer)
         self._inputs = {i.name: i for i in self.session.get_inputs()}
@@ -44,8 +45,13 @@ class OnnxRuntime(Runtime):
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
 
-    def chat_prompt(self, messages: Messages) -> str:
+    def render_chat(self, messages: Messages) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def template_tokens(self) -> dict[str, str]:
+        from edgeft.base import special_tokens
+
+        return special_tokens(self.tokenizer)
 
     def _run(self, ids: list[int], past: dict[str, np.ndarray], past_len: int) -> tuple[np.ndarray, dict]:
         n = len(ids)

@@ -1,0 +1,158 @@
+"""One edgeft process per work directory, and nothing of a dead one left behind.
+
+A config's work directory (`<workdir>/<name>/`) is used by one process at a time: `session`
+takes an exclusive `flock` on `<workdir>/<name>/.edgeft.lock` (the kernel drops it when the
+process dies, even by SIGKILL, so a stale lock needs no recovery) and a second process gets
+`BusyError` naming the holder. The lock is re-entrant within a process, so `edgeft build` holds
+it across the stages it calls.
+
+While the session lasts, temporary files of this process and of the tools it starts (optimum,
+ONNX Runtime's quantizer, llama.cpp's converter, onnxruntime-genai's builder) go to a private
+`.edgeft-tmp-<pid>-*` folder inside the work directory instead of /tmp, so a killed run leaves
+nothing outside it, and the next session removes what dead processes left there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from edgeft.errors import BusyError
+
+LOCK_FILE = ".edgeft.lock"
+TMP_PREFIX = ".edgeft-tmp-"
+# Names of edgeft's own temporaries: `.<dest>.tmp-<pid>-…` and `.<dest>.old-<pid>-…` next to a
+# stage being written (manifest.StageWriter), `.edgeft-tmp-<pid>-…` (this module).
+_STALE = re.compile(r"^\.(?:.+\.(?:tmp|old)|edgeft-tmp)-(?P<pid>\d+)-")
+
+_held: dict[Path, list] = {}  # lock path → [file descriptor, depth]
+
+
+def pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale(folder: Path, prefix: str = ".") -> list[Path]:
+    """Remove edgeft temporaries in `folder` (names starting with `prefix`) whose process is gone."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = _STALE.match(p.name)
+        if not p.name.startswith(prefix) or not m or pid_alive(int(m.group("pid"))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text())
+        return f"pid {info['pid']}, `{info['command']}`, since {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "pid unknown"
+
+
+@contextlib.contextmanager
+def lock(folder: Path) -> Iterator[None]:
+    """Hold `folder`'s edgeft lock (re-entrant in this process); BusyError if another has it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = (folder / LOCK_FILE).resolve()
+    if path in _held:
+        _held[path][1] += 1
+        try:
+            yield
+        finally:
+            _held[path][1] -= 1
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        raise BusyError(f"{folder} is in use by another edgeft process ({_holder(path)}): wait for it to finish, "
+                        f"or give this run another workdir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": os.getpid(), "command": " ".join(["edgeft", *sys.argv[1:]])[:200],
+                             "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+    _held[path] = [fd, 1]
+    try:
+        yield
+    finally:
+        _held.pop(path)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def session(folder: Path) -> Iterator[None]:
+    """Lock `folder`, clean what dead edgeft processes left in it, and keep this process's (and its
+    children's) temporary files in a private folder inside it until the session ends."""
+    folder = Path(folder)
+    outer = tempfile.tempdir is not None and Path(tempfile.tempdir).name.startswith(TMP_PREFIX)
+    with lock(folder):
+        if outer:  # a session is already open in this process (build → stage): share its temp folder
+            yield
+            return
+        clean_stale(folder)
+        private = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=folder))
+        saved = tempfile.tempdir, os.environ.get("TMPDIR")
+        tempfile.tempdir = str(private)
+        os.environ["TMPDIR"] = str(private)
+        try:
+            yield
+        finally:
+            tempfile.tempdir = saved[0]
+            if saved[1] is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = saved[1]
+            shutil.rmtree(private, ignore_errors=True)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """`preexec_fn` for tools edgeft starts: the kernel kills the child when edgeft dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def in_session(stage_function):  # type: ignore[no-untyped-def]
+    """Run a stage function `f(cfg, ...)` inside a session on the config's work directory."""
+    import functools
+
+    @functools.wraps(stage_function)
+    def run(cfg, *args, **kwargs):  # type: ignore[no-untyped-def]
+        with session(cfg.run_dir):
+            return stage_function(cfg, *args, **kwargs)
+
+    return run
