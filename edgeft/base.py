@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from edgeft.errors import ConfigError, InputError
+from edgeft.errors import ConfigError, InputError, first_line
 from edgeft.manifest import hash_json
 
 # What a base model directory must hold, and the files fetched for a hub id: configs, safetensors
@@ -58,9 +58,8 @@ def _hub_snapshot(spec: str, trust_remote_code: bool) -> Path:
     except HFValidationError:
         raise ConfigError(f"base_model: {spec!r} is neither a model directory nor a hub id (organization/name)") from None
     except Exception as e:  # offline, unknown repo, gated, network: the hub client raises many kinds
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"base_model: {spec!r} is not a local directory and could not be fetched from the Hugging "
-                         f"Face hub ({reason}); download it where the hub is reachable (`hf download {spec}`) "
+                         f"Face hub ({first_line(e)}); download it where the hub is reachable (`hf download {spec}`) "
                          f"or give a model directory") from None
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeft.errors import DataError, InputError
+from edgeft.errors import DataError, InputError, first_line
 from edgeft.manifest import sha256_file
 
 ROLES = ("system", "user", "assistant")
@@ -157,20 +157,16 @@ def _rows_table(path: Path) -> Iterator[tuple[str, Any]]:
                 ds = ds["train"]
             rows = ds.to_list()
         except (FileNotFoundError, ValueError, pa.ArrowException, OSError) as e:
-            raise DataError(f"{path}: not a dataset saved by `datasets` ({_first_line(e)})") from None
+            raise DataError(f"{path}: not a dataset saved by `datasets` ({first_line(e)})") from None
     else:
         import pyarrow.parquet as pq
 
         try:
             rows = pq.read_table(path).to_pylist()
         except (pa.ArrowException, OSError) as e:
-            raise DataError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
+            raise DataError(f"{path}: not a readable Parquet file ({first_line(e)})") from None
     for i, row in enumerate(rows):
         yield f"{path}[row {i}]", row
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def read_rows(path: Path) -> Iterator[tuple[str, Any]]:

@@ -60,6 +60,12 @@ class NoSpaceError(EdgeftError):
     exit_code = 10
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """What a library's exception says, in one line for an `Error: …` message."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
 _NO_SPACE_TEXT = ("No space left on device", "StorageFull", "Disk quota exceeded")
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from edgeft.config import Config
 from edgeft.data import file_hash, read_split
-from edgeft.errors import EvalFailed, InputError
+from edgeft.errors import EvalFailed, InputError, first_line
 from edgeft.manifest import Stage, StageWriter, check_replaceable, hash_json, read_stage
 from edgeft.runtimes import Runtime, load_runtime
 from edgeft.workdir import in_session
@@ -212,7 +212,7 @@ def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path]
                     outputs[art["name"]] = answer(rt, prompts, n_new, f"{art['name']} ({art['runtime']})")
             except Exception as e:  # the artifact failed, not the evaluation: it scores nothing, named
                 log.debug("%s could not be evaluated", art["name"], exc_info=True)
-                unreadable[art["name"]] = f"{type(e).__name__}: {str(e).strip()[:300]}"
+                unreadable[art["name"]] = f"{type(e).__name__}: {first_line(e)}"
                 outputs[art["name"]] = [""] * len(prompts)
 
     ref_scores = score(outputs["fine-tuned"], references, fmt)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeft.errors import InputError
+from edgeft.errors import InputError, first_line
 from edgeft.manifest import inside
 from edgeft.runtimes import Messages, Runtime, Sampling
 
@@ -68,7 +68,7 @@ def open_runtime(path: Path, kind: str | None = None) -> Runtime:
     except InputError:
         raise
     except Exception as e:  # each runtime raises its own kinds for a file it cannot read
-        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        cause = first_line(e)
         if entry["format"] == "gguf":
             from edgeft.export import gguf_meta
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
 import tempfile
@@ -307,7 +308,12 @@ def build_tiny_model(
         raise InputError(f"{out_dir} already exists: choose another path or pass --force")
     spec = SIZES[size]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    from edgeft.manifest import DIR_MODE
+    from edgeft.workdir import clean_stale
+
+    clean_stale(out_dir.parent, f".{out_dir.name}.")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
+    tmp.chmod(DIR_MODE)
     try:
         texts = corpus(seed, copy_tasks=spec.copy_tasks)
         if tokenizer == "bpe":
@@ -341,6 +347,9 @@ def build_tiny_model(
         (tmp / "edgeft_tiny.json").write_text(json.dumps(
             {"kit_version": KIT_VERSION, "size": size, "seed": seed, "tokenizer": tokenizer,
              "final_pretrain_loss": round(loss, 4)}, indent=2) + "\n")
+        if out_dir.exists() and not force:  # another process built it meanwhile (the cache): same files
+            shutil.rmtree(tmp)
+            return out_dir
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -362,5 +371,5 @@ def cached_tiny_model(size: str, seed: int = 0, cache_dir: Path | None = None) -
     root = Path(cache_dir) if cache_dir else default_cache() / "tiny"
     path = root / f"{size}-seed{seed}-kit{KIT_VERSION}"
     if not (path / "config.json").exists():
-        build_tiny_model(path, base, seed, force=True, tokenizer="bpe" if variant == "bpe" else "spm")
+        build_tiny_model(path, base, seed, tokenizer="bpe" if variant == "bpe" else "spm")
     return path

@@ -307,9 +307,10 @@ def train_adapter(cfg: Config, out_dir: Path | None = None, *, force: bool = Fal
     # One process, or one of `accelerate launch`'s. Without CUDA, cpu=True is what makes
     # accelerate join the launcher's process group (gloo) rather than run alone.
     state = PartialState(cpu=not torch.cuda.is_available())
-    work = session(cfg.run_dir) if state.is_main_process else contextlib.nullcontext()
+    out_dir = Path(out_dir) if out_dir else cfg.run_dir / "train"
+    work = session(out_dir.parent) if state.is_main_process else contextlib.nullcontext()
     with work:
-        return _train(cfg, state, Path(out_dir) if out_dir else cfg.run_dir / "train", force, replace_own, resume)
+        return _train(cfg, state, out_dir, force, replace_own, resume)
 
 
 def _train(cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: bool, resume: bool) -> Stage | None:

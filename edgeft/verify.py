@@ -33,7 +33,7 @@ from edgeft.base import end_of_turn
 from edgeft.compare import kl_stats, summarise
 from edgeft.config import Config
 from edgeft.data import read_split
-from edgeft.errors import ConfigError, InputError, VerifyFailed
+from edgeft.errors import ConfigError, InputError, VerifyFailed, first_line
 from edgeft.integrity import checksum_problems, dist_problems
 from edgeft.manifest import Stage, StageWriter, check_replaceable, hash_json, read_stage
 from edgeft.runtimes import Runtime, load_runtime
@@ -402,10 +402,10 @@ def verify_artifacts(cfg: Config, merge_dir: Path | None = None, export_dirs: li
     publish the report (replacing an earlier verify report, nothing else without `force`)."""
     from edgeft.package import export_stages
 
-    with session(cfg.run_dir):
+    out_dir = Path(out_dir) if out_dir else cfg.run_dir / "verify"
+    with session(out_dir.parent):
         merged = read_stage(merge_dir or cfg.run_dir / "merge", "merge")
-        return _verify(cfg, merged, export_stages(cfg, export_dirs),
-                       Path(out_dir) if out_dir else cfg.run_dir / "verify", force)
+        return _verify(cfg, merged, export_stages(cfg, export_dirs), out_dir, force)
 
 
 def _verify(cfg: Config, merged: Stage, exports: list[Stage], out_dir: Path, force: bool,
@@ -471,16 +471,25 @@ def verify_artifact(stage: Stage, art: dict[str, Any], ref: Reference, probes: l
     if band is None:
         checks.add("type", False, f"no band for artifact type {key!r}: not an artifact edgeft exports")
     elif not bad_files:
+        runtime = art.get("runtime", "its runtime")
+        # The artifact is what failed, whatever its reader or runtime raised: report it, go on
+        # with the others (the traceback is in the -v log).
         try:
             if art["format"] == "gguf":
                 numbers.update(file_checks(stage.file(art["path"]), model_dir, art["type"], checks))
-            log.info("verifying %s in %s", name, art["runtime"])
-            with load_runtime(art, stage.path, n_ctx=n_ctx) as rt:
-                numbers.update(compare(rt, ref, probes, band, checks, max_new_tokens))
-        except Exception as e:  # the artifact is what failed, whatever the reader raised: report it, go on
+            rt = load_runtime(art, stage.path, n_ctx=n_ctx)
+        except Exception as e:
             log.debug("%s could not be read", name, exc_info=True)
-            checks.add("readable", False, f"{art.get('runtime', 'its runtime')} cannot read it: {type(e).__name__}: "
-                       f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else 'no detail'}")
+            checks.add("readable", False, f"{runtime} cannot read it: {type(e).__name__}: {first_line(e)}")
+        else:
+            log.info("verifying %s in %s", name, runtime)
+            try:
+                with rt:
+                    numbers.update(compare(rt, ref, probes, band, checks, max_new_tokens))
+            except Exception as e:
+                log.debug("%s failed while running", name, exc_info=True)
+                checks.add("runs", False, f"{runtime} loaded it but failed running it: {type(e).__name__}: "
+                           f"{first_line(e)}")
     recorded = {k: art[k] for k in ("sha256", "files") if k in art}
     entry = {"file": str(art.get("path")), "type": key, "runtime": art.get("runtime"),
              "band": band.__dict__ if band else None, "numbers": numbers, "checks": checks.results,

@@ -147,12 +147,17 @@ def die_with_parent() -> None:
 
 
 def in_session(stage_function):  # type: ignore[no-untyped-def]
-    """Run a stage function `f(cfg, ...)` inside a session on the config's work directory."""
+    """Run a stage function `f(cfg, ..., out_dir=None, ...)` in a session on the folder it writes
+    into: the parent of an explicit `out_dir`, else the config's work directory."""
     import functools
+    import inspect
+
+    signature = inspect.signature(stage_function)
 
     @functools.wraps(stage_function)
     def run(cfg, *args, **kwargs):  # type: ignore[no-untyped-def]
-        with session(cfg.run_dir):
+        out_dir = signature.bind(cfg, *args, **kwargs).arguments.get("out_dir")
+        with session(Path(out_dir).parent if out_dir else cfg.run_dir):
             return stage_function(cfg, *args, **kwargs)
 
     return run
