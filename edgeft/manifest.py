@@ -183,6 +183,11 @@ def owned(path: Path, kind: str) -> bool:
         return False
 
 
+def partial_dir(dest: Path) -> Path:
+    """Where a resumable stage bound for `dest` works, and an interrupted one waits for --resume."""
+    return dest.with_name(f".{dest.name}.partial")
+
+
 def _tmp_name(dest: Path, what: str) -> str:
     # The pid lets the next run tell a dead process's leftover from a live one's work (workdir.clean_stale).
     return f".{dest.name}.{what}-{os.getpid()}-"
@@ -223,7 +228,7 @@ class StageWriter:
         if self.is_main:
             clean_stale(self.dest.parent, f".{self.dest.name}.")
         if self.resumable:
-            self.tmp = self.dest.with_name(f".{self.dest.name}.partial")
+            self.tmp = partial_dir(self.dest)
             if self.resume and not self.tmp.is_dir():
                 raise InputError(f"{self.tmp}: no interrupted run to resume; run without --resume")
             if not self.resume and self.is_main:

@@ -29,7 +29,7 @@ from edgeft.config import Config
 from edgeft.data import file_hash, write_jsonl
 from edgeft.datacheck import analyse_config, data_files
 from edgeft.errors import ConfigError, InputError, ToolError, no_space
-from edgeft.manifest import Stage, StageWriter, hash_json
+from edgeft.manifest import Stage, StageWriter, hash_json, partial_dir
 from edgeft.workdir import session
 
 log = logging.getLogger(__name__)
@@ -84,14 +84,12 @@ def load_base(base: str, cfg: Config):
 
 def weight_names(model_dir: Path) -> list[str]:
     """Tensor names from the safetensors headers of a model directory (no weights are read)."""
-    import struct
+    from safetensors import safe_open
 
-    names = []
+    names: list[str] = []
     for f in sorted(Path(model_dir).glob("*.safetensors")):
-        with f.open("rb") as fh:
-            (size,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(min(size, 100 * 1024 * 1024)))
-        names += [k for k in header if k != "__metadata__"]
+        with safe_open(f, framework="np") as st:
+            names += st.keys()
     return names
 
 
@@ -285,8 +283,7 @@ def plot_losses(log_history: list[dict[str, Any]], out: Path) -> None:
 
 def interrupted_run(cfg: Config, out_dir: Path | None = None) -> bool:
     """Whether an interrupted run of these very inputs waits in `.train.partial` to be resumed."""
-    dest = Path(out_dir) if out_dir else cfg.run_dir / "train"
-    partial = dest.with_name(f".{dest.name}.partial")
+    partial = partial_dir(Path(out_dir) if out_dir else cfg.run_dir / "train")
     try:
         started = json.loads((partial / "run.json").read_text())
     except (OSError, ValueError):

@@ -37,7 +37,7 @@ from edgeft.errors import ConfigError, InputError, VerifyFailed, first_line
 from edgeft.integrity import checksum_problems, dist_problems
 from edgeft.manifest import Stage, StageWriter, check_replaceable, hash_json, read_stage
 from edgeft.runtimes import Runtime, load_runtime
-from edgeft.workdir import session
+from edgeft.workdir import in_session
 
 log = logging.getLogger(__name__)
 
@@ -396,16 +396,16 @@ def verify_path(path: Path, merge_dir: Path | None = None, out_dir: Path | None 
     return _verify(cfg, read_stage(merge_dir, "merge"), [stage], out, force, own)
 
 
+@in_session
 def verify_artifacts(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path] | None = None,
                      out_dir: Path | None = None, *, force: bool = False) -> Stage:
     """Compare every artifact of the config's (or the given) export stages with the merged model;
     publish the report (replacing an earlier verify report, nothing else without `force`)."""
     from edgeft.package import export_stages
 
-    out_dir = Path(out_dir) if out_dir else cfg.run_dir / "verify"
-    with session(out_dir.parent):
-        merged = read_stage(merge_dir or cfg.run_dir / "merge", "merge")
-        return _verify(cfg, merged, export_stages(cfg, export_dirs), out_dir, force)
+    merged = read_stage(merge_dir or cfg.run_dir / "merge", "merge")
+    return _verify(cfg, merged, export_stages(cfg, export_dirs), Path(out_dir) if out_dir else cfg.run_dir / "verify",
+                   force)
 
 
 def _verify(cfg: Config, merged: Stage, exports: list[Stage], out_dir: Path, force: bool,

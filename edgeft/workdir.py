@@ -38,6 +38,7 @@ TMP_PREFIX = ".edgeft-tmp-"
 _STALE = re.compile(r"^\.(?:.+\.(?:tmp|old)|edgeft-tmp)-(?P<pid>\d+)-")
 
 _held: dict[Path, list] = {}  # lock path → [file descriptor, depth]
+_open_session: list[Path] = []  # this process's private temporary folder while a session is open
 
 
 def pid_alive(pid: int) -> bool:
@@ -115,9 +116,8 @@ def session(folder: Path) -> Iterator[None]:
     """Lock `folder`, clean what dead edgeft processes left in it, and keep this process's (and its
     children's) temporary files in a private folder inside it until the session ends."""
     folder = Path(folder)
-    outer = tempfile.tempdir is not None and Path(tempfile.tempdir).name.startswith(TMP_PREFIX)
     with lock(folder):
-        if outer:  # a session is already open in this process (build → stage): share its temp folder
+        if _open_session:  # a session is already open in this process (build → stage): share its temp folder
             yield
             return
         clean_stale(folder)
@@ -125,9 +125,11 @@ def session(folder: Path) -> Iterator[None]:
         saved = tempfile.tempdir, os.environ.get("TMPDIR")
         tempfile.tempdir = str(private)
         os.environ["TMPDIR"] = str(private)
+        _open_session.append(private)
         try:
             yield
         finally:
+            _open_session.pop()
             tempfile.tempdir = saved[0]
             if saved[1] is None:
                 os.environ.pop("TMPDIR", None)

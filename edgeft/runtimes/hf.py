@@ -24,23 +24,14 @@ def default_template(tokenizer: Any) -> str | None:
     return t.get("default") if isinstance(t, dict) else t
 
 
-class HFRuntime(Runtime):
-    name = "transformers"
+class HFTokenizerRuntime(Runtime):
+    """What a runtime with an HF tokenizer beside its model does alike (transformers, ONNX Runtime):
+    tokenise, render the template, decode. Subclasses set `tokenizer` through `_use_tokenizer`."""
 
-    def __init__(self, model_dir: Path | str, dtype: str = "float32", trust_remote_code: bool = False,
-                 chat_template: str | None = None, extra_stop: list[int] | tuple[int, ...] = ()):
-        """`chat_template` replaces the tokenizer's; `extra_stop` ids end generation as well."""
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    tokenizer: Any
 
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-        if chat_template is not None:
-            self.tokenizer.chat_template = chat_template
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True
-        ).eval()
-        self._stop = sorted(set(stop_ids_from(self.model.generation_config, self.tokenizer)) | set(extra_stop))
-        self.template, self.source = default_template(self.tokenizer), str(model_dir)
+    def _use_tokenizer(self, tokenizer: Any, source: Path | str) -> None:
+        self.tokenizer, self.template, self.source = tokenizer, default_template(tokenizer), str(source)
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
@@ -52,6 +43,28 @@ class HFRuntime(Runtime):
         from edgeft.base import special_tokens
 
         return special_tokens(self.tokenizer)
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+class HFRuntime(HFTokenizerRuntime):
+    name = "transformers"
+
+    def __init__(self, model_dir: Path | str, dtype: str = "float32", trust_remote_code: bool = False,
+                 chat_template: str | None = None, extra_stop: list[int] | tuple[int, ...] = ()):
+        """`chat_template` replaces the tokenizer's; `extra_stop` ids end generation as well."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        if chat_template is not None:
+            tokenizer.chat_template = chat_template
+        self._use_tokenizer(tokenizer, model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True
+        ).eval()
+        self._stop = sorted(set(stop_ids_from(self.model.generation_config, self.tokenizer)) | set(extra_stop))
 
     def logits(self, ids: list[int]) -> np.ndarray:
         import torch
@@ -74,9 +87,6 @@ class HFRuntime(Runtime):
         if new and new[-1] in self._stop:
             return new[:-1], True
         return new, False
-
-    def detokenize(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def special_tokens(self) -> dict[str, Any]:
         added = {int(i): t.content for i, t in self.tokenizer.added_tokens_decoder.items() if t.special}

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from edgeft.runtimes import GREEDY, Messages, Runtime, Sampling, sample
-from edgeft.runtimes.hf import default_template, stop_ids_from
+from edgeft.runtimes import GREEDY, Sampling, sample
+from edgeft.runtimes.hf import HFTokenizerRuntime, stop_ids_from
 
 
-class OnnxRuntime(Runtime):
+class OnnxRuntime(HFTokenizerRuntime):
     name = "onnxruntime"
 
     def __init__(self, folder: Path | str, model_file: str = "model.onnx"):
@@ -30,8 +30,7 @@ class OnnxRuntime(Runtime):
         opts.intra_op_num_threads = os.cpu_count() or 1
         self.session = ort.InferenceSession(str(folder / model_file), opts,
                                             providers=["CPUExecutionProvider"])
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.template, self.source = default_template(self.tokenizer), str(folder)
+        self._use_tokenizer(AutoTokenizer.from_pretrained(folder), folder)
         gen = GenerationConfig.from_pretrained(folder) if (folder / "generation_config.json").exists() else None
         self._stop = stop_ids_from(gen, self.tokenizer)
         self._inputs = {i.name: i for i in self.session.get_inputs()}
@@ -41,17 +40,6 @@ class OnnxRuntime(Runtime):
         head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
         self._kv_shape = (1, heads, 0, head_dim)
         self._float = np.float16 if "float16" in self._inputs[self._past[0]].type else np.float32
-
-    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
-
-    def render_chat(self, messages: Messages) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    def template_tokens(self) -> dict[str, str]:
-        from edgeft.base import special_tokens
-
-        return special_tokens(self.tokenizer)
 
     def _run(self, ids: list[int], past: dict[str, np.ndarray], past_len: int) -> tuple[np.ndarray, dict]:
         n = len(ids)
@@ -90,9 +78,6 @@ class OnnxRuntime(Runtime):
             yield tok
             logits, past = self._run([tok], past, pos)
             pos += 1
-
-    def detokenize(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def special_tokens(self) -> dict[str, Any]:
         return {"bos": self.tokenizer.bos_token_id, "eos": self.tokenizer.eos_token_id, "stop": self._stop}
