@@ -1,4 +1,5 @@
-"""The base model: resolve `base_model` (hub id, directory, tiny:<size>[:<seed>]) and fingerprint it.
+"""The base model: resolve `base_model` (hub id, directory, tiny:<size>[:<seed>], an offline real model
+such as smollm2:135m-instruct) and fingerprint it.
 
 Also the chat-template helpers every stage shares: the end-of-turn token, and the template
 without the training-only `{% generation %}` markers (plain Jinja, as runtimes render it).
@@ -37,6 +38,10 @@ def resolve_base(spec: str, root: Path | None = None, trust_remote_code: bool = 
                 f"base_model: {spec!r} is not tiny:<size>[:<seed>] with size one of {', '.join(known)}"
             )
         return str(cached_tiny_model(size, int(parts[2]) if len(parts) == 3 else 0))
+    from edgeft.realmodel import REAL_MODELS, cached_real_model
+
+    if spec in REAL_MODELS:
+        return str(cached_real_model(spec))
     local = Path(spec).expanduser()
     if not local.is_absolute() and root is not None and (root / local).exists():
         local = root / local

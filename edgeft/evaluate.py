@@ -102,18 +102,17 @@ Prompt = list[dict[str, str]] | str  # a conversation, or the first half of a pl
 
 def answer(rt: Runtime, prompts: list[Prompt], max_new_tokens: int, label: str) -> list[str]:
     """Greedy replies from the runtime's own template, tokenizer and stop tokens (plain-text
-    prompts: the continuation of the text, BOS added as the tokenizer says)."""
-    outputs = []
+    prompts: the continuation of the text, BOS added as the tokenizer says). Batched where the
+    runtime batches (transformers), in chunks so that progress shows on long runs."""
+    ids = [rt.tokenize(p) if isinstance(p, str) else rt.tokenize(rt.chat_prompt(p), add_special=False)
+           for p in prompts]
+    outputs: list[str] = []
     started = shown = time.time()
-    for i, messages in enumerate(prompts, 1):
-        if isinstance(messages, str):
-            ids = rt.tokenize(messages)
-        else:
-            ids = rt.tokenize(rt.chat_prompt(messages), add_special=False)
-        tokens, _ = rt.generate(ids, max_new_tokens)
-        outputs.append(rt.detokenize(tokens).strip())
-        if time.time() - shown > 15 and i < len(prompts):  # progress on long runs only
-            log.info("%s: %d/%d answered", label, i, len(prompts))
+    chunk = 16
+    for at in range(0, len(ids), chunk):
+        outputs += [rt.detokenize(tokens).strip() for tokens, _ in rt.generate_many(ids[at:at + chunk], max_new_tokens)]
+        if time.time() - shown > 15 and len(outputs) < len(prompts):  # progress on long runs only
+            log.info("%s: %d/%d answered", label, len(outputs), len(prompts))
             shown = time.time()
     log.info("%s: %d prompts answered in %.1f s", label, len(prompts), time.time() - started)
     return outputs

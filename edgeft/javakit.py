@@ -92,9 +92,14 @@ GENERATE = r"""package edgeft.kit;
 import com.sun.jna.Memory;
 import com.sun.jna.Pointer;
 import java.io.ByteArrayOutputStream;
+import java.io.Reader;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.Paths;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Properties;
 
 /**
  * Greedy generation with a GGUF model through libllama:
@@ -110,6 +115,26 @@ public final class Generate {
         Memory m = new Memory(4L * Math.max(n, 1));
         m.write(0, ids, 0, n);
         return m;
+    }
+
+    /** -Dedgeft.promptFormat=FILE, else prompt-format.properties in the kit's folder (beside out/). */
+    private static Properties promptFormat() {
+        try {
+            Path file;
+            String given = System.getProperty("edgeft.promptFormat");
+            if (given != null) {
+                file = Paths.get(given);
+            } else {
+                Path classes = Paths.get(Generate.class.getProtectionDomain().getCodeSource().getLocation().toURI());
+                file = classes.getParent().resolve("prompt-format.properties");
+            }
+            if (!Files.isRegularFile(file)) return null;
+            Properties p = new Properties();
+            try (Reader r = Files.newBufferedReader(file, StandardCharsets.ISO_8859_1)) { p.load(r); }
+            return p;
+        } catch (Exception e) {
+            throw new IllegalStateException("cannot read the prompt format: " + e, e);
+        }
     }
 
     public static void main(String[] args) {
@@ -134,19 +159,33 @@ public final class Generate {
         Pointer ctx = L.llama_init_from_model(model, cp);
         check(ctx != null, "cannot create a context");
 
-        // The chat prompt, from the template stored in the GGUF.
-        String template = L.llama_model_chat_template(model, null);
-        check(template != null, "the GGUF has no chat template");
-        Llama.LlamaChatMessage msg = new Llama.LlamaChatMessage();
-        msg.role = "user";
-        msg.content = args[1];
-        byte[] buf = new byte[1 << 16];
-        int n = L.llama_chat_apply_template(template, msg, 1, (byte) 1, buf, buf.length);
-        check(n > 0 && n <= buf.length, "llama.cpp does not know this chat template");
-        byte[] prompt = java.util.Arrays.copyOf(buf, n);
+        // The chat prompt: the pieces edgeft derived from the model's own template and verified
+        // against it (prompt-format.properties); llama.cpp's built-in matcher only without them
+        // (it is not a Jinja engine: it drops default system prompts, and knows only some formats).
+        Properties fmt = promptFormat();
+        byte[] prompt;
+        byte addSpecial;
+        if (fmt != null) {
+            String content = "true".equals(fmt.getProperty("trim")) ? args[1].strip() : args[1];
+            prompt = (fmt.getProperty("start") + fmt.getProperty("user.prefix") + content
+                      + fmt.getProperty("user.suffix") + fmt.getProperty("generation")).getBytes(StandardCharsets.UTF_8);
+            addSpecial = 0;  // the pieces hold BOS where the template writes it
+        } else {
+            System.err.println("note: no prompt-format.properties; using llama.cpp's built-in template matcher");
+            String template = L.llama_model_chat_template(model, null);
+            check(template != null, "the GGUF has no chat template");
+            Llama.LlamaChatMessage msg = new Llama.LlamaChatMessage();
+            msg.role = "user";
+            msg.content = args[1];
+            byte[] buf = new byte[1 << 16];
+            int n = L.llama_chat_apply_template(template, msg, 1, (byte) 1, buf, buf.length);
+            check(n > 0 && n <= buf.length, "llama.cpp does not know this chat template");
+            prompt = java.util.Arrays.copyOf(buf, n);
+            addSpecial = 1;
+        }
 
         int[] ids = new int[8192];
-        int nIds = L.llama_tokenize(vocab, prompt, prompt.length, ids, ids.length, (byte) 1, (byte) 1);
+        int nIds = L.llama_tokenize(vocab, prompt, prompt.length, ids, ids.length, addSpecial, (byte) 1);
         check(nIds > 0, "tokenization failed");
         Pointer sampler = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params());
         L.llama_sampler_chain_add(sampler, L.llama_sampler_init_greedy());
@@ -365,7 +404,9 @@ def readme(name: str, gguf_files: list[str]) -> str:
     return f"""# {name}: Java kit (GGUF through JNA over libllama)
 
 A minimal Java program that loads a GGUF of this dist with llama.cpp's C API, renders the chat
-prompt with the template stored in the file, and generates greedily until the end-of-turn token.
+prompt from `prompt-format.properties` (the model's own template as plain pieces, which `edgeft
+verify` checked against the template on every probe; llama.cpp's built-in template matcher drops
+default system prompts and knows only some formats), and generates greedily until the end of turn.
 edgeft's tests compile and run it and check that its tokens equal llama.cpp's Python bindings'.
 
 Requirements: OpenJDK 17+, JNA 5 (`apt install openjdk-17-jdk-headless libjna-java`), and a
@@ -438,9 +479,18 @@ edgeft is built and tested.
 
 
 def write_kit(dest: Path, name: str, gguf_files: list[str], onnx: list[dict] | None = None,
-              genai: list[str] | None = None) -> None:
+              genai: list[str] | None = None, prompt_format: dict[str, str] | None = None) -> None:
+    """`prompt_format`: the verified plain pieces of the chat prompt (edgeft.prompt_format),
+    written as prompt-format.properties; without it Generate uses llama.cpp's template matcher."""
     src = dest / "src" / "edgeft" / "kit"
     src.mkdir(parents=True)
+    if prompt_format:
+        from edgeft.prompt_format import to_properties
+
+        (dest / "prompt-format.properties").write_text(to_properties(
+            prompt_format, f"{name}: the chat prompt as plain pieces, derived by edgeft from the model's template\n"
+            f"and checked by edgeft verify to render every probe conversation exactly as the template does.\n"
+            f"prompt = start + user.prefix + message + user.suffix + generation (see Generate.java)"))
     (src / "Llama.java").write_text(binding_source())
     (src / "Generate.java").write_text(GENERATE)
     (src / "OrtGenAI.java").write_text(GENAI_BINDING)

@@ -37,7 +37,7 @@ STACK = ("torch", "transformers", "tokenizers", "peft", "trl", "accelerate", "da
 
 # What a dist manifest repeats from each export artifact's entry.
 CARRIED = ("bits_per_weight", "parameters", "fallback_tensors", "importance_matrix", "metadata", "base_file",
-           "adapter_file", "model_file", "opset", "inputs", "outputs")
+           "adapter_file", "model_file", "opset", "inputs", "outputs", "prompt_format", "prompt_format_note")
 
 
 def versions() -> dict[str, str | None]:
@@ -180,7 +180,8 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
         if gguf_files or onnx or genai:
             from edgeft.javakit import write_kit
 
-            write_kit(w.tmp / "java", cfg.name, gguf_files, onnx, genai)
+            formats = [a["prompt_format"] for a in artifacts if a.get("prompt_format")]
+            write_kit(w.tmp / "java", cfg.name, gguf_files, onnx, genai, formats[0] if formats else None)
         adapter_dir = train.file(train.artifact("adapter")["path"])
         lineage = {
             "base_model": cfg.base_model,
@@ -228,7 +229,7 @@ def portable_dataset(cfg: Config, data: dict[str, Any] | None) -> dict[str, Any]
 def _verify_summary(report: dict[str, Any], name: str) -> dict[str, Any]:
     a = report["artifacts"].get(name, {})
     return {"passed": a.get("passed"), **{k: a.get("numbers", {}).get(k) for k in
-                                          ("kl_mean", "kl_max", "top1", "max_dlogit", "generation_prefix")}}
+                                          ("kl_mean", "kl_p99", "kl_max", "top1", "max_dlogit", "generation_prefix")}}
 
 
 def _eval_summary(results: dict[str, Any]) -> dict[str, Any]:

@@ -160,7 +160,7 @@ def describe_weights(model) -> dict[str, Any]:
     return {"dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "layers": counts}
 
 
-def sft_config(cfg: Config, output_dir: Path, chat: bool):
+def sft_config(cfg: Config, output_dir: Path):
     """trl's SFTConfig from the train section: edgeft's defaults, evaluation and checkpoints."""
     import torch
     from trl import SFTConfig
@@ -182,8 +182,9 @@ def sft_config(cfg: Config, output_dir: Path, chat: bool):
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
         max_length=t.max_seq_length,
-        # Plain-text rows have no assistant turns: their loss is over the whole text.
-        assistant_only_loss=t.assistant_only_loss and chat,
+        # edgeft masks the loss itself (edgeft.loss_mask), with any chat template: trl's own
+        # assistant-only loss needs `{% generation %}` markers that real templates lack.
+        assistant_only_loss=False,
         packing=t.packing,
         # Best-fit packing, padding-free: position ids restart at each example and no attention
         # mask is passed, which is what keeps packed examples apart (check_packing_keeps_examples_apart).
@@ -207,6 +208,25 @@ def sft_config(cfg: Config, output_dir: Path, chat: bool):
         pad_to_multiple_of=None,
         ddp_find_unused_parameters=False,
     )
+
+
+def training_rows(train_rows: list, val_rows: list, tokenizer: Any, assistant_only: bool
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    """The rows trl trains and evaluates on, and what the loss covers. Chat rows with
+    assistant-only loss are tokenised here with their loss masks (edgeft.loss_mask); a template
+    that cannot be masked falls back to the whole sequence, with a warning."""
+    from edgeft.loss_mask import tokenize_for_training
+
+    plain = ([e.to_json() for e in train_rows], [e.to_json() for e in val_rows])
+    if not train_rows[0].is_chat:
+        return *plain, "whole text (text rows)"
+    if not assistant_only:
+        return *plain, "whole conversation (train.assistant_only_loss: false)"
+    rows, why = tokenize_for_training([e.messages for e in train_rows + val_rows], tokenizer)
+    if why:
+        log.warning("train.assistant_only_loss: %s; training on the whole conversation instead", why)
+        return *plain, f"whole conversation (the chat template cannot be masked: {why})"
+    return rows[:len(train_rows)], rows[len(train_rows):], "assistant turns and their end-of-turn token"
 
 
 def last_checkpoint(checkpoints: Path) -> Path | None:
@@ -332,7 +352,6 @@ def _train(cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: boo
         log.warning("data: %d warning(s) (%s), e.g. %s; `edgeft data check` lists them", len(report.warnings),
                     ", ".join(f"{k}: {n}" for k, n in kinds.items()), report.warnings[0])
     train_rows, val_rows = report.train, report.validation
-    chat = train_rows[0].is_chat
     t = cfg.train
     expected = inputs_hash(cfg, base)
     with state.main_process_first():
@@ -361,10 +380,11 @@ def _train(cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: boo
         w.extra["base_loaded_as"] = describe_weights(model)
         peft_config = LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
                                  target_modules=t.target_modules, task_type="CAUSAL_LM")
+        train_set, val_set, loss_on = training_rows(train_rows, val_rows, tokenizer, t.assistant_only_loss)
+        w.extra["loss_on"] = loss_on
         trainer = SFTTrainer(
-            model=model, args=sft_config(cfg, checkpoints, chat),
-            train_dataset=Dataset.from_list([e.to_json() for e in train_rows]),
-            eval_dataset=Dataset.from_list([e.to_json() for e in val_rows]),
+            model=model, args=sft_config(cfg, checkpoints),
+            train_dataset=Dataset.from_list(train_set), eval_dataset=Dataset.from_list(val_set),
             processing_class=tokenizer, peft_config=peft_config,
             callbacks=[metrics_callback(w.tmp / "metrics.jsonl")],
         )

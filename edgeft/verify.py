@@ -7,8 +7,9 @@ in the runtime a consumer would use and compared on held-out prompts:
 1. token ids of plain text and of the chat-rendered prompt are identical;
 2. the artifact's own chat template renders the same prompt; BOS, EOS and the end-of-turn
    token agree;
-3. next-token distributions over every position of prompt + reference answer: mean and max
-   KL divergence, top-1 agreement, max |Δlogit|;
+3. next-token distributions over every position of prompt + reference answer: mean and p99
+   KL divergence and top-1 agreement (gated: none grows with the number of positions, unlike the
+   maximum, which is reported), max |Δlogit|;
 4. greedy generations: identical (lossless types) or a long enough matching prefix
    (quantized types), stopping where the reference stops.
 
@@ -47,7 +48,7 @@ class Band:
     """What an artifact type may differ by from the fp32 reference, and why."""
 
     kl_mean: float  # mean KL(reference || artifact) over all positions, nats
-    kl_max: float  # worst single position
+    kl_p99: float  # 99th percentile over positions (a maximum grows with the number of positions)
     top1: float  # minimum fraction of positions where the argmax agrees
     gen_prefix: float  # minimum mean fraction of the reference generation reproduced exactly
     why: str
@@ -66,32 +67,50 @@ class Band:
         return self.top1 if self.edge_top1 is None else self.edge_top1
 
 
-# Calibrated on the tiny models (edgeft tiny-model, micro and small, several seeds), where a
-# different model altogether scores KL ≈ 1-5 nats and top-1 ≈ 0.2-0.5, and in line with
-# llama.cpp's published KL tables (q8_0 ~1e-3, q4_k_m ~1e-2 on 7B models: tiny models with
-# short rows are harder to quantize, hence the wider margins for the low-bit types).
+# Each band: mean KL, p99 KL, top-1 and generation prefix that the type explains, with what was
+# measured (verify's own probes; mean KL / top-1) on SmolLM2-135M-Instruct (the nl2sql-smollm2
+# example, 2026-11-23), on the tiny example (tiny:small), and llama.cpp's published mean KLD for
+# the type (tools/perplexity/README.md of the pinned llama.cpp: Llama-3-8B, Wikitext-2, no
+# importance matrix). SmolLM2's hidden width 576 is not a multiple of the K-quants' 256, so
+# llama.cpp falls back for 180 of its tensors (q4_k_m → q5_0 6.2 bpw, q5_k_m → q5_1 6.6 bpw,
+# q6_k → q8_0): a real 135M model loses far more than an 8B one, and a band must not call the
+# type's own error a fault. The statistics gated do not grow with the number of probe positions
+# (a maximum does: it is reported, not gated). Behaviour faults (template, tokens, stops,
+# weights, hyperparameters) are caught by their own checks, whatever the band.
 BANDS: dict[str, Band] = {
-    "gguf:f32": Band(1e-4, 2e-3, 0.99, 0.95,
-                     "same weights; differences are float summation order only (~1e-3 in logits)"),
-    "gguf:bf16": Band(5e-3, 0.1, 0.97, 0.9, "8-bit mantissa weights: ~3e-3 relative weight error"),
-    "gguf:f16": Band(1e-3, 0.02, 0.98, 0.9, "10-bit mantissa weights: ~5e-4 relative weight error"),
-    "gguf:q8_0": Band(5e-3, 0.1, 0.95, 0.8, "8-bit blocks of 32: llama.cpp reports KLD ~1e-3 on 7B"),
-    "gguf:q6_k": Band(0.01, 0.2, 0.9, 0.7, "6-bit K-quant: between q8_0 and q4_k_m"),
-    "gguf:q5_k_m": Band(0.02, 0.4, 0.87, 0.6, "5-bit K-quant"),
-    "gguf:q4_k_m": Band(0.05, 1.0, 0.85, 0.5,
-                        "4-bit K-quant with 6-bit for sensitive tensors: KLD ~1e-2 on 7B, more on tiny"),
-    "gguf:q4_0": Band(0.08, 1.5, 0.8, 0.4, "4-bit blocks of 32, no K-quant refinements"),
-    "gguf:q3_k_m": Band(0.15, 2.5, 0.7, 0.3, "3-bit K-quant: large quality loss is expected"),
-    "gguf:q2_k": Band(0.4, 4.0, 0.55, 0.2, "2-bit K-quant: only a size option, expect big losses"),
-    "gguf-lora:f16": Band(2e-3, 0.05, 0.97, 0.9,
-                          "f16 base + f16 adapter applied at run time: f16 rounding of both, unmerged"),
-    "onnx:fp32": Band(1e-5, 1e-4, 0.999, 1.0, "same fp32 graph; ~1e-5 kernel differences in logits"),
-    "onnx:fp16": Band(1e-3, 0.02, 0.98, 0.9, "fp16 weights and activations, fp32 inputs and outputs; the error "
+    "gguf:f32": Band(1e-4, 2e-3, 0.99, 0.95, "same weights; float summation order only. SmolLM2 3.7e-6 / 1.0; "
+                     "tiny 2.4e-7 / 1.0"),
+    "gguf:bf16": Band(5e-3, 0.05, 0.97, 0.9, "8-bit mantissa weights. SmolLM2 3.6e-4 / 1.0; tiny 3.0e-5 / 0.997"),
+    "gguf:f16": Band(1e-3, 0.01, 0.98, 0.9, "10-bit mantissa weights. SmolLM2 1.6e-5 / 1.0; tiny 6.3e-7 / 1.0; "
+                     "llama.cpp 5.5e-4 (its f16 logit storage)"),
+    "gguf:q8_0": Band(0.03, 0.3, 0.93, 0.8, "8-bit blocks of 32, int8 activations in the dot products. SmolLM2 "
+                      "0.011 / 0.963; tiny 4.2e-4 / 0.982; llama.cpp 1.4e-3 (same top token 97.7%)"),
+    "gguf:q6_k": Band(0.1, 1.0, 0.9, 0.7, "6-bit K-quant (q8_0 where the width is not a multiple of 256). "
+                      "SmolLM2 0.045 / 0.952; tiny 2.5e-3 / 0.982; llama.cpp 5.5e-3 (96.0%)"),
+    "gguf:q5_k_m": Band(1.0, 8.0, 0.7, 0.5, "5-bit K-quant; falls back to q5_1 at width 576, which loses more "
+                        "than q4_k_m's q5_0 there. SmolLM2 0.50 / 0.770; tiny 6.7e-3 / 0.963; llama.cpp 0.011"),
+    "gguf:q4_k_m": Band(0.4, 3.0, 0.82, 0.5, "4-bit K-quant, 6-bit for sensitive tensors (q5_0 / q8_0 at width "
+                        "576). SmolLM2 0.15 / 0.899; tiny 0.026 / 0.884; llama.cpp 0.031 (91.9%)"),
+    "gguf:q4_0": Band(2.0, 10.0, 0.5, 0.3, "4-bit blocks of 32, no refinements: a 135M model barely survives it. "
+                      "SmolLM2 1.07 / 0.601; tiny 0.030 / 0.861; llama.cpp 0.072"),
+    "gguf:q3_k_m": Band(1.0, 8.0, 0.6, 0.3, "3-bit K-quant (q4_0 / q5_0 at width 576). SmolLM2 0.47 / 0.713; "
+                        "tiny 0.10 / 0.790; llama.cpp 0.10"),
+    "gguf:q2_k": Band(2.5, 15.0, 0.45, 0.2, "2-bit K-quant: only a size option. SmolLM2 1.12 / 0.605; tiny 0.21 / "
+                      "0.679; llama.cpp 0.45 (71.1%)"),
+    "gguf-lora:f16": Band(2e-3, 0.02, 0.97, 0.9, "f16 base + f16 adapter applied at run time. SmolLM2 1.6e-5 / "
+                          "1.0; tiny 8.6e-7 / 1.0"),
+    "onnx:fp32": Band(1e-5, 1e-4, 0.999, 1.0, "same fp32 graph; ~1e-5 kernel differences in logits. SmolLM2 "
+                      "2.5e-11; tiny 6.9e-13"),
+    "onnx:fp16": Band(1e-3, 0.01, 0.98, 0.9, "fp16 weights and activations, fp32 inputs and outputs; the error "
                       "grows with position (tiny:small: mean KL 1e-5 over positions 0-100, 0.015 over 850-950, "
-                      "with rotary, norms and softmax kept in fp32 alike)", edge_kl_mean=0.02, edge_top1=0.93),
-    "onnx-genai:int4": Band(0.08, 1.5, 0.8, 0.4,
-                            "int4 weights in blocks of 32 with int8 activations (accuracy level 4): like q4_0"),
-    "onnx:int8": Band(0.02, 0.5, 0.9, 0.6, "dynamic int8: per-channel weights, activations per batch"),
+                      "with rotary, norms and softmax kept in fp32 alike). SmolLM2 1.3e-5 / 1.0; tiny 4.7e-6 / 1.0",
+                      edge_kl_mean=0.02, edge_top1=0.93),
+    "onnx:int8": Band(0.02, 0.2, 0.93, 0.8, "int8 weights in blocks of 16, int8 activations per block (like "
+                      "q8_0). SmolLM2 6.3e-3 / 0.965 (fp32 activations: 2.7e-3 / 0.996 but 7x slower; dynamic "
+                      "int8: 1.2 / 0.61)"),
+    "onnx-genai:int4": Band(0.6, 5.0, 0.7, 0.5, "k-quant int4 in blocks of 16, the sensitive layers int8, int8 "
+                            "activations (accuracy level 4). SmolLM2 0.35 / 0.781 (the builder's default RTN "
+                            "int4: 1.12 / 0.61)"),
 }
 
 
@@ -184,27 +203,31 @@ class Reference:
 
 
 def reference_outputs(ref: Runtime, probes: list[Probe], max_new_tokens: int, eot: int | None) -> Reference:
-    prompts, prompt_ids, full_ids, plain_ids, logits, gens = [], [], [], [], [], []
+    """Prompts, generations and logits of the reference for every probe (batched)."""
+    prompts, prompt_ids, texts = [], [], []
     for p in probes:
         if p.messages is None:  # plain text: the first half is the prompt, the rest the answer
-            prompt, full = "", ref.tokenize(p.answer or "")
-            ids = full[: max(1, len(full) // 2)]
+            full = ref.tokenize(p.answer or "")
+            prompts.append("")
+            prompt_ids.append(full[: max(1, len(full) // 2)])
+            texts.append(full)
         else:
-            prompt = ref.chat_prompt(p.messages)
-            ids = ref.tokenize(prompt, add_special=False)
-        gen = ref.generate(ids, max_new_tokens)
-        if p.messages is not None:
-            # The answer, or for an edge case the reference's own reply, then its stop token.
-            answer = ref.tokenize(p.answer, add_special=False) if p.answer is not None else gen[0]
-            stop = eot if p.answer is not None or gen[1] else None
-            full = ids + answer + ([stop] if stop is not None else [])
-        prompts.append(prompt)
-        prompt_ids.append(ids)
-        full_ids.append(full)
-        plain_ids.append(ref.tokenize(p.plain_text))
-        logits.append(ref.logits(full))
-        gens.append(gen)
-    return Reference(prompts, prompt_ids, full_ids, plain_ids, logits, gens, ref.special_tokens(), eot)
+            prompts.append(ref.chat_prompt(p.messages))
+            prompt_ids.append(ref.tokenize(prompts[-1], add_special=False))
+            texts.append(None)
+    gens = ref.generate_many(prompt_ids, max_new_tokens)
+    full_ids = []
+    for p, ids, gen, text in zip(probes, prompt_ids, gens, texts, strict=True):
+        if p.messages is None:
+            full_ids.append(text)
+            continue
+        # The answer, or for an edge case the reference's own reply, then its stop token.
+        answer = ref.tokenize(p.answer, add_special=False) if p.answer is not None else gen[0]
+        stop = eot if p.answer is not None or gen[1] else None
+        full_ids.append(ids + answer + ([stop] if stop is not None else []))
+    plain_ids = [ref.tokenize(p.plain_text) for p in probes]
+    return Reference(prompts, prompt_ids, full_ids, plain_ids, ref.logits_many(full_ids), gens, ref.special_tokens(),
+                     eot)
 
 
 class Checks:
@@ -229,9 +252,11 @@ def diagnose_ids(got: list[int], want: list[int], special: dict[str, Any], token
     bos = special.get("bos")
     if bos is not None and got[:2] == [bos, bos] and want[:2] != [bos, bos]:
         return "BOS added twice"
-    if bos is not None and want[:1] == [bos] and got[:1] != [bos]:
+    # Only where BOS is all that differs: a BOS that is also a chat token (SmolLM2's <|im_start|>)
+    # can differ because that token is split, which is said below.
+    if bos is not None and want[:1] == [bos] and got[:1] != [bos] and (got == want[1:] or not tokenizer):
         return "BOS missing"
-    if bos is not None and got[:1] == [bos] and want[:1] != [bos]:
+    if bos is not None and got[:1] == [bos] and want[:1] != [bos] and (got[1:] == want or not tokenizer):
         return "BOS added where the reference has none"
     at = _prefix(got, want)
     added = special.get("added", {})
@@ -241,12 +266,32 @@ def diagnose_ids(got: list[int], want: list[int], special: dict[str, Any], token
     return ""
 
 
+# Differences of a runtime's tokenizer that are its own bug, with the smallest reproducer; verify
+# names them and does not fail the artifact on them alone (they are in the report).
+def _genai_non_decimal_digits(text: str) -> bool:
+    return any(ord(c) > 127 and c.isnumeric() for c in text)
+
+
+KNOWN_DEVIATIONS = {
+    "onnxruntime-genai": (
+        _genai_non_decimal_digits,
+        "onnxruntime-genai 0.15.2's tokenizer does not split non-ASCII numeric characters (½ ² Ⅻ) off as a "
+        "Digits pre-tokenizer must: ' ½' is [3351, 138] there, [216, 16738] in transformers and llama.cpp "
+        "(SmolLM2); a runtime bug, not the folder's"),
+}
+
+
 def _ids_check(checks: Checks, kind: str, probes: list[Probe], idx, texts: list[str], expected: list[list[int]],
                rt: Runtime, special: dict[str, Any], add_special: bool) -> None:
-    bad = [(probes[i].name, rt.tokenize(texts[i], add_special=add_special), expected[i]) for i in idx]
+    bad = [(probes[i].name, rt.tokenize(texts[i], add_special=add_special), expected[i], texts[i]) for i in idx]
     bad = [b for b in bad if b[1] != b[2]]
+    known = KNOWN_DEVIATIONS.get(rt.name)
+    if bad and known and all(known[0](b[3]) for b in bad):
+        checks.add(kind, True, f"{len(idx) - len(bad)}/{len(idx)} probes identical; {', '.join(b[0] for b in bad)}: "
+                   f"known deviation: {known[1]}", known_deviation=known[1])
+        return
     if bad:
-        name, got, want = bad[0]
+        name, got, want, _ = bad[0]
         at = _prefix(got, want)
         cause = diagnose_ids(got, want, special)
         checks.add(kind, False, (f"{cause}: " if cause else "") + f"{len(bad)}/{len(idx)} probes tokenise "
@@ -308,9 +353,9 @@ def compare(rt: Runtime, ref: Reference, probes: list[Probe], band: Band, checks
     checks.add("kl_mean", numbers["kl_mean"] <= band.kl_mean,
                f"mean KL {numbers['kl_mean']:.3g} (limit {band.kl_mean:g}) over {numbers['positions']} positions",
                value=numbers["kl_mean"], limit=band.kl_mean)
-    checks.add("kl_max", numbers["kl_max"] <= band.kl_max,
-               f"max KL {numbers['kl_max']:.3g} (limit {band.kl_max:g}), worst probe {probes[worst].name}",
-               value=numbers["kl_max"], limit=band.kl_max)
+    checks.add("kl_p99", numbers["kl_p99"] <= band.kl_p99,
+               f"p99 KL {numbers['kl_p99']:.3g} (limit {band.kl_p99:g}); max {numbers['kl_max']:.3g} at probe "
+               f"{probes[worst].name}", value=numbers["kl_p99"], limit=band.kl_p99)
     checks.add("top1", top1 >= band.top1, f"top-1 agreement {top1:.4f} (minimum {band.top1:g})",
                value=top1, limit=band.top1)
     if edge:
@@ -347,6 +392,37 @@ def compare(rt: Runtime, ref: Reference, probes: list[Probe], band: Band, checks
                f"same tokens but a different stop on {', '.join(stop_mismatch)} "
                f"(the runtime does not treat the reference's stop token as end of generation)")
     return numbers
+
+
+def prompt_format_check(stage: Stage, art: dict[str, Any], ref: Reference, probes: list[Probe],
+                        checks: Checks) -> None:
+    """The plain prompt pieces shipped for Java (edgeft.prompt_format) render every probe
+    conversation exactly as the reference's template does; in a dist, so does the kit's file."""
+    from edgeft import prompt_format
+
+    fmt = art.get("prompt_format")
+    if fmt is None:
+        checks.add("prompt_format", True, f"no plain prompt format ({art.get('prompt_format_note')}): the Java "
+                   f"kit falls back to llama.cpp's built-in template matcher, which this check cannot vouch for")
+        return
+    problems = []
+    shipped = stage.path / "java" / "prompt-format.properties"
+    if stage.kind == "dist" and shipped.is_file() and prompt_format.from_properties(shipped.read_text()) != fmt:
+        problems.append("java/prompt-format.properties differs from the artifact's prompt_format")
+    chat = [i for i, p in enumerate(probes) if p.messages is not None]
+    for i in chat:
+        try:
+            got = prompt_format.render(fmt, probes[i].messages)
+        except (prompt_format.NoFormat, KeyError) as e:
+            problems.append(f"{probes[i].name}: cannot render: {e}")
+            break
+        if got != ref.prompts[i]:
+            at = _prefix(list(got), list(ref.prompts[i]))
+            problems.append(f"{probes[i].name}: the plain prompt format differs from the template at char {at}: "
+                            f"{got[at:at + 30]!r} vs reference {ref.prompts[i][at:at + 30]!r}")
+            break
+    checks.add("prompt_format", not problems, "; ".join(problems) or
+               f"the Java kit's prompt pieces render the reference prompt ({len(chat)} conversations)")
 
 
 def file_checks(path: Path, model_dir: Path, gguf_type: str, checks: Checks) -> dict[str, Any]:
@@ -486,6 +562,8 @@ def verify_artifact(stage: Stage, art: dict[str, Any], ref: Reference, probes: l
             try:
                 with rt:
                     numbers.update(compare(rt, ref, probes, band, checks, max_new_tokens))
+                if "prompt_format" in art:
+                    prompt_format_check(stage, art, ref, probes, checks)
             except Exception as e:
                 log.debug("%s failed while running", name, exc_info=True)
                 checks.add("runs", False, f"{runtime} loaded it but failed running it: {type(e).__name__}: "
@@ -500,9 +578,9 @@ def verify_artifact(stage: Stage, art: dict[str, Any], ref: Reference, probes: l
 def markdown_report(report: dict[str, Any]) -> str:
     lines = ["# edgeft verify report", "",
              f"Reference: `{report['reference']}` (transformers, fp32); {len(report['probes'])} probes.", "",
-             "| artifact | runtime | KL mean | KL max | top-1 | max Δlogit | gen prefix | result |",
-             "|---|---|---|---|---|---|---|---|"]
-    keys = ("kl_mean", "kl_max", "top1", "max_dlogit", "generation_prefix")
+             "| artifact | runtime | KL mean | KL p99 | KL max | top-1 | max Δlogit | gen prefix | result |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    keys = ("kl_mean", "kl_p99", "kl_max", "top1", "max_dlogit", "generation_prefix")
     for name, a in report["artifacts"].items():
         cells = " | ".join(f"{a['numbers'][k]:.3g}" if k in a["numbers"] else "–" for k in keys)
         lines.append(f"| {name} | {a['runtime']} | {cells} | {'pass' if a['passed'] else 'FAIL'} |")

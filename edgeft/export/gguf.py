@@ -236,6 +236,23 @@ def export_lora(cfg: Config, merged: Stage, folder: Path, want: dict[str, Any]) 
     convert_lora(adapter_dir, folder / f"{cfg.name}-adapter-f16.gguf", base_dir)
 
 
+def _prompt_format(model_dir: Path) -> dict[str, Any]:
+    """The chat template as plain pieces (edgeft.prompt_format) for consumers without Jinja, or why
+    there are none; verify checks the pieces against the reference's rendering."""
+    from transformers import AutoTokenizer
+
+    from edgeft.prompt_format import from_tokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if not tokenizer.chat_template:
+        return {"prompt_format": None, "prompt_format_note": "no chat template"}
+    fmt, why = from_tokenizer(tokenizer)
+    if fmt is None:
+        log.warning("the chat template cannot be written as fixed pieces (%s): the Java kit falls back to "
+                    "llama.cpp's built-in template matcher", why)
+    return {"prompt_format": fmt, "prompt_format_note": why}
+
+
 @in_session
 def export_gguf(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None = None,
                 *, force: bool = False, replace_own: bool = False) -> Stage:
@@ -243,6 +260,7 @@ def export_gguf(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None
     merged, model_dir, writer = open_export(cfg, "export-gguf", merge_dir, out_dir, force, inputs_hash, replace_own)
     types = list(dict.fromkeys(cfg.export.gguf.types))
     want = gguf_meta.expected(model_dir, cfg.name, cfg.base_model, cfg.license, merged.data.get("end_of_turn"))
+    prompt = _prompt_format(model_dir)
     with writer as w:
         f32 = w.tmp / f"{cfg.name}-f32.gguf"
         log.info("converting %s to GGUF with llama.cpp's converter", model_dir)
@@ -262,14 +280,14 @@ def export_gguf(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None
                 w.add_artifact(f"gguf-{t}", out.name, "gguf", type=t, runtime="llama.cpp",
                                fallback_tensors=len(fallbacks), fallbacks=fallbacks,
                                # llama-cpp-python's quantize API cannot take an importance matrix.
-                               importance_matrix=False, **checked.result())
+                               importance_matrix=False, **prompt, **checked.result())
         if "f32" not in types:
             f32.unlink()
         if cfg.export.gguf.lora:
             export_lora(cfg, merged, w.tmp / "lora", want)
             base_file = f"{cfg.name}-base-f16.gguf"
             w.add_artifact("gguf-lora", "lora", "gguf-lora", type="f16", runtime="llama.cpp",
-                           base_file=base_file, adapter_file=f"{cfg.name}-adapter-f16.gguf",
+                           base_file=base_file, adapter_file=f"{cfg.name}-adapter-f16.gguf", **prompt,
                            **_checked_metadata(w.tmp / "lora" / base_file, want))
         stage = w.publish()
     log.info("GGUF files written to %s", stage.path)

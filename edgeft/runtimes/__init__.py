@@ -89,6 +89,14 @@ class Runtime(ABC):
         out = list(self.stream(ids, max_new_tokens))
         return out, self.stopped
 
+    def logits_many(self, sequences: list[list[int]]) -> list[np.ndarray]:
+        """`logits` of several sequences (a runtime that can batch them overrides this)."""
+        return [self.logits(ids) for ids in sequences]
+
+    def generate_many(self, prompts: list[list[int]], max_new_tokens: int) -> list[tuple[list[int], bool]]:
+        """`generate` for several prompts (a runtime that can batch them overrides this)."""
+        return [self.generate(ids, max_new_tokens) for ids in prompts]
+
     def detokenize(self, ids: list[int]) -> str:
         raise NotImplementedError(f"{self.name} does not detokenize")
 

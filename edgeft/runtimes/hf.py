@@ -24,6 +24,21 @@ def default_template(tokenizer: Any) -> str | None:
     return t.get("default") if isinstance(t, dict) else t
 
 
+def _batches(sequences: list[list[int]], max_tokens: int = 4096, max_rows: int = 16) -> list[list[int]]:
+    """Indices of `sequences` grouped by length: at most `max_rows` per batch and about
+    `max_tokens` of padded width × rows, so a long probe does not pad many short ones."""
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    batches: list[list[int]] = []
+    for i in order:
+        if batches:
+            last = batches[-1]
+            if len(last) < max_rows and len(sequences[i]) * (len(last) + 1) <= max_tokens:
+                last.append(i)
+                continue
+        batches.append([i])
+    return batches
+
+
 class HFTokenizerRuntime(Runtime):
     """What a runtime with an HF tokenizer beside its model does alike (transformers, ONNX Runtime):
     tokenise, render the template, decode. Subclasses set `tokenizer` through `_use_tokenizer`."""
@@ -74,19 +89,48 @@ class HFRuntime(HFTokenizerRuntime):
         return out.logits[0].float().numpy()
 
     def generate(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], bool]:
+        return self.generate_many([ids], max_new_tokens)[0]
+
+    def logits_many(self, sequences: list[list[int]]) -> list[np.ndarray]:
+        """One forward pass per batch of similar lengths (right-padded, masked)."""
         import torch
 
-        with torch.no_grad():
-            out = self.model.generate(
-                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self._stop,
-                pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
-                else self._stop[0],
-            )
-        new = out[0, len(ids):].tolist()
-        if new and new[-1] in self._stop:
-            return new[:-1], True
-        return new, False
+        out: list[np.ndarray | None] = [None] * len(sequences)
+        for batch in _batches(sequences):
+            width = max(len(sequences[i]) for i in batch)
+            ids = torch.zeros(len(batch), width, dtype=torch.long)
+            mask = torch.zeros(len(batch), width, dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids[row, :len(sequences[i])] = torch.tensor(sequences[i])
+                mask[row, :len(sequences[i])] = 1
+            with torch.no_grad():
+                logits = self.model(ids, attention_mask=mask).logits.float().numpy()
+            for row, i in enumerate(batch):
+                out[i] = logits[row, :len(sequences[i])]
+        return out  # type: ignore[return-value]
+
+    def generate_many(self, prompts: list[list[int]], max_new_tokens: int) -> list[tuple[list[int], bool]]:
+        """Greedy replies, a batch of similar lengths at a time (left-padded, masked): the same
+        tokens as one at a time, up to float summation order."""
+        import torch
+
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self._stop[0]
+        out: list[tuple[list[int], bool] | None] = [None] * len(prompts)
+        for batch in _batches(prompts):
+            width = max(len(prompts[i]) for i in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros(len(batch), width, dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
+                mask[row, width - len(prompts[i]):] = 1
+            with torch.no_grad():
+                gen = self.model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                          eos_token_id=self._stop, pad_token_id=pad)
+            for row, i in enumerate(batch):
+                new = gen[row, width:].tolist()
+                stop = next((k for k, t in enumerate(new) if t in self._stop), None)
+                out[i] = (new[:stop], True) if stop is not None else (new, False)
+        return out  # type: ignore[return-value]
 
     def special_tokens(self) -> dict[str, Any]:
         added = {int(i): t.content for i, t in self.tokenizer.added_tokens_decoder.items() if t.special}

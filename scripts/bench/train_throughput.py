@@ -87,7 +87,7 @@ def run_one(recipe: str, model_dir: Path, args: argparse.Namespace) -> dict:
 
     from edgeft.config import parse_config
     from edgeft.datacheck import analyse
-    from edgeft.train import load_base, sft_config
+    from edgeft.train import load_base, sft_config, training_rows
 
     cfg = parse_config({
         "name": "bench", "base_model": str(model_dir), "data": {"train": str(args.data)},
@@ -112,7 +112,9 @@ def run_one(recipe: str, model_dir: Path, args: argparse.Namespace) -> dict:
                           use_cpu=not torch.cuda.is_available(), **({} if torch.cuda.is_available() else {"bf16": False}))
     else:
         model = load_base(str(model_dir), cfg)
-        targs = sft_config(cfg, out, chat=True)
+        rows, val_rows, _ = training_rows(report.train, report.validation[:16], tok, True)
+        train, val = Dataset.from_list(rows), Dataset.from_list(val_rows)
+        targs = sft_config(cfg, out)
         targs.save_strategy = targs.eval_strategy = "no"
         targs.load_best_model_at_end = False
     result: dict = {}

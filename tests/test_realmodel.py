@@ -1,0 +1,154 @@
+"""End to end on a real model: SmolLM2-135M-Instruct (rebuilt offline from its PyPI wheel) with
+edgeft's default training settings, a few steps: train (assistant-only loss on its real template),
+merge, GGUF f16 + q4_k_m, ONNX int8, verify, eval, package, and the Java kit's prompt, which must
+be the one the model was trained on (its default system prompt included). Then the parity gate's
+faults, seeded into copies of the f16 GGUF of this real model and found in one verify run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import EXAMPLE, resign, write_config
+from test_faults import LLAMA2_TEMPLATE, rewrite_gguf
+
+from edgeft.cli import cli
+
+pytestmark = pytest.mark.slow
+JNA = Path("/usr/share/java/jna.jar")
+QUESTION = "Convert the following natural language query into a SQL statement.\n\nList departments on floor 3."
+
+
+@pytest.fixture(scope="module")
+def smol_build(tmp_path_factory: pytest.TempPathFactory, smollm2: Path) -> dict:
+    root = tmp_path_factory.mktemp("smollm2")
+    cfg = write_config(
+        root / "edgeft.yaml", name="smol", base_model="smollm2:135m-instruct", workdir="runs", dist_dir="dist",
+        data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
+        # Default training settings (assistant-only loss, LoRA r 16, lr 1e-3, batch 8), six steps.
+        train={"max_steps": 6, "max_seq_length": 256},
+        export={"gguf": {"types": ["f16", "q4_k_m"]}, "onnx": {"types": ["int8"]}},
+        verify={"max_prompts": 3, "max_new_tokens": 24, "context_tokens": 384},
+        # 8 answers: one answer moves a ratio by 12.5%, so the gate here only catches a collapse.
+        eval={"max_examples": 8, "max_new_tokens": 40, "regex": "SELECT [^;]+;", "min_relative": 0.5},
+    )
+    result = CliRunner().invoke(cli, ["build", "-c", str(cfg)])
+    assert result.exit_code == 0, result.output
+    return {"root": root, "config": cfg, "dist": Path(result.stdout.strip())}
+
+
+def test_real_model_builds_with_default_training_settings(smol_build: dict) -> None:
+    root = smol_build["root"] / "runs" / "smol"
+    train = json.loads((root / "train" / "edgeft.json").read_text())
+    assert train["loss_on"] == "assistant turns and their end-of-turn token"
+    assert train["metrics"]["val_loss"] < train["metrics"]["base_val_loss"]
+    report = json.loads((root / "verify" / "report.json").read_text())
+    assert report["passed"] and set(report["artifacts"]) == {"gguf-f16", "gguf-q4_k_m", "onnx-int8"}
+    for name, art in report["artifacts"].items():
+        assert art["checks"]["kl_p99"]["passed"], name
+    # The Java prompt pieces reproduce the template on every probe, for each GGUF.
+    assert report["artifacts"]["gguf-f16"]["checks"]["prompt_format"]["passed"]
+    int8 = report["artifacts"]["onnx-int8"]["numbers"]
+    assert int8["kl_mean"] < 0.02 and int8["top1"] > 0.9  # block-wise int8 (dynamic int8: KL ~1, top-1 ~0.6)
+    results = json.loads((smol_build["dist"] / "eval" / "results.json").read_text())
+    assert results["passed"]
+    manifest = json.loads((smol_build["dist"] / "manifest.json").read_text())
+    assert manifest["lineage"]["base_model"] == "smollm2:135m-instruct"
+    props = (smol_build["dist"] / "java" / "prompt-format.properties").read_text()
+    assert "start=<|im_start|>system\\nYou\\ are\\ a\\ helpful\\ AI\\ assistant\\ named\\ SmolLM" in props
+
+
+@pytest.mark.skipif(not JNA.is_file() or shutil.which("javac") is None, reason="needs OpenJDK and libjna-java")
+def test_java_kit_prompt_is_the_trained_one(smol_build: dict) -> None:
+    """The JVM's prompt ids equal transformers' (default system prompt included), and its greedy
+    tokens equal llama.cpp's Python bindings' for those ids."""
+    import llama_cpp
+    from transformers import AutoTokenizer
+
+    from edgeft.runtimes.llamacpp import LlamaCppRuntime
+
+    dist = smol_build["dist"]
+    subprocess.run(["sh", str(dist / "java" / "build.sh")], check=True, capture_output=True)
+    libdir = Path(llama_cpp.__file__).parent / "lib"
+    gguf = dist / "gguf" / "smol-f16.gguf"
+    proc = subprocess.run(
+        ["java", "-cp", f"{dist / 'java' / 'out'}:{JNA}", f"-Djna.library.path={libdir}", "edgeft.kit.Generate",
+         str(gguf), QUESTION, "24"], capture_output=True, text=True, timeout=180,
+        env={**os.environ, "LD_LIBRARY_PATH": str(libdir)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if ": " in line)
+    tok = AutoTokenizer.from_pretrained(smol_build["root"] / "runs" / "smol" / "merge" / "model")
+    want = tok.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True)
+    assert tok.decode(want).startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert lines["prompt_tokens"] == " ".join(map(str, want))
+    with LlamaCppRuntime(gguf) as rt:
+        tokens, _ = rt.generate(want, 24)
+    assert tokens and lines["tokens"] == " ".join(map(str, tokens))
+
+
+def _add_copy(dist: Path, name: str) -> str:
+    """A copy of the f16 GGUF as another artifact of the dist (re-signed), for one fault."""
+    path = f"gguf/{name}.gguf"
+    for manifest_file in ("manifest.json", "edgeft.json"):  # a dist carries both, which must agree
+        manifest = json.loads((dist / manifest_file).read_text())
+        art = next(a for a in manifest["artifacts"] if a["name"] == "gguf-f16")
+        shutil.copy(dist / art["path"], dist / path)
+        manifest["artifacts"].append({**art, "name": name, "path": path})
+        manifest["files"].append({**next(f for f in manifest["files"] if f["path"] == art["path"]), "path": path})
+        (dist / manifest_file).write_text(json.dumps(manifest, indent=2))
+    return path
+
+
+def test_faults_are_found_on_the_real_model(smol_build: dict, tmp_path: Path) -> None:
+    import gguf
+    import numpy as np
+
+    dist = tmp_path / "dist"
+    shutil.copytree(smol_build["dist"], dist, ignore=shutil.ignore_patterns("out"))  # the Java test's build
+    f16 = "gguf/smol-f16.gguf"
+    template = gguf.GGUFReader(dist / f16).fields["tokenizer.chat_template"].contents()
+
+    def perturb(data: np.ndarray) -> None:
+        rng = np.random.default_rng(0)
+        data[...] = (data.astype(np.float32) * (1 + 0.2 * rng.standard_normal(data.shape))).astype(data.dtype)
+
+    faults = {  # artifact → (rewrite, check that must fail, words naming the cause)
+        "template-removed": ({"remove": ("tokenizer.chat_template",)}, "chat_template", "has no tokenizer.chat_template"),
+        "template-replaced": ({"set_keys": {"tokenizer.chat_template": LLAMA2_TEMPLATE}}, "chat_template",
+                              "renders a different prompt"),
+        "system-prompt-dropped": ({"set_keys": {"tokenizer.chat_template": template.replace(
+            "You are a helpful AI assistant named SmolLM, trained by Hugging Face", "")}}, "chat_template",
+            "renders a different prompt"),
+        "eos-changed": ({"set_keys": {"tokenizer.ggml.eos_token_id": 300}}, "special_tokens", "EOS changed: 300"),
+        "special-token-lost": (None, "tokens_chat", "special token '<|im_start|>' (id 1) is split"),
+        "tensor-perturbed": ({"tensor": ("blk.0.ffn_down.weight", perturb)}, "weights", "worst blk.0.ffn_down.weight"),
+    }
+    for name, (edit, _, _) in faults.items():
+        path = _add_copy(dist, name)
+        if edit is None:
+            types = list(gguf.GGUFReader(dist / path).fields["tokenizer.ggml.token_type"].contents())
+            types[1] = int(gguf.TokenType.NORMAL)
+            edit = {"set_keys": {"tokenizer.ggml.token_type": types}}
+        rewrite_gguf(dist / path, **edit)
+        resign(dist, path)
+    # End of turn no longer a stop: the ONNX folder's generation_config lost <|im_end|> (id 2).
+    gen_path = dist / "onnx" / "onnx-int8" / "generation_config.json"
+    gen = json.loads(gen_path.read_text())
+    gen["eos_token_id"] = 0
+    gen_path.write_text(json.dumps(gen))
+    resign(dist, "onnx/onnx-int8/generation_config.json")
+    faults["onnx-int8"] = (None, "special_tokens", "end-of-turn token 2 ('<|im_end|>') is not a stop token")
+
+    result = CliRunner().invoke(cli, ["-q", "verify", str(dist), "--out", str(tmp_path / "verify")])
+    assert result.exit_code == 7, result.output
+    report = json.loads((tmp_path / "verify" / "report.json").read_text())
+    for name, (_, check, cause) in faults.items():
+        detail = report["artifacts"][name]["checks"][check]
+        assert not detail["passed"] and cause in detail["detail"], (name, detail)
+    failed = {a for a, r in report["artifacts"].items() if not r["passed"]}
+    assert failed == set(faults)  # the untouched f16 and q4_k_m pass: no false alarm
