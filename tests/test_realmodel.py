@@ -94,10 +94,10 @@ def test_java_kit_prompt_is_the_trained_one(smol_build: dict) -> None:
 def _add_copy(dist: Path, name: str) -> str:
     """A copy of the f16 GGUF as another artifact of the dist (re-signed), for one fault."""
     path = f"gguf/{name}.gguf"
+    shutil.copy(dist / "gguf" / "smol-f16.gguf", dist / path)
     for manifest_file in ("manifest.json", "edgeft.json"):  # a dist carries both, which must agree
         manifest = json.loads((dist / manifest_file).read_text())
         art = next(a for a in manifest["artifacts"] if a["name"] == "gguf-f16")
-        shutil.copy(dist / art["path"], dist / path)
         manifest["artifacts"].append({**art, "name": name, "path": path})
         manifest["files"].append({**next(f for f in manifest["files"] if f["path"] == art["path"]), "path": path})
         (dist / manifest_file).write_text(json.dumps(manifest, indent=2))
