@@ -2,7 +2,7 @@
 
     python -m edgeft.export._convert VENDOR_DIR PRE EOT <convert_hf_to_gguf.py arguments…>
 
-- PRE (or "-"): a BPE pre-tokenizer edgeft identified by configuration. llama.cpp recognises one
+- PRE (or "-"): a BPE pre-tokenizer edgeft identified by tokenising (export.pretok). llama.cpp knows one
   only by the hash of a test string's tokens, which also depends on the vocabulary, so a
   fine-tune with its own vocabulary but a standard pre-tokenizer is refused; PRE answers where
   that hash lookup fails.

@@ -27,9 +27,10 @@ from typing import Any
 from edgeft.base import plain_template
 from edgeft.config import Config
 from edgeft.errors import InputError, ToolError
-from edgeft.export import gguf_meta, open_export
+from edgeft.export import gguf_meta, open_export, pretok
 from edgeft.manifest import Stage, hash_json, read_stage, sha256_file
 from edgeft.paths import vendor_dir
+from edgeft.runtimes.llamacpp import llama_log_level
 from edgeft.workdir import die_with_parent, in_session
 
 log = logging.getLogger(__name__)
@@ -95,24 +96,7 @@ def _stage_for_conversion(model_dir: Path, work: Path, license: str | None = Non
     return staged
 
 
-# BPE pre-tokenizers llama.cpp implements, by their tokenizer.json configuration. llama.cpp
-# itself recognises them only by a hash that also depends on the vocabulary.
-KNOWN_PRE_TOKENIZERS = {
-    "gpt-2": {"normalizer": None,
-              "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
-                                "use_regex": True}},
-}
 _UNRECOGNISED_PRE = "BPE pre-tokenizer was not recognized"
-
-
-def match_pre_tokenizer(tokenizer_json: Path) -> tuple[str | None, dict[str, Any]]:
-    """(llama.cpp's name for this BPE pre-tokenizer or None, the configuration compared)."""
-    tj = json.loads(tokenizer_json.read_text())
-    config = {"normalizer": tj.get("normalizer"), "pre_tokenizer": tj.get("pre_tokenizer")}
-    for name, known in KNOWN_PRE_TOKENIZERS.items():
-        if config == known:
-            return name, config
-    return None, config
 
 
 def _converter(script_name: str, args: list[str], what: Path, pre: str | None = None,
@@ -154,18 +138,30 @@ def convert_hf(model_dir: Path, outfile: Path, name: str, outtype: str = "f32",
         try:
             _converter("convert_hf_to_gguf.py", args, Path(model_dir), eot=eot)
         except _UnknownPreTokenizer as e:
-            pre, config = match_pre_tokenizer(staged / "tokenizer.json")
-            if pre is None:
-                hsh = re.search(r"chkhsh:\s+([0-9a-f]+)", str(e))
-                raise ToolError(
-                    f"{Path(tokenizer_dir or model_dir) / 'tokenizer.json'}: llama.cpp does not recognise this "
-                    f"BPE pre-tokenizer (hash {hsh.group(1) if hsh else '?'}) and its configuration "
-                    f"{json.dumps(config['pre_tokenizer'])} (normalizer {json.dumps(config['normalizer'])}) "
-                    f"matches none it implements ({', '.join(KNOWN_PRE_TOKENIZERS)}); add the model to llama.cpp's "
-                    f"convert_hf_to_gguf_update.py, or fine-tune a base whose tokenizer llama.cpp supports"
-                ) from None
-            log.info("BPE pre-tokenizer unknown to llama.cpp by hash, identical to %r by configuration", pre)
+            pre = _pre_tokenizer_by_behaviour(staged, Path(work), Path(tokenizer_dir or model_dir), str(e))
             _converter("convert_hf_to_gguf.py", args, Path(model_dir), pre=pre, eot=eot)
+
+
+def _pre_tokenizer_by_behaviour(staged: Path, work: Path, source: Path, refusal: str) -> str:
+    """llama.cpp's name for the staged model's BPE pre-tokenizer, found by tokenising (see
+    edgeft.export.pretok) after the converter refused its hash; a ToolError when none agrees."""
+    names = pretok.converter_pre_tokenizers(vendor_dir())
+    vocab = work / "vocab-only.gguf"
+    _converter("convert_hf_to_gguf.py", [str(staged), "--outfile", str(vocab), "--vocab-only"], source,
+               pre=names[0])
+    log.info("llama.cpp does not know this BPE pre-tokenizer by its hash; trying the %d it implements", len(names))
+    found = pretok.match(staged / "tokenizer.json", vocab, names)
+    if found.name is None:
+        hsh = re.search(r"chkhsh:\s+([0-9a-f]+)", refusal)
+        raise ToolError(
+            f"{source / 'tokenizer.json'}: llama.cpp does not recognise this BPE pre-tokenizer (hash "
+            f"{hsh.group(1) if hsh else '?'}) and none of the {found.tried} it implements tokenises like it "
+            f"(nearest: {found.nearest!r}, same ids on {found.nearest_agrees} of {found.texts} stress texts, "
+            f"first different on {found.first_difference!r}); add the model to llama.cpp's "
+            f"convert_hf_to_gguf_update.py, or fine-tune a base whose tokenizer llama.cpp supports")
+    log.info("BPE pre-tokenizer unknown to llama.cpp by hash; its %r gives the same ids on all %d stress texts",
+             found.name, found.texts)
+    return found.name
 
 
 def convert_lora(adapter_dir: Path, outfile: Path, base_dir: Path, outtype: str = "f16") -> None:
@@ -183,15 +179,9 @@ def quantize(src: Path, dst: Path, gguf_type: str, threads: int = 0) -> list[dic
     params.nthread = threads
     # llama-cpp-python forwards llama.cpp's log to sys.stderr when its logger allows it; the
     # fallback warnings are only reported there.
-    logger = logging.getLogger("llama-cpp-python")
-    old_level = logger.level
-    logger.setLevel(logging.WARNING)
     buf = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(buf):
-            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
-    finally:
-        logger.setLevel(old_level)
+    with llama_log_level(logging.WARNING), contextlib.redirect_stderr(buf):
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     if rc != 0 or not dst.is_file():
         raise ToolError(f"llama_model_quantize {src.name} → {gguf_type} failed (code {rc}):\n"
                         + "\n".join(buf.getvalue().strip().splitlines()[-5:]))

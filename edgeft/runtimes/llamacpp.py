@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,22 @@ def _no_weight_repacking() -> Iterator[None]:
         yield
     finally:
         low.llama_model_default_params = original
+
+
+@contextlib.contextmanager
+def llama_log_level(level: int = logging.CRITICAL) -> Iterator[None]:
+    """llama.cpp's own log, which llama-cpp-python prints to sys.stderr, at `level` and above
+    only (CRITICAL: nothing) while the block runs; for the low-level API, which `Llama`'s
+    `verbose` does not cover."""
+    import llama_cpp  # noqa: F401  (installs the log callback that honours this logger)
+
+    logger = logging.getLogger("llama-cpp-python")
+    old = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
 
 
 class LlamaCppRuntime(Runtime):
