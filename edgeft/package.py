@@ -37,7 +37,8 @@ STACK = ("torch", "transformers", "tokenizers", "peft", "trl", "accelerate", "da
 
 # What a dist manifest repeats from each export artifact's entry.
 CARRIED = ("bits_per_weight", "parameters", "fallback_tensors", "importance_matrix", "metadata", "base_file",
-           "adapter_file", "model_file", "opset", "inputs", "outputs", "prompt_format", "prompt_format_note")
+           "adapter_file", "model_file", "opset", "inputs", "outputs", "prompt_format", "prompt_format_note", "recipe",
+           "quantized_matmuls", "float_matmuls")
 
 
 def versions() -> dict[str, str | None]:

@@ -4,8 +4,8 @@ Consumes a `merge` stage; produces an `export-onnx` stage with one folder per ty
 (`onnx-fp32/`, `onnx-int8/`, `onnx-int4/`), each holding `model.onnx` (+ external data when
 large), the tokenizer files and the configs, i.e. what ONNX Runtime Java + a tokenizer library
 need. fp32 is optimum's `text-generation-with-past` export; int8 is its MatMul weights in 8-bit blocks
-(ONNX Runtime's MatMulNBits, weight-only); int4 is onnxruntime-genai's model builder output
-(mixed int4/int8, with genai_config.json),
+(ONNX Runtime's MatMulNBits, weight-only; value and down projections kept fp32); int4 is
+onnxruntime-genai's model builder output (gate/up int4, the other projections int8, with genai_config.json),
 which the ORT GenAI APIs, Java included, load as a folder. Input/output names are recorded in
 the manifest.
 
@@ -70,18 +70,30 @@ def _external(src_dir: Path) -> bool:
 
 
 # Weight-only int8 (MatMulNBits, 8-bit symmetric blocks of 16) with int8 activations per block in the
-# dot products (accuracy level 4, what llama.cpp's q8_0 does too). Measured on SmolLM2-135M (mean KL
-# against fp32, top-1, greedy tokens/s on 2 cores; fp32 itself 26.8 tok/s):
+# dot products (accuracy level 4, what llama.cpp's q8_0 does too), except the value and down
+# projections, which stay fp32 MatMuls: their inputs carry the outliers that int8 activations
+# lose (the tensors llama.cpp's k-quant mixes also keep at higher precision). Measured on the
+# SmolLM2-135M example's fine-tune, verify's 13 probes (mean KL against fp32, top-1, greedy
+# tokens/s on 2 cores with fp32 at 53.3, size; fp32 is 539 MB):
 #   ONNX Runtime dynamic int8 (activations quantized per tensor)   1.2     0.61
-#   MatMulNBits 8-bit, blocks of 32, fp32 compute (level 1)         4.7e-3  0.983   3.9 tok/s
-#   MatMulNBits 8-bit, blocks of 16, fp32 compute                   2.6e-3  0.995   3.9 tok/s
-#   MatMulNBits 8-bit, blocks of 16, int8 compute (level 4)         6.0e-3  0.965  33.9 tok/s
-# The fp32-compute kernel is 7x slower than the fp32 model: no edge deployment wants that.
+#   MatMulNBits 8-bit, blocks of 16, fp32 compute (level 1)         2.6e-3  0.995   ~8 tok/s
+#   MatMulNBits 8-bit, blocks of 16, int8 compute (level 4)         6.3e-3  0.965  66.7 tok/s  247 MB
+#     down_proj at fp32 compute (level 1)                           4.4e-3  0.992  28.7 tok/s  247 MB
+#     down_proj kept fp32                                           4.7e-3  0.982  59.8 tok/s  320 MB
+#     down_proj and v_proj kept fp32 (this)                         2.4e-3  0.981  61.4 tok/s  330 MB
+# (The output matrix is tied to the embedding, a graph input of a Transpose: it is never quantized.)
 INT8_BLOCK = 16
 INT8_ACCURACY_LEVEL = 4
+INT8_FLOAT_MATMULS = ("v_proj", "down_proj")
 
 
-def _quantize_int8(src_dir: Path, dst_dir: Path) -> None:
+def _float_matmuls(model) -> list[str]:  # type: ignore[no-untyped-def]
+    """The MatMul nodes of INT8_FLOAT_MATMULS' projections (optimum names them /…/v_proj/MatMul)."""
+    return [n.name for n in model.graph.node
+            if n.op_type == "MatMul" and any(f"/{role}/" in n.name for role in INT8_FLOAT_MATMULS)]
+
+
+def _quantize_int8(src_dir: Path, dst_dir: Path) -> dict[str, Any]:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
@@ -90,14 +102,19 @@ def _quantize_int8(src_dir: Path, dst_dir: Path) -> None:
 
     shutil.copytree(src_dir, dst_dir, ignore=shutil.ignore_patterns("model.onnx", "model.onnx_data"))
     model = onnx.load(str(src_dir / "model.onnx"))
+    keep = _float_matmuls(model)
     config = DefaultWeightOnlyQuantConfig(block_size=INT8_BLOCK, is_symmetric=True, bits=8,
                                           accuracy_level=INT8_ACCURACY_LEVEL, op_types_to_quantize=("MatMul",))
     quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=INT8_BLOCK, is_symmetric=True,
-                                     accuracy_level=INT8_ACCURACY_LEVEL, algo_config=config)
+                                     accuracy_level=INT8_ACCURACY_LEVEL, nodes_to_exclude=keep, algo_config=config)
     quantizer.process()
     model = quantizer.model.model
     large = model.ByteSize() > EXTERNAL_DATA_BYTES
     onnx.save(model, str(dst_dir / "model.onnx"), save_as_external_data=large, location="model.onnx_data")
+    quantized = sum(n.op_type == "MatMulNBits" for n in model.graph.node)
+    return {"recipe": f"MatMulNBits 8-bit, blocks of {INT8_BLOCK}, accuracy level {INT8_ACCURACY_LEVEL}; "
+                      f"{'/'.join(INT8_FLOAT_MATMULS)} kept fp32",
+            "quantized_matmuls": quantized, "float_matmuls": len(keep)}
 
 
 def _convert_fp16(src_dir: Path, dst_dir: Path) -> None:
@@ -116,29 +133,39 @@ def inputs_hash(cfg: Config, merged: Stage) -> str:
     return hash_json([merged.inputs_hash, cfg.section("export")["onnx"]])
 
 
-# ONNX Runtime's own mixed recipe (like llama.cpp's q4_k_m): k-quant scales, the output matrix and
-# the most sensitive layers (first and last eighth, every third layer's qkv/v/down) at int8, blocks
-# of 16. On SmolLM2-135M (mean KL against fp32, top-1): the builder's default (RTN, blocks of 32)
-# 1.12 / 0.61; k-quant 0.63 / 0.69; + mixed int8 0.66 / 0.70; + blocks of 16: 0.34 / 0.78 (133 MB
-# vs 87 MB). Every 576-wide matrix family at 4 bits costs this model 0.03-0.5 nats on its own.
+# onnxruntime-genai's builder, k-quant scales in blocks of 16, with every projection but the MLP's
+# gate and up at 8 bits (and the output matrix), as edgeft.export._genai_build adds to the builder's
+# own placement. Measured on the SmolLM2-135M example's fine-tune (mean KL against fp32, top-1, size;
+# the GGUF q4_k_m of the same build: 0.148 / 0.899, 105 MB):
+#   builder default (RTN int4, blocks of 32)                        1.12  0.61
+#   k-quant                                                         0.63  0.69
+#   k-quant + its mixed int8 layers (first/last eighth, every 3rd)  0.66  0.70
+#   + blocks of 16                                                  0.34  0.79   133 MB
+#   + v_proj, down_proj int8 in every layer                         0.17  0.88   146 MB
+#   + q/k/v/o_proj, down_proj int8 in every layer (this)            0.16  0.92   151 MB
+# Every 576-wide matrix family at 4 bits costs this model 0.03-0.5 nats on its own.
 GENAI_INT4_OPTIONS = ["algo_config=k_quant", "matmul_mixed_precision=last_matmul:int8,mixed_layers:int8",
                       "block_size=16", "accuracy_level=4"]
+GENAI_INT8_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
 
 
-def _export_genai_int4(model_dir: Path, folder: Path) -> None:
+def _export_genai_int4(model_dir: Path, folder: Path) -> dict[str, Any]:
     """onnxruntime-genai's model builder: mixed int4/int8 weights (MatMulNBits) for the CPU."""
     import os
     import subprocess
     import tempfile
 
     with tempfile.TemporaryDirectory() as cache:
-        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir), "-o", str(folder),
-               "-p", "int4", "-e", "cpu", "-c", cache, "--extra_options", *GENAI_INT4_OPTIONS]
+        cmd = [sys.executable, "-m", "edgeft.export._genai_build", ",".join(GENAI_INT8_PROJECTIONS),
+               "-i", str(model_dir), "-o", str(folder), "-p", "int4", "-e", "cpu", "-c", cache,
+               "--extra_options", *GENAI_INT4_OPTIONS]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                               preexec_fn=die_with_parent)
     if proc.returncode != 0 or not (folder / "genai_config.json").is_file():
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
         raise ToolError(f"onnxruntime-genai's model builder failed on {model_dir}:\n{tail}")
+    return {"recipe": f"onnxruntime-genai builder, {' '.join(GENAI_INT4_OPTIONS)}; "
+                      f"{'/'.join(GENAI_INT8_PROJECTIONS)} int8 in every layer, gate/up int4"}
 
 
 @in_session
@@ -155,20 +182,22 @@ def export_onnx(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None
         # read these folders understand them.
         for t in types:
             folder = w.tmp / f"onnx-{t}"
+            recipe: dict[str, Any] = {}
             if t == "int8":
-                log.info("quantizing ONNX to int8 (weight-only, blocks of %d)", INT8_BLOCK)
-                _quantize_int8(fp32, folder)
+                log.info("quantizing ONNX to int8 (weight-only, blocks of %d; %s kept fp32)", INT8_BLOCK,
+                         "/".join(INT8_FLOAT_MATMULS))
+                recipe = _quantize_int8(fp32, folder)
             if t == "fp16":
                 log.info("converting ONNX to fp16")
                 _convert_fp16(fp32, folder)
             if t == "int4":
                 log.info("building the onnxruntime-genai int4 folder")
-                _export_genai_int4(model_dir, folder)
+                recipe = _export_genai_int4(model_dir, folder)
                 w.add_artifact("onnx-genai-int4", folder.name, "onnx-genai", type=t, runtime="onnxruntime-genai",
-                               model_file="model.onnx", **io_names(folder / "model.onnx"))
+                               model_file="model.onnx", **recipe, **io_names(folder / "model.onnx"))
                 continue
             w.add_artifact(f"onnx-{t}", folder.name, "onnx", type=t, runtime="onnxruntime",
-                           model_file="model.onnx", **io_names(folder / "model.onnx"))
+                           model_file="model.onnx", **recipe, **io_names(folder / "model.onnx"))
         if "fp32" not in types:
             shutil.rmtree(fp32)
         stage = w.publish()
