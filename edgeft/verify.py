@@ -105,7 +105,7 @@ BANDS: dict[str, Band] = {
                       "grows with position (tiny:small: mean KL 1e-5 over positions 0-100, 0.015 over 850-950, "
                       "with rotary, norms and softmax kept in fp32 alike). SmolLM2 1.3e-5 / 1.0; tiny 4.7e-6 / 1.0",
                       edge_kl_mean=0.02, edge_top1=0.93),
-    "onnx:int8": Band(0.01, 0.1, 0.95, 0.8, "int8 weights in blocks of 16 with int8 activations per block (like "
+    "onnx:int8": Band(0.01, 0.1, 0.93, 0.8, "int8 weights in blocks of 16 with int8 activations per block (like "
                       "q8_0), value and down projections kept fp32. SmolLM2 2.5e-3 / 0.982 (all projections int8: "
                       "6.3e-3 / 0.965; ONNX Runtime's dynamic int8: 1.2 / 0.61); tiny 9.1e-5 / 0.999"),
     "onnx-genai:int4": Band(0.4, 3.0, 0.82, 0.5, "k-quant int4 in blocks of 16 for the MLP's gate and up, the "

@@ -54,9 +54,10 @@ def test_real_model_builds_with_default_training_settings(smol_build: dict) -> N
     # The Java prompt pieces reproduce the template on every probe, for each GGUF.
     assert report["artifacts"]["gguf-f16"]["checks"]["prompt_format"]["passed"]
     int8 = report["artifacts"]["onnx-int8"]["numbers"]
-    # Block-wise int8 with the value and down projections fp32, in all 30 layers (every projection
-    # int8: KL ~6e-3, top-1 ~0.965; dynamic int8: KL ~1, top-1 ~0.6).
-    assert int8["kl_mean"] < 0.01 and int8["top1"] > 0.95
+    # Block-wise int8 with the value and down projections fp32, in all 30 layers: measured 3.5e-3 /
+    # 0.970 on these ~200 positions (every projection int8: KL ~6e-3; dynamic int8: KL ~1, top-1
+    # ~0.6). The top-1 bound leaves room for near-ties that other CPUs' kernels round otherwise.
+    assert int8["kl_mean"] < 0.01 and int8["top1"] > 0.93
     dist_manifest = json.loads((smol_build["dist"] / "manifest.json").read_text())
     art = next(a for a in dist_manifest["artifacts"] if a["name"] == "onnx-int8")
     assert art["float_matmuls"] == 2 * 30 and art["quantized_matmuls"] == 5 * 30
