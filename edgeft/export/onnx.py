@@ -65,6 +65,16 @@ def _export_fp32(model_dir: Path, out: Path, opset: int) -> None:
 EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2
 
 
+def _save_variant(model, src_dir: Path, dst_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """`model` as dst_dir/model.onnx (external data past protobuf's limit), beside a copy of
+    src_dir's other files (tokenizer, configs)."""
+    import onnx
+
+    shutil.copytree(src_dir, dst_dir, ignore=shutil.ignore_patterns("model.onnx", "model.onnx_data"))
+    large = model.ByteSize() > EXTERNAL_DATA_BYTES
+    onnx.save(model, str(dst_dir / "model.onnx"), save_as_external_data=large, location="model.onnx_data")
+
+
 def _external(src_dir: Path) -> bool:
     return (src_dir / "model.onnx_data").exists() or (src_dir / "model.onnx").stat().st_size > EXTERNAL_DATA_BYTES
 
@@ -100,7 +110,6 @@ def _quantize_int8(src_dir: Path, dst_dir: Path) -> dict[str, Any]:
         MatMulNBitsQuantizer,
     )
 
-    shutil.copytree(src_dir, dst_dir, ignore=shutil.ignore_patterns("model.onnx", "model.onnx_data"))
     model = onnx.load(str(src_dir / "model.onnx"))
     keep = _float_matmuls(model)
     config = DefaultWeightOnlyQuantConfig(block_size=INT8_BLOCK, is_symmetric=True, bits=8,
@@ -109,8 +118,7 @@ def _quantize_int8(src_dir: Path, dst_dir: Path) -> dict[str, Any]:
                                      accuracy_level=INT8_ACCURACY_LEVEL, nodes_to_exclude=keep, algo_config=config)
     quantizer.process()
     model = quantizer.model.model
-    large = model.ByteSize() > EXTERNAL_DATA_BYTES
-    onnx.save(model, str(dst_dir / "model.onnx"), save_as_external_data=large, location="model.onnx_data")
+    _save_variant(model, src_dir, dst_dir)
     quantized = sum(n.op_type == "MatMulNBits" for n in model.graph.node)
     return {"recipe": f"MatMulNBits 8-bit, blocks of {INT8_BLOCK}, accuracy level {INT8_ACCURACY_LEVEL}; "
                       f"{'/'.join(INT8_FLOAT_MATMULS)} kept fp32",
@@ -123,10 +131,8 @@ def _convert_fp16(src_dir: Path, dst_dir: Path) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    shutil.copytree(src_dir, dst_dir, ignore=shutil.ignore_patterns("model.onnx", "model.onnx_data"))
-    model = convert_float_to_float16(onnx.load(str(src_dir / "model.onnx")), keep_io_types=True)
-    large = model.ByteSize() > EXTERNAL_DATA_BYTES
-    onnx.save(model, str(dst_dir / "model.onnx"), save_as_external_data=large, location="model.onnx_data")
+    _save_variant(convert_float_to_float16(onnx.load(str(src_dir / "model.onnx")), keep_io_types=True),
+                  src_dir, dst_dir)
 
 
 def inputs_hash(cfg: Config, merged: Stage) -> str:
