@@ -1,5 +1,6 @@
 """The base model: resolve `base_model` (hub id, directory, tiny:<size>[:<seed>], an offline real model
-such as smollm2:135m-instruct) and fingerprint it.
+such as smollm2:135m-instruct), fingerprint it, and load it as training and merging need it
+(4-bit for QLoRA, else the compute dtype; safetensors only).
 
 Also the chat-template helpers every stage shares: the end-of-turn token, and the template
 without the training-only `{% generation %}` markers (plain Jinja, as runtimes render it).
@@ -12,10 +13,13 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeft.errors import ConfigError, InputError, first_line
 from edgeft.manifest import hash_json
+
+if TYPE_CHECKING:
+    from edgeft.config import Config
 
 # What a base model directory must hold, and the files fetched for a hub id: configs, safetensors
 # weights, tokenizer files. Never pickles (*.bin, *.pt): loading one can run arbitrary code.
@@ -133,6 +137,59 @@ def cached_sha256(path: Path) -> str:
     return digest
 
 
+def compute_dtype(name: str) -> Any:
+    import torch
+
+    if name != "auto":
+        return getattr(torch, name)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_base(base: str, cfg: Config) -> Any:
+    """The base model, in 4-bit for QLoRA, else in the compute dtype (safetensors only)."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    t = cfg.train
+    dtype = compute_dtype(t.compute_dtype)
+    # safetensors only: a pickled checkpoint from a user path could run arbitrary code.
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code, "use_safetensors": True}
+    if t.quantization != "none":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=t.quantization,
+            bnb_4bit_use_double_quant=t.double_quant, bnb_4bit_compute_dtype=dtype,
+        )
+        if torch.cuda.is_available():
+            from accelerate import PartialState
+
+            kwargs["device_map"] = {"": PartialState().local_process_index}
+        else:
+            kwargs["device_map"] = {"": "cpu"}
+    else:
+        kwargs["dtype"] = dtype
+    model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    if t.quantization != "none" and not torch.cuda.is_available():
+        _keep_4bit_weights_trainable(model)
+    return model
+
+
+def _keep_4bit_weights_trainable(model) -> None:
+    """Stop bitsandbytes repacking 4-bit weights for CPU inference during evaluation.
+
+    bitsandbytes 0.50.2, on CPUs with AVX512-BF16, repacks a Linear4bit's weights the first time
+    it runs in eval mode without gradients (our base-model evaluation before training) and from
+    then on multiplies through `gemv_4bit`, which has no autograd kernel: gradients stop flowing
+    through the frozen base layers, silently (torch only warns). Training must keep the
+    differentiable path, so the repacking is switched off on every 4-bit layer.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+
 # For a base model without a chat template (a pre-trained, not instruction-tuned, model): plain
 # text turns, and the tokenizer's own EOS closes the assistant's turn, so no token has to be
 # added to the vocabulary and generation stops where a base model already knows to stop.
@@ -157,7 +214,7 @@ def ensure_chat_template(tokenizer: Any) -> bool:
     if tokenizer.chat_template:
         templates = tokenizer.chat_template
         for template in templates.values() if isinstance(templates, dict) else [templates]:
-            guard(template, source=f"base model {tokenizer.name_or_path}", **special_tokens(tokenizer))
+            guard(template, source=f"base model {tokenizer.name_or_path}", special_tokens=special_tokens(tokenizer))
         return False
     if tokenizer.eos_token is None:
         raise ConfigError("base_model: the tokenizer has neither a chat template nor an EOS token; "

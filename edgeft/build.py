@@ -9,23 +9,26 @@ re-runs nothing heavy, and changing only export settings re-exports without retr
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edgeft import evaluate as eval_mod
 from edgeft import merge as merge_mod
 from edgeft import package as package_mod
+from edgeft import stages
 from edgeft import train as train_mod
 from edgeft import verify as verify_mod
 from edgeft.base import resolve_base
 from edgeft.config import Config
 from edgeft.export import gguf as gguf_mod
 from edgeft.export import onnx as onnx_mod
-from edgeft.manifest import MANIFEST, Stage, check_replaceable, owned, read_stage
+from edgeft.manifest import MANIFEST, Stage, check_replaceable, owned, partial_dir, read_stage
 from edgeft.workdir import session
 
 log = logging.getLogger(__name__)
@@ -50,7 +53,7 @@ def _existing(path: Path, kind: str, expected_hash: str) -> Stage | None:
         return None
     if stage.inputs_hash != expected_hash:
         return None
-    if kind in ("verify", "eval") and not stage.metrics.get("passed"):
+    if kind in (stages.VERIFY, stages.EVAL) and not stage.metrics.get("passed"):
         return None
     changed = stage.changed()
     if changed:
@@ -58,6 +61,12 @@ def _existing(path: Path, kind: str, expected_hash: str) -> Stage | None:
                     f", and {len(changed) - 1} more" if len(changed) > 1 else "")
         return None
     return stage
+
+
+# Each stage: the module whose `inputs_hash(cfg, upstream)` fingerprints it, and what makes it.
+MODULES: dict[str, Any] = {stages.TRAIN: train_mod, stages.MERGE: merge_mod, stages.EXPORT_GGUF: gguf_mod,
+                           stages.EXPORT_ONNX: onnx_mod, stages.VERIFY: verify_mod, stages.EVAL: eval_mod,
+                           stages.DIST: package_mod}
 
 
 def build(cfg: Config, *, force: bool = False,
@@ -71,11 +80,13 @@ def build(cfg: Config, *, force: bool = False,
 
 
 def _build(cfg: Config, force: bool, on_stage: Callable[[str, str], None] | None) -> BuildResult:
-    run = cfg.run_dir
     result = BuildResult(dist=cfg.dist_path)
+    own = {"force": force, "replace_own": True}
 
-    def step(name: str, path: Path, kind: str, expected: str | None, make: Callable[[], Stage]) -> Stage:
-        found = None if force or expected is None else _existing(path, kind, expected)
+    def step(kind: str, upstream: list[Stage], make: Callable[[], Stage | None]) -> Stage:
+        name = "package" if kind == stages.DIST else kind
+        path = stages.directory(cfg, kind)
+        found = None if force else _existing(path, kind, MODULES[kind].inputs_hash(cfg, upstream))
         if found is not None:
             result.reused.append(name)
             if on_stage:
@@ -85,41 +96,31 @@ def _build(cfg: Config, force: bool, on_stage: Callable[[str, str], None] | None
             on_stage(name, "running")
         started = time.time()
         stage = make()
+        assert stage is not None  # only other processes of a distributed training get None
         result.seconds[name] = round(time.time() - started, 2)
         result.ran.append(name)
         return stage
 
-    def train_stage() -> Stage:
+    def train_stage() -> Stage | None:
         resume = not force and train_mod.interrupted_run(cfg)
         if resume:
-            log.info("continuing the interrupted training in %s", run / ".train.partial")
+            log.info("continuing the interrupted training in %s", partial_dir(stages.directory(cfg, stages.TRAIN)))
         return train_mod.train_adapter(cfg, force=force, replace_own=True, resume=resume)
 
     # Before minutes of work: every output this build may replace must be edgeft's own (or --force).
-    for kind in ("train", "merge", "export-gguf", "export-onnx", "verify", "eval"):
-        check_replaceable(run / kind, kind, force=force, replace_own=True)
-    check_replaceable(cfg.dist_path, "dist", force=force, replace_own=True)
-    base = resolve_base(cfg.base_model, cfg.root, cfg.trust_remote_code)
-    own = {"force": force, "replace_own": True}
-    train = step("train", run / "train", "train", train_mod.inputs_hash(cfg, base), train_stage)
-    merged = step("merge", run / "merge", "merge", merge_mod.inputs_hash(cfg, train),
-                  lambda: merge_mod.merge_adapter(cfg, **own))
+    for kind in stages.ORDER:
+        check_replaceable(stages.directory(cfg, kind), kind, force=force, replace_own=True)
+    resolve_base(cfg.base_model, cfg.root, cfg.trust_remote_code)  # a bad base fails before anything runs
+    train = step(stages.TRAIN, [], train_stage)
+    merged = step(stages.MERGE, [train], lambda: merge_mod.merge_adapter(cfg, **own))
     exports = []
-    for kind, types, mod, make in (
-        ("export-gguf", cfg.export.gguf.types, gguf_mod, gguf_mod.export_gguf),
-        ("export-onnx", cfg.export.onnx.types, onnx_mod, onnx_mod.export_onnx),
-    ):
-        if not types:
-            if owned(run / kind, kind):  # a stale export must not be shipped (and only edgeft's is removed)
-                shutil.rmtree(run / kind)
-            continue
-        exports.append(step(kind, run / kind, kind, mod.inputs_hash(cfg, merged),
-                            lambda make=make: make(cfg, **own)))
-    verified = step("verify", run / "verify", "verify", verify_mod.inputs_hash(cfg, merged, exports),
-                    lambda: verify_mod.verify_artifacts(cfg, force=force))
-    evaluated = step("eval", run / "eval", "eval", eval_mod.inputs_hash(cfg, merged, exports),
-                     lambda: eval_mod.evaluate(cfg, force=force))
-    step("package", cfg.dist_path, "dist",
-         package_mod.inputs_hash([train, merged, *exports, verified, evaluated]),
-         lambda: package_mod.package_dist(cfg, force=force))
+    wanted = stages.wanted_exports(cfg)
+    for kind, make in ((stages.EXPORT_GGUF, gguf_mod.export_gguf), (stages.EXPORT_ONNX, onnx_mod.export_onnx)):
+        if kind in wanted:
+            exports.append(step(kind, [merged], functools.partial(make, cfg, **own)))
+        elif owned(stages.directory(cfg, kind), kind):  # a stale export must not be shipped (only edgeft's is removed)
+            shutil.rmtree(stages.directory(cfg, kind))
+    verified = step(stages.VERIFY, [merged, *exports], lambda: verify_mod.verify_artifacts(cfg, force=force))
+    evaluated = step(stages.EVAL, [merged, *exports], lambda: eval_mod.evaluate(cfg, force=force))
+    step(stages.DIST, [merged, *exports, verified, evaluated], lambda: package_mod.package_dist(cfg, force=force))
     return result

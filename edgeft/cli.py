@@ -17,7 +17,9 @@ from typing import Any
 import click
 
 from edgeft import __version__
+from edgeft.config import DataConfig
 from edgeft.errors import EdgeftError
+from edgeft.runtimes import Sampling
 
 CONFIG_OPTION = click.option(
     "-c", "--config", "config_path", required=True, type=click.Path(path_type=Path),
@@ -141,8 +143,8 @@ def data() -> None:
 @click.option("--validation", type=click.Path(path_type=Path), help="Explicit validation file.")
 @click.option("--column", "columns", multiple=True, metavar="CANONICAL=YOURS",
               help="Map a field, e.g. --column prompt=question (repeatable).")
-@click.option("--val-ratio", type=float, help="Validation share of the split [0.1].")
-@click.option("--seed", type=int, help="Split seed [0].")
+@click.option("--val-ratio", type=float, help=f"Validation share of the split [{DataConfig.val_ratio}].")
+@click.option("--seed", type=int, help=f"Split seed [{DataConfig.seed}].")
 @click.option("--dedup", is_flag=True, default=None, help="Drop exact duplicates before splitting.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def data_check(file: Path | None, config_path: Path | None, model: str | None, max_length: int | None,
@@ -162,11 +164,14 @@ def data_check(file: Path | None, config_path: Path | None, model: str | None, m
     from edgeft.errors import DataError, InputError
 
     cfg = _load(config_path) if config_path else None
-    d = cfg.data if cfg else None
-    if file is None and cfg is None:
+    d = cfg.data if cfg else DataConfig()
+    if file is not None:
+        train_path = file
+    elif cfg is not None:
+        train_path = cfg.path(d.train)
+    else:
         raise InputError("give a data FILE, or -c CONFIG to check its data section")
-    train_path = file or cfg.path(d.train)
-    mapping = dict(d.columns) if d else {}
+    mapping = dict(d.columns)
     for item in columns:
         key, _, value = item.partition("=")
         if not value:
@@ -185,11 +190,11 @@ def data_check(file: Path | None, config_path: Path | None, model: str | None, m
         ensure_chat_template(tokenizer)
     report = analyse(
         train_path,
-        validation_path=validation or (cfg.path(d.validation) if d and d.validation else None),
-        columns=mapping or None, system_prompt=d.system_prompt if d else None,
-        val_ratio=val_ratio if val_ratio is not None else (d.val_ratio if d else 0.1),
-        seed=seed if seed is not None else (d.seed if d else 0),
-        dedup=dedup if dedup is not None else (d.dedup if d else False),
+        validation_path=validation or (cfg.path(d.validation) if cfg and d.validation else None),
+        columns=mapping or None, system_prompt=d.system_prompt,
+        val_ratio=val_ratio if val_ratio is not None else d.val_ratio,
+        seed=seed if seed is not None else d.seed,
+        dedup=dedup if dedup is not None else d.dedup,
         tokenizer=tokenizer,
         max_length=max_length if max_length is not None else (cfg.train.max_seq_length if cfg else None),
     )
@@ -329,6 +334,7 @@ def verify(path: Path | None, config_path: Path | None, merge_dir: Path | None, 
     edgeft verify examples/nl2sql/dist/nl2sql-tiny --check
     edgeft verify -c examples/nl2sql/edgeft.yaml
     """
+    from edgeft import stages
     from edgeft.errors import InputError, VerifyFailed
     from edgeft.verify import verify_artifacts, verify_path
 
@@ -344,9 +350,9 @@ def verify(path: Path | None, config_path: Path | None, merge_dir: Path | None, 
     if path is not None:
         out_dir = out or path.with_name(path.name + "-verify")
         run = lambda: verify_path(path, merge_dir, out_dir, force=force)  # noqa: E731
-    else:
+    elif config_path is not None:
         cfg = _load(config_path)
-        out_dir = out or cfg.run_dir / "verify"
+        out_dir = stages.directory(cfg, stages.VERIFY, out)
         run = lambda: verify_artifacts(cfg, merge_dir, list(export_dirs) or None, out_dir, force=force)  # noqa: E731
     try:
         stage = run()
@@ -376,11 +382,12 @@ def eval_cmd(config_path: Path, merge_dir: Path | None, export_dirs: tuple[Path,
     \b
     edgeft eval -c examples/nl2sql/edgeft.yaml
     """
+    from edgeft import stages
     from edgeft.errors import EvalFailed
     from edgeft.evaluate import evaluate
 
     cfg = _load(config_path, overrides)
-    out_dir = out or cfg.run_dir / "eval"
+    out_dir = stages.directory(cfg, stages.EVAL, out)
     try:
         stage = evaluate(cfg, merge_dir, list(export_dirs) or None, out_dir, force=force)
     except EvalFailed:
@@ -410,10 +417,10 @@ def package(config_path: Path, force: bool) -> None:
 SAMPLING_OPTIONS = [
     click.option("--type", "kind", help="Artifact in a dist folder (e.g. q4_k_m, onnx-int8) [its first GGUF]."),
     click.option("--max-tokens", default=256, show_default=True, help="Most tokens to generate."),
-    click.option("--temperature", default=0.0, show_default=True, help="0 = greedy."),
-    click.option("--top-k", default=0, show_default=True, help="Keep the k most likely tokens (0 = all)."),
-    click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling threshold."),
-    click.option("--seed", default=0, show_default=True, help="Sampling seed."),
+    click.option("--temperature", default=Sampling.temperature, show_default=True, help="0 = greedy."),
+    click.option("--top-k", default=Sampling.top_k, show_default=True, help="Keep the k most likely tokens (0 = all)."),
+    click.option("--top-p", default=Sampling.top_p, show_default=True, help="Nucleus sampling threshold."),
+    click.option("--seed", default=Sampling.seed, show_default=True, help="Sampling seed."),
     click.option("--system", help="A system message."),
 ]
 
@@ -440,7 +447,6 @@ def run(artifact: Path, prompt: str, kind: str | None, max_tokens: int, temperat
     edgeft run model-q4_k_m.gguf "Hello" --temperature 0.7 --json
     """
     from edgeft.run import open_runtime, respond
-    from edgeft.runtimes import Sampling
 
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     with open_runtime(artifact, kind) as rt:
@@ -460,7 +466,6 @@ def chat(artifact: Path, kind: str | None, max_tokens: int, temperature: float, 
     edgeft chat examples/nl2sql/dist/nl2sql-tiny --type q8_0
     """
     from edgeft.run import open_runtime, respond
-    from edgeft.runtimes import Sampling
 
     sampling = Sampling(temperature, top_k, top_p, seed)
     start = [{"role": "system", "content": system}] if system else []

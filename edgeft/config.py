@@ -16,10 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeft import formats
 from edgeft.errors import ConfigError, InputError
 
-GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m", "q2_k")
-ONNX_TYPES = ("fp32", "fp16", "int8", "int4")
+# The values a key may take, named once (the checks below and the code that branches on them).
+GGUF_TYPES = tuple(formats.GGUF_TYPES)
+ONNX_TYPES = tuple(formats.ONNX_TYPES)
+QUANTIZATIONS = ("none", "nf4", "fp4")  # train.quantization: none = plain LoRA, else QLoRA's 4-bit type
+COMPUTE_DTYPES = ("auto", "bfloat16", "float16", "float32")
+MERGE_STRATEGIES = ("full-precision", "dequantized")
+MERGE_DTYPES = ("float32", "float16", "bfloat16")
+# Canonical field names of an example row, which data.columns may map from the user's names.
+CANONICAL_FIELDS = ("instruction", "input", "output", "messages", "prompt", "completion", "text", "system")
 # Names become folder and file names (dist/<name>/, <name>-q4_k_m.gguf) and GGUF metadata.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
@@ -187,7 +195,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _build(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
+def _build(cls: Any, raw: Any, where: str, problems: list[str]) -> Any:
     if not isinstance(raw, dict):
         problems.append(f"{where or 'top level'}: expected a mapping, got {type(raw).__name__}")
         return cls()
@@ -225,8 +233,6 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
     bad(not 0 < cfg.data.val_ratio < 1, f"data.val_ratio: {cfg.data.val_ratio} must be in (0, 1)")
     bad(not 0 < cfg.data.near_duplicate_threshold <= 1,
         f"data.near_duplicate_threshold: {cfg.data.near_duplicate_threshold} must be in (0, 1] (a similarity)")
-    from edgeft.data import CANONICAL_FIELDS
-
     for key in cfg.data.columns:
         bad(key not in CANONICAL_FIELDS,
             f"data.columns: {key!r} is not a field edgeft reads; map to one of {', '.join(CANONICAL_FIELDS)}")
@@ -249,21 +255,15 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
     else:
         bad(not t.target_modules or not all(m.strip() for m in t.target_modules),
             "train.target_modules: give module names (e.g. [q_proj, v_proj]) or 'all-linear'")
-    bad(cfg.train.quantization not in ("none", "nf4", "fp4"),
-        f"train.quantization: {cfg.train.quantization!r} must be 'none', 'nf4' or 'fp4'")
-    bad(cfg.train.compute_dtype not in ("auto", "bfloat16", "float16", "float32"),
-        f"train.compute_dtype: {cfg.train.compute_dtype!r} must be auto, bfloat16, float16 or float32")
-    bad(cfg.train.lr_scheduler not in LR_SCHEDULERS,
-        f"train.lr_scheduler: {cfg.train.lr_scheduler!r} is not one of {', '.join(LR_SCHEDULERS)}")
-    bad(cfg.merge.strategy not in ("full-precision", "dequantized"),
-        f"merge.strategy: {cfg.merge.strategy!r} must be 'full-precision' or 'dequantized'")
+    for key, value, allowed in (("train.quantization", t.quantization, QUANTIZATIONS),
+                                ("train.compute_dtype", t.compute_dtype, COMPUTE_DTYPES),
+                                ("train.lr_scheduler", t.lr_scheduler, LR_SCHEDULERS),
+                                ("merge.strategy", cfg.merge.strategy, MERGE_STRATEGIES),
+                                ("merge.dtype", cfg.merge.dtype, MERGE_DTYPES),
+                                *(("export.gguf.types", v, GGUF_TYPES) for v in cfg.export.gguf.types),
+                                *(("export.onnx.types", v, ONNX_TYPES) for v in cfg.export.onnx.types)):
+        bad(value not in allowed, f"{key}: {value!r} is not one of {', '.join(allowed)}")
     bad(cfg.merge.compare_prompts < 1, f"merge.compare_prompts: {cfg.merge.compare_prompts} must be at least 1")
-    bad(cfg.merge.dtype not in ("float32", "float16", "bfloat16"),
-        f"merge.dtype: {cfg.merge.dtype!r} must be float32, float16 or bfloat16")
-    for t in cfg.export.gguf.types:
-        bad(t not in GGUF_TYPES, f"export.gguf.types: {t!r} is not one of {', '.join(GGUF_TYPES)}")
-    for t in cfg.export.onnx.types:
-        bad(t not in ONNX_TYPES, f"export.onnx.types: {t!r} is not one of {', '.join(ONNX_TYPES)}")
     bad(not 7 <= cfg.export.onnx.opset <= 23, f"export.onnx.opset: {cfg.export.onnx.opset} must be in 7-23")
     bad(cfg.verify.max_prompts < 1, "verify.max_prompts: must be at least 1")
     bad(cfg.verify.max_new_tokens < 1, "verify.max_new_tokens: must be at least 1")

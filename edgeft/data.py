@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from edgeft.errors import DataError, InputError, first_line
 from edgeft.manifest import sha256_file
@@ -30,8 +30,6 @@ from edgeft.manifest import sha256_file
 ROLES = ("system", "user", "assistant")
 # Below this many usable rows a fine-tune learns nothing worth shipping.
 MIN_EXAMPLES = 10
-# Canonical field names that `columns` may map from other names.
-CANONICAL_FIELDS = ("instruction", "input", "output", "messages", "prompt", "completion", "text", "system")
 
 Conversation = list[dict[str, str]]
 
@@ -194,6 +192,10 @@ class _Bad(Exception):
         self.check = check
 
 
+@overload
+def _string(row: dict, key: str, required: Literal[True] = True, hint: str = "") -> str: ...
+@overload
+def _string(row: dict, key: str, required: Literal[False], hint: str = "") -> str | None: ...
 def _string(row: dict, key: str, required: bool = True, hint: str = "") -> str | None:
     value = row.get(key)
     if value is None:
@@ -220,11 +222,11 @@ def _check_roles(msgs: Conversation) -> str | None:
     return None
 
 
-def normalise(row: Any, columns: dict[str, str] | None = None,
-              system_prompt: str | None = None) -> tuple[Example | None, str | None, str]:
+def to_example(row: Any, columns: dict[str, str] | None = None,
+               system_prompt: str | None = None) -> tuple[Example | None, str | None, str]:
     """One row → (example, None, "") or (None, problem, check)."""
     try:
-        ex = _normalise(row, columns)
+        ex = _to_example(row, columns)
     except _Bad as bad:
         return None, str(bad), bad.check
     if ex.messages is not None and system_prompt and ex.messages[0]["role"] != "system":
@@ -250,7 +252,7 @@ def _chat_messages(msgs: Any) -> Conversation:
     return out
 
 
-def _normalise(row: Any, columns: dict[str, str] | None) -> Example:
+def _to_example(row: Any, columns: dict[str, str] | None) -> Example:
     if not isinstance(row, dict):
         raise _Bad(f"expected an object, got {type(row).__name__}")
     if columns:
@@ -297,7 +299,7 @@ def load_examples(path: Path | str, columns: dict[str, str] | None = None,
         if isinstance(row, ValueError):
             report.error(where, "encoding" if "UTF-8" in str(row) else "json", str(row))
             continue
-        ex, problem, check = normalise(row, columns, system_prompt)
+        ex, problem, check = to_example(row, columns, system_prompt)
         if problem:
             report.error(where, check, problem)
             continue
@@ -348,7 +350,7 @@ def file_hash(path: Path) -> str:
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         h.update(f.relative_to(path).as_posix().encode())
         with f.open("rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+            while block := fh.read(1 << 20):
                 h.update(block)
     return h.hexdigest()
 

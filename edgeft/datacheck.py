@@ -152,7 +152,7 @@ def token_lengths(examples: list[Example], tokenizer: Any, max_length: int | Non
     first = next((e for e in examples if e.messages is not None), None)
     if first is not None:  # bounded once, before the unbounded renderer sees every row
         guard(tokenizer.chat_template, first.messages, source=f"base model {tokenizer.name_or_path}",
-              add_generation_prompt=False, **special_tokens(tokenizer))
+              add_generation_prompt=False, special_tokens=special_tokens(tokenizer))
     for e in examples:
         if e.messages is not None:
             try:

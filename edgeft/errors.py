@@ -60,10 +60,10 @@ class NoSpaceError(EdgeftError):
     exit_code = 10
 
 
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """What a library's exception says, in one line for an `Error: …` message."""
+def first_line(exc: BaseException | str, limit: int = 300) -> str:
+    """What a library's exception (or a tool's stderr) says, in one line for an `Error: …` message."""
     text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+    return (text.splitlines()[0] if text else type(exc).__name__ if isinstance(exc, BaseException) else "")[:limit]
 
 
 _NO_SPACE_TEXT = ("No space left on device", "StorageFull", "Disk quota exceeded")
@@ -76,13 +76,14 @@ def no_space(exc: BaseException) -> BaseException | None:
     import errno
 
     seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return exc
-        if any(text in str(exc) for text in _NO_SPACE_TEXT):
-            return exc
-        exc = exc.__cause__ or exc.__context__
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return current
+        if any(text in str(current) for text in _NO_SPACE_TEXT):
+            return current
+        current = current.__cause__ or current.__context__
     return None
 
 

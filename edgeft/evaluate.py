@@ -1,7 +1,7 @@
 """Task evaluation: "always measure before and after", on the held-out split, for every artifact.
 
-Consumes the merge stage (the fine-tuned model, its validation split, and through the train
-stage the base it was trained from) and the export stages; produces an `eval` stage with
+Consumes the merge stage (the fine-tuned model, its validation split, and the base it was
+trained from) and the export stages; produces an `eval` stage with
 `results.json` and `results.md`. Each model answers every held-out prompt greedily in its own
 runtime (the artifact's template, tokenizer and stop tokens, as a consumer gets them):
 
@@ -26,15 +26,17 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgeft import stages
 from edgeft.config import Config
 from edgeft.data import file_hash, read_split
 from edgeft.errors import EvalFailed, InputError, first_line
-from edgeft.manifest import Stage, StageWriter, check_replaceable, hash_json, read_stage
-from edgeft.runtimes import Runtime, load_runtime
+from edgeft.gate import Gate, load_or_why
+from edgeft.manifest import Stage, hash_json
+from edgeft.runtimes import Runtime
 from edgeft.workdir import in_session
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 METRICS = ("exact_match", "chrf", "format")
 
 
-def normalise(text: str) -> str:
+def squash_whitespace(text: str) -> str:
     """Whitespace-insensitive form used by exact match: runs of whitespace → one space, trimmed."""
     return " ".join(text.split())
 
@@ -89,7 +91,7 @@ def score(outputs: list[str], references: list[str], fmt: Callable[[str], bool] 
 
     n = max(len(outputs), 1)
     out = {
-        "exact_match": sum(normalise(o) == normalise(r) for o, r in zip(outputs, references, strict=True)) / n,
+        "exact_match": sum(squash_whitespace(o) == squash_whitespace(r) for o, r in zip(outputs, references, strict=True)) / n,
         "chrf": CHRF().corpus_score(outputs, [references]).score,
     }
     if fmt is not None:
@@ -100,7 +102,7 @@ def score(outputs: list[str], references: list[str], fmt: Callable[[str], bool] 
 Prompt = list[dict[str, str]] | str  # a conversation, or the first half of a plain text
 
 
-def answer(rt: Runtime, prompts: list[Prompt], max_new_tokens: int, label: str) -> list[str]:
+def answer(rt: Runtime, prompts: Sequence[Prompt], max_new_tokens: int, label: str) -> list[str]:
     """Greedy replies from the runtime's own template, tokenizer and stop tokens (plain-text
     prompts: the continuation of the text, BOS added as the tokenizer says). Batched where the
     runtime batches (transformers), in chunks so that progress shows on long runs."""
@@ -162,9 +164,10 @@ def _base_runtime(base_dir: str, reference: Any) -> Runtime:
     return HFRuntime(base_dir, chat_template=reference.tokenizer.chat_template, extra_stop=ref["stop"])
 
 
-def inputs_hash(cfg: Config, merged: Stage, exports: list[Stage]) -> str:
+def inputs_hash(cfg: Config, upstream: Sequence[Stage]) -> str:
     """The fine-tuned model's inputs, the *bytes* of every artifact, the eval section and the
-    general prompts file."""
+    general prompts file. `upstream`: the merge stage, then the export stages."""
+    merged, *exports = upstream
     general = cfg.path(cfg.eval.general_prompts) if cfg.eval.general_prompts else None
     return hash_json([merged.inputs_hash, [e.content_hash() for e in exports], cfg.section("eval"),
                       file_hash(general) if general and general.is_file() else None])
@@ -175,14 +178,10 @@ def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path]
              out_dir: Path | None = None, *, force: bool = False) -> Stage:
     """Score base, fine-tuned model and every artifact on the held-out split; publish the results
     (replacing earlier eval results, nothing else without `force`)."""
-    from edgeft.package import export_stages
     from edgeft.runtimes.hf import HFRuntime
 
-    out_dir = Path(out_dir) if out_dir else cfg.run_dir / "eval"
-    check_replaceable(out_dir, "eval", force=force, replace_own=True)  # before minutes of work
-    merged = read_stage(merge_dir or cfg.run_dir / "merge", "merge")
-    exports = export_stages(cfg, export_dirs)
-    train = read_stage(merged.data["parent"], "train")
+    gate = Gate.open(cfg, stages.EVAL, merge_dir, export_dirs, out_dir, force=force)
+    merged = gate.merged
     prompts, references = _examples(read_split(merged.file("validation.jsonl")), cfg.eval.max_examples)
     if not prompts:
         raise InputError(f"{merged.file('validation.jsonl')}: no held-out examples to evaluate on")
@@ -193,26 +192,33 @@ def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path]
                                "min_relative": cfg.eval.min_relative, "models": {}, "samples": []}
     outputs: dict[str, list[str]] = {}
 
-    reference = HFRuntime(merged.file(merged.artifact("model")["path"]))
+    reference = HFRuntime(gate.reference_dir)
     outputs["fine-tuned"] = answer(reference, prompts, n_new, "fine-tuned (transformers)")
-    general_out = {"fine-tuned": answer(reference, general[0], n_new, "fine-tuned, general") if general else None}
-    base = _base_runtime(train.data["resolved_base"], reference)
+    general_out = {"fine-tuned": answer(reference, general[0], n_new, "fine-tuned, general")} if general else {}
+    if not merged.resolved_base:
+        raise InputError(f"{merged.path}: its manifest does not name the base model it was trained from: "
+                         f"re-run `edgeft merge` with this edgeft")
+    base = _base_runtime(merged.resolved_base, reference)
     del reference
     outputs["base"] = answer(base, prompts, n_new, "base (transformers)")
-    general_out["base"] = answer(base, general[0], n_new, "base, general") if general else None
+    if general:
+        general_out["base"] = answer(base, general[0], n_new, "base, general")
     del base
     runtimes = {"base": "transformers", "fine-tuned": "transformers"}
     unreadable: dict[str, str] = {}
-    for stage in exports:
-        for art in stage.artifacts:
-            runtimes[art["name"]] = art["runtime"]
+    for stage, art in gate.artifacts():
+        runtimes[art["name"]] = art["runtime"]
+        rt, why = load_or_why(stage, art, all_logits=False)
+        if rt is not None:
             try:
-                with load_runtime(art, stage.path, all_logits=False) as rt:
+                with rt:
                     outputs[art["name"]] = answer(rt, prompts, n_new, f"{art['name']} ({art['runtime']})")
             except Exception as e:  # the artifact failed, not the evaluation: it scores nothing, named
                 log.debug("%s could not be evaluated", art["name"], exc_info=True)
-                unreadable[art["name"]] = f"{type(e).__name__}: {first_line(e)}"
-                outputs[art["name"]] = [""] * len(prompts)
+                why = f"{type(e).__name__}: {first_line(e)}"
+        if why is not None:
+            unreadable[art["name"]] = why
+            outputs[art["name"]] = [""] * len(prompts)
 
     ref_scores = score(outputs["fine-tuned"], references, fmt)
     failures = []
@@ -246,18 +252,9 @@ def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path]
                           for i, (p, r) in enumerate(zip(prompts, references, strict=True)) if i < 5]
     results["passed"] = not failures
     results["failures"] = failures
-    with StageWriter(out_dir, "eval", config=cfg.to_dict(), inputs_hash=inputs_hash(cfg, merged, exports),
-                     parent=str(merged.path), base_model=cfg.base_model, force=force, replace_own=True) as w:
-        (w.tmp / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-        (w.tmp / "results.md").write_text(markdown(results))
-        w.add_artifact("results", "results.json", "json")
-        w.add_artifact("results-md", "results.md", "markdown")
-        w.metrics.update(passed=not failures, failures=len(failures), fine_tuned=ref_scores, base=base_scores)
-        stage = w.publish()
-    if failures:
-        raise EvalFailed(f"evaluation: {len(failures)} regression(s) below {cfg.eval.min_relative:.0%} of the "
-                         f"fine-tuned model; results: {stage.file('results.md')}\n" + "\n".join(failures))
-    return stage
+    return gate.publish(inputs_hash(cfg, [merged, *gate.exports]), "results", results, markdown(results), failures,
+                        EvalFailed, f"evaluation: {len(failures)} regression(s) below {cfg.eval.min_relative:.0%} of "
+                        f"the fine-tuned model", metrics={"fine_tuned": ref_scores, "base": base_scores})
 
 
 def markdown(results: dict[str, Any]) -> str:

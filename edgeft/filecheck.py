@@ -114,7 +114,7 @@ def weights(reader: Any, meta: dict[str, Any], config: dict[str, Any], model_dir
     ref = _reference_tensors(model_dir)
     n_blocks = int(config.get("num_hidden_layers", 0))
     try:
-        names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], n_blocks)
+        names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[str(arch).upper()], n_blocks)
     except (KeyError, AttributeError):
         return [], {"weights_compared": 0, "note": f"no tensor name map for architecture {arch!r}"}
     by_gguf = {}
@@ -125,14 +125,14 @@ def weights(reader: Any, meta: dict[str, Any], config: dict[str, Any], model_dir
     tolerance = WEIGHT_TOLERANCE[gguf_type]
     differ, grid, compared, worst = [], [], 0, 0.0
     for t in reader.tensors:
-        hf_name = by_gguf.get(t.name)
-        if hf_name is None:
+        found = by_gguf.get(t.name)
+        if found is None:
             continue
         got = np.asarray(t.data)
         if t.tensor_type == gguf.GGMLQuantizationType.BF16:
             got = (got.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-        got = got.astype(np.float32).reshape(ref[hf_name].shape)
-        want = ref[hf_name].astype(np.float32)
+        got = got.astype(np.float32).reshape(ref[found].shape)
+        want = ref[found].astype(np.float32)
         if arch in _PERMUTED_QK and t.name.endswith(("attn_q.weight", "attn_k.weight")):
             heads = config["num_attention_heads"] if "attn_q" in t.name else (
                 config.get("num_key_value_heads") or config["num_attention_heads"])

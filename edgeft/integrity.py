@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edgeft import stages
 from edgeft.errors import InputError, VerifyFailed
-from edgeft.manifest import MANIFEST, Stage, check_files, read_stage
+from edgeft.manifest import MANIFEST, Stage, check_files
 
 # Keys manifest.json (the copy users and Java read) and edgeft.json (what edgeft reads) share.
 DIST_KEYS = ("name", "artifacts", "files", "inputs_hash", "lineage", "verify", "evaluation", "config")
@@ -50,8 +51,8 @@ def dist_problems(dist: Stage) -> list[str]:
 def check_path(path: Path) -> str:
     """`edgeft verify --check`: a dist's (or export stage's) files against its manifest, fast (no
     runtime); return a summary, or raise VerifyFailed listing every problem."""
-    stage = read_stage(path, ("dist", "export-gguf", "export-onnx"))
-    if stage.kind == "dist":
+    stage = stages.read(path, (stages.DIST, *stages.EXPORTS))
+    if stage.kind == stages.DIST:
         problems = dist_problems(stage)
         n = len(stage.data.get("files", []))
     else:
@@ -59,7 +60,7 @@ def check_path(path: Path) -> str:
         n = len(stage.artifacts)
     if problems:
         raise VerifyFailed(f"{path}: {len(problems)} problem(s) with its files\n" + "\n".join(problems))
-    return f"{path}: {n} {'files' if stage.kind == 'dist' else 'artifacts'} match the manifest"
+    return f"{path}: {n} {'files' if stage.kind == stages.DIST else 'artifacts'} match the manifest"
 
 
 def checksum_problems(stage: Stage, art: dict[str, Any]) -> list[str]:

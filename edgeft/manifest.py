@@ -24,16 +24,13 @@ from edgeft.errors import InputError, NoSpaceError, no_space
 SCHEMA_VERSION = 1
 MANIFEST = "edgeft.json"
 
-# What to run to produce each kind of stage directory, for the "wrong directory" message.
-PRODUCED_BY = {
-    "train": "edgeft train -c CONFIG",
-    "merge": "edgeft merge -c CONFIG",
-    "export-gguf": "edgeft export gguf -c CONFIG",
-    "export-onnx": "edgeft export onnx -c CONFIG",
-    "verify": "edgeft verify -c CONFIG",
-    "eval": "edgeft eval -c CONFIG",
-    "dist": "edgeft build -c CONFIG",
-}
+# What one stage hands to the next beyond its artifacts, under these manifest keys (typed on
+# `Stage` and `StageWriter`, never read or written as raw strings elsewhere).
+RESOLVED_BASE = "resolved_base"  # the local base model directory the adapter was trained on
+END_OF_TURN = "end_of_turn"  # the special token closing an assistant turn, if any
+EOS_TOKEN_IDS = "eos_token_ids"  # every id that ends generation (EOS and end of turn)
+DATASET = "data"  # the data check's record: files, hashes, rows, findings
+HANDED_OVER = (RESOLVED_BASE, END_OF_TURN, EOS_TOKEN_IDS, DATASET)
 
 # Directories edgeft publishes get the permissions of any directory the user creates (mkdtemp
 # makes them 0700, which would hide a shared dist from the team that deploys it).
@@ -98,8 +95,50 @@ class Stage:
                 return a
         raise InputError(f"{self.path}: no artifact named {name!r} in {MANIFEST}")
 
+    def artifact_path(self, name: str) -> Path:
+        """Where the artifact `name` is (inside this stage's folder)."""
+        return self.file(self.artifact(name)["path"])
+
     def file(self, relpath: str) -> Path:
         return inside(self.path, relpath)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The resolved config the stage was made with."""
+        return self.data.get("config") or {}
+
+    @property
+    def parent(self) -> Path | None:
+        """The directory of the stage this one was made from."""
+        parent = self.data.get("parent")
+        return Path(parent) if parent else None
+
+    @property
+    def resolved_base(self) -> str | None:
+        return self.data.get(RESOLVED_BASE)
+
+    @property
+    def end_of_turn(self) -> str | None:
+        return self.data.get(END_OF_TURN)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        return list(self.data.get(EOS_TOKEN_IDS) or [])
+
+    @property
+    def dataset(self) -> dict[str, Any] | None:
+        return self.data.get(DATASET)
+
+    def ancestor(self, kind: str) -> Stage:
+        """The stage of `kind` this one descends from (itself if it is one), through `parent`."""
+        stage, seen = self, set()
+        while stage.kind != kind:
+            parent = stage.parent
+            if parent is None or parent in seen or not (parent / MANIFEST).is_file():
+                raise InputError(f"{self.path}: the {kind!r} stage it was made from ({parent}) is not here")
+            seen.add(parent)
+            stage = read_stage(parent)
+        return stage
 
     def content_hash(self) -> str:
         """A hash of the bytes the stage's artifacts hold (their checksums), for the stages that
@@ -143,11 +182,12 @@ class Stage:
         return problems
 
 
-def read_stage(path: Path | str, kind: str | tuple[str, ...] | None = None) -> Stage:
-    """Read a complete stage directory, refusing a missing, incomplete or wrong-kind one."""
+def read_stage(path: Path | str, kind: str | tuple[str, ...] | None = None, hint: str | None = None) -> Stage:
+    """Read a complete stage directory, refusing a missing, incomplete or wrong-kind one
+    (`hint`: the command that makes one, named in the error; edgeft.stages.read gives it)."""
     path = Path(path)
     kinds = (kind,) if isinstance(kind, str) else kind
-    hint = f": run `{PRODUCED_BY[kinds[0]]}` first" if kinds and kinds[0] in PRODUCED_BY else ""
+    hint = f": run `{hint}` first" if hint else ""
     if not path.is_dir():
         raise InputError(f"{path}: no such stage directory{hint}")
     mf = path / MANIFEST
@@ -218,6 +258,11 @@ class StageWriter:
     resumable: bool = False
     resume: bool = False
     is_main: bool = True
+    # Handed over to later stages (see HANDED_OVER); written when set.
+    resolved_base: str | None = None
+    end_of_turn: str | None = None
+    eos_token_ids: list[int] | None = None
+    dataset: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         from edgeft.workdir import clean_stale
@@ -292,6 +337,9 @@ class StageWriter:
             "base_model": self.base_model,
             "artifacts": self._artifacts,
             "metrics": self.metrics,
+            **{key: value for key, value in zip(HANDED_OVER, (self.resolved_base, self.end_of_turn,
+                                                               self.eos_token_ids, self.dataset), strict=True)
+               if value is not None},
             **self.extra,
         }
 

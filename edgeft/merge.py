@@ -2,7 +2,9 @@
 
 Consumes a `train` stage; produces a `merge` stage: `model/`, an HF model directory
 (safetensors, tokenizer, chat template, generation config whose EOS includes the template's
-end-of-turn token), and the validation split. The merged weights are never the 4-bit ones:
+end-of-turn token), the validation split, and what later stages need from training (the
+adapter, the resolved base, the data record, the training metrics), so that they read this
+stage only. The merged weights are never the 4-bit ones:
 
 - `full-precision` (default): the adapter is merged into the original weights, reloaded;
 - `dequantized`: into the NF4/FP4 weights the adapter was trained against, dequantized.
@@ -18,22 +20,31 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeft.base import end_of_turn, resolve_base
-from edgeft.config import Config, parse_config
+from edgeft import stages
+from edgeft.base import end_of_turn, load_base, resolve_base
+from edgeft.config import MERGE_STRATEGIES, Config, parse_config
 from edgeft.errors import ToolError
-from edgeft.manifest import Stage, StageWriter, hash_json, read_stage
+from edgeft.manifest import Stage, StageWriter, hash_json
 from edgeft.workdir import in_session
 
 log = logging.getLogger(__name__)
 
 
-def inputs_hash(cfg: Config, train: Stage) -> str:
-    return hash_json([train.inputs_hash, cfg.section("merge")])
+# What this stage hands over besides the model (manifest.HANDED_OVER, the adapter): a merge stage
+# written before it carried them is made again by `edgeft build`.
+HANDOVER = 2
+
+
+def inputs_hash(cfg: Config, upstream: Sequence[Stage]) -> str:
+    """The train stage's inputs, the merge section and what the stage hands over."""
+    (train,) = upstream
+    return hash_json([train.inputs_hash, cfg.section("merge"), HANDOVER])
 
 
 def _logits(model: Any, sequences: list[list[int]]) -> list[np.ndarray]:
@@ -76,8 +87,7 @@ def compare_strategies(base: str, adapter_dir: Path, cfg: Config, train_cfg: Con
     """Both merge strategies against the adapter on the 4-bit base; return (metrics, weights)."""
     from peft import PeftModel
 
-    from edgeft.compare import kl_stats, summarise
-    from edgeft.train import load_base
+    from edgeft.kl import kl_stats, summarise
 
     sequences = [tokenizer.apply_chat_template(c, tokenize=True) for c in conversations]
     quantized = load_base(base, train_cfg)  # exactly as in training: same quantization settings
@@ -88,7 +98,7 @@ def compare_strategies(base: str, adapter_dir: Path, cfg: Config, train_cfg: Con
     metrics: dict[str, Any] = {"reference": f"adapter on the {train_cfg.train.quantization} base, as trained",
                                "prompts": len(sequences)}
     models = {}
-    for strategy in ("full-precision", "dequantized"):
+    for strategy in MERGE_STRATEGIES:
         model = _full_precision_base(base, cfg)
         if strategy == "dequantized":
             for name, weight in dq_weights.items():
@@ -106,23 +116,23 @@ def compare_strategies(base: str, adapter_dir: Path, cfg: Config, train_cfg: Con
 def merge_adapter(cfg: Config, train_dir: Path | None = None, out_dir: Path | None = None,
                   *, force: bool = False, replace_own: bool = False) -> Stage:
     """Merge the train stage's adapter into the base; return the published merge stage."""
-    train = read_stage(train_dir or cfg.run_dir / "train", "train")
+    train = stages.load(cfg, stages.TRAIN, train_dir)
     from transformers import AutoTokenizer, GenerationConfig
 
     from edgeft.data import read_conversations
 
-    out_dir = Path(out_dir) if out_dir else cfg.run_dir / "merge"
-    base = train.data.get("resolved_base") or resolve_base(cfg.base_model, cfg.root, cfg.trust_remote_code)
-    adapter_dir = train.file(train.artifact("adapter")["path"])
+    out_dir = stages.directory(cfg, stages.MERGE, out_dir)
+    base = train.resolved_base or resolve_base(cfg.base_model, cfg.root, cfg.trust_remote_code)
+    adapter_dir = train.artifact_path("adapter")
     quantization = train.artifact("adapter").get("quantization", "none")
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    with StageWriter(out_dir, "merge", config=cfg.to_dict(), inputs_hash=inputs_hash(cfg, train),
+    with StageWriter(out_dir, stages.MERGE, config=cfg.to_dict(), inputs_hash=inputs_hash(cfg, [train]),
                      parent=str(train.path), base_model=cfg.base_model, force=force,
                      replace_own=replace_own) as w:
         strategy = "full-precision"
         if quantization != "none":
             # The adapter was trained under the train stage's settings, not necessarily today's config.
-            train_cfg = parse_config(train.data["config"], cfg.source)
+            train_cfg = parse_config(train.config, cfg.source)
             conversations = read_conversations(train.file("validation.jsonl"))[: cfg.merge.compare_prompts]
             w.metrics["merge_comparison"], models = compare_strategies(
                 base, adapter_dir, cfg, train_cfg, tokenizer, conversations)
@@ -144,10 +154,15 @@ def merge_adapter(cfg: Config, train_dir: Path | None = None, out_dir: Path | No
         w.add_artifact("model", "model", "hf-safetensors", dtype=cfg.merge.dtype, strategy=strategy)
         shutil.copy(train.file("validation.jsonl"), w.tmp / "validation.jsonl")
         w.add_artifact("validation-split", "validation.jsonl", "jsonl")
-        w.extra["end_of_turn"] = eot[0] if eot else None
-        w.extra["eos_token_ids"] = eos_ids
-        # Carried forward so later stages need only this directory.
-        w.extra["data"] = train.data.get("data")
+        # Carried forward so that later stages need only this directory: the adapter (the GGUF
+        # LoRA export, the dist's lineage), the base it applies to (eval's "before"), the data
+        # record and the training metrics.
+        shutil.copytree(adapter_dir, w.tmp / "adapter")
+        w.add_artifact("adapter", "adapter", "peft-lora", quantization=quantization)
+        w.end_of_turn = eot[0] if eot else None
+        w.eos_token_ids = eos_ids
+        w.resolved_base = base
+        w.dataset = train.dataset
         w.metrics.update(train.metrics)
         stage = w.publish()
     log.info("merged model written to %s", stage.path)

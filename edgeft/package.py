@@ -1,10 +1,10 @@
 """Assemble `dist/<name>/`: what a deploying team ships, with checksums and lineage.
 
-Consumes the train, merge, export, verify and eval stages; produces `dist/<name>/` with `gguf/`,
-`onnx/<type>/`, `verify/report.{json,md}`, `eval/results.{json,md}`, `java/` (the JNA kit for the GGUF files, see
-javakit.py), `README.md` (the model card) and `manifest.json`
-(every file with bytes and sha256, the resolved config, versions of edgeft and of the pinned
-stack, lineage: base model, dataset hash, adapter, training metrics, and the verify result).
+Consumes the merge (carrying what training made), export, verify and eval stages; produces
+`dist/<name>/` with `gguf/`, `onnx/<type>/`, `verify/report.{json,md}`, `eval/results.{json,md}`,
+`java/` (the JNA kit for the GGUF files, see edgeft/javakit), `README.md` (the model card) and
+`manifest.json` (every file with bytes and sha256, the resolved config, versions of edgeft and of
+the pinned stack, lineage: base model, dataset hash, adapter, training metrics, and the verify result).
 
     edgeft package -c examples/nl2sql/edgeft.yaml
 """
@@ -17,13 +17,14 @@ import json
 import logging
 import platform
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeft import __version__
+from edgeft import __version__, stages
 from edgeft.config import Config
 from edgeft.errors import InputError
-from edgeft.manifest import Stage, StageWriter, file_table, hash_json, inside, read_stage
+from edgeft.manifest import Stage, StageWriter, file_table, hash_json, inside
 from edgeft.paths import vendor_dir
 from edgeft.workdir import in_session
 
@@ -112,17 +113,9 @@ def _place(src: Path, dst: Path) -> None:
             _copy(f, dst / f.relative_to(src) if src.is_dir() else dst)
 
 
-def inputs_hash(stages: list[Stage]) -> str:
-    return hash_json([s.inputs_hash for s in stages])
-
-
-def export_stages(cfg: Config, dirs: list[Path] | None = None) -> list[Stage]:
-    """The export stages in `dirs` (export stages or dist folders), or else the ones the config asks
-    for (a type list left empty means no such export)."""
-    if dirs is not None:
-        return [read_stage(d, ("export-gguf", "export-onnx", "dist")) for d in dirs]
-    wanted = [("export-gguf", cfg.export.gguf.types), ("export-onnx", cfg.export.onnx.types)]
-    return [read_stage(cfg.run_dir / kind, kind) for kind, types in wanted if types]
+def inputs_hash(cfg: Config, upstream: Sequence[Stage]) -> str:
+    """What the dist is made of: the merge, export, verify and eval stages' inputs."""
+    return hash_json([s.inputs_hash for s in upstream])
 
 
 @in_session
@@ -132,36 +125,32 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
     from edgeft import evaluate as eval_mod
     from edgeft import verify as verify_mod
 
-    run = cfg.run_dir
-    train = read_stage(run / "train", "train")
-    merge = read_stage(run / "merge", "merge")
-    exports = export_stages(cfg)
-    verify = read_stage(run / "verify", "verify")
+    merge = stages.load(cfg, stages.MERGE)
+    exports = stages.exports(cfg)
+    verify = stages.load(cfg, stages.VERIFY)
     if not verify.metrics.get("passed"):
         raise InputError(f"{verify.path}: verification did not pass; fix the failures in "
                          f"{verify.file('report.md')} before packaging")
     again = f"re-run `edgeft verify -c {cfg.source or 'CONFIG'}` (or `edgeft build`)"
-    if verify.inputs_hash != verify_mod.inputs_hash(cfg, merge, exports):
+    if verify.inputs_hash != verify_mod.inputs_hash(cfg, [merge, *exports]):
         raise InputError(f"{verify.path}: this report is for other artifacts or settings than the export stages "
                          f"now hold: {again}")
     report = json.loads(verify.file("report.json").read_text())
-    if not (run / "eval" / "edgeft.json").is_file():
-        raise InputError(f"{run / 'eval'}: no evaluation results; run `edgeft eval -c {cfg.source or 'CONFIG'}` first")
-    evaluated = read_stage(run / "eval", "eval")
+    evaluated = stages.load(cfg, stages.EVAL)
     if not evaluated.metrics.get("passed"):
         raise InputError(f"{evaluated.path}: evaluation failed its regression gate; see "
                          f"{evaluated.file('results.md')}")
-    if evaluated.inputs_hash != eval_mod.inputs_hash(cfg, merge, exports):
+    if evaluated.inputs_hash != eval_mod.inputs_hash(cfg, [merge, *exports]):
         raise InputError(f"{evaluated.path}: these results are for other artifacts or settings than the export "
                          f"stages now hold: re-run `edgeft eval -c {cfg.source or 'CONFIG'}` (or `edgeft build`)")
     results = json.loads(evaluated.file("results.json").read_text())
-    out_dir = Path(out_dir) if out_dir else cfg.dist_path
-    with StageWriter(out_dir, "dist", config=cfg.to_dict(),
-                     inputs_hash=inputs_hash([train, merge, *exports, verify, evaluated]),
+    out_dir = stages.directory(cfg, stages.DIST, out_dir)
+    with StageWriter(out_dir, stages.DIST, config=cfg.to_dict(),
+                     inputs_hash=inputs_hash(cfg, [merge, *exports, verify, evaluated]),
                      parent=str(verify.path), base_model=cfg.base_model, force=force, replace_own=True) as w:
         artifacts: list[dict[str, Any]] = []
         for stage in exports:
-            sub = "gguf" if stage.kind == "export-gguf" else "onnx"
+            sub = "gguf" if stage.kind == stages.EXPORT_GGUF else "onnx"
             for a in stage.artifacts:
                 rel = f"{sub}/{Path(a['path']).name}"
                 seen = report["artifacts"].get(a["name"], {})
@@ -183,12 +172,11 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
 
             formats = [a["prompt_format"] for a in artifacts if a.get("prompt_format")]
             write_kit(w.tmp / "java", cfg.name, gguf_files, onnx, genai, formats[0] if formats else None)
-        adapter_dir = train.file(train.artifact("adapter")["path"])
         lineage = {
             "base_model": cfg.base_model,
-            "dataset": portable_dataset(cfg, train.data.get("data")),
-            "adapter": {"files": file_table(adapter_dir), "quantization": cfg.train.quantization},
-            "training": train.metrics,
+            "dataset": portable_dataset(cfg, merge.dataset),
+            "adapter": {"files": file_table(merge.artifact_path("adapter")), "quantization": cfg.train.quantization},
+            "training": {k: v for k, v in merge.metrics.items() if k != "merge_comparison"},
         }
         (w.tmp / "README.md").write_text(model_card(cfg, lineage, artifacts, report, results))
         files = file_table(w.tmp)

@@ -169,14 +169,14 @@ def _deadline(seconds: float) -> Iterator[None]:
 
 
 def guard(template: str | None, messages: list[dict[str, str]] | None = None, *, source: str = "the model",
-          add_generation_prompt: bool = True, **special_tokens: Any) -> None:
+          add_generation_prompt: bool = True, special_tokens: dict[str, str] | None = None) -> None:
     """Render `messages` with `template` within the bounds; raise TemplateRefused naming `source`
     and the cause otherwise. Without `messages`, a sample conversation is rendered for the bounds
     only: a template may refuse the sample (many refuse a system turn) and still be fine."""
     if not template:
         return
     for conversation in [messages] if messages is not None else SAMPLES:
-        why = _render_bounded(template, conversation, add_generation_prompt, special_tokens)
+        why = _render_bounded(template, conversation, add_generation_prompt, special_tokens or {})
         # A sample only tests the bounds; the user's own conversation must also render.
         if why and (messages is not None or why.startswith(("was stopped", "takes more"))):
             raise TemplateRefused(f"{source}: its chat template {why}")

@@ -21,10 +21,12 @@ import json
 import logging
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeft.base import ensure_chat_template, fingerprint, resolve_base
+from edgeft import stages
+from edgeft.base import compute_dtype, ensure_chat_template, fingerprint, load_base, resolve_base
 from edgeft.config import Config
 from edgeft.data import file_hash, write_jsonl
 from edgeft.datacheck import analyse_config, data_files
@@ -35,51 +37,15 @@ from edgeft.workdir import session
 log = logging.getLogger(__name__)
 
 
-def inputs_hash(cfg: Config, resolved_base: str) -> str:
-    """Base (by content), data files (by content) and the data and train sections."""
+def inputs_hash(cfg: Config, upstream: Sequence[Stage] = ()) -> str:
+    """Base (by content), data files (by content) and the data and train sections (training is
+    the first stage: nothing upstream)."""
+    resolved = resolve_base(cfg.base_model, cfg.root, cfg.trust_remote_code)
     return hash_json({
-        "base": fingerprint(cfg.base_model, resolved_base),
+        "base": fingerprint(cfg.base_model, resolved),
         "data": cfg.section("data") | {"files": [file_hash(p) for p in data_files(cfg) if p.exists()]},
         "train": cfg.section("train"),
     })
-
-
-def compute_dtype(name: str):
-    import torch
-
-    if name != "auto":
-        return getattr(torch, name)
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
-def load_base(base: str, cfg: Config):
-    """The base model, in 4-bit for QLoRA, else in the compute dtype (safetensors only)."""
-    import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    t = cfg.train
-    dtype = compute_dtype(t.compute_dtype)
-    # safetensors only: a pickled checkpoint from a user path could run arbitrary code.
-    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code, "use_safetensors": True}
-    if t.quantization in ("nf4", "fp4"):
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=t.quantization,
-            bnb_4bit_use_double_quant=t.double_quant, bnb_4bit_compute_dtype=dtype,
-        )
-        if torch.cuda.is_available():
-            from accelerate import PartialState
-
-            kwargs["device_map"] = {"": PartialState().local_process_index}
-        else:
-            kwargs["device_map"] = {"": "cpu"}
-    else:
-        kwargs["dtype"] = dtype
-    model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
-    if t.quantization != "none" and not torch.cuda.is_available():
-        _keep_4bit_weights_trainable(model)
-    return model
 
 
 def weight_names(model_dir: Path) -> list[str]:
@@ -135,20 +101,6 @@ def check_packing_keeps_examples_apart(model) -> None:
             f"train.packing: this model's attention ({model.config._attn_implementation}) lets packed examples "
             f"attend to each other: set packing: false, or use an attention implementation that keeps them apart "
             f"(FlashAttention 2 on a GPU)")
-
-
-def _keep_4bit_weights_trainable(model) -> None:
-    """Stop bitsandbytes repacking 4-bit weights for CPU inference during evaluation.
-
-    bitsandbytes 0.50.2, on CPUs with AVX512-BF16, repacks a Linear4bit's weights the first time
-    it runs in eval mode without gradients (our base-model evaluation before training) and from
-    then on multiplies through `gemv_4bit`, which has no autograd kernel: gradients stop flowing
-    through the frozen base layers, silently (torch only warns). Training must keep the
-    differentiable path, so the repacking is switched off on every 4-bit layer.
-    """
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
 
 
 def describe_weights(model) -> dict[str, Any]:
@@ -303,13 +255,12 @@ def plot_losses(log_history: list[dict[str, Any]], out: Path) -> None:
 
 def interrupted_run(cfg: Config, out_dir: Path | None = None) -> bool:
     """Whether an interrupted run of these very inputs waits in `.train.partial` to be resumed."""
-    partial = partial_dir(Path(out_dir) if out_dir else cfg.run_dir / "train")
+    partial = partial_dir(stages.directory(cfg, stages.TRAIN, out_dir))
     try:
         started = json.loads((partial / "run.json").read_text())
     except (OSError, ValueError):
         return False
-    base = resolve_base(cfg.base_model, cfg.root, cfg.trust_remote_code)
-    return isinstance(started, dict) and started.get("inputs_hash") == inputs_hash(cfg, base)
+    return isinstance(started, dict) and started.get("inputs_hash") == inputs_hash(cfg)
 
 
 def train_adapter(cfg: Config, out_dir: Path | None = None, *, force: bool = False, replace_own: bool = False,
@@ -324,7 +275,7 @@ def train_adapter(cfg: Config, out_dir: Path | None = None, *, force: bool = Fal
     # One process, or one of `accelerate launch`'s. Without CUDA, cpu=True is what makes
     # accelerate join the launcher's process group (gloo) rather than run alone.
     state = PartialState(cpu=not torch.cuda.is_available())
-    out_dir = Path(out_dir) if out_dir else cfg.run_dir / "train"
+    out_dir = stages.directory(cfg, stages.TRAIN, out_dir)
     work = session(out_dir.parent) if state.is_main_process else contextlib.nullcontext()
     with work:
         return _train(cfg, state, out_dir, force, replace_own, resume)
@@ -353,9 +304,9 @@ def _train(cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: boo
                     ", ".join(f"{k}: {n}" for k, n in kinds.items()), report.warnings[0])
     train_rows, val_rows = report.train, report.validation
     t = cfg.train
-    expected = inputs_hash(cfg, base)
+    expected = inputs_hash(cfg)
     with state.main_process_first():
-        w = StageWriter(out_dir, "train", config=cfg.to_dict(), inputs_hash=expected,
+        w = StageWriter(out_dir, stages.TRAIN, config=cfg.to_dict(), inputs_hash=expected,
                         base_model=cfg.base_model, force=force, replace_own=replace_own, resumable=True,
                         resume=resume, is_main=state.is_main_process)
     with w:
@@ -433,8 +384,8 @@ def _train(cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: boo
             resumed_from_step=int(resume_from.name.split("-")[1]) if resume_from else None,
             processes=state.num_processes,
         )
-        w.extra["data"] = report.to_dict() | {"findings": [f.to_dict() for f in report.warnings]}
-        w.extra["resolved_base"] = base
+        w.dataset = report.to_dict() | {"findings": [f.to_dict() for f in report.warnings]}
+        w.resolved_base = base
         w.extra["chat_template"] = "edgeft default (the base had none)" if default_template else "the base model's"
         stage = w.publish()
     log.info("adapter written to %s (val loss %.4f, base %.4f)", stage.path,

@@ -55,7 +55,7 @@ def pid_alive(pid: int) -> bool:
 
 def clean_stale(folder: Path, prefix: str = ".") -> list[Path]:
     """Remove edgeft temporaries in `folder` (names starting with `prefix`) whose process is gone."""
-    removed = []
+    removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for p in folder.iterdir():
@@ -173,7 +173,7 @@ def die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def in_session(stage_function):  # type: ignore[no-untyped-def]
+def in_session(stage_function):
     """Run a stage function `f(cfg, ..., out_dir=None, ...)` in a session on the folder it writes
     into: the parent of an explicit `out_dir`, else the config's work directory."""
     import functools
@@ -182,7 +182,7 @@ def in_session(stage_function):  # type: ignore[no-untyped-def]
     signature = inspect.signature(stage_function)
 
     @functools.wraps(stage_function)
-    def run(cfg, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def run(cfg, *args, **kwargs):
         out_dir = signature.bind(cfg, *args, **kwargs).arguments.get("out_dir")
         with session(Path(out_dir).parent if out_dir else cfg.run_dir):
             return stage_function(cfg, *args, **kwargs)

@@ -13,7 +13,7 @@ from conftest import resign
 from edgeft.cli import cli
 from edgeft.config import parse_config
 from edgeft.errors import ConfigError
-from edgeft.evaluate import format_checker, normalise, score
+from edgeft.evaluate import format_checker, score, squash_whitespace
 from edgeft.manifest import sha256_file
 
 
@@ -27,7 +27,7 @@ def _cfg(tmp_path: Path, **eval_section):
 
 
 def test_exact_match_ignores_whitespace_only() -> None:
-    assert normalise("  SELECT *\n FROM  t; ") == "SELECT * FROM t;"
+    assert squash_whitespace("  SELECT *\n FROM  t; ") == "SELECT * FROM t;"
     s = score(["SELECT * FROM t;", "select * from t;"], ["SELECT *  FROM t;", "SELECT * FROM t;"], None)
     assert s["exact_match"] == 0.5
     assert 0 < s["chrf"] < 100 and "format" not in s

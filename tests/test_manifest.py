@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from edgeft import stages
 from edgeft.errors import InputError
 from edgeft.manifest import MANIFEST, StageWriter, check_files, inside, read_stage, sha256_file
 
@@ -119,7 +120,7 @@ def test_reader_refuses_incomplete_and_wrong_kind(tmp_path: Path) -> None:
     d = tmp_path / "x"
     d.mkdir()
     with pytest.raises(InputError, match=r"not a complete edgeft stage \(no edgeft.json\): run `edgeft train"):
-        read_stage(d, "train")
+        stages.read(d, stages.TRAIN)
     (d / MANIFEST).write_text(json.dumps({"schema_version": 1, "stage": "merge"}))
     with pytest.raises(InputError, match="is a 'merge' stage directory, expected 'train'"):
         read_stage(d, "train")

@@ -28,7 +28,7 @@ def main() -> None:
     if pre != "-":
         original = base.TextModel.get_vocab_base_pre
 
-        def get_vocab_base_pre(self, tokenizer) -> str:  # type: ignore[no-untyped-def]
+        def get_vocab_base_pre(self, tokenizer) -> str:
             try:
                 return original(self, tokenizer)
             except NotImplementedError:
@@ -38,7 +38,7 @@ def main() -> None:
     if eot != "-":
         add_to_gguf = gguf.SpecialVocab.add_to_gguf
 
-        def with_eot(self, gw, quiet: bool = False) -> None:  # type: ignore[no-untyped-def]
+        def with_eot(self, gw, quiet: bool = False) -> None:
             add_to_gguf(self, gw, quiet=quiet)
             gw.add_eot_token_id(int(eot))
 

@@ -31,10 +31,10 @@ def main() -> None:
         unknown = [r for r in names if r not in _PARENT]
         if unknown:
             raise SystemExit(f"unknown projection(s) {unknown}: choose from {sorted(_PARENT)}")
-        import builders.base as base  # type: ignore[import-not-found]
+        import builders.base as base
         original = base.Model.make_matmul_mixed_precision
 
-        def with_roles(self, placement):  # type: ignore[no-untyped-def]
+        def with_roles(self, placement):
             original(self, placement)
             table = dict(self.int4_customized_weight_config or {})
             for i in range(self.num_layers):

@@ -20,34 +20,23 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from edgeft import formats, stages
 from edgeft.base import plain_template
 from edgeft.config import Config
 from edgeft.errors import InputError, ToolError
 from edgeft.export import gguf_meta, open_export, pretok
-from edgeft.manifest import Stage, hash_json, read_stage, sha256_file
+from edgeft.manifest import Stage, hash_json, sha256_file
 from edgeft.paths import vendor_dir
 from edgeft.runtimes.llamacpp import llama_log_level
 from edgeft.workdir import die_with_parent, in_session
 
 log = logging.getLogger(__name__)
 
-# edgeft type name → llama.cpp's llama_ftype constant name.
-FTYPES = {
-    "f32": "LLAMA_FTYPE_ALL_F32",
-    "f16": "LLAMA_FTYPE_MOSTLY_F16",
-    "bf16": "LLAMA_FTYPE_MOSTLY_BF16",
-    "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
-    "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
-    "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
-    "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
-    "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
-    "q3_k_m": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
-    "q2_k": "LLAMA_FTYPE_MOSTLY_Q2_K",
-}
 
 # The metadata each artifact's manifest entry repeats (all of it is checked).
 META_SUMMARY = ("general.name", "general.finetune", "general.base_model.0.name", "general.license",
@@ -175,7 +164,7 @@ def quantize(src: Path, dst: Path, gguf_type: str, threads: int = 0) -> list[dic
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, FTYPES[gguf_type])
+    params.ftype = getattr(llama_cpp, formats.GGUF_TYPES[gguf_type].ftype)
     params.nthread = threads
     # llama-cpp-python forwards llama.cpp's log to sys.stderr when its logger allows it; the
     # fallback warnings are only reported there.
@@ -192,7 +181,9 @@ def quantize(src: Path, dst: Path, gguf_type: str, threads: int = 0) -> list[dic
     ]
 
 
-def inputs_hash(cfg: Config, merged: Stage) -> str:
+def inputs_hash(cfg: Config, upstream: Sequence[Stage]) -> str:
+    """The merged model's inputs, the GGUF section and what goes into the files' metadata."""
+    (merged,) = upstream
     return hash_json([merged.inputs_hash, cfg.section("export")["gguf"], cfg.name, cfg.base_model, cfg.license])
 
 
@@ -216,9 +207,8 @@ def _checked_metadata(path: Path, want: dict[str, Any], digest: bool = False) ->
 
 def export_lora(cfg: Config, merged: Stage, folder: Path, want: dict[str, Any]) -> None:
     """The adapter as its own GGUF plus the f16 base GGUF it applies to, in `folder`."""
-    train = read_stage(merged.data["parent"], "train")
-    adapter_dir = train.file(train.artifact("adapter")["path"])
-    base_dir = Path(train.data["resolved_base"])  # a local directory: resolve_base fetched a hub id
+    adapter_dir = merged.artifact_path("adapter")
+    base_dir = Path(merged.resolved_base or "")  # a local directory: resolve_base fetched a hub id
     folder.mkdir()
     log.info("converting the LoRA adapter and its f16 base to GGUF")
     # The base carries the fine-tune's tokenizer and template: it is only used with the adapter.
@@ -247,9 +237,9 @@ def _prompt_format(model_dir: Path) -> dict[str, Any]:
 def export_gguf(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None = None,
                 *, force: bool = False, replace_own: bool = False) -> Stage:
     """Convert and quantize the merged model to every configured GGUF type (and the LoRA GGUF)."""
-    merged, model_dir, writer = open_export(cfg, "export-gguf", merge_dir, out_dir, force, inputs_hash, replace_own)
+    merged, model_dir, writer = open_export(cfg, stages.EXPORT_GGUF, merge_dir, out_dir, force, inputs_hash, replace_own)
     types = list(dict.fromkeys(cfg.export.gguf.types))
-    want = gguf_meta.expected(model_dir, cfg.name, cfg.base_model, cfg.license, merged.data.get("end_of_turn"))
+    want = gguf_meta.expected(model_dir, cfg.name, cfg.base_model, cfg.license, merged.end_of_turn)
     prompt = _prompt_format(model_dir)
     with writer as w:
         f32 = w.tmp / f"{cfg.name}-f32.gguf"

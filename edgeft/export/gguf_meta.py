@@ -95,7 +95,7 @@ def _token_ids(model_dir: Path) -> dict[str, int]:
     return ids
 
 
-def _content(entry: Any) -> str | None:
+def _content(entry: Any) -> Any:
     return entry.get("content") if isinstance(entry, dict) else entry
 
 

@@ -18,9 +18,11 @@ import contextlib
 import logging
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from edgeft import stages
 from edgeft.config import Config
 from edgeft.errors import ToolError
 from edgeft.export import open_export
@@ -65,7 +67,7 @@ def _export_fp32(model_dir: Path, out: Path, opset: int) -> None:
 EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2
 
 
-def _save_variant(model, src_dir: Path, dst_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def _save_variant(model, src_dir: Path, dst_dir: Path) -> None:
     """`model` as dst_dir/model.onnx (external data past protobuf's limit), beside a copy of
     src_dir's other files (tokenizer, configs)."""
     import onnx
@@ -97,7 +99,7 @@ INT8_ACCURACY_LEVEL = 4
 INT8_FLOAT_MATMULS = ("v_proj", "down_proj")
 
 
-def _float_matmuls(model) -> list[str]:  # type: ignore[no-untyped-def]
+def _float_matmuls(model) -> list[str]:
     """The MatMul nodes of INT8_FLOAT_MATMULS' projections (optimum names them /…/v_proj/MatMul)."""
     return [n.name for n in model.graph.node
             if n.op_type == "MatMul" and any(f"/{role}/" in n.name for role in INT8_FLOAT_MATMULS)]
@@ -135,7 +137,9 @@ def _convert_fp16(src_dir: Path, dst_dir: Path) -> None:
                   src_dir, dst_dir)
 
 
-def inputs_hash(cfg: Config, merged: Stage) -> str:
+def inputs_hash(cfg: Config, upstream: Sequence[Stage]) -> str:
+    """The merged model's inputs and the ONNX section."""
+    (merged,) = upstream
     return hash_json([merged.inputs_hash, cfg.section("export")["onnx"]])
 
 
@@ -178,7 +182,7 @@ def _export_genai_int4(model_dir: Path, folder: Path) -> dict[str, Any]:
 def export_onnx(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None = None,
                 *, force: bool = False, replace_own: bool = False) -> Stage:
     """Export the merged model to every configured ONNX type."""
-    _, model_dir, writer = open_export(cfg, "export-onnx", merge_dir, out_dir, force, inputs_hash, replace_own)
+    _, model_dir, writer = open_export(cfg, stages.EXPORT_ONNX, merge_dir, out_dir, force, inputs_hash, replace_own)
     types = list(dict.fromkeys(cfg.export.onnx.types))
     with writer as w:
         fp32 = w.tmp / "onnx-fp32"

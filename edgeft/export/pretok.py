@@ -67,7 +67,7 @@ class Match:
 class _VocabOnly:
     """llama.cpp's tokenizer for a vocabulary-only GGUF, with tokenizer.ggml.pre overridden."""
 
-    def __init__(self, lib, path: Path, pre: str):  # type: ignore[no-untyped-def]
+    def __init__(self, lib, path: Path, pre: str):
         self._lib = lib
         params = lib.llama_model_default_params()
         params.vocab_only = True

@@ -65,7 +65,7 @@ class Runtime(ABC):
         rendered by its runtime once edgeft.template has rendered it within bounds."""
         from edgeft.template import guard
 
-        guard(self.template, messages, source=self.source, **self.template_tokens())
+        guard(self.template, messages, source=self.source, special_tokens=self.template_tokens())
         return self.render_chat(messages)
 
     @abstractmethod

@@ -31,7 +31,7 @@ def _no_weight_repacking() -> Iterator[None]:
         yield
         return
 
-    def params():  # type: ignore[no-untyped-def]
+    def params():
         p = original()
         p.use_extra_bufts = False
         return p
@@ -77,7 +77,7 @@ class LlamaCppRuntime(Runtime):
         meta = self.llm.metadata
         self.template = meta.get("tokenizer.chat_template")
         self.source = str(path)
-        self._formatter = None
+        self._formatter: Any = None
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         # special=True: special-token text is parsed as the token, as HF tokenizers do.

@@ -1,4 +1,4 @@
-"""Distribution comparison shared by verify (artifact vs reference) and merge (strategy vs trained)."""
+"""KL divergence between next-token distributions: verify (artifact vs reference) and merge (strategy vs trained)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,160 @@
+"""The verify stage: every artifact, loaded in its runtime, through every check family."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeft import formats, stages
+from edgeft.base import end_of_turn
+from edgeft.config import Config, parse_config
+from edgeft.data import read_split
+from edgeft.errors import ConfigError, InputError, VerifyFailed, first_line
+from edgeft.gate import Gate, load_or_why
+from edgeft.integrity import checksum_problems, dist_problems
+from edgeft.manifest import Stage, StageWriter, hash_json
+from edgeft.runtimes import Runtime
+from edgeft.verify import distribution, files, generation, tokens
+from edgeft.verify.checks import Checks
+from edgeft.verify.probes import Probe, Reference, edge_probes, probes_from, reference_outputs
+from edgeft.verify.report import markdown_report, plot_kl
+from edgeft.workdir import in_session
+
+log = logging.getLogger(__name__)
+
+
+def inputs_hash(cfg: Config, upstream: Sequence[Stage]) -> str:
+    """The reference's inputs, the *bytes* of every artifact (a re-export that changed them
+    re-verifies), and the verify section. `upstream`: the merge stage, then the export stages."""
+    merged, *exports = upstream
+    return hash_json([merged.inputs_hash, [e.content_hash() for e in exports], cfg.section("verify")])
+
+
+def verify_path(path: Path, merge_dir: Path | None = None, out_dir: Path | None = None, *,
+                force: bool = False) -> Stage:
+    """Verify a dist folder or an export stage on its own: its manifest says how it was made and,
+    unless `merge_dir` is given, where the merged reference model is. A dist's own files are
+    checked too (`dist_problems`)."""
+    stage = stages.read(path, (stages.DIST, *stages.EXPORTS))
+    try:
+        cfg = parse_config(stage.config)
+    except ConfigError as e:
+        raise InputError(f"{path}: its manifest's config is not valid: {e}") from None
+    if merge_dir is None:
+        try:
+            merge_dir = stage.ancestor(stages.MERGE).path
+        except InputError:
+            raise InputError(f"{path}: its reference model ({stage.parent}) is not here; pass --merge-dir with the "
+                             f"merge stage it was exported from") from None
+    out = Path(out_dir) if out_dir else Path(path).with_name(Path(path).name + "-verify")
+    gate = Gate.open(cfg, stages.VERIFY, merge_dir, out_dir=out, force=force, exports=[stage])
+    return _verify(gate, dist_problems(stage) if stage.kind == stages.DIST else [])
+
+
+@in_session
+def verify_artifacts(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path] | None = None,
+                     out_dir: Path | None = None, *, force: bool = False) -> Stage:
+    """Compare every artifact of the config's (or the given) export stages with the merged model;
+    publish the report (replacing an earlier verify report, nothing else without `force`)."""
+    return _verify(Gate.open(cfg, stages.VERIFY, merge_dir, export_dirs, out_dir, force=force))
+
+
+def _verify(gate: Gate, dist_findings: list[str] | None = None) -> Stage:
+    from edgeft.runtimes.hf import HFRuntime
+
+    cfg, v = gate.cfg, gate.cfg.verify
+    probes = probes_from(read_split(gate.merged.file("validation.jsonl")), v.max_prompts)
+    ref_rt = HFRuntime(gate.reference_dir)
+    eot = end_of_turn(ref_rt.tokenizer)
+    context = int(getattr(ref_rt.model.config, "max_position_embeddings", 0) or v.context_tokens)
+    n_ctx = min(context, v.context_tokens)
+    if v.edge_cases:
+        tok = ref_rt.tokenizer
+        probes += edge_probes(probes, lambda m: len(tok.apply_chat_template(m, add_generation_prompt=True)),
+                              n_ctx - v.max_new_tokens - 8)
+    log.info("reference: transformers fp32 on %d probes", len(probes))
+    ref = reference_outputs(ref_rt, probes, v.max_new_tokens, eot[1] if eot else None)
+    del ref_rt
+    report: dict[str, Any] = {"reference": str(gate.merged.path), "probes": [p.name for p in probes],
+                              "artifacts": {}}
+    failures: list[str] = [f"dist: files: {p}" for p in dist_findings or []]
+    curves: dict[str, np.ndarray] = {}
+    for stage, art in gate.artifacts():
+        entry, checks = verify_artifact(stage, art, ref, probes, gate.reference_dir, n_ctx, v.max_new_tokens)
+        if checks.kl_curve is not None:
+            curves[art["name"]] = checks.kl_curve
+        report["artifacts"][art["name"]] = entry
+        failures += checks.failures
+    if dist_findings is not None:
+        report["dist_files"] = {"passed": not dist_findings, "problems": dist_findings}
+    report["passed"] = not failures
+    report["failures"] = failures
+
+    def plot(w: StageWriter) -> None:
+        if curves:
+            plot_kl(curves, [len(ids) for ids in ref.full_ids], [p.name for p in probes], w.tmp / "kl.png")
+            w.add_artifact("kl-plot", "kl.png", "png")
+
+    return gate.publish(inputs_hash(cfg, [gate.merged, *gate.exports]), "report", report, markdown_report(report),
+                        failures, VerifyFailed, f"verification failed ({len(failures)} check(s))", more=plot)
+
+
+def behaviour(rt: Runtime, ref: Reference, probes: list[Probe], band: formats.Band, checks: Checks,
+              max_new_tokens: int) -> dict[str, Any]:
+    """Every check family that runs the artifact, in order; returns the numbers for the report."""
+    tokens.token_ids(rt, ref, probes, checks)
+    tokens.chat_template(rt, ref, probes, checks)
+    tokens.special_tokens(rt, ref, checks)
+    numbers = distribution.next_token(rt, ref, probes, band, checks)
+    numbers.update(generation.greedy(rt, ref, probes, band, checks, max_new_tokens))
+    return numbers
+
+
+def verify_artifact(stage: Stage, art: dict[str, Any], ref: Reference, probes: list[Probe], model_dir: Path,
+                    n_ctx: int, max_new_tokens: int) -> tuple[dict[str, Any], Checks]:
+    """Every check of one artifact. A file that passes its checksum but cannot be read (a GGUF
+    header with an absurd count, a corrupt model.onnx) fails this artifact alone, naming why."""
+    name = str(art.get("name"))
+    checks = Checks(name)
+    type_key = f"{art.get('format')}:{art.get('type')}"
+    band = formats.band(str(art.get("format")), str(art.get("type")))
+    numbers: dict[str, Any] = {}
+    bad_files = checksum_problems(stage, art)
+    checks.add("checksums", not bad_files, "; ".join(bad_files) or "files match the manifest")
+    if band is None:
+        checks.add("type", False, f"no band for artifact type {type_key!r}: not an artifact edgeft exports")
+    elif not bad_files:
+        runtime = art.get("runtime", "its runtime")
+        rt: Runtime | None = None
+        why = None
+        try:
+            if art["format"] == "gguf":
+                numbers.update(files.file_checks(stage.file(art["path"]), model_dir, art["type"], checks))
+        except Exception as e:
+            log.debug("%s could not be read", name, exc_info=True)
+            why = f"{type(e).__name__}: {first_line(e)}"
+        if why is None:
+            rt, why = load_or_why(stage, art, n_ctx=n_ctx)
+        if rt is None:
+            checks.add("readable", False, f"{runtime} cannot read it: {why}")
+        else:
+            log.info("verifying %s in %s", name, runtime)
+            # The artifact is what failed, whatever its runtime raised: report it, go on with the others.
+            try:
+                with rt:
+                    numbers.update(behaviour(rt, ref, probes, band, checks, max_new_tokens))
+                if "prompt_format" in art:
+                    files.prompt_format_check(stage, art, ref, probes, checks)
+            except Exception as e:
+                log.debug("%s failed while running", name, exc_info=True)
+                checks.add("runs", False, f"{runtime} loaded it but failed running it: {type(e).__name__}: "
+                           f"{first_line(e)}")
+    recorded = {k: art[k] for k in ("sha256", "files") if k in art}
+    entry = {"file": str(art.get("path")), "type": type_key, "runtime": art.get("runtime"),
+             "band": band.__dict__ if band else None, "numbers": numbers, "checks": checks.results,
+             "passed": not checks.failures, **recorded}
+    return entry, checks
