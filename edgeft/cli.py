@@ -271,40 +271,33 @@ def export() -> None:
     """Export the merged model to edge formats."""
 
 
-@export.command("gguf")
-@CONFIG_OPTION
-@click.option("--merge-dir", type=click.Path(path_type=Path), help="Merge stage [<workdir>/<name>/merge].")
-@click.option("--out", type=click.Path(path_type=Path), help="Output directory [<workdir>/<name>/export-gguf].")
-@FORCE_OPTION
-@SET_OPTION
-def export_gguf_cmd(config_path: Path, merge_dir: Path | None, out: Path | None, force: bool,
-                    overrides: tuple[str, ...]) -> None:
-    """Convert with llama.cpp's converter and quantize (export.gguf.types).
+def _export_command(fmt: str, doc: str) -> None:
+    """`edgeft export <fmt>`: the edgeft.export.<fmt> stage, which is export_<fmt>(cfg, merge_dir, out)."""
+
+    @export.command(fmt, help=doc)
+    @CONFIG_OPTION
+    @click.option("--merge-dir", type=click.Path(path_type=Path), help="Merge stage [<workdir>/<name>/merge].")
+    @click.option("--out", type=click.Path(path_type=Path), help=f"Output directory [<workdir>/<name>/export-{fmt}].")
+    @FORCE_OPTION
+    @SET_OPTION
+    def command(config_path: Path, merge_dir: Path | None, out: Path | None, force: bool,
+                overrides: tuple[str, ...]) -> None:
+        import importlib
+
+        stage = getattr(importlib.import_module(f"edgeft.export.{fmt}"), f"export_{fmt}")
+        click.echo(str(stage(_load(config_path, overrides), merge_dir, out, force=force).path))
+
+
+_export_command("gguf", """Convert with llama.cpp's converter and quantize (export.gguf.types).
 
     \b
     edgeft export gguf -c examples/nl2sql/edgeft.yaml --set 'export.gguf.types=[q4_k_m]'
-    """
-    from edgeft.export.gguf import export_gguf
-
-    click.echo(str(export_gguf(_load(config_path, overrides), merge_dir, out, force=force).path))
-
-
-@export.command("onnx")
-@CONFIG_OPTION
-@click.option("--merge-dir", type=click.Path(path_type=Path), help="Merge stage [<workdir>/<name>/merge].")
-@click.option("--out", type=click.Path(path_type=Path), help="Output directory [<workdir>/<name>/export-onnx].")
-@FORCE_OPTION
-@SET_OPTION
-def export_onnx_cmd(config_path: Path, merge_dir: Path | None, out: Path | None, force: bool,
-                    overrides: tuple[str, ...]) -> None:
-    """Export with optimum (KV cache) and quantize with ONNX Runtime (export.onnx.types).
+    """)
+_export_command("onnx", """Export with optimum (KV cache) and quantize with ONNX Runtime (export.onnx.types).
 
     \b
     edgeft export onnx -c examples/nl2sql/edgeft.yaml
-    """
-    from edgeft.export.onnx import export_onnx
-
-    click.echo(str(export_onnx(_load(config_path, overrides), merge_dir, out, force=force).path))
+    """)
 
 
 @cli.command()
@@ -415,7 +408,7 @@ def package(config_path: Path, force: bool) -> None:
 
 
 SAMPLING_OPTIONS = [
-    click.option("--type", "kind", help="Artifact in a dist folder (e.g. q4_k_m, onnx-int8) [its first GGUF]."),
+    click.option("--type", "artifact_type", help="Artifact in a dist folder (e.g. q4_k_m, onnx-int8) [its first GGUF]."),
     click.option("--max-tokens", default=256, show_default=True, help="Most tokens to generate."),
     click.option("--temperature", default=Sampling.temperature, show_default=True, help="0 = greedy."),
     click.option("--top-k", default=Sampling.top_k, show_default=True, help="Keep the k most likely tokens (0 = all)."),
@@ -436,7 +429,7 @@ def sampling_options(f):
 @click.argument("prompt")
 @sampling_options
 @click.option("--json", "as_json", is_flag=True, help="Print text, token counts and tokens/s as JSON.")
-def run(artifact: Path, prompt: str, kind: str | None, max_tokens: int, temperature: float, top_k: int,
+def run(artifact: Path, prompt: str, artifact_type: str | None, max_tokens: int, temperature: float, top_k: int,
         top_p: float, seed: int, system: str | None, as_json: bool) -> None:
     """Answer one prompt with an exported artifact (GGUF file, ONNX folder or dist folder).
 
@@ -449,7 +442,7 @@ def run(artifact: Path, prompt: str, kind: str | None, max_tokens: int, temperat
     from edgeft.run import open_runtime, respond
 
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    with open_runtime(artifact, kind) as rt:
+    with open_runtime(artifact, artifact_type) as rt:
         stream = None if as_json else (lambda text: click.echo(text, nl=False))
         reply = respond(rt, messages, max_tokens, Sampling(temperature, top_k, top_p, seed), stream)
     click.echo(json.dumps(reply.to_dict(), ensure_ascii=False) if as_json else "")
@@ -458,7 +451,7 @@ def run(artifact: Path, prompt: str, kind: str | None, max_tokens: int, temperat
 @cli.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @sampling_options
-def chat(artifact: Path, kind: str | None, max_tokens: int, temperature: float, top_k: int, top_p: float,
+def chat(artifact: Path, artifact_type: str | None, max_tokens: int, temperature: float, top_k: int, top_p: float,
          seed: int, system: str | None) -> None:
     """Chat with an exported artifact, streaming replies (/reset clears, /exit or Ctrl-D quits).
 
@@ -470,7 +463,7 @@ def chat(artifact: Path, kind: str | None, max_tokens: int, temperature: float, 
     sampling = Sampling(temperature, top_k, top_p, seed)
     start = [{"role": "system", "content": system}] if system else []
     messages = list(start)
-    with open_runtime(artifact, kind) as rt:
+    with open_runtime(artifact, artifact_type) as rt:
         click.echo(f"edgeft: chatting with {artifact} in {rt.name}; /reset clears, /exit quits", err=True)
         while True:
             try:

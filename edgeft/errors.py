@@ -1,9 +1,12 @@
 """The errors edgeft reports to users, and the exit code of each (no Click import here).
 
-`EXIT_CODES` is the one table of exit codes: the README's table is tested against it.
+Each error class names its exit code and says what it means in its docstring: `EXIT_CODES` is
+built from them, and the README's table is tested against it (tests/test_readme.py).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class EdgeftError(Exception):
@@ -11,9 +14,15 @@ class EdgeftError(Exception):
 
     exit_code = 1
 
+    def __init_subclass__(cls, code: int | None = None, **kwargs: Any) -> None:
+        """`class DataError(EdgeftError, code=4)`; a subclass of one of these keeps its code."""
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.exit_code = code
 
-class ConfigError(EdgeftError):
-    exit_code = 3
+
+class ConfigError(EdgeftError, code=3):
+    """Configuration error (bad or unknown key, wrong type or value)."""
 
     def __init__(self, problems: list[str] | str, source: str | None = None):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
@@ -28,36 +37,34 @@ class ConfigError(EdgeftError):
         super().__init__(msg)
 
 
-class DataError(EdgeftError):
-    exit_code = 4
+class DataError(EdgeftError, code=4):
+    """Data error (malformed rows, fewer than 10 usable examples)."""
 
 
-class InputError(EdgeftError):
-    exit_code = 5
+class InputError(EdgeftError, code=5):
+    """Input error (missing or unreadable file, wrong kind of stage directory, output exists without
+    `--force`, a stage output changed after it was verified)."""
 
 
-class ToolError(EdgeftError):
-    exit_code = 6
+class ToolError(EdgeftError, code=6):
+    """A tool failed (training, conversion, quantization, export)."""
 
 
-class VerifyFailed(EdgeftError):
-    exit_code = 7
+class VerifyFailed(EdgeftError, code=7):
+    """Verification ran and failed (the report is still written)."""
 
 
-class EvalFailed(EdgeftError):
-    exit_code = 8
+class EvalFailed(EdgeftError, code=8):
+    """Evaluation ran and an artifact fell below the regression gate (the results are still written)."""
 
 
-class BusyError(EdgeftError):
-    """Another edgeft process holds the work directory's lock."""
+class BusyError(EdgeftError, code=9):
+    """Another edgeft process is working in the same work directory (wait for it, or use another
+    `workdir`)."""
 
-    exit_code = 9
 
-
-class NoSpaceError(EdgeftError):
-    """The disk being written to is full."""
-
-    exit_code = 10
+class NoSpaceError(EdgeftError, code=10):
+    """No space left on the disk being written (nothing half-written is kept)."""
 
 
 def first_line(exc: BaseException | str, limit: int = 300) -> str:
@@ -87,19 +94,15 @@ def no_space(exc: BaseException) -> BaseException | None:
     return None
 
 
+def _meaning(error: type[EdgeftError]) -> str:
+    text = " ".join((error.__doc__ or "").split()).rstrip(".")
+    return text[:1].lower() + text[1:]
+
+
+# Every exit code edgeft's CLI ends with: Click's own (0, 2), a bug (1), and each error's.
 EXIT_CODES = {
     0: "success",
     1: "unexpected error (a bug: the traceback is shown)",
     2: "command-line usage error",
-    ConfigError.exit_code: "configuration error (bad or unknown key, wrong type or value)",
-    DataError.exit_code: "data error (malformed rows, fewer than 10 usable examples)",
-    InputError.exit_code: "input error (missing or unreadable file, wrong kind of stage directory, "
-                          "output exists without `--force`, a stage output changed after it was verified)",
-    ToolError.exit_code: "a tool failed (training, conversion, quantization, export)",
-    VerifyFailed.exit_code: "verification ran and failed (the report is still written)",
-    EvalFailed.exit_code: "evaluation ran and an artifact fell below the regression gate (the results are "
-                          "still written)",
-    BusyError.exit_code: "another edgeft process is working in the same work directory (wait for it, or use "
-                         "another `workdir`)",
-    NoSpaceError.exit_code: "no space left on the disk being written (nothing half-written is kept)",
+    **{error.exit_code: _meaning(error) for error in EdgeftError.__subclasses__()},
 }

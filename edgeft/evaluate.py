@@ -182,6 +182,9 @@ def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path]
 
     gate = Gate.open(cfg, stages.EVAL, merge_dir, export_dirs, out_dir, force=force)
     merged = gate.merged
+    if not merged.resolved_base:
+        raise InputError(f"{merged.path}: its manifest does not name the base model it was trained from: "
+                         f"re-run `edgeft merge` with this edgeft")
     prompts, references = _examples(read_split(merged.file("validation.jsonl")), cfg.eval.max_examples)
     if not prompts:
         raise InputError(f"{merged.file('validation.jsonl')}: no held-out examples to evaluate on")
@@ -195,10 +198,7 @@ def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path]
     reference = HFRuntime(gate.reference_dir)
     outputs["fine-tuned"] = answer(reference, prompts, n_new, "fine-tuned (transformers)")
     general_out = {"fine-tuned": answer(reference, general[0], n_new, "fine-tuned, general")} if general else {}
-    if not merged.resolved_base:
-        raise InputError(f"{merged.path}: its manifest does not name the base model it was trained from: "
-                         f"re-run `edgeft merge` with this edgeft")
-    base = _base_runtime(merged.resolved_base, reference)
+    base = _base_runtime(str(merged.resolved_base), reference)
     del reference
     outputs["base"] = answer(base, prompts, n_new, "base (transformers)")
     if general:

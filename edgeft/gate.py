@@ -63,8 +63,8 @@ class Gate:
         with StageWriter(self.out_dir, self.kind, config=self.cfg.to_dict(), inputs_hash=inputs_hash,
                          parent=str(self.merged.path), base_model=self.cfg.base_model, force=self.force,
                          replace_own=True) as w:
-            (w.tmp / f"{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-            (w.tmp / f"{name}.md").write_text(markdown)
+            (w.tmp / f"{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            (w.tmp / f"{name}.md").write_text(markdown, encoding="utf-8")
             w.add_artifact(name, f"{name}.json", "json")
             w.add_artifact(f"{name}-md", f"{name}.md", "markdown")
             if more is not None:

@@ -23,7 +23,7 @@ from edgeft.manifest import inside
 from edgeft.runtimes import Messages, Runtime, Sampling
 
 
-def resolve_artifact(path: Path, kind: str | None = None) -> dict[str, Any]:
+def resolve_artifact(path: Path, artifact_type: str | None = None) -> dict[str, Any]:
     """A manifest-style entry {format, path, type} for a file, an ONNX folder or a dist folder."""
     path = Path(path)
     if not path.exists():
@@ -31,11 +31,11 @@ def resolve_artifact(path: Path, kind: str | None = None) -> dict[str, Any]:
     if path.is_file():
         if path.suffix != ".gguf":
             raise InputError(f"{path}: not a .gguf file; pass a GGUF file, an ONNX folder or a dist folder")
-        return {"format": "gguf", "path": path.name, "root": path.parent, "type": kind}
+        return {"format": "gguf", "path": path.name, "root": path.parent, "type": artifact_type}
     if (path / "genai_config.json").is_file():
-        return {"format": "onnx-genai", "path": path.name, "root": path.parent, "type": kind}
+        return {"format": "onnx-genai", "path": path.name, "root": path.parent, "type": artifact_type}
     if (path / "model.onnx").is_file():
-        return {"format": "onnx", "path": path.name, "root": path.parent, "model_file": "model.onnx", "type": kind}
+        return {"format": "onnx", "path": path.name, "root": path.parent, "model_file": "model.onnx", "type": artifact_type}
     manifest = path / "manifest.json"
     if not manifest.is_file():
         raise InputError(f"{path}: neither model.onnx nor manifest.json here; pass a .gguf file, an ONNX "
@@ -47,21 +47,21 @@ def resolve_artifact(path: Path, kind: str | None = None) -> dict[str, Any]:
     except (ValueError, RecursionError, KeyError, TypeError):
         raise InputError(f"{manifest}: not a dist manifest (JSON with a list of artifacts); check the folder "
                          f"with `edgeft verify {path} --check`") from None
-    wanted = [a for a in artifacts if kind in (None, a["type"], a["name"])]
+    wanted = [a for a in artifacts if artifact_type in (None, a["type"], a["name"])]
     if not wanted:
         known = ", ".join(a["name"] for a in artifacts)
-        raise InputError(f"{path}: no artifact of type {kind!r} (has {known})")
+        raise InputError(f"{path}: no artifact of type {artifact_type!r} (has {known})")
     gguf = [a for a in wanted if a["format"] == "gguf"]
     chosen = (gguf or wanted)[0]
     return {**chosen, "root": path}
 
 
-def open_runtime(path: Path, kind: str | None = None) -> Runtime:
+def open_runtime(path: Path, artifact_type: str | None = None) -> Runtime:
     """The artifact loaded in its runtime; a file its runtime cannot read is an input error
     naming the cause (for GGUF, gguf's reader says what is wrong where llama.cpp only refuses)."""
     from edgeft.runtimes import load_runtime
 
-    entry = resolve_artifact(path, kind)
+    entry = resolve_artifact(path, artifact_type)
     where = inside(entry["root"], entry["path"])
     try:
         return load_runtime(entry, entry["root"], all_logits=False)

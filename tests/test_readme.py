@@ -49,3 +49,55 @@ def test_every_config_key_is_in_the_reference() -> None:
 
 def test_no_link_leaves_the_repository() -> None:
     assert "../shared" not in README and "DESIGN.md" not in README
+
+
+def _default(cls: type, dotted: str):  # the dataclass default of a dotted config key
+    obj = cls()
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def test_config_reference_defaults_are_the_code_s() -> None:
+    import yaml
+
+    rows = re.findall(r"^\| `([a-z_.]+)`((?: / `[a-z_]+`)*) \| (.+?) \| .+ \|$", _section("Config reference"),
+                      re.MULTILINE)
+    assert len(rows) > 40
+    checked = 0
+    for key, more, default in rows:
+        keys = [key] + [f"{key.rsplit('.', 1)[0]}.{k}" for k in re.findall(r"`([a-z_]+)`", more)]
+        cells = [c.strip() for c in default.split(" / ")]
+        for k, cell in zip(keys, cells, strict=True):
+            want = _default(Config, k)
+            if cell == "required":
+                assert want == "", k
+            elif cell == "none":
+                assert want is None, k
+            else:
+                assert cell.startswith("`") and cell.endswith("`"), f"{k}: {cell}"
+                said = yaml.safe_load(cell.strip("`"))
+                assert said == want or (isinstance(want, str) and str(said) == want), f"{k}: README {cell}, code {want!r}"
+            checked += 1
+    assert checked == len(_keys(Config))
+
+
+def test_type_lists_and_bands_are_the_table_s() -> None:
+    from edgeft import formats, stages
+    from edgeft.config import GGUF_TYPES
+
+    reference = _section("Config reference")
+    listed = re.search(r"\| `export.gguf.types` \| .+? \| any of `([a-z0-9_ ]+)`", reference).group(1).split()
+    assert listed == list(GGUF_TYPES)
+    workdir = re.search(r"<workdir>/<name>/\{([a-z,-]+)\}", reference).group(1).split(",")
+    assert workdir == [k for k in stages.ORDER if k != stages.DIST]
+    gate = _section("The parity gate")
+    rows = re.findall(r"^\| (GGUF|ONNX|ORT GenAI) ([a-z0-9_]+)( base \+ LoRA GGUF)?[^|]* \| ([0-9.e-]+) \| "
+                      r"([0-9.e-]+) \| ([0-9.e-]+) \| ([0-9.e-]+) \|", gate, re.MULTILINE)
+    fmt = {"GGUF": "gguf", "ONNX": "onnx", "ORT GenAI": "onnx-genai"}
+    rows = [("gguf-lora" if lora else fmt[f], t, *limits) for f, t, lora, *limits in rows]
+    assert {(f, t) for f, t, *_ in rows} == {("gguf", t) for t in formats.GGUF_TYPES} | {("gguf-lora", "f16")} | {
+        (o.format, t) for t, o in formats.ONNX_TYPES.items()}
+    for f, t, *limits in rows:
+        band = formats.band(f, t)
+        assert [float(x) for x in limits] == [band.kl_mean, band.kl_p99, band.top1, band.gen_prefix], f"{f} {t}"
