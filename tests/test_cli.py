@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from edgeft.cli import cli
@@ -156,3 +158,12 @@ def test_every_hint_names_a_real_command() -> None:
         for option in (w for w in words if w.startswith("-")):
             assert option in result.output, f"{kind}: `{hint}`: no option {option}"
     assert set(PRODUCED_BY) == set(ORDER)
+
+
+@pytest.mark.parametrize(("command", "error"), [(("verify",), "VerifyFailed"), (("eval",), "EvalFailed"),
+                                                (("data", "check"), "DataError")])
+def test_exit_codes_named_in_help_are_the_errors_codes(command: tuple[str, ...], error: str) -> None:
+    import edgeft.errors
+
+    said = re.findall(r"[Ee]xits? (\d+)", " ".join(run(*command, "--help").output.split()))
+    assert said == [str(getattr(edgeft.errors, error).exit_code)]
