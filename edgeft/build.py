@@ -24,7 +24,6 @@ from edgeft import package as package_mod
 from edgeft import stages
 from edgeft import train as train_mod
 from edgeft import verify as verify_mod
-from edgeft.base import resolve_base
 from edgeft.config import Config
 from edgeft.export import gguf as gguf_mod
 from edgeft.export import onnx as onnx_mod
@@ -110,7 +109,6 @@ def _build(cfg: Config, force: bool, on_stage: Callable[[str, str], None] | None
     # Before minutes of work: every output this build may replace must be edgeft's own (or --force).
     for kind in stages.ORDER:
         check_replaceable(stages.directory(cfg, kind), kind, force=force, replace_own=True)
-    resolve_base(cfg.base_model, cfg.root, cfg.trust_remote_code)  # a bad base fails before anything runs
     train = step(stages.TRAIN, [], train_stage)
     merged = step(stages.MERGE, [train], lambda: merge_mod.merge_adapter(cfg, **own))
     exports = []

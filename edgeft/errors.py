@@ -73,6 +73,11 @@ def first_line(exc: BaseException | str, limit: int = 300) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__ if isinstance(exc, BaseException) else "")[:limit]
 
 
+def describe(exc: BaseException) -> str:
+    """An exception as `Type: first line`, for reports that name why an artifact failed."""
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
 _NO_SPACE_TEXT = ("No space left on device", "StorageFull", "Disk quota exceeded")
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from edgeft import stages
 from edgeft.config import Config
 from edgeft.data import file_hash, read_split
-from edgeft.errors import EvalFailed, InputError, first_line
+from edgeft.errors import EvalFailed, InputError, describe
 from edgeft.gate import Gate, load_or_why
 from edgeft.manifest import Stage, hash_json
 from edgeft.runtimes import Runtime
@@ -215,7 +215,7 @@ def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path]
                     outputs[art["name"]] = answer(rt, prompts, n_new, f"{art['name']} ({art['runtime']})")
             except Exception as e:  # the artifact failed, not the evaluation: it scores nothing, named
                 log.debug("%s could not be evaluated", art["name"], exc_info=True)
-                why = f"{type(e).__name__}: {first_line(e)}"
+                why = describe(e)
         if why is not None:
             unreadable[art["name"]] = why
             outputs[art["name"]] = [""] * len(prompts)

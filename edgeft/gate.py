@@ -17,7 +17,7 @@ from typing import Any
 
 from edgeft import stages
 from edgeft.config import Config
-from edgeft.errors import EdgeftError, first_line
+from edgeft.errors import EdgeftError, describe
 from edgeft.manifest import Stage, StageWriter, check_replaceable
 from edgeft.runtimes import Runtime, load_runtime
 
@@ -83,4 +83,4 @@ def load_or_why(stage: Stage, art: dict[str, Any], **options: Any) -> tuple[Runt
         return load_runtime(art, stage.path, **options), None
     except Exception as e:
         log.debug("%s could not be loaded", art.get("name"), exc_info=True)
-        return None, f"{type(e).__name__}: {first_line(e)}"
+        return None, describe(e)

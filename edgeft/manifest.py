@@ -122,10 +122,6 @@ class Stage:
         return self.data.get(END_OF_TURN)
 
     @property
-    def eos_token_ids(self) -> list[int]:
-        return list(self.data.get(EOS_TOKEN_IDS) or [])
-
-    @property
     def dataset(self) -> dict[str, Any] | None:
         return self.data.get(DATASET)
 

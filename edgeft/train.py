@@ -39,8 +39,11 @@ log = logging.getLogger(__name__)
 
 def inputs_hash(cfg: Config, upstream: Sequence[Stage] = ()) -> str:
     """Base (by content), data files (by content) and the data and train sections (training is
-    the first stage: nothing upstream)."""
-    resolved = resolve_base(cfg.base_model, cfg.root, cfg.trust_remote_code)
+    the first stage: nothing upstream). Resolving the base refuses a bad one."""
+    return _inputs_hash(cfg, resolve_base(cfg.base_model, cfg.root, cfg.trust_remote_code))
+
+
+def _inputs_hash(cfg: Config, resolved: str) -> str:
     return hash_json({
         "base": fingerprint(cfg.base_model, resolved),
         "data": cfg.section("data") | {"files": [file_hash(p) for p in data_files(cfg) if p.exists()]},
@@ -304,7 +307,7 @@ def _train(cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: boo
                     ", ".join(f"{k}: {n}" for k, n in kinds.items()), report.warnings[0])
     train_rows, val_rows = report.train, report.validation
     t = cfg.train
-    expected = inputs_hash(cfg)
+    expected = _inputs_hash(cfg, base)
     with state.main_process_first():
         w = StageWriter(out_dir, stages.TRAIN, config=cfg.to_dict(), inputs_hash=expected,
                         base_model=cfg.base_model, force=force, replace_own=replace_own, resumable=True,

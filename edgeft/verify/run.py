@@ -13,7 +13,7 @@ from edgeft import formats, stages
 from edgeft.base import end_of_turn
 from edgeft.config import Config, parse_config
 from edgeft.data import read_split
-from edgeft.errors import ConfigError, InputError, VerifyFailed, first_line
+from edgeft.errors import ConfigError, InputError, VerifyFailed, describe
 from edgeft.gate import Gate, load_or_why
 from edgeft.integrity import checksum_problems, dist_problems
 from edgeft.manifest import Stage, StageWriter, hash_json
@@ -129,15 +129,15 @@ def verify_artifact(stage: Stage, art: dict[str, Any], ref: Reference, probes: l
         checks.add("type", False, f"no band for artifact type {type_key!r}: not an artifact edgeft exports")
     elif not bad_files:
         runtime = art.get("runtime", "its runtime")
-        rt: Runtime | None = None
-        why = None
+        rt: Runtime | None
+        why: str | None
         try:
             if art["format"] == "gguf":
                 numbers.update(files.file_checks(stage.file(art["path"]), model_dir, art["type"], checks))
         except Exception as e:
             log.debug("%s could not be read", name, exc_info=True)
-            why = f"{type(e).__name__}: {first_line(e)}"
-        if why is None:
+            rt, why = None, describe(e)
+        else:
             rt, why = load_or_why(stage, art, n_ctx=n_ctx)
         if rt is None:
             checks.add("readable", False, f"{runtime} cannot read it: {why}")
@@ -151,8 +151,7 @@ def verify_artifact(stage: Stage, art: dict[str, Any], ref: Reference, probes: l
                     files.prompt_format_check(stage, art, ref, probes, checks)
             except Exception as e:
                 log.debug("%s failed while running", name, exc_info=True)
-                checks.add("runs", False, f"{runtime} loaded it but failed running it: {type(e).__name__}: "
-                           f"{first_line(e)}")
+                checks.add("runs", False, f"{runtime} loaded it but failed running it: {describe(e)}")
     recorded = {k: art[k] for k in ("sha256", "files") if k in art}
     entry = {"file": str(art.get("path")), "type": type_key, "runtime": art.get("runtime"),
              "band": band.__dict__ if band else None, "numbers": numbers, "checks": checks.results,
