@@ -106,15 +106,18 @@ def cli(verbose: int, quiet: bool) -> None:
 @CONFIG_OPTION
 @FORCE_OPTION
 @SET_OPTION
-def build(config_path: Path, force: bool, overrides: tuple[str, ...]) -> None:
+@click.option("--register", is_flag=True, help="Then register the dist in the config's registry (a new version).")
+def build(config_path: Path, force: bool, overrides: tuple[str, ...], register: bool) -> None:
     """Run train → merge → export → verify → eval → package; print the dist directory.
 
     Stages whose inputs and files are unchanged since the last build are reused; an interrupted
     training of the same inputs is resumed. --force re-runs everything and may replace output
-    directories edgeft did not write.
+    directories edgeft did not write. --register adds the dist to the registry as a new version
+    (an unchanged dist is its existing version).
 
     \b
     edgeft build -c examples/nl2sql/edgeft.yaml
+    edgeft build -c examples/nl2sql/edgeft.yaml --register
     """
     from edgeft.build import build as run_build
 
@@ -126,6 +129,12 @@ def build(config_path: Path, force: bool, overrides: tuple[str, ...]) -> None:
     result = run_build(cfg, force=force, on_stage=on_stage)
     click.echo(f"edgeft: ran {', '.join(result.ran) or 'nothing'}; reused {', '.join(result.reused) or 'nothing'}",
                err=True)
+    if register:
+        from edgeft.registry import Registry
+
+        name, number, new = Registry(cfg.path(cfg.registry)).add(result.dist)
+        click.echo(f"edgeft: {'registered as' if new else 'already registered as'} {name}:{number} in "
+                   f"{cfg.path(cfg.registry)}", err=True)
     click.echo(str(result.dist))
 
 
@@ -300,6 +309,27 @@ _export_command("onnx", """Export with optimum (KV cache) and quantize with ONNX
     """)
 
 
+@export.command("lmstudio")
+@click.argument("dist", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--publisher", default="edgeft", show_default=True, help="LM Studio's publisher folder.")
+@click.option("--force", is_flag=True, help="Replace GGUF files already there with other bytes.")
+def export_lmstudio(dist: Path, out: Path, publisher: str, force: bool) -> None:
+    """Copy a dist's GGUF files into LM Studio's layout: OUT/<publisher>/<name>/<file>.gguf.
+
+    OUT is LM Studio's models folder (~/.lmstudio/models by default in LM Studio). Every byte is
+    checked against the dist's manifest; `edgeft verify` checked each template with the
+    JavaScript Jinja engine LM Studio uses too.
+
+    \b
+    edgeft export lmstudio examples/nl2sql/dist/nl2sql-tiny ~/.lmstudio/models
+    """
+    from edgeft.publish import export_lmstudio as run_export
+
+    for path in run_export(dist, out, publisher, force=force):
+        click.echo(str(path))
+
+
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path), required=False)
 @click.option("-c", "--config", "config_path", type=click.Path(path_type=Path),
@@ -405,6 +435,241 @@ def package(config_path: Path, force: bool) -> None:
     from edgeft.package import package_dist
 
     click.echo(str(package_dist(_load(config_path), force=force).path))
+
+
+@cli.group()
+def registry() -> None:
+    """Versions of a model: register dists, promote, roll back, A/B split and route.
+
+    The registry is a directory (--registry, $EDGEFT_REGISTRY, the config's `registry:` with -c,
+    else ./registry) holding index.json, events.jsonl and an immutable copy of each version.
+
+    \b
+    edgeft registry add examples/nl2sql/dist/nl2sql-tiny
+    edgeft registry promote nl2sql-tiny:1 --to production
+    edgeft registry split nl2sql-tiny production=90 candidate=10
+    edgeft registry route nl2sql-tiny --key request-42
+    """
+
+
+def registry_options(f):
+    f = click.option("-c", "--config", "config_path", type=click.Path(path_type=Path),
+                     help="Use this config's `registry:` directory.")(f)
+    return click.option("--registry", "registry_dir", type=click.Path(path_type=Path), envvar="EDGEFT_REGISTRY",
+                        help="Registry directory [$EDGEFT_REGISTRY, the config's registry:, ./registry].")(f)
+
+
+def _registry(registry_dir: Path | None, config_path: Path | None):
+    from edgeft.registry import Registry
+
+    if registry_dir is None and config_path is not None:
+        cfg = _load(config_path)
+        registry_dir = cfg.path(cfg.registry)
+    return Registry(registry_dir or Path("registry"))
+
+
+REASON_OPTION = click.option("--reason", help="Why (recorded in the event log).")
+
+
+@registry.command("add")
+@click.argument("dist", type=click.Path(path_type=Path))
+@registry_options
+@REASON_OPTION
+def registry_add(dist: Path, registry_dir: Path | None, config_path: Path | None, reason: str | None) -> None:
+    """Register a dist (verified and evaluated) as the next version of its model; print NAME:VERSION.
+
+    The dist's files are checked against its manifest and copied in; the same dist registered
+    again is its existing version.
+
+    \b
+    edgeft registry add examples/nl2sql/dist/nl2sql-tiny --reason "6 epochs"
+    """
+    reg = _registry(registry_dir, config_path)
+    name, number, new = reg.add(dist, reason)
+    if not new:
+        click.echo(f"edgeft: {dist} is already registered as {name}:{number}", err=True)
+    click.echo(f"{name}:{number}")
+
+
+@registry.command("list")
+@registry_options
+@click.option("--json", "as_json", is_flag=True, help="Print the index as JSON.")
+def registry_list(registry_dir: Path | None, config_path: Path | None, as_json: bool) -> None:
+    """The registered models: versions, production, candidate, split.
+
+    \b
+    edgeft registry list
+    """
+    from edgeft.registry_view import list_table
+
+    reg = _registry(registry_dir, config_path)
+    index = reg.index()
+    click.echo(json.dumps(index, indent=2, ensure_ascii=False) if as_json else list_table(index))
+
+
+@registry.command("show")
+@click.argument("ref")
+@click.option("--against", help="Compare with this version (NAME:VERSION or NAME@ALIAS) [production, else its parent].")
+@registry_options
+@click.option("--json", "as_json", is_flag=True, help="Print the version (and the comparison) as JSON.")
+def registry_show(ref: str, against: str | None, registry_dir: Path | None, config_path: Path | None,
+                  as_json: bool) -> None:
+    """A model's versions (NAME), or one version (NAME:VERSION, NAME@ALIAS) with its lineage,
+    artifacts, and verify and eval compared with another version.
+
+    \b
+    edgeft registry show nl2sql-tiny
+    edgeft registry show nl2sql-tiny:2 --against nl2sql-tiny:1
+    """
+    from edgeft.registry import Ref
+    from edgeft.registry_view import show
+
+    click.echo(show(_registry(registry_dir, config_path), Ref.parse(ref), Ref.parse(against) if against else None,
+                    as_json))
+
+
+@registry.command("promote")
+@click.argument("ref")
+@click.option("--to", "to", type=click.Choice(["production", "candidate"]), default="production", show_default=True)
+@click.option("--force", is_flag=True, help="Promote even if it scores below production (needs --reason).")
+@REASON_OPTION
+@registry_options
+def registry_promote(ref: str, to: str, force: bool, reason: str | None, registry_dir: Path | None,
+                     config_path: Path | None) -> None:
+    """Make a version production (the previous one is archived) or the candidate.
+
+    Production requires that the version passed verify and eval and scores at least as well as
+    the current production version on every eval metric both share; exit 11 otherwise. A split
+    in progress ends when production changes.
+
+    \b
+    edgeft registry promote nl2sql-tiny:2 --to production
+    edgeft registry promote nl2sql-tiny:3 --force --reason "format fix outweighs -1 answer"
+    """
+    from edgeft.registry import Ref
+
+    result = _registry(registry_dir, config_path).promote(Ref.parse(ref), to, force=force, reason=reason)
+    name = Ref.parse(ref).name
+    if result.get("previous") is not None:
+        click.echo(f"edgeft: {name}:{result['previous']} archived", err=True)
+    if result.get("regressions"):
+        click.echo(f"edgeft: promoted despite: {'; '.join(result['regressions'])}", err=True)
+    click.echo(f"{name}:{result['version']} {to}")
+
+
+@registry.command("rollback")
+@click.argument("name")
+@REASON_OPTION
+@registry_options
+def registry_rollback(name: str, reason: str | None, registry_dir: Path | None, config_path: Path | None) -> None:
+    """Production goes back to the version that was production before (the current one is archived).
+
+    \b
+    edgeft registry rollback nl2sql-tiny --reason "latency regression"
+    """
+    current, previous = _registry(registry_dir, config_path).rollback(name, reason)
+    click.echo(f"edgeft: {name}:{current} archived", err=True)
+    click.echo(f"{name}:{previous} production")
+
+
+@registry.command("archive")
+@click.argument("ref")
+@REASON_OPTION
+@registry_options
+def registry_archive(ref: str, reason: str | None, registry_dir: Path | None, config_path: Path | None) -> None:
+    """Retire a version that is not production and serves no split (its files stay).
+
+    \b
+    edgeft registry archive nl2sql-tiny:1
+    """
+    from edgeft.registry import Ref
+
+    number = _registry(registry_dir, config_path).archive(Ref.parse(ref), reason)
+    click.echo(f"{Ref.parse(ref).name}:{number} archived")
+
+
+@registry.command("split")
+@click.argument("name")
+@click.argument("arms", nargs=-1, metavar="LABEL=PERCENT...")
+@click.option("--off", is_flag=True, help="End the split (all traffic to production).")
+@REASON_OPTION
+@registry_options
+def registry_split(name: str, arms: tuple[str, ...], off: bool, reason: str | None, registry_dir: Path | None,
+                   config_path: Path | None) -> None:
+    """Split traffic between versions: LABEL is an alias (production, candidate) or a version.
+
+    Percentages add up to 100 (steps of 0.01). Changing only the weights keeps the split id, so
+    keys already on the candidate stay there when it grows; put production first.
+
+    \b
+    edgeft registry split nl2sql-tiny production=90 candidate=10
+    edgeft registry split nl2sql-tiny production=80 candidate=20
+    edgeft registry split nl2sql-tiny --off
+    """
+    from edgeft.errors import InputError
+
+    if off == bool(arms):
+        raise InputError("give LABEL=PERCENT arms (e.g. production=90 candidate=10), or --off")
+    split = _registry(registry_dir, config_path).split(name, list(arms), reason)
+    if split is None:
+        click.echo(f"{name}: no split (all traffic to production)")
+    else:
+        click.echo(f"{name}: split {split['id']}: " + ", ".join(
+            f"{a['label']} ({name}:{a['version']}) {a['weight'] / 100:g}%" for a in split["arms"]))
+
+
+@registry.command("route")
+@click.argument("name")
+@click.option("--key", "keys", multiple=True, required=True, help="Request key (repeatable), e.g. a request id.")
+@registry_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per key.")
+def registry_route(name: str, keys: tuple[str, ...], registry_dir: Path | None, config_path: Path | None,
+                   as_json: bool) -> None:
+    """Which version serves each request key (the split's assignment, else production).
+
+    \b
+    edgeft registry route nl2sql-tiny --key request-42
+    """
+    reg = _registry(registry_dir, config_path)
+    index = reg.index()
+    for key in keys:
+        r = reg.route(name, key, index)
+        click.echo(json.dumps({"key": key, **r}, ensure_ascii=False) if as_json
+                   else f"{key}\t{name}:{r['version']}\t{r['label']}")
+
+
+@registry.command("export")
+@click.argument("ref")
+@click.argument("out", type=click.Path(path_type=Path))
+@FORCE_OPTION
+@registry_options
+def registry_export(ref: str, out: Path, force: bool, registry_dir: Path | None, config_path: Path | None) -> None:
+    """Copy a version out as a plain dist (checked byte for byte; `edgeft verify OUT --check` passes).
+
+    \b
+    edgeft registry export nl2sql-tiny@production deploy/nl2sql-tiny
+    """
+    from edgeft.registry import Ref
+
+    path, number = _registry(registry_dir, config_path).export(Ref.parse(ref), out, force=force)
+    click.echo(f"edgeft: {Ref.parse(ref).name}:{number} exported", err=True)
+    click.echo(str(path))
+
+
+@registry.command("log")
+@click.argument("name", required=False)
+@registry_options
+@click.option("--json", "as_json", is_flag=True, help="The events as JSON lines.")
+def registry_log(name: str | None, registry_dir: Path | None, config_path: Path | None, as_json: bool) -> None:
+    """The event log (register, promote, archive, rollback, split), oldest first.
+
+    \b
+    edgeft registry log nl2sql-tiny
+    """
+    from edgeft.registry_view import event_line
+
+    for event in _registry(registry_dir, config_path).events(name):
+        click.echo(json.dumps(event, ensure_ascii=False) if as_json else event_line(event))
 
 
 SAMPLING_OPTIONS = [

@@ -136,7 +136,8 @@ class Config:
     workdir: str = "runs"  # stage directories go under <workdir>/<name>/
     dist_dir: str = "dist"
     trust_remote_code: bool = False
-    license: str | None = None  # SPDX id written into the GGUF files and the model card
+    license: str | None = None  # SPDX id written into the GGUF files, the model card and the Ollama Modelfiles
+    registry: str = "registry"  # model registry directory (edgeft build --register; edgeft registry -c)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)

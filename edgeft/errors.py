@@ -67,6 +67,11 @@ class NoSpaceError(EdgeftError, code=10):
     """No space left on the disk being written (nothing half-written is kept)."""
 
 
+class RegistryRefused(EdgeftError, code=11):
+    """The registry refused a change (a promotion scoring below production, an archived version in
+    a split, a rollback with no earlier version); nothing was changed."""
+
+
 def first_line(exc: BaseException | str, limit: int = 300) -> str:
     """What a library's exception (or a tool's stderr) says, in one line for an `Error: …` message."""
     text = str(exc).strip()

@@ -15,7 +15,7 @@ from edgeft.errors import InputError, VerifyFailed
 from edgeft.manifest import MANIFEST, Stage, check_files
 
 # Keys manifest.json (the copy users and Java read) and edgeft.json (what edgeft reads) share.
-DIST_KEYS = ("name", "artifacts", "files", "inputs_hash", "lineage", "verify", "evaluation", "config")
+DIST_KEYS = ("name", "artifacts", "files", "inputs_hash", "lineage", "verify", "evaluation", "config", "registry")
 
 
 def dist_problems(dist: Stage) -> list[str]:

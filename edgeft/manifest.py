@@ -37,6 +37,7 @@ HANDED_OVER = (RESOLVED_BASE, END_OF_TURN, EOS_TOKEN_IDS, DATASET)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 DIR_MODE = 0o777 & ~_UMASK
+FILE_MODE = 0o666 & ~_UMASK
 
 
 def inside(root: Path | str, relpath: str) -> Path:
@@ -58,6 +59,35 @@ def sha256_file(path: Path) -> str:
     with Path(path).open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+    return h.hexdigest()
+
+
+_FICLONE = 0x40049409  # Linux ioctl: share the source's blocks (btrfs, XFS), copy-on-write
+
+
+def copy_file(src: Path, dst: Path) -> str:
+    """Copy one file (a reflink where the filesystem can, else bytes) and return the sha256 of
+    what landed at `dst`: never a hard link, so editing the dist cannot alter the work directory."""
+    import fcntl
+
+    h = hashlib.sha256()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with src.open("rb") as fin, dst.open("wb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+            cloned = True
+        except OSError:
+            cloned = False
+        if cloned:
+            fout.flush()
+            with dst.open("rb") as check:
+                for block in iter(lambda: check.read(1 << 20), b""):
+                    h.update(block)
+        else:
+            for block in iter(lambda: fin.read(1 << 20), b""):
+                h.update(block)
+                fout.write(block)
+    shutil.copystat(src, dst)
     return h.hexdigest()
 
 

@@ -11,12 +11,10 @@ the pinned stack, lineage: base model, dataset hash, adapter, training metrics, 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import logging
 import platform
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from typing import Any
 from edgeft import __version__, stages
 from edgeft.config import Config
 from edgeft.errors import InputError
-from edgeft.manifest import Stage, StageWriter, file_table, hash_json, inside
+from edgeft.manifest import Stage, StageWriter, copy_file, file_table, hash_json, inside
 from edgeft.paths import vendor_dir
 from edgeft.workdir import in_session
 
@@ -55,35 +53,6 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-_FICLONE = 0x40049409  # Linux ioctl: share the source's blocks (btrfs, XFS), copy-on-write
-
-
-def _copy(src: Path, dst: Path) -> str:
-    """Copy one file (a reflink where the filesystem can, else bytes) and return the sha256 of
-    what landed at `dst`: never a hard link, so editing the dist cannot alter the work directory."""
-    import fcntl
-
-    h = hashlib.sha256()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with src.open("rb") as fin, dst.open("wb") as fout:
-        try:
-            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
-            cloned = True
-        except OSError:
-            cloned = False
-        if cloned:
-            fout.flush()
-            with dst.open("rb") as check:
-                for block in iter(lambda: check.read(1 << 20), b""):
-                    h.update(block)
-        else:
-            for block in iter(lambda: fin.read(1 << 20), b""):
-                h.update(block)
-                fout.write(block)
-    shutil.copystat(src, dst)
-    return h.hexdigest()
-
-
 def _place_verified(stage: Stage, art: dict[str, Any], dst: Path, seen: dict[str, Any]) -> None:
     """Copy an artifact (file or folder) into the dist, checking every byte against the
     checksums verify recorded when it passed (`seen`): bytes verify never saw are not shipped."""
@@ -99,7 +68,7 @@ def _place_verified(stage: Stage, art: dict[str, Any], dst: Path, seen: dict[str
     else:
         pairs = [(src, dst, seen.get("sha256"))]
     for source, target, want in pairs:
-        got = _copy(source, target)
+        got = copy_file(source, target)
         if got != want:
             raise InputError(f"{source}: its bytes are not the ones verify checked (sha256 {got[:12]}…, verified "
                              f"{str(want)[:12]}…): it changed after verification; re-run `edgeft verify` (or "
@@ -110,7 +79,7 @@ def _place(src: Path, dst: Path) -> None:
     """Copy a file or folder of edgeft's own reports into the dist."""
     for f in sorted(src.rglob("*")) if src.is_dir() else [src]:
         if f.is_file():
-            _copy(f, dst / f.relative_to(src) if src.is_dir() else dst)
+            copy_file(f, dst / f.relative_to(src) if src.is_dir() else dst)
 
 
 def inputs_hash(cfg: Config, upstream: Sequence[Stage]) -> str:
@@ -164,6 +133,9 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
                 _place(verify.file(name), w.tmp / "verify" / name)
         for name in ("results.json", "results.md"):
             _place(evaluated.file(name), w.tmp / "eval" / name)
+        from edgeft.publish import write_modelfiles
+
+        write_modelfiles(w.tmp, artifacts, report, cfg.name, cfg.license)
         gguf_files = [Path(a["path"]).name for a in artifacts if a["format"] == "gguf"]
         onnx = [a for a in artifacts if a["format"] == "onnx"]
         genai = [a["path"] for a in artifacts if a["format"] == "onnx-genai"]
@@ -285,6 +257,9 @@ def model_card(cfg: Config, lineage: dict[str, Any], artifacts: list[dict[str, A
         "## Use",
         "- GGUF: llama.cpp (`llama-cli -m gguf/<file> -cnv`), llama-cpp-python, or Java through JNA over "
         "`libllama` (`java/`, a tested example); the chat template and end-of-turn token are embedded.",
+        "- Ollama: `ollama create <name> -f gguf/<file>.Modelfile` (a Modelfile beside each GGUF, with the stop "
+        "tokens and context length verify checked; `gguf/lora/Modelfile` applies the adapter to its base). LM Studio: "
+        "`edgeft export lmstudio <this folder> ~/.lmstudio/models`.",
         "- ONNX: ONNX Runtime with `onnx/<type>/model.onnx` and `tokenizer.json` beside it; the input "
         "and output names are listed in `manifest.json`.",
         "",

@@ -15,3 +15,8 @@ def cache_dir() -> Path:
 def vendor_dir() -> Path:
     """llama.cpp's conversion code, unpacked by set-up (EDGEFT_VENDOR overrides)."""
     return Path(os.environ.get("EDGEFT_VENDOR", REPO_ROOT / "vendor" / "llama.cpp"))
+
+
+def js_dir() -> Path:
+    """The JavaScript packages set-up installs (@huggingface/jinja), EDGEFT_JS overrides."""
+    return Path(os.environ.get("EDGEFT_JS", REPO_ROOT / "vendor" / "js"))

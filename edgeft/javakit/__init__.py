@@ -21,7 +21,9 @@ from typing import Any
 
 # The kit's sources, shipped as files beside this module (package data): Java as Java. Only the
 # struct layouts of Llama.java (from Llama.java.template) and the READMEs' names are filled in.
-JAVA_SOURCES = ("Generate.java", "OrtGenAI.java", "GenerateGenAI.java")
+JAVA_SOURCES = ("Generate.java", "OrtGenAI.java", "GenerateGenAI.java", "Registry.java")
+# The A/B routing test vectors (edgeft.registry), shipped with the kit so a port can be checked too.
+ROUTING_VECTORS = "routing-vectors.json"
 
 # ctypes type name → Java field type (C bool is one byte: JNA's `boolean` would be four).
 _JAVA = {"c_int": "int", "c_uint": "int", "c_int32": "int", "c_uint32": "int", "c_bool": "byte",
@@ -113,6 +115,7 @@ def write_kit(dest: Path, name: str, gguf_files: list[str], onnx: list[dict] | N
     (src / "Llama.java").write_text(binding_source())
     for java in JAVA_SOURCES:
         (src / java).write_text(_source(java))
+    (dest / ROUTING_VECTORS).write_text(_source(ROUTING_VECTORS))
     (dest / "build.sh").write_text(_source("build.sh"))
     (dest / "build.sh").chmod(0o755)
     (dest / "README.md").write_text(readme(name, gguf_files) + onnx_section(onnx or []) + genai_section(genai or []))

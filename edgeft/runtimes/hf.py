@@ -80,6 +80,7 @@ class HFRuntime(HFTokenizerRuntime):
             model_dir, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True
         ).eval()
         self._stop = sorted(set(stop_ids_from(self.model.generation_config, self.tokenizer)) | set(extra_stop))
+        self.stopped_on: list[int | None] = []
 
     def logits(self, ids: list[int]) -> np.ndarray:
         import torch
@@ -116,6 +117,7 @@ class HFRuntime(HFTokenizerRuntime):
 
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self._stop[0]
         out: list[tuple[list[int], bool] | None] = [None] * len(prompts)
+        self.stopped_on = [None] * len(prompts)  # the stop token each reply ended with (verify records them)
         for batch in _batches(prompts):
             width = max(len(prompts[i]) for i in batch)
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -130,6 +132,7 @@ class HFRuntime(HFTokenizerRuntime):
                 new = gen[row, width:].tolist()
                 stop = next((k for k, t in enumerate(new) if t in self._stop), None)
                 out[i] = (new[:stop], True) if stop is not None else (new, False)
+                self.stopped_on[i] = new[stop] if stop is not None else None
         return out  # type: ignore[return-value]
 
     def special_tokens(self) -> dict[str, Any]:

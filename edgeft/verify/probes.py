@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -105,6 +105,7 @@ class Reference:
     generations: list[tuple[list[int], bool]]
     special: dict[str, Any]
     end_of_turn: int | None
+    stopped_on: list[int] = field(default_factory=list)  # the stop tokens the reference's replies ended with
 
 
 def reference_outputs(ref: Runtime, probes: list[Probe], max_new_tokens: int, eot: int | None) -> Reference:
@@ -133,5 +134,6 @@ def reference_outputs(ref: Runtime, probes: list[Probe], max_new_tokens: int, eo
         stop = eot if p.answer is not None or gen[1] else None
         full_ids.append(ids + answer + ([stop] if stop is not None else []))
     plain_ids = [ref.tokenize(p.plain_text) for p in probes]
+    stopped_on = sorted({t for t in getattr(ref, "stopped_on", []) if t is not None})
     return Reference(prompts, prompt_ids, full_ids, plain_ids, ref.logits_many(full_ids), gens, ref.special_tokens(),
-                     eot)
+                     eot, stopped_on)

@@ -19,6 +19,10 @@ def markdown_report(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | {a['runtime']} | {cells} | {'pass' if a['passed'] else 'FAIL'} |")
     lines += ["", "**Passed.**" if report["passed"] else "**Failed:**", ""]
     lines += [f"- {f}" for f in report["failures"]]
+    skipped = sorted({f"{check}: {r['detail']}" for a in report["artifacts"].values()
+                      for check, r in a.get("checks", {}).items() if r.get("skipped")})
+    if skipped:
+        lines += ["", "Skipped on this machine (not counted as passed checks):", *[f"- {s}" for s in skipped]]
     return "\n".join(lines) + "\n"
 
 

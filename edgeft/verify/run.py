@@ -18,7 +18,7 @@ from edgeft.gate import Gate, load_or_why
 from edgeft.integrity import checksum_problems, dist_problems
 from edgeft.manifest import Stage, StageWriter, hash_json
 from edgeft.runtimes import Runtime
-from edgeft.verify import distribution, files, generation, tokens
+from edgeft.verify import distribution, files, generation, jsjinja, tokens
 from edgeft.verify.checks import Checks
 from edgeft.verify.probes import Probe, Reference, edge_probes, probes_from, reference_outputs
 from edgeft.verify.report import markdown_report, plot_kl
@@ -27,11 +27,16 @@ from edgeft.workdir import in_session
 log = logging.getLogger(__name__)
 
 
+# What a report holds; a new edition re-verifies stages an older edgeft verified (2: the stop tokens
+# and the context covered, which the Ollama Modelfiles are written from).
+REPORT = 2
+
+
 def inputs_hash(cfg: Config, upstream: Sequence[Stage]) -> str:
     """The reference's inputs, the *bytes* of every artifact (a re-export that changed them
     re-verifies), and the verify section. `upstream`: the merge stage, then the export stages."""
     merged, *exports = upstream
-    return hash_json([merged.inputs_hash, [e.content_hash() for e in exports], cfg.section("verify")])
+    return hash_json([merged.inputs_hash, [e.content_hash() for e in exports], cfg.section("verify"), REPORT])
 
 
 def verify_path(path: Path, merge_dir: Path | None = None, out_dir: Path | None = None, *,
@@ -78,9 +83,10 @@ def _verify(gate: Gate, dist_findings: list[str] | None = None) -> Stage:
                               n_ctx - v.max_new_tokens - 8)
     log.info("reference: transformers fp32 on %d probes", len(probes))
     ref = reference_outputs(ref_rt, probes, v.max_new_tokens, eot[1] if eot else None)
+    tokenizer = ref_rt.tokenizer
     del ref_rt
     report: dict[str, Any] = {"reference": str(gate.merged.path), "probes": [p.name for p in probes],
-                              "artifacts": {}}
+                              "context_tokens": n_ctx, "artifacts": {}}
     failures: list[str] = [f"dist: files: {p}" for p in dist_findings or []]
     curves: dict[str, np.ndarray] = {}
     for stage, art in gate.artifacts():
@@ -89,6 +95,14 @@ def _verify(gate: Gate, dist_findings: list[str] | None = None) -> Stage:
             curves[art["name"]] = checks.kl_curve
         report["artifacts"][art["name"]] = entry
         failures += checks.failures
+    # Every stop token in play, as text: the end-of-turn token training ended answers with and any
+    # token the reference's greedy replies ended on, and each artifact's own stop set (its
+    # special_tokens check); package writes Ollama's `stop`s from them.
+    reference_stops = sorted({*ref.stopped_on, *([ref.end_of_turn] if ref.end_of_turn is not None else [])})
+    ids = {*reference_stops, *(i for a in report["artifacts"].values()
+                               for i in a.get("checks", {}).get("special_tokens", {}).get("stop", []))}
+    report["stops"] = {"reference": reference_stops,
+                       "tokens": {str(i): tokenizer.convert_ids_to_tokens(int(i)) for i in sorted(ids)}}
     if dist_findings is not None:
         report["dist_files"] = {"passed": not dist_findings, "problems": dist_findings}
     report["passed"] = not failures
@@ -108,6 +122,7 @@ def behaviour(rt: Runtime, ref: Reference, probes: list[Probe], band: formats.Ba
     """Every check family that runs the artifact, in order; returns the numbers for the report."""
     tokens.token_ids(rt, ref, probes, checks)
     tokens.chat_template(rt, ref, probes, checks)
+    jsjinja.js_template(rt, ref, probes, checks)
     tokens.special_tokens(rt, ref, checks)
     numbers = distribution.next_token(rt, ref, probes, band, checks)
     numbers.update(generation.greedy(rt, ref, probes, band, checks, max_new_tokens))
