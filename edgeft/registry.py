@@ -58,6 +58,7 @@ from edgeft.manifest import (
     inside,
     sha256_file,
 )
+from edgeft.workdir import clean_stale
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +252,16 @@ class Registry:
                 out.append(event)
         return out
 
+    def _last_seq(self) -> int:
+        path = self.root / EVENTS
+        if not path.is_file():
+            return 0
+        lines = path.read_text(encoding="utf-8").rstrip("\n").rsplit("\n", 1)
+        try:
+            return int(json.loads(lines[-1])["seq"]) if lines[-1] else 0
+        except (ValueError, KeyError, TypeError):
+            raise InputError(f"{path}: its last line is not an edgeft event (edited by hand?)") from None
+
     def model(self, index: dict[str, Any], name: str) -> dict[str, Any]:
         if name not in index["models"]:
             known = ", ".join(sorted(index["models"])) or "none yet"
@@ -288,6 +299,8 @@ class Registry:
             yield index, events
             if not events:
                 return
+            # A writer killed between the two writes left events the index does not count: go on after them.
+            index["last_event"] = max(index["last_event"], self._last_seq())
             with (self.root / EVENTS).open("a", encoding="utf-8") as f:
                 for event in events:
                     index["last_event"] += 1
@@ -321,8 +334,6 @@ class Registry:
             return name, existing, False
         folder = self.root / "models" / name
         folder.mkdir(parents=True, exist_ok=True)
-        from edgeft.workdir import clean_stale
-
         clean_stale(folder)
         tmp = Path(tempfile.mkdtemp(prefix=f".version.tmp-{os.getpid()}-", dir=folder))
         try:
@@ -536,6 +547,7 @@ class Registry:
         out = Path(out)
         check_replaceable(out, stages.DIST, force=force, replace_own=False)
         out.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(out.parent, f".{out.name}.")
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
         try:
             for f in data["files"]:

@@ -231,3 +231,11 @@ def test_java_registry_reader_routes_the_vectors_and_the_index_as_python(tmp_pat
     path.write_bytes(b"GGUF swapped")  # the reader refuses a file that is not the registered one
     done = subprocess.run([*java, str(reg.root), "m", "key-1", "gguf-q8_0"], capture_output=True, text=True)
     assert done.returncode != 0 and "sha256" in done.stderr
+
+
+def test_events_stay_numbered_after_a_writer_died_between_log_and_index(tmp_path: Path, reg: Registry) -> None:
+    reg.add(make_dist(tmp_path / "a", seed="a"))
+    with (reg.root / "events.jsonl").open("a") as f:  # what a writer killed after appending its event leaves
+        f.write(json.dumps({"seq": 2, "time": "2026-01-01T00:00:00Z", "user": "x", "event": "alias", "model": "m"}) + "\n")
+    reg.promote(Ref.parse("m:1"))
+    assert [e["seq"] for e in reg.events()] == [1, 2, 3] and reg.index()["last_event"] == 3

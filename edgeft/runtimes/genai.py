@@ -35,6 +35,13 @@ class GenAIRuntime(Runtime):
         jinja = folder / "chat_template.jinja"
         self.template = jinja.read_text() if jinja.is_file() else tokenizer_config.get("chat_template")
         self.source = str(folder)
+        # What a template consumer of this folder (transformers.js, LM Studio) passes as bos_token, eos_token, …
+        self._template_tokens = {k: v["content"] if isinstance(v, dict) else v for k, v in tokenizer_config.items()
+                                 if k.endswith("_token") and isinstance(v, (str, dict))
+                                 and isinstance(v.get("content") if isinstance(v, dict) else v, str)}
+
+    def template_tokens(self) -> dict[str, str]:
+        return dict(self._template_tokens)
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         ids = [int(i) for i in self.tokenizer.encode(text)]
