@@ -29,7 +29,7 @@ def read_pin() -> dict[str, str]:
     for line in (VENDOR / "PIN").read_text().splitlines():
         if line.startswith("sha256="):
             pin["sha256"] = line.split("=", 1)[1].strip()
-        elif "==" in line:
+        elif line.startswith("llama-cpp-python=="):  # other pins (the JS Jinja engine) are set-up's
             pin["package"], pin["version"] = (s.strip() for s in line.split("==", 1))
     return pin
 
