@@ -51,7 +51,6 @@ from edgeft.errors import InputError, RegistryRefused
 from edgeft.manifest import (
     FILE_MODE,
     MANIFEST,
-    check_files,
     check_replaceable,
     copy_file,
     hash_json,
@@ -147,19 +146,21 @@ def stamp(folder: Path, info: dict[str, Any]) -> None:
     """Write the registry block (version, status, …) into a dist's edgeft.json and manifest.json,
     and a "Version" section into its model card; the card's size and sha256 follow in both tables."""
     card = folder / "README.md"
-    lines = card.read_text(encoding="utf-8").split("\n") if card.is_file() else []
-    start = next((i for i, line in enumerate(lines) if line == "## Version"), None)
-    if start is not None:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        del lines[start:end]
-    at = next((i for i, line in enumerate(lines) if line.startswith("## ")), len(lines))
-    lines[at:at] = ["## Version",
-                    f"Version {info['version']} of `{info['name']}` in an edgeft registry: status **{info['status']}** "
-                    f"as of {info['as_of']}" + (f" (registered {info['registered']})" if info.get("registered") else "")
-                    + ". The registry's `index.json` is authoritative for the current status.", ""]
-    if card.is_file() or lines:
+    entry = None
+    if card.is_file():  # a dist without a card gets none: every file of a dist is in its table
+        lines = card.read_text(encoding="utf-8").split("\n")
+        start = next((i for i, line in enumerate(lines) if line == "## Version"), None)
+        if start is not None:
+            end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+            del lines[start:end]
+        at = next((i for i, line in enumerate(lines) if line.startswith("## ")), len(lines))
+        lines[at:at] = ["## Version",
+                        f"Version {info['version']} of `{info['name']}` in an edgeft registry: status "
+                        f"**{info['status']}** as of {info['as_of']}"
+                        + (f" (registered {info['registered']})" if info.get("registered") else "")
+                        + ". The registry's `index.json` is authoritative for the current status.", ""]
         card.write_text("\n".join(lines), encoding="utf-8")
-    entry = {"bytes": card.stat().st_size, "sha256": sha256_file(card)} if card.is_file() else None
+        entry = {"bytes": card.stat().st_size, "sha256": sha256_file(card)}
     for name in (MANIFEST, "manifest.json"):
         path = folder / name
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -170,6 +171,16 @@ def stamp(folder: Path, info: dict[str, Any]) -> None:
             if "stat" in data:
                 data["stat"]["README.md"] = [card.stat().st_size, card.stat().st_mtime_ns]
         path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def copy_dist(src: Path, dst: Path, files: list[dict[str, Any]], changed: str) -> None:
+    """Copy a dist's listed files and its two manifests, checking each file's sha256 on the way
+    (InputError `<file>: <changed>` on the first that differs)."""
+    for f in files:
+        if copy_file(inside(src, f["path"]), dst / f["path"]) != f["sha256"]:
+            raise InputError(f"{src / f['path']}: {changed}")
+    for name in (MANIFEST, "manifest.json"):
+        copy_file(src / name, dst / name)
 
 
 def _lineage(dist: dict[str, Any], parent: int | None) -> dict[str, Any]:
@@ -337,11 +348,7 @@ class Registry:
         clean_stale(folder)
         tmp = Path(tempfile.mkdtemp(prefix=f".version.tmp-{os.getpid()}-", dir=folder))
         try:
-            wanted = {f["path"]: f["sha256"] for f in data["files"]}
-            for rel in [*wanted, MANIFEST, "manifest.json"]:
-                got = copy_file(inside(dist.path, rel), tmp / rel)
-                if rel in wanted and got != wanted[rel]:
-                    raise InputError(f"{dist.path / rel}: changed while it was being registered; register again")
+            copy_dist(dist.path, tmp, data["files"], "changed while it was being registered; register again")
             with self._change() as (index, events):
                 existing = self._same(index, name, content)
                 if existing is not None:
@@ -530,13 +537,6 @@ class Registry:
     def version_dir(self, version: dict[str, Any]) -> Path:
         return inside(self.root, version["path"])
 
-    def check(self, ref: Ref) -> list[str]:
-        """A stored version's files against its manifest (nothing edited since registration)."""
-        from edgeft.integrity import dist_problems
-
-        _, version = self.resolve(ref)
-        return dist_problems(stages.read(self.version_dir(version), stages.DIST))
-
     def export(self, ref: Ref, out: Path, *, force: bool = False) -> tuple[Path, int]:
         """Copy a version out as a plain dist (every byte checked against its manifest on the way),
         stamped with its status now."""
@@ -550,21 +550,13 @@ class Registry:
         clean_stale(out.parent, f".{out.name}.")
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
         try:
-            for f in data["files"]:
-                got = copy_file(inside(src, f["path"]), tmp / f["path"])
-                if got != f["sha256"]:
-                    raise InputError(f"{src / f['path']}: its sha256 is not the one registered: the registry copy "
-                                     f"was altered; it is not exported")
-            for name in (MANIFEST, "manifest.json"):
-                copy_file(src / name, tmp / name)
+            copy_dist(src, tmp, data["files"], "its sha256 is not the one registered: the registry copy was altered; "
+                      "it is not exported")
             for p in tmp.rglob("*"):
                 if p.is_file():
-                    p.chmod(0o644)
+                    p.chmod(FILE_MODE)
             stamp(tmp, {**data.get("registry", {}), "status": version["status"], "as_of": now(),
                         "aliases": sorted(a for a, v in model["aliases"].items() if v == version["version"])})
-            problems = check_files(tmp, json.loads((tmp / "manifest.json").read_text())["files"])
-            if problems:
-                raise InputError("\n".join(problems))
             if out.is_dir() and not out.is_symlink():
                 shutil.rmtree(out)
             elif out.exists() or out.is_symlink():
