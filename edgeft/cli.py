@@ -342,10 +342,12 @@ def export_lmstudio(dist: Path, out: Path, publisher: str, force: bool) -> None:
               help="Report directory [<workdir>/<name>/verify, or PATH-verify next to PATH].")
 @click.option("--check", "check_only", is_flag=True,
               help="Only check PATH's files against its manifest (fast: no runtime is loaded).")
+@click.option("--second-opinion", is_flag=True,
+              help="Also measure every GGUF's KL with llama.cpp's llama-perplexity; the two must agree.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
 @click.option("--force", is_flag=True, help="Replace an --out directory that is not an edgeft verify report.")
 def verify(path: Path | None, config_path: Path | None, merge_dir: Path | None, export_dirs: tuple[Path, ...],
-           out: Path | None, check_only: bool, as_json: bool, force: bool) -> None:
+           out: Path | None, check_only: bool, second_opinion: bool, as_json: bool, force: bool) -> None:
     """Compare every exported artifact with the merged model; exit 7 if any check fails.
 
     PATH is a dist folder or an export stage; its manifest says how it was made and where the
@@ -356,6 +358,7 @@ def verify(path: Path | None, config_path: Path | None, merge_dir: Path | None, 
     edgeft verify examples/nl2sql/dist/nl2sql-tiny
     edgeft verify examples/nl2sql/dist/nl2sql-tiny --check
     edgeft verify -c examples/nl2sql/edgeft.yaml
+    edgeft verify -c examples/nl2sql/edgeft.yaml --second-opinion
     """
     from edgeft import stages
     from edgeft.errors import InputError, VerifyFailed
@@ -372,11 +375,12 @@ def verify(path: Path | None, config_path: Path | None, merge_dir: Path | None, 
         return
     if path is not None:
         out_dir = out or path.with_name(path.name + "-verify")
-        run = lambda: verify_path(path, merge_dir, out_dir, force=force)  # noqa: E731
+        run = lambda: verify_path(path, merge_dir, out_dir, force=force, second_opinion=second_opinion)  # noqa: E731
     elif config_path is not None:
         cfg = _load(config_path)
         out_dir = stages.directory(cfg, stages.VERIFY, out)
-        run = lambda: verify_artifacts(cfg, merge_dir, list(export_dirs) or None, out_dir, force=force)  # noqa: E731
+        run = lambda: verify_artifacts(cfg, merge_dir, list(export_dirs) or None, out_dir, force=force,  # noqa: E731
+                                       second_opinion=second_opinion)
     try:
         stage = run()
     except VerifyFailed:

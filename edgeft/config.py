@@ -95,6 +95,13 @@ class GGUFConfig:
     types: list[str] = field(default_factory=lambda: ["f16", "q8_0", "q4_k_m"])
     # Also the adapter as its own GGUF with an f16 base GGUF: one base, swappable adapters.
     lora: bool = False
+    # Importance matrix for the quantizer: none, auto (computed on the training split rendered with
+    # the chat template), or a file made by llama-imatrix.
+    imatrix: str = "auto"
+    imatrix_text: str | None = None  # general text appended to the training split for imatrix: auto
+    # Per type: tensor name pattern → ggml type (llama-quantize --tensor-type), or "fit": tensors whose
+    # width the type's blocks cannot take get the 32-block type of the same size, not llama.cpp's larger one.
+    tensor_types: dict[str, dict[str, str] | str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,8 @@ class VerifyConfig:
     max_new_tokens: int = 48  # greedy generation length cap per prompt
     edge_cases: bool = True  # also probe unicode, spaces, special-token text, an empty and a near-context prompt
     context_tokens: int = 1024  # context verified: the near-context probe fills min(this, the model's) tokens
+    # Also llama-perplexity's KL for every GGUF (an independent client), which must agree with edgeft's.
+    second_opinion: bool = False
 
 
 @dataclass(frozen=True)
@@ -264,6 +273,7 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
                                 *(("export.gguf.types", v, GGUF_TYPES) for v in cfg.export.gguf.types),
                                 *(("export.onnx.types", v, ONNX_TYPES) for v in cfg.export.onnx.types)):
         bad(value not in allowed, f"{key}: {value!r} is not one of {', '.join(allowed)}")
+    _check_gguf(cfg.export.gguf, bad)
     bad(cfg.merge.compare_prompts < 1, f"merge.compare_prompts: {cfg.merge.compare_prompts} must be at least 1")
     bad(not 7 <= cfg.export.onnx.opset <= 23, f"export.onnx.opset: {cfg.export.onnx.opset} must be in 7-23")
     bad(cfg.verify.max_prompts < 1, "verify.max_prompts: must be at least 1")
@@ -282,6 +292,28 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
             re.compile(cfg.eval.regex)
         except re.error as e:
             problems.append(f"eval.regex: not a valid regular expression ({e})")
+
+
+def _check_gguf(g: GGUFConfig, bad: Any) -> None:
+    needing = [t for t in g.types if t in formats.NEEDS_MATRIX]
+    bad(g.imatrix == "none" and bool(needing),
+        f"export.gguf.types: {', '.join(needing)} needs an importance matrix: set export.gguf.imatrix to auto "
+        f"(computed on your training data) or a file made by llama-imatrix")
+    bad(g.imatrix_text is not None and g.imatrix != "auto",
+        "export.gguf.imatrix_text: only used with export.gguf.imatrix: auto")
+    for type_, spec in g.tensor_types.items():
+        where = f"export.gguf.tensor_types.{type_}"
+        bad(type_ not in g.types, f"{where}: {type_!r} is not in export.gguf.types")
+        if isinstance(spec, str):
+            bad(spec != "fit", f"{where}: {spec!r} must be 'fit' or a mapping of tensor name pattern → ggml type")
+            continue
+        for pattern, ggml in spec.items():
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                bad(True, f"{where}: {pattern!r} is not a valid regular expression ({e})")
+            bad(ggml not in formats.GGML_TENSOR_TYPES,
+                f"{where}.{pattern}: {ggml!r} is not one of {', '.join(formats.GGML_TENSOR_TYPES)}")
 
 
 def parse_config(raw: Any, source: str = "") -> Config:

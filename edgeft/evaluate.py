@@ -102,22 +102,59 @@ def score(outputs: list[str], references: list[str], fmt: Callable[[str], bool] 
 Prompt = list[dict[str, str]] | str  # a conversation, or the first half of a plain text
 
 
-def answer(rt: Runtime, prompts: Sequence[Prompt], max_new_tokens: int, label: str) -> list[str]:
+def answer(rt: Runtime, prompts: Sequence[Prompt], max_new_tokens: int, label: str,
+           speed: dict[str, Any] | None = None) -> list[str]:
     """Greedy replies from the runtime's own template, tokenizer and stop tokens (plain-text
     prompts: the continuation of the text, BOS added as the tokenizer says). Batched where the
-    runtime batches (transformers), in chunks so that progress shows on long runs."""
+    runtime batches (transformers), in chunks so that progress shows on long runs.
+
+    `speed`: filled with the CPU speed of a runtime that answers one prompt at a time (the edge
+    runtimes): generation tokens/s over every reply (the time after each first token), and prompt
+    tokens/s of one PROMPT_PROBE-token prompt no earlier prompt shares a prefix with."""
     ids = [rt.tokenize(p) if isinstance(p, str) else rt.tokenize(rt.chat_prompt(p), add_special=False)
            for p in prompts]
     outputs: list[str] = []
     started = shown = time.time()
+    one_at_a_time = speed is not None and type(rt).generate_many is Runtime.generate_many
+    decoded, decode_s = 0, 0.0
     chunk = 16
     for at in range(0, len(ids), chunk):
-        outputs += [rt.detokenize(tokens).strip() for tokens, _ in rt.generate_many(ids[at:at + chunk], max_new_tokens)]
+        if one_at_a_time:
+            for prompt in ids[at:at + chunk]:
+                tokens, first = [], 0.0
+                for tok in rt.stream(prompt, max_new_tokens):
+                    tokens.append(tok)
+                    if len(tokens) == 1:
+                        first = time.perf_counter()
+                if len(tokens) > 1:
+                    decoded, decode_s = decoded + len(tokens) - 1, decode_s + time.perf_counter() - first
+                outputs.append(rt.detokenize(tokens).strip())
+        else:
+            outputs += [rt.detokenize(tokens).strip()
+                        for tokens, _ in rt.generate_many(ids[at:at + chunk], max_new_tokens)]
         if time.time() - shown > 15 and len(outputs) < len(prompts):  # progress on long runs only
             log.info("%s: %d/%d answered", label, len(outputs), len(prompts))
             shown = time.time()
     log.info("%s: %d prompts answered in %.1f s", label, len(prompts), time.time() - started)
+    if one_at_a_time and speed is not None:
+        speed.update(prompt_tokens_per_s=_prompt_speed(rt, ids),
+                     generation_tokens_per_s=round(decoded / decode_s, 1) if decode_s > 0 else None,
+                     generated_tokens=decoded)
     return outputs
+
+
+PROMPT_PROBE = 256
+
+
+def _prompt_speed(rt: Runtime, ids: list[list[int]]) -> float | None:
+    """Prompt tokens/s: the held-out prompts' tokens, reversed (so no cached prefix is reused),
+    PROMPT_PROBE of them, processed up to the first new token."""
+    pool = [t for p in ids for t in p][::-1][:PROMPT_PROBE]
+    if len(pool) < 16:
+        return None
+    t0 = time.perf_counter()
+    next(iter(rt.stream(pool, 1)), None)
+    return round(len(pool) / (time.perf_counter() - t0), 1)
 
 
 def _examples(rows: list[dict[str, Any]], limit: int) -> tuple[list[Prompt], list[str]]:
@@ -206,13 +243,15 @@ def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path]
     del base
     runtimes = {"base": "transformers", "fine-tuned": "transformers"}
     unreadable: dict[str, str] = {}
+    speeds: dict[str, dict[str, Any]] = {}
     for stage, art in gate.artifacts():
         runtimes[art["name"]] = art["runtime"]
         rt, why = load_or_why(stage, art, all_logits=False)
         if rt is not None:
             try:
                 with rt:
-                    outputs[art["name"]] = answer(rt, prompts, n_new, f"{art['name']} ({art['runtime']})")
+                    outputs[art["name"]] = answer(rt, prompts, n_new, f"{art['name']} ({art['runtime']})",
+                                                  speeds.setdefault(art["name"], {}))
             except Exception as e:  # the artifact failed, not the evaluation: it scores nothing, named
                 log.debug("%s could not be evaluated", art["name"], exc_info=True)
                 why = describe(e)
@@ -225,6 +264,8 @@ def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path]
     for name, outs in outputs.items():
         s = score(outs, references, fmt)
         entry: dict[str, Any] = {"runtime": runtimes[name], "scores": s}
+        if speeds.get(name):
+            entry["speed"] = speeds[name]
         if name not in ("base", "fine-tuned"):
             relative = {m: (s[m] / ref_scores[m] if ref_scores[m] > 0 else 1.0) for m in s}
             entry["relative"] = relative

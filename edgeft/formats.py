@@ -39,6 +39,14 @@ class Band:
 class GGUFType:
     ftype: str  # llama.cpp's llama_ftype constant (llama_model_quantize)
     band: Band
+    # "uses": the quantizer weighs errors with an importance matrix when given one; "needs": it
+    # refuses to quantize without one; None: the type ignores it.
+    imatrix: str | None = None
+
+    @property
+    def quantize_name(self) -> str:
+        """The type's name on llama-quantize's command line (Q4_K_M)."""
+        return self.ftype.removeprefix("LLAMA_FTYPE_MOSTLY_").removeprefix("LLAMA_FTYPE_ALL_")
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,12 @@ def _band(entry: dict[str, Any]) -> Band:
 
 
 _TABLE = tomllib.loads(resources.files(__package__).joinpath("formats.toml").read_text(encoding="utf-8"))
-GGUF_TYPES = {name: GGUFType(e["ftype"], _band(e)) for name, e in _TABLE["gguf"].items()}
+GGUF_TYPES = {name: GGUFType(e["ftype"], _band(e), e.get("imatrix")) for name, e in _TABLE["gguf"].items()}
+USES_MATRIX = tuple(n for n, t in GGUF_TYPES.items() if t.imatrix)
+NEEDS_MATRIX = tuple(n for n, t in GGUF_TYPES.items() if t.imatrix == "needs")
+# The ggml types llama-quantize --tensor-type takes (export.gguf.tensor_types).
+GGML_TENSOR_TYPES = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k", "q5_1", "q5_0", "q4_k", "q4_1", "q4_0", "q3_k",
+                     "q2_k", "iq4_nl", "iq4_xs", "iq3_s", "iq3_xxs", "iq2_s", "iq2_xs", "iq2_xxs", "iq1_m", "iq1_s")
 GGUF_LORA_BAND = _band(_TABLE["gguf-lora"]["f16"])  # the adapter GGUF applied to an f16 base GGUF
 ONNX_TYPES = {name: ONNXType(e["format"], _band(e)) for name, e in _TABLE["onnx"].items()}
 

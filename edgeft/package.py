@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeft import __version__, stages
+from edgeft import __version__, frontier, stages
 from edgeft.config import Config
 from edgeft.errors import InputError
 from edgeft.manifest import Stage, StageWriter, copy_file, file_table, hash_json, inside
@@ -50,6 +50,9 @@ def versions() -> dict[str, str | None]:
     source = vendor_dir() / "SOURCE"
     # The converter's provenance: the llama-cpp-python source package it was unpacked from.
     out["llama.cpp converter"] = source.read_text().split("\n")[1] if source.is_file() else None
+    from edgeft import llama_tools
+
+    out["llama.cpp tools"] = llama_tools.version() if llama_tools.source() else None
     return out
 
 
@@ -80,6 +83,20 @@ def _place(src: Path, dst: Path) -> None:
     for f in sorted(src.rglob("*")) if src.is_dir() else [src]:
         if f.is_file():
             copy_file(f, dst / f.relative_to(src) if src.is_dir() else dst)
+
+
+def _place_matrix(exports: Sequence[Stage], folder: Path) -> dict[str, Any] | None:
+    """The importance matrix the GGUF files were quantized with, copied beside them after its
+    checksum is checked; its lineage record (None: no matrix)."""
+    for stage in exports:
+        matrix = stage.data.get("importance_matrix")
+        if matrix:
+            got = copy_file(stage.file(matrix["file"]), folder / matrix["file"])
+            if got != matrix["sha256"]:
+                raise InputError(f"{stage.file(matrix['file'])}: changed since it was made (sha256 {got[:12]}, "
+                                 f"recorded {matrix['sha256'][:12]}); re-run edgeft export gguf")
+            return matrix
+    return None
 
 
 def inputs_hash(cfg: Config, upstream: Sequence[Stage]) -> str:
@@ -128,6 +145,7 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
                                        verify=_verify_summary(report, a["name"]),
                                        **{k: a[k] for k in CARRIED if k in a})
                 artifacts.append(entry)
+        matrix = _place_matrix(exports, w.tmp / "gguf")
         for name in ("report.json", "report.md", "kl.png"):
             if verify.file(name).is_file():
                 _place(verify.file(name), w.tmp / "verify" / name)
@@ -136,6 +154,7 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
         from edgeft.publish import write_modelfiles
 
         write_modelfiles(w.tmp, artifacts, report, cfg.name, cfg.license)
+        front = frontier.write(w.tmp, artifacts, report, results)
         gguf_files = [Path(a["path"]).name for a in artifacts if a["format"] == "gguf"]
         onnx = [a for a in artifacts if a["format"] == "onnx"]
         genai = [a["path"] for a in artifacts if a["format"] == "onnx-genai"]
@@ -150,11 +169,13 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
             "adapter": {"files": file_table(merge.artifact_path("adapter")), "quantization": cfg.train.quantization},
             "training": {k: v for k, v in merge.metrics.items() if k != "merge_comparison"},
         }
-        (w.tmp / "README.md").write_text(model_card(cfg, lineage, artifacts, report, results))
+        if matrix is not None:
+            lineage["importance_matrix"] = matrix
+        (w.tmp / "README.md").write_text(model_card(cfg, lineage, artifacts, report, results, front))
         files = file_table(w.tmp)
         w.extra.update(name=cfg.name, versions=versions(), lineage=lineage, files=files,
                        verify={"passed": report["passed"], "failures": report["failures"]},
-                       evaluation=_eval_summary(results))
+                       evaluation=_eval_summary(results), recommended=front["recommended"])
         # manifest.json is the user-facing copy of the same data (edgeft.json marks completeness).
         (w.tmp / "manifest.json").write_text(json.dumps(w.manifest(), indent=2, default=str) + "\n")
         stage = w.publish()
@@ -187,6 +208,18 @@ def portable_dataset(cfg: Config, data: dict[str, Any] | None) -> dict[str, Any]
     return portable(data)
 
 
+def _matrix_lines(matrix: dict[str, Any] | None) -> list[str]:
+    if not matrix:
+        return []
+    if matrix.get("source") == "auto":
+        what = (f"computed by llama-imatrix on the training split rendered with the chat template "
+                f"({matrix['tokens']} tokens, data sha256 `{matrix['data_sha256'][:16]}…`, {matrix['tool']})")
+    else:
+        what = f"given by the user (`{matrix['source']}`)"
+    return [f"GGUF files marked (imatrix) were quantized with the importance matrix `gguf/{matrix['file']}`, {what}.",
+            ""]
+
+
 def _verify_summary(report: dict[str, Any], name: str) -> dict[str, Any]:
     a = report["artifacts"].get(name, {})
     return {"passed": a.get("passed"), **{k: a.get("numbers", {}).get(k) for k in
@@ -215,7 +248,7 @@ def _eval_rows(results: dict[str, Any]) -> list[str]:
 
 
 def model_card(cfg: Config, lineage: dict[str, Any], artifacts: list[dict[str, Any]],
-               report: dict[str, Any], results: dict[str, Any]) -> str:
+               report: dict[str, Any], results: dict[str, Any], front: dict[str, Any] | None = None) -> str:
     t = lineage["training"]
     data = lineage.get("dataset") or {}
     rows = ["| file | type | runtime | size | KL mean | top-1 | verify |", "|---|---|---|---|---|---|---|"]
@@ -254,6 +287,9 @@ def model_card(cfg: Config, lineage: dict[str, Any], artifacts: list[dict[str, A
         *([f"General-capability prompts: fine-tuned chrF {-100 * results['general']['chrf_drop']:+.0f}% vs base"
            + (" — catastrophic forgetting flagged." if results["general"]["forgetting"] else ".") , ""]
           if "general" in results else []),
+        *(["## Size, quality and speed", "", frontier.markdown(front["rows"], results), "![frontier](frontier.png)", ""]
+          if front else []),
+        *_matrix_lines(lineage.get("importance_matrix")),
         "## Use",
         "- GGUF: llama.cpp (`llama-cli -m gguf/<file> -cnv`), llama-cpp-python, or Java through JNA over "
         "`libllama` (`java/`, a tested example); the chat template and end-of-turn token are embedded.",

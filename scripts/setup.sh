@@ -2,7 +2,8 @@
 # Set up edgeft on this machine: a virtual environment with torch==2.13.0 installed first, the
 # pinned stack, llama-cpp-python compiled once (the wheel is cached, later set-ups skip the
 # ~6 minute compile), and llama.cpp's conversion code unpacked from the *same* pinned source
-# package into vendor/llama.cpp (its gguf-py is what gets installed as `gguf`).
+# package into vendor/llama.cpp (its gguf-py is what gets installed as `gguf`), with llama.cpp's
+# command-line tools built against that wheel into vendor/tools.
 #
 #   scripts/setup.sh            # idempotent: re-running only checks what is already there
 #
@@ -46,6 +47,19 @@ if [ -z "$WHEEL" ]; then
   mkdir -p "$CACHE/wheels"
   CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "${PIP[@]}" wheel --no-deps -w "$CACHE/wheels" "$SDIST"
   WHEEL=$(ls "$CACHE"/wheels/llama_cpp_python-"$PKG_VERSION"-*.whl | head -n1)
+fi
+
+# llama.cpp's tools (llama-quantize, llama-imatrix, llama-perplexity, llama-bench) from the same
+# source package, linked against this wheel's libraries: ~15 s, cached per wheel.
+WHEEL_SHA=$(sha256sum "$WHEEL" | cut -c1-12)
+TOOLS="$CACHE/tools/llama-cpp-python-$PKG_VERSION-$WHEEL_SHA"
+if [ ! -f "$TOOLS/SOURCE" ]; then
+  say "building llama.cpp's tools against the wheel (about 15 seconds)"
+  "$PY" scripts/build_llama_tools.py --sdist "$SDIST" --wheel "$WHEEL" --out "$TOOLS"
+fi
+if ! cmp -s "$TOOLS/SOURCE" vendor/tools/SOURCE; then
+  say "copying llama.cpp's tools into vendor/tools"
+  rm -rf vendor/tools.tmp && cp -a "$TOOLS" vendor/tools.tmp && rm -rf vendor/tools && mv vendor/tools.tmp vendor/tools
 fi
 
 if [ ! -f vendor/llama.cpp/SOURCE ] || ! grep -q "$PKG_SHA256" vendor/llama.cpp/SOURCE; then

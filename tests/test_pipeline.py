@@ -34,6 +34,16 @@ def test_build_publishes_a_consistent_dist(built: dict) -> None:
     training = manifest["lineage"]["training"]
     assert training["val_loss"] < training["base_val_loss"]
     assert manifest["versions"]["llama-cpp-python"] == "0.3.36"
+    assert manifest["versions"]["llama.cpp tools"].startswith("llama-cpp-python==0.3.36")
+    # The frontier: every artifact with its size and speed, measured by eval in this run.
+    frontier = json.loads((dist / "frontier.json").read_text())
+    assert {r["name"] for r in frontier["rows"]} == names and manifest["recommended"] == frontier["recommended"]
+    assert manifest["recommended"] in names and (dist / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    results = json.loads((dist / "eval" / "results.json").read_text())
+    for name in names:
+        speed = results["models"][name]["speed"]
+        assert speed["generation_tokens_per_s"] > 0 and speed["prompt_tokens_per_s"] > 0, name
+    assert "## Size, quality and speed" in (dist / "README.md").read_text()
     # No temporary directories are left next to the published stages; the lock file stays (removing
     # it on release would let two processes lock two different files of the same name).
     assert [p.name for p in (built["root"] / "runs" / "micro").iterdir() if p.name.startswith(".")] == [".edgeft.lock"]

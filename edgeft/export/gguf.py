@@ -3,16 +3,16 @@
 Consumes a `merge` stage; produces an `export-gguf` stage with one `<name>-<type>.gguf` per
 configured type. The HF model is converted once to f32 by the vendored `convert_hf_to_gguf.py`
 (the same llama.cpp version llama-cpp-python was built from), then each type is made from that
-with `llama_model_quantize`. Per file the manifest records size, bits per weight and the
-tensors llama.cpp had to give another type (it reports success either way).
+with llama.cpp's llama-quantize (built at set-up against the same wheel), weighted by an importance
+matrix computed on the training data (export.gguf.imatrix, see imatrix.py), with per-tensor types
+where the config asks (export.gguf.tensor_types). Per file the manifest records size, bits per
+weight, the matrix and the tensors llama.cpp had to give another type (it reports success either way).
 
     edgeft export gguf -c examples/nl2sql/edgeft.yaml
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import os
@@ -25,14 +25,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from edgeft import formats, stages
+from edgeft import formats, llama_tools, stages
 from edgeft.base import plain_template
 from edgeft.config import Config
 from edgeft.errors import InputError, ToolError
-from edgeft.export import gguf_meta, open_export, pretok
+from edgeft.export import gguf_meta, imatrix, open_export, pretok
 from edgeft.manifest import Stage, hash_json, sha256_file
 from edgeft.paths import vendor_dir
-from edgeft.runtimes.llamacpp import llama_log_level
 from edgeft.workdir import die_with_parent, in_session
 
 log = logging.getLogger(__name__)
@@ -159,32 +158,65 @@ def convert_lora(adapter_dir: Path, outfile: Path, base_dir: Path, outtype: str 
                                            str(adapter_dir)], Path(adapter_dir))
 
 
-def quantize(src: Path, dst: Path, gguf_type: str, threads: int = 0) -> list[dict[str, Any]]:
-    """`llama_model_quantize` src → dst; return the tensors that fell back to another type."""
-    import llama_cpp
+# "fit": the 32-block type of the same size for a tensor whose width a K-quant cannot take
+# (llama.cpp's own fallback is one size up: q4_K → q5_0, q5_K → q5_1).
+FIT = {"q2_K": "iq4_nl", "q3_K": "iq4_nl", "q4_K": "iq4_nl", "iq4_xs": "iq4_nl", "q5_K": "q5_0", "q6_K": "q8_0",
+       "iq3_s": "iq4_nl", "iq3_xxs": "iq4_nl", "iq2_s": "iq4_nl", "iq2_xs": "iq4_nl", "iq2_xxs": "iq4_nl"}
 
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, formats.GGUF_TYPES[gguf_type].ftype)
-    params.nthread = threads
-    # llama-cpp-python forwards llama.cpp's log to sys.stderr when its logger allows it; the
-    # fallback warnings are only reported there.
-    buf = io.StringIO()
-    with llama_log_level(logging.WARNING), contextlib.redirect_stderr(buf):
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
-    if rc != 0 or not dst.is_file():
-        raise ToolError(f"llama_model_quantize {src.name} → {gguf_type} failed (code {rc}):\n"
-                        + "\n".join(buf.getvalue().strip().splitlines()[-5:]))
-    return [
-        {"tensor": m["tensor"], "ncols": int(m["ncols"]), "block": int(m["block"]),
-         "wanted": m["wanted"], "used": m["used"]}
-        for m in _FALLBACK.finditer(buf.getvalue())
-    ]
+
+def _fallbacks(output: str) -> list[dict[str, Any]]:
+    return [{"tensor": m["tensor"], "ncols": int(m["ncols"]), "block": int(m["block"]), "wanted": m["wanted"],
+             "used": m["used"]} for m in _FALLBACK.finditer(output)]
+
+
+def quantize(src: Path, dst: Path, gguf_type: str, *, imatrix: Path | None = None,
+             tensor_types: dict[str, str] | None = None, kv: Sequence[str] = (),
+             threads: int = 0, dry_run: bool = False) -> list[dict[str, Any]]:
+    """llama-quantize src → dst; return the tensors that fell back to another type (llama.cpp
+    reports success either way)."""
+    args: list[Any] = []
+    if imatrix is not None:
+        args += ["--imatrix", imatrix]
+    for pattern, ggml in (tensor_types or {}).items():
+        args += ["--tensor-type", f"{pattern}={ggml}"]
+    for item in kv:
+        args += ["--override-kv", item]
+    if dry_run:
+        args += ["--dry-run", src, formats.GGUF_TYPES[gguf_type].quantize_name]
+    else:
+        args += [src, dst, formats.GGUF_TYPES[gguf_type].quantize_name]
+    if threads:
+        args.append(threads)
+    output = llama_tools.run("llama-quantize", args, f"{src.name} → {gguf_type}")
+    if not dry_run and not dst.is_file():
+        raise ToolError(f"llama-quantize {src.name} → {gguf_type} wrote no file:\n{output[-1000:]}")
+    return _fallbacks(output)
+
+
+def fitted_types(src: Path, gguf_type: str, spec: dict[str, str] | str | None,
+                 imatrix: Path | None) -> dict[str, str]:
+    """The --tensor-type overrides for `gguf_type`: the config's mapping, or for "fit" one per
+    tensor llama.cpp would fall back on (found by a dry run), at the same size."""
+    if not spec:
+        return {}
+    if isinstance(spec, dict):
+        return dict(spec)
+    by_type: dict[str, list[str]] = {}
+    for f in quantize(src, src, gguf_type, imatrix=imatrix, dry_run=True):
+        if f["wanted"] in FIT:
+            by_type.setdefault(FIT[f["wanted"]], []).append(re.escape(f["tensor"]))
+    # One alternation per type: llama-quantize tries every pattern on every tensor (std::regex, slow).
+    return {f"^({'|'.join(names)})$": ggml for ggml, names in by_type.items()}
 
 
 def inputs_hash(cfg: Config, upstream: Sequence[Stage]) -> str:
-    """The merged model's inputs, the GGUF section and what goes into the files' metadata."""
+    """The merged model's inputs, the GGUF section, what goes into the files' metadata, the files
+    the importance matrix is made from and the llama.cpp tools that quantize."""
     (merged,) = upstream
-    return hash_json([merged.inputs_hash, cfg.section("export")["gguf"], cfg.name, cfg.base_model, cfg.license])
+    g = cfg.export.gguf
+    files = [cfg.path(p) for p in (g.imatrix_text, g.imatrix if g.imatrix not in ("auto", "none") else None) if p]
+    return hash_json([merged.inputs_hash, cfg.section("export")["gguf"], cfg.name, cfg.base_model, cfg.license,
+                      [sha256_file(f) if f.is_file() else str(f) for f in files], llama_tools.version()])
 
 
 def _convert_with_metadata(model_dir: Path, out: Path, cfg: Config, want: dict[str, Any], outtype: str,
@@ -216,14 +248,11 @@ def export_lora(cfg: Config, merged: Stage, folder: Path, want: dict[str, Any]) 
     convert_lora(adapter_dir, folder / f"{cfg.name}-adapter-f16.gguf", base_dir)
 
 
-def _prompt_format(model_dir: Path) -> dict[str, Any]:
+def _prompt_format(tokenizer: Any) -> dict[str, Any]:
     """The chat template as plain pieces (edgeft.prompt_format) for consumers without Jinja, or why
     there are none; verify checks the pieces against the reference's rendering."""
-    from transformers import AutoTokenizer
-
     from edgeft.prompt_format import from_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if not tokenizer.chat_template:
         return {"prompt_format": None, "prompt_format_note": "no chat template"}
     fmt, why = from_tokenizer(tokenizer)
@@ -233,34 +262,65 @@ def _prompt_format(model_dir: Path) -> dict[str, Any]:
     return {"prompt_format": fmt, "prompt_format_note": why}
 
 
+def _train_split(merged: Stage) -> Path | None:
+    """The training split the merged model was trained on (for imatrix: auto), if it is still there."""
+    try:
+        return merged.ancestor(stages.TRAIN).artifact_path("train-split")
+    except InputError:
+        return None
+
+
+def _report_fallbacks(gguf_type: str, fallbacks: list[dict[str, Any]]) -> None:
+    """Say what the user got instead of what they asked for when llama.cpp fell back."""
+    if not fallbacks:
+        return
+    pairs = sorted({(f["wanted"], f["used"], f["ncols"], f["block"]) for f in fallbacks})
+    what = "; ".join(f"{w} → {u} (width {n} is not a multiple of {b})" for w, u, n, b in pairs)
+    log.warning("%s: %d tensors could not take the type's blocks and were stored larger: %s. The file's bits "
+                "per weight are in the manifest; export.gguf.tensor_types: {%s: fit} stores them at the same "
+                "size instead", gguf_type, len(fallbacks), what, gguf_type)
+
+
 @in_session
 def export_gguf(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None = None,
                 *, force: bool = False, replace_own: bool = False) -> Stage:
     """Convert and quantize the merged model to every configured GGUF type (and the LoRA GGUF)."""
+    from transformers import AutoTokenizer
+
     merged, model_dir, writer = open_export(cfg, stages.EXPORT_GGUF, merge_dir, out_dir, force, inputs_hash, replace_own)
     types = list(dict.fromkeys(cfg.export.gguf.types))
     want = gguf_meta.expected(model_dir, cfg.name, cfg.base_model, cfg.license, merged.end_of_turn)
-    prompt = _prompt_format(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompt = _prompt_format(tokenizer)
     with writer as w:
         f32 = w.tmp / f"{cfg.name}-f32.gguf"
         log.info("converting %s to GGUF with llama.cpp's converter", model_dir)
         _convert_with_metadata(model_dir, f32, cfg, want, "f32")
-        # Reading a file back and hashing it overlap the next quantization (native code, which
-        # releases the GIL): the checks then cost little extra time.
+        matrix = imatrix.make(cfg, f32, _train_split(merged), tokenizer, w.tmp)
+        if matrix is not None:  # lineage, not a model: recorded beside the artifacts, checked when packaged
+            w.extra["importance_matrix"] = matrix
+        # Reading a file back and hashing it overlap the next quantization: the checks then cost
+        # little extra time.
         with ThreadPoolExecutor(max_workers=1) as pool:
             done = []
             for t in types:
                 out = w.tmp / f"{cfg.name}-{t}.gguf"
-                fallbacks = []
+                fallbacks, overrides, used = [], {}, None
                 if t != "f32":
-                    log.info("quantizing to %s", t)
-                    fallbacks = quantize(f32, out, t)
-                done.append((t, out, fallbacks, pool.submit(_checked_metadata, out, want, True)))
-            for t, out, fallbacks, checked in done:
+                    if matrix is not None and formats.GGUF_TYPES[t].imatrix:
+                        used = w.tmp / matrix["file"]
+                    overrides = fitted_types(f32, t, cfg.export.gguf.tensor_types.get(t), used)
+                    log.info("quantizing to %s%s%s", t, " with the importance matrix" if used else "",
+                             f" ({len(overrides)} tensor type overrides)" if overrides else "")
+                    fallbacks = quantize(f32, out, t, imatrix=used, tensor_types=overrides,
+                                         kv=imatrix.metadata_overrides(matrix) if used and matrix else ())
+                    _report_fallbacks(t, fallbacks)
+                done.append((t, out, fallbacks, overrides, used, pool.submit(_checked_metadata, out, want, True)))
+            for t, out, fallbacks, overrides, used, checked in done:
                 w.add_artifact(f"gguf-{t}", out.name, "gguf", type=t, runtime="llama.cpp",
-                               fallback_tensors=len(fallbacks), fallbacks=fallbacks,
-                               # llama-cpp-python's quantize API cannot take an importance matrix.
-                               importance_matrix=False, **prompt, **checked.result())
+                               fallback_tensors=len(fallbacks), fallbacks=fallbacks, tensor_types=overrides,
+                               importance_matrix=matrix["file"] if used and matrix else False,
+                               **prompt, **checked.result())
         if "f32" not in types:
             f32.unlink()
         if cfg.export.gguf.lora:

@@ -104,6 +104,10 @@ class LlamaCppRuntime(Runtime):
         self.llm.eval(ids)
         return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
 
+    def bos_added(self) -> int | None:
+        """The BOS token llama.cpp puts first when tokenizing with special tokens (None: it adds none)."""
+        return self.llm.token_bos() if self._lib.llama_vocab_get_add_bos(self._vocab) else None
+
     def is_stop(self, token: int) -> bool:
         return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
 

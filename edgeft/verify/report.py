@@ -17,6 +17,19 @@ def markdown_report(report: dict[str, Any]) -> str:
     for name, a in report["artifacts"].items():
         cells = " | ".join(f"{a['numbers'][k]:.3g}" if k in a["numbers"] else "–" for k in keys)
         lines.append(f"| {name} | {a['runtime']} | {cells} | {'pass' if a['passed'] else 'FAIL'} |")
+    second = {n: a["second_opinion"] for n, a in report["artifacts"].items() if "second_opinion" in a}
+    if second:
+        first = next(iter(second.values()))
+        lines += ["", f"Second opinion: llama.cpp's llama-perplexity `--kl-divergence` against llama.cpp's own f32 "
+                  f"GGUF of the reference, and edgeft on the same {first['positions']} positions ({first['chunks']} "
+                  f"chunks of {first['context']} tokens of the held-out conversations, second halves):", "",
+                  "| artifact | llama-perplexity KL mean | edgeft KL mean | p99 (theirs / ours) | top-1 (theirs / ours) "
+                  "| agree |", "|---|---|---|---|---|---|"]
+        for n, r in second.items():
+            t, o = r["llama_perplexity"], r["edgeft"]
+            lines.append(f"| {n} | {t['kl_mean']:.4g} | {o['kl_mean']:.4g} | {t.get('kl_p99', float('nan')):.3g} / "
+                         f"{o['kl_p99']:.3g} | {t.get('top1', float('nan')):.3f} / {o['top1']:.3f} | "
+                         f"{'yes' if r['agree'] else 'NO'} |")
     lines += ["", "**Passed.**" if report["passed"] else "**Failed:**", ""]
     lines += [f"- {f}" for f in report["failures"]]
     skipped = sorted({f"{check}: {r['detail']}" for a in report["artifacts"].values()

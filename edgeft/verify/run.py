@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,8 +40,13 @@ def inputs_hash(cfg: Config, upstream: Sequence[Stage]) -> str:
     return hash_json([merged.inputs_hash, [e.content_hash() for e in exports], cfg.section("verify"), REPORT])
 
 
+def _second_opinion(cfg: Config, on: bool) -> Config:
+    """The config with verify.second_opinion turned on when `on` (edgeft verify --second-opinion)."""
+    return dataclasses.replace(cfg, verify=dataclasses.replace(cfg.verify, second_opinion=True)) if on else cfg
+
+
 def verify_path(path: Path, merge_dir: Path | None = None, out_dir: Path | None = None, *,
-                force: bool = False) -> Stage:
+                force: bool = False, second_opinion: bool = False) -> Stage:
     """Verify a dist folder or an export stage on its own: its manifest says how it was made and,
     unless `merge_dir` is given, where the merged reference model is. A dist's own files are
     checked too (`dist_problems`)."""
@@ -56,16 +62,18 @@ def verify_path(path: Path, merge_dir: Path | None = None, out_dir: Path | None 
             raise InputError(f"{path}: its reference model ({stage.parent}) is not here; pass --merge-dir with the "
                              f"merge stage it was exported from") from None
     out = Path(out_dir) if out_dir else Path(path).with_name(Path(path).name + "-verify")
-    gate = Gate.open(cfg, stages.VERIFY, merge_dir, out_dir=out, force=force, exports=[stage])
+    gate = Gate.open(_second_opinion(cfg, second_opinion), stages.VERIFY, merge_dir, out_dir=out, force=force,
+                     exports=[stage])
     return _verify(gate, dist_problems(stage) if stage.kind == stages.DIST else [])
 
 
 @in_session
 def verify_artifacts(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path] | None = None,
-                     out_dir: Path | None = None, *, force: bool = False) -> Stage:
+                     out_dir: Path | None = None, *, force: bool = False, second_opinion: bool = False) -> Stage:
     """Compare every artifact of the config's (or the given) export stages with the merged model;
     publish the report (replacing an earlier verify report, nothing else without `force`)."""
-    return _verify(Gate.open(cfg, stages.VERIFY, merge_dir, export_dirs, out_dir, force=force))
+    return _verify(Gate.open(_second_opinion(cfg, second_opinion), stages.VERIFY, merge_dir, export_dirs, out_dir,
+                             force=force))
 
 
 def _verify(gate: Gate, dist_findings: list[str] | None = None) -> Stage:
@@ -95,6 +103,8 @@ def _verify(gate: Gate, dist_findings: list[str] | None = None) -> Stage:
             curves[art["name"]] = checks.kl_curve
         report["artifacts"][art["name"]] = entry
         failures += checks.failures
+    if v.second_opinion:
+        failures += _second_opinions(gate, report)
     # Every stop token in play, as text: the end-of-turn token training ended answers with and any
     # token the reference's greedy replies ended on, and each artifact's own stop set (its
     # special_tokens check); package writes Ollama's `stop`s from them.
@@ -127,6 +137,30 @@ def behaviour(rt: Runtime, ref: Reference, probes: list[Probe], band: formats.Ba
     numbers = distribution.next_token(rt, ref, probes, band, checks)
     numbers.update(generation.greedy(rt, ref, probes, band, checks, max_new_tokens))
     return numbers
+
+
+def _second_opinions(gate: Gate, report: dict[str, Any]) -> list[str]:
+    """llama-perplexity's KL beside edgeft's for every GGUF file whose bytes passed (verify/second.py);
+    each artifact gets a `second_opinion` check. Returns the failures."""
+    from edgeft.verify import second
+
+    ggufs = {art["name"]: stage.file(art["path"]) for stage, art in gate.artifacts()
+             if art["format"] == "gguf" and report["artifacts"][art["name"]]["checks"]["checksums"]["passed"]}
+    if not ggufs:
+        return []
+    conversations = [r["messages"] for r in read_split(gate.merged.file("validation.jsonl")) if "messages" in r]
+    failures = []
+    for name, res in second.run(gate.reference_dir, ggufs, conversations, gate.cfg.name).items():
+        entry = report["artifacts"][name]
+        entry["second_opinion"] = res
+        ours, theirs = res["edgeft"]["kl_mean"], res["llama_perplexity"]["kl_mean"]
+        detail = (f"mean KL edgeft {ours:.4g}, llama-perplexity {theirs:.4g} on the same {res['positions']} positions "
+                  f"(gap {res['gap']:.2g}, allowed {res['limit']:.2g})")
+        entry["checks"]["second_opinion"] = {"passed": res["agree"], "detail": detail}
+        if not res["agree"]:
+            entry["passed"] = False
+            failures.append(f"{name}: second_opinion: {detail}")
+    return failures
 
 
 def verify_artifact(stage: Stage, art: dict[str, Any], ref: Reference, probes: list[Probe], model_dir: Path,

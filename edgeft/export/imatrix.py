@@ -1,0 +1,128 @@
+"""The importance matrix llama.cpp's quantizer weighs rounding errors with, computed on the user's task.
+
+`export.gguf.imatrix: auto` renders the training split with the model's own chat template (the text
+the model will see in production: special tokens parsed as special tokens), optionally followed by a
+general text file (`export.gguf.imatrix_text`), and runs llama-imatrix on the unquantized GGUF over
+it. `imatrix: PATH` takes a matrix the user made (llama.cpp's GGUF or legacy .dat format); `none`
+quantizes without one. The matrix is kept in the export stage and the dist, and its lineage (data
+hash, token count, chunks, tool version) goes into the manifest and every GGUF quantized with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from edgeft import formats, llama_tools
+from edgeft.config import Config
+from edgeft.data import read_split
+from edgeft.errors import InputError, ToolError
+from edgeft.manifest import sha256_file
+
+log = logging.getLogger(__name__)
+
+CONTEXT = 512  # tokens per chunk (llama-imatrix's default)
+MAX_CHUNKS = 200  # at most ~100k tokens: the matrix converges well before
+
+
+def render_training_text(train_split: Path, tokenizer: Any, general_text: Path | None = None) -> str:
+    """The training conversations as the model sees them (chat template applied), one after the
+    other, then the optional general text."""
+    parts = []
+    for row in read_split(train_split):
+        if "messages" in row:
+            parts.append(tokenizer.apply_chat_template(row["messages"], tokenize=False))
+        elif row.get("text"):
+            parts.append(row["text"])
+    if general_text is not None:
+        parts.append(general_text.read_text(encoding="utf-8"))
+    return "\n".join(parts)
+
+
+def _stat(pattern: str, output: str) -> int | None:
+    found = re.findall(pattern, output)
+    return int(found[-1]) if found else None
+
+
+def compute(model: Path, text: str, out: Path, threads: int = 0) -> dict[str, Any]:
+    """llama-imatrix on `model` (an unquantized GGUF) over `text`; the matrix's lineage."""
+    text_file = out.with_suffix(".txt")
+    text_file.write_text(text, encoding="utf-8")
+    n_tokens = count_tokens(model, text_file)
+    ctx = CONTEXT
+    while ctx > 64 and n_tokens < 2 * ctx:  # llama-imatrix needs two chunks at least
+        ctx //= 2
+    if n_tokens < 2 * ctx:
+        raise InputError(f"the training split renders to {n_tokens} tokens: too few for an importance matrix "
+                         f"(at least {2 * ctx}); set export.gguf.imatrix: none, or add export.gguf.imatrix_text")
+    chunks = min(n_tokens // ctx, MAX_CHUNKS)
+    log.info("computing the importance matrix on %d chunks of %d tokens (of %d) with llama-imatrix",
+             chunks, ctx, n_tokens)
+    start = time.monotonic()
+    args = ["-m", model, "-f", text_file, "-o", out, "-c", ctx, "-b", ctx, "--chunks", chunks, "--parse-special",
+            "--no-ppl", "--output-frequency", 1_000_000, *llama_tools.no_repack()]
+    if threads:
+        args += ["-t", threads]
+    llama_tools.run("llama-imatrix", args, model.name)
+    if not out.is_file():
+        raise ToolError(f"llama-imatrix wrote no matrix for {model.name}")
+    data_sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    text_file.unlink()
+    return {"source": "auto", "file": out.name, "sha256": sha256_file(out), "data_sha256": data_sha,
+            "tokens": chunks * ctx, "tokens_available": n_tokens, "chunks": chunks, "context": ctx,
+            "seconds": round(time.monotonic() - start, 1), "tool": llama_tools.version()}
+
+
+def count_tokens(model: Path, text_file: Path, special: bool = True) -> int:
+    """Tokens of the text as llama.cpp tokenises it (`special`: special tokens parsed), with llama-cpp-python."""
+    import llama_cpp
+
+    from edgeft.runtimes.llamacpp import llama_log_level
+
+    with llama_log_level():
+        llm = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
+    try:
+        return len(llm.tokenize(text_file.read_bytes(), add_bos=False, special=special))
+    finally:
+        llm.close()
+
+
+def given(path: Path, out: Path) -> dict[str, Any]:
+    """A matrix the user made: copied into the stage; its lineage is what the file says."""
+    if not path.is_file():
+        raise InputError(f"export.gguf.imatrix: {path} does not exist (give llama-imatrix's output, auto or none)")
+    out.write_bytes(path.read_bytes())
+    return {"source": str(path), "file": out.name, "sha256": sha256_file(out), "tool": "given"}
+
+
+def make(cfg: Config, f32: Path, train_split: Path | None, tokenizer: Any, folder: Path,
+         threads: int = 0) -> dict[str, Any] | None:
+    """The matrix the config asks for, written into `folder`, and its lineage (None: no matrix)."""
+    setting = cfg.export.gguf.imatrix
+    types = set(cfg.export.gguf.types)
+    if setting == "none" or not types & set(formats.USES_MATRIX):
+        return None
+    out = folder / f"{cfg.name}-imatrix.gguf"
+    if setting != "auto":
+        return given(cfg.path(setting), out)
+    if train_split is None or not train_split.is_file():
+        raise InputError("export.gguf.imatrix: auto needs the train stage's train.jsonl; run edgeft train, "
+                         "or give a matrix file")
+    general = cfg.path(cfg.export.gguf.imatrix_text) if cfg.export.gguf.imatrix_text else None
+    if general is not None and not general.is_file():
+        raise InputError(f"export.gguf.imatrix_text: {general} does not exist")
+    return compute(f32, render_training_text(train_split, tokenizer, general), out, threads)
+
+
+def metadata_overrides(lineage: dict[str, Any]) -> list[str]:
+    """llama-quantize --override-kv values recording the matrix's lineage in the GGUF
+    (llama-quantize itself adds quantize.imatrix.file/dataset/entries_count/chunks_count)."""
+    kv = [f"edgeft.imatrix.sha256=str:{lineage['sha256']}", f"edgeft.imatrix.source=str:{lineage['source']}"]
+    if "data_sha256" in lineage:
+        kv += [f"edgeft.imatrix.data_sha256=str:{lineage['data_sha256']}",
+               f"edgeft.imatrix.tokens=int:{lineage['tokens']}"]
+    return kv
