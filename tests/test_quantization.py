@@ -1,7 +1,6 @@
 """Quantization calibrated on the task: llama.cpp's tools built at set-up, `imatrix: auto` with its
-lineage, the IQ and K-quant "s" types each held to its band, per-tensor types ("fit"), and the
-second opinion (llama-perplexity's KL beside edgeft's), on the tiny "small" model (widths that
-K-quants take) and the micro model (widths they cannot)."""
+lineage, the IQ and K-quant "s" types each held to its band, and per-tensor types ("fit"), on the
+tiny "small" model (widths that K-quants take) and the micro model (widths they cannot)."""
 
 from __future__ import annotations
 
@@ -59,7 +58,7 @@ def _train_and_merge(root: Path, model: str, types: list[str], **gguf) -> Path:
         data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
         train={"max_steps": 4, "learning_rate": 0.003, "max_seq_length": 256},
         export={"gguf": {"types": types, **gguf}, "onnx": {"types": []}},
-        verify={"max_prompts": 3, "max_new_tokens": 16, "edge_cases": False},
+        verify={"max_prompts": 2, "max_new_tokens": 12, "edge_cases": False},
     )
     for command in (["train"], ["merge"], ["export", "gguf"]):
         result = CliRunner().invoke(cli, [*command, "-c", str(cfg)])
@@ -68,10 +67,9 @@ def _train_and_merge(root: Path, model: str, types: list[str], **gguf) -> Path:
 
 
 @pytest.mark.slow
-def test_new_types_are_calibrated_verified_and_seconded(tmp_path: Path, edgeft_cache: Path) -> None:
+def test_new_types_are_calibrated_and_verified(tmp_path: Path, edgeft_cache: Path) -> None:
     """On the small model: `imatrix: auto` is computed on the rendered training split and recorded
-    (manifest and every GGUF quantized with it); each new type passes verify within its own band;
-    llama-perplexity's mean KL agrees with edgeft's on every GGUF."""
+    (manifest and every GGUF quantized with it); each new type passes verify within its own band."""
     from transformers import AutoTokenizer
 
     from edgeft.data import read_split
@@ -97,16 +95,11 @@ def test_new_types_are_calibrated_verified_and_seconded(tmp_path: Path, edgeft_c
         else:
             assert art["importance_matrix"] is False and "edgeft.imatrix.sha256" not in meta, art["name"]
 
-    result = CliRunner().invoke(cli, ["verify", "-c", str(cfg), "--second-opinion"])
+    result = CliRunner().invoke(cli, ["verify", "-c", str(cfg)])
     assert result.exit_code == 0, result.output
     report = json.loads((runs / "verify" / "report.json").read_text())
     for name, art in report["artifacts"].items():
         assert art["passed"], (name, art["numbers"])
-        second = art["second_opinion"]
-        # Same tokens and positions, two clients: within 5% + 1e-3 (verify/second.py's tolerance).
-        assert second["agree"], (name, second)
-        assert abs(second["edgeft"]["top1"] - second["llama_perplexity"]["top1"]) < 0.03, name
-    assert "Second opinion" in (runs / "verify" / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgeft import llama_tools
+from edgeft.errors import ToolError
 from edgeft.kl import kl_stats
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def _read_tokens(base: Path) -> tuple[int, int, np.ndarray]:
     """(context, chunks, tokens) from llama-perplexity's --kl-divergence-base file header."""
     with base.open("rb") as f:
         if f.read(8) != b"_logits_":
-            raise ValueError(f"{base}: not a llama-perplexity logits file")
+            raise ToolError(f"{base}: not a llama-perplexity logits file")
         (n_ctx,) = struct.unpack("<i", f.read(4))
         _n_vocab, n_chunk = struct.unpack("<ii", f.read(8))
         tokens = np.frombuffer(f.read(4 * n_ctx * n_chunk), dtype=np.int32)
@@ -58,7 +59,8 @@ def _parse(output: str) -> dict[str, float]:
     out = {"kl_mean": grab(r"Mean\s+KLD:\s+([-0-9.e]+)"), "kl_p99": grab(r"99\.0%\s+KLD:\s+([-0-9.e]+)"),
            "top1": grab(r"Same top p:\s+([-0-9.e]+)")}
     if out["kl_mean"] is None:
-        raise ValueError("llama-perplexity printed no mean KLD:\n" + output[-800:])
+        raise ToolError("llama-perplexity --kl-divergence printed no mean KLD; its output ended:\n"
+                        + "\n".join(output.strip().splitlines()[-6:]))
     if out["top1"] is not None:
         out["top1"] /= 100
     return {k: v for k, v in out.items() if v is not None}
