@@ -136,7 +136,8 @@ def answer(rt: Runtime, prompts: Sequence[Prompt], max_new_tokens: int, label: s
             log.info("%s: %d/%d answered", label, len(outputs), len(prompts))
             shown = time.time()
     log.info("%s: %d prompts answered in %.1f s", label, len(prompts), time.time() - started)
-    if one_at_a_time and speed is not None:
+    if one_at_a_time:
+        assert speed is not None
         speed.update(prompt_tokens_per_s=_prompt_speed(rt, ids),
                      generation_tokens_per_s=round(decoded / decode_s, 1) if decode_s > 0 else None,
                      generated_tokens=decoded)

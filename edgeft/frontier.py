@@ -9,6 +9,7 @@ the model card.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -111,8 +112,6 @@ def plot(table: list[dict[str, Any]], path: Path) -> None:
 def write(folder: Path, artifacts: list[dict[str, Any]], report: dict[str, Any],
           results: dict[str, Any]) -> dict[str, Any]:
     """frontier.json, frontier.md and frontier.png in `folder`; the summary the manifest carries."""
-    import json
-
     table = rows(artifacts, report, results)
     best = recommend(table)
     summary = {"recommended": best["name"] if best else None, "rows": table}

@@ -65,3 +65,29 @@ def run(name: str, args: Sequence[object], what: str, timeout: float | None = No
         tail = "\n".join(line for line in output.strip().splitlines()[-8:])
         raise ToolError(f"{name} failed on {what} (exit {proc.returncode}):\n{tail}")
     return output
+
+
+CONTEXT = 512  # tokens per chunk (llama-imatrix's and llama-perplexity's default)
+
+
+def chunk_context(n_tokens: int) -> int:
+    """Chunk length for llama-imatrix / llama-perplexity over `n_tokens` of text: CONTEXT, halved
+    (down to 64) until the text holds the two chunks both tools need at least."""
+    ctx = CONTEXT
+    while ctx > 64 and n_tokens < 2 * ctx:
+        ctx //= 2
+    return ctx
+
+
+def count_tokens(model: Path, text_file: Path, special: bool = True) -> int:
+    """Tokens of the text as llama.cpp tokenises it (`special`: special tokens parsed), with llama-cpp-python."""
+    import llama_cpp
+
+    from edgeft.runtimes.llamacpp import llama_log_level
+
+    with llama_log_level():
+        llm = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
+    try:
+        return len(llm.tokenize(text_file.read_bytes(), add_bos=False, special=special))
+    finally:
+        llm.close()

@@ -171,7 +171,7 @@ def _fallbacks(output: str) -> list[dict[str, Any]]:
 
 def quantize(src: Path, dst: Path, gguf_type: str, *, imatrix: Path | None = None,
              tensor_types: dict[str, str] | None = None, kv: Sequence[str] = (),
-             threads: int = 0, dry_run: bool = False) -> list[dict[str, Any]]:
+             dry_run: bool = False) -> list[dict[str, Any]]:
     """llama-quantize src → dst; return the tensors that fell back to another type (llama.cpp
     reports success either way)."""
     args: list[Any] = []
@@ -185,8 +185,6 @@ def quantize(src: Path, dst: Path, gguf_type: str, *, imatrix: Path | None = Non
         args += ["--dry-run", src, formats.GGUF_TYPES[gguf_type].quantize_name]
     else:
         args += [src, dst, formats.GGUF_TYPES[gguf_type].quantize_name]
-    if threads:
-        args.append(threads)
     output = llama_tools.run("llama-quantize", args, f"{src.name} → {gguf_type}")
     if not dry_run and not dst.is_file():
         raise ToolError(f"llama-quantize {src.name} → {gguf_type} wrote no file:\n{output[-1000:]}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,10 @@ from edgeft import formats, llama_tools
 from edgeft.config import Config
 from edgeft.data import read_split
 from edgeft.errors import InputError, ToolError
-from edgeft.manifest import sha256_file
+from edgeft.manifest import copy_file, sha256_file
 
 log = logging.getLogger(__name__)
 
-CONTEXT = 512  # tokens per chunk (llama-imatrix's default)
 MAX_CHUNKS = 200  # at most ~100k tokens: the matrix converges well before
 
 
@@ -43,19 +41,12 @@ def render_training_text(train_split: Path, tokenizer: Any, general_text: Path |
     return "\n".join(parts)
 
 
-def _stat(pattern: str, output: str) -> int | None:
-    found = re.findall(pattern, output)
-    return int(found[-1]) if found else None
-
-
-def compute(model: Path, text: str, out: Path, threads: int = 0) -> dict[str, Any]:
+def compute(model: Path, text: str, out: Path) -> dict[str, Any]:
     """llama-imatrix on `model` (an unquantized GGUF) over `text`; the matrix's lineage."""
     text_file = out.with_suffix(".txt")
     text_file.write_text(text, encoding="utf-8")
-    n_tokens = count_tokens(model, text_file)
-    ctx = CONTEXT
-    while ctx > 64 and n_tokens < 2 * ctx:  # llama-imatrix needs two chunks at least
-        ctx //= 2
+    n_tokens = llama_tools.count_tokens(model, text_file)
+    ctx = llama_tools.chunk_context(n_tokens)
     if n_tokens < 2 * ctx:
         raise InputError(f"the training split renders to {n_tokens} tokens: too few for an importance matrix "
                          f"(at least {2 * ctx}); set export.gguf.imatrix: none, or add export.gguf.imatrix_text")
@@ -65,8 +56,6 @@ def compute(model: Path, text: str, out: Path, threads: int = 0) -> dict[str, An
     start = time.monotonic()
     args = ["-m", model, "-f", text_file, "-o", out, "-c", ctx, "-b", ctx, "--chunks", chunks, "--parse-special",
             "--no-ppl", "--output-frequency", 1_000_000, *llama_tools.no_repack()]
-    if threads:
-        args += ["-t", threads]
     llama_tools.run("llama-imatrix", args, model.name)
     if not out.is_file():
         raise ToolError(f"llama-imatrix wrote no matrix for {model.name}")
@@ -77,30 +66,14 @@ def compute(model: Path, text: str, out: Path, threads: int = 0) -> dict[str, An
             "seconds": round(time.monotonic() - start, 1), "tool": llama_tools.version()}
 
 
-def count_tokens(model: Path, text_file: Path, special: bool = True) -> int:
-    """Tokens of the text as llama.cpp tokenises it (`special`: special tokens parsed), with llama-cpp-python."""
-    import llama_cpp
-
-    from edgeft.runtimes.llamacpp import llama_log_level
-
-    with llama_log_level():
-        llm = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
-    try:
-        return len(llm.tokenize(text_file.read_bytes(), add_bos=False, special=special))
-    finally:
-        llm.close()
-
-
 def given(path: Path, out: Path) -> dict[str, Any]:
     """A matrix the user made: copied into the stage; its lineage is what the file says."""
     if not path.is_file():
         raise InputError(f"export.gguf.imatrix: {path} does not exist (give llama-imatrix's output, auto or none)")
-    out.write_bytes(path.read_bytes())
-    return {"source": str(path), "file": out.name, "sha256": sha256_file(out), "tool": "given"}
+    return {"source": str(path), "file": out.name, "sha256": copy_file(path, out), "tool": "given"}
 
 
-def make(cfg: Config, f32: Path, train_split: Path | None, tokenizer: Any, folder: Path,
-         threads: int = 0) -> dict[str, Any] | None:
+def make(cfg: Config, f32: Path, train_split: Path | None, tokenizer: Any, folder: Path) -> dict[str, Any] | None:
     """The matrix the config asks for, written into `folder`, and its lineage (None: no matrix)."""
     setting = cfg.export.gguf.imatrix
     types = set(cfg.export.gguf.types)
@@ -115,7 +88,7 @@ def make(cfg: Config, f32: Path, train_split: Path | None, tokenizer: Any, folde
     general = cfg.path(cfg.export.gguf.imatrix_text) if cfg.export.gguf.imatrix_text else None
     if general is not None and not general.is_file():
         raise InputError(f"export.gguf.imatrix_text: {general} does not exist")
-    return compute(f32, render_training_text(train_split, tokenizer, general), out, threads)
+    return compute(f32, render_training_text(train_split, tokenizer, general), out)
 
 
 def metadata_overrides(lineage: dict[str, Any]) -> list[str]:

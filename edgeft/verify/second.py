@@ -23,7 +23,7 @@ import numpy as np
 
 from edgeft import llama_tools
 from edgeft.errors import ToolError
-from edgeft.kl import kl_stats
+from edgeft.kl import kl_stats, summarise
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 # reference's log-probabilities as 16-bit steps and evaluates in other batch sizes; measured gaps
 # are in the README (the parity gate).
 RELATIVE, ABSOLUTE = 0.05, 1e-3
-CONTEXT, MAX_CHUNKS = 512, 8
+MAX_CHUNKS = 8
 
 
 def held_out_text(conversations: list[list[dict[str, str]]]) -> str:
@@ -66,18 +66,10 @@ def _parse(output: str) -> dict[str, float]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _context(n_tokens: int) -> int:
-    ctx = CONTEXT
-    while ctx > 64 and n_tokens < 2 * ctx:
-        ctx //= 2
-    return ctx
-
-
 def run(model_dir: Path, ggufs: dict[str, Path], conversations: list[list[dict[str, str]]],
         name: str = "reference") -> dict[str, dict[str, Any]]:
     """Per GGUF: llama-perplexity's and edgeft's KL on the same tokens, and whether they agree."""
     from edgeft.export.gguf import convert_hf
-    from edgeft.export.imatrix import count_tokens
     from edgeft.runtimes.hf import HFRuntime
     from edgeft.runtimes.llamacpp import LlamaCppRuntime
 
@@ -89,7 +81,7 @@ def run(model_dir: Path, ggufs: dict[str, Path], conversations: list[list[dict[s
         convert_hf(model_dir, ref_gguf, name, outtype="f32")
         text = work / "held-out.txt"
         text.write_text(held_out_text(conversations), encoding="utf-8")
-        ctx = _context(count_tokens(ref_gguf, text, special=False))
+        ctx = llama_tools.chunk_context(llama_tools.count_tokens(ref_gguf, text, special=False))
         base = work / "reference.kld"
         common = ["-c", ctx, "-b", ctx, *llama_tools.no_repack()]
         llama_tools.run("llama-perplexity", ["-m", ref_gguf, "-f", text, "--chunks", MAX_CHUNKS,
@@ -111,11 +103,9 @@ def run(model_dir: Path, ggufs: dict[str, Path], conversations: list[list[dict[s
                                                                  "--kl-divergence", *common], art))
             with LlamaCppRuntime(path, n_ctx=n_ctx) as rt:
                 stats = [kl_stats(r, rt.logits(c)[first:n_ctx - 1]) for r, c in zip(reference, chunks, strict=True)]
-            kl = np.concatenate([s["kl"] for s in stats])
-            ours = {"kl_mean": float(kl.mean()), "kl_p99": float(np.quantile(kl, 0.99)),
-                    "top1": float(np.concatenate([s["top1"] for s in stats]).mean())}
+            ours = {k: v for k, v in summarise(stats).items() if k in ("kl_mean", "kl_p99", "top1", "positions")}
             gap = abs(ours["kl_mean"] - theirs["kl_mean"])
             limit = RELATIVE * max(ours["kl_mean"], theirs["kl_mean"]) + ABSOLUTE
-            results[art] = {"llama_perplexity": theirs, "edgeft": ours, "positions": int(kl.size),
+            results[art] = {"llama_perplexity": theirs, "edgeft": ours, "positions": ours["positions"],
                             "context": n_ctx, "chunks": n_chunk, "gap": gap, "limit": limit, "agree": gap <= limit}
     return results
