@@ -6,7 +6,7 @@ with what was measured and why); adding a type is one entry there.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
@@ -70,10 +70,30 @@ GGUF_LORA_BAND = _band(_TABLE["gguf-lora"]["f16"])  # the adapter GGUF applied t
 ONNX_TYPES = {name: ONNXType(e["format"], _band(e)) for name, e in _TABLE["onnx"].items()}
 
 
-def band(fmt: str, type_: str) -> Band | None:
-    """The band of an artifact of this format and type (None: not a type edgeft exports)."""
+# The file type whose band a tensor stored in a ggml type brings with it (export.gguf.tensor_types).
+# q5_0, q5_1, q4_1 have no file type of their own here: they sit between q4_0 and q8_0 and bring
+# no band looser than that of the 4-bit type they are used beside.
+_GGML_BAND = {"f32": "f32", "f16": "f16", "bf16": "bf16", "q8_0": "q8_0", "q6_k": "q6_k", "q5_k": "q5_k_s",
+              "q4_k": "q4_k_s", "q4_0": "q4_0", "q3_k": "q3_k_s", "q2_k": "q2_k", "iq4_nl": "iq4_nl",
+              "iq4_xs": "iq4_xs", "iq3_s": "iq3_m", "iq3_xxs": "iq3_m", "iq2_s": "iq2_m", "iq2_xs": "iq2_m",
+              "iq2_xxs": "iq2_m"}
+
+
+def band(fmt: str, type_: str, tensor_types: Any = None) -> Band | None:
+    """The band of an artifact of this format and type (None: not a type edgeft exports). A GGUF
+    whose tensors were stored in other ggml types (`tensor_types`, pattern → ggml type: the
+    export's overrides, `fit` included) is held to the loosest band among its type's and those
+    types': a tensor stored as iq4_nl brings iq4_nl's error, whatever the file's type is called."""
     if fmt == "gguf" and type_ in GGUF_TYPES:
-        return GGUF_TYPES[type_].band
+        own = GGUF_TYPES[type_].band
+        stored = tensor_types.values() if isinstance(tensor_types, dict) else ()  # a manifest's: any JSON
+        others = {_GGML_BAND[str(g).lower()] for g in stored if str(g).lower() in _GGML_BAND}
+        loosest = max(others, key=lambda t: GGUF_TYPES[t].band.kl_mean, default=type_)
+        if GGUF_TYPES[loosest].band.kl_mean <= own.kl_mean:
+            return own
+        wider = GGUF_TYPES[loosest].band
+        return replace(wider, why=f"{loosest}'s band: export.gguf.tensor_types stores tensors of this {type_} "
+                                  f"as {loosest}. {wider.why}")
     if fmt == "gguf-lora" and type_ == "f16":
         return GGUF_LORA_BAND
     onnx = ONNX_TYPES.get(type_)

@@ -35,7 +35,7 @@ def rows(artifacts: list[dict[str, Any]], report: dict[str, Any], results: dict[
         bpw = a.get("bits_per_weight") or (round(8 * a["bytes"] / params, 2) if params else None)
         speed = ev.get("speed") or {}
         verified, evaluated = bool(a["verify"].get("passed")), bool(ev.get("passed"))
-        band = formats.band(a["format"], a["type"])
+        band = formats.band(a["format"], a["type"], a.get("tensor_types"))
         out.append({"name": a["name"], "format": a["format"], "type": a["type"], "bytes": a["bytes"],
                     "bits_per_weight": bpw, "kl_mean": numbers.get("kl_mean"), "kl_p99": numbers.get("kl_p99"),
                     "top1": numbers.get("top1"), "band_kl_mean": band.kl_mean if band else None,
@@ -89,13 +89,17 @@ def plot(table: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     floor = min([r["kl_mean"] for r in pts if r["kl_mean"] > 0] or [1e-6]) / 3
     best = recommend(table)
+    placed: list[tuple[float, float]] = []
     for r in pts:
         x, y = r["bytes"] / 1e6, max(r["kl_mean"], floor)
         ok = r["passed"]
         ax.scatter([x], [y], s=60 if r is best else 36, facecolors="tab:blue" if ok else "none",
                    edgecolors="tab:blue" if ok else "tab:red", zorder=3)
-        ax.annotate(r["name"] + (" ★" if r is best else ""), (x, y), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
+        # A label next to one already placed (f16 and its LoRA pair: same KL, sizes 4% apart) goes below.
+        crowded = sum(abs(x / px - 1) < 0.15 and 1 / 3 < y / py < 3 for px, py in placed)
+        ax.annotate(r["name"] + (" ★" if r is best else ""), (x, y), textcoords="offset points",
+                    xytext=(5, 4 - 12 * crowded), fontsize=8)
+        placed.append((x, y))
         if r["band_kl_mean"]:
             ax.hlines(r["band_kl_mean"], x * 0.97, x * 1.03, colors="gray", linestyles="dashed", zorder=2)
     ax.set_xscale("log")

@@ -6,6 +6,8 @@ They live in vendor/tools (EDGEFT_LLAMA_TOOLS overrides).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 from collections.abc import Sequence
@@ -85,7 +87,8 @@ def count_tokens(model: Path, text_file: Path, special: bool = True) -> int:
 
     from edgeft.runtimes.llamacpp import llama_log_level
 
-    with llama_log_level():
+    # A vocabulary-only model has no training context: llama.cpp warns that any context overflows it.
+    with llama_log_level(), contextlib.redirect_stderr(io.StringIO()):
         llm = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
     try:
         return len(llm.tokenize(text_file.read_bytes(), add_bos=False, special=special))

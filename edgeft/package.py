@@ -34,10 +34,11 @@ STACK = ("torch", "transformers", "tokenizers", "peft", "trl", "accelerate", "da
          "llama-cpp-python", "gguf")
 
 
-# What a dist manifest repeats from each export artifact's entry.
-CARRIED = ("bits_per_weight", "parameters", "fallback_tensors", "importance_matrix", "metadata", "base_file",
-           "adapter_file", "model_file", "opset", "inputs", "outputs", "prompt_format", "prompt_format_note", "recipe",
-           "quantized_matmuls", "float_matmuls")
+# What a dist manifest repeats from each export artifact's entry (tensor_types: verify of the dist
+# holds the file to the band of what it stores).
+CARRIED = ("bits_per_weight", "parameters", "fallback_tensors", "tensor_types", "importance_matrix", "metadata",
+           "base_file", "adapter_file", "model_file", "opset", "inputs", "outputs", "prompt_format",
+           "prompt_format_note", "recipe", "quantized_matmuls", "float_matmuls")
 
 
 def versions() -> dict[str, str | None]:

@@ -125,7 +125,7 @@ def test_fit_keeps_the_size_asked_for_where_widths_do_not_fit(tmp_path: Path, mi
 
 
 def test_frontier_recommends_the_smallest_artifact_that_passes_both_gates(tmp_path: Path) -> None:
-    from edgeft import frontier
+    from edgeft import formats, frontier
 
     def art(name: str, type_: str, mb: float, passed: bool = True) -> dict:
         return {"name": name, "format": "gguf", "type": type_, "bytes": int(mb * 1e6), "bits_per_weight": None,
@@ -133,6 +133,7 @@ def test_frontier_recommends_the_smallest_artifact_that_passes_both_gates(tmp_pa
 
     artifacts = [art("gguf-q8_0", "q8_0", 145), art("gguf-q2_k", "q2_k", 60, passed=False),
                  art("gguf-iq4_xs", "iq4_xs", 91), art("gguf-q4_k_m", "q4_k_m", 105)]
+    artifacts[3]["tensor_types"] = {"token_embd": "iq4_nl"}  # drawn with the band verify held it to
     report = {"artifacts": {a["name"]: {"numbers": {"kl_mean": kl, "kl_p99": 10 * kl, "top1": 0.9}}
                             for a, kl in zip(artifacts, [0.01, 1.2, 0.1, 0.12], strict=True)}}
     models = {a["name"]: {"scores": {"exact_match": 1.0}, "passed": True,
@@ -143,6 +144,7 @@ def test_frontier_recommends_the_smallest_artifact_that_passes_both_gates(tmp_pa
     assert summary["recommended"] == "gguf-q4_k_m"
     assert [r["name"] for r in summary["rows"]] == ["gguf-q2_k", "gguf-iq4_xs", "gguf-q4_k_m", "gguf-q8_0"]
     assert summary["rows"][0]["bits_per_weight"] == pytest.approx(8 * 60e6 / 135e6, abs=0.01)
+    assert summary["rows"][2]["band_kl_mean"] == formats.band("gguf", "iq4_nl").kl_mean
     md = (tmp_path / "frontier.md").read_text()
     assert "**Recommended: `gguf-q4_k_m`**" in md and "eval FAIL" in md and "verify FAIL" in md
     assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

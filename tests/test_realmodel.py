@@ -158,3 +158,26 @@ def test_faults_are_found_on_the_real_model(smol_build: dict, tmp_path: Path) ->
         assert not detail["passed"] and cause in detail["detail"], (name, detail)
     failed = {a for a, r in report["artifacts"].items() if not r["passed"]}
     assert failed == set(faults)  # the untouched f16 and q4_k_m pass: no false alarm
+
+
+def test_second_opinion_agrees_with_edgefts_kl(smol_build: dict, tmp_path: Path) -> None:
+    """llama-perplexity --kl-divergence (llama.cpp's f32 GGUF of the reference, its own batching and
+    16-bit stored log-probabilities) against edgeft's KL (transformers fp32 reference, llama-cpp-python)
+    on the same tokens: within second.RELATIVE + ABSOLUTE, measured 3-5% apart on SmolLM2's q4_k_m."""
+    from edgeft.verify import second
+
+    result = CliRunner().invoke(cli, ["-q", "verify", str(smol_build["dist"]), "--out", str(tmp_path / "verify"),
+                                      "--second-opinion"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "verify" / "report.json").read_text())
+    opinions = {name: a["second_opinion"] for name, a in report["artifacts"].items() if "second_opinion" in a}
+    assert set(opinions) == {"gguf-f16", "gguf-q4_k_m"}  # GGUF only: llama-perplexity cannot read ONNX
+    for name, res in opinions.items():
+        assert res["agree"] and report["artifacts"][name]["checks"]["second_opinion"]["passed"], (name, res)
+        assert res["positions"] >= second.MIN_POSITIONS
+        assert res["gap"] <= second.RELATIVE * max(res["edgeft"]["kl_mean"], res["llama_perplexity"]["kl_mean"]) \
+            + second.ABSOLUTE
+    # Both clients see the 4-bit file's loss, far above f16's rounding (measured ~0.02 against ~2e-6).
+    for client in ("edgeft", "llama_perplexity"):
+        assert opinions["gguf-q4_k_m"][client]["kl_mean"] > 10 * opinions["gguf-f16"][client]["kl_mean"]
+    assert "llama-perplexity" in (tmp_path / "verify" / "report.md").read_text()

@@ -170,7 +170,7 @@ def verify_artifact(stage: Stage, art: dict[str, Any], ref: Reference, probes: l
     name = str(art.get("name"))
     checks = Checks(name)
     type_key = f"{art.get('format')}:{art.get('type')}"
-    band = formats.band(str(art.get("format")), str(art.get("type")))
+    band = formats.band(str(art.get("format")), str(art.get("type")), art.get("tensor_types"))
     numbers: dict[str, Any] = {}
     bad_files = checksum_problems(stage, art)
     checks.add("checksums", not bad_files, "; ".join(bad_files) or "files match the manifest")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgeft import llama_tools
-from edgeft.errors import ToolError
+from edgeft.errors import InputError, ToolError
 from edgeft.kl import kl_stats, summarise
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 # are in the README (the parity gate).
 RELATIVE, ABSOLUTE = 0.05, 1e-3
 MAX_CHUNKS = 8
+MIN_POSITIONS = 100  # llama-perplexity prints no statistics below this (kl_divergence: "so few values")
 
 
 def held_out_text(conversations: list[list[dict[str, str]]]) -> str:
@@ -59,7 +60,8 @@ def _parse(output: str) -> dict[str, float]:
     out = {"kl_mean": grab(r"Mean\s+KLD:\s+([-0-9.e]+)"), "kl_p99": grab(r"99\.0%\s+KLD:\s+([-0-9.e]+)"),
            "top1": grab(r"Same top p:\s+([-0-9.e]+)")}
     if out["kl_mean"] is None:
-        raise ToolError("llama-perplexity --kl-divergence printed no mean KLD; its output ended:\n"
+        raise ToolError(f"llama-perplexity --kl-divergence printed no mean KLD (it prints none for fewer than "
+                        f"{MIN_POSITIONS} positions); its output ended:\n"
                         + "\n".join(output.strip().splitlines()[-6:]))
     if out["top1"] is not None:
         out["top1"] /= 100
@@ -87,6 +89,10 @@ def run(model_dir: Path, ggufs: dict[str, Path], conversations: list[list[dict[s
         llama_tools.run("llama-perplexity", ["-m", ref_gguf, "-f", text, "--chunks", MAX_CHUNKS,
                                              "--kl-divergence-base", base, *common], "the f32 reference")
         n_ctx, n_chunk, tokens = _read_tokens(base)
+        if n_chunk * (n_ctx - 1 - n_ctx // 2) < MIN_POSITIONS:
+            raise InputError(f"the validation split is too short for the second opinion: {n_chunk} chunks of {n_ctx} "
+                             f"tokens give fewer than {MIN_POSITIONS} positions; add validation rows (data.val_ratio) "
+                             "or turn verify.second_opinion off")
         chunks = [tokens[i * n_ctx:(i + 1) * n_ctx].tolist() for i in range(n_chunk)]
         first = n_ctx // 2
         vocab = LlamaCppRuntime(ref_gguf, n_ctx=n_ctx)

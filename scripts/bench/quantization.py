@@ -7,7 +7,9 @@ converts the fine-tuned model to f32 GGUF, computes two importance matrices with
 generic one on general English text of the same token budget), quantizes every type with none,
 either or both, and measures KL(fp32 transformers reference || GGUF in llama.cpp), p99 and top-1
 on two held-out texts:
-- task: the validation conversations, rendered with the chat template (never seen by either matrix);
+- task: the validation conversations, rendered with the chat template (never seen by either matrix),
+  every position, and the reply positions alone (those predicting the assistant's answer: what the
+  eval scores; the user's question is most of a conversation and costs most of its KL);
 - general: Python's language reference prose (pydoc_data.topics, other topics than the generic
   matrix's), in chunks of 256 tokens.
 
@@ -33,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 GENERAL_CHUNK = 256
 # (label, type, matrix, tensor_types): matrix none | task | generic
-VARIANTS: list[tuple[str, str, str, str | None]] = [
+VARIANTS: list[tuple[str, str, str, str | dict[str, str] | None]] = [
     ("q8_0", "q8_0", "none", None),
     ("q6_k", "q6_k", "none", None), ("q6_k+task", "q6_k", "task", None),
     ("q5_k_m", "q5_k_m", "none", None), ("q5_k_m+task", "q5_k_m", "task", None),
@@ -48,6 +50,10 @@ VARIANTS: list[tuple[str, str, str, str | None]] = [
     ("q3_k_m+task", "q3_k_m", "task", None), ("q3_k_s+task", "q3_k_s", "task", None),
     ("iq3_m+task", "iq3_m", "task", None), ("iq2_m+task", "iq2_m", "task", None),
     ("q2_k+task", "q2_k", "task", None),
+    # SmolLM2's tied 49k × 576 embedding is a fifth of the weights and every type keeps it at q8_0
+    # (its q6_K falls back): at q5_1 it frees the bytes for the MLP's down projection at q6_K.
+    ("iq4_xs+task mix", "iq4_xs", "task", {"token_embd": "q5_1", "ffn_down": "q6_k", "attn_v": "q8_0"}),
+    ("q4_k_m+task emb iq4_nl", "q4_k_m", "task", {"token_embd": "iq4_nl"}),
 ]
 
 
@@ -68,14 +74,21 @@ def general_texts(tokenizer: Any, budget: int) -> tuple[str, list[list[int]]]:
     return "\n".join(generic), chunks
 
 
-def measure(path: Path, reference: dict[str, list[Any]], sequences: dict[str, list[list[int]]]) -> dict[str, Any]:
+def measure(path: Path, reference: dict[str, list[Any]], sequences: dict[str, list[list[int]]],
+            reply_from: list[int]) -> dict[str, Any]:
+    """KL statistics per held-out text, and on the task's reply positions (`reply_from`: each
+    conversation's prompt length; the position before it predicts the reply's first token)."""
     from edgeft.kl import kl_stats, summarise
     from edgeft.runtimes.llamacpp import LlamaCppRuntime
 
     out: dict[str, Any] = {}
     with LlamaCppRuntime(path, n_ctx=1024) as rt:
         for text, seqs in sequences.items():
-            out[text] = summarise([kl_stats(r, rt.logits(s)) for r, s in zip(reference[text], seqs, strict=True)])
+            stats = [kl_stats(r, rt.logits(s)) for r, s in zip(reference[text], seqs, strict=True)]
+            out[text] = summarise(stats)
+            if text == "task":
+                out["reply"] = summarise([{k: v[p - 1:-1] for k, v in s.items()}
+                                          for s, p in zip(stats, reply_from, strict=True)])
     return out
 
 
@@ -101,6 +114,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     val = [r["messages"] for r in read_split(train.file("validation.jsonl")) if "messages" in r]
     task = [list(tokenizer.apply_chat_template(m, tokenize=True)) for m in val]
+    reply_from = [len(tokenizer.apply_chat_template(m[:-1], tokenize=True, add_generation_prompt=True)) for m in val]
     variants = [v for v in VARIANTS if not args.only or v[0] in args.only]
     results: dict[str, Any] = {"model": cfg.base_model, "config": str(args.config), "variants": {}}
     with tempfile.TemporaryDirectory(prefix="edgeft-bench-quant-") as tmp:
@@ -129,30 +143,31 @@ def main() -> None:
             overrides = gguf.fitted_types(f32, type_, fit, matrices[matrix])
             fallbacks = gguf.quantize(f32, out, type_, imatrix=matrices[matrix], tensor_types=overrides)
             seconds = time.monotonic() - start
-            numbers = measure(out, reference, sequences)
+            numbers = measure(out, reference, sequences, reply_from)
             band = formats.GGUF_TYPES[type_].band
-            row = {"type": type_, "imatrix": matrix, "tensor_types": fit, "bytes": out.stat().st_size,
+            row = {"type": type_, "imatrix": matrix, "tensor_types": fit or None, "bytes": out.stat().st_size,
                    "bits_per_weight": gguf_meta.read(out)[1]["bits_per_weight"], "fallbacks": len(fallbacks),
                    "quantize_seconds": round(seconds, 1), **numbers,
                    "in_band": numbers["task"]["kl_mean"] <= band.kl_mean and numbers["task"]["top1"] >= band.top1}
             results["variants"][label] = row
             print(f"{label:18} {row['bytes'] / 1e6:7.1f} MB {row['bits_per_weight']:5.2f} bpw  task KL "
                   f"{numbers['task']['kl_mean']:.4f} p99 {numbers['task']['kl_p99']:.3f} top1 "
-                  f"{numbers['task']['top1']:.3f}  general KL {numbers['general']['kl_mean']:.4f} top1 "
+                  f"{numbers['task']['top1']:.3f}  reply KL {numbers['reply']['kl_mean']:.4f} top1 "
+                  f"{numbers['reply']['top1']:.3f}  general KL {numbers['general']['kl_mean']:.4f} top1 "
                   f"{numbers['general']['top1']:.3f}", file=sys.stderr)
             out.unlink()
     v = results["variants"]
-    print("\n| variant | MB | bpw | task KL mean | p99 | top-1 | general KL mean | top-1 |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| variant | MB | bpw | task KL mean | p99 | top-1 | reply KL mean | p99 | general KL mean | top-1 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for label, r in v.items():
         print(f"| {label} | {r['bytes'] / 1e6:.1f} | {r['bits_per_weight']:.2f} | {r['task']['kl_mean']:.4f} | "
-              f"{r['task']['kl_p99']:.3f} | {r['task']['top1']:.3f} | {r['general']['kl_mean']:.4f} | "
-              f"{r['general']['top1']:.3f} |")
+              f"{r['task']['kl_p99']:.3f} | {r['task']['top1']:.3f} | {r['reply']['kl_mean']:.4f} | "
+              f"{r['reply']['kl_p99']:.3f} | {r['general']['kl_mean']:.4f} | {r['general']['top1']:.3f} |")
     ratios = {}
     for a, b in (("q4_k_m+task", "q4_k_m"), ("q4_k_m+generic", "q4_k_m"), ("q4_k_m+task", "q4_k_m+generic"),
                  ("iq4_xs+task", "iq4_xs"), ("iq4_xs+task", "iq4_xs+generic"), ("q4_0+task", "q4_0")):
         if a in v and b in v:
-            for text in ("task", "general"):
+            for text in ("task", "reply", "general"):
                 ratios[f"{a} / {b}, {text} KL"] = v[a][text]["kl_mean"] / v[b][text]["kl_mean"]
     print()
     for k, r in ratios.items():
