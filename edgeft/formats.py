@@ -85,12 +85,11 @@ def band(fmt: str, type_: str, tensor_types: Any = None) -> Band | None:
     export's overrides, `fit` included) is held to the loosest band among its type's and those
     types': a tensor stored as iq4_nl brings iq4_nl's error, whatever the file's type is called."""
     if fmt == "gguf" and type_ in GGUF_TYPES:
-        own = GGUF_TYPES[type_].band
         stored = tensor_types.values() if isinstance(tensor_types, dict) else ()  # a manifest's: any JSON
-        others = {_GGML_BAND[str(g).lower()] for g in stored if str(g).lower() in _GGML_BAND}
-        loosest = max(others, key=lambda t: GGUF_TYPES[t].band.kl_mean, default=type_)
-        if GGUF_TYPES[loosest].band.kl_mean <= own.kl_mean:
-            return own
+        others = [_GGML_BAND[str(g).lower()] for g in stored if str(g).lower() in _GGML_BAND]
+        loosest = max([type_, *others], key=lambda t: GGUF_TYPES[t].band.kl_mean)  # ties: the type's own
+        if loosest == type_:
+            return GGUF_TYPES[type_].band
         wider = GGUF_TYPES[loosest].band
         return replace(wider, why=f"{loosest}'s band: export.gguf.tensor_types stores tensors of this {type_} "
                                   f"as {loosest}. {wider.why}")

@@ -97,6 +97,12 @@ def test_java_kit_prompt_is_the_trained_one(smol_build: dict) -> None:
     assert tokens and lines["tokens"] == " ".join(map(str, tokens))
 
 
+def _clean_copy(dist: Path, tmp_path: Path) -> Path:
+    """The module's dist, without what the Java test compiled into it (not in the manifest)."""
+    shutil.copytree(dist, tmp_path / "dist", ignore=shutil.ignore_patterns("out"))
+    return tmp_path / "dist"
+
+
 def _add_copy(dist: Path, name: str) -> str:
     """A copy of the f16 GGUF as another artifact of the dist (re-signed), for one fault."""
     path = f"gguf/{name}.gguf"
@@ -114,8 +120,7 @@ def test_faults_are_found_on_the_real_model(smol_build: dict, tmp_path: Path) ->
     import gguf
     import numpy as np
 
-    dist = tmp_path / "dist"
-    shutil.copytree(smol_build["dist"], dist, ignore=shutil.ignore_patterns("out"))  # the Java test's build
+    dist = _clean_copy(smol_build["dist"], tmp_path)
     f16 = "gguf/smol-f16.gguf"
     template = gguf.GGUFReader(dist / f16).fields["tokenizer.chat_template"].contents()
 
@@ -166,8 +171,7 @@ def test_second_opinion_agrees_with_edgefts_kl(smol_build: dict, tmp_path: Path)
     on the same tokens: within second.RELATIVE + ABSOLUTE, measured 3-5% apart on SmolLM2's q4_k_m."""
     from edgeft.verify import second
 
-    dist = tmp_path / "dist"
-    shutil.copytree(smol_build["dist"], dist, ignore=shutil.ignore_patterns("out"))  # the Java test's build
+    dist = _clean_copy(smol_build["dist"], tmp_path)
     result = CliRunner().invoke(cli, ["-q", "verify", str(dist), "--out", str(tmp_path / "verify"), "--second-opinion"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "verify" / "report.json").read_text())

@@ -217,7 +217,7 @@ def inputs_hash(cfg: Config, upstream: Sequence[Stage]) -> str:
                       [sha256_file(f) if f.is_file() else str(f) for f in files], llama_tools.version()])
 
 
-def _convert_with_metadata(model_dir: Path, out: Path, cfg: Config, want: dict[str, Any], outtype: str,
+def convert_with_metadata(model_dir: Path, out: Path, cfg: Config, want: dict[str, Any], outtype: str,
                            tokenizer_dir: Path | None = None) -> None:
     """Convert with edgeft's metadata and the end-of-turn token id."""
     convert_hf(model_dir, out, cfg.name, outtype=outtype, metadata=gguf_meta.override(cfg.name, cfg.base_model),
@@ -242,7 +242,7 @@ def export_lora(cfg: Config, merged: Stage, folder: Path, want: dict[str, Any]) 
     folder.mkdir()
     log.info("converting the LoRA adapter and its f16 base to GGUF")
     # The base carries the fine-tune's tokenizer and template: it is only used with the adapter.
-    _convert_with_metadata(base_dir, folder / f"{cfg.name}-base-f16.gguf", cfg, want, "f16", adapter_dir)
+    convert_with_metadata(base_dir, folder / f"{cfg.name}-base-f16.gguf", cfg, want, "f16", adapter_dir)
     convert_lora(adapter_dir, folder / f"{cfg.name}-adapter-f16.gguf", base_dir)
 
 
@@ -293,7 +293,7 @@ def export_gguf(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None
     with writer as w:
         f32 = w.tmp / f"{cfg.name}-f32.gguf"
         log.info("converting %s to GGUF with llama.cpp's converter", model_dir)
-        _convert_with_metadata(model_dir, f32, cfg, want, "f32")
+        convert_with_metadata(model_dir, f32, cfg, want, "f32")
         matrix = imatrix.make(cfg, f32, _train_split(merged), tokenizer, w.tmp)
         if matrix is not None:  # lineage, not a model: recorded beside the artifacts, checked when packaged
             w.extra["importance_matrix"] = matrix

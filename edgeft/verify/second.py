@@ -89,12 +89,12 @@ def run(model_dir: Path, ggufs: dict[str, Path], conversations: list[list[dict[s
         llama_tools.run("llama-perplexity", ["-m", ref_gguf, "-f", text, "--chunks", MAX_CHUNKS,
                                              "--kl-divergence-base", base, *common], "the f32 reference")
         n_ctx, n_chunk, tokens = _read_tokens(base)
-        if n_chunk * (n_ctx - 1 - n_ctx // 2) < MIN_POSITIONS:
+        first = n_ctx // 2  # llama-perplexity's KL covers positions first .. n_ctx - 2 of each chunk
+        if n_chunk * (n_ctx - 1 - first) < MIN_POSITIONS:
             raise InputError(f"the validation split is too short for the second opinion: {n_chunk} chunks of {n_ctx} "
                              f"tokens give fewer than {MIN_POSITIONS} positions; add validation rows (data.val_ratio) "
                              "or turn verify.second_opinion off")
         chunks = [tokens[i * n_ctx:(i + 1) * n_ctx].tolist() for i in range(n_chunk)]
-        first = n_ctx // 2
         vocab = LlamaCppRuntime(ref_gguf, n_ctx=n_ctx)
         bos = vocab.bos_added()  # llama-perplexity puts it first in every chunk
         vocab.close()

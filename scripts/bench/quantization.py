@@ -121,7 +121,7 @@ def main() -> None:
         work = Path(tmp)
         f32 = work / "f32.gguf"
         want = gguf_meta.expected(model_dir, cfg.name, cfg.base_model, cfg.license, merged.end_of_turn)
-        gguf._convert_with_metadata(model_dir, f32, cfg, want, "f32")
+        gguf.convert_with_metadata(model_dir, f32, cfg, want, "f32")
         task_text = imatrix.render_training_text(train.artifact_path("train-split"), tokenizer)
         budget = len(tokenizer(task_text, add_special_tokens=False)["input_ids"])
         generic_text, general = general_texts(tokenizer, budget)
