@@ -167,6 +167,10 @@ def load_base(base: str, cfg: Config) -> Any:
             kwargs["device_map"] = {"": PartialState().local_process_index}
         else:
             kwargs["device_map"] = {"": "cpu"}
+    elif t.method == "full":
+        # Every weight is updated: kept in float32 (the optimizer's small steps vanish in 16-bit
+        # weights); on a GPU the trainer computes in the compute dtype under autocast.
+        kwargs["dtype"] = torch.float32
     else:
         kwargs["dtype"] = dtype
     model = AutoModelForCausalLM.from_pretrained(base, **kwargs)

@@ -155,21 +155,26 @@ def data() -> None:
 @click.option("--val-ratio", type=float, help=f"Validation share of the split [{DataConfig.val_ratio}].")
 @click.option("--seed", type=int, help=f"Split seed [{DataConfig.seed}].")
 @click.option("--dedup", is_flag=True, default=None, help="Drop exact duplicates before splitting.")
+@click.option("--filter", "conditions", multiple=True, metavar="CONDITION",
+              help="Keep rows passing this condition, e.g. --filter 'rating >= 4' (repeatable; "
+                   "replaces data.filter).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def data_check(file: Path | None, config_path: Path | None, model: str | None, max_length: int | None,
                validation: Path | None, columns: tuple[str, ...], val_ratio: float | None, seed: int | None,
-               dedup: bool | None, as_json: bool) -> None:
+               dedup: bool | None, conditions: tuple[str, ...], as_json: bool) -> None:
     """Check a dataset (JSONL, JSON, CSV, Parquet, datasets dir): every problem with its location.
 
     Rows may be alpaca, chat `messages`, prompt/completion or text. With a tokenizer (--model,
     or -c), also checks lengths under the model's chat template and shows one example exactly
-    as the model sees it. Exits 4 when any error is found; warnings (duplicates) do not fail.
+    as the model sees it. With data.filter (or --filter), prints how many rows each condition
+    removed. Exits 4 when any error is found; warnings (duplicates) do not fail.
 
     \b
     edgeft data check examples/nl2sql/data/nl2sql.jsonl
     edgeft data check -c examples/nl2sql/edgeft.yaml
+    edgeft data check logs.jsonl --filter 'rating >= 4' --filter 'len(reply) > 50'
     """
-    from edgeft.datacheck import analyse, format_table
+    from edgeft.datacheck import analyse, format_filter, format_table
     from edgeft.errors import DataError, InputError
 
     cfg = _load(config_path) if config_path else None
@@ -197,6 +202,10 @@ def data_check(file: Path | None, config_path: Path | None, model: str | None, m
         tokenizer = AutoTokenizer.from_pretrained(resolve_base(source, cfg.root if cfg else None, trust),
                                                   trust_remote_code=trust)
         ensure_chat_template(tokenizer)
+    if conditions:
+        from edgeft.rowfilter import compile_filter
+
+        compile_filter(list(conditions), key="--filter")
     report = analyse(
         train_path,
         validation_path=validation or (cfg.path(d.validation) if cfg and d.validation else None),
@@ -206,6 +215,7 @@ def data_check(file: Path | None, config_path: Path | None, model: str | None, m
         dedup=dedup if dedup is not None else d.dedup,
         tokenizer=tokenizer,
         max_length=max_length if max_length is not None else (cfg.train.max_seq_length if cfg else None),
+        row_filter=list(conditions) if conditions else d.filter,
     )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
@@ -213,6 +223,8 @@ def data_check(file: Path | None, config_path: Path | None, model: str | None, m
         info = report.info
         fmts = ", ".join(f"{n} {k}" for k, n in info["formats"].items()) or "none"
         click.echo(format_table(report))
+        for line in format_filter(report):
+            click.echo(line)
         click.echo(f"{train_path}: {info['usable']} usable of {info['rows']} rows ({fmts}); "
                    f"{len(report.errors)} error(s), {len(report.warnings)} warning(s); "
                    f"split {len(report.train)} train / {len(report.validation)} validation")
@@ -233,7 +245,10 @@ def data_check(file: Path | None, config_path: Path | None, model: str | None, m
 @FORCE_OPTION
 @SET_OPTION
 def train(config_path: Path, out: Path | None, resume: bool, force: bool, overrides: tuple[str, ...]) -> None:
-    """Train a LoRA adapter (QLoRA with train.quantization: nf4) on the config's data.
+    """Fine-tune on the config's data: a LoRA adapter, on a 4-bit base, or every weight.
+
+    train.method picks: lora (the default), qlora (4-bit NF4 base) or full; train.dora makes
+    the adapter DoRA.
 
     A run killed at any point continues with --resume. Under `accelerate launch` it trains
     data-parallel on every process (DDP); nothing else changes.
@@ -264,7 +279,8 @@ def merge(config_path: Path, train_dir: Path | None, out: Path | None, force: bo
     """Merge the adapter into the full-precision base model (never into 4-bit weights).
 
     After QLoRA, also measures merge.strategy full-precision and dequantized against the
-    adapter on the 4-bit base, and records both in the manifest.
+    adapter on the 4-bit base, and records both in the manifest. After a full fine-tune
+    there is nothing to merge: the trained model is taken as it is (in merge.dtype).
 
     \b
     edgeft merge -c examples/nl2sql/edgeft.yaml

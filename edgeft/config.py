@@ -18,11 +18,17 @@ from typing import Any
 
 from edgeft import formats
 from edgeft.errors import ConfigError, InputError
+from edgeft.rowfilter import compile_filter
 
 # The values a key may take, named once (the checks below and the code that branches on them).
 GGUF_TYPES = tuple(formats.GGUF_TYPES)
 ONNX_TYPES = tuple(formats.ONNX_TYPES)
 QUANTIZATIONS = ("none", "nf4", "fp4")  # train.quantization: none = plain LoRA, else QLoRA's 4-bit type
+# train.method: an adapter on the base in its compute dtype, the same on a 4-bit base, or every weight.
+METHODS = ("lora", "qlora", "full")
+# train.learning_rate when not given: an adapter's few new weights take a large step; updating every
+# weight of a pre-trained model with it destroys what it knew (SmolLM2's own SFT used 1e-5 to 3e-4).
+DEFAULT_LEARNING_RATE = {"lora": 1e-3, "qlora": 1e-3, "full": 5e-5}
 COMPUTE_DTYPES = ("auto", "bfloat16", "float16", "float32")
 MERGE_STRATEGIES = ("full-precision", "dequantized")
 MERGE_DTYPES = ("float32", "float16", "bfloat16")
@@ -39,7 +45,11 @@ class DataConfig:
     validation: str | None = None  # explicit validation file; else split off `train`
     val_ratio: float = 0.1
     seed: int = 0  # the split is a deterministic function of (rows, seed)
-    system_prompt: str | None = None  # prepended to every conversation without a system turn
+    # Prepended to every conversation without a system turn; {field} is filled from the row's field.
+    system_prompt: str | None = None
+    # Keep only rows passing these conditions on their fields, e.g. "rating >= 4 and not edited"
+    # (edgeft/rowfilter.py: comparisons, and/or/not, len(), lower(); never Python's eval).
+    filter: str | list[str] | None = None
     # Your field name for each canonical one, e.g. {prompt: question, completion: answer}.
     columns: dict[str, str] = field(default_factory=dict)
     dedup: bool = False  # drop exact duplicates before splitting (else they are warnings)
@@ -48,7 +58,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # QLoRA: "nf4" (or "fp4") loads the base in 4-bit through bitsandbytes; "none" is plain LoRA.
+    # lora: an adapter on the base; qlora: the same on the base loaded in 4-bit (train.quantization,
+    # nf4 unless given); full: every weight trained, nothing to merge (and no adapter to ship).
+    method: str = "lora"
+    # QLoRA's 4-bit type: "nf4" (or "fp4") loads the base in 4-bit through bitsandbytes. Setting it
+    # with method lora means qlora (how QLoRA was asked for before train.method).
     quantization: str = "none"
     double_quant: bool = True  # quantize the 4-bit scales too: ~0.4 bit/param less, same quality
     compute_dtype: str = "auto"  # auto: bfloat16 on GPUs that have it, float16 on others, float32 on CPU
@@ -56,7 +70,8 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     target_modules: str | list[str] = "all-linear"
-    learning_rate: float = 1e-3
+    dora: bool = False  # weight-decomposed LoRA (peft's use_dora): a magnitude vector per layer besides A and B
+    learning_rate: float | None = None  # None: 1e-3 for lora / qlora, 5e-5 for full (DEFAULT_LEARNING_RATE)
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
@@ -202,6 +217,8 @@ def _type_ok(value: Any, tp: Any) -> bool:
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):  # optional keys may be left out, not null'd
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -243,6 +260,10 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
     bad(not 0 < cfg.data.val_ratio < 1, f"data.val_ratio: {cfg.data.val_ratio} must be in (0, 1)")
     bad(not 0 < cfg.data.near_duplicate_threshold <= 1,
         f"data.near_duplicate_threshold: {cfg.data.near_duplicate_threshold} must be in (0, 1] (a similarity)")
+    try:
+        compile_filter(cfg.data.filter)
+    except ConfigError as e:
+        problems += e.problems
     for key in cfg.data.columns:
         bad(key not in CANONICAL_FIELDS,
             f"data.columns: {key!r} is not a field edgeft reads; map to one of {', '.join(CANONICAL_FIELDS)}")
@@ -256,7 +277,16 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
     bad(t.weight_decay < 0, f"train.weight_decay: {t.weight_decay} must not be negative")
     bad(t.early_stopping_threshold < 0, f"train.early_stopping_threshold: {t.early_stopping_threshold} must not be "
         f"negative")
-    bad(t.learning_rate <= 0, f"train.learning_rate: {t.learning_rate} must be positive")
+    bad(t.learning_rate is not None and t.learning_rate <= 0, f"train.learning_rate: {t.learning_rate} must be positive")
+    bad(t.method == "full" and t.quantization != "none",
+        f"train.quantization: {t.quantization} trains an adapter on a 4-bit base (qlora); train.method full "
+        f"updates every weight, in the compute dtype: remove train.quantization or use method qlora")
+    bad(t.method == "full" and t.dora, "train.dora: DoRA is a kind of adapter; train.method full has none")
+    bad(t.method == "full" and cfg.export.gguf.lora,
+        "export.gguf.lora: train.method full trains no adapter to export; set export.gguf.lora: false")
+    bad(t.dora and cfg.export.gguf.lora,
+        "export.gguf.lora: llama.cpp's LoRA GGUF has no DoRA magnitude vectors; set export.gguf.lora: false "
+        "(the merged model carries DoRA's effect) or train.dora: false")
     bad(t.max_steps <= 0 and t.epochs <= 0,
         f"train.epochs: {t.epochs:g} trains nothing: give a positive number of epochs, or train.max_steps")
     if isinstance(t.target_modules, str):
@@ -265,7 +295,8 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
     else:
         bad(not t.target_modules or not all(m.strip() for m in t.target_modules),
             "train.target_modules: give module names (e.g. [q_proj, v_proj]) or 'all-linear'")
-    for key, value, allowed in (("train.quantization", t.quantization, QUANTIZATIONS),
+    for key, value, allowed in (("train.method", t.method, METHODS),
+                                ("train.quantization", t.quantization, QUANTIZATIONS),
                                 ("train.compute_dtype", t.compute_dtype, COMPUTE_DTYPES),
                                 ("train.lr_scheduler", t.lr_scheduler, LR_SCHEDULERS),
                                 ("merge.strategy", cfg.merge.strategy, MERGE_STRATEGIES),
@@ -323,7 +354,16 @@ def parse_config(raw: Any, source: str = "") -> Config:
         _check_values(cfg, problems)
     if problems:
         raise ConfigError(problems, source or None)
-    return dataclasses.replace(cfg, source=source)
+    return dataclasses.replace(cfg, source=source, train=_resolved_train(cfg.train))
+
+
+def _resolved_train(t: TrainConfig) -> TrainConfig:
+    """The method's defaults made explicit, so that manifests record what was trained: qlora's
+    4-bit type (nf4), a 4-bit type given with method lora (qlora), the learning rate."""
+    method = "qlora" if t.method == "lora" and t.quantization != "none" else t.method
+    quantization = "nf4" if method == "qlora" and t.quantization == "none" else t.quantization
+    lr = t.learning_rate if t.learning_rate is not None else DEFAULT_LEARNING_RATE[method]
+    return dataclasses.replace(t, method=method, quantization=quantization, learning_rate=lr)
 
 
 def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Config:

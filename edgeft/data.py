@@ -18,14 +18,18 @@ import csv
 import hashlib
 import json
 import random
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from edgeft.errors import DataError, InputError, first_line
 from edgeft.manifest import sha256_file
+
+if TYPE_CHECKING:
+    from edgeft.rowfilter import Condition, FilterCounts
 
 ROLES = ("system", "user", "assistant")
 # Below this many usable rows a fine-tune learns nothing worth shipping.
@@ -82,6 +86,7 @@ class LoadReport:
     findings: list[Finding] = field(default_factory=list)
     formats: Counter = field(default_factory=Counter)
     rows: int = 0
+    filter: FilterCounts | None = None  # data.filter's counts, when one is set
 
     @property
     def problems(self) -> list[str]:
@@ -222,16 +227,63 @@ def _check_roles(msgs: Conversation) -> str | None:
     return None
 
 
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_.]*)\}")
+
+
+def placeholders(template: str) -> list[str]:
+    """The fields a data.system_prompt fills from each row."""
+    return [m.group(1) for m in _PLACEHOLDER.finditer(template) if m.group(1)]
+
+
+def fill_system_prompt(template: str, row: Any) -> str:
+    """data.system_prompt with each `{field}` (`{a.b}`: nested) replaced by the row's value;
+    `{{` and `}}` are literal braces. Any other brace is text (a JSON example stays as written)."""
+    from edgeft.rowfilter import lookup
+
+    def fill(m: re.Match) -> str:
+        if m.group(1) is None:
+            return m.group(0)[0]
+        value = lookup(row, m.group(1)) if isinstance(row, dict) else None
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise _Bad(f"data.system_prompt needs {{{m.group(1)}}}, which this row lacks (or is empty)",
+                       "system_prompt")
+        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+    return _PLACEHOLDER.sub(fill, template)
+
+
 def to_example(row: Any, columns: dict[str, str] | None = None,
                system_prompt: str | None = None) -> tuple[Example | None, str | None, str]:
     """One row → (example, None, "") or (None, problem, check)."""
     try:
         ex = _to_example(row, columns)
+        if ex.messages is not None and system_prompt and ex.messages[0]["role"] != "system":
+            ex.messages = [{"role": "system", "content": fill_system_prompt(system_prompt, row)}, *ex.messages]
     except _Bad as bad:
         return None, str(bad), bad.check
-    if ex.messages is not None and system_prompt and ex.messages[0]["role"] != "system":
-        ex.messages = [{"role": "system", "content": system_prompt}, *ex.messages]
     return ex, None, ""
+
+
+def _pseudo_fields(row: Any, columns: dict[str, str] | None) -> Any:
+    """`prompt` and `reply` of a row whatever its format, for data.filter (None if not a conversation)."""
+    made: list[Example | None] = []
+
+    def get(name: str) -> str | None:
+        if not made:
+            try:
+                made.append(_to_example(row, columns))
+            except _Bad:
+                made.append(None)
+        ex = made[0]
+        if ex is None:
+            return None
+        if ex.messages is None:
+            return ex.text
+        if name == "reply":
+            return ex.messages[-1]["content"]
+        return "\n".join(m["content"] for m in ex.messages if m["role"] == "user")
+
+    return get
 
 
 def _chat_messages(msgs: Any) -> Conversation:
@@ -290,15 +342,30 @@ def _to_example(row: Any, columns: dict[str, str] | None) -> Example:
 
 
 def load_examples(path: Path | str, columns: dict[str, str] | None = None,
-                  system_prompt: str | None = None) -> LoadReport:
-    """Read every row; unusable rows become error findings, never exceptions."""
+                  system_prompt: str | None = None, row_filter: list[Condition] | None = None) -> LoadReport:
+    """Read every row; unusable rows become error findings, never exceptions. With `row_filter`
+    (data.filter, compiled), rows failing a condition are dropped, and counted, before they
+    are checked: a log's unwanted rows need not be well-formed."""
+    from edgeft import rowfilter
+
     path = Path(path)
     report = LoadReport(path)
+    counts = report.filter = rowfilter.FilterCounts([c.text for c in row_filter]) if row_filter else None
     for where, row in read_rows(path):
         report.rows += 1
         if isinstance(row, ValueError):
             report.error(where, "encoding" if "UTF-8" in str(row) else "json", str(row))
             continue
+        if row_filter and counts and isinstance(row, dict):
+            counts.rows += 1
+            extra = _pseudo_fields(row, columns)
+            for name in rowfilter.missing_fields(row_filter, row, extra):
+                counts.missing[name] = counts.missing.get(name, 0) + 1
+            failed = rowfilter.first_failed(row_filter, row, extra)
+            if failed is not None:
+                counts.removed[failed] += 1
+                continue
+            counts.kept += 1
         ex, problem, check = to_example(row, columns, system_prompt)
         if problem:
             report.error(where, check, problem)

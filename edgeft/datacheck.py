@@ -26,6 +26,7 @@ from edgeft.data import (
     raise_listing,
     split,
 )
+from edgeft.rowfilter import compile_filter
 
 # Jaccard similarity of character 5-gram sets (prompt and answer each) above which two examples
 # are near-duplicates: catches copies with whitespace, case, punctuation or a word changed.
@@ -186,21 +187,28 @@ def dedupe(examples: list[Example]) -> tuple[list[Example], int]:
 def _loaded(report: LoadReport) -> list[Finding]:
     findings = list(report.findings)
     if len(report.examples) < MIN_EXAMPLES:
+        kept = (f" (data.filter kept {report.filter.kept} of {report.filter.rows} rows: "
+                f"`edgeft data check` shows what each condition removed)") if report.filter else ""
         findings.append(Finding("error", str(report.path), "too-few",
-                                f"{len(report.examples)} usable example(s); at least {MIN_EXAMPLES} needed"))
+                                f"{len(report.examples)} usable example(s); at least {MIN_EXAMPLES} needed{kept}"))
     return findings
 
 
 def analyse(train_path: Path, *, validation_path: Path | None = None, columns: dict[str, str] | None = None,
             system_prompt: str | None = None, val_ratio: float = 0.1, seed: int = 0, dedup: bool = False,
             tokenizer: Any = None, max_length: int | None = None,
-            near_duplicate_threshold: float = NEAR_DUPLICATE_THRESHOLD) -> DataReport:
-    """Load, check and split a dataset; every problem becomes a finding (nothing raises)."""
-    loaded = load_examples(train_path, columns, system_prompt)
+            near_duplicate_threshold: float = NEAR_DUPLICATE_THRESHOLD,
+            row_filter: str | list[str] | None = None) -> DataReport:
+    """Load, check and split a dataset; every problem becomes a finding (nothing raises but a
+    filter that does not parse, which is a ConfigError)."""
+    conditions = compile_filter(row_filter)
+    loaded = load_examples(train_path, columns, system_prompt, conditions)
     findings = _loaded(loaded)
     examples = loaded.examples
     info: dict[str, Any] = {"train_file": str(train_path), "train_sha256": file_hash(train_path),
                             "rows": loaded.rows, "usable": len(examples), "formats": dict(loaded.formats)}
+    if loaded.filter is not None:
+        info["filter"] = {"conditions": loaded.filter.conditions, "train": loaded.filter.to_dict()}
     if dedup:
         examples, removed = dedupe(examples)
         info["duplicates_removed"] = removed
@@ -208,8 +216,10 @@ def analyse(train_path: Path, *, validation_path: Path | None = None, columns: d
         findings += exact_duplicates(examples)
     findings += near_duplicates(examples, near_duplicate_threshold)
     if validation_path is not None:
-        vloaded = load_examples(validation_path, columns, system_prompt)
+        vloaded = load_examples(validation_path, columns, system_prompt, conditions)
         findings += vloaded.findings
+        if vloaded.filter is not None:
+            info["filter"]["validation"] = vloaded.filter.to_dict()
         train, val = examples, vloaded.examples
         info.update(validation_file=str(validation_path), validation_sha256=file_hash(validation_path))
         if not val:
@@ -232,8 +242,26 @@ def analyse_config(cfg: Any, tokenizer: Any = None) -> DataReport:
         cfg.path(d.train), validation_path=cfg.path(d.validation) if d.validation else None,
         columns=d.columns or None, system_prompt=d.system_prompt, val_ratio=d.val_ratio, seed=d.seed,
         dedup=d.dedup, tokenizer=tokenizer, max_length=cfg.train.max_seq_length,
-        near_duplicate_threshold=d.near_duplicate_threshold,
+        near_duplicate_threshold=d.near_duplicate_threshold, row_filter=d.filter,
     )
+
+
+def format_filter(report: DataReport) -> list[str]:
+    """data.filter's funnel: per file, rows, what each condition removed, and what was kept."""
+    spec = report.info.get("filter")
+    if not spec:
+        return []
+    lines = []
+    for part in ("train", "validation"):
+        counts = spec.get(part)
+        if counts is None:
+            continue
+        file = report.info[f"{part}_file"]
+        lines.append(f"data.filter on {file}: kept {counts['kept']} of {counts['rows']} rows")
+        width = max(len(r["condition"]) for r in counts["removed_by"])
+        lines += [f"  {r['condition']:<{width}}  removed {r['rows']}" for r in counts["removed_by"]]
+        lines += [f"  field {name!r} absent or null in {n} row(s)" for name, n in counts["missing_fields"].items()]
+    return lines
 
 
 def format_table(report: DataReport) -> str:

@@ -180,12 +180,14 @@ def _general_prompts(cfg: Config) -> tuple[list[list[dict[str, str]]], list[str]
     """eval.general_prompts: the user's general-capability examples (any format `data` reads)."""
     if not cfg.eval.general_prompts:
         return None
-    from edgeft.data import load_examples, raise_listing
+    from edgeft.data import load_examples, placeholders, raise_listing
 
     path = cfg.path(cfg.eval.general_prompts)
     if not path.exists():
         raise InputError(f"{path}: eval.general_prompts not found")
-    report = load_examples(path, cfg.data.columns or None, cfg.data.system_prompt)
+    # A system prompt filled from each training row's fields has nothing to fill it from here.
+    system = cfg.data.system_prompt if cfg.data.system_prompt and not placeholders(cfg.data.system_prompt) else None
+    report = load_examples(path, cfg.data.columns or None, system)
     if report.problems:
         raise_listing(f"{path}: {len(report.problems)} malformed row(s) in eval.general_prompts", report.problems)
     chats = [e.messages for e in report.examples if e.messages]

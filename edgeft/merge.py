@@ -1,4 +1,5 @@
 """Merge the adapter into the base: the reference model every export is checked against.
+After a full fine-tune (train.method: full) there is no adapter: the trained model is the reference.
 
 Consumes a `train` stage; produces a `merge` stage: `model/`, an HF model directory
 (safetensors, tokenizer, chat template, generation config whose EOS includes the template's
@@ -123,8 +124,9 @@ def merge_adapter(cfg: Config, train_dir: Path | None = None, out_dir: Path | No
 
     out_dir = stages.directory(cfg, stages.MERGE, out_dir)
     base = train.resolved_base or resolve_base(cfg.base_model, cfg.root, cfg.trust_remote_code)
-    adapter_dir = train.artifact_path("adapter")
-    quantization = train.artifact("adapter").get("quantization", "none")
+    full = any(a["name"] == "model" for a in train.artifacts)  # train.method full: no adapter
+    adapter_dir = train.artifact_path("model" if full else "adapter")
+    quantization = "none" if full else train.artifact("adapter").get("quantization", "none")
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     with StageWriter(out_dir, stages.MERGE, config=cfg.to_dict(), inputs_hash=inputs_hash(cfg, [train]),
                      parent=str(train.path), base_model=cfg.base_model, force=force,
@@ -138,6 +140,9 @@ def merge_adapter(cfg: Config, train_dir: Path | None = None, out_dir: Path | No
                 base, adapter_dir, cfg, train_cfg, tokenizer, conversations)
             strategy = cfg.merge.strategy
             model = models[strategy]
+        elif full:
+            strategy = "none (full fine-tune)"
+            model = _full_precision_base(str(adapter_dir), cfg)
         else:
             model = _apply(_full_precision_base(base, cfg), adapter_dir)
         gen = model.generation_config or GenerationConfig()
@@ -157,8 +162,10 @@ def merge_adapter(cfg: Config, train_dir: Path | None = None, out_dir: Path | No
         # Carried forward so that later stages need only this directory: the adapter (the GGUF
         # LoRA export, the dist's lineage), the base it applies to (eval's "before"), the data
         # record and the training metrics.
-        shutil.copytree(adapter_dir, w.tmp / "adapter")
-        w.add_artifact("adapter", "adapter", "peft-lora", quantization=quantization)
+        if not full:
+            shutil.copytree(adapter_dir, w.tmp / "adapter")
+            w.add_artifact("adapter", "adapter", "peft-lora", quantization=quantization,
+                           dora=bool(train.artifact("adapter").get("dora")))
         w.end_of_turn = eot[0] if eot else None
         w.eos_token_ids = eos_ids
         w.resolved_base = base

@@ -167,7 +167,9 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
         lineage = {
             "base_model": cfg.base_model,
             "dataset": portable_dataset(cfg, merge.dataset),
-            "adapter": {"files": file_table(merge.artifact_path("adapter")), "quantization": cfg.train.quantization},
+            "adapter": ({"files": file_table(merge.artifact_path("adapter")), "quantization": cfg.train.quantization,
+                         "dora": cfg.train.dora} if any(a["name"] == "adapter" for a in merge.artifacts) else None),
+            "method": cfg.train.method,
             "training": {k: v for k, v in merge.metrics.items() if k != "merge_comparison"},
         }
         if matrix is not None:
@@ -182,6 +184,18 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
         stage = w.publish()
     log.info("dist written to %s", stage.path)
     return stage
+
+
+METHOD_NAMES = {"lora": "LoRA fine-tune", "qlora": "QLoRA fine-tune", "full": "full fine-tune"}
+
+
+def training_line(t: Any) -> str:
+    """How it was trained, in one line (the model card)."""
+    if t.method == "full":
+        return f"full fine-tune (every weight), learning rate {t.learning_rate:g}"
+    kind = "DoRA" if t.dora else "LoRA"
+    base = f"on a {t.quantization} 4-bit base (QLoRA)" if t.method == "qlora" else "on the base in its compute dtype"
+    return f"{kind} r={t.lora_r}, alpha={t.lora_alpha}, {base}, learning rate {t.learning_rate:g}"
 
 
 def portable_dataset(cfg: Config, data: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -260,15 +274,14 @@ def model_card(cfg: Config, lineage: dict[str, Any], artifacts: list[dict[str, A
     return "\n".join([
         f"# {cfg.name}",
         "",
-        f"A LoRA fine-tune of `{cfg.base_model}` made with edgeft {__version__}, merged and exported "
+        f"A {METHOD_NAMES[cfg.train.method]} of `{cfg.base_model}` made with edgeft {__version__}, exported "
         f"for edge runtimes. Every file below was loaded in its runtime and compared with the merged "
         f"model in transformers (fp32) by `edgeft verify`.",
         "",
         "## Training",
         f"- data: `{data.get('train_file')}` (sha256 `{str(data.get('train_sha256'))[:16]}…`), "
         f"{data.get('train_rows')} training / {data.get('validation_rows')} validation rows",
-        f"- LoRA r={cfg.train.lora_r}, alpha={cfg.train.lora_alpha}, quantization={cfg.train.quantization}, "
-        f"{t.get('steps')} steps",
+        f"- {training_line(cfg.train)}, {t.get('steps')} steps",
         f"- validation loss: base {t.get('base_val_loss')} → fine-tuned {t.get('val_loss')}",
         "",
         "## Artifacts",

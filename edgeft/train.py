@@ -1,8 +1,10 @@
-"""Train a LoRA (or QLoRA) adapter with peft + trl's SFTTrainer on the base's chat template.
+"""Fine-tune with trl's SFTTrainer on the base's chat template: a LoRA adapter through peft (on a
+4-bit base for QLoRA; DoRA with train.dora), or every weight (train.method: full).
 
 Consumes the config's `base_model`, `data` and `train` sections; produces a `train` stage
 directory: `adapter/` (the best adapter by validation loss, its config, and the tokenizer with
-the chat template used in training), the train/validation splits, `metrics.jsonl` (every
+the chat template used in training) or, for a full fine-tune, `model/` (the whole model, the
+same way), the train/validation splits, `metrics.jsonl` (every
 log line of the trainer, written as training goes) and `reports/loss.png`; the manifest holds
 the base model's and the adapter's validation loss.
 
@@ -220,6 +222,22 @@ def metrics_callback(path: Path):
     return MetricsFile()
 
 
+def peak_memory_mb() -> float:
+    """Peak memory of training: the GPU's allocated peak, or on CPU the process's peak resident set
+    (which includes what was loaded before training: the tokenizer, the data, the libraries)."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    try:  # VmHWM: unlike ru_maxrss, not inherited from a process this one was exec'd from
+        status = Path("/proc/self/status").read_text().splitlines()
+        return round(next(int(x.split()[1]) for x in status if x.startswith("VmHWM:")) / 1024, 1)
+    except (OSError, StopIteration, ValueError):
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: kB
+
+
 def train_loss(log_history: list[dict[str, Any]]) -> float | None:
     """Mean training loss over every step, from the logged interval means weighted by their
     length. transformers' own `training_loss` divides only the resumed part's loss by all steps."""
@@ -332,8 +350,10 @@ def _train(cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: boo
         if t.packing:
             check_packing_keeps_examples_apart(model)
         w.extra["base_loaded_as"] = describe_weights(model)
-        peft_config = LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
-                                 target_modules=t.target_modules, task_type="CAUSAL_LM")
+        # full: no adapter, the trainer updates every weight of the model it is given.
+        peft_config = None if t.method == "full" else LoraConfig(
+            r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout, target_modules=t.target_modules,
+            use_dora=t.dora, task_type="CAUSAL_LM")
         train_set, val_set, loss_on = training_rows(train_rows, val_rows, tokenizer, t.assistant_only_loss)
         w.extra["loss_on"] = loss_on
         trainer = SFTTrainer(
@@ -343,8 +363,10 @@ def _train(cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: boo
             callbacks=[metrics_callback(w.tmp / "metrics.jsonl")],
         )
         # The trainer prints its log lines to stdout, which carries edgeft's data: send to stderr.
+        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         with contextlib.redirect_stdout(sys.stderr):
-            # LoRA's B matrices start at zero, so before training the model *is* the base.
+            # LoRA's B matrices start at zero (DoRA's magnitudes at the weights' norms), and a full
+            # fine-tune has not moved yet: before training the model *is* the base.
             base_eval = trainer.evaluate(metric_key_prefix="base")
             if t.early_stopping_patience > 0:
                 # Added after the base evaluation, whose metrics are named base_* and which the
@@ -361,13 +383,18 @@ def _train(cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: boo
             final_eval = trainer.evaluate()  # the best checkpoint, reloaded at the end
         if not state.is_main_process:
             return None
-        trainer.model.save_pretrained(w.tmp / "adapter", safe_serialization=True)
-        tokenizer.save_pretrained(w.tmp / "adapter")
+        weights = "model" if t.method == "full" else "adapter"
+        trainer.model.save_pretrained(w.tmp / weights, safe_serialization=True)
+        tokenizer.save_pretrained(w.tmp / weights)
         history = trainer.state.log_history
         plot_losses(history, w.tmp / "reports" / "loss.png")
         shutil.rmtree(checkpoints, ignore_errors=True)
         (w.tmp / "run.json").unlink()
-        w.add_artifact("adapter", "adapter", "peft-lora", quantization=t.quantization)
+        if t.method == "full":
+            w.add_artifact("model", "model", "hf-safetensors", method="full", dtype=w.extra["base_loaded_as"]["dtype"])
+        else:
+            w.add_artifact("adapter", "adapter", "peft-lora", method=t.method, quantization=t.quantization,
+                           dora=t.dora)
         w.add_artifact("train-split", "train.jsonl", "jsonl", rows=len(train_rows))
         w.add_artifact("validation-split", "validation.jsonl", "jsonl", rows=len(val_rows))
         w.add_artifact("metrics", "metrics.jsonl", "jsonl")
@@ -386,6 +413,9 @@ def _train(cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: boo
             train_seconds=round(result.metrics.get("train_runtime", 0.0), 2),
             resumed_from_step=int(resume_from.name.split("-")[1]) if resume_from else None,
             processes=state.num_processes,
+            method=t.method,
+            trainable_parameters=trainable,
+            peak_memory_mb=peak_memory_mb(),
         )
         w.dataset = report.to_dict() | {"findings": [f.to_dict() for f in report.warnings]}
         w.resolved_base = base

@@ -1,0 +1,119 @@
+"""From conversation logs to training data: data.filter (a small expression language, never
+Python's eval) with its per-condition counts, and a system prompt filled from each row."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgeft.cli import cli
+from edgeft.data import load_examples
+from edgeft.datacheck import analyse
+from edgeft.errors import ConfigError
+from edgeft.rowfilter import compile_filter
+
+CONDITIONS = "rating >= 4 and latency_ms < 5000 and len(answer) > 50 and not edited"
+
+
+def log_rows() -> list[dict]:
+    """A log as an application writes it: 40 rows, each failing at most one condition, in a known mix."""
+    rows = []
+    for i in range(40):
+        row = {"question": f"How many orders were placed in week {i}?",
+               "answer": f"SELECT COUNT(*) FROM orders WHERE week = {i}; -- counts every order of the week",
+               "rating": 5, "latency_ms": 900, "edited": False, "context": {"shop": f"shop-{i % 3}"}}
+        kind = i % 8
+        if kind == 1:
+            row["rating"] = 2  # removed by the first condition
+        elif kind == 2:
+            del row["rating"]  # absent: an order comparison with null is false
+        elif kind == 3:
+            row["latency_ms"] = 7000
+        elif kind == 4:
+            row["answer"] = f"SELECT {i};"  # too short; also the kind the guide calls not substantive
+        elif kind == 5:
+            row["edited"] = True
+        rows.append(row)
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_filter_counts_what_each_condition_removed(tmp_path: Path) -> None:
+    rows = log_rows()
+    log = write_jsonl(tmp_path / "log.jsonl", rows)
+    columns = {"prompt": "question", "completion": "answer"}
+    report = analyse(log, columns=columns, row_filter=CONDITIONS)
+    counts = report.info["filter"]["train"]
+    assert report.info["filter"]["conditions"] == ["rating >= 4", "latency_ms < 5000", "len(answer) > 50",
+                                                   "not edited"]
+    # 5 rows of each failing kind; kinds 1 and 2 both fail the first condition.
+    assert [r["rows"] for r in counts["removed_by"]] == [10, 5, 5, 5]
+    assert counts == counts | {"rows": 40, "kept": 15, "dropped": 25, "missing_fields": {"rating": 5}}
+    assert len(report.train) + len(report.validation) == 15
+    assert all(e.messages[-1]["content"].endswith("of the week") for e in report.train)
+
+    # CSV gives every value as text: "4" compares as a number, "False" as a boolean.
+    with (tmp_path / "log.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["question", "answer", "rating", "latency_ms", "edited"])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: r.get(k, "") for k in writer.fieldnames})
+    as_csv = analyse(tmp_path / "log.csv", columns=columns, row_filter=CONDITIONS).info["filter"]["train"]
+    assert as_csv["kept"] == 15 and as_csv["removed_by"] == counts["removed_by"]
+
+    # The pseudo-field `reply` (the last assistant turn, any row format), nested fields, in / lower().
+    loaded = load_examples(log, columns, row_filter=compile_filter(
+        ["len(reply) > 50", "context.shop in ['shop-0', 'shop-1']", "'count' in lower(answer)"]))
+    # 5 short answers; then 12 of the other 35 rows are shop-2 (i % 3 == 2); every answer says COUNT.
+    assert loaded.filter is not None and loaded.filter.removed == [5, 12, 0] and loaded.filter.kept == 23
+
+
+def test_data_check_prints_the_funnel_and_refuses_what_is_not_the_language(tmp_path: Path) -> None:
+    log = write_jsonl(tmp_path / "log.jsonl", log_rows())
+    args = ["data", "check", str(log), "--column", "prompt=question", "--column", "completion=answer"]
+    result = CliRunner().invoke(cli, [*args, "--filter", "rating >= 4", "--filter", "not edited"])
+    assert result.exit_code == 0, result.output
+    assert f"data.filter on {log}: kept 25 of 40 rows" in result.stdout
+    assert "rating >= 4  removed 10" in result.stdout and "field 'rating' absent or null in 5 row(s)" in result.stdout
+    data = json.loads(CliRunner().invoke(cli, [*args, "--filter", "rating > 4", "--json"]).stdout)
+    assert data["filter"]["train"]["kept"] == 30
+
+    for text, why in [("__import__('os').system('true')", "calling"), ("rating ** 2 > 1", "not part of a filter"),
+                      ("answer.upper() == 'X'", "calling"), ("rating >=", "is not a condition"),
+                      ("[x for x in answer]", "not part of a filter"), ("lower(answer, 1) == 'x'", "one argument")]:
+        result = CliRunner().invoke(cli, [*args, "--filter", text])
+        assert result.exit_code == 3, (text, result.output)
+        assert result.stderr.startswith("Error: --filter[0]: ") and why in result.stderr and result.stderr.count("\n") == 1
+    with pytest.raises(ConfigError, match=r"data.filter\[1\]: 'x\(\)'"):
+        from edgeft.config import parse_config
+
+        parse_config({"name": "m", "base_model": "tiny:micro", "data": {"train": "x.jsonl",
+                                                                        "filter": ["rating > 1", "x()"]}})
+
+
+def test_filter_drops_all_rows_says_so(tmp_path: Path) -> None:
+    log = write_jsonl(tmp_path / "log.jsonl", log_rows())
+    report = analyse(log, columns={"prompt": "question", "completion": "answer"}, row_filter="rating > 10")
+    (error,) = report.errors
+    assert "0 usable example(s)" in error.message and "data.filter kept 0 of 40 rows" in error.message
+
+
+def test_system_prompt_filled_from_each_row(tmp_path: Path) -> None:
+    rows = log_rows()[:12]
+    rows[3]["context"] = {}  # this row cannot fill the placeholder: a located error, not a blank
+    log = write_jsonl(tmp_path / "log.jsonl", rows)
+    prompt = 'You answer for {context.shop}. Reply as {"sql": ...}; literal {{braces}}.'
+    report = load_examples(log, {"prompt": "question", "completion": "answer"}, system_prompt=prompt)
+    assert [f"{f.where}: {f.message}" for f in report.findings] == [
+        f"{log}:4: data.system_prompt needs {{context.shop}}, which this row lacks (or is empty)"]
+    first = report.examples[0].messages[0]
+    assert first == {"role": "system", "content": 'You answer for shop-0. Reply as {"sql": ...}; literal {braces}.'}
+    assert report.examples[1].messages[0]["content"].startswith("You answer for shop-1.")
