@@ -215,7 +215,7 @@ def data_check(file: Path | None, config_path: Path | None, model: str | None, m
         dedup=dedup if dedup is not None else d.dedup,
         tokenizer=tokenizer,
         max_length=max_length if max_length is not None else (cfg.train.max_seq_length if cfg else None),
-        row_filter=list(conditions) if conditions else d.filter,
+        row_filter=list(conditions) if conditions else d.filter, augment=d.augment,
     )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
@@ -225,6 +225,10 @@ def data_check(file: Path | None, config_path: Path | None, model: str | None, m
         click.echo(format_table(report))
         for line in format_filter(report):
             click.echo(line)
+        if "augmentation" in info:
+            t = info["augmentation"]["typos"]
+            click.echo(f"data.augment: {t['rows_added']} training rows added with typos ({t['copies']} per "
+                       f"conversation, rate {t['rate']:g}, seed {t['seed']}); validation not augmented")
         click.echo(f"{train_path}: {info['usable']} usable of {info['rows']} rows ({fmts}); "
                    f"{len(report.errors)} error(s), {len(report.warnings)} warning(s); "
                    f"split {len(report.train)} train / {len(report.validation)} validation")

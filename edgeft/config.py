@@ -26,8 +26,9 @@ ONNX_TYPES = tuple(formats.ONNX_TYPES)
 QUANTIZATIONS = ("none", "nf4", "fp4")  # train.quantization: none = plain LoRA, else QLoRA's 4-bit type
 # train.method: an adapter on the base in its compute dtype, the same on a 4-bit base, or every weight.
 METHODS = ("lora", "qlora", "full")
-# train.learning_rate when not given: an adapter's few new weights take a large step; updating every
-# weight of a pre-trained model with it destroys what it knew (SmolLM2's own SFT used 1e-5 to 3e-4).
+# train.learning_rate when not given: an adapter's few new weights take a large step; every weight of
+# a pre-trained model moved that far loses what it knew. Full's value: measured on the real example
+# (README, Training methods).
 DEFAULT_LEARNING_RATE = {"lora": 1e-3, "qlora": 1e-3, "full": 5e-5}
 COMPUTE_DTYPES = ("auto", "bfloat16", "float16", "float32")
 MERGE_STRATEGIES = ("full-precision", "dequantized")
@@ -37,6 +38,15 @@ CANONICAL_FIELDS = ("instruction", "input", "output", "messages", "prompt", "com
 # Names become folder and file names (dist/<name>/, <name>-q4_k_m.gguf) and GGUF metadata.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    # Noisy copies of each training conversation's user turns (0: off): keyboard-neighbour, dropped,
+    # doubled and swapped letters, case and whitespace noise; digits, names and quotes kept exact.
+    typos: int = 0
+    typo_rate: float = 0.05  # chance of an edit per letter
+    seed: int = 0  # each copy is a function of (seed, the row, the copy number): reproducible byte for byte
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,8 @@ class DataConfig:
     columns: dict[str, str] = field(default_factory=dict)
     dedup: bool = False  # drop exact duplicates before splitting (else they are warnings)
     near_duplicate_threshold: float = 0.9  # character 5-gram Jaccard similarity
+    # Of the training split only, after the checks; the validation split is never augmented.
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass(frozen=True)
@@ -222,6 +234,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _build(cls: Any, raw: Any, where: str, problems: list[str]) -> Any:
     if not isinstance(raw, dict):
         problems.append(f"{where or 'top level'}: expected a mapping, got {type(raw).__name__}")
@@ -237,6 +252,8 @@ def _build(cls: Any, raw: Any, where: str, problems: list[str]) -> Any:
             problems.append(f"unknown key {dotted!r}{hint}")
             continue
         tp = hints[key]
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()) and _type_ok(1.0, tp):
+            value = float(value)  # YAML 1.1 (PyYAML) reads 1e-4 as text; it means the number
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value if value is not None else {}, dotted, problems)
         elif not _type_ok(value, tp):
@@ -260,6 +277,9 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
     bad(not 0 < cfg.data.val_ratio < 1, f"data.val_ratio: {cfg.data.val_ratio} must be in (0, 1)")
     bad(not 0 < cfg.data.near_duplicate_threshold <= 1,
         f"data.near_duplicate_threshold: {cfg.data.near_duplicate_threshold} must be in (0, 1] (a similarity)")
+    bad(cfg.data.augment.typos < 0, f"data.augment.typos: {cfg.data.augment.typos} must be 0 (off) or more copies")
+    bad(not 0 < cfg.data.augment.typo_rate <= 0.5,
+        f"data.augment.typo_rate: {cfg.data.augment.typo_rate} must be in (0, 0.5] (edits per letter)")
     try:
         compile_filter(cfg.data.filter)
     except ConfigError as e:

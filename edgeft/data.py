@@ -44,6 +44,8 @@ class Example:
     fmt: str  # alpaca | chat | prompt-completion | text
     messages: Conversation | None = None
     text: str | None = None
+    augmented: str | None = None  # how this row was made from another (data.augment), e.g. "typos"
+    source: str | None = None  # the row it was made from
 
     @property
     def is_chat(self) -> bool:
@@ -423,9 +425,11 @@ def file_hash(path: Path) -> str:
 
 
 def write_jsonl(path: Path, examples: list[Example]) -> None:
+    """A split as the stage keeps it: each row's content, and augmented rows marked with their source."""
     with Path(path).open("w", encoding="utf-8") as f:
         for e in examples:
-            f.write(json.dumps(e.to_json(), ensure_ascii=False) + "\n")
+            mark = {"augmented": e.augmented, "source": e.source} if e.augmented else {}
+            f.write(json.dumps(e.to_json() | mark, ensure_ascii=False) + "\n")
 
 
 def read_split(path: Path) -> list[dict[str, Any]]:

@@ -55,6 +55,7 @@ class DataReport:
         return {
             **self.info,
             "train_rows": len(self.train),
+            "augmented_rows": sum(e.augmented is not None for e in self.train),
             "validation_rows": len(self.validation),
             "errors": len(self.errors),
             "warnings": len(self.warnings),
@@ -198,7 +199,7 @@ def analyse(train_path: Path, *, validation_path: Path | None = None, columns: d
             system_prompt: str | None = None, val_ratio: float = 0.1, seed: int = 0, dedup: bool = False,
             tokenizer: Any = None, max_length: int | None = None,
             near_duplicate_threshold: float = NEAR_DUPLICATE_THRESHOLD,
-            row_filter: str | list[str] | None = None) -> DataReport:
+            row_filter: str | list[str] | None = None, augment: Any = None) -> DataReport:
     """Load, check and split a dataset; every problem becomes a finding (nothing raises but a
     filter that does not parse, which is a ConfigError)."""
     conditions = compile_filter(row_filter)
@@ -233,7 +234,25 @@ def analyse(train_path: Path, *, validation_path: Path | None = None, columns: d
         report.findings += long_findings
         if not any(f.check == "template" for f in long_findings):
             report.rendered_example = render(train[0] if train else val[0], tokenizer)
+    if augment is not None and augment.typos > 0 and train and not report.errors:
+        _augment(report, augment, tokenizer, max_length)
     return report
+
+
+def _augment(report: DataReport, augment: Any, tokenizer: Any, max_length: int | None) -> None:
+    """data.augment on the checked training split (edgeft.augment); copies that the noise made
+    longer than train.max_seq_length are left out, and counted."""
+    from edgeft.augment import with_typos
+
+    train, record = with_typos(report.train, augment.typos, augment.typo_rate, augment.seed)
+    if tokenizer is not None and max_length:
+        copies = train[len(report.train):]
+        fits = [e for e in copies if len(tokenizer.apply_chat_template(e.messages, tokenize=True)) <= max_length]
+        record["typos"]["skipped_too_long"] = len(copies) - len(fits)
+        train = report.train + fits
+        record["typos"]["rows_added"] = len(fits)
+    report.train = train
+    report.info["augmentation"] = record
 
 
 def analyse_config(cfg: Any, tokenizer: Any = None) -> DataReport:
@@ -242,7 +261,7 @@ def analyse_config(cfg: Any, tokenizer: Any = None) -> DataReport:
         cfg.path(d.train), validation_path=cfg.path(d.validation) if d.validation else None,
         columns=d.columns or None, system_prompt=d.system_prompt, val_ratio=d.val_ratio, seed=d.seed,
         dedup=d.dedup, tokenizer=tokenizer, max_length=cfg.train.max_seq_length,
-        near_duplicate_threshold=d.near_duplicate_threshold, row_filter=d.filter,
+        near_duplicate_threshold=d.near_duplicate_threshold, row_filter=d.filter, augment=d.augment,
     )
 
 

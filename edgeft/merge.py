@@ -125,9 +125,9 @@ def merge_adapter(cfg: Config, train_dir: Path | None = None, out_dir: Path | No
     out_dir = stages.directory(cfg, stages.MERGE, out_dir)
     base = train.resolved_base or resolve_base(cfg.base_model, cfg.root, cfg.trust_remote_code)
     full = any(a["name"] == "model" for a in train.artifacts)  # train.method full: no adapter
-    adapter_dir = train.artifact_path("model" if full else "adapter")
+    trained_dir = train.artifact_path("model" if full else "adapter")
     quantization = "none" if full else train.artifact("adapter").get("quantization", "none")
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    tokenizer = AutoTokenizer.from_pretrained(trained_dir)
     with StageWriter(out_dir, stages.MERGE, config=cfg.to_dict(), inputs_hash=inputs_hash(cfg, [train]),
                      parent=str(train.path), base_model=cfg.base_model, force=force,
                      replace_own=replace_own) as w:
@@ -137,14 +137,14 @@ def merge_adapter(cfg: Config, train_dir: Path | None = None, out_dir: Path | No
             train_cfg = parse_config(train.config, cfg.source)
             conversations = read_conversations(train.file("validation.jsonl"))[: cfg.merge.compare_prompts]
             w.metrics["merge_comparison"], models = compare_strategies(
-                base, adapter_dir, cfg, train_cfg, tokenizer, conversations)
+                base, trained_dir, cfg, train_cfg, tokenizer, conversations)
             strategy = cfg.merge.strategy
             model = models[strategy]
         elif full:
             strategy = "none (full fine-tune)"
-            model = _full_precision_base(str(adapter_dir), cfg)
+            model = _full_precision_base(str(trained_dir), cfg)
         else:
-            model = _apply(_full_precision_base(base, cfg), adapter_dir)
+            model = _apply(_full_precision_base(base, cfg), trained_dir)
         gen = model.generation_config or GenerationConfig()
         eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
         eos_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
@@ -163,7 +163,7 @@ def merge_adapter(cfg: Config, train_dir: Path | None = None, out_dir: Path | No
         # LoRA export, the dist's lineage), the base it applies to (eval's "before"), the data
         # record and the training metrics.
         if not full:
-            shutil.copytree(adapter_dir, w.tmp / "adapter")
+            shutil.copytree(trained_dir, w.tmp / "adapter")
             w.add_artifact("adapter", "adapter", "peft-lora", quantization=quantization,
                            dora=bool(train.artifact("adapter").get("dora")))
         w.end_of_turn = eot[0] if eot else None

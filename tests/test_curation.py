@@ -1,5 +1,6 @@
 """From conversation logs to training data: data.filter (a small expression language, never
-Python's eval) with its per-condition counts, and a system prompt filled from each row."""
+Python's eval) with its per-condition counts, a system prompt filled from each row, and typo
+augmentation of the training split (seeded, reproducible byte for byte)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import EXAMPLE
 
 from edgeft.cli import cli
 from edgeft.data import load_examples
@@ -117,3 +119,43 @@ def test_system_prompt_filled_from_each_row(tmp_path: Path) -> None:
     first = report.examples[0].messages[0]
     assert first == {"role": "system", "content": 'You answer for shop-0. Reply as {"sql": ...}; literal {braces}.'}
     assert report.examples[1].messages[0]["content"].startswith("You answer for shop-1.")
+
+
+def test_typo_augmentation_is_reproducible_and_keeps_what_must_stay_exact(tmp_path: Path) -> None:
+    from edgeft.augment import noisy, with_typos
+    from edgeft.config import AugmentConfig
+    from edgeft.data import write_jsonl
+
+    data = EXAMPLE / "data" / "nl2sql.jsonl"
+
+    def split_bytes(seed: int, name: str) -> tuple[bytes, dict]:
+        report = analyse(data, augment=AugmentConfig(typos=2, typo_rate=0.05, seed=seed))
+        write_jsonl(tmp_path / name, report.train)
+        return (tmp_path / name).read_bytes(), report.to_dict()
+
+    first, record = split_bytes(0, "a.jsonl")
+    again, _ = split_bytes(0, "b.jsonl")
+    other, _ = split_bytes(1, "c.jsonl")
+    assert first == again and first != other  # the same bytes from the same data and seed
+    typos = record["augmentation"]["typos"]
+    assert record["augmented_rows"] == typos["rows_added"] > 600  # 2 copies of 360 rows, a few unchanged
+    rows = [json.loads(line) for line in first.decode().splitlines()]
+    plain = {json.dumps(r["messages"]) for r in rows if "augmented" not in r}
+    assert len(plain) == record["train_rows"] - record["augmented_rows"]
+    marked = [r for r in rows if r.get("augmented") == "typos"]
+    assert len(marked) == typos["rows_added"] and all(r["source"].startswith(f"{data}:") for r in marked)
+    for r in marked:  # only the user's turn changes; the answer is the source's
+        answer = r["messages"][1]["content"]
+        assert answer.startswith("SELECT") and any(answer == json.loads(p)[1]["content"] for p in plain)
+    # The validation split is the plain split's: never augmented.
+    assert analyse(data).validation == analyse(data, augment=AugmentConfig(typos=2)).validation
+
+    import random
+
+    text = "Find employees in Oslo hired before 2008 with title 'Senior Engineer' or \"VP\" please."
+    for seed in range(50):
+        out = noisy(text, 0.3, random.Random(seed))
+        for exact in ("Oslo", "2008", "'Senior Engineer'", '"VP"'):
+            assert exact in out, (seed, out)
+    assert sum(noisy(text, 0.3, random.Random(s)) != text for s in range(50)) == 50
+    assert with_typos([], 1, 0.05, 0)[1]["typos"]["rows_added"] == 0

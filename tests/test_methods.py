@@ -25,6 +25,7 @@ def test_method_defaults_and_refusals() -> None:
     assert (train(method="qlora").quantization, train(method="qlora", quantization="fp4").quantization) == ("nf4", "fp4")
     assert train(quantization="nf4").method == "qlora"  # how QLoRA was asked for before train.method
     assert (train(method="full").learning_rate, train(method="full", learning_rate=1e-4).learning_rate) == (5e-5, 1e-4)
+    assert train(learning_rate="2e-4").learning_rate == 2e-4  # how PyYAML reads `learning_rate: 2e-4`
     for raw, message in [({"train": {"method": "full", "quantization": "nf4"}}, "train.quantization: nf4 trains"),
                          ({"train": {"method": "full", "dora": True}}, "train.dora: DoRA is a kind of adapter"),
                          ({"train": {"method": "full"}, "export": {"gguf": {"lora": True}}}, "trains no adapter"),
@@ -37,11 +38,12 @@ def test_method_defaults_and_refusals() -> None:
 @pytest.mark.slow
 def test_full_fine_tune_builds_end_to_end(tmp_path: Path, micro_model: Path) -> None:
     """`edgeft build` with train.method: full on the micro model: every weight trained, no adapter
-    anywhere, the trained model verified and evaluated as the reference; data.filter's counts in
-    the dist's lineage."""
+    anywhere, the trained model verified and evaluated as the reference; data.filter's counts and
+    the typo augmentation's in the dist's lineage, the augmented rows marked in the train split."""
     cfg = write_config(
         tmp_path / "edgeft.yaml", name="full", base_model="tiny:micro", workdir="runs", dist_dir="dist",
-        data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl"), "filter": "len(output) > 50"},
+        data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl"), "filter": "len(output) > 50",
+              "augment": {"typos": 1}},
         train={"method": "full", "max_steps": 30, "learning_rate": 3e-3, "max_seq_length": 256},
         export={"gguf": {"types": ["f16", "q8_0"]}, "onnx": {"types": ["fp32"]}},
         verify={"max_prompts": 3, "max_new_tokens": 16},
@@ -69,7 +71,12 @@ def test_full_fine_tune_builds_end_to_end(tmp_path: Path, micro_model: Path) -> 
     filtered = lineage["dataset"]["filter"]
     rows = filtered["train"]
     assert filtered["conditions"] == ["len(output) > 50"] and 0 < rows["dropped"] < rows["rows"] == 400
-    assert lineage["dataset"]["train_rows"] + lineage["dataset"]["validation_rows"] == rows["kept"]
+    data = lineage["dataset"]
+    assert data["train_rows"] - data["augmented_rows"] + data["validation_rows"] == rows["kept"]
+    assert data["augmented_rows"] == data["augmentation"]["typos"]["rows_added"] > 0
+    split = [json.loads(line) for line in (runs / "train" / "train.jsonl").read_text().splitlines()]
+    assert sum(r.get("augmented") == "typos" for r in split) == data["augmented_rows"]
+    assert "augmented" not in (runs / "train" / "validation.jsonl").read_text()  # never augmented
     assert manifest["verify"]["passed"] and manifest["evaluation"]["passed"]
     assert "full fine-tune (every weight)" in (dist / "README.md").read_text()
 

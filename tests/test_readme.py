@@ -27,7 +27,7 @@ def _keys(cls: type, prefix: str = "") -> list[str]:
         if f.name == "source":
             continue
         if dataclasses.is_dataclass(f.type) or (isinstance(f.type, str) and f.type.endswith("Config")):
-            sub = {"data": "DataConfig", "train": "TrainConfig", "merge": "MergeConfig", "export": "ExportConfig",
+            sub = {"data": "DataConfig", "augment": "AugmentConfig", "train": "TrainConfig", "merge": "MergeConfig", "export": "ExportConfig",
                    "verify": "VerifyConfig", "eval": "EvalConfig", "gguf": "GGUFConfig", "onnx": "ONNXConfig"}
             import edgeft.config as config_module
 

@@ -56,9 +56,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-c", "--config", type=Path, default=REPO / "examples" / "nl2sql-smollm2" / "edgeft.yaml")
     ap.add_argument("--qlora", action="store_true", help="also QLoRA (nf4 base; slow on a CPU)")
+    ap.add_argument("--only", nargs="+", choices=[*METHODS, "qlora"], help="only these methods (ratios: to the first)")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args()
-    methods = dict(METHODS, **({"qlora": ["train.method=qlora"]} if args.qlora else {}))
+    methods = dict(METHODS, **({"qlora": ["train.method=qlora"]} if args.qlora or "qlora" in (args.only or []) else {}))
+    if args.only:
+        methods = {k: methods[k] for k in args.only}
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeft-methods-") as tmp:
         for label, sets in methods.items():
@@ -70,7 +73,7 @@ def main() -> None:
                   f"general chrF {row['general_chrf']} (base {row['general_base_chrf']}, drop {row['general_drop']})",
                   file=sys.stderr, flush=True)
     lora = rows[0]
-    print(f"\n{rows[0]['examples']} held-out examples; ratios against LoRA")
+    print(f"\n{rows[0]['examples']} held-out examples; ratios against {lora['method']}")
     print("| method | trainable | s/step | peak MB | val loss | exact | format | general chrF (base) | "
           "s/step × | peak × |")
     print("|---|---|---|---|---|---|---|---|---|---|")
