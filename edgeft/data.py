@@ -23,13 +23,11 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import Any, Literal, overload
 
+from edgeft import rowfilter
 from edgeft.errors import DataError, InputError, first_line
 from edgeft.manifest import sha256_file
-
-if TYPE_CHECKING:
-    from edgeft.rowfilter import Condition, FilterCounts
 
 ROLES = ("system", "user", "assistant")
 # Below this many usable rows a fine-tune learns nothing worth shipping.
@@ -88,7 +86,7 @@ class LoadReport:
     findings: list[Finding] = field(default_factory=list)
     formats: Counter = field(default_factory=Counter)
     rows: int = 0
-    filter: FilterCounts | None = None  # data.filter's counts, when one is set
+    filter: rowfilter.FilterCounts | None = None  # data.filter's counts, when one is set
 
     @property
     def problems(self) -> list[str]:
@@ -240,12 +238,11 @@ def placeholders(template: str) -> list[str]:
 def fill_system_prompt(template: str, row: Any) -> str:
     """data.system_prompt with each `{field}` (`{a.b}`: nested) replaced by the row's value;
     `{{` and `}}` are literal braces. Any other brace is text (a JSON example stays as written)."""
-    from edgeft.rowfilter import lookup
 
     def fill(m: re.Match) -> str:
         if m.group(1) is None:
             return m.group(0)[0]
-        value = lookup(row, m.group(1)) if isinstance(row, dict) else None
+        value = rowfilter.lookup(row, m.group(1)) if isinstance(row, dict) else None
         if value is None or (isinstance(value, str) and not value.strip()):
             raise _Bad(f"data.system_prompt needs {{{m.group(1)}}}, which this row lacks (or is empty)",
                        "system_prompt")
@@ -344,12 +341,11 @@ def _to_example(row: Any, columns: dict[str, str] | None) -> Example:
 
 
 def load_examples(path: Path | str, columns: dict[str, str] | None = None,
-                  system_prompt: str | None = None, row_filter: list[Condition] | None = None) -> LoadReport:
+                  system_prompt: str | None = None, row_filter: list[rowfilter.Condition] | None = None
+                  ) -> LoadReport:
     """Read every row; unusable rows become error findings, never exceptions. With `row_filter`
     (data.filter, compiled), rows failing a condition are dropped, and counted, before they
     are checked: a log's unwanted rows need not be well-formed."""
-    from edgeft import rowfilter
-
     path = Path(path)
     report = LoadReport(path)
     counts = report.filter = rowfilter.FilterCounts([c.text for c in row_filter]) if row_filter else None
@@ -358,7 +354,7 @@ def load_examples(path: Path | str, columns: dict[str, str] | None = None,
         if isinstance(row, ValueError):
             report.error(where, "encoding" if "UTF-8" in str(row) else "json", str(row))
             continue
-        if row_filter and counts and isinstance(row, dict):
+        if row_filter and counts is not None and isinstance(row, dict):
             counts.rows += 1
             extra = _pseudo_fields(row, columns)
             for name in rowfilter.missing_fields(row_filter, row, extra):

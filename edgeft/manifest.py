@@ -119,6 +119,10 @@ class Stage:
     def inputs_hash(self) -> str | None:
         return self.data.get("inputs_hash")
 
+    def has(self, name: str) -> bool:
+        """Whether the stage has an artifact `name` (a full fine-tune's train stage has no adapter)."""
+        return any(a["name"] == name for a in self.artifacts)
+
     def artifact(self, name: str) -> dict[str, Any]:
         for a in self.artifacts:
             if a["name"] == name:

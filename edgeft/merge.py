@@ -124,7 +124,7 @@ def merge_adapter(cfg: Config, train_dir: Path | None = None, out_dir: Path | No
 
     out_dir = stages.directory(cfg, stages.MERGE, out_dir)
     base = train.resolved_base or resolve_base(cfg.base_model, cfg.root, cfg.trust_remote_code)
-    full = any(a["name"] == "model" for a in train.artifacts)  # train.method full: no adapter
+    full = train.has("model")  # train.method full: the trained model, no adapter
     trained_dir = train.artifact_path("model" if full else "adapter")
     quantization = "none" if full else train.artifact("adapter").get("quantization", "none")
     tokenizer = AutoTokenizer.from_pretrained(trained_dir)

@@ -168,7 +168,7 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
             "base_model": cfg.base_model,
             "dataset": portable_dataset(cfg, merge.dataset),
             "adapter": ({"files": file_table(merge.artifact_path("adapter")), "quantization": cfg.train.quantization,
-                         "dora": cfg.train.dora} if any(a["name"] == "adapter" for a in merge.artifacts) else None),
+                         "dora": cfg.train.dora} if merge.has("adapter") else None),
             "method": cfg.train.method,
             "training": {k: v for k, v in merge.metrics.items() if k != "merge_comparison"},
         }

@@ -222,20 +222,26 @@ def metrics_callback(path: Path):
     return MetricsFile()
 
 
+def peak_resident_bytes() -> int:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited from a process
+    this one was exec'd from; ru_maxrss where /proc is not there)."""
+    import resource
+
+    try:
+        status = Path("/proc/self/status").read_text().splitlines()
+        return next(int(x.split()[1]) for x in status if x.startswith("VmHWM:")) * 1024
+    except (OSError, StopIteration, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
+
+
 def peak_memory_mb() -> float:
     """Peak memory of training: the GPU's allocated peak, or on CPU the process's peak resident set
     (which includes what was loaded before training: the tokenizer, the data, the libraries)."""
-    import resource
-
     import torch
 
     if torch.cuda.is_available():
         return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    try:  # VmHWM: unlike ru_maxrss, not inherited from a process this one was exec'd from
-        status = Path("/proc/self/status").read_text().splitlines()
-        return round(next(int(x.split()[1]) for x in status if x.startswith("VmHWM:")) / 1024, 1)
-    except (OSError, StopIteration, ValueError):
-        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: kB
+    return round(peak_resident_bytes() / 2**20, 1)
 
 
 def train_loss(log_history: list[dict[str, Any]]) -> float | None:

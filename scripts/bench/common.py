@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from edgeft.train import peak_resident_bytes
 
 
 def peak_rss() -> int:
-    """This process's peak resident memory (VmHWM: unlike ru_maxrss it is not inherited across exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    """This process's peak resident memory in bytes (edgeft's own measure: VmHWM)."""
+    return peak_resident_bytes()
