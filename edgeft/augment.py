@@ -6,9 +6,10 @@ reported as a near-duplicate of its source, and the validation split is never to
 produces the same examples plus, per example, `data.augment.typos` copies whose user turns carry
 keyboard-neighbour substitutions, dropped, doubled or swapped letters at `typo_rate` per letter,
 and sometimes case and whitespace noise. What must stay exact stays: digits, words written with a
-capital inside a sentence (names: 'Oslo'), quoted text ('...', "...") and the system and
-assistant turns. Each copy's randomness comes from (seed, source row, copy number) alone, so the
-same data and seed give the same bytes on any machine, in any order.
+capital inside a sentence (names: 'Oslo'), quoted text ('...', "..."), the system and
+assistant turns, and an alpaca row's instruction (the application's fixed text, not typed).
+Each copy's randomness comes from (seed, source row, copy number) alone, so the same data and
+seed give the same bytes on any machine, in any order. Paraphrases: edgeft/paraphrase.py.
 """
 
 from __future__ import annotations
@@ -86,9 +87,21 @@ def _noisy_span(span: str, rate: float, rng: random.Random) -> str:
     return re.sub(r"[A-Za-z]+", lambda m: _noisy_word(m.group(0), rate, rng), span)
 
 
+def user_turns(e: Example) -> list[tuple[int, str, str]]:
+    """(index, fixed prefix, editable text) of each user turn of a conversation: what a user
+    typed, after the row's fixed instruction (`Example.fixed_prefix`) where it has one."""
+    out = []
+    for i, m in enumerate(e.messages or []):
+        if m["role"] != "user":
+            continue
+        prefix = e.fixed_prefix if e.fixed_prefix and m["content"].startswith(e.fixed_prefix) else ""
+        out.append((i, prefix, m["content"][len(prefix):]))
+    return out
+
+
 def with_typos(train: list[Example], copies: int, rate: float, seed: int) -> tuple[list[Example], dict[str, Any]]:
-    """The training examples followed by `copies` noisy copies of each conversation (text rows
-    are not augmented), and the record of what was added."""
+    """`copies` noisy copies of each training conversation (text rows are not augmented), and the
+    record of what was added and dropped."""
     added: list[Example] = []
     unchanged = 0
     for e in train:
@@ -96,12 +109,13 @@ def with_typos(train: list[Example], copies: int, rate: float, seed: int) -> tup
             continue
         for k in range(copies):
             rng = random.Random(f"edgeft-typos:{seed}:{e.key()}:{k}")  # str seeds hash with sha512: stable
-            messages = [dict(m, content=noisy(m["content"], rate, rng)) if m["role"] == "user" else dict(m)
-                        for m in e.messages]
+            messages = [dict(m) for m in e.messages]
+            for i, prefix, body in user_turns(e):
+                messages[i]["content"] = prefix + noisy(body, rate, rng)
             if messages == e.messages:
                 unchanged += 1  # a short turn that drew no edit: a plain duplicate adds nothing
                 continue
             added.append(replace(e, messages=messages, augmented="typos", source=e.where))
-    record = {"typos": {"copies": copies, "rate": rate, "seed": seed, "rows_added": len(added),
-                        "skipped_unchanged": unchanged}}
-    return train + added, record
+    record = {"copies": copies, "rate": rate, "seed": seed, "rows_added": len(added),
+              "dropped": {"unchanged": unchanged} if unchanged else {}}
+    return added, record

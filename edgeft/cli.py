@@ -174,7 +174,7 @@ def data_check(file: Path | None, config_path: Path | None, model: str | None, m
     edgeft data check -c examples/nl2sql/edgeft.yaml
     edgeft data check logs.jsonl --filter 'rating >= 4' --filter 'len(reply) > 50'
     """
-    from edgeft.datacheck import analyse, format_filter, format_table
+    from edgeft.datacheck import analyse, format_augmentation, format_filter, format_table, paraphraser
     from edgeft.errors import DataError, InputError
 
     cfg = _load(config_path) if config_path else None
@@ -216,6 +216,7 @@ def data_check(file: Path | None, config_path: Path | None, model: str | None, m
         tokenizer=tokenizer,
         max_length=max_length if max_length is not None else (cfg.train.max_seq_length if cfg else None),
         row_filter=list(conditions) if conditions else d.filter, augment=d.augment,
+        paraphraser=paraphraser(cfg) if cfg else None, trust_remote_code=cfg.trust_remote_code if cfg else False,
     )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
@@ -225,10 +226,8 @@ def data_check(file: Path | None, config_path: Path | None, model: str | None, m
         click.echo(format_table(report))
         for line in format_filter(report):
             click.echo(line)
-        if "augmentation" in info:
-            t = info["augmentation"]["typos"]
-            click.echo(f"data.augment: {t['rows_added']} training rows added with typos ({t['copies']} per "
-                       f"conversation, rate {t['rate']:g}, seed {t['seed']}); validation not augmented")
+        for line in format_augmentation(report):
+            click.echo(line)
         click.echo(f"{train_path}: {info['usable']} usable of {info['rows']} rows ({fmts}); "
                    f"{len(report.errors)} error(s), {len(report.warnings)} warning(s); "
                    f"split {len(report.train)} train / {len(report.validation)} validation")

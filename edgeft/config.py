@@ -37,6 +37,9 @@ MERGE_DTYPES = ("float32", "float16", "bfloat16")
 CANONICAL_FIELDS = ("instruction", "input", "output", "messages", "prompt", "completion", "text", "system")
 # Names become folder and file names (dist/<name>/, <name>-q4_k_m.gguf) and GGUF metadata.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# data.augment.paraphrase_instruction's default (edgeft/paraphrase.py adds three worked examples).
+PARAPHRASE_INSTRUCTION = ("You rewrite a message in other words, keeping its meaning and every name, number and "
+                          "quoted text. You never answer it.")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 
@@ -46,6 +49,13 @@ class AugmentConfig:
     # doubled and swapped letters, case and whitespace noise; digits, names and quotes kept exact.
     typos: int = 0
     typo_rate: float = 0.05  # chance of an edit per letter
+    # Rewritten copies of each training conversation's user turns by a local model (0: off), each
+    # checked: not empty, not the source again, not rambling, same numbers, names and quoted text.
+    paraphrases: int = 0
+    paraphrase_model: str | None = None  # HF id or model directory; unset: base_model (an instruct model)
+    # 0: greedy, one paraphrase per conversation; above 0: sampled (seeded) at this temperature.
+    paraphrase_temperature: float = 0.0
+    paraphrase_instruction: str = PARAPHRASE_INSTRUCTION  # the paraphrasing model's system turn
     seed: int = 0  # each copy is a function of (seed, the row, the copy number): reproducible byte for byte
 
 
@@ -280,6 +290,14 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
     bad(cfg.data.augment.typos < 0, f"data.augment.typos: {cfg.data.augment.typos} must be 0 (off) or more copies")
     bad(not 0 < cfg.data.augment.typo_rate <= 0.5,
         f"data.augment.typo_rate: {cfg.data.augment.typo_rate} must be in (0, 0.5] (edits per letter)")
+    a = cfg.data.augment
+    bad(a.paraphrases < 0, f"data.augment.paraphrases: {a.paraphrases} must be 0 (off) or more copies")
+    bad(a.paraphrase_temperature < 0,
+        f"data.augment.paraphrase_temperature: {a.paraphrase_temperature} must be 0 (greedy) or more")
+    bad(a.paraphrases > 1 and a.paraphrase_temperature == 0,
+        f"data.augment.paraphrases: {a.paraphrases} copies need sampling (greedy decoding writes one paraphrase): "
+        f"set data.augment.paraphrase_temperature, e.g. 0.7, or paraphrases: 1")
+    bad(not a.paraphrase_instruction.strip(), "data.augment.paraphrase_instruction: must not be empty")
     try:
         compile_filter(cfg.data.filter)
     except ConfigError as e:

@@ -44,6 +44,9 @@ class Example:
     text: str | None = None
     augmented: str | None = None  # how this row was made from another (data.augment), e.g. "typos"
     source: str | None = None  # the row it was made from
+    # The start of the user turn that is the row's fixed instruction (an alpaca row with an input:
+    # "instruction\n\n"): augmentation edits only what follows, the part a user types.
+    fixed_prefix: str | None = None
 
     @property
     def is_chat(self) -> bool:
@@ -312,6 +315,7 @@ def _to_example(row: Any, columns: dict[str, str] | None) -> Example:
             if source in row:
                 row[canonical] = row.pop(source)
     system = row.get("system") if isinstance(row.get("system"), str) and row["system"].strip() else None
+    prefix = None
     if "messages" in row:
         fmt, out = "chat", _chat_messages(row["messages"])
     elif "instruction" in row or "output" in row:
@@ -319,7 +323,9 @@ def _to_example(row: Any, columns: dict[str, str] | None) -> Example:
         instruction = _string(row, "instruction", hint=hint)
         inp = _string(row, "input", required=False)
         output = _string(row, "output", hint=hint)
-        user = instruction if not inp or not inp.strip() else f"{instruction}\n\n{inp}"
+        has_input = bool(inp and inp.strip())
+        prefix = f"{instruction}\n\n" if has_input else None
+        user = f"{instruction}\n\n{inp}" if has_input else instruction
         fmt, out = "alpaca", [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
     elif "prompt" in row or "completion" in row:
         hint = " (prompt/completion rows need both)"
@@ -337,7 +343,7 @@ def _to_example(row: Any, columns: dict[str, str] | None) -> Example:
     problem = _check_roles(out)
     if problem:
         raise _Bad(problem, "roles")
-    return Example("", fmt, messages=out)
+    return Example("", fmt, messages=out, fixed_prefix=prefix)
 
 
 def load_examples(path: Path | str, columns: dict[str, str] | None = None,

@@ -26,6 +26,7 @@ from edgeft.data import (
     raise_listing,
     split,
 )
+from edgeft.errors import ConfigError
 from edgeft.rowfilter import compile_filter
 
 # Jaccard similarity of character 5-gram sets (prompt and answer each) above which two examples
@@ -199,9 +200,11 @@ def analyse(train_path: Path, *, validation_path: Path | None = None, columns: d
             system_prompt: str | None = None, val_ratio: float = 0.1, seed: int = 0, dedup: bool = False,
             tokenizer: Any = None, max_length: int | None = None,
             near_duplicate_threshold: float = NEAR_DUPLICATE_THRESHOLD,
-            row_filter: str | list[str] | None = None, augment: Any = None) -> DataReport:
+            row_filter: str | list[str] | None = None, augment: Any = None,
+            paraphraser: tuple[str, str] | None = None, trust_remote_code: bool = False) -> DataReport:
     """Load, check and split a dataset; every problem becomes a finding (nothing raises but a
-    filter that does not parse, which is a ConfigError)."""
+    filter that does not parse, which is a ConfigError). `augment` (data.augment) adds copies to
+    the training split; `paraphraser` is (name, model directory) of the model that paraphrases."""
     conditions = compile_filter(row_filter)
     loaded = load_examples(train_path, columns, system_prompt, conditions)
     findings = _loaded(loaded)
@@ -234,25 +237,78 @@ def analyse(train_path: Path, *, validation_path: Path | None = None, columns: d
         report.findings += long_findings
         if not any(f.check == "template" for f in long_findings):
             report.rendered_example = render(train[0] if train else val[0], tokenizer)
-    if augment is not None and augment.typos > 0 and train and not report.errors:
-        _augment(report, augment, tokenizer, max_length)
+    if augment is not None and (augment.typos > 0 or augment.paraphrases > 0) and train and not report.errors:
+        _augment(report, augment, tokenizer, max_length, near_duplicate_threshold, paraphraser, trust_remote_code)
     return report
 
 
-def _augment(report: DataReport, augment: Any, tokenizer: Any, max_length: int | None) -> None:
-    """data.augment on the checked training split (edgeft.augment); copies that the noise made
-    longer than train.max_seq_length are left out, and counted."""
+def _augment(report: DataReport, augment: Any, tokenizer: Any, max_length: int | None, threshold: float,
+             paraphraser: tuple[str, str] | None, trust_remote_code: bool) -> None:
+    """data.augment on the checked training split: typo copies (edgeft.augment) and paraphrases
+    (edgeft.paraphrase), then the checks every copy passes or is dropped for, counted per kind:
+    too-long (over train.max_seq_length tokens), leaks-validation (the same as, or a
+    near-duplicate of, a validation row) and duplicate (of a training row or an earlier copy)."""
     from edgeft.augment import with_typos
 
-    train, record = with_typos(report.train, augment.typos, augment.typo_rate, augment.seed)
-    if tokenizer is not None and max_length:
-        copies = train[len(report.train):]
-        fits = [e for e in copies if len(tokenizer.apply_chat_template(e.messages, tokenize=True)) <= max_length]
-        record["typos"]["skipped_too_long"] = len(copies) - len(fits)
-        train = report.train + fits
-        record["typos"]["rows_added"] = len(fits)
-    report.train = train
+    copies: list[Example] = []
+    record: dict[str, Any] = {}
+    if augment.typos > 0:
+        added, record["typos"] = with_typos(report.train, augment.typos, augment.typo_rate, augment.seed)
+        copies += added
+    if augment.paraphrases > 0:
+        from edgeft.paraphrase import with_paraphrases
+
+        if paraphraser is None:
+            raise ConfigError("data.augment.paraphrases: name the model that paraphrases "
+                              "(data.augment.paraphrase_model, or a config's base_model)")
+        added, record["paraphrases"] = with_paraphrases(report.train, augment, *paraphraser, threshold,
+                                                        trust_remote_code)
+        copies += added
+    seen = {e.key() for e in report.train}
+    held_out = {e.key() for e in report.validation}
+    near_held_out = near_validation(report.validation, threshold)
+    kept = []
+    for c in copies:
+        reason = None
+        if tokenizer is not None and max_length and \
+                len(tokenizer.apply_chat_template(c.messages, tokenize=True)) > max_length:
+            reason = "too-long"
+        elif c.key() in held_out or near_held_out(c):
+            reason = "leaks-validation"
+        elif c.key() in seen:
+            reason = "duplicate"
+        if reason is None:
+            seen.add(c.key())
+            kept.append(c)
+            continue
+        kind = record["typos" if c.augmented == "typos" else "paraphrases"]
+        kind["dropped"][reason] = kind["dropped"].get(reason, 0) + 1
+        kind["rows_added"] -= 1
+    report.train = report.train + kept
     report.info["augmentation"] = record
+
+
+def near_validation(validation: list[Example], threshold: float) -> Any:
+    """A test of whether an example is a near-duplicate of a validation row (near_duplicates'
+    measure, and its MinHash LSH over the answers for candidates)."""
+    from datasketch import MinHash, MinHashLSH
+
+    def minhash(grams: set[str]) -> Any:
+        m = MinHash(num_perm=64, seed=1)
+        m.update_batch([x.encode() for x in grams])
+        return m
+
+    lsh = MinHashLSH(threshold=max(0.5, threshold - 0.15), num_perm=64)
+    grams = [tuple(_shingles(t) for t in v.parts()) for v in validation]
+    for j, (_, answer) in enumerate(grams):
+        lsh.insert(j, minhash(answer))
+
+    def test(e: Example) -> bool:
+        prompt, answer = (_shingles(t) for t in e.parts())
+        return any(min(_jaccard(prompt, grams[j][0]), _jaccard(answer, grams[j][1])) >= threshold
+                   for j in lsh.query(minhash(answer)))
+
+    return test
 
 
 def analyse_config(cfg: Any, tokenizer: Any = None) -> DataReport:
@@ -262,7 +318,19 @@ def analyse_config(cfg: Any, tokenizer: Any = None) -> DataReport:
         columns=d.columns or None, system_prompt=d.system_prompt, val_ratio=d.val_ratio, seed=d.seed,
         dedup=d.dedup, tokenizer=tokenizer, max_length=cfg.train.max_seq_length,
         near_duplicate_threshold=d.near_duplicate_threshold, row_filter=d.filter, augment=d.augment,
+        paraphraser=paraphraser(cfg), trust_remote_code=cfg.trust_remote_code,
     )
+
+
+def paraphraser(cfg: Any) -> tuple[str, str] | None:
+    """(name, model directory) of the model data.augment.paraphrases uses: paraphrase_model, else
+    the base model; None when paraphrases are off."""
+    if cfg.data.augment.paraphrases <= 0:
+        return None
+    from edgeft.base import resolve_base
+
+    spec = cfg.data.augment.paraphrase_model or cfg.base_model
+    return spec, resolve_base(spec, cfg.root, cfg.trust_remote_code)
 
 
 def format_filter(report: DataReport) -> list[str]:
@@ -280,6 +348,28 @@ def format_filter(report: DataReport) -> list[str]:
         width = max(len(r["condition"]) for r in counts["removed_by"])
         lines += [f"  {r['condition']:<{width}}  removed {r['rows']}" for r in counts["removed_by"]]
         lines += [f"  field {name!r} absent or null in {n} row(s)" for name, n in counts["missing_fields"].items()]
+    return lines
+
+
+def format_augmentation(report: DataReport) -> list[str]:
+    """data.augment's counts: rows added per kind, what was dropped and why, a few paraphrases."""
+    record = report.info.get("augmentation", {})
+    lines = []
+    dropped = {k: ", ".join(f"{reason} {n}" for reason, n in r["dropped"].items()) or "none"
+               for k, r in record.items()}
+    if "typos" in record:
+        t = record["typos"]
+        lines.append(f"data.augment: {t['rows_added']} training rows added with typos ({t['copies']} per "
+                     f"conversation, rate {t['rate']:g}, seed {t['seed']}; dropped: {dropped['typos']})")
+    if "paraphrases" in record:
+        p = record["paraphrases"]
+        how = "greedy" if not p["temperature"] else f"sampled at temperature {p['temperature']:g}, seed {p['seed']}"
+        lines.append(f"data.augment: {p['rows_added']} of {p['candidates']} paraphrased copies kept ({p['model']}, "
+                     f"{how}; dropped: {dropped['paraphrases']}; {p['near_duplicate_of_source']} near-duplicates "
+                     f"of their source, kept)")
+        lines += [f"  {s['source']!r} -> {s['paraphrase']!r}" for s in p["samples"]]
+    if record:
+        lines.append("the validation split is never augmented; train.jsonl marks each copy and its source")
     return lines
 
 

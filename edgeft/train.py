@@ -31,7 +31,7 @@ from edgeft import stages
 from edgeft.base import compute_dtype, ensure_chat_template, fingerprint, load_base, resolve_base
 from edgeft.config import Config
 from edgeft.data import file_hash, write_jsonl
-from edgeft.datacheck import analyse_config, data_files
+from edgeft.datacheck import analyse_config, data_files, paraphraser
 from edgeft.errors import ConfigError, InputError, ToolError, no_space
 from edgeft.manifest import Stage, StageWriter, hash_json, partial_dir
 from edgeft.workdir import session
@@ -46,11 +46,15 @@ def inputs_hash(cfg: Config, upstream: Sequence[Stage] = ()) -> str:
 
 
 def _inputs_hash(cfg: Config, resolved: str) -> str:
-    return hash_json({
+    inputs = {
         "base": fingerprint(cfg.base_model, resolved),
         "data": cfg.section("data") | {"files": [file_hash(p) for p in data_files(cfg) if p.exists()]},
         "train": cfg.section("train"),
-    })
+    }
+    model = paraphraser(cfg)
+    if model is not None and model[0] != cfg.base_model:
+        inputs["paraphrase_model"] = fingerprint(*model)  # its rewrites are training data
+    return hash_json(inputs)
 
 
 def weight_names(model_dir: Path) -> list[str]:
@@ -321,7 +325,8 @@ def _train(cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: boo
     if default_template and state.is_main_process:
         log.warning("base model %s has no chat template: using edgeft's default (README: chat templates)",
                     cfg.base_model)
-    report = analyse_config(cfg, tokenizer)
+    with state.main_process_first():  # paraphrases are generated once, then read from edgeft's cache
+        report = analyse_config(cfg, tokenizer)
     report.raise_on_errors()
     if state.is_main_process and report.warnings:
         from collections import Counter

@@ -1,6 +1,7 @@
 """From conversation logs to training data: data.filter (a small expression language, never
-Python's eval) with its per-condition counts, a system prompt filled from each row, and typo
-augmentation of the training split (seeded, reproducible byte for byte)."""
+Python's eval) with its per-condition counts, a system prompt filled from each row, and
+augmentation of the training split: typos (seeded, reproducible byte for byte) and paraphrases by
+a local model (SmolLM2-135M-Instruct), each checked and counted."""
 
 from __future__ import annotations
 
@@ -138,15 +139,19 @@ def test_typo_augmentation_is_reproducible_and_keeps_what_must_stay_exact(tmp_pa
     other, _ = split_bytes(1, "c.jsonl")
     assert first == again and first != other  # the same bytes from the same data and seed
     typos = record["augmentation"]["typos"]
-    assert record["augmented_rows"] == typos["rows_added"] > 600  # 2 copies of 360 rows, a few unchanged
+    # 2 copies of 360 rows; a short question may draw no edit at 5% a letter (dropped as unchanged).
+    assert record["augmented_rows"] == typos["rows_added"] > 400
+    assert typos["rows_added"] + sum(typos["dropped"].values()) == 720
     rows = [json.loads(line) for line in first.decode().splitlines()]
     plain = {json.dumps(r["messages"]) for r in rows if "augmented" not in r}
     assert len(plain) == record["train_rows"] - record["augmented_rows"]
     marked = [r for r in rows if r.get("augmented") == "typos"]
     assert len(marked) == typos["rows_added"] and all(r["source"].startswith(f"{data}:") for r in marked)
-    for r in marked:  # only the user's turn changes; the answer is the source's
+    instruction = "Convert the following natural language query into a SQL statement.\n\n"
+    for r in marked:  # only what the user typed changes: the instruction and the answer are the source's
         answer = r["messages"][1]["content"]
         assert answer.startswith("SELECT") and any(answer == json.loads(p)[1]["content"] for p in plain)
+        assert r["messages"][0]["content"].startswith(instruction)
     # The validation split is the plain split's: never augmented.
     assert analyse(data).validation == analyse(data, augment=AugmentConfig(typos=2)).validation
 
@@ -158,4 +163,82 @@ def test_typo_augmentation_is_reproducible_and_keeps_what_must_stay_exact(tmp_pa
         for exact in ("Oslo", "2008", "'Senior Engineer'", '"VP"'):
             assert exact in out, (seed, out)
     assert sum(noisy(text, 0.3, random.Random(s)) != text for s in range(50)) == 50
-    assert with_typos([], 1, 0.05, 0)[1]["typos"]["rows_added"] == 0
+    assert with_typos([], 1, 0.05, 0)[1]["rows_added"] == 0
+
+
+def test_paraphrase_checks_drop_what_changes_the_answer() -> None:
+    from edgeft.paraphrase import clean, failed_check
+
+    source = "Which departments have a budget above 1000000 in 'North Wing' for Alice?"
+    assert failed_check(source, "What departments in 'North Wing' have budgets over 1000000 for Alice?") is None
+    assert failed_check(source, "Alice: departments in 'North Wing' with a budget over 1000000?") is None
+    for rewrite, reason in [
+        ("  ", "empty"), ('""', "empty"),
+        ("which departments have a budget  above 1000000 in 'North Wing' for alice?", "unchanged"),
+        ("Which departments in 'North Wing' have a budget above 100,000 for Alice?", "changed-facts"),  # number
+        ("Which departments have a budget above 1000000 in North Wing for Alice?", "changed-facts"),  # quote
+        ("Which departments have a budget above 1000000 in 'North Wing' for Bob?", "changed-facts"),  # name
+        ("Which of the 3 departments have a budget above 1000000 in 'North Wing' for Alice?", "changed-facts"),
+        ("Which departments have a budget above 1000000 in 'North Wing' for Alice?\nAnswer: Sales", "too-long"),
+        ("The departments with budgets above 1000000 in 'North Wing' for Alice are " + "Sales, " * 20, "too-long"),
+    ]:
+        assert failed_check(source, clean(rewrite)) == reason, rewrite
+    assert clean('Rewrite: "What is the salary of Alice?"') == "What is the salary of Alice?"
+
+
+def test_paraphrases_by_the_base_model_are_checked_marked_and_reproducible(tmp_path: Path, smollm2: Path) -> None:
+    """SmolLM2-135M-Instruct paraphrases the questions of 30 rows of the example (greedy, then
+    sampled twice): every kept copy passed the checks and keeps its source's instruction and
+    answer, the counts add up, nothing reaches the validation split, and the same settings give
+    the same bytes again (the cache cleared in between)."""
+    import shutil
+
+    from edgeft.config import AugmentConfig
+    from edgeft.data import write_jsonl as write_split
+    from edgeft.paraphrase import failed_check
+    from edgeft.paths import cache_dir
+
+    data = write_jsonl(tmp_path / "rows.jsonl",
+                       [json.loads(line) for line in (EXAMPLE / "data" / "nl2sql.jsonl").read_text().splitlines()][:30])
+    model = ("smollm2:135m-instruct", str(smollm2))
+
+    def run(augment: AugmentConfig, name: str) -> tuple[bytes, dict]:
+        shutil.rmtree(cache_dir() / "paraphrases", ignore_errors=True)
+        report = analyse(data, augment=augment, paraphraser=model)
+        write_split(tmp_path / name, report.train)
+        return (tmp_path / name).read_bytes(), report.to_dict()
+
+    greedy, record = run(AugmentConfig(paraphrases=1), "greedy.jsonl")
+    p = record["augmentation"]["paraphrases"]
+    assert p["candidates"] == 27 and p["rows_added"] + sum(p["dropped"].values()) == 27
+    assert record["augmented_rows"] == p["rows_added"] >= 1 and not p["cached"]
+    rows = [json.loads(line) for line in greedy.decode().splitlines()]
+    sources = {f"{data}:{i + 1}": r for i, r in enumerate(json.loads(line) for line in data.read_text().splitlines())}
+    marked = [r for r in rows if r.get("augmented") == "paraphrase"]
+    assert len(marked) == p["rows_added"]
+    for r in marked:
+        source = sources[r["source"]]
+        user, answer = (m["content"] for m in r["messages"])
+        assert answer == source["output"] and user.startswith(source["instruction"] + "\n\n")
+        assert failed_check(source["input"], user.split("\n\n", 1)[1]) is None
+    assert run(AugmentConfig(paraphrases=1), "again.jsonl")[0] == greedy
+    assert analyse(data, augment=AugmentConfig(paraphrases=1), paraphraser=model).to_dict()["augmentation"][
+        "paraphrases"]["cached"]  # data check, then the build: generated once
+
+    sampled = AugmentConfig(paraphrases=2, paraphrase_temperature=0.8, seed=3)
+    first, record = run(sampled, "sampled.jsonl")
+    assert record["augmentation"]["paraphrases"]["candidates"] == 54
+    assert run(sampled, "sampled-again.jsonl")[0] == first != greedy
+    assert analyse(data).validation == analyse(data, augment=sampled, paraphraser=model).validation
+
+
+def test_paraphrase_config_is_checked(tmp_path: Path) -> None:
+    from edgeft.config import parse_config
+
+    base = {"name": "p", "base_model": "tiny:micro", "data": {"train": "rows.jsonl"}}
+    with pytest.raises(ConfigError, match="paraphrase_temperature"):
+        parse_config(base | {"data": {"train": "rows.jsonl", "augment": {"paraphrases": 2}}})
+    with pytest.raises(ConfigError, match="data.augment.paraphrases: -1"):
+        parse_config(base | {"data": {"train": "rows.jsonl", "augment": {"paraphrases": -1}}})
+    assert parse_config(base | {"data": {"train": "rows.jsonl", "augment": {"paraphrases": 2,
+                                                                          "paraphrase_temperature": 0.7}}})

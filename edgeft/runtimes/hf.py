@@ -110,9 +110,11 @@ class HFRuntime(HFTokenizerRuntime):
                 out[i] = logits[row, :len(sequences[i])]
         return out  # type: ignore[return-value]
 
-    def generate_many(self, prompts: list[list[int]], max_new_tokens: int) -> list[tuple[list[int], bool]]:
+    def generate_many(self, prompts: list[list[int]], max_new_tokens: int,
+                      temperature: float = 0.0) -> list[tuple[list[int], bool]]:
         """Greedy replies, a batch of similar lengths at a time (left-padded, masked): the same
-        tokens as one at a time, up to float summation order."""
+        tokens as one at a time, up to float summation order. `temperature` > 0 samples instead
+        (plain temperature sampling, no top-k/top-p; seed torch's generator first)."""
         import torch
 
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self._stop[0]
@@ -126,7 +128,9 @@ class HFRuntime(HFTokenizerRuntime):
                 ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
                 mask[row, width - len(prompts[i]):] = 1
             with torch.no_grad():
-                gen = self.model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} \
+                    if temperature > 0 else {"do_sample": False}
+                gen = self.model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, **sampling,
                                           eos_token_id=self._stop, pad_token_id=pad)
             for row, i in enumerate(batch):
                 new = gen[row, width:].tolist()
