@@ -422,8 +422,10 @@ def eval_cmd(config_path: Path, merge_dir: Path | None, export_dirs: tuple[Path,
              as_json: bool, force: bool, overrides: tuple[str, ...]) -> None:
     """Score base, fine-tuned model and every artifact on the held-out split; exit 8 on a regression.
 
-    Exact match, chrF and format compliance (eval.json / eval.json_schema / eval.regex); each
-    artifact must keep eval.min_relative (95%) of the fine-tuned model's score on every metric.
+    Exact match, chrF and format compliance (eval.json / eval.json_schema / eval.regex). An
+    artifact fails on a metric when, on the same examples, it loses at least eval.min_discordant
+    (3) that the fine-tuned model got right, the loss is significant (p < eval.alpha, 0.05) and it
+    keeps less than eval.min_relative (95%) of the score.
 
     \b
     edgeft eval -c examples/nl2sql/edgeft.yaml
@@ -554,7 +556,7 @@ def registry_show(ref: str, against: str | None, registry_dir: Path | None, conf
 @registry.command("promote")
 @click.argument("ref")
 @click.option("--to", "to", type=click.Choice(["production", "candidate"]), default="production", show_default=True)
-@click.option("--force", is_flag=True, help="Promote even if it scores below production (needs --reason).")
+@click.option("--force", is_flag=True, help="Promote even if it is worse than production (needs --reason).")
 @REASON_OPTION
 @registry_options
 def registry_promote(ref: str, to: str, force: bool, reason: str | None, registry_dir: Path | None,

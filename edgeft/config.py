@@ -167,7 +167,12 @@ class VerifyConfig:
 class EvalConfig:
     max_examples: int = 100  # held-out examples scored per model
     max_new_tokens: int = 128  # greedy reply length cap
-    min_relative: float = 0.95  # regression gate: each artifact keeps this fraction of the fine-tuned score
+    # Regression gate (edgeft/paired.py): an artifact fails on a metric only when, on the same
+    # examples, it loses at least min_discordant that the fine-tuned model got right, the loss is
+    # significant at alpha (mid-p McNemar; chrF: paired bootstrap) and it keeps less than min_relative.
+    min_relative: float = 0.95  # the practical margin: a smaller drop is accepted however significant
+    alpha: float = 0.05  # significance level of the one-sided paired test
+    min_discordant: int = 3  # fewer lost examples than this never fail
     json: bool = False  # format compliance: replies must be JSON that parses
     json_schema: str | None = None  # …or JSON valid against this schema file
     regex: str | None = None  # …or replies that match this regular expression (whole reply)
@@ -354,6 +359,8 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
     bad(not 0 <= cfg.eval.forgetting_tolerance <= 1,
         f"eval.forgetting_tolerance: {cfg.eval.forgetting_tolerance} must be in [0, 1] (a share of the base's chrF)")
     bad(not 0 < cfg.eval.min_relative <= 1, f"eval.min_relative: {cfg.eval.min_relative} must be in (0, 1]")
+    bad(not 0 < cfg.eval.alpha < 1, f"eval.alpha: {cfg.eval.alpha} must be in (0, 1) (a significance level, e.g. 0.05)")
+    bad(cfg.eval.min_discordant < 1, f"eval.min_discordant: {cfg.eval.min_discordant} must be 1 or more")
     bad(sum(map(bool, (cfg.eval.json, cfg.eval.json_schema, cfg.eval.regex))) > 1,
         "eval: give at most one of json, json_schema and regex")
     if cfg.eval.regex:

@@ -68,8 +68,8 @@ class NoSpaceError(EdgeftError, code=10):
 
 
 class RegistryRefused(EdgeftError, code=11):
-    """The registry refused a change (a promotion scoring below production, an archived version in
-    a split, a rollback with no earlier version); nothing was changed."""
+    """The registry refused a change (a promotion worse than production, an archived version in a
+    split, a rollback with no earlier version); nothing was changed."""
 
 
 def first_line(exc: BaseException | str, limit: int = 300) -> str:

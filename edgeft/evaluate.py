@@ -11,9 +11,12 @@ runtime (the artifact's template, tokenizer and stop tokens, as a consumer gets 
 - every exported artifact (llama.cpp, ONNX Runtime, ORT GenAI).
 
 Metrics: exact match after whitespace normalisation, chrF (sacrebleu), and format compliance
-when the config asks for one (JSON that parses, a JSON schema, or a regex). Regression gate:
-an artifact scoring below `eval.min_relative` of the fine-tuned model on any metric fails,
-naming the artifact and metric (`EvalFailed`, exit 8, after the results are written).
+when the config asks for one (JSON that parses, a JSON schema, or a regex). Regression gate, a
+paired decision on the same examples (edgeft.paired): an artifact fails on a metric when it
+loses at least `eval.min_discordant` examples the fine-tuned model got right, the loss is
+significant at `eval.alpha` and it keeps less than `eval.min_relative` of the score, naming the
+artifact, metric and p-value (`EvalFailed`, exit 8, after the results are written). The same
+test says whether the fine-tuned model beats the base.
 Optional general-capability prompts are answered by base and fine-tuned model, and a drop
 beyond `eval.forgetting_tolerance` is flagged as catastrophic forgetting.
 
@@ -30,12 +33,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeft import stages
+from edgeft import paired, stages
 from edgeft.config import Config
 from edgeft.data import file_hash, read_split
 from edgeft.errors import EvalFailed, InputError, describe
 from edgeft.gate import Gate, load_or_why
 from edgeft.manifest import Stage, hash_json
+from edgeft.paired import Comparison
 from edgeft.runtimes import Runtime
 from edgeft.workdir import in_session
 
@@ -97,6 +101,43 @@ def score(outputs: list[str], references: list[str], fmt: Callable[[str], bool] 
     if fmt is not None:
         out["format"] = sum(fmt(o) for o in outputs) / n
     return out
+
+
+def right(outputs: list[str], references: list[str], fmt: Callable[[str], bool] | None) -> dict[str, list[bool]]:
+    """Per example, whether each binary metric holds: exact match, and format compliance."""
+    out = {"exact_match": [squash_whitespace(o) == squash_whitespace(r) for o, r in zip(outputs, references, strict=True)]}
+    if fmt is not None:
+        out["format"] = [fmt(o) for o in outputs]
+    return out
+
+
+def versus_base(fine_tuned: list[str], base: list[str], references: list[str], fmt: Callable[[str], bool] | None,
+                gate: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Does the fine-tuned model beat the base? Per metric, the paired test with the base as the
+    candidate that may be worse: `better` when the fine-tuned model scores higher at p < alpha."""
+    out = {}
+    for m, c in compare_answers(fine_tuned, base, references, fmt, gate).items():
+        out[m] = {"p": c.p, "better": bool(c.p < gate["alpha"] and c.candidate < c.reference),
+                  "difference": c.reference - c.candidate, "ci": [-c.ci[1], -c.ci[0]]}
+        if c.losses is not None:
+            out[m] |= {"fine_tuned_only": c.losses, "base_only": c.wins}
+    return out
+
+
+def example_id(prompt: list[dict[str, str]] | str, reference: str) -> str:
+    """An example's identity across evaluations (the registry pairs two versions' answers by it)."""
+    return hash_json([prompt, reference])[:16]
+
+
+def compare_answers(reference: list[str], candidate: list[str], references: list[str],
+                    fmt: Callable[[str], bool] | None, gate: Any) -> dict[str, Comparison]:
+    """The paired comparison (edgeft.paired) of two models' answers to the same examples, per
+    metric; `gate` carries min_relative, alpha and min_discordant (eval's config or results)."""
+    a, b = right(reference, references, fmt), right(candidate, references, fmt)
+    rule = {"min_relative": gate["min_relative"], "alpha": gate["alpha"]}
+    out = {m: paired.compare_binary(m, a[m], b[m], **rule, min_discordant=gate["min_discordant"]) for m in a}
+    out["chrf"] = paired.compare_chrf(reference, candidate, references, **rule)
+    return {m: out[m] for m in METRICS if m in out}
 
 
 Prompt = list[dict[str, str]] | str  # a conversation, or the first half of a plain text
@@ -231,8 +272,10 @@ def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path]
     fmt, fmt_desc = format_checker(cfg)
     general = _general_prompts(cfg)
     n_new = cfg.eval.max_new_tokens
+    rule = {"min_relative": cfg.eval.min_relative, "alpha": cfg.eval.alpha,
+                 "min_discordant": cfg.eval.min_discordant}
     results: dict[str, Any] = {"examples": len(prompts), "max_new_tokens": n_new, "format": fmt_desc,
-                               "min_relative": cfg.eval.min_relative, "models": {}, "samples": []}
+                               **rule, "models": {}, "samples": []}
     outputs: dict[str, list[str]] = {}
 
     reference = HFRuntime(gate.reference_dir)
@@ -270,19 +313,33 @@ def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path]
         if speeds.get(name):
             entry["speed"] = speeds[name]
         if name not in ("base", "fine-tuned"):
-            relative = {m: (s[m] / ref_scores[m] if ref_scores[m] > 0 else 1.0) for m in s}
-            entry["relative"] = relative
-            low = [m for m in s if ref_scores[m] > 0 and relative[m] < cfg.eval.min_relative]
+            compared = compare_answers(outputs["fine-tuned"], outs, references, fmt, rule)
+            entry["relative"] = {m: c.relative for m, c in compared.items()}
+            entry["paired"] = {m: c.to_dict() for m, c in compared.items()}
+            entry["verdicts"] = {m: c.verdict("the fine-tuned model") for m, c in compared.items()}
+            low = [m for m, c in compared.items() if c.worse]
             entry["passed"] = not low and name not in unreadable
             if name in unreadable:
                 entry["error"] = unreadable[name]
                 failures.append(f"{name}: {runtimes[name]} cannot run it: {unreadable[name]}")
             else:
-                failures += [f"{name}: {m} {s[m]:.3g} is {relative[m]:.1%} of the fine-tuned model's "
-                             f"{ref_scores[m]:.3g} (minimum {cfg.eval.min_relative:.0%})" for m in low]
+                failures += [f"{name}: {m} {entry['verdicts'][m]} (below {cfg.eval.min_relative:.0%}: "
+                             f"{compared[m].relative:.1%})" for m in low]
         results["models"][name] = entry
     base_scores = results["models"]["base"]["scores"]
     results["improvement"] = {m: ref_scores[m] - base_scores[m] for m in ref_scores}
+    results["versus_base"] = versus_base(outputs["fine-tuned"], outputs["base"], references, fmt, rule)
+    if not results["versus_base"]["exact_match"]["better"]:
+        log.warning("the fine-tuned model is not shown better than the base on exact match (%d examples, p = %.2g)",
+                    len(prompts), results["versus_base"]["exact_match"]["p"])
+    results["examples_needed"] = paired.examples_needed(ref_scores["exact_match"] * (1 - cfg.eval.min_relative),
+                                                        cfg.eval.alpha, cfg.eval.min_discordant)
+    # What the registry pairs two versions on: each example's id, each model's answers, and
+    # (strings of 0/1) whether each binary metric held.
+    results["per_example"] = {
+        "ids": [example_id(p, r) for p, r in zip(prompts, references, strict=True)], "references": references,
+        "answers": outputs, "right": {name: {m: "".join("01"[x] for x in v) for m, v in right(outs, references, fmt).items()}
+                                      for name, outs in outputs.items()}}
     if general:
         g = {k: score(v, general[1], None) for k, v in general_out.items()}
         drop = 1 - g["fine-tuned"]["chrf"] / g["base"]["chrf"] if g["base"]["chrf"] > 0 else 0.0
@@ -297,8 +354,33 @@ def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path]
     results["passed"] = not failures
     results["failures"] = failures
     return gate.publish(inputs_hash(cfg, [merged, *gate.exports]), "results", results, markdown(results), failures,
-                        EvalFailed, f"evaluation: {len(failures)} regression(s) below {cfg.eval.min_relative:.0%} of "
-                        f"the fine-tuned model", metrics={"fine_tuned": ref_scores, "base": base_scores})
+                        EvalFailed, f"evaluation: {len(failures)} regression(s) against the fine-tuned model",
+                        metrics={"fine_tuned": ref_scores, "base": base_scores})
+
+
+def gate_rule(results: dict[str, Any]) -> str:
+    """The regression gate's rule in one sentence, with the run's settings."""
+    if "alpha" not in results:  # results written before the paired gate
+        return f"an artifact fails below {results['min_relative']:.0%} of its score on any metric."
+    return (f"an artifact fails on a metric when it loses at least {results['min_discordant']} examples the "
+            f"fine-tuned model got right, the loss is significant (one-sided p < {results['alpha']:g}: mid-p "
+            f"McNemar; chrF: paired bootstrap) and it keeps less than {results['min_relative']:.0%} of the score.")
+
+
+def verdict_lines(results: dict[str, Any]) -> list[str]:
+    """Per artifact and metric, the paired verdict ('indistinguishable from … on N examples' or
+    'worse …, p = …'), then how many examples a drop of the margin's size needs (report and card)."""
+    names = {"exact_match": "exact match", "chrf": "chrF", "format": "format"}
+    lines = [f"- {name}, {names[k]}: {m['verdicts'][k]}" for name, m in results["models"].items()
+             for k in METRICS if k in m.get("verdicts", {})]
+    needed = results.get("examples_needed")
+    if lines and needed:
+        lines += ["", f"Telling apart a drop of {1 - results['min_relative']:.0%} of the fine-tuned model's exact "
+                  f"match takes at least {needed} examples (80% power at alpha {results['alpha']:g}, if the artifact "
+                  f"only loses answers); this evaluation has {results['examples']}."
+                  + (" Below that, an artifact this much worse is likely to pass: add held-out examples."
+                     if needed > results["examples"] else "")]
+    return lines
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -306,8 +388,8 @@ def markdown(results: dict[str, Any]) -> str:
     names = {"exact_match": "exact match", "chrf": "chrF", "format": f"format ({results['format']})"}
     lines = ["# edgeft eval results", "",
              f"{results['examples']} held-out examples, greedy decoding, at most {results['max_new_tokens']} new "
-             f"tokens. Artifacts are scored relative to the fine-tuned model (gate: "
-             f"{results['min_relative']:.0%} on every metric).", "",
+             f"tokens. Artifacts are compared with the fine-tuned model on the same examples: " + gate_rule(results),
+             "",
              "| model | runtime | " + " | ".join(names[m] for m in metrics) + " | vs fine-tuned | result |",
              "|---|---|" + "---|" * len(metrics) + "---|---|"]
     for name, m in results["models"].items():
@@ -316,8 +398,18 @@ def markdown(results: dict[str, Any]) -> str:
         result = ("pass" if m["passed"] else "FAIL") if "passed" in m else "–"
         lines.append(f"| {name} | {m['runtime']} | {cells} | {rel} | {result} |")
     imp = results["improvement"]
+    versus = results.get("versus_base", {})
+
+    def beats(k: str) -> str:
+        v = versus.get(k)
+        return "" if v is None else f" ({'better' if v['better'] else 'not shown better'}, p = {v['p']:.2g})"
+
     lines += ["", "Fine-tuned vs base: " + ", ".join(
-        f"{names[k].split(' (')[0]} {imp[k]:+.3f}" if k != "chrf" else f"chrF {imp[k]:+.1f}" for k in metrics) + "."]
+        (f"{names[k].split(' (')[0]} {imp[k]:+.3f}" if k != "chrf" else f"chrF {imp[k]:+.1f}") + beats(k)
+        for k in metrics) + "."]
+    verdicts = verdict_lines(results)
+    if verdicts:
+        lines += ["", "## Each artifact against the fine-tuned model", "", *verdicts]
     if "general" in results:
         g = results["general"]
         lines += ["", f"General-capability prompts ({g['prompts']}): chrF base {g['scores']['base']['chrf']:.1f}, "

@@ -22,6 +22,7 @@ from typing import Any
 from edgeft import __version__, frontier, stages
 from edgeft.config import Config
 from edgeft.errors import InputError
+from edgeft.evaluate import gate_rule, verdict_lines
 from edgeft.manifest import Stage, StageWriter, copy_file, file_table, hash_json, inside
 from edgeft.paths import vendor_dir
 from edgeft.workdir import in_session
@@ -243,7 +244,8 @@ def _verify_summary(report: dict[str, Any], name: str) -> dict[str, Any]:
 
 def _eval_summary(results: dict[str, Any]) -> dict[str, Any]:
     out = {"passed": results["passed"], "examples": results["examples"], "format": results["format"],
-           "min_relative": results["min_relative"],
+           "min_relative": results["min_relative"], "alpha": results.get("alpha"),
+           "min_discordant": results.get("min_discordant"), "examples_needed": results.get("examples_needed"),
            "scores": {name: m["scores"] for name, m in results["models"].items()},
            "improvement": results["improvement"]}
     if "general" in results:
@@ -293,10 +295,12 @@ def model_card(cfg: Config, lineage: dict[str, Any], artifacts: list[dict[str, A
         "## Evaluation",
         f"Greedy replies to {results['examples']} held-out prompts, scored by exact match (whitespace-normalised), "
         f"chrF" + (f" and format compliance ({results['format']})" if results["format"] else "")
-        + f"; every artifact keeps at least {results['min_relative']:.0%} of the fine-tuned model's score "
-        f"(`eval/results.md`).",
+        + " (`eval/results.md`). Each artifact is compared with the fine-tuned model on the same examples: "
+        + gate_rule(results),
         "",
         *_eval_rows(results),
+        "",
+        *verdict_lines(results),
         "",
         *([f"General-capability prompts: fine-tuned chrF {-100 * results['general']['chrf_drop']:+.0f}% vs base"
            + (" — catastrophic forgetting flagged." if results["general"]["forgetting"] else ".") , ""]

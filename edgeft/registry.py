@@ -222,10 +222,57 @@ def compare(new: dict[str, Any], old: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def regressions(new: dict[str, Any], old: dict[str, Any]) -> list[str]:
-    """The shared eval scores on which `new` is below `old` (the promotion gate)."""
+def regressions(new: dict[str, Any], old: dict[str, Any], new_dir: Path | None = None,
+                old_dir: Path | None = None) -> list[str]:
+    """The promotion gate: where `new` is worse than `old`. With both versions' per-example eval
+    results (eval/results.json), eval's paired test on the examples they share, for the
+    fine-tuned model and each artifact both ship (the new version's eval.alpha, min_discordant
+    and min_relative); without (versions evaluated before it), any drop of a shared score."""
+    paired = paired_regressions(*(_per_example(d) for d in (new_dir, old_dir)))
+    if paired is not None:
+        return paired
     return [f"{r['model']} {r['metric']} {r['new']:.4g} < {r['old']:.4g}" for r in compare(new, old)
             if r["what"] == "eval" and r["new"] < r["old"] - 1e-9]
+
+
+def _per_example(folder: Path | None) -> dict[str, Any] | None:
+    path = folder / "eval" / "results.json" if folder is not None else None
+    if path is None or not path.is_file():
+        return None
+    results = json.loads(path.read_text(encoding="utf-8"))
+    return results if "per_example" in results and "alpha" in results else None
+
+
+def paired_regressions(new: dict[str, Any] | None, old: dict[str, Any] | None) -> list[str] | None:
+    """Eval's paired comparison of two versions' results on their shared examples (None when
+    either lacks per-example results); without shared examples, the practical margin on scores."""
+    from edgeft.paired import compare_binary, compare_chrf
+
+    if new is None or old is None:
+        return None
+    a, b = new["per_example"], old["per_example"]
+    where_old = {i: k for k, i in enumerate(b["ids"])}
+    shared = [(k, where_old[i]) for k, i in enumerate(a["ids"]) if i in where_old]
+    rule = {"min_relative": new["min_relative"], "alpha": new["alpha"]}
+    out = []
+    for model in [m for m in a["answers"] if m in b["answers"] and m != "base"]:
+        if not shared:  # another held-out split: no pairs, only the margin on the two scores
+            s_new, s_old = new["models"][model]["scores"], old["models"][model]["scores"]
+            out += [f"{model} {m}: {s_new[m]:.4g} is below {rule['min_relative']:.0%} of {s_old[m]:.4g} (no shared "
+                    f"held-out examples to pair)" for m in METRICS if m in s_new and m in s_old
+                    and s_new[m] < rule["min_relative"] * s_old[m]]
+            continue
+        for metric in [m for m in METRICS if m != "chrf" and m in a["right"][model] and m in b["right"][model]]:
+            c = compare_binary(metric, [b["right"][model][metric][j] == "1" for _, j in shared],
+                               [a["right"][model][metric][k] == "1" for k, _ in shared], **rule,
+                               min_discordant=new["min_discordant"])
+            if c.worse:
+                out.append(f"{model} {metric}: {c.verdict('production')}")
+        c = compare_chrf([b["answers"][model][j] for _, j in shared], [a["answers"][model][k] for k, _ in shared],
+                         [a["references"][k] for k, _ in shared], **rule)
+        if c.worse:
+            out.append(f"{model} chrf: {c.verdict('production')}")
+    return out
 
 
 class Registry:
@@ -409,10 +456,12 @@ class Registry:
                 raise RegistryRefused(f"{ref.name}:{number} is already production")
             if not (version.get("verify") or {}).get("passed") or not (version.get("evaluation") or {}).get("passed"):
                 raise RegistryRefused(f"{ref.name}:{number} did not pass verify and eval")
-            worse = regressions(version, model["versions"][str(current)]) if current is not None else []
+            previous = model["versions"][str(current)] if current is not None else None
+            worse = regressions(version, previous, self.version_dir(version), self.version_dir(previous)) \
+                if previous is not None else []
             if worse and not force:
-                raise RegistryRefused(f"{ref.name}:{number} scores below production ({ref.name}:{current}) on "
-                                      f"{len(worse)} shared eval metric(s): {'; '.join(worse[:6])}. Pass --force "
+                raise RegistryRefused(f"{ref.name}:{number} is worse than production ({ref.name}:{current}) on "
+                                      f"{len(worse)} eval metric(s): {'; '.join(worse[:6])}. Pass --force "
                                       f"--reason '…' to promote it anyway")
             if current is not None:
                 model["versions"][str(current)]["status"] = ARCHIVED

@@ -66,8 +66,11 @@ def test_eval_results_are_in_the_dist_and_model_card(built: dict) -> None:
     assert results["improvement"]["chrf"] == pytest.approx(fine["chrf"] - base["chrf"])
     # ONNX fp32 is the same computation: the same greedy answers, the same scores.
     assert models["onnx-fp32"]["scores"] == pytest.approx(fine)
-    for name in ("gguf-f16", "gguf-q8_0", "onnx-fp32"):
-        assert models[name]["passed"] and min(models[name]["relative"].values()) >= 0.95
+    for name in ("gguf-f16", "gguf-q8_0", "onnx-fp32"):  # each compared on the same examples, with a verdict
+        assert models[name]["passed"] and set(models[name]["paired"]) == set(models[name]["scores"])
+        assert all(not v.startswith("worse") for v in models[name]["verdicts"].values())
+    assert models["onnx-fp32"]["paired"]["exact_match"]["losses"] == 0
+    assert results["per_example"]["answers"]["onnx-fp32"] == results["per_example"]["answers"]["fine-tuned"]
     manifest = json.loads((dist / "manifest.json").read_text())
     assert manifest["evaluation"]["passed"] is True
     assert manifest["evaluation"]["scores"]["base"] == base

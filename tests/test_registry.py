@@ -25,10 +25,14 @@ VECTORS = Path(__file__).resolve().parent.parent / "edgeft" / "javakit" / ROUTIN
 
 
 def make_dist(path: Path, name: str = "m", exact: float = 0.5, chrf: float = 50.0, seed: str = "a",
-              passed: bool = True) -> Path:
-    """A small but complete dist: one GGUF-named file, a model card, both manifests (as package writes them)."""
+              passed: bool = True, results: dict | None = None) -> Path:
+    """A small but complete dist: one GGUF-named file, a model card, both manifests (as package
+    writes them), and `results` as its eval/results.json when given."""
     with StageWriter(path, stages.DIST, config={"name": name, "seed": seed}, inputs_hash=hashlib.sha256(
             seed.encode()).hexdigest(), base_model="tiny:micro") as w:
+        if results is not None:
+            (w.tmp / "eval").mkdir()
+            (w.tmp / "eval" / "results.json").write_text(json.dumps(results))
         (w.tmp / "gguf").mkdir()
         (w.tmp / "gguf" / f"{name}-q8_0.gguf").write_bytes(b"GGUF" + seed.encode() * 1000)
         (w.tmp / "README.md").write_text(f"# {name}\n\nA model.\n\n## Training\n- steps\n")

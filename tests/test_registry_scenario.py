@@ -101,7 +101,7 @@ def test_versions_promotion_ab_split_and_rollback(built: tuple[Path, Path, Path]
     at20 = [reg.route("nl2sql-micro", k)["version"] for k in keys]
     assert 1900 <= at20.count(2) <= 2100 and all(b == 2 for a, b in zip(at10, at20, strict=True) if a == 2)
 
-    # v2 trained ten times longer: its scores are at least v1's, so the gate lets it through.
+    # v2 trained ten times longer: not worse than v1 on their shared examples (paired), so the gate lets it through.
     cli_ok("registry", "promote", "nl2sql-micro:2", *opt)
     model = reg.index()["models"]["nl2sql-micro"]
     assert model["aliases"] == {"production": 2} and model["split"] is None
