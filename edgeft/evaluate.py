@@ -367,12 +367,18 @@ def gate_rule(results: dict[str, Any]) -> str:
             f"McNemar; chrF: paired bootstrap) and it keeps less than {results['min_relative']:.0%} of the score.")
 
 
-def verdict_lines(results: dict[str, Any]) -> list[str]:
+def verdict_lines(results: dict[str, Any], short: bool = False) -> list[str]:
     """Per artifact and metric, the paired verdict ('indistinguishable from … on N examples' or
-    'worse …, p = …'), then how many examples a drop of the margin's size needs (report and card)."""
+    'worse …, p = …'; `short`: one line per artifact, as the model card has it), then how many
+    examples a drop of the margin's size needs (report and card)."""
     names = {"exact_match": "exact match", "chrf": "chrF", "format": "format"}
-    lines = [f"- {name}, {names[k]}: {m['verdicts'][k]}" for name, m in results["models"].items()
-             for k in METRICS if k in m.get("verdicts", {})]
+    if short:
+        lines = [f"- {name} against the fine-tuned model on {results['examples']} examples: " + "; ".join(
+                     f"{names[k]} {Comparison.from_dict(m['paired'][k]).short()}" for k in METRICS if k in m["paired"])
+                 for name, m in results["models"].items() if "paired" in m]
+    else:
+        lines = [f"- {name}, {names[k]}: {m['verdicts'][k]}" for name, m in results["models"].items()
+                 for k in METRICS if k in m.get("verdicts", {})]
     needed = results.get("examples_needed")
     if lines and needed:
         lines += ["", f"Telling apart a drop of {1 - results['min_relative']:.0%} of the fine-tuned model's exact "

@@ -300,7 +300,7 @@ def model_card(cfg: Config, lineage: dict[str, Any], artifacts: list[dict[str, A
         "",
         *_eval_rows(results),
         "",
-        *verdict_lines(results),
+        *verdict_lines(results, short=True),
         "",
         *([f"General-capability prompts: fine-tuned chrF {-100 * results['general']['chrf_drop']:+.0f}% vs base"
            + (" — catastrophic forgetting flagged." if results["general"]["forgetting"] else ".") , ""]

@@ -59,6 +59,21 @@ class Comparison:
             return f"lower than {reference} (p = {self.p:.2g}) on too few examples to fail ({self._numbers()})"
         return f"indistinguishable from {reference} on {self.examples} examples ({self._numbers()}, p = {self.p:.2g})"
 
+    def short(self) -> str:
+        """The verdict in a few words (the model card's one line per artifact)."""
+        if self.worse:
+            return f"worse (p = {self.p:.2g})"
+        if self.candidate >= self.reference:
+            return "not worse"
+        if self.p < self.alpha:
+            return f"lower, p = {self.p:.2g}, but " + (
+                f"within the margin ({self.relative:.1%})" if self.relative >= self.min_relative else "too few lost")
+        return f"indistinguishable (p = {self.p:.2g})"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Comparison:
+        return cls(**{**d, "ci": tuple(d["ci"])})
+
     def _numbers(self) -> str:
         pair = f"{self.losses} lost, {self.wins} won; " if self.losses is not None else ""
         return f"{pair}{self.candidate:.3g} vs {self.reference:.3g}, difference {self.candidate - self.reference:+.3g} " \

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from test_registry import make_dist
 
 from edgeft.cli import cli
-from edgeft.evaluate import compare_answers, markdown, versus_base
+from edgeft.evaluate import compare_answers, markdown, verdict_lines, versus_base
 from edgeft.paired import compare_binary, compare_chrf, examples_needed, mcnemar_p
 from edgeft.registry import Ref, Registry
 
@@ -96,6 +96,7 @@ def test_the_report_says_which_artifacts_are_indistinguishable_and_which_are_wor
         if name not in ("base", "fine-tuned"):
             compared = compare_answers(outputs["fine-tuned"], outs, QUESTIONS, None, GATE)
             entry |= {"relative": {m: c.relative for m, c in compared.items()},
+                      "paired": {m: c.to_dict() for m, c in compared.items()},
                       "verdicts": {m: c.verdict("the fine-tuned model") for m, c in compared.items()},
                       "passed": not any(c.worse for c in compared.values())}
         models[name] = entry
@@ -106,6 +107,10 @@ def test_the_report_says_which_artifacts_are_indistinguishable_and_which_are_wor
     assert "- gguf-q2_k, exact match: worse than the fine-tuned model: 8 lost, 0 won" in text
     assert "p = 0.002" in text and "significant (one-sided p < 0.05" in text
     assert "takes at least" in text and "this evaluation has 24. Below that" in text
+    card = verdict_lines(json.loads(json.dumps({"examples": 24, **GATE, "models": models})), short=True)
+    assert card[1] == "- gguf-q2_k against the fine-tuned model on 24 examples: exact match worse (p = 0.002); " \
+                      "chrF worse (p = 0.001)"
+    assert card[0].startswith("- gguf-q8_0 against the fine-tuned model on 24 examples: exact match indistinguishable")
 
 
 def _results(right: int, *, offset: int = 0, questions: list[str] = QUESTIONS) -> dict:
