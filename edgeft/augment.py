@@ -33,7 +33,7 @@ for r, row in enumerate(_ROWS):
         NEIGHBOURS[ch] = "".join(sorted(near))
 
 # Spans left exactly as written: quoted text, numbers, and capitalised words after a sentence's start.
-_PROTECTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"|\S*\d\S*|(?<=[a-z,;:] )[A-Z]\w*")
+EXACT_SPANS = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"|\S*\d\S*|(?<=[a-z,;:] )[A-Z]\w*")
 EDITS = ("neighbour", "drop", "double", "swap")
 
 
@@ -68,7 +68,7 @@ def noisy(text: str, rate: float, rng: random.Random) -> str:
     lower-cased first letter, a missing final full stop or a doubled space."""
     pieces: list[str] = []  # even indices: free text (noised); odd: protected spans, as written
     last = 0
-    for m in _PROTECTED.finditer(text):
+    for m in EXACT_SPANS.finditer(text):
         pieces += [_noisy_span(text[last:m.start()], rate, rng), m.group(0)]
         last = m.end()
     pieces.append(_noisy_span(text[last:], rate, rng))

@@ -292,10 +292,9 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
     bad(not 0 < cfg.data.val_ratio < 1, f"data.val_ratio: {cfg.data.val_ratio} must be in (0, 1)")
     bad(not 0 < cfg.data.near_duplicate_threshold <= 1,
         f"data.near_duplicate_threshold: {cfg.data.near_duplicate_threshold} must be in (0, 1] (a similarity)")
-    bad(cfg.data.augment.typos < 0, f"data.augment.typos: {cfg.data.augment.typos} must be 0 (off) or more copies")
-    bad(not 0 < cfg.data.augment.typo_rate <= 0.5,
-        f"data.augment.typo_rate: {cfg.data.augment.typo_rate} must be in (0, 0.5] (edits per letter)")
     a = cfg.data.augment
+    bad(a.typos < 0, f"data.augment.typos: {a.typos} must be 0 (off) or more copies")
+    bad(not 0 < a.typo_rate <= 0.5, f"data.augment.typo_rate: {a.typo_rate} must be in (0, 0.5] (edits per letter)")
     bad(a.paraphrases < 0, f"data.augment.paraphrases: {a.paraphrases} must be 0 (off) or more copies")
     bad(a.paraphrase_temperature < 0,
         f"data.augment.paraphrase_temperature: {a.paraphrase_temperature} must be 0 (greedy) or more")

@@ -94,6 +94,22 @@ def _jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / max(len(a | b), 1)
 
 
+def _minhash(grams: set[str]) -> Any:
+    from datasketch import MinHash
+
+    m = MinHash(num_perm=64, seed=1)
+    m.update_batch([x.encode() for x in grams])
+    return m
+
+
+def _lsh(threshold: float) -> Any:
+    """MinHash LSH over answers, proposing candidates for exact Jaccard; its threshold is below the
+    reported one because LSH misses some pairs near its own threshold."""
+    from datasketch import MinHashLSH
+
+    return MinHashLSH(threshold=max(0.5, threshold - 0.15), num_perm=64)
+
+
 def near_duplicates(examples: list[Example], threshold: float = NEAR_DUPLICATE_THRESHOLD) -> list[Finding]:
     """Pairs whose prompts *and* answers are each at least `threshold` similar (5-gram Jaccard).
 
@@ -101,16 +117,12 @@ def near_duplicates(examples: list[Example], threshold: float = NEAR_DUPLICATE_T
     in the answer, and are not duplicates. MinHash LSH (datasketch) over the answers proposes
     candidates in linear time; each is confirmed with exact Jaccard similarities.
     """
-    from datasketch import MinHash, MinHashLSH
-
-    # A lower LSH threshold than the reported one: LSH misses some pairs near its threshold.
-    lsh = MinHashLSH(threshold=max(0.5, threshold - 0.15), num_perm=64)
+    lsh = _lsh(threshold)
     grams: list[tuple[set[str], set[str]]] = []
     keys, out = [], []
     for i, e in enumerate(examples):
         prompt, answer = (_shingles(t) for t in e.parts())
-        m = MinHash(num_perm=64, seed=1)
-        m.update_batch([x.encode() for x in answer])
+        m = _minhash(answer)
         grams.append((prompt, answer))
         keys.append(e.key())
         best, partner = 0.0, -1
@@ -261,12 +273,13 @@ def _augment(report: DataReport, augment: Any, tokenizer: Any, max_length: int |
         if paraphraser is None:
             raise ConfigError("data.augment.paraphrases: name the model that paraphrases "
                               "(data.augment.paraphrase_model, or a config's base_model)")
-        added, record["paraphrases"] = with_paraphrases(report.train, augment, *paraphraser, threshold,
-                                                        trust_remote_code)
+        added, record["paraphrases"] = with_paraphrases(report.train, augment, *paraphraser, trust_remote_code)
+        record["paraphrases"]["near_duplicate_of_source"] = 0
         copies += added
     seen = {e.key() for e in report.train}
     held_out = {e.key() for e in report.validation}
     near_held_out = near_validation(report.validation, threshold)
+    sources = {e.where: e for e in report.train}
     kept = []
     for c in copies:
         reason = None
@@ -280,6 +293,9 @@ def _augment(report: DataReport, augment: Any, tokenizer: Any, max_length: int |
         if reason is None:
             seen.add(c.key())
             kept.append(c)
+            if c.augmented == "paraphrase":  # near its source: kept, as intended; counted
+                near = _jaccard(_shingles(c.parts()[0]), _shingles(sources[str(c.source)].parts()[0])) >= threshold
+                record["paraphrases"]["near_duplicate_of_source"] += near
             continue
         kind = record["typos" if c.augmented == "typos" else "paraphrases"]
         kind["dropped"][reason] = kind["dropped"].get(reason, 0) + 1
@@ -291,22 +307,15 @@ def _augment(report: DataReport, augment: Any, tokenizer: Any, max_length: int |
 def near_validation(validation: list[Example], threshold: float) -> Any:
     """A test of whether an example is a near-duplicate of a validation row (near_duplicates'
     measure, and its MinHash LSH over the answers for candidates)."""
-    from datasketch import MinHash, MinHashLSH
-
-    def minhash(grams: set[str]) -> Any:
-        m = MinHash(num_perm=64, seed=1)
-        m.update_batch([x.encode() for x in grams])
-        return m
-
-    lsh = MinHashLSH(threshold=max(0.5, threshold - 0.15), num_perm=64)
+    lsh = _lsh(threshold)
     grams = [tuple(_shingles(t) for t in v.parts()) for v in validation]
     for j, (_, answer) in enumerate(grams):
-        lsh.insert(j, minhash(answer))
+        lsh.insert(j, _minhash(answer))
 
     def test(e: Example) -> bool:
         prompt, answer = (_shingles(t) for t in e.parts())
         return any(min(_jaccard(prompt, grams[j][0]), _jaccard(answer, grams[j][1])) >= threshold
-                   for j in lsh.query(minhash(answer)))
+                   for j in lsh.query(_minhash(answer)))
 
     return test
 

@@ -94,12 +94,10 @@ def score(outputs: list[str], references: list[str], fmt: Callable[[str], bool] 
     from sacrebleu.metrics import CHRF
 
     n = max(len(outputs), 1)
-    out = {
-        "exact_match": sum(squash_whitespace(o) == squash_whitespace(r) for o, r in zip(outputs, references, strict=True)) / n,
-        "chrf": CHRF().corpus_score(outputs, [references]).score,
-    }
-    if fmt is not None:
-        out["format"] = sum(fmt(o) for o in outputs) / n
+    binary = right(outputs, references, fmt)
+    out = {"exact_match": sum(binary["exact_match"]) / n, "chrf": CHRF().corpus_score(outputs, [references]).score}
+    if "format" in binary:
+        out["format"] = sum(binary["format"]) / n
     return out
 
 

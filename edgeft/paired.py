@@ -46,29 +46,35 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def kind(self) -> str:
+        """worse | not-worse | within-margin (significant, smaller than the margin) | too-few
+        (significant, fewer lost than min_discordant) | indistinguishable."""
+        if self.worse:
+            return "worse"
+        if self.candidate >= self.reference:
+            return "not-worse"
+        if self.p < self.alpha:
+            return "within-margin" if self.relative >= self.min_relative else "too-few"
+        return "indistinguishable"
+
     def verdict(self, reference: str = "the reference") -> str:
         """One line for the report: 'worse, p = …' or 'indistinguishable from … on N examples'."""
-        if self.worse:
-            return f"worse than {reference}: {self._numbers()}, p = {self.p:.2g}"
-        if self.candidate >= self.reference:
-            return f"not worse than {reference} on {self.examples} examples ({self._numbers()})"
-        if self.p < self.alpha and self.relative >= self.min_relative:
-            return (f"lower than {reference} (p = {self.p:.2g}) but within the margin: keeps {self.relative:.1%} "
-                    f"({self._numbers()})")
-        if self.p < self.alpha:
-            return f"lower than {reference} (p = {self.p:.2g}) on too few examples to fail ({self._numbers()})"
-        return f"indistinguishable from {reference} on {self.examples} examples ({self._numbers()}, p = {self.p:.2g})"
+        numbers, p = self._numbers(), f"p = {self.p:.2g}"
+        return {
+            "worse": f"worse than {reference}: {numbers}, {p}",
+            "not-worse": f"not worse than {reference} on {self.examples} examples ({numbers})",
+            "within-margin": f"lower than {reference} ({p}) but within the margin: keeps {self.relative:.1%} ({numbers})",
+            "too-few": f"lower than {reference} ({p}) on too few examples to fail ({numbers})",
+            "indistinguishable": f"indistinguishable from {reference} on {self.examples} examples ({numbers}, {p})",
+        }[self.kind]
 
     def short(self) -> str:
         """The verdict in a few words (the model card's one line per artifact)."""
-        if self.worse:
-            return f"worse (p = {self.p:.2g})"
-        if self.candidate >= self.reference:
-            return "not worse"
-        if self.p < self.alpha:
-            return f"lower, p = {self.p:.2g}, but " + (
-                f"within the margin ({self.relative:.1%})" if self.relative >= self.min_relative else "too few lost")
-        return f"indistinguishable (p = {self.p:.2g})"
+        p = f"p = {self.p:.2g}"
+        return {"worse": f"worse ({p})", "not-worse": "not worse",
+                "within-margin": f"lower, {p}, but within the margin ({self.relative:.1%})",
+                "too-few": f"lower, {p}, but too few lost", "indistinguishable": f"indistinguishable ({p})"}[self.kind]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Comparison:

@@ -15,8 +15,8 @@ checked and, when it fails, dropped and counted by reason:
   is new: the answer depends on them ("above 1000000" -> "above 100,000" is dropped).
 
 Then datacheck checks every augmented copy alike (too long for train.max_seq_length, a duplicate,
-a near-duplicate of a validation row). A paraphrase that is a near-duplicate of its own source is
-kept, as intended, and counted. Generation runs in transformers (fp32 on CPU, batches of similar
+a near-duplicate of a validation row), and counts the paraphrases that are near-duplicates of
+their own source (kept, as intended). Generation runs in transformers (fp32 on CPU, batches of similar
 length, `edgeft.runtimes.hf`); its outputs are cached under a hash of the model's files and of
 everything that decides them, so `edgeft data check` and the build after it generate once. The
 same data, model, settings and machine give the same bytes; another CPU may break a near tie
@@ -33,7 +33,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from edgeft.augment import _PROTECTED, user_turns
+from edgeft.augment import EXACT_SPANS, user_turns
 from edgeft.data import Example
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ _EDGE = ".,;:?!()[]"
 def facts(text: str) -> tuple[set[str], set[str]]:
     """(names, numbers and quoted text) of a message: what its answer depends on."""
     names, exact = set(), set()
-    for m in _PROTECTED.finditer(text):
+    for m in EXACT_SPANS.finditer(text):
         span = m.group(0)
         if span[0] in "'\"":
             exact.add(span)
@@ -151,13 +151,11 @@ def generate(messages: list[tuple[str, int]], model_dir: str, fingerprint: str, 
     return out, False
 
 
-def with_paraphrases(train: list[Example], augment: Any, model: str, model_dir: str, threshold: float,
+def with_paraphrases(train: list[Example], augment: Any, model: str, model_dir: str,
                      trust_remote_code: bool = False) -> tuple[list[Example], dict[str, Any]]:
     """`augment.paraphrases` rewritten copies of each training conversation that pass the checks
-    (text rows are not augmented), and the record of what was made and dropped; `threshold` is
-    data.near_duplicate_threshold (a copy that close to its source is counted, and kept)."""
+    (text rows are not augmented), and the record of what was made and dropped."""
     from edgeft.base import fingerprint
-    from edgeft.datacheck import _jaccard, _shingles
 
     copies = augment.paraphrases
     jobs: list[tuple[int, int, int]] = []  # (example, turn, copy)
@@ -178,7 +176,6 @@ def with_paraphrases(train: list[Example], augment: Any, model: str, model_dir: 
         verdicts.setdefault((n, k), {})[i] = text
     added: list[Example] = []
     dropped = dict.fromkeys(REASONS, 0)
-    near_source = 0
     samples: list[dict[str, str]] = []
     for (n, k), turns in verdicts.items():
         if (n, k) in failures:  # every user turn of a copy must pass
@@ -190,13 +187,12 @@ def with_paraphrases(train: list[Example], augment: Any, model: str, model_dir: 
             if i in turns:
                 messages[i]["content"] = prefix + turns[i]
         copy = replace(e, messages=messages, augmented="paraphrase", source=e.where)
-        near_source += _jaccard(_shingles(copy.parts()[0]), _shingles(e.parts()[0])) >= threshold
         if len(samples) < 3:
             samples.append({"source": bodies[n, min(turns)], "paraphrase": turns[min(turns)]})
         added.append(copy)
     record = {"copies": copies, "model": model, "temperature": augment.paraphrase_temperature,
               "seed": augment.seed, "candidates": len(verdicts), "rows_added": len(added),
-              "dropped": {r: c for r, c in dropped.items() if c}, "near_duplicate_of_source": int(near_source),
+              "dropped": {r: c for r, c in dropped.items() if c},
               "samples": samples, "cached": cached, "seconds": round(time.monotonic() - started, 1)}
     return added, record
 
