@@ -174,7 +174,14 @@ def data_check(file: Path | None, config_path: Path | None, model: str | None, m
     edgeft data check -c examples/nl2sql/edgeft.yaml
     edgeft data check logs.jsonl --filter 'rating >= 4' --filter 'len(reply) > 50'
     """
-    from edgeft.datacheck import analyse, format_augmentation, format_filter, format_table, paraphraser
+    from edgeft.datacheck import (
+        analyse,
+        format_augmentation,
+        format_filter,
+        format_near_duplicates,
+        format_table,
+        paraphraser,
+    )
     from edgeft.errors import DataError, InputError
 
     cfg = _load(config_path) if config_path else None
@@ -224,7 +231,7 @@ def data_check(file: Path | None, config_path: Path | None, model: str | None, m
         info = report.info
         fmts = ", ".join(f"{n} {k}" for k, n in info["formats"].items()) or "none"
         click.echo(format_table(report))
-        for line in format_filter(report):
+        for line in format_filter(report) + format_near_duplicates(report):
             click.echo(line)
         for line in format_augmentation(report):
             click.echo(line)
@@ -657,8 +664,12 @@ def registry_route(name: str, keys: tuple[str, ...], registry_dir: Path | None, 
     """
     reg = _registry(registry_dir, config_path)
     index = reg.index()
+    checked: set[int] = set()
     for key in keys:
         r = reg.route(name, key, index)
+        if r["version"] not in checked:  # a version is named only when its files are the registered ones
+            reg.check(name, index["models"][name]["versions"][str(r["version"])], "routed to")
+            checked.add(r["version"])
         click.echo(json.dumps({"key": key, **r}, ensure_ascii=False) if as_json
                    else f"{key}\t{name}:{r['version']}\t{r['label']}")
 

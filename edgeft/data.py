@@ -53,10 +53,16 @@ class Example:
         return self.messages is not None
 
     def key(self) -> str:
-        """Identity for exact duplicates and leakage: content, whitespace-normalised."""
-        if self.messages is not None:
-            return json.dumps([[m["role"], " ".join(m["content"].split())] for m in self.messages])
-        return " ".join((self.text or "").split())
+        """Identity for exact duplicates and leakage: content, whitespace-normalised (computed once:
+        an example is not edited after loading; augmentation makes new ones)."""
+        key = self.__dict__.get("_key")
+        if key is None:
+            if self.messages is not None:
+                key = json.dumps([[m["role"], " ".join(m["content"].split())] for m in self.messages])
+            else:
+                key = " ".join((self.text or "").split())
+            self.__dict__["_key"] = key
+        return key
 
     def parts(self) -> tuple[str, str]:
         """(prompt, answer): everything before the last assistant turn, and that turn."""
@@ -102,18 +108,20 @@ class LoadReport:
 # --- reading ---------------------------------------------------------------------------------
 
 def _rows_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    for n, line in enumerate(path.read_bytes().split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            yield where, json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            yield where, ValueError(f"not valid UTF-8 (byte {e.start})")
-        except json.JSONDecodeError as e:
-            yield where, ValueError(f"not valid JSON ({e.msg} at column {e.colno})")
-        except RecursionError:
-            yield where, ValueError("not usable JSON (nested too deeply)")
+    with path.open("rb") as f:  # line by line: a large log export is never held twice
+        for n, line in enumerate(f, start=1):
+            line = line.removesuffix(b"\n")
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                yield where, json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                yield where, ValueError(f"not valid UTF-8 (byte {e.start})")
+            except json.JSONDecodeError as e:
+                yield where, ValueError(f"not valid JSON ({e.msg} at column {e.colno})")
+            except RecursionError:
+                yield where, ValueError("not usable JSON (nested too deeply)")
 
 
 def _rows_json(path: Path) -> Iterator[tuple[str, Any]]:

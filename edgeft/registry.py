@@ -14,11 +14,18 @@ fixed stages by aliases), `NAME:VERSION` and `NAME@ALIAS` references (Ollama's n
 append-only record of who promoted what and why (DVC GTO keeps it in git tags; here in
 events.jsonl, which needs no git).
 
-Writers hold an exclusive lock (`.registry.lock`, waited for up to `LOCK_WAIT` seconds); a change
-appends its events, then replaces index.json atomically (temporary file, fsync, rename), so a
-reader sees the old index or the new one, never a torn one. `index.json`'s `last_event` is the seq
-of the last event it includes. A dist is copied in before the lock is taken, so two registrations
-at once both succeed, one after the other.
+Writers hold an exclusive lock (`.registry.lock`, waited for up to `LOCK_WAIT` seconds). The
+index is the commit point: a change replaces index.json atomically (temporary file, fsync, rename),
+so a reader sees the old index or the new one, never a torn one, and the index carries the change's
+events (`last_change`) until they are appended to events.jsonl just after. A writer killed between
+the two leaves events the next writer appends (and `events()` shows meanwhile); a registration
+killed before its index write leaves a version folder no index names, which the next writer
+removes. A dist is copied in before the lock is taken, so two registrations at once both succeed,
+one after the other.
+
+Integrity: the index records every file of a version (bytes, sha256) when the verified dist is
+copied in, and that record, never a manifest inside the version folder, is what promote, split,
+route and export check the files against (edgeft/registry_index.py).
 
 Routing (the same in every language; the Java kit's Registry.java does exactly this, and both pass
 edgeft/javakit/routing-vectors.json): bucket = the first 8 bytes of SHA-256 of the UTF-8 bytes of
@@ -57,16 +64,15 @@ from edgeft.manifest import (
     inside,
     sha256_file,
 )
+from edgeft.registry_index import BUCKETS, HashCache, read_index, recorded_files, version_problems
 from edgeft.workdir import clean_stale
 
 log = logging.getLogger(__name__)
 
-SCHEMA = 1
 INDEX = "index.json"
 EVENTS = "events.jsonl"
 LOCK = ".registry.lock"
 LOCK_WAIT = 120.0  # seconds a writer waits for another (registering copies files outside the lock)
-BUCKETS = 10_000
 PRODUCTION, CANDIDATE = "production", "candidate"
 ALIASES = (PRODUCTION, CANDIDATE)
 STAGING, ARCHIVED = "staging", "archived"
@@ -174,12 +180,12 @@ def stamp(folder: Path, info: dict[str, Any]) -> None:
 
 
 def copy_dist(src: Path, dst: Path, files: list[dict[str, Any]], changed: str) -> None:
-    """Copy a dist's listed files and its two manifests, checking each file's sha256 on the way
-    (InputError `<file>: <changed>` on the first that differs)."""
+    """Copy a dist's listed files and its two manifests (unless listed), checking each listed
+    file's sha256 on the way (InputError `<file>: <changed>` on the first that differs)."""
     for f in files:
         if copy_file(inside(src, f["path"]), dst / f["path"]) != f["sha256"]:
             raise InputError(f"{src / f['path']}: {changed}")
-    for name in (MANIFEST, "manifest.json"):
+    for name in {MANIFEST, "manifest.json"} - {f["path"] for f in files}:
         copy_file(src / name, dst / name)
 
 
@@ -235,8 +241,11 @@ def regressions(new: dict[str, Any], old: dict[str, Any], new_dir: Path | None =
             if r["what"] == "eval" and r["new"] < r["old"] - 1e-9]
 
 
+RESULTS = "eval/results.json"  # a dist's per-example eval results, which the promotion gate pairs
+
+
 def _per_example(folder: Path | None) -> dict[str, Any] | None:
-    path = folder / "eval" / "results.json" if folder is not None else None
+    path = folder / RESULTS if folder is not None else None
     if path is None or not path.is_file():
         return None
     results = json.loads(path.read_text(encoding="utf-8"))
@@ -284,31 +293,24 @@ class Registry:
         return self.root / INDEX
 
     def index(self) -> dict[str, Any]:
-        """The index as on disk (an empty one when the registry does not exist yet)."""
-        try:
-            data = json.loads(self.index_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {"schema": SCHEMA, "last_event": 0, "models": {}}
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InputError(f"{self.index_path}: not valid JSON ({str(e)[:80]}): restore it from a backup; "
-                             f"{EVENTS} beside it records every change") from None
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("models"), dict):
-            raise InputError(f"{self.index_path}: not an edgeft registry index (schema {SCHEMA})")
-        return data
+        """The index as on disk, checked (an empty one when the registry does not exist yet)."""
+        return read_index(self.index_path)
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The event log, with the index's last change where a writer died before appending it."""
         path = self.root / EVENTS
-        if not path.is_file():
-            return []
         out = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            try:
-                event = json.loads(line)
-            except ValueError:
-                raise InputError(f"{path}:{i}: not a JSON line (the event log was edited by hand)") from None
-            if name is None or event.get("model") == name:
+        if path.is_file():
+            for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                try:
+                    event = json.loads(line)
+                    int(event["seq"])
+                except (ValueError, KeyError, TypeError):
+                    raise InputError(f"{path}:{i}: not an edgeft event (the event log was edited by hand)") from None
                 out.append(event)
-        return out
+        last = max([0, *(int(e["seq"]) for e in out)])
+        out += [e for e in self.index().get("last_change", []) if e["seq"] > last]
+        return [e for e in out if name is None or e.get("model") == name]
 
     def _last_seq(self) -> int:
         path = self.root / EVENTS
@@ -348,25 +350,51 @@ class Registry:
 
     @contextlib.contextmanager
     def _change(self) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
-        """Lock, read the index, let the caller change it and list events; append them, then replace the index."""
+        """Lock, read the index (finishing what a killed writer left), let the caller change it and
+        list events; replace the index with the events in it (the commit), then append them to the log."""
         from edgeft.workdir import lock
 
         with lock(self.root, wait=LOCK_WAIT, lock_file=LOCK):
             index = self.index()
+            self._recover(index)
             events: list[dict[str, Any]] = []
             yield index, events
             if not events:
                 return
-            # A writer killed between the two writes left events the index does not count: go on after them.
-            index["last_event"] = max(index["last_event"], self._last_seq())
-            with (self.root / EVENTS).open("a", encoding="utf-8") as f:
-                for event in events:
-                    index["last_event"] += 1
-                    record = {"seq": index["last_event"], "time": now(), "user": user(), **event}
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            # Events an older writer appended before dying ahead of its index write keep their numbers.
+            seq = max(index["last_event"], self._last_seq())
+            index["last_change"] = [{"seq": seq + i, "time": now(), "user": user(), **event}
+                                    for i, event in enumerate(events, 1)]
+            index["last_event"] = seq + len(events)
             _write_atomic(self.index_path, json.dumps(index, indent=2, ensure_ascii=False) + "\n")
+            self._append_events(index["last_change"])
+
+    def _append_events(self, records: list[dict[str, Any]]) -> None:
+        with (self.root / EVENTS).open("a", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _recover(self, index: dict[str, Any]) -> None:
+        """What a writer killed mid-change left (under the lock): the committed change's events
+        the log lacks are appended; a version folder no index names (a registration killed before
+        its commit) is removed when it is edgeft's own copy, and skipped by numbering otherwise."""
+        logged = self._last_seq()
+        missing = [e for e in index.get("last_change", []) if e["seq"] > logged]
+        if missing:
+            self._append_events(missing)
+        models = self.root / "models"
+        for folder in sorted(models.iterdir()) if models.is_dir() else []:
+            known = (index["models"].get(folder.name) or {}).get("versions", {})
+            for version in [p for p in folder.iterdir() if p.name.isdigit() and p.name not in known]:
+                try:
+                    stamped = json.loads((version / MANIFEST).read_text(encoding="utf-8")).get("registry") or {}
+                except (OSError, ValueError, AttributeError):
+                    stamped = {}
+                if stamped.get("name") == folder.name and stamped.get("version") == int(version.name):
+                    log.warning("removing %s: a registration that was interrupted before it was recorded", version)
+                    shutil.rmtree(version, ignore_errors=True)
 
     # ---- changes -----------------------------------------------------------------------------
 
@@ -408,16 +436,28 @@ class Registry:
                 registered = now()
                 stamp(tmp, {"name": name, "version": number, "status": STAGING, "as_of": registered,
                             "registered": registered})
+                # What the index holds to be this version: the verified dist's files, and the files
+                # stamp rewrote (model card, manifests) as they now are.
+                files = {f["path"]: {k: f[k] for k in ("path", "bytes", "sha256")} for f in data["files"]}
+                for rel in ("README.md", MANIFEST, "manifest.json"):
+                    if (tmp / rel).is_file():
+                        files[rel] = {"path": rel, "bytes": (tmp / rel).stat().st_size,
+                                      "sha256": sha256_file(tmp / rel)}
                 for p in tmp.rglob("*"):
                     if p.is_file():
                         p.chmod(0o444)
                 tmp.rename(folder / str(number))
+                cache = HashCache(self.root)
+                for f in files.values():
+                    cache.remember(folder / str(number) / f["path"], f["sha256"])
+                cache.save()
                 model["versions"][str(number)] = {
                     "version": number, "status": STAGING, "path": f"models/{name}/{number}",
                     "registered": registered, "user": user(), "reason": reason,
                     "source": str(dist.path.resolve()), "content": content, "inputs_hash": data.get("inputs_hash"),
                     "lineage": _lineage(data, parent), "verify": data.get("verify"),
-                    "evaluation": data.get("evaluation"), "artifacts": _artifacts(data)}
+                    "evaluation": data.get("evaluation"), "artifacts": _artifacts(data),
+                    "files": sorted(files.values(), key=lambda f: f["path"])}
                 events.append({"event": "register", "model": name, "version": number, "reason": reason,
                                "source": str(dist.path.resolve())})
         finally:
@@ -443,6 +483,7 @@ class Registry:
         with self._change() as (index, events):
             model, version = self.resolve(ref, index)
             number = int(version["version"])
+            self.check(ref.name, version, "promoted")
             if version["status"] == ARCHIVED and to == CANDIDATE:
                 raise RegistryRefused(f"{ref.name}:{number} is archived; register it again or promote it to "
                                       f"production")
@@ -457,8 +498,10 @@ class Registry:
             if not (version.get("verify") or {}).get("passed") or not (version.get("evaluation") or {}).get("passed"):
                 raise RegistryRefused(f"{ref.name}:{number} did not pass verify and eval")
             previous = model["versions"][str(current)] if current is not None else None
-            worse = regressions(version, previous, self.version_dir(version), self.version_dir(previous)) \
-                if previous is not None else []
+            # Production's per-example results are read from its folder: only when they are the registered bytes.
+            old_dir = self.version_dir(previous) if previous is not None and not version_problems(
+                self.root, previous, paths={RESULTS}) else None
+            worse = regressions(version, previous, self.version_dir(version), old_dir) if previous is not None else []
             if worse and not force:
                 raise RegistryRefused(f"{ref.name}:{number} is worse than production ({ref.name}:{current}) on "
                                       f"{len(worse)} eval metric(s): {'; '.join(worse[:6])}. Pass --force "
@@ -530,7 +573,9 @@ class Registry:
                     bp = Decimal(weight) * 100
                 except InvalidOperation:
                     bp = Decimal(-1)
-                if not label or bp <= 0 or bp != bp.to_integral_value():
+                if not bp.is_finite():  # nan, inf
+                    bp = Decimal(-1)
+                if not label or bp <= 0 or bp > BUCKETS or bp != bp.to_integral_value():
                     raise InputError(f"{text!r}: expected LABEL=PERCENT with LABEL an alias (production, candidate) "
                                      f"or a version, and a percentage > 0 in steps of 0.01, e.g. candidate=10")
                 label = label.strip()
@@ -538,6 +583,7 @@ class Registry:
                 _, version = self.resolve(ref, index)
                 if version["status"] == ARCHIVED:
                     raise RegistryRefused(f"{name}:{version['version']} is archived and cannot serve traffic")
+                self.check(name, version, "given traffic")
                 parsed.append({"label": label, "version": int(version["version"]), "weight": int(bp)})
             total = sum(int(a["weight"]) for a in parsed)
             if total != BUCKETS:
@@ -570,7 +616,8 @@ class Registry:
     # ---- reading -----------------------------------------------------------------------------
 
     def route(self, name: str, key: str, index: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Which version serves request `key`: the split's arm for its bucket, else production."""
+        """Which version serves request `key`: the split's arm for its bucket, else production.
+        (Callers that hand the version on check its files first: `check`.)"""
         index = index if index is not None else self.index()
         model = self.model(index, name)
         split = model.get("split")
@@ -586,12 +633,23 @@ class Registry:
     def version_dir(self, version: dict[str, Any]) -> Path:
         return inside(self.root, version["path"])
 
+    def check(self, name: str, version: dict[str, Any], what: str, artifacts: list[str] | None = None) -> None:
+        """Refuse (InputError) a version whose files (or these artifacts' files) are not the bytes
+        the index recorded at registration."""
+        problems = version_problems(self.root, version, artifacts)
+        if problems:
+            n = len(problems)
+            raise InputError(f"{name}:{version['version']} is not {what}: {n} of its files {'is' if n == 1 else 'are'} "
+                             f"not what the registry recorded when it was registered (altered in the registry?); "
+                             f"register the dist again:\n" + "\n".join(problems[:10]))
+
     def export(self, ref: Ref, out: Path, *, force: bool = False) -> tuple[Path, int]:
         """Copy a version out as a plain dist (every byte checked against its manifest on the way),
         stamped with its status now."""
         index = self.index()
         model, version = self.resolve(ref, index)
         src = self.version_dir(version)
+        self.check(ref.name, version, "exported")
         data = json.loads((src / MANIFEST).read_text(encoding="utf-8"))
         out = Path(out)
         check_replaceable(out, stages.DIST, force=force, replace_own=False)
@@ -599,8 +657,9 @@ class Registry:
         clean_stale(out.parent, f".{out.name}.")
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
         try:
-            copy_dist(src, tmp, data["files"], "its sha256 is not the one registered: the registry copy was altered; "
-                      "it is not exported")
+            # Every byte held to the index's record as it is copied (the check above may be from the cache).
+            copy_dist(src, tmp, recorded_files(self.root, version), "its sha256 is not the one registered: the "
+                      "registry copy was altered; it is not exported")
             for p in tmp.rglob("*"):
                 if p.is_file():
                     p.chmod(FILE_MODE)

@@ -55,20 +55,22 @@ def show(reg: Registry, ref: Ref, against: Ref | None, as_json: bool) -> str:
     else:
         number = model["aliases"].get(PRODUCTION)
         if number == version["version"] or number is None:
-            number = version["lineage"].get("parent_version")
+            number = (version.get("lineage") or {}).get("parent_version")
         other = model["versions"].get(str(number)) if number is not None else None
     rows = compare(version, other) if other else []
     if as_json:
         return json.dumps({"version": version, "against": other and other["version"], "comparison": rows},
                           indent=2, ensure_ascii=False)
-    lin = version["lineage"]
+    lin = version.get("lineage") or {}
+    training = lin.get("training") or {}
     out: list[str] = [f"{ref.name}:{version['version']}  status {version['status']}  registered {version['registered']} by "
            f"{version.get('user')}" + (f"  ({version['reason']})" if version.get("reason") else ""),
-           f"base model {lin['base_model']}; data sha256 {str(lin['dataset_sha256'])[:16]}… "
-           f"({lin['train_rows']} train / {lin['validation_rows']} validation rows); config {lin['config_sha256'][:12]}…; "
-           f"adapter {str(lin['adapter_sha256'])[:12]}…; parent version {lin['parent_version'] or '-'}",
-           f"training: {lin['training'].get('steps')} steps, validation loss {lin['training'].get('base_val_loss')} "
-           f"(base) → {lin['training'].get('val_loss')}", "",
+           f"base model {lin.get('base_model')}; data sha256 {str(lin.get('dataset_sha256'))[:16]}… "
+           f"({lin.get('train_rows')} train / {lin.get('validation_rows')} validation rows); config "
+           f"{str(lin.get('config_sha256'))[:12]}…; adapter {str(lin.get('adapter_sha256'))[:12]}…; parent version "
+           f"{lin.get('parent_version') or '-'}",
+           f"training: {training.get('steps')} steps, validation loss {training.get('base_val_loss')} "
+           f"(base) → {training.get('val_loss')}", "",
            _table(["artifact", "type", "MB", "sha256", "KL mean", "top-1", "verify"],
                   [[a["name"], a.get("type"), f"{a['bytes'] / 1e6:.2f}", (a.get("sha256") or "(folder)")[:12],
                     _num((a.get("verify") or {}).get("kl_mean")), _num((a.get("verify") or {}).get("top1")),

@@ -192,7 +192,7 @@ def test_export_is_a_verifiable_dist_and_refuses_altered_copies(tmp_path: Path, 
     stored = reg.root / "models" / "m" / "1" / "gguf" / "m-q8_0.gguf"
     stored.chmod(0o644)
     stored.write_bytes(b"GGUF changed")
-    with pytest.raises(InputError, match="not the one registered"):
+    with pytest.raises(InputError, match="not what the registry recorded"):
         reg.export(Ref.parse("m:1"), tmp_path / "deploy2")
     assert not (tmp_path / "deploy2").exists() and not list(tmp_path.glob(".deploy2*"))
 
@@ -243,3 +243,157 @@ def test_events_stay_numbered_after_a_writer_died_between_log_and_index(tmp_path
         f.write(json.dumps({"seq": 2, "time": "2026-01-01T00:00:00Z", "user": "x", "event": "alias", "model": "m"}) + "\n")
     reg.promote(Ref.parse("m:1"))
     assert [e["seq"] for e in reg.events()] == [1, 2, 3] and reg.index()["last_event"] == 3
+
+
+def _alter(path: Path, data: bytes = b"GGUF altered in the registry") -> None:
+    path.chmod(0o644)
+    path.write_bytes(data)
+
+
+def _registry_cli(reg: Registry, *args: str):
+    return CliRunner().invoke(cli, ["registry", *args, "--registry", str(reg.root)])
+
+
+def test_a_version_altered_in_the_registry_is_neither_promoted_routed_nor_exported(tmp_path: Path,
+                                                                                    reg: Registry) -> None:
+    from tests.conftest import resign
+
+    reg.add(make_dist(tmp_path / "a", seed="a"))
+    reg.add(make_dist(tmp_path / "b", seed="b"))
+    assert _registry_cli(reg, "promote", "m:1").exit_code == 0
+    v2 = reg.root / "models" / "m" / "2"
+    _alter(v2 / "gguf" / "m-q8_0.gguf")
+    before = (reg.root / "index.json").read_bytes(), (reg.root / "events.jsonl").read_bytes()
+    for args in (("promote", "m:2", "--to", "production"), ("promote", "m:2", "--to", "candidate"),
+                 ("split", "m", "production=90", "2=10")):
+        result = _registry_cli(reg, *args)
+        assert result.exit_code == 5, (args, result.output)
+        assert "m:2 is not" in result.output and "m-q8_0.gguf: 28 bytes, the registry recorded 1004" in result.output
+    assert ((reg.root / "index.json").read_bytes(), (reg.root / "events.jsonl").read_bytes()) == before
+
+    # The same bytes with the copied manifests re-signed to them: the index's record still refuses them,
+    # the size kept equal so that only the sha256 can tell.
+    _alter(v2 / "gguf" / "m-q8_0.gguf", b"GGUF" + b"x" * 1000)
+    for name in ("edgeft.json", "manifest.json"):
+        (v2 / name).chmod(0o644)
+    resign(v2, "gguf/m-q8_0.gguf")
+    result = _registry_cli(reg, "export", "m:2", str(tmp_path / "out"))
+    assert result.exit_code == 5 and "its sha256 is not the one the registry recorded" in result.output, result.output
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+    # Production's own file altered: route names no version whose bytes are not the registered ones.
+    assert _registry_cli(reg, "route", "m", "--key", "k").exit_code == 0
+    _alter(reg.root / "models" / "m" / "1" / "README.md", b"# another card\n")
+    result = _registry_cli(reg, "route", "m", "--key", "k")
+    assert result.exit_code == 5 and "m:1 is not routed to" in result.output, result.output
+
+
+def test_the_sha256_cache_never_hides_a_change(tmp_path: Path, reg: Registry) -> None:
+    import os
+
+    reg.add(make_dist(tmp_path / "a", seed="a"))
+    version = reg.index()["models"]["m"]["versions"]["1"]
+    reg.check("m", version, "checked")
+    assert (reg.root / ".sha256-cache.json").is_file()
+    gguf = reg.root / "models" / "m" / "1" / "gguf" / "m-q8_0.gguf"
+    st = gguf.stat()
+    _alter(gguf, b"GGUF" + b"z" * 1000)  # same size, and the old modification time put back
+    os.utime(gguf, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(InputError, match="its sha256 is not the one the registry recorded"):
+        reg.check("m", version, "checked")
+
+
+def _killed(reg: Registry, dist: Path, at: str) -> None:
+    """`registry add` in a process that SIGKILLs itself at `at` (a Registry method or registry
+    function), as a kill -9 at that moment would."""
+    code = (f"import os, signal, sys\nfrom edgeft import registry\n"
+            f"def die(*a, **k):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+            f"target = registry.Registry if hasattr(registry.Registry, {at!r}) else registry\n"
+            f"setattr(target, {at!r}, die)\n"
+            f"registry.Registry({str(reg.root)!r}).add(__import__('pathlib').Path({str(dist)!r}))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -9, done.stderr
+
+
+def test_a_registration_killed_before_its_commit_leaves_nothing_counted(tmp_path: Path, reg: Registry) -> None:
+    reg.add(make_dist(tmp_path / "a", seed="a"))
+    _killed(reg, make_dist(tmp_path / "b", seed="b"), "_write_atomic")  # the version folder is in place, no index
+    assert (reg.root / "models" / "m" / "2").is_dir()
+    assert sorted(reg.index()["models"]["m"]["versions"]) == ["1"]
+    assert [e["event"] for e in reg.events()] == ["register"]  # no "register version=2"
+    result = _registry_cli(reg, "show", "m")
+    assert result.exit_code == 0 and result.output.count("staging") == 1
+    assert reg.add(make_dist(tmp_path / "c", seed="c")) == ("m", 2, True)  # the next writer cleans up first
+    assert sorted(p.name for p in (reg.root / "models" / "m").iterdir()) == ["1", "2"]
+    assert reg.index()["models"]["m"]["versions"]["2"]["lineage"]["dataset_sha256"]
+    assert json.loads((reg.root / "models/m/2/manifest.json").read_text())["config"]["seed"] == "c"
+    assert [e["seq"] for e in reg.events()] == [1, 2]
+
+
+def test_a_registration_killed_after_its_commit_is_logged_by_the_next_writer(tmp_path: Path, reg: Registry) -> None:
+    reg.add(make_dist(tmp_path / "a", seed="a"))
+    _killed(reg, make_dist(tmp_path / "b", seed="b"), "_append_events")  # committed, not yet logged
+    assert sorted(reg.index()["models"]["m"]["versions"]) == ["1", "2"]
+    assert [(e["seq"], e["version"]) for e in reg.events()] == [(1, 1), (2, 2)]  # read from the index meanwhile
+    reg.promote(Ref.parse("m:2"))
+    logged = [json.loads(line) for line in (reg.root / "events.jsonl").read_text().splitlines()]
+    assert [(e["seq"], e["event"]) for e in logged] == [(1, "register"), (2, "register"), (3, "promote")]
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda m: m["versions"]["1"].update(version="x"), "models.m.versions.1.version"),
+    (lambda m: m["aliases"].update(production="x"), "models.m.aliases.production"),
+    (lambda m: m["aliases"].update(production=7), "models.m.aliases.production"),
+    (lambda m: m.update(versions=[]), "models.m.versions"),
+    (lambda m: m["versions"]["1"].update(artifacts={"a": 1}), "models.m.versions.1.artifacts"),
+    (lambda m: m["versions"]["1"]["artifacts"][0].update(sha256=None), "models.m.versions.1.artifacts[0].sha256"),
+    (lambda m: m["versions"]["1"]["evaluation"]["scores"]["fine-tuned"].update(exact_match="high"),
+     "models.m.versions.1.evaluation.scores.fine-tuned.exact_match"),
+    (lambda m: m.update(split={"id": "m/1", "arms": [{"label": "a", "version": 1, "weight": 5000.5},
+                                                     {"label": "b", "version": 2, "weight": 4999.5}]}),
+     "models.m.split.arms[0].weight"),
+    (lambda m: m.update(split={"id": "m/1", "arms": [{"label": "a", "version": 1, "weight": 5000},
+                                                     {"label": "b", "version": 2, "weight": 4000}]}),
+     "models.m.split.arms"),
+])
+def test_a_malformed_index_is_an_error_naming_the_file_and_key(tmp_path: Path, reg: Registry, edit, key: str) -> None:
+    reg.add(make_dist(tmp_path / "a", seed="a"))
+    reg.add(make_dist(tmp_path / "b", seed="b"))
+    reg.promote(Ref.parse("m:1"))
+    index = reg.index()
+    edit(index["models"]["m"])
+    (reg.root / "index.json").write_text(json.dumps(index))
+    for args in (("show", "m"), ("show", "m:1"), ("list",), ("route", "m", "--key", "k"), ("log",)):
+        result = _registry_cli(reg, *args)
+        assert result.exit_code == 5, (args, result.output)
+        assert f"index.json: {key}: expected" in result.output and "Traceback" not in result.output
+
+
+def test_nan_and_infinite_weights_are_refused(tmp_path: Path, reg: Registry) -> None:
+    reg.add(make_dist(tmp_path / "a", seed="a"))
+    reg.add(make_dist(tmp_path / "b", seed="b"))
+    reg.promote(Ref.parse("m:1"))
+    for arms in (("production=nan", "2=nan"), ("production=inf", "2=-inf"), ("production=1e400", "2=1")):
+        result = _registry_cli(reg, "split", "m", *arms)
+        assert result.exit_code == 5 and "LABEL=PERCENT" in result.output, result.output
+    index = reg.index()
+    index["models"]["m"]["split"] = {"id": "m/1", "arms": [{"label": "a", "version": 1, "weight": 5000},
+                                                           {"label": "b", "version": 2, "weight": 5000}]}
+    for literal, message in (("NaN", "NaN is not a JSON number"), ("1e309", "split.arms[0].weight: expected an integer")):
+        (reg.root / "index.json").write_text(json.dumps(index).replace("5000}", f"{literal}}}", 1))
+        result = _registry_cli(reg, "route", "m", "--key", "k")
+        assert result.exit_code == 5 and message in result.output, result.output
+
+
+def test_versions_registered_before_the_file_record_are_held_to_the_index_artifacts(tmp_path: Path,
+                                                                                   reg: Registry) -> None:
+    reg.add(make_dist(tmp_path / "a", seed="a"))
+    index = reg.index()
+    for key in ("files",):
+        del index["models"]["m"]["versions"]["1"][key]
+    del index["last_change"]
+    (reg.root / "index.json").write_text(json.dumps(index))  # as an earlier edgeft wrote it
+    assert _registry_cli(reg, "promote", "m:1").exit_code == 0
+    assert _registry_cli(reg, "export", "m:1", str(tmp_path / "out")).exit_code == 0
+    _alter(reg.root / "models" / "m" / "1" / "gguf" / "m-q8_0.gguf", b"GGUF" + b"x" * 1000)
+    result = _registry_cli(reg, "export", "m:1", str(tmp_path / "out2"))
+    assert result.exit_code == 5 and "m-q8_0.gguf: its sha256 is not the one the registry recorded" in result.output
