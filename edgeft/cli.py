@@ -33,15 +33,26 @@ SET_OPTION = click.option(
 
 
 class EdgeftGroup(click.Group):
-    """Turns EdgeftError into `Error: ...` + its exit code, everywhere below the root; a full disk
-    met outside a stage writer (which names its own folder) becomes NoSpaceError too."""
+    """Turns EdgeftError into `Error: ...` + its exit code, everywhere below the root (each line
+    cut to a readable length); a full disk met outside a stage writer (which names its own
+    folder) becomes NoSpaceError too, and a path with a name too long for the file system an
+    InputError."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from edgeft.errors import NoSpaceError, no_space
+        import errno
+
+        from edgeft.errors import InputError, NoSpaceError, clip_lines, no_space
 
         try:
             try:
                 return super().invoke(ctx)
+            except OSError as e:
+                if e.errno != errno.ENAMETOOLONG:
+                    raise
+                path = str(e.filename)
+                raise InputError(f"{path if len(path) <= 300 else path[:200] + '…' + path[-60:]}: a name in this path is too long for the file system "
+                                 f"(255 bytes per name, and edgeft names its temporaries after its outputs, adding "
+                                 f"about 25): choose a shorter path") from None
             except Exception as e:
                 if isinstance(e, EdgeftError) or not no_space(e):
                     raise
@@ -49,7 +60,7 @@ class EdgeftGroup(click.Group):
                 raise NoSpaceError(f"no space left on the disk{f' holding {where}' if where else ''}: free some "
                                    f"space and run the command again") from e
         except EdgeftError as e:
-            click.echo(f"Error: {e}", err=True)
+            click.echo(f"Error: {clip_lines(str(e))}", err=True)
             ctx.exit(e.exit_code)
 
 
@@ -68,24 +79,9 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 
 def _load(config_path: Path, overrides: tuple[str, ...] = ()):
-    import yaml
+    from edgeft.config import load_config, parse_overrides
 
-    from edgeft.config import load_config
-    from edgeft.errors import ConfigError
-
-    parsed: dict[str, Any] = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        if not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a key such as train.max_steps")
-        try:
-            parsed[key.strip()] = yaml.safe_load(value)
-        except (yaml.YAMLError, RecursionError) as e:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e}); "
-                              f"quote it, e.g. --set 'name=\"a: b\"'") from None
-    return load_config(config_path, parsed)
+    return load_config(config_path, parse_overrides(overrides))
 
 
 @click.group(cls=EdgeftGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -759,6 +755,7 @@ def chat(artifact: Path, artifact_type: str | None, max_tokens: int, temperature
     \b
     edgeft chat examples/nl2sql/dist/nl2sql-tiny --type q8_0
     """
+    from edgeft.errors import InputError
     from edgeft.run import open_runtime, respond
 
     sampling = Sampling(temperature, top_k, top_p, seed)
@@ -779,7 +776,12 @@ def chat(artifact: Path, artifact_type: str | None, max_tokens: int, temperature
             if not line.strip():
                 continue
             messages.append({"role": "user", "content": line})
-            reply = respond(rt, messages, max_tokens, sampling, lambda text: click.echo(text, nl=False))
+            try:
+                reply = respond(rt, messages, max_tokens, sampling, lambda text: click.echo(text, nl=False))
+            except InputError as e:  # the conversation no longer fits the context: say so, keep chatting
+                messages.pop()
+                click.echo(f"Error: {e}", err=True)
+                continue
             click.echo("")
             messages.append({"role": "assistant", "content": reply.text})
 

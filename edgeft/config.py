@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeft import formats
-from edgeft.errors import ConfigError, InputError
+from edgeft.errors import ConfigError, InputError, shown
 from edgeft.rowfilter import compile_filter
 
 # The values a key may take, named once (the checks below and the code that branches on them).
@@ -272,7 +272,7 @@ def _build(cls: Any, raw: Any, where: str, problems: list[str]) -> Any:
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value if value is not None else {}, dotted, problems)
         elif not _type_ok(value, tp):
-            problems.append(f"{dotted}: expected {_type_name(tp)}, got {value!r}")
+            problems.append(f"{dotted}: expected {_type_name(tp)}, got {shown(value)}")
         else:
             kwargs[key] = float(value) if tp is float else value
     return cls(**kwargs)
@@ -285,7 +285,7 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
 
     bad(not cfg.name, "name: required (it names dist/<name>/ and the exported model)")
     bad(bool(cfg.name) and not NAME.fullmatch(cfg.name),
-        f"name: {cfg.name!r} must start with an ASCII letter or digit and contain only ASCII letters, digits, "
+        f"name: {shown(cfg.name)} must start with an ASCII letter or digit and contain only ASCII letters, digits, "
         f"'-', '_' and '.' (at most 64): it names folders and files")
     bad(not cfg.base_model, "base_model: required (HF id, model directory or tiny:<size>)")
     bad(not cfg.data.train, "data.train: required (a JSONL file of examples)")
@@ -410,22 +410,93 @@ def _resolved_train(t: TrainConfig) -> TrainConfig:
     return dataclasses.replace(t, method=method, quantization=quantization, learning_rate=lr)
 
 
-def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Config:
-    """Read and validate a YAML config; `overrides` are dotted keys (`train.max_steps`)."""
+# A config is a few hundred values; YAML aliases let a few lines stand for billions of them
+# ("billion laughs": 9 levels of 9 aliases), which every later step would expand (checking,
+# hashing, the manifest, an error echoing a value). A config file may use aliases (`<<: *base`)
+# up to this many values expanded; a --set value has no use for them and may not.
+MAX_YAML_VALUES = 10_000
+
+
+def read_yaml(text: str, where: str, aliases: bool = True) -> Any:
+    """YAML text → data, refusing aliases (or, with `aliases`, more than MAX_YAML_VALUES values
+    once they are expanded) before anything is built from it: a ConfigError naming `where`."""
     import yaml
 
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _count_values(node, where, aliases)
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"not valid YAML ({getattr(e, 'problem', None) or str(e)[:200]})", f"{where}{line}") from None
+    except RecursionError:
+        raise ConfigError("not a readable config (nested too deeply)", where) from None
+    finally:
+        loader.dispose()
+
+
+def _count_values(root: Any, where: str, aliases: bool) -> None:
+    """How many values `root` stands for with every alias expanded, without expanding them (an
+    aliased node is one object, counted once and reused)."""
+    import yaml
+
+    sizes: dict[int, int | None] = {}
+
+    def size(node: Any) -> int:
+        if id(node) in sizes:
+            known = sizes[id(node)]
+            if not aliases:
+                raise ConfigError("a YAML alias (*name) is not allowed here: write the value out", where)
+            if known is None:
+                raise ConfigError("a YAML alias refers to a value that contains it: a config cannot be endless", where)
+            return known
+        sizes[id(node)] = None
+        n = 1
+        if isinstance(node, yaml.SequenceNode):
+            n += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            n += sum(size(k) + size(v) for k, v in node.value)
+        sizes[id(node)] = n
+        return n
+
+    total = size(root)
+    if total > MAX_YAML_VALUES:
+        raise ConfigError(f"its YAML aliases expand to {total:,} values, more than any config needs "
+                          f"({MAX_YAML_VALUES:,}): write it without them", where)
+
+
+def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` items → {dotted key: value}; each value is YAML (without aliases)."""
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"--set {shown(item)}: expected KEY=VALUE")
+        if not key.strip():
+            raise ConfigError(f"--set {shown(item)}: expected KEY=VALUE with a key such as train.max_steps")
+        try:
+            parsed[key.strip()] = read_yaml(value, "--set", aliases=False)
+        except ConfigError as e:
+            problem = e.problems[0]
+            if problem.startswith("not valid YAML"):
+                problem = f"the value is {problem}; quote it, e.g. --set 'name=\"a: b\"'"
+            raise ConfigError(f"--set {shown(item)}: {problem}") from None
+    return parsed
+
+
+def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and validate a YAML config; `overrides` are dotted keys (`train.max_steps`)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"not valid YAML ({getattr(e, 'problem', e)})", f"{path}{line}") from None
-    except (UnicodeDecodeError, RecursionError) as e:
-        why = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else "nested too deeply"
-        raise ConfigError(f"not a readable config ({why})", str(path)) from None
+        raw = read_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
+    except UnicodeDecodeError:
+        raise ConfigError("not a readable config (not UTF-8 text)", str(path)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"expected a mapping of sections (name: …, base_model: …), got {type(raw).__name__}",
                           str(path))
@@ -435,8 +506,8 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Co
         for i, p in enumerate(parents):
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {dotted}: {'.'.join(parents[:i + 1])} is not a section")
+                raise ConfigError(f"--set {dotted[:200]}: {'.'.join(parents[:i + 1])[:200]} is not a section")
         if not last:
-            raise ConfigError(f"--set {dotted!r}: expected KEY=VALUE with a key such as train.max_steps")
+            raise ConfigError(f"--set {shown(dotted)}: expected KEY=VALUE with a key such as train.max_steps")
         node[last] = value
     return parse_config(raw, str(path.resolve()))

@@ -6,6 +6,7 @@ built from them, and the README's table is tested against it (tests/test_readme.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -72,6 +73,28 @@ class RegistryRefused(EdgeftError, code=11):
     split, a rollback with no earlier version); nothing was changed."""
 
 
+def shown(value: object, limit: int = 200) -> str:
+    """`repr(value)` for an error message, at most about `limit` characters, built without
+    expanding the whole value (a config value can stand for gigabytes: YAML aliases)."""
+    import reprlib
+
+    class Short(reprlib.Repr):
+        def repr_int(self, x: int, level: int) -> str:
+            return f"<an integer of {x.bit_length():,} bits>" if x.bit_length() > 128 else repr(x)
+
+    short = Short()
+    short.maxlevel, short.maxstring, short.maxother, short.maxlong = 3, limit, limit, 40
+    short.maxdict = short.maxlist = short.maxtuple = short.maxset = 6
+    text = short.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def clip_lines(text: str, limit: int = 2000) -> str:
+    """Each line of a message cut to `limit` characters (saying how many were cut)."""
+    return "\n".join(line if len(line) <= limit else f"{line[:limit]}… ({len(line) - limit:,} more characters)"
+                     for line in text.split("\n"))
+
+
 def first_line(exc: BaseException | str, limit: int = 300) -> str:
     """What a library's exception (or a tool's stderr) says, in one line for an `Error: …` message."""
     text = str(exc).strip()
@@ -84,6 +107,28 @@ def describe(exc: BaseException) -> str:
 
 
 _NO_SPACE_TEXT = ("No space left on device", "StorageFull", "Disk quota exceeded")
+# numpy's `tofile` (llama.cpp's converter writes with it) reports a full disk only as a short write.
+_SHORT_WRITE = re.compile(r"\b\d+ requested and \d+ written\b")
+
+
+def full_disk(path: object) -> OSError | None:
+    """An ENOSPC error naming `path` when the disk holding it has less than 1 MiB left: what a tool
+    that failed there without saying why (llama-quantize: "iostream error") most likely met."""
+    import errno
+    import os
+
+    try:
+        st = os.statvfs(str(path))
+    except OSError:
+        return None
+    if st.f_bavail * st.f_frsize >= 1 << 20:
+        return None
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def says_no_space(text: str) -> bool:
+    """Whether a message (an exception's, a tool's output line) says the disk is full."""
+    return any(t in text for t in _NO_SPACE_TEXT) or _SHORT_WRITE.search(text) is not None
 
 
 def no_space(exc: BaseException) -> BaseException | None:
@@ -98,7 +143,7 @@ def no_space(exc: BaseException) -> BaseException | None:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
             return current
-        if any(text in str(current) for text in _NO_SPACE_TEXT):
+        if says_no_space(str(current)):
             return current
         current = current.__cause__ or current.__context__
     return None

@@ -141,6 +141,19 @@ def compare_answers(reference: list[str], candidate: list[str], references: list
 Prompt = list[dict[str, str]] | str  # a conversation, or the first half of a plain text
 
 
+def _prompt_ids(rt: Runtime, prompt: Prompt, max_new_tokens: int, what: str) -> list[int]:
+    """A prompt's ids, refused (naming the example) where it does not fit the context with
+    eval.max_new_tokens more, as `edgeft run` refuses it."""
+    try:
+        if not isinstance(prompt, str):
+            return rt.prompt_ids(prompt, max_new_tokens)
+        ids = rt.tokenize(prompt)
+        rt.check_fits(len(ids), max_new_tokens)
+        return ids
+    except InputError as e:
+        raise InputError(f"{what}: {e}") from None
+
+
 def answer(rt: Runtime, prompts: Sequence[Prompt], max_new_tokens: int, label: str,
            speed: dict[str, Any] | None = None) -> list[str]:
     """Greedy replies from the runtime's own template, tokenizer and stop tokens (plain-text
@@ -150,8 +163,7 @@ def answer(rt: Runtime, prompts: Sequence[Prompt], max_new_tokens: int, label: s
     `speed`: filled with the CPU speed of a runtime that answers one prompt at a time (the edge
     runtimes): generation tokens/s over every reply (the time after each first token), and prompt
     tokens/s of one PROMPT_PROBE-token prompt no earlier prompt shares a prefix with."""
-    ids = [rt.tokenize(p) if isinstance(p, str) else rt.tokenize(rt.chat_prompt(p), add_special=False)
-           for p in prompts]
+    ids = [_prompt_ids(rt, p, max_new_tokens, f"{label}: eval example {k + 1}") for k, p in enumerate(prompts)]
     outputs: list[str] = []
     started = shown = time.time()
     one_at_a_time = speed is not None and type(rt).generate_many is Runtime.generate_many

@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgeft.errors import InputError, ToolError
+from edgeft.errors import InputError, ToolError, full_disk, says_no_space
 from edgeft.paths import REPO_ROOT
 from edgeft.workdir import die_with_parent
 
@@ -54,8 +54,10 @@ def no_repack() -> list[str]:
     return [] if os.environ.get("EDGEFT_LLAMA_REPACK") == "1" else ["--no-repack"]
 
 
-def run(name: str, args: Sequence[object], what: str, timeout: float | None = None) -> str:
-    """Run a tool; its stdout and stderr together, or a ToolError with the end of its output."""
+def run(name: str, args: Sequence[object], what: str, timeout: float | None = None,
+        writes: Path | None = None) -> str:
+    """Run a tool; its stdout and stderr together, or a ToolError with the end of its output (from
+    an ENOSPC OSError when the folder it `writes` into is on a full disk)."""
     cmd = [str(tool(name)), *map(str, args)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout,
@@ -64,8 +66,10 @@ def run(name: str, args: Sequence[object], what: str, timeout: float | None = No
         raise ToolError(f"{name} on {what} did not finish in {timeout:.0f} s") from e
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
-        tail = "\n".join(line for line in output.strip().splitlines()[-8:])
-        raise ToolError(f"{name} failed on {what} (exit {proc.returncode}):\n{tail}")
+        lines = output.strip().splitlines()
+        tail = "\n".join([line for line in lines if says_no_space(line)][-1:] or lines[-8:])
+        raise ToolError(f"{name} failed on {what} (exit {proc.returncode}):\n{tail}") \
+            from (full_disk(writes) if writes is not None else None)
     return output
 
 

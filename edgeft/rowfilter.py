@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeft.errors import ConfigError
+from edgeft.errors import ConfigError, shown
 
 FUNCTIONS = ("len", "lower")
 CONSTANTS = {"true": True, "false": False, "null": None, "True": True, "False": False, "None": None}
@@ -37,6 +37,12 @@ PSEUDO_FIELDS = ("prompt", "reply")
 _TRUE = {"true", "yes", "y", "1"}
 _FALSE = {"false", "no", "n", "0", ""}
 _ORDER = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge}
+# A condition is a line or two; these bound what a hostile one can make the parser and the checks
+# do (900 `not`s, 10,000 `-`s and a 20,000-part field name all ran out of stack, a 5,000-digit
+# number out of int-to-text digits).
+MAX_CHARS = 4000
+MAX_DEPTH = 32  # nested operators, calls and dotted-name parts
+MAX_NUMBER = 2**63  # a number beyond any field value a log holds
 
 
 class _Missing(Exception):
@@ -81,8 +87,8 @@ def _field_name(node: ast.expr) -> str | None:
 def _check(node: ast.expr, text: str, key: str, names: list[str]) -> None:
     """Refuse any syntax outside the language (before a row is ever seen)."""
     def bad(what: str) -> ConfigError:
-        return ConfigError(f"{key}: {text!r}: {what} is not part of a filter; use comparisons (== != < <= > >= in), "
-                           f"and/or/not, field names, strings, numbers, true/false/null, len() and lower()")
+        return ConfigError(f"{key}: {shown(text)}: {what} is not part of a filter; use comparisons (== != < <= > >= "
+                           f"in), and/or/not, field names, strings, numbers, true/false/null, len() and lower()")
 
     if isinstance(node, ast.BoolOp):
         for v in node.values:
@@ -101,11 +107,13 @@ def _check(node: ast.expr, text: str, key: str, names: list[str]) -> None:
         if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
             raise bad(f"calling {ast.unparse(node.func)!r}")
         if len(node.args) != 1 or node.keywords:
-            raise ConfigError(f"{key}: {text!r}: {node.func.id}() takes one argument")
+            raise ConfigError(f"{key}: {shown(text)}: {node.func.id}() takes one argument")
         _check(node.args[0], text, key, names)
     elif isinstance(node, ast.Constant):
         if not isinstance(node.value, (str, int, float, bool)) and node.value is not None:
-            raise bad(f"the constant {node.value!r}")
+            raise bad(f"the constant {shown(node.value)}")
+        if isinstance(node.value, int) and not isinstance(node.value, bool) and abs(node.value) >= MAX_NUMBER:
+            raise bad(f"a number of {node.value.bit_length()} bits")
     elif isinstance(node, (ast.Name, ast.Attribute)):
         name = _field_name(node)
         if name is None:
@@ -129,11 +137,20 @@ def compile_filter(spec: str | list[str] | None, key: str = "data.filter") -> li
     out: list[Condition] = []
     for i, text in enumerate(items):
         where = key if isinstance(spec, str) else f"{key}[{i}]"
+        if len(text) > MAX_CHARS:
+            raise ConfigError(f"{where}: a condition of {len(text):,} characters (at most {MAX_CHARS:,}); write "
+                              f"shorter conditions, e.g. \"rating >= 4 and not edited\"")
         try:
             tree = ast.parse(text.strip(), mode="eval").body
         except SyntaxError as e:
-            raise ConfigError(f"{where}: {text!r} is not a condition ({e.msg}); write e.g. "
+            raise ConfigError(f"{where}: {shown(text)} is not a condition ({e.msg}); write e.g. "
                               f"\"rating >= 4 and not edited\"") from None
+        except (RecursionError, MemoryError):
+            raise ConfigError(f"{where}: {shown(text)} is nested too deeply to be a condition (at most "
+                              f"{MAX_DEPTH} levels)") from None
+        if _depth(tree) > MAX_DEPTH:
+            raise ConfigError(f"{where}: {shown(text)} is nested more than {MAX_DEPTH} levels deep (operators, "
+                              f"calls, parts of a field name): split it into conditions of its own")
         # Top-level `and` parts are counted as conditions of their own.
         parts = tree.values if isinstance(tree, ast.BoolOp) and isinstance(tree.op, ast.And) else [tree]
         for part in parts:
@@ -141,6 +158,18 @@ def compile_filter(spec: str | list[str] | None, key: str = "data.filter") -> li
             _check(part, text, where, names)
             out.append(Condition(ast.unparse(part), part, tuple(dict.fromkeys(names))))
     return out
+
+
+def _depth(tree: ast.AST) -> int:
+    """How deeply `tree` nests (without recursion: a hostile tree is deeper than Python's stack)."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth <= MAX_DEPTH:  # deeper is refused anyway
+            stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node)
+                         if not isinstance(child, (ast.expr_context, ast.cmpop, ast.boolop, ast.unaryop)))
+    return deepest
 
 
 def lookup(row: dict[str, Any], name: str, extra: Callable[[str], Any] | None = None) -> Any:

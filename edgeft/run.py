@@ -58,7 +58,8 @@ def resolve_artifact(path: Path, artifact_type: str | None = None) -> dict[str, 
 
 def open_runtime(path: Path, artifact_type: str | None = None) -> Runtime:
     """The artifact loaded in its runtime; a file its runtime cannot read is an input error
-    naming the cause (for GGUF, gguf's reader says what is wrong where llama.cpp only refuses)."""
+    naming the cause (a GGUF's header is read within bounds first, and names what is wrong
+    where llama.cpp only refuses: edgeft.gguf_header)."""
     from edgeft.runtimes import load_runtime
 
     entry = resolve_artifact(path, artifact_type)
@@ -68,15 +69,7 @@ def open_runtime(path: Path, artifact_type: str | None = None) -> Runtime:
     except InputError:
         raise
     except Exception as e:  # each runtime raises its own kinds for a file it cannot read
-        cause = first_line(e)
-        if entry["format"] == "gguf":
-            from edgeft.export import gguf_meta
-
-            try:
-                gguf_meta.read(where)
-            except Exception as parse_error:  # noqa: BLE001 - its message is the diagnosis
-                cause = f"not a valid GGUF file: {parse_error}"
-        raise InputError(f"{where}: cannot be loaded ({cause[:300]}); is it truncated or corrupt? A dist's files "
+        raise InputError(f"{where}: cannot be loaded ({first_line(e)}); is it truncated or corrupt? A dist's files "
                          f"can be checked with `edgeft verify DIST --check`") from None
 
 
@@ -98,7 +91,7 @@ class Reply:
 def respond(rt: Runtime, messages: Messages, max_tokens: int, sampling: Sampling,
             on_text: Callable[[str], None] | None = None) -> Reply:
     """Generate the assistant's reply to `messages`, streaming text to `on_text`."""
-    ids = rt.tokenize(rt.chat_prompt(messages), add_special=False)
+    ids = rt.prompt_ids(messages, max_tokens)
     tokens: list[int] = []
     shown = ""
     # A multi-byte character can span tokens: decode incrementally and print only whole characters.

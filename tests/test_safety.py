@@ -262,16 +262,17 @@ def test_unreadable_artifacts_fail_alone_with_a_named_cause(built: dict, tmp_pat
     report = json.loads((tmp_path / "v" / "report.json").read_text())
     assert report["artifacts"]["gguf-f16"]["passed"] is True
     q8 = report["artifacts"]["gguf-q8_0"]["checks"]["readable"]
-    assert not q8["passed"] and "KV count 1152921504606846976 exceeds maximum" in q8["detail"]
+    assert not q8["passed"] and "says it holds 1,152,921,504,606,846,976 metadata entries" in q8["detail"]
     assert not report["artifacts"]["onnx-fp32"]["checks"]["readable"]["passed"]
     # `edgeft run` on such files: an input error naming the file and the cause
     result = run("run", str(gguf), "hi")
     assert result.exit_code == 5, result.output
-    assert result.stderr.startswith(f"Error: {gguf}: cannot be loaded (not a valid GGUF file: KV count ")
-    for broken in (b"", gguf.read_bytes()[:5000], os.urandom(3000)):
+    assert result.stderr.startswith(f"Error: {gguf}: says it holds 1,152,921,504,606,846,976 metadata entries")
+    for broken in (b"", (dist / "gguf" / "micro-f16.gguf").read_bytes()[:50_000], os.urandom(3000)):
         gguf.write_bytes(broken)
         result = run("run", str(gguf), "hi")
-        assert result.exit_code == 5 and result.stderr.startswith(f"Error: {gguf}: cannot be loaded ("), result.output
+        assert result.exit_code == 5 and result.stderr.startswith(f"Error: {gguf}: "), result.output
+        assert any(cause in result.stderr for cause in ("empty", "truncated", "magic")), result.stderr
     result = run("run", str(onnx.parent), "hi")
     assert result.exit_code == 5 and result.stderr.startswith(f"Error: {onnx.parent / 'onnx-fp32'}") is False
     assert result.stderr.startswith(f"Error: {onnx.parent}: cannot be loaded (")
@@ -294,6 +295,38 @@ def test_template_bomb_in_an_artifact_is_refused_at_once(built: dict, tmp_path: 
     assert result.exit_code == 5, result.output
     assert result.stderr.startswith(f"Error: {folder}: its chat template {cause}")
     assert time.time() - started < 30  # was 92 s and 10.8 GB
+
+
+def _with_template(src: Path, dst: Path, template: str) -> Path:
+    subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(src), str(dst), "--chat-template",
+                    template, "--force"], check=True, capture_output=True)
+    return dst
+
+
+def test_a_template_that_renders_nothing_is_an_input_error(built: dict, tmp_path: Path) -> None:
+    gguf = _with_template(built["dist"] / "gguf" / "micro-q8_0.gguf", tmp_path / "empty.gguf",
+                          "{% if false %}x{% endif %}")
+    result = run("run", str(gguf), "hi")
+    assert result.exit_code == 5, result.output
+    assert result.stderr.startswith(f"Error: {gguf}: its chat template renders nothing for this conversation")
+
+
+def test_a_prompt_longer_than_the_context_is_refused_in_every_runtime(built: dict, tmp_path: Path) -> None:
+    long = "word " * 3000  # ~9,000 tokens: past the micro model's 1,024 positions
+    for artifact in ("gguf-q8_0", "onnx-fp32"):
+        result = run("run", str(built["dist"]), long, "--type", artifact)
+        assert result.exit_code == 5, result.output  # GGUF raised "llama_decode returned 1"; ONNX answered
+        assert "positions, more than the 1,024-token context of" in result.stderr, result.stderr
+    result = run("run", str(built["dist"]), "hi", "--max-tokens", "5000")
+    assert result.exit_code == 5 and "up to 5,000 new tokens were asked for" in result.stderr
+    chat = subprocess.run([sys.executable, "-m", "edgeft", "chat", str(built["dist"]), "--max-tokens", "8"],
+                          input=f"hi\n{long}\nthanks\n/exit\n", capture_output=True, text=True, timeout=300)
+    assert chat.returncode == 0 and chat.stderr.count("-token context of") == 1, chat.stderr  # the chat goes on
+    # eval: an example past the context, named
+    root = _copy(built, tmp_path)
+    result = run("eval", "-c", str(root / "edgeft.yaml"), "--set", "eval.max_new_tokens=1020")
+    assert result.exit_code == 5, result.output
+    assert "eval example 1: the prompt is" in result.stderr and "1,020 new tokens" in result.stderr
 
 
 # --- a full disk -------------------------------------------------------------------------------
@@ -328,6 +361,19 @@ def test_disk_full_in_verify_and_package_is_named_and_leaves_nothing(built: dict
     assert proc.returncode == 10, proc.stderr
     assert f"Error: no space left on the disk holding {root / 'dist'} while writing the dist stage" in proc.stderr
     assert proc.stdout.rstrip().endswith("LEFT:")
+
+
+def test_disk_full_during_export_gguf_is_named_like_every_stage(built: dict, tmp_path: Path) -> None:
+    root = _copy(built, tmp_path)
+    out = tmp_path / "small"
+    out.mkdir()
+    # 64 KB: the converter's write fails (numpy: "32768 requested and 584 written"); 600 KB: llama-quantize's
+    # ("iostream error"). Both were exit 6 with the tool's words.
+    for size in ("64k", "600k"):
+        proc = _in_tmpfs(out, size, "export", "gguf", "-c", str(root / "edgeft.yaml"), "--out", str(out / "g"))
+        assert proc.returncode == 10, (size, proc.stderr)
+        assert f"Error: no space left on the disk holding {out} while writing the export-gguf stage" in proc.stderr
+        assert proc.stdout.rstrip().endswith("LEFT:.edgeft.lock") or proc.stdout.rstrip().endswith("LEFT:")
 
 
 # --- what a dist says about the machine that built it -------------------------------------------

@@ -28,7 +28,7 @@ from typing import Any
 from edgeft import formats, llama_tools, stages
 from edgeft.base import plain_template
 from edgeft.config import Config
-from edgeft.errors import InputError, ToolError
+from edgeft.errors import InputError, ToolError, says_no_space
 from edgeft.export import gguf_meta, imatrix, open_export, pretok
 from edgeft.manifest import Stage, hash_json, sha256_file
 from edgeft.paths import vendor_dir
@@ -108,8 +108,10 @@ def _converter(script_name: str, args: list[str], what: Path, pre: str | None = 
         raise _UnknownPreTokenizer(proc.stderr)
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
-        # The converter logs at INFO; its ERROR lines (or the traceback's end) say what failed.
-        detail = [line for line in lines if line.startswith("ERROR")][-3:] or lines[-6:]
+        # The converter logs at INFO; its ERROR lines (or the traceback's end) say what failed; a
+        # full disk is named wherever it is (the stage then reports it as such, exit 10).
+        detail = ([line for line in lines if says_no_space(line)][-1:]
+                  or [line for line in lines if line.startswith("ERROR")][-3:] or lines[-6:])
         raise ToolError(f"{script_name} failed on {what} (exit {proc.returncode}):\n" + "\n".join(detail))
 
 
@@ -185,7 +187,7 @@ def quantize(src: Path, dst: Path, gguf_type: str, *, imatrix: Path | None = Non
         args += ["--dry-run", src, formats.GGUF_TYPES[gguf_type].quantize_name]
     else:
         args += [src, dst, formats.GGUF_TYPES[gguf_type].quantize_name]
-    output = llama_tools.run("llama-quantize", args, f"{src.name} → {gguf_type}")
+    output = llama_tools.run("llama-quantize", args, f"{src.name} → {gguf_type}", writes=dst.parent)
     if not dry_run and not dst.is_file():
         raise ToolError(f"llama-quantize {src.name} → {gguf_type} wrote no file:\n{output[-1000:]}")
     return _fallbacks(output)

@@ -56,7 +56,7 @@ def compute(model: Path, text: str, out: Path) -> dict[str, Any]:
     start = time.monotonic()
     args = ["-m", model, "-f", text_file, "-o", out, "-c", ctx, "-b", ctx, "--chunks", chunks, "--parse-special",
             "--no-ppl", "--output-frequency", 1_000_000, *llama_tools.no_repack()]
-    llama_tools.run("llama-imatrix", args, model.name)
+    llama_tools.run("llama-imatrix", args, model.name, writes=out.parent)
     if not out.is_file():
         raise ToolError(f"llama-imatrix wrote no matrix for {model.name}")
     data_sha = hashlib.sha256(text.encode("utf-8")).hexdigest()

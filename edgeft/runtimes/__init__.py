@@ -55,6 +55,30 @@ class Runtime(ABC):
     stopped: bool = False  # whether the last stream ended at a stop token
     template: str | None = None  # the artifact's own chat template, as its runtime reads it
     source: str = "the artifact"  # where it was loaded from, for messages
+    context: int | None = None  # the most positions (prompt and new tokens) it takes, where known
+
+    def prompt_ids(self, messages: Messages, max_new_tokens: int) -> list[int]:
+        """The token ids of `messages`' chat prompt, refused (InputError) when the template renders
+        nothing or when the prompt and `max_new_tokens` do not fit the context: the one rule of
+        `edgeft run`, `chat`, eval and the server (a runtime past its context fails or, worse,
+        answers from positions it was never trained on)."""
+        ids = self.tokenize(self.chat_prompt(messages), add_special=False)
+        if not ids:
+            from edgeft.errors import InputError
+
+            raise InputError(f"{self.source}: its chat template renders nothing for this conversation (an empty "
+                             f"prompt): the template is broken; fix the artifact's template")
+        self.check_fits(len(ids), max_new_tokens)
+        return ids
+
+    def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        if self.context is not None and prompt_tokens + max_new_tokens > self.context:
+            from edgeft.errors import InputError
+
+            raise InputError(f"the prompt is {prompt_tokens:,} tokens and up to {max_new_tokens:,} new tokens were "
+                             f"asked for: {prompt_tokens + max_new_tokens:,} positions, more than the "
+                             f"{self.context:,}-token context of {self.source} in {self.name}: shorten the prompt "
+                             f"(in a chat, /reset) or ask for fewer new tokens")
 
     @abstractmethod
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
@@ -119,11 +143,12 @@ class Runtime(ABC):
 
 
 def load_runtime(artifact: dict[str, Any], stage_dir: Path, *, all_logits: bool = True,
-                 n_ctx: int = 1024) -> Runtime:
+                 n_ctx: int | None = None) -> Runtime:
     """The runtime a consumer would use for a manifest artifact entry.
 
     `all_logits=False` when only generating (edgeft run/chat): llama.cpp then skips computing
-    and copying logits for every prompt position. `n_ctx`: llama.cpp's context size.
+    and copying logits for every prompt position. `n_ctx`: llama.cpp's context size (None: the
+    model's own, at most `llamacpp.MAX_CONTEXT`).
     """
     from edgeft.manifest import inside
 

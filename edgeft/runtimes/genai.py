@@ -27,7 +27,8 @@ class GenAIRuntime(Runtime):
         eos = config.get("eos_token_id")
         self._stop = sorted(eos if isinstance(eos, list) else [eos])
         self._bos = config.get("bos_token_id")
-        self._context = config.get("context_length", 2048)
+        self._context = int(config.get("context_length", 2048))
+        self.context = self._context
         tc = folder / "tokenizer_config.json"
         tokenizer_config = json.loads(tc.read_text()) if tc.exists() else {}
         # ORT GenAI's encode never adds BOS; callers add it when the tokenizer is configured to.

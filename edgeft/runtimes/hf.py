@@ -80,6 +80,7 @@ class HFRuntime(HFTokenizerRuntime):
             model_dir, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True
         ).eval()
         self._stop = sorted(set(stop_ids_from(self.model.generation_config, self.tokenizer)) | set(extra_stop))
+        self.context = getattr(self.model.config, "max_position_embeddings", None)
         self.stopped_on: list[int | None] = []
 
     def logits(self, ids: list[int]) -> np.ndarray:

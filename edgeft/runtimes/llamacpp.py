@@ -59,14 +59,40 @@ def llama_log_level(level: int = logging.CRITICAL) -> Iterator[None]:
         logger.setLevel(old)
 
 
+# The context `edgeft run`, `chat` and eval give a model that was trained on a longer one: its
+# KV cache grows with it (8192 positions of a 7B model: 1 GB at f16).
+MAX_CONTEXT = 8192
+
+
+def check_before_loading(path: Path) -> int | None:
+    """InputError for a GGUF whose header is out of bounds or whose chat template is not (see
+    edgeft.template), before llama.cpp reads it; the context length it was trained on, if given."""
+    from edgeft import gguf_header
+    from edgeft.template import guard
+
+    header = gguf_header.read(path)
+    tokens = header.special_tokens()
+    for key, template in header.metadata.items():
+        if key == "tokenizer.chat_template" or key.startswith("tokenizer.chat_template."):
+            guard(template if isinstance(template, str) else None, source=f"{path} ({key})", special_tokens=tokens)
+    trained = header.metadata.get(f"{header.metadata.get('general.architecture')}.context_length")
+    return trained if isinstance(trained, int) and trained > 0 else None
+
+
 class LlamaCppRuntime(Runtime):
     name = "llama.cpp"
 
-    def __init__(self, path: Path | str, n_ctx: int = 1024, lora: Path | str | None = None,
+    def __init__(self, path: Path | str, n_ctx: int | None = 1024, lora: Path | str | None = None,
                  all_logits: bool = True):
-        """`all_logits=False` for generation only: `logits()` then fails, generation is faster."""
+        """`all_logits=False` for generation only: `logits()` then fails, generation is faster.
+
+        The file's header is read within bounds and its chat templates rendered by edgeft's guard
+        first: llama-cpp-python compiles them while loading, unbounded (edgeft/gguf_header.py)."""
         import llama_cpp
 
+        trained = check_before_loading(Path(path))
+        if n_ctx is None:  # the model's own
+            n_ctx = min(trained or MAX_CONTEXT, MAX_CONTEXT)
         self._lib = llama_cpp
         with _no_weight_repacking():
             self.llm = llama_cpp.Llama(
@@ -77,6 +103,7 @@ class LlamaCppRuntime(Runtime):
         meta = self.llm.metadata
         self.template = meta.get("tokenizer.chat_template")
         self.source = str(path)
+        self.context = self.llm.n_ctx()
         self._formatter: Any = None
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:

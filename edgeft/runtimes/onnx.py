@@ -39,6 +39,7 @@ class OnnxRuntime(HFTokenizerRuntime):
         heads = config.get("num_key_value_heads") or config["num_attention_heads"]
         head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
         self._kv_shape = (1, heads, 0, head_dim)
+        self.context = config.get("max_position_embeddings")
         self._float = np.float16 if "float16" in self._inputs[self._past[0]].type else np.float32
 
     def _run(self, ids: list[int], past: dict[str, np.ndarray], past_len: int) -> tuple[np.ndarray, dict]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeft import formats, stages
+from edgeft import formats, gguf_header, stages
 from edgeft.base import end_of_turn
 from edgeft.config import Config, parse_config
 from edgeft.data import read_split
@@ -182,6 +182,7 @@ def verify_artifact(stage: Stage, art: dict[str, Any], ref: Reference, probes: l
         why: str | None
         try:
             if art["format"] == "gguf":
+                gguf_header.read(stage.file(art["path"]))  # within bounds first: gguf's reader has none
                 numbers.update(files.file_checks(stage.file(art["path"]), model_dir, art["type"], checks))
         except Exception as e:
             log.debug("%s could not be read", name, exc_info=True)
