@@ -108,7 +108,7 @@ def with_typos(train: list[Example], copies: int, rate: float, seed: int) -> tup
         if e.messages is None:
             continue
         for k in range(copies):
-            rng = random.Random(f"edgeft-typos:{seed}:{e.key()}:{k}")  # str seeds hash with sha512: stable
+            rng = random.Random(f"edgeft-typos:{seed}:{e.content()}:{k}")  # str seeds hash with sha512: stable
             messages = [dict(m) for m in e.messages]
             for i, prefix, body in user_turns(e):
                 messages[i]["content"] = prefix + noisy(body, rate, rng)

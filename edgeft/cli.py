@@ -218,6 +218,7 @@ def data_check(file: Path | None, config_path: Path | None, model: str | None, m
         dedup=dedup if dedup is not None else d.dedup,
         tokenizer=tokenizer,
         max_length=max_length if max_length is not None else (cfg.train.max_seq_length if cfg else None),
+        near_duplicate_threshold=d.near_duplicate_threshold,
         row_filter=list(conditions) if conditions else d.filter, augment=d.augment,
         paraphraser=paraphraser(cfg) if cfg else None, trust_remote_code=cfg.trust_remote_code if cfg else False,
     )

@@ -52,16 +52,19 @@ class Example:
     def is_chat(self) -> bool:
         return self.messages is not None
 
-    def key(self) -> str:
-        """Identity for exact duplicates and leakage: content, whitespace-normalised (computed once:
-        an example is not edited after loading; augmentation makes new ones)."""
+    def content(self) -> str:
+        """The content, whitespace-normalised, as text (what `key` digests)."""
+        if self.messages is not None:
+            return json.dumps([[m["role"], " ".join(m["content"].split())] for m in self.messages])
+        return " ".join((self.text or "").split())
+
+    def key(self) -> bytes:
+        """Identity for exact duplicates and leakage: a 128-bit digest of `content` (computed once,
+        and small: a million rows' keys as text were 350 MB; an example is not edited after
+        loading, augmentation makes new ones)."""
         key = self.__dict__.get("_key")
         if key is None:
-            if self.messages is not None:
-                key = json.dumps([[m["role"], " ".join(m["content"].split())] for m in self.messages])
-            else:
-                key = " ".join((self.text or "").split())
-            self.__dict__["_key"] = key
+            key = self.__dict__["_key"] = hashlib.blake2b(self.content().encode(), digest_size=16).digest()
         return key
 
     def parts(self) -> tuple[str, str]:

@@ -75,7 +75,7 @@ class DataReport:
 
 
 def exact_duplicates(examples: list[Example]) -> list[Finding]:
-    seen: dict[str, Example] = {}
+    seen: dict[bytes, Example] = {}
     out = []
     for e in examples:
         k = e.key()

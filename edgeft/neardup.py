@@ -29,7 +29,7 @@ without a cap: both are what made the check quadratic and slow.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,9 +137,9 @@ class Parts:
         return cls(texts, signatures([p for p, _ in texts]), signatures([a for _, a in texts]), content)
 
 
-def _content_ids(keys: Sequence[str]) -> np.ndarray:
+def _content_ids(keys: Sequence[Hashable]) -> np.ndarray:
     """One id per distinct key, in order of first appearance."""
-    ids: dict[str, int] = {}
+    ids: dict[Hashable, int] = {}
     return np.fromiter((ids.setdefault(k, len(ids)) for k in keys), dtype=np.int64, count=len(keys))
 
 
@@ -204,7 +204,7 @@ class _Best:
         return self.rows(self.codes).tolist(), self.partners(self.codes).tolist()
 
 
-def _neighbours(bands: np.ndarray, band: int, cap: int) -> tuple[np.ndarray, np.ndarray]:
+def _neighbours(bands: np.ndarray, band: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows sorted by their key in `band`, then (sorted neighbourhood) by their keys in the
     following bands, so that within a bucket too large to compare in full the rows sharing the
     most values sit next to each other: (order, each sorted row's key). SORT_KEYS bounds the sort."""
@@ -217,7 +217,7 @@ def _neighbours(bands: np.ndarray, band: int, cap: int) -> tuple[np.ndarray, np.
 def _pairs_within(bands: np.ndarray, band: int, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(later row, earlier row) for each row and the rows at most `cap` places before it in its
     bucket's sorted order (`_neighbours`), and the rows of buckets larger than cap + 1."""
-    order, ordered = _neighbours(bands, band, cap)
+    order, ordered = _neighbours(bands, band)
     later, earlier = [], []
     for d in range(1, cap + 1):
         same = ordered[d:] == ordered[:-d]
@@ -258,11 +258,11 @@ def _candidates(q: Parts, r: Parts | None, threshold: float) -> tuple[_Best, int
     cap, confirm = limits(len(q.texts) + (len(r.texts) if r is not None else 0))
     best = _Best(len(q.texts), len(other.texts), confirm)
     for band in range(NUM_PERM // BAND_ROWS):
-        keys = np.ascontiguousarray(q.bands[:, band])
         if r is None:
             qi, rj, over = _pairs_within(q.bands, band, cap)
         else:
-            qi, rj, over = _pairs_across(keys, np.ascontiguousarray(r.bands[:, band]), cap)
+            qi, rj, over = _pairs_across(np.ascontiguousarray(q.bands[:, band]),
+                                         np.ascontiguousarray(r.bands[:, band]), cap)
         keep = q.content[qi] != other.content[rj]
         codes = _estimated(q, other, qi[keep], rj[keep], threshold - margin(threshold))
         # A bucket is full of rows that share common text ("the", a template) as often as of look-alikes;
@@ -280,14 +280,14 @@ def _confirmed(q: Parts, r: Parts, best: _Best, threshold: float) -> dict[int, t
     """row → (similarity, partner) for rows with a candidate at or above `threshold`, exactly; the
     most similar partner, the earlier one on a tie."""
     out: dict[int, tuple[float, int]] = {}
-    grams: dict[tuple[int, int], set[str]] = {}
+    grams: dict[tuple[int, int], tuple[set[str], set[str]]] = {}  # a row's partners come together: a small cache
 
     def sets(p: Parts, row: int, tag: int) -> tuple[set[str], set[str]]:
         if (tag, row) not in grams:
             if len(grams) > 4096:
                 grams.clear()
-            grams[(tag, row)] = (shingles(p.texts[row][0]), shingles(p.texts[row][1]))  # type: ignore[assignment]
-        return grams[(tag, row)]  # type: ignore[return-value]
+            grams[(tag, row)] = (shingles(p.texts[row][0]), shingles(p.texts[row][1]))
+        return grams[(tag, row)]
 
     for i, j in zip(*best.pairs(), strict=True):
         a, b = sets(q, i, 0), sets(r, j, 1 if r is not q else 0)
@@ -297,7 +297,7 @@ def _confirmed(q: Parts, r: Parts, best: _Best, threshold: float) -> dict[int, t
     return out
 
 
-def within(texts: list[tuple[str, str]], keys: Sequence[str], threshold: float) -> tuple[dict[int, tuple[float, int]], int]:
+def within(texts: list[tuple[str, str]], keys: Sequence[Hashable], threshold: float) -> tuple[dict[int, tuple[float, int]], int]:
     """Near-duplicates among rows given as (prompt, answer), each row with its most similar
     earlier row: {row: (similarity, earlier row)}; and how many rows had more candidates than
     were compared (a full LSH bucket, or more than `limits`' exact comparisons)."""
@@ -308,8 +308,8 @@ def within(texts: list[tuple[str, str]], keys: Sequence[str], threshold: float) 
     return _confirmed(parts, parts, best, threshold), capped
 
 
-def across(queries: list[tuple[str, str]], query_keys: Sequence[str], refs: list[tuple[str, str]],
-           ref_keys: Sequence[str], threshold: float) -> dict[int, tuple[float, int]]:
+def across(queries: list[tuple[str, str]], query_keys: Sequence[Hashable], refs: list[tuple[str, str]],
+           ref_keys: Sequence[Hashable], threshold: float) -> dict[int, tuple[float, int]]:
     """Query rows that are near-duplicates of a reference row: {query row: (similarity, reference row)}.
     Rows with a reference's exact content are not listed (an exact match is a check of its own)."""
     if not queries or not refs:

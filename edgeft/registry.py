@@ -379,13 +379,15 @@ class Registry:
     def _recover(self, index: dict[str, Any]) -> None:
         """What a writer killed mid-change left (under the lock): the committed change's events
         the log lacks are appended; a version folder no index names (a registration killed before
-        its commit) is removed when it is edgeft's own copy, and skipped by numbering otherwise."""
+        its commit) is removed when it is edgeft's own copy, and skipped by numbering otherwise;
+        copies of dead registrations are removed."""
         logged = self._last_seq()
         missing = [e for e in index.get("last_change", []) if e["seq"] > logged]
         if missing:
             self._append_events(missing)
         models = self.root / "models"
         for folder in sorted(models.iterdir()) if models.is_dir() else []:
+            clean_stale(folder, ".version.tmp-")  # a registration killed while copying
             known = (index["models"].get(folder.name) or {}).get("versions", {})
             for version in [p for p in folder.iterdir() if p.name.isdigit() and p.name not in known]:
                 try:

@@ -327,6 +327,10 @@ def test_a_registration_killed_before_its_commit_leaves_nothing_counted(tmp_path
     assert reg.index()["models"]["m"]["versions"]["2"]["lineage"]["dataset_sha256"]
     assert json.loads((reg.root / "models/m/2/manifest.json").read_text())["config"]["seed"] == "c"
     assert [e["seq"] for e in reg.events()] == [1, 2]
+    _killed(reg, make_dist(tmp_path / "d", seed="d"), "copy_dist")  # killed while copying the dist in
+    assert [p.name for p in (reg.root / "models" / "m").iterdir() if p.name.startswith(".version.tmp-")]
+    reg.promote(Ref.parse("m:1"))  # any change clears what a dead registration left
+    assert sorted(p.name for p in (reg.root / "models" / "m").iterdir()) == ["1", "2"]
 
 
 def test_a_registration_killed_after_its_commit_is_logged_by_the_next_writer(tmp_path: Path, reg: Registry) -> None:
