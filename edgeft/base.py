@@ -176,7 +176,23 @@ def load_base(base: str, cfg: Config) -> Any:
     model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
     if t.quantization != "none" and not torch.cuda.is_available():
         _keep_4bit_weights_trainable(model)
+    _name_the_backbone(model)
     return model
+
+
+def _name_the_backbone(model: Any) -> None:
+    """Make `model.base_model` the backbone where the class names one it does not have.
+
+    trl's fused LM head runs `model.base_model` and reads its `last_hidden_state`. Gemma3ForCausalLM
+    (transformers 4.57) declares `base_model_prefix = "language_model"` but keeps its backbone in
+    `model`, so `base_model` is the whole model and the first training step raised AttributeError
+    ('CausalLMOutputWithPast' has no 'last_hidden_state'). The instance is told its real prefix.
+    """
+    from transformers import PreTrainedModel
+
+    prefix = getattr(model, "base_model_prefix", "")
+    if prefix and not hasattr(model, prefix) and isinstance(getattr(model, "model", None), PreTrainedModel):
+        model.base_model_prefix = "model"
 
 
 def _keep_4bit_weights_trainable(model) -> None:
@@ -210,21 +226,78 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
-def ensure_chat_template(tokenizer: Any) -> bool:
-    """Give a template-less tokenizer edgeft's default template; True if it had to. The template
-    is rendered once within bounds first (edgeft.template): it is code from the model's author."""
+# A base model's family format, when its vocabulary holds the family's turn tokens as single
+# special tokens: the model (or its instruction-tuned sibling) has seen them, and the closing one
+# becomes the token every artifact stops on, as the family's instruct models do. Each wraps the
+# assistant's content and closing token in `{% generation %}` (what trl's assistant-only loss reads).
+def _gen(end: str) -> str:
+    return "{% generation %}{{ message['content'] + '" + end + "' }}{% endgeneration %}"
+
+
+FAMILY_TEMPLATES: dict[str, tuple[tuple[str, ...], str]] = {
+    "chatml": (("<|im_start|>", "<|im_end|>"), (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+        "{% if message['role'] == 'assistant' %}" + _gen("<|im_end|>") + "{{ '\n' }}"
+        "{% else %}{{ message['content'] + '<|im_end|>\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")),
+    # Gemma's own layout: a system turn is written into the first user turn; the assistant is "model".
+    "gemma": (("<start_of_turn>", "<end_of_turn>"), (
+        "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] + '\n\n' %}"
+        "{% set turns = messages[1:] %}{% else %}{% set system = '' %}{% set turns = messages %}{% endif %}"
+        "{% for message in turns %}{% if message['role'] == 'assistant' %}{{ '<start_of_turn>model\n' }}"
+        + _gen("<end_of_turn>") + "{{ '\n' }}{% else %}{{ '<start_of_turn>user\n' + (system if loop.first else '') "
+        "+ message['content'] + '<end_of_turn>\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}")),
+    "llama3": (("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"), (
+        "{{ bos_token }}{% for message in messages %}"
+        "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}"
+        "{% if message['role'] == 'assistant' %}" + _gen("<|eot_id|>") + "{% else %}"
+        "{{ message['content'] + '<|eot_id|>' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")),
+    "phi3": (("<|user|>", "<|assistant|>", "<|end|>"), (
+        "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' }}"
+        "{% if message['role'] == 'assistant' %}" + _gen("<|end|>") + "{{ '\n' }}"
+        "{% else %}{{ message['content'] + '<|end|>\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")),
+}
+
+
+def _single_token(tokenizer: Any, text: str) -> bool:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return len(ids) == 1 and ids[0] != tokenizer.unk_token_id
+
+
+def family_template(tokenizer: Any) -> str | None:
+    """The name of the family format whose turn tokens the vocabulary holds, if any."""
+    for name, (tokens, _) in FAMILY_TEMPLATES.items():
+        if all(_single_token(tokenizer, t) for t in tokens):
+            return name
+    return None
+
+
+def ensure_chat_template(tokenizer: Any) -> str | None:
+    """Give a template-less tokenizer a template: its family's (FAMILY_TEMPLATES) when its vocabulary
+    has the family's turn tokens, else edgeft's generic one. Returns what was chosen and why, or
+    None when the base has its own, which is rendered once within bounds first (edgeft.template):
+    it is code from the model's author."""
     from edgeft.template import guard
 
     if tokenizer.chat_template:
         templates = tokenizer.chat_template
         for template in templates.values() if isinstance(templates, dict) else [templates]:
             guard(template, source=f"base model {tokenizer.name_or_path}", special_tokens=special_tokens(tokenizer))
-        return False
+        return None
+    family = family_template(tokenizer)
+    if family is not None:
+        tokens, tokenizer.chat_template = FAMILY_TEMPLATES[family]
+        return (f"{family} (the base has no chat template; its vocabulary holds {family}'s turn tokens "
+                f"{', '.join(tokens)}, and its turns end with {tokens[-1]})")
     if tokenizer.eos_token is None:
         raise ConfigError("base_model: the tokenizer has neither a chat template nor an EOS token; "
                           "give it a chat_template in tokenizer_config.json")
     tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
-    return True
+    return (f"edgeft's generic template (the base has no chat template and none of the known families' turn "
+            f"tokens; its turns end with the EOS token {tokenizer.eos_token})")
 
 
 def special_tokens(tokenizer: Any) -> dict[str, str]:
@@ -253,7 +326,9 @@ def end_of_turn(tokenizer: Any) -> tuple[str, int] | None:
     ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
     if not ids:
         return None
-    special = set(tokenizer.all_special_ids)
+    # Special tokens beyond the named ones count: Gemma's <end_of_turn> is a control token of the
+    # vocabulary, not one of bos/eos/pad/unk.
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
     if ids[0] in special:
         return tokenizer.convert_ids_to_tokens(ids[0]), ids[0]
     return None

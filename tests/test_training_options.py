@@ -39,7 +39,8 @@ def test_base_without_a_template_gets_the_documented_default(tmp_path: Path, mic
     tc.pop("chat_template", None)
     (bare / "tokenizer_config.json").write_text(json.dumps(tc))
     manifest = _train(_config(tmp_path, base=str(bare), max_steps=4))
-    assert manifest["chat_template"] == "edgeft default (the base had none)"
+    assert manifest["chat_template"].startswith("edgeft's generic template (the base has no chat template and none")
+    assert manifest["metrics"]["chat_template"] == manifest["chat_template"]
     tok = AutoTokenizer.from_pretrained(tmp_path / "runs" / "opt" / "train" / "adapter")
     assert tok.chat_template == DEFAULT_CHAT_TEMPLATE
     # The base's own EOS ends the assistant's turn.
