@@ -130,6 +130,34 @@ def built(tmp_path_factory: pytest.TempPathFactory, micro_model: Path) -> dict:
     return build_micro(tmp_path_factory.mktemp("pipeline"))
 
 
+def without_template(model: Path, dst: Path, family_tokens: bool = True) -> Path:
+    """A copy of a tiny model with no chat template (a base model); without `family_tokens`, its
+    ChatML turn tokens renamed everywhere the tokenizer is stored (so no family's format applies
+    and edgeft's generic template does)."""
+    import json
+
+    shutil.copytree(model, dst)
+    (dst / "chat_template.jinja").unlink(missing_ok=True)
+    tc = json.loads((dst / "tokenizer_config.json").read_text())
+    tc.pop("chat_template", None)
+    (dst / "tokenizer_config.json").write_text(json.dumps(tc))
+    if not family_tokens:
+        renames = {"<|im_start|>": "<|sot|>", "<|im_end|>": "<|eot|>"}
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            text = (dst / name).read_text()
+            for old, new in renames.items():
+                text = text.replace(old, new)
+            (dst / name).write_text(text)
+        from sentencepiece import sentencepiece_model_pb2 as spm
+
+        proto = spm.ModelProto()
+        proto.ParseFromString((dst / "tokenizer.model").read_bytes())
+        for piece in proto.pieces:
+            piece.piece = renames.get(piece.piece, piece.piece)
+        (dst / "tokenizer.model").write_bytes(proto.SerializeToString())
+    return dst
+
+
 def resign(stage: Path, relpath: str) -> None:
     """Make a stage's (or dist's) manifests agree with a file altered in place, so that only its
     behaviour can give the change away, not its checksum."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import EXAMPLE, write_config
+from conftest import EXAMPLE, without_template, write_config
 
 from edgeft.cli import cli
 
@@ -83,9 +83,7 @@ def test_java_kit_prompt_with_edgefts_default_template(tmp_path: Path, micro_mod
     matcher does not know: the kit's prompt pieces still give transformers' exact prompt ids."""
     import llama_cpp
 
-    bare = tmp_path / "bare"
-    shutil.copytree(micro_model, bare)
-    (bare / "chat_template.jinja").unlink()
+    bare = without_template(micro_model, tmp_path / "bare", family_tokens=False)
     dist = _build(tmp_path, str(bare), [])
     from edgeft.prompt_format import from_properties
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import EXAMPLE, write_config
+from conftest import EXAMPLE, without_template, write_config
 
 from edgeft.cli import cli
 
@@ -30,20 +29,19 @@ def _train(cfg: Path, *extra: str) -> dict:
 def test_base_without_a_template_gets_the_documented_default(tmp_path: Path, micro_model: Path) -> None:
     from transformers import AutoTokenizer
 
-    from edgeft.base import DEFAULT_CHAT_TEMPLATE, end_of_turn
+    from edgeft.base import DEFAULT_CHAT_TEMPLATE, FAMILY_TEMPLATES, end_of_turn, ensure_chat_template
 
-    bare = tmp_path / "bare"
-    shutil.copytree(micro_model, bare)
-    (bare / "chat_template.jinja").unlink()
-    tc = json.loads((bare / "tokenizer_config.json").read_text())
-    tc.pop("chat_template", None)
-    (bare / "tokenizer_config.json").write_text(json.dumps(tc))
+    # A vocabulary with ChatML's turn tokens (a Qwen base): ChatML, closed by <|im_end|>.
+    chatml = AutoTokenizer.from_pretrained(without_template(micro_model, tmp_path / "chatml"))
+    assert ensure_chat_template(chatml).startswith("chatml (the base has no chat template")
+    assert chatml.chat_template == FAMILY_TEMPLATES["chatml"][1] and end_of_turn(chatml)[0] == "<|im_end|>"
+    # None of the families' tokens: edgeft's generic template, closed by the base's own EOS.
+    bare = without_template(micro_model, tmp_path / "bare", family_tokens=False)
     manifest = _train(_config(tmp_path, base=str(bare), max_steps=4))
     assert manifest["chat_template"].startswith("edgeft's generic template (the base has no chat template and none")
     assert manifest["metrics"]["chat_template"] == manifest["chat_template"]
     tok = AutoTokenizer.from_pretrained(tmp_path / "runs" / "opt" / "train" / "adapter")
     assert tok.chat_template == DEFAULT_CHAT_TEMPLATE
-    # The base's own EOS ends the assistant's turn.
     assert end_of_turn(tok) == (tok.eos_token, tok.eos_token_id)
 
 
