@@ -36,7 +36,7 @@ def resolve_base(spec: str, root: Path | None = None, trust_remote_code: bool = 
 
         parts = spec.split(":")
         size = parts[1] if len(parts) > 1 else ""
-        known = [*SIZES, *(f"{s}-bpe" for s in SIZES)]
+        known = [*SIZES, *(f"{s}-{v}" for v in ("bpe", "qwen2") for s in SIZES)]
         if size not in known or len(parts) > 3 or (len(parts) == 3 and not parts[2].isdigit()):
             raise ConfigError(
                 f"base_model: {spec!r} is not tiny:<size>[:<seed>] with size one of {', '.join(known)}"
@@ -49,6 +49,10 @@ def resolve_base(spec: str, root: Path | None = None, trust_remote_code: bool = 
     local = Path(spec).expanduser()
     if not local.is_absolute() and root is not None and (root / local).exists():
         local = root / local
+    if local.is_file() and local.suffix == ".gguf":  # any GGUF: dequantized into a cached HF directory
+        from edgeft.realmodel import cached_gguf_base
+
+        return str(cached_gguf_base(local))
     if not local.exists():
         if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
             raise ConfigError(f"base_model: {spec!r} does not exist")

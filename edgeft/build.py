@@ -78,6 +78,19 @@ def build(cfg: Config, *, force: bool = False,
         return _build(cfg, force, on_stage)
 
 
+def _preflight(cfg: Config) -> None:
+    """Exit 3 in seconds when a configured export cannot take the base's architecture (the pinned
+    tools' own tables: edgeft.preflight), before any training."""
+    from edgeft import preflight
+    from edgeft.base import resolve_base
+
+    answers = preflight.check(Path(resolve_base(cfg.base_model, cfg.root, cfg.trust_remote_code)), cfg, quick=True)
+    preflight.require(answers)
+    for a in answers:
+        if a.needed and a.consumer.startswith("GGUF ") and "do not divide" in a.detail:
+            log.info("pre-flight: %s: %s", a.consumer, a.detail)
+
+
 def _build(cfg: Config, force: bool, on_stage: Callable[[str, str], None] | None) -> BuildResult:
     result = BuildResult(dist=cfg.dist_path)
     own = {"force": force, "replace_own": True}
@@ -109,6 +122,7 @@ def _build(cfg: Config, force: bool, on_stage: Callable[[str, str], None] | None
     # Before minutes of work: every output this build may replace must be edgeft's own (or --force).
     for kind in stages.ORDER:
         check_replaceable(stages.directory(cfg, kind), kind, force=force, replace_own=True)
+    _preflight(cfg)
     train = step(stages.TRAIN, [], train_stage)
     merged = step(stages.MERGE, [train], lambda: merge_mod.merge_adapter(cfg, **own))
     exports = []

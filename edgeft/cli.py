@@ -64,6 +64,24 @@ class EdgeftGroup(click.Group):
             ctx.exit(e.exit_code)
 
 
+def _mistral_regex_false_alarm(record: logging.LogRecord) -> bool:
+    """False (drop it) for transformers 4.57.6's "incorrect regex pattern … fix_mistral_regex" warning
+    on a folder whose config.json is not a Mistral model: it fires for every local tokenizer of more
+    than 100k tokens saved by 4.57.3+ (Gemma 3, Qwen; transformers#44031, fixed upstream by #45444)
+    and changes nothing in how it tokenizes."""
+    import re
+
+    message = record.getMessage()
+    found = re.search(r"loading from '(.*)' with an incorrect regex", message)
+    if "fix_mistral_regex" not in message or not found:
+        return True
+    try:
+        model_type = json.loads((Path(found.group(1)) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return True
+    return model_type in {"mistral", "mistral3", "voxtral", "ministral", "pixtral"}
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     # edgeft's own log at `level`; libraries (ONNX Runtime's quantizer, datasets, …) are chatty
@@ -74,6 +92,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     # bitsandbytes warns at import that it cannot fetch an optional CPU kernel from a hub; its
     # built-in CPU path is used instead, so the warning says nothing a user can act on.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    logging.getLogger("transformers.tokenization_utils_base").addFilter(_mistral_regex_false_alarm)
     if quiet:
         os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -787,12 +806,38 @@ def chat(artifact: Path, artifact_type: str | None, max_tokens: int, temperature
             messages.append({"role": "assistant", "content": reply.text})
 
 
+@cli.command("check-model")
+@click.argument("base")
+@click.option("-c", "--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Also say which answers this config's exports need (exit 3 when one is no).")
+@click.option("--json", "as_json", is_flag=True, help="The answers as JSON.")
+def check_model(base: str, config_path: Path | None, as_json: bool) -> None:
+    """Will every consumer load BASE? Asks the pinned tools: llama.cpp's converter and runtime,
+    each GGUF type's blocks, optimum-onnx, onnxruntime-genai's builder, the JS Jinja engine.
+
+    BASE is what base_model takes: a model directory, a hub id, tiny:<size>, gemma3:270m, …
+
+    \b
+    edgeft check-model gemma3:270m
+    edgeft check-model tiny:micro -c edgeft.yaml
+    """
+    from edgeft import preflight
+    from edgeft.base import resolve_base
+
+    cfg = _load(config_path) if config_path else None
+    model_dir = Path(resolve_base(base, cfg.root if cfg else Path.cwd(), cfg.trust_remote_code if cfg else False))
+    answers = preflight.check(model_dir, cfg)
+    click.echo(json.dumps(preflight.as_json(answers), indent=2) if as_json else preflight.table(answers))
+    if cfg is not None:
+        preflight.require(answers)
+
+
 @cli.command("tiny-model")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--size", type=click.Choice(["micro", "small"]), default="micro", show_default=True)
 @click.option("--seed", default=0, show_default=True, help="Same seed, same files.")
-@click.option("--tokenizer", type=click.Choice(["spm", "bpe"]), default="spm", show_default=True,
-              help="SentencePiece, or byte-level BPE (GPT-2 style).")
+@click.option("--tokenizer", type=click.Choice(["spm", "bpe", "qwen2"]), default="spm", show_default=True,
+              help="SentencePiece, byte-level BPE (GPT-2 style), or a Qwen2 model with Qwen's tokens.")
 @FORCE_OPTION
 def tiny_model(out: Path, size: str, seed: int, tokenizer: str, force: bool) -> None:
     """Build a small pre-trained Llama model directory (no hub needed).

@@ -7,7 +7,8 @@ that lie on a 4-bit grid because the adapter was merged into a quantized base.
 
 - `hyperparameters`: the GGUF's `<arch>.*` keys against the reference `config.json`.
 - `weights` (lossless types f32/f16/bf16 only): every tensor against the reference safetensors,
-  element by element (after llama.cpp's q/k row permutation for llama-family models), within
+  element by element (after undoing what the converter does to them, as transformers' GGUF loader
+  does: llama's q/k row permutation, Gemma's norms stored with +1), within
   the rounding of the type; and the 4-bit-grid test (at most 16 distinct values in most blocks
   of 64), which names a merge into a quantized base.
 """
@@ -37,8 +38,6 @@ HYPERPARAMETERS = {
 # the type's unit roundoff (2^-24, 2^-11, 2^-8) with a margin.
 WEIGHT_TOLERANCE = {"f32": 1e-6, "f16": 1e-3, "bf16": 8e-3}
 
-# llama.cpp stores q and k rows of these architectures permuted for its rope layout.
-_PERMUTED_QK = {"llama"}
 
 
 def _arch_key(meta: dict[str, Any], suffix: str) -> Any:
@@ -75,11 +74,6 @@ def _reference_tensors(model_dir: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
-    """llama.cpp's row order for q/k of llama-family models (rope pairs interleaved per head)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
 def _on_4bit_grid(w: np.ndarray, block: int = 64, sample: int = 256) -> bool:
     """True when most blocks of `block` consecutive values hold at most 16 distinct values."""
     flat = w.reshape(-1)
@@ -105,6 +99,20 @@ def check(path: Path, model_dir: Path, gguf_type: str) -> list[tuple[str, list[s
     return out
 
 
+def _from_gguf(arch: str, model_dir: Path) -> Any:
+    """What the converter did to a tensor of `arch`, undone, as transformers' GGUF loader undoes it
+    (its tensor processors: llama's q/k rows permuted for rope, Gemma's norms stored with +1)."""
+    from transformers import AutoConfig
+    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
+
+    processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=AutoConfig.from_pretrained(model_dir).to_dict())
+
+    def undo(weights: np.ndarray, name: str) -> np.ndarray:
+        return np.asarray(processor.process(weights=weights, name=name).weights)
+
+    return undo
+
+
 def weights(reader: Any, meta: dict[str, Any], config: dict[str, Any], model_dir: Path,
             gguf_type: str) -> tuple[list[str], dict[str, Any]]:
     """(problems, numbers) comparing a lossless GGUF's tensors with the reference safetensors."""
@@ -123,6 +131,7 @@ def weights(reader: Any, meta: dict[str, Any], config: dict[str, Any], model_dir
         if mapped:
             by_gguf[mapped] = hf_name
     tolerance = WEIGHT_TOLERANCE[gguf_type]
+    undo = _from_gguf(str(arch), model_dir)
     differ, grid, compared, worst = [], [], 0, 0.0
     for t in reader.tensors:
         found = by_gguf.get(t.name)
@@ -131,12 +140,8 @@ def weights(reader: Any, meta: dict[str, Any], config: dict[str, Any], model_dir
         got = np.asarray(t.data)
         if t.tensor_type == gguf.GGMLQuantizationType.BF16:
             got = (got.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-        got = got.astype(np.float32).reshape(ref[found].shape)
+        got = undo(got.astype(np.float32).reshape(ref[found].shape), t.name)
         want = ref[found].astype(np.float32)
-        if arch in _PERMUTED_QK and t.name.endswith(("attn_q.weight", "attn_k.weight")):
-            heads = config["num_attention_heads"] if "attn_q" in t.name else (
-                config.get("num_key_value_heads") or config["num_attention_heads"])
-            want = _permute_qk(want, heads)
         rel = float(np.linalg.norm(got - want) / max(float(np.linalg.norm(want)), 1e-30))
         compared += 1
         worst = max(worst, rel)

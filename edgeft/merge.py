@@ -88,7 +88,7 @@ def compare_strategies(base: str, adapter_dir: Path, cfg: Config, train_cfg: Con
     """Both merge strategies against the adapter on the 4-bit base; return (metrics, weights)."""
     from peft import PeftModel
 
-    from edgeft.kl import kl_stats, summarise
+    from edgeft.kl import distinct_contexts, kl_stats, only, summarise
 
     sequences = [tokenizer.apply_chat_template(c, tokenize=True) for c in conversations]
     quantized = load_base(base, train_cfg)  # exactly as in training: same quantization settings
@@ -105,7 +105,9 @@ def compare_strategies(base: str, adapter_dir: Path, cfg: Config, train_cfg: Con
             for name, weight in dq_weights.items():
                 model.get_submodule(name).weight.data = weight.to(model.dtype)
         model = _apply(model, adapter_dir).eval()
-        stats = summarise([kl_stats(r, o) for r, o in zip(reference, _logits(model, sequences), strict=True)])
+        distinct = distinct_contexts(sequences)
+        stats = summarise([only(kl_stats(r, o), keep) for r, o, keep in
+                           zip(reference, _logits(model, sequences), distinct, strict=True)])
         metrics[strategy] = {k: stats[k] for k in ("kl_mean", "kl_max", "top1")}
         log.info("merge %s vs trained: KL mean %.3g, top-1 %.3f", strategy, stats["kl_mean"], stats["top1"])
         if strategy == cfg.merge.strategy:

@@ -286,6 +286,7 @@ def model_card(cfg: Config, lineage: dict[str, Any], artifacts: list[dict[str, A
         f"- {training_line(cfg.train)}, {t.get('steps')} steps",
         f"- validation loss: base {t.get('base_val_loss')} → fine-tuned {t.get('val_loss')}",
         *([f"- chat template: {t['chat_template']}"] if t.get("chat_template") else []),
+        *([f"- base weights: {t['base_source']}"] if t.get("base_source") else []),
         "",
         "## Artifacts",
         *rows,

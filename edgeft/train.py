@@ -431,6 +431,12 @@ def _train(cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: boo
         w.resolved_base = base
         # Which template the model was trained with, and why (in the metrics, so the dist's lineage has it too).
         w.extra["chat_template"] = w.metrics["chat_template"] = chosen or "the base model's"
+        source = Path(base) / "edgeft_source.json"  # a base made from a GGUF (edgeft.realmodel)
+        if source.is_file():
+            g = json.loads(source.read_text()).get("gguf") or {}
+            w.extra["base_source"] = w.metrics["base_source"] = (
+                f"dequantized from {g.get('file')} ({g.get('type', 'a quantized')} GGUF, sha256 {g.get('sha256')}): "
+                f"the fine-tune inherits that file's rounding")
         stage = w.publish()
     log.info("adapter written to %s (val loss %.4f, base %.4f)", stage.path,
              stage.metrics["val_loss"], stage.metrics["base_val_loss"])

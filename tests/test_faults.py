@@ -99,6 +99,15 @@ def _special_token_lost(dist: Path) -> None:
     resign(dist, F16)
 
 
+def _ordinary_token_typed_special(dist: Path) -> None:
+    import gguf
+
+    types = list(gguf.GGUFReader(dist / F16).fields["tokenizer.ggml.token_type"].contents())
+    types[287] = int(gguf.TokenType.USER_DEFINED)  # "us": llama.cpp now takes it out of "user" whole
+    rewrite_gguf(dist / F16, {"tokenizer.ggml.token_type": types})
+    resign(dist, F16)
+
+
 def _merged_into_4bit_base(dist: Path, built: dict, tmp: Path) -> None:
     """The classic QLoRA mistake: base loaded in 4-bit, adapter merged into it, dequantized, exported."""
     import torch
@@ -160,6 +169,8 @@ FAULTS = {
                                            "end-of-turn token 4 ('<|im_end|>') is not a stop token"),
     "special token lost": (_special_token_lost, "gguf-f16", "tokens_chat",
                            "special token '<|im_start|>' (id 3) is split into ordinary tokens"),
+    "ordinary token typed special": (_ordinary_token_typed_special, "gguf-f16", "tokens_plain",
+                                     "llama.cpp reads 'us' in user text as one token (287), typed user-defined"),
     "adapter merged into the 4-bit base": (_merged_into_4bit_base, "gguf-f16", "weights",
                                            "merged into a 4-bit quantized base"),
     "weight tensor perturbed": (_tensor_perturbed, "gguf-f16", "weights", "worst blk.0.ffn_down.weight"),

@@ -26,7 +26,8 @@ def test_mypy_is_clean() -> None:
 # what a stage needs from a later one belongs in a module both can use (stages, gate, formats).
 STAGE_MODULES = {"edgeft.train": 0, "edgeft.merge": 1, "edgeft.export.gguf": 2, "edgeft.export.onnx": 2,
                  "edgeft.verify": 3, "edgeft.evaluate": 4, "edgeft.package": 5, "edgeft.javakit": 5}
-ORCHESTRATORS = {"edgeft.build", "edgeft.cli", "edgeft.__main__"}
+# preflight asks every stage's tool before the first stage runs (build's first step, check-model).
+ORCHESTRATORS = {"edgeft.build", "edgeft.cli", "edgeft.__main__", "edgeft.preflight"}
 
 
 def _stage_rank(module: str) -> int | None:

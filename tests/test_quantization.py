@@ -72,6 +72,7 @@ def test_new_types_are_calibrated_and_verified(tmp_path: Path, edgeft_cache: Pat
     (manifest and every GGUF quantized with it); each new type passes verify within its own band."""
     from transformers import AutoTokenizer
 
+    from edgeft.config import load_config
     from edgeft.data import read_split
     from edgeft.export import gguf_meta, imatrix
 
@@ -82,9 +83,13 @@ def test_new_types_are_calibrated_and_verified(tmp_path: Path, edgeft_cache: Pat
     assert matrix["source"] == "auto" and matrix["tokens"] >= 2 * matrix["context"]
     assert "llama-cpp-python==" in matrix["tool"]
     tokenizer = AutoTokenizer.from_pretrained(runs / "merge" / "model")
-    text = imatrix.render_training_text(runs / "train" / "train.jsonl", tokenizer)
+    config = load_config(cfg)
+    budget = config.export.gguf.imatrix_tokens
+    text = imatrix.render_training_text(runs / "train" / "train.jsonl", tokenizer, budget=budget,
+                                        seed=config.data.seed)
     assert matrix["data_sha256"] == hashlib.sha256(text.encode()).hexdigest()
-    assert len(read_split(runs / "train" / "train.jsonl")) > 300  # the whole split, not a sample
+    assert len(read_split(runs / "train" / "train.jsonl")) > 300  # the whole split, sampled by row
+    assert matrix["chunks"] * matrix["context"] <= budget  # export.gguf.imatrix_tokens bounds the cost
     assert (runs / "export-gguf" / matrix["file"]).is_file()
     for art in export["artifacts"]:
         meta, _ = gguf_meta.read(runs / "export-gguf" / art["path"])

@@ -271,3 +271,47 @@ def test_ancestor_walks_the_parents(tmp_path: Path) -> None:
     assert json.loads((merge / "edgeft.json").read_text())["resolved_base"] == "/models/base"
     with pytest.raises(InputError, match="the 'train' stage it was made from"):
         dist.ancestor(stages.TRAIN)
+
+
+def test_the_mistral_regex_false_alarm_is_dropped_for_other_models(tmp_path: Path) -> None:
+    """transformers 4.57.6 warns about Mistral's regex for any local tokenizer over 100k tokens
+    (transformers#44031): edgeft drops it where config.json is not a Mistral model, and only there."""
+    import logging
+
+    from edgeft.cli import _mistral_regex_false_alarm
+
+    def record(folder: Path) -> logging.LogRecord:
+        message = (f"The tokenizer you are loading from '{folder}' with an incorrect regex pattern: https://x. "
+                   "You should set the `fix_mistral_regex=True` flag when loading this tokenizer to fix this issue.")
+        return logging.LogRecord("transformers.tokenization_utils_base", logging.WARNING, "", 0, message, None, None)
+
+    for model_type, shown in (("gemma3_text", False), ("qwen2", False), ("mistral", True)):
+        folder = tmp_path / model_type
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+        assert _mistral_regex_false_alarm(record(folder)) is shown, model_type
+    assert _mistral_regex_false_alarm(record(tmp_path / "missing")) is True
+    other = logging.LogRecord("transformers", logging.WARNING, "", 0, "something else", None, None)
+    assert _mistral_regex_false_alarm(other) is True
+
+
+def test_kl_counts_each_context_once_and_reference_ties_agree() -> None:
+    """Probes that share a system prompt count its positions once; a flip between two tokens the
+    reference holds within kl.TIE nats agrees, a flip beyond it does not; chunked like one pass."""
+    import numpy as np
+
+    from edgeft import kl
+
+    masks = kl.distinct_contexts([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3, 4, 6], [7]])
+    assert [m.tolist() for m in masks] == [[True] * 4, [False, False, True], [False] * 4 + [True], [True]]
+
+    ref = np.log(np.array([[0.5, 0.498, 0.002], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1]], dtype=np.float32))
+    other = np.log(np.array([[0.49, 0.508, 0.002], [0.3, 0.6, 0.1], [0.2, 0.7, 0.1]], dtype=np.float32))
+    stats = kl.kl_stats(ref, other)
+    assert stats["top1"].tolist() == [1.0, 0.0, 1.0]  # a 0.4% tie, a real flip, the same token
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 3 * kl.ROWS + 5, 50)).astype(np.float32)
+    whole = kl.log_softmax(a), kl.log_softmax(b)
+    expected = (np.exp(whole[0]) * (whole[0] - whole[1])).sum(-1)
+    np.testing.assert_allclose(kl.kl_stats(a, b)["kl"], expected, rtol=1e-9)
+    assert kl.only(kl.kl_stats(a, b), masks[1][:1].repeat(len(a)))["kl"].size == 0

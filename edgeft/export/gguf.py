@@ -88,7 +88,7 @@ _UNRECOGNISED_PRE = "BPE pre-tokenizer was not recognized"
 
 
 def _converter(script_name: str, args: list[str], what: Path, pre: str | None = None,
-               eot: int | None = None) -> None:
+               eot: int | None = None, add_bos: bool | None = None) -> None:
     """Run one of llama.cpp's converter scripts from vendor/; a failure is a ToolError.
 
     convert_hf_to_gguf.py runs through edgeft.export._convert, which can also set the BPE
@@ -102,7 +102,7 @@ def _converter(script_name: str, args: list[str], what: Path, pre: str | None = 
     cmd = [sys.executable, str(script), *args]
     if script_name == "convert_hf_to_gguf.py":
         cmd = [sys.executable, "-m", "edgeft.export._convert", str(vendor_dir()), pre or "-",
-               "-" if eot is None else str(eot), *args]
+               "-" if eot is None else str(eot), "-" if add_bos is None else str(int(add_bos)), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=die_with_parent)
     if proc.returncode != 0 and _UNRECOGNISED_PRE in proc.stderr and pre is None:
         raise _UnknownPreTokenizer(proc.stderr)
@@ -125,11 +125,38 @@ def convert_hf(model_dir: Path, outfile: Path, name: str, outtype: str = "f32",
         if metadata:
             (Path(work) / "metadata.json").write_text(json.dumps(metadata))
             args += ["--metadata", str(Path(work) / "metadata.json")]
+        add_bos = _adds_bos(staged)
         try:
-            _converter("convert_hf_to_gguf.py", args, Path(model_dir), eot=eot)
+            _converter("convert_hf_to_gguf.py", args, Path(model_dir), eot=eot, add_bos=add_bos)
         except _UnknownPreTokenizer as e:
             pre = _pre_tokenizer_by_behaviour(staged, Path(work), Path(tokenizer_dir or model_dir), str(e))
-            _converter("convert_hf_to_gguf.py", args, Path(model_dir), pre=pre, eot=eot)
+            _converter("convert_hf_to_gguf.py", args, Path(model_dir), pre=pre, eot=eot, add_bos=add_bos)
+
+
+def convert_vocab_only(model_dir: Path, outfile: Path) -> None:
+    """The converter's vocabulary-only GGUF of a model directory (seconds): the architecture,
+    hyperparameters and tokenizer as llama.cpp will read them, no weights (edgeft.preflight)."""
+    with tempfile.TemporaryDirectory() as work:
+        staged = _stage_for_conversion(Path(model_dir), Path(work))
+        args = [str(staged), "--outfile", str(outfile), "--vocab-only"]
+        try:
+            _converter("convert_hf_to_gguf.py", args, Path(model_dir))
+        except _UnknownPreTokenizer as e:
+            pre = _pre_tokenizer_by_behaviour(staged, Path(work), Path(model_dir), str(e))
+            _converter("convert_hf_to_gguf.py", args, Path(model_dir), pre=pre)
+
+
+def _adds_bos(model_dir: Path) -> bool | None:
+    """Whether transformers' tokenizer in `model_dir` puts BOS before a text (None: no tokenizer)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError):
+        return None
+    with_special = tok("a", add_special_tokens=True)["input_ids"]
+    return tok.bos_token_id is not None and with_special[:1] == [tok.bos_token_id] and \
+        with_special != tok("a", add_special_tokens=False)["input_ids"]
 
 
 def _pre_tokenizer_by_behaviour(staged: Path, work: Path, source: Path, refusal: str) -> str:

@@ -3,7 +3,8 @@
 `export.gguf.imatrix: auto` renders the training split with the model's own chat template (the text
 the model will see in production: special tokens parsed as special tokens), optionally followed by a
 general text file (`export.gguf.imatrix_text`), and runs llama-imatrix on the unquantized GGUF over
-it. `imatrix: PATH` takes a matrix the user made (llama.cpp's GGUF or legacy .dat format); `none`
+at most `export.gguf.imatrix_tokens` of it: when the split renders to more, its rows are taken in a
+seeded random order, so the budget holds a sample of the whole split rather than its beginning. `imatrix: PATH` takes a matrix the user made (llama.cpp's GGUF or legacy .dat format); `none`
 quantizes without one. The matrix is kept in the export stage and the dist, and its lineage (data
 hash, token count, chunks, tool version) goes into the manifest and every GGUF quantized with it.
 """
@@ -24,25 +25,29 @@ from edgeft.manifest import copy_file, sha256_file
 
 log = logging.getLogger(__name__)
 
-MAX_CHUNKS = 200  # at most ~100k tokens: the matrix converges well before
-
-
-def render_training_text(train_split: Path, tokenizer: Any, general_text: Path | None = None) -> str:
+def render_training_text(train_split: Path, tokenizer: Any, general_text: Path | None = None,
+                         budget: int | None = None, seed: int = 0) -> str:
     """The training conversations as the model sees them (chat template applied), one after the
-    other, then the optional general text."""
+    other, then the optional general text. With a token `budget` the split renders to more than,
+    its rows in a seeded random order (the matrix is computed on the text's first `budget` tokens)."""
+    import random
+
     parts = []
     for row in read_split(train_split):
         if "messages" in row:
             parts.append(tokenizer.apply_chat_template(row["messages"], tokenize=False))
         elif row.get("text"):
             parts.append(row["text"])
+    if budget is not None and sum(map(len, tokenizer(parts, add_special_tokens=False)["input_ids"])) > budget:
+        random.Random(seed).shuffle(parts)
     if general_text is not None:
         parts.append(general_text.read_text(encoding="utf-8"))
     return "\n".join(parts)
 
 
-def compute(model: Path, text: str, out: Path) -> dict[str, Any]:
-    """llama-imatrix on `model` (an unquantized GGUF) over `text`; the matrix's lineage."""
+def compute(model: Path, text: str, out: Path, budget: int | None = None) -> dict[str, Any]:
+    """llama-imatrix on `model` (an unquantized GGUF) over `text` (its first `budget` tokens); the
+    matrix's lineage."""
     text_file = out.with_suffix(".txt")
     text_file.write_text(text, encoding="utf-8")
     n_tokens = llama_tools.count_tokens(model, text_file)
@@ -50,7 +55,7 @@ def compute(model: Path, text: str, out: Path) -> dict[str, Any]:
     if n_tokens < 2 * ctx:
         raise InputError(f"the training split renders to {n_tokens} tokens: too few for an importance matrix "
                          f"(at least {2 * ctx}); set export.gguf.imatrix: none, or add export.gguf.imatrix_text")
-    chunks = min(n_tokens // ctx, MAX_CHUNKS)
+    chunks = min(n_tokens, budget or n_tokens) // ctx
     log.info("computing the importance matrix on %d chunks of %d tokens (of %d) with llama-imatrix",
              chunks, ctx, n_tokens)
     start = time.monotonic()
@@ -88,7 +93,11 @@ def make(cfg: Config, f32: Path, train_split: Path | None, tokenizer: Any, folde
     general = cfg.path(cfg.export.gguf.imatrix_text) if cfg.export.gguf.imatrix_text else None
     if general is not None and not general.is_file():
         raise InputError(f"export.gguf.imatrix_text: {general} does not exist")
-    return compute(f32, render_training_text(train_split, tokenizer, general), out)
+    budget = cfg.export.gguf.imatrix_tokens
+    if general is not None:
+        log.info("export.gguf.imatrix_text follows the training split: only what fits in export.gguf.imatrix_tokens "
+                    "(%d) is used; raise it to include all of it", budget)
+    return compute(f32, render_training_text(train_split, tokenizer, general, budget, cfg.data.seed), out, budget)
 
 
 def metadata_overrides(lineage: dict[str, Any]) -> list[str]:

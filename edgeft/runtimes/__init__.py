@@ -100,6 +100,17 @@ class Runtime(ABC):
         """Special-token strings the template may use (bos_token, eos_token)."""
         return {}
 
+    def special_type(self, token: int) -> tuple[str, str] | None:
+        """(type, text) when the vocabulary types `token` so that the tokenizer takes its text out
+        of user text whole ("control", "user-defined"); None otherwise or where unknown."""
+        return None
+
+    def bos_added(self) -> int | None:
+        """The token `tokenize(add_special=True)` puts first (None: it adds none). A vocabulary may
+        name a BOS that no runtime adds (Qwen's <|endoftext|> in its GGUF): only the added one counts."""
+        with_special, without = self.tokenize("a", add_special=True), self.tokenize("a", add_special=False)
+        return with_special[0] if len(with_special) > len(without) else None
+
     @abstractmethod
     def logits(self, ids: list[int]) -> np.ndarray:
         """Next-token logits at every position of `ids`, shape [len(ids), vocab], float32."""

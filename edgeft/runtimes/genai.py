@@ -25,7 +25,11 @@ class GenAIRuntime(Runtime):
         self.tokenizer = og.Tokenizer(self.model)
         config = json.loads((folder / "genai_config.json").read_text())["model"]
         eos = config.get("eos_token_id")
-        self._stop = sorted(eos if isinstance(eos, list) else [eos])
+        eos = eos if isinstance(eos, list) else [eos]
+        # The builder writes generation_config's list in its order: the first is the EOS (Qwen:
+        # <|im_end|>, then <|endoftext|>); every one of them stops.
+        self._eos = eos[0] if eos else None
+        self._stop = sorted(eos)
         self._bos = config.get("bos_token_id")
         self._context = int(config.get("context_length", 2048))
         self.context = self._context
@@ -87,4 +91,4 @@ class GenAIRuntime(Runtime):
         return self.tokenizer.decode(np.array(ids, dtype=np.int32))
 
     def special_tokens(self) -> dict[str, Any]:
-        return {"bos": self._bos, "eos": self._stop[0] if self._stop else None, "stop": self._stop}
+        return {"bos": self._bos, "eos": self._eos, "stop": self._stop}

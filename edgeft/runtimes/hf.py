@@ -24,6 +24,10 @@ def default_template(tokenizer: Any) -> str | None:
     return t.get("default") if isinstance(t, dict) else t
 
 
+# Logits one batch may hold (float32: 1 GiB): 4,096 positions of a 49k vocabulary, 1,024 of Gemma's 262k.
+LOGIT_FLOATS = 1 << 28
+
+
 def _batches(sequences: list[list[int]], max_tokens: int = 4096, max_rows: int = 16) -> list[list[int]]:
     """Indices of `sequences` grouped by length: at most `max_rows` per batch and about
     `max_tokens` of padded width × rows, so a long probe does not pad many short ones."""
@@ -98,7 +102,8 @@ class HFRuntime(HFTokenizerRuntime):
         import torch
 
         out: list[np.ndarray | None] = [None] * len(sequences)
-        for batch in _batches(sequences):
+        vocab = int(getattr(self.model.config, "vocab_size", 0) or 1 << 16)
+        for batch in _batches(sequences, max_tokens=max(1, min(4096, LOGIT_FLOATS // vocab))):
             width = max(len(sequences[i]) for i in batch)
             ids = torch.zeros(len(batch), width, dtype=torch.long)
             mask = torch.zeros(len(batch), width, dtype=torch.long)
@@ -108,7 +113,8 @@ class HFRuntime(HFTokenizerRuntime):
             with torch.no_grad():
                 logits = self.model(ids, attention_mask=mask).logits.float().numpy()
             for row, i in enumerate(batch):
-                out[i] = logits[row, :len(sequences[i])]
+                out[i] = logits[row, :len(sequences[i])].copy()  # not a view holding the padded batch
+            del logits
         return out  # type: ignore[return-value]
 
     def generate_many(self, prompts: list[list[int]], max_new_tokens: int,

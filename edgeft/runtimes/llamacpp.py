@@ -131,6 +131,12 @@ class LlamaCppRuntime(Runtime):
         self.llm.eval(ids)
         return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
 
+    def special_type(self, token: int) -> tuple[str, str] | None:
+        attr = self._lib.llama_vocab_get_attr(self._vocab, token)
+        kind = ("control" if attr & self._lib.LLAMA_TOKEN_ATTR_CONTROL else
+                "user-defined" if attr & self._lib.LLAMA_TOKEN_ATTR_USER_DEFINED else None)
+        return None if kind is None else (kind, self.llm.detokenize([token], special=True).decode("utf-8", "replace"))
+
     def bos_added(self) -> int | None:
         """The BOS token llama.cpp puts first when tokenizing with special tokens (None: it adds none)."""
         return self.llm.token_bos() if self._lib.llama_vocab_get_add_bos(self._vocab) else None

@@ -135,5 +135,6 @@ def reference_outputs(ref: Runtime, probes: list[Probe], max_new_tokens: int, eo
         full_ids.append(ids + answer + ([stop] if stop is not None else []))
     plain_ids = [ref.tokenize(p.plain_text) for p in probes]
     stopped_on = sorted({t for t in getattr(ref, "stopped_on", []) if t is not None})
-    return Reference(prompts, prompt_ids, full_ids, plain_ids, ref.logits_many(full_ids), gens, ref.special_tokens(),
-                     eot, stopped_on)
+    special = {**ref.special_tokens(), "bos_added": ref.bos_added()}
+    return Reference(prompts, prompt_ids, full_ids, plain_ids, ref.logits_many(full_ids), gens, special, eot,
+                     stopped_on)

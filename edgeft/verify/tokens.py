@@ -57,11 +57,26 @@ def _ids_check(checks: Checks, check: str, probes: list[Probe], idx: Sequence[in
     if bad:
         name, got, want, _ = bad[0]
         at = common_prefix(got, want)
-        cause = diagnose_ids(got, want, special)
+        cause = diagnose_ids(got, want, special) or _typed_special(rt, got, want, at, special)
         checks.add(check, False, (f"{cause}: " if cause else "") + f"{len(bad)}/{len(idx)} probes tokenise "
                    f"differently; first {name} at position {at}: got {got[at:at + 5]}, reference {want[at:at + 5]}")
     else:
         checks.add(check, True, f"{len(idx)} probes identical")
+
+
+def _typed_special(rt: Runtime, got: list[int], want: list[int], at: int, special: dict[str, Any]) -> str:
+    """The cause when the artifact's vocabulary types a token so that its tokenizer takes the text
+    out of user text whole, where the reference has no such token and splits the text."""
+    if at >= len(got) or got[at] in special.get("added", {}):
+        return ""
+    typed = rt.special_type(got[at])
+    if typed is None:
+        return ""
+    kind, text = typed
+    return (f"{rt.name} reads {text!r} in user text as one token ({got[at]}), typed {kind} in the artifact's "
+            f"vocabulary (the GGUF's tokenizer.ggml.token_type), where the reference splits it into ordinary "
+            f"tokens ({want[at:at + 3]}…): a user who types {text!r} sends the model a token it never saw in that "
+            f"place")
 
 
 def _token(special: dict[str, Any], token: int | None) -> str:
@@ -101,8 +116,11 @@ def special_tokens(rt: Runtime, ref: Reference, checks: Checks) -> None:
     """BOS and EOS are the reference's; the end-of-turn token and EOS stop generation."""
     special = rt.special_tokens()
     problems = []
-    if special["bos"] != ref.special["bos"]:
-        problems.append(f"BOS {_token(ref.special, special['bos'])} vs reference {_token(ref.special, ref.special['bos'])}")
+    # The BOS that is put before a prompt, not the id a vocabulary names: a GGUF of Qwen says BOS is
+    # <|endoftext|> where transformers says none, and neither adds one.
+    bos, ref_bos = rt.bos_added(), ref.special["bos_added"]
+    if bos != ref_bos:
+        problems.append(f"BOS added: {_token(ref.special, bos)} vs reference {_token(ref.special, ref_bos)}")
     if special["eos"] != ref.special["eos"]:
         problems.append(f"EOS changed: {_token(ref.special, special['eos'])} vs reference "
                         f"{_token(ref.special, ref.special['eos'])}")

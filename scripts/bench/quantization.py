@@ -54,6 +54,10 @@ VARIANTS: list[tuple[str, str, str, str | dict[str, str] | None]] = [
     # (its q6_K falls back): at q5_1 it frees the bytes for the MLP's down projection at q6_K.
     ("iq4_xs+task mix", "iq4_xs", "task", {"token_embd": "q5_1", "ffn_down": "q6_k", "attn_v": "q8_0"}),
     ("q4_k_m+task emb iq4_nl", "q4_k_m", "task", {"token_embd": "iq4_nl"}),
+    # export.gguf.imatrix_tokens: the task matrix from a seeded sample of the split's rows, and from
+    # the f16 model instead of the f32 one (each token costs a forward pass of the model it runs on).
+    ("q4_k_m+task 8k", "q4_k_m", "task-8192", None), ("q4_k_m+task 16k", "q4_k_m", "task-16384", None),
+    ("q4_k_m+task f16", "q4_k_m", "task-f16", None),
 ]
 
 
@@ -126,8 +130,16 @@ def main() -> None:
         budget = len(tokenizer(task_text, add_special_tokens=False)["input_ids"])
         generic_text, general = general_texts(tokenizer, budget)
         matrices = {"none": None}
-        for label, text in (("task", task_text), ("generic", generic_text)):
-            lineage = imatrix.compute(f32, text, work / f"{label}.imatrix.gguf")
+        f16 = work / "f16.gguf"
+        gguf.quantize(f32, f16, "f16")
+        sampled = {n: imatrix.render_training_text(train.artifact_path("train-split"), tokenizer, budget=n,
+                                                   seed=cfg.data.seed) for n in (8192, 16384)}
+        for label, text, model, tokens in (("task", task_text, f32, None), ("generic", generic_text, f32, None),
+                                           ("task-f16", task_text, f16, None),
+                                           *((f"task-{n}", t, f32, n) for n, t in sampled.items())):
+            if not any(m == label for _, _, m, _ in variants):
+                continue
+            lineage = imatrix.compute(model, text, work / f"{label}.imatrix.gguf", tokens)
             matrices[label] = work / f"{label}.imatrix.gguf"
             results[f"imatrix_{label}"] = lineage
             print(f"imatrix {label}: {lineage['tokens']} tokens ({lineage['chunks']} × {lineage['context']}), "
