@@ -315,3 +315,30 @@ def test_kl_counts_each_context_once_and_reference_ties_agree() -> None:
     expected = (np.exp(whole[0]) * (whole[0] - whole[1])).sum(-1)
     np.testing.assert_allclose(kl.kl_stats(a, b)["kl"], expected, rtol=1e-9)
     assert kl.only(kl.kl_stats(a, b), masks[1][:1].repeat(len(a)))["kl"].size == 0
+
+
+def test_bos_added_is_a_token_before_the_text_not_an_appended_eos() -> None:
+    from edgeft.runtimes import Runtime
+
+    class Fake(Runtime):
+        name = "fake"
+
+        def __init__(self, before: list[int], after: list[int]) -> None:
+            self.before, self.after = before, after
+
+        def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+            return [*self.before, 7, *self.after] if add_special else [7]
+
+        def render_chat(self, messages):  # type: ignore[no-untyped-def]
+            return ""
+
+        def logits(self, ids):  # type: ignore[no-untyped-def]
+            raise NotImplementedError
+
+        def special_tokens(self):  # type: ignore[no-untyped-def]
+            return {}
+
+    assert Fake([1], []).bos_added() == 1
+    assert Fake([], [2]).bos_added() is None  # an EOS appended, no BOS
+    assert Fake([1], [2]).bos_added() == 1
+    assert Fake([], []).bos_added() is None

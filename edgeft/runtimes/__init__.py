@@ -109,7 +109,9 @@ class Runtime(ABC):
         """The token `tokenize(add_special=True)` puts first (None: it adds none). A vocabulary may
         name a BOS that no runtime adds (Qwen's <|endoftext|> in its GGUF): only the added one counts."""
         with_special, without = self.tokenize("a", add_special=True), self.tokenize("a", add_special=False)
-        return with_special[0] if len(with_special) > len(without) else None
+        # A tokenizer may append an EOS and add no BOS: only a token before the text counts.
+        return with_special[0] if with_special[1:len(without) + 1] == without and len(with_special) > len(without) \
+            else None
 
     @abstractmethod
     def logits(self, ids: list[int]) -> np.ndarray:
