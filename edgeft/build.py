@@ -87,7 +87,7 @@ def _preflight(cfg: Config) -> None:
     answers = preflight.check(Path(resolve_base(cfg.base_model, cfg.root, cfg.trust_remote_code)), cfg, quick=True)
     preflight.require(answers)
     for a in answers:
-        if a.needed and a.consumer.startswith("GGUF ") and "do not divide" in a.detail:
+        if a.needed and a.caveat:
             log.info("pre-flight: %s: %s", a.consumer, a.detail)
 
 

