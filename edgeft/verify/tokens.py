@@ -72,11 +72,10 @@ def _typed_special(rt: Runtime, got: list[int], want: list[int], at: int, specia
     typed = rt.special_type(got[at])
     if typed is None:
         return ""
-    kind, text = typed
-    return (f"{rt.name} reads {text!r} in user text as one token ({got[at]}), typed {kind} in the artifact's "
-            f"vocabulary (the GGUF's tokenizer.ggml.token_type), where the reference splits it into ordinary "
-            f"tokens ({want[at:at + 3]}…): a user who types {text!r} sends the model a token it never saw in that "
-            f"place")
+    kind, text, by = typed
+    return (f"{rt.name} reads {text!r} in user text as one token ({got[at]}), typed {kind} {by}, where the reference "
+            f"splits it into ordinary tokens ({want[at:at + 3]}…): a user who types {text!r} sends the model a token "
+            f"it never saw in that place")
 
 
 def _token(special: dict[str, Any], token: int | None) -> str:
