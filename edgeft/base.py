@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeft.errors import ConfigError, InputError, first_line
-from edgeft.manifest import hash_json
+from edgeft.fileio import hash_json, write_atomic
 
 if TYPE_CHECKING:
     from edgeft.config import Config
@@ -123,7 +122,7 @@ def fingerprint(spec: str, resolved: str) -> str:
 
 def cached_sha256(path: Path) -> str:
     """sha256 of a file, remembered in the edgeft cache under its stat identity."""
-    from edgeft.manifest import sha256_file
+    from edgeft.fileio import sha256_file
     from edgeft.paths import cache_dir
 
     st = path.stat()
@@ -137,9 +136,7 @@ def cached_sha256(path: Path) -> str:
     digest = sha256_file(path)
     try:
         store.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_name(f".{entry.name}.{os.getpid()}")
-        tmp.write_text(digest)
-        tmp.replace(entry)
+        write_atomic(entry, digest)
     except OSError:
         pass  # a read-only cache only costs time
     return digest

@@ -2,11 +2,12 @@
 
 Each command parses its options, calls one stage function, and prints the directory it made
 on stdout; logs and progress go to stderr. An `EdgeftError` becomes `Error: <message>` on
-stderr with its exit code (see edgeft/errors.py and the README).
+stderr with its exit code (see edgeft/errors.py and docs/safety.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from edgeft.runtimes import Sampling
 
 CONFIG_OPTION = click.option(
     "-c", "--config", "config_path", required=True, type=click.Path(path_type=Path),
-    help="edgeft.yaml: a section per stage (see the README's config reference).",
+    help="edgeft.yaml: a section per stage (see docs/config.md).",
 )
 FORCE_OPTION = click.option("--force", is_flag=True, help="Replace an existing output directory.")
 SET_OPTION = click.option(
@@ -190,7 +191,7 @@ def data_check(file: Path | None, config_path: Path | None, model: str | None, m
     edgeft data check logs.jsonl --filter 'rating >= 4' --filter 'len(reply) > 50'
     """
     from edgeft.datacheck import (
-        analyse,
+        analyse_section,
         format_augmentation,
         format_filter,
         format_near_duplicates,
@@ -228,17 +229,14 @@ def data_check(file: Path | None, config_path: Path | None, model: str | None, m
         from edgeft.rowfilter import compile_filter
 
         compile_filter(list(conditions), key="--filter")
-    report = analyse(
-        train_path,
-        validation_path=validation or (cfg.path(d.validation) if cfg and d.validation else None),
-        columns=mapping or None, system_prompt=d.system_prompt,
-        val_ratio=val_ratio if val_ratio is not None else d.val_ratio,
-        seed=seed if seed is not None else d.seed,
-        dedup=dedup if dedup is not None else d.dedup,
-        tokenizer=tokenizer,
+    # The command line's options replace their config keys; analyse_section maps the section to the checks.
+    d = dataclasses.replace(
+        d, columns=mapping, val_ratio=val_ratio if val_ratio is not None else d.val_ratio,
+        seed=seed if seed is not None else d.seed, dedup=dedup if dedup is not None else d.dedup,
+        filter=list(conditions) if conditions else d.filter)
+    report = analyse_section(
+        d, train_path, validation or (cfg.path(d.validation) if cfg and d.validation else None), tokenizer=tokenizer,
         max_length=max_length if max_length is not None else (cfg.train.max_seq_length if cfg else None),
-        near_duplicate_threshold=d.near_duplicate_threshold,
-        row_filter=list(conditions) if conditions else d.filter, augment=d.augment,
         paraphraser=paraphraser(cfg) if cfg else None, trust_remote_code=cfg.trust_remote_code if cfg else False,
     )
     if as_json:
@@ -384,12 +382,13 @@ def export_lmstudio(dist: Path, out: Path, publisher: str, force: bool) -> None:
               help="Report directory [<workdir>/<name>/verify, or PATH-verify next to PATH].")
 @click.option("--check", "check_only", is_flag=True,
               help="Only check PATH's files against its manifest (fast: no runtime is loaded).")
-@click.option("--second-opinion", is_flag=True,
-              help="Also measure every GGUF's KL with llama.cpp's llama-perplexity; the two must agree.")
+@click.option("--second-opinion/--no-second-opinion", default=None,
+              help="Also measure every GGUF's KL with llama.cpp's llama-perplexity; the two must agree "
+                   "[verify.second_opinion of the config, or of the manifest's].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
 @click.option("--force", is_flag=True, help="Replace an --out directory that is not an edgeft verify report.")
 def verify(path: Path | None, config_path: Path | None, merge_dir: Path | None, export_dirs: tuple[Path, ...],
-           out: Path | None, check_only: bool, second_opinion: bool, as_json: bool, force: bool) -> None:
+           out: Path | None, check_only: bool, second_opinion: bool | None, as_json: bool, force: bool) -> None:
     """Compare every exported artifact with the merged model; exit 7 if any check fails.
 
     PATH is a dist folder or an export stage; its manifest says how it was made and where the

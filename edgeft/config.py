@@ -28,7 +28,7 @@ QUANTIZATIONS = ("none", "nf4", "fp4")  # train.quantization: none = plain LoRA,
 METHODS = ("lora", "qlora", "full")
 # train.learning_rate when not given: an adapter's few new weights take a large step; every weight of
 # a pre-trained model moved that far loses what it knew. Full's value: measured on the real example
-# (README, Training methods).
+# (docs/benchmarks.md, Training methods).
 DEFAULT_LEARNING_RATE = {"lora": 1e-3, "qlora": 1e-3, "full": 5e-5}
 COMPUTE_DTYPES = ("auto", "bfloat16", "float16", "float32")
 MERGE_STRATEGIES = ("full-precision", "dequantized")
@@ -138,7 +138,7 @@ class GGUFConfig:
     imatrix_text: str | None = None  # general text appended to the training split for imatrix: auto
     # Tokens of text imatrix: auto runs through the unquantized model: a larger training split is
     # sampled by row (seeded) down to this. Each token is a forward pass of the f32 model (a 0.5B
-    # model took 15+ minutes for 26k tokens on 2 cores); README: Quantization measures the effect.
+    # model took 15+ minutes for 26k tokens on 2 cores); docs/quantization.md measures the effect.
     imatrix_tokens: int = 16384
     # Per type: tensor name pattern → ggml type (llama-quantize --tensor-type), or "fit": tensors whose
     # width the type's blocks cannot take get the 32-block type of the same size, not llama.cpp's larger one.

@@ -27,7 +27,7 @@ from typing import Any, Literal, overload
 
 from edgeft import rowfilter
 from edgeft.errors import DataError, InputError, first_line
-from edgeft.manifest import sha256_file
+from edgeft.fileio import sha256_file
 
 ROLES = ("system", "user", "assistant")
 # Below this many usable rows a fine-tune learns nothing worth shipping.

@@ -287,13 +287,23 @@ def _augment(report: DataReport, augment: Any, tokenizer: Any, max_length: int |
 
 
 def analyse_config(cfg: Any, tokenizer: Any = None) -> DataReport:
+    """The data checks of a config's data section, as training runs them."""
     d = cfg.data
+    return analyse_section(d, cfg.path(d.train), cfg.path(d.validation) if d.validation else None,
+                           tokenizer=tokenizer, max_length=cfg.train.max_seq_length, paraphraser=paraphraser(cfg),
+                           trust_remote_code=cfg.trust_remote_code)
+
+
+def analyse_section(d: Any, train_path: Path, validation_path: Path | None, *, tokenizer: Any = None,
+                    max_length: int | None = None, paraphraser: tuple[str, str] | None = None,
+                    trust_remote_code: bool = False) -> DataReport:
+    """`analyse` as the data section `d` (a DataConfig) asks for it: the one place its keys become
+    the checks' arguments, so training and `edgeft data check` cannot drift apart."""
     return analyse(
-        cfg.path(d.train), validation_path=cfg.path(d.validation) if d.validation else None,
-        columns=d.columns or None, system_prompt=d.system_prompt, val_ratio=d.val_ratio, seed=d.seed,
-        dedup=d.dedup, tokenizer=tokenizer, max_length=cfg.train.max_seq_length,
+        train_path, validation_path=validation_path, columns=d.columns or None, system_prompt=d.system_prompt,
+        val_ratio=d.val_ratio, seed=d.seed, dedup=d.dedup, tokenizer=tokenizer, max_length=max_length,
         near_duplicate_threshold=d.near_duplicate_threshold, row_filter=d.filter, augment=d.augment,
-        paraphraser=paraphraser(cfg), trust_remote_code=cfg.trust_remote_code,
+        paraphraser=paraphraser, trust_remote_code=trust_remote_code,
     )
 
 

@@ -1,7 +1,7 @@
 """The errors edgeft reports to users, and the exit code of each (no Click import here).
 
 Each error class names its exit code and says what it means in its docstring: `EXIT_CODES` is
-built from them, and the README's table is tested against it (tests/test_readme.py).
+built from them, and docs/safety.md's table is tested against it (tests/test_readme.py).
 """
 
 from __future__ import annotations

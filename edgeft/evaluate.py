@@ -37,15 +37,15 @@ from edgeft import paired, stages
 from edgeft.config import Config
 from edgeft.data import file_hash, read_split
 from edgeft.errors import EvalFailed, InputError, describe
+from edgeft.evalresults import METRICS, PerExample
+from edgeft.fileio import hash_json
 from edgeft.gate import Gate, load_or_why
-from edgeft.manifest import Stage, hash_json
+from edgeft.manifest import Stage
 from edgeft.paired import Comparison
 from edgeft.runtimes import Runtime
 from edgeft.workdir import in_session
 
 log = logging.getLogger(__name__)
-
-METRICS = ("exact_match", "chrf", "format")
 
 
 def squash_whitespace(text: str) -> str:
@@ -344,12 +344,11 @@ def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path]
                     len(prompts), results["versus_base"]["exact_match"]["p"])
     results["examples_needed"] = paired.examples_needed(ref_scores["exact_match"] * (1 - cfg.eval.min_relative),
                                                         cfg.eval.alpha, cfg.eval.min_discordant)
-    # What the registry pairs two versions on: each example's id, each model's answers, and
-    # (strings of 0/1) whether each binary metric held.
-    results["per_example"] = {
-        "ids": [example_id(p, r) for p, r in zip(prompts, references, strict=True)], "references": references,
-        "answers": outputs, "right": {name: {m: "".join("01"[x] for x in v) for m, v in right(outs, references, fmt).items()}
-                                      for name, outs in outputs.items()}}
+    # What the registry pairs two versions on (edgeft.evalresults): each example's id, each model's
+    # answers, and whether each binary metric held.
+    results["per_example"] = PerExample(
+        ids=[example_id(p, r) for p, r in zip(prompts, references, strict=True)], references=references,
+        answers=outputs, right={name: right(outs, references, fmt) for name, outs in outputs.items()}).to_json()
     if general:
         g = {k: score(v, general[1], None) for k, v in general_out.items()}
         drop = 1 - g["fine-tuned"]["chrf"] / g["base"]["chrf"] if g["base"]["chrf"] > 0 else 0.0

@@ -12,7 +12,8 @@ from typing import Any
 
 from edgeft import stages
 from edgeft.errors import InputError, VerifyFailed
-from edgeft.manifest import MANIFEST, Stage, check_files
+from edgeft.fileio import check_files
+from edgeft.manifest import MANIFEST, Stage
 
 # Keys manifest.json (the copy users and Java read) and edgeft.json (what edgeft reads) share.
 DIST_KEYS = ("name", "artifacts", "files", "inputs_hash", "lineage", "verify", "evaluation", "config", "registry")

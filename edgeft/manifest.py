@@ -8,11 +8,8 @@ last, so a directory that has one is complete by definition.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +17,7 @@ from typing import Any
 
 from edgeft import __version__
 from edgeft.errors import InputError, NoSpaceError, no_space
+from edgeft.fileio import DIR_MODE, clean_stale, file_table, hash_json, inside, scratch_dir, sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST = "edgeft.json"
@@ -31,70 +29,6 @@ END_OF_TURN = "end_of_turn"  # the special token closing an assistant turn, if a
 EOS_TOKEN_IDS = "eos_token_ids"  # every id that ends generation (EOS and end of turn)
 DATASET = "data"  # the data check's record: files, hashes, rows, findings
 HANDED_OVER = (RESOLVED_BASE, END_OF_TURN, EOS_TOKEN_IDS, DATASET)
-
-# Directories edgeft publishes get the permissions of any directory the user creates (mkdtemp
-# makes them 0700, which would hide a shared dist from the team that deploys it).
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-DIR_MODE = 0o777 & ~_UMASK
-FILE_MODE = 0o666 & ~_UMASK
-
-
-def inside(root: Path | str, relpath: str) -> Path:
-    """`root / relpath` for a path read from a manifest, refused unless it stays inside `root`
-    (no absolute path, no `..`, no symlink leading out): a manifest must not make edgeft open,
-    hash or copy a file elsewhere."""
-    root = Path(root)
-    rel = Path(relpath) if isinstance(relpath, str) and relpath else None
-    if rel is None or rel.is_absolute() or ".." in rel.parts:
-        raise InputError(f"{root}: the manifest names {relpath!r}, a path outside this folder: refused")
-    full = root / rel
-    if not full.resolve().is_relative_to(root.resolve()):
-        raise InputError(f"{full}: a link to {full.resolve()}, outside {root}: refused")
-    return full
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-_FICLONE = 0x40049409  # Linux ioctl: share the source's blocks (btrfs, XFS), copy-on-write
-
-
-def copy_file(src: Path, dst: Path) -> str:
-    """Copy one file (a reflink where the filesystem can, else bytes) and return the sha256 of
-    what landed at `dst`: never a hard link, so editing the dist cannot alter the work directory."""
-    import fcntl
-
-    h = hashlib.sha256()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with src.open("rb") as fin, dst.open("wb") as fout:
-        try:
-            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
-            cloned = True
-        except OSError:
-            cloned = False
-        if cloned:
-            fout.flush()
-            with dst.open("rb") as check:
-                for block in iter(lambda: check.read(1 << 20), b""):
-                    h.update(block)
-        else:
-            for block in iter(lambda: fin.read(1 << 20), b""):
-                h.update(block)
-                fout.write(block)
-    shutil.copystat(src, dst)
-    return h.hexdigest()
-
-
-def hash_json(value: Any) -> str:
-    """A stable hash of JSON-able data (sorted keys), for input fingerprints."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
 
 @dataclass
 class Stage:
@@ -258,11 +192,6 @@ def partial_dir(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.partial")
 
 
-def _tmp_name(dest: Path, what: str) -> str:
-    # The pid lets the next run tell a dead process's leftover from a live one's work (workdir.clean_stale).
-    return f".{dest.name}.{what}-{os.getpid()}-"
-
-
 @dataclass
 class StageWriter:
     """Collects a stage's files in a temporary directory next to `dest`; `publish` renames it.
@@ -295,8 +224,6 @@ class StageWriter:
     dataset: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        from edgeft.workdir import clean_stale
-
         self.dest = Path(self.dest)
         check_replaceable(self.dest, self.stage, force=self.force, replace_own=self.replace_own or self.resume)
         self.dest.parent.mkdir(parents=True, exist_ok=True)
@@ -310,7 +237,7 @@ class StageWriter:
                 shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp.mkdir(exist_ok=True)
         elif self.is_main:
-            self.tmp = Path(tempfile.mkdtemp(prefix=_tmp_name(self.dest, "tmp"), dir=self.dest.parent))
+            self.tmp = scratch_dir(self.dest)
         else:  # other processes could not find a randomly named directory
             raise RuntimeError("a stage shared by several processes must be resumable (a fixed work directory)")
         if self.is_main:
@@ -385,7 +312,7 @@ class StageWriter:
         if self.dest.exists():
             # Checked again: the destination may have appeared while this stage was working.
             check_replaceable(self.dest, self.stage, force=self.force, replace_own=self.replace_own or self.resume)
-            old = Path(tempfile.mkdtemp(prefix=_tmp_name(self.dest, "old"), dir=self.dest.parent))
+            old = scratch_dir(self.dest, "old")
             self.dest.rename(old / self.dest.name)
             self.tmp.rename(self.dest)
             shutil.rmtree(old, ignore_errors=True)
@@ -407,31 +334,3 @@ def check_replaceable(dest: Path, kind: str, *, force: bool, replace_own: bool) 
                      f"path, or pass --force to replace it")
 
 
-def file_table(root: Path) -> list[dict[str, Any]]:
-    """Every file under `root` (sorted) with its relative path, bytes and sha256."""
-    root = Path(root)
-    return [
-        {"path": p.relative_to(root).as_posix(), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    ]
-
-
-def check_files(root: Path, table: list[dict[str, Any]]) -> list[str]:
-    """Compare files on disk with a table from `file_table`; return one line per mismatch."""
-    problems = []
-    for f in table:
-        try:
-            p = inside(root, f["path"])
-        except InputError as e:
-            problems.append(str(e))
-            continue
-        if not p.is_file():
-            problems.append(f"{p}: missing")
-        elif p.stat().st_size < f["bytes"]:
-            problems.append(f"{p}: truncated: {p.stat().st_size} bytes, manifest says {f['bytes']}")
-        elif p.stat().st_size != f["bytes"]:
-            problems.append(f"{p}: {p.stat().st_size} bytes, manifest says {f['bytes']}: the file was replaced")
-        elif sha256_file(p) != f["sha256"]:
-            problems.append(f"{p}: sha256 differs from the manifest: the file was replaced or altered")
-    return problems

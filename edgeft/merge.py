@@ -31,7 +31,8 @@ from edgeft import stages
 from edgeft.base import end_of_turn, load_base, resolve_base
 from edgeft.config import MERGE_STRATEGIES, Config, parse_config
 from edgeft.errors import ToolError
-from edgeft.manifest import Stage, StageWriter, hash_json
+from edgeft.fileio import hash_json
+from edgeft.manifest import Stage, StageWriter
 from edgeft.workdir import in_session
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,8 @@ from edgeft import __version__, frontier, stages
 from edgeft.config import Config
 from edgeft.errors import InputError
 from edgeft.evaluate import gate_rule, verdict_lines
-from edgeft.manifest import Stage, StageWriter, copy_file, file_table, hash_json, inside
+from edgeft.fileio import copy_file, file_table, hash_json, inside
+from edgeft.manifest import Stage, StageWriter
 from edgeft.paths import vendor_dir
 from edgeft.workdir import in_session
 

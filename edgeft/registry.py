@@ -45,7 +45,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,17 +54,19 @@ from typing import Any
 
 from edgeft import stages
 from edgeft.errors import InputError, RegistryRefused
-from edgeft.manifest import (
+from edgeft.evalresults import METRICS, RESULTS, VersionResults, compare_versions
+from edgeft.fileio import (
     FILE_MODE,
-    MANIFEST,
-    check_replaceable,
+    clean_stale,
     copy_file,
     hash_json,
     inside,
+    scratch_dir,
     sha256_file,
+    write_atomic,
 )
+from edgeft.manifest import MANIFEST, check_replaceable
 from edgeft.registry_index import BUCKETS, HashCache, read_index, recorded_files, version_problems
-from edgeft.workdir import clean_stale
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,6 @@ ALIASES = (PRODUCTION, CANDIDATE)
 STAGING, ARCHIVED = "staging", "archived"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _REF = re.compile(r"^(?P<name>[^:@]+)(?::v?(?P<version>\d+)|@(?P<alias>[A-Za-z_-]+))?$")
-METRICS = ("exact_match", "chrf", "format")  # eval metrics compared between versions (higher is better)
 
 
 def bucket(split_id: str, key: str) -> int:
@@ -126,26 +126,6 @@ def user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return os.environ.get("USER") or "unknown"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)  # readable like any file the user writes (mkstemp makes it private)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def stamp(folder: Path, info: dict[str, Any]) -> None:
@@ -234,54 +214,11 @@ def regressions(new: dict[str, Any], old: dict[str, Any], new_dir: Path | None =
     results (eval/results.json), eval's paired test on the examples they share, for the
     fine-tuned model and each artifact both ship (the new version's eval.alpha, min_discordant
     and min_relative); without (versions evaluated before it), any drop of a shared score."""
-    paired = paired_regressions(*(_per_example(d) for d in (new_dir, old_dir)))
-    if paired is not None:
-        return paired
+    new_results, old_results = VersionResults.read(new_dir), VersionResults.read(old_dir)
+    if new_results is not None and old_results is not None:
+        return compare_versions(new_results, old_results)
     return [f"{r['model']} {r['metric']} {r['new']:.4g} < {r['old']:.4g}" for r in compare(new, old)
             if r["what"] == "eval" and r["new"] < r["old"] - 1e-9]
-
-
-RESULTS = "eval/results.json"  # a dist's per-example eval results, which the promotion gate pairs
-
-
-def _per_example(folder: Path | None) -> dict[str, Any] | None:
-    path = folder / RESULTS if folder is not None else None
-    if path is None or not path.is_file():
-        return None
-    results = json.loads(path.read_text(encoding="utf-8"))
-    return results if "per_example" in results and "alpha" in results else None
-
-
-def paired_regressions(new: dict[str, Any] | None, old: dict[str, Any] | None) -> list[str] | None:
-    """Eval's paired comparison of two versions' results on their shared examples (None when
-    either lacks per-example results); without shared examples, the practical margin on scores."""
-    from edgeft.paired import compare_binary, compare_chrf
-
-    if new is None or old is None:
-        return None
-    a, b = new["per_example"], old["per_example"]
-    where_old = {i: k for k, i in enumerate(b["ids"])}
-    shared = [(k, where_old[i]) for k, i in enumerate(a["ids"]) if i in where_old]
-    rule = {"min_relative": new["min_relative"], "alpha": new["alpha"]}
-    out = []
-    for model in [m for m in a["answers"] if m in b["answers"] and m != "base"]:
-        if not shared:  # another held-out split: no pairs, only the margin on the two scores
-            s_new, s_old = new["models"][model]["scores"], old["models"][model]["scores"]
-            out += [f"{model} {m}: {s_new[m]:.4g} is below {rule['min_relative']:.0%} of {s_old[m]:.4g} (no shared "
-                    f"held-out examples to pair)" for m in METRICS if m in s_new and m in s_old
-                    and s_new[m] < rule["min_relative"] * s_old[m]]
-            continue
-        for metric in [m for m in METRICS if m != "chrf" and m in a["right"][model] and m in b["right"][model]]:
-            c = compare_binary(metric, [b["right"][model][metric][j] == "1" for _, j in shared],
-                               [a["right"][model][metric][k] == "1" for k, _ in shared], **rule,
-                               min_discordant=new["min_discordant"])
-            if c.worse:
-                out.append(f"{model} {metric}: {c.verdict('production')}")
-        c = compare_chrf([b["answers"][model][j] for _, j in shared], [a["answers"][model][k] for k, _ in shared],
-                         [a["references"][k] for k, _ in shared], **rule)
-        if c.worse:
-            out.append(f"{model} chrf: {c.verdict('production')}")
-    return out
 
 
 class Registry:
@@ -366,7 +303,7 @@ class Registry:
             index["last_change"] = [{"seq": seq + i, "time": now(), "user": user(), **event}
                                     for i, event in enumerate(events, 1)]
             index["last_event"] = seq + len(events)
-            _write_atomic(self.index_path, json.dumps(index, indent=2, ensure_ascii=False) + "\n")
+            write_atomic(self.index_path, json.dumps(index, indent=2, ensure_ascii=False) + "\n", durable=True)
             self._append_events(index["last_change"])
 
     def _append_events(self, records: list[dict[str, Any]]) -> None:
@@ -423,7 +360,7 @@ class Registry:
         folder = self.root / "models" / name
         folder.mkdir(parents=True, exist_ok=True)
         clean_stale(folder)
-        tmp = Path(tempfile.mkdtemp(prefix=f".version.tmp-{os.getpid()}-", dir=folder))
+        tmp = scratch_dir(folder / "version")
         try:
             copy_dist(dist.path, tmp, data["files"], "changed while it was being registered; register again")
             with self._change() as (index, events):
@@ -657,7 +594,7 @@ class Registry:
         check_replaceable(out, stages.DIST, force=force, replace_own=False)
         out.parent.mkdir(parents=True, exist_ok=True)
         clean_stale(out.parent, f".{out.name}.")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+        tmp = scratch_dir(out)
         try:
             # Every byte held to the index's record as it is copied (the check above may be from the cache).
             copy_dist(src, tmp, recorded_files(self.root, version), "its sha256 is not the one registered: the "

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeft.errors import InputError
-from edgeft.manifest import MANIFEST, inside, sha256_file
+from edgeft.fileio import inside, sha256_file, write_atomic
+from edgeft.manifest import MANIFEST
 
 SCHEMA = 1
 BUCKETS = 10_000
@@ -228,11 +229,9 @@ class HashCache:
         """Best effort: a read-only registry is checked without a cache."""
         if not self.dirty:
             return
-        from edgeft.registry import _write_atomic
-
         keep = {rel: e for rel, e in self.entries.items() if (self.root / rel).is_file()}
         with contextlib.suppress(OSError):
-            _write_atomic(self.path, json.dumps(keep, separators=(",", ":")) + "\n")
+            write_atomic(self.path, json.dumps(keep, separators=(",", ":")) + "\n")
         self.dirty = False
 
 

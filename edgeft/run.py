@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeft.errors import InputError, first_line
-from edgeft.manifest import inside
+from edgeft.fileio import inside
 from edgeft.runtimes import Messages, Runtime, Sampling
 
 

@@ -33,7 +33,8 @@ from edgeft.config import Config
 from edgeft.data import file_hash, write_jsonl
 from edgeft.datacheck import analyse_config, data_files, paraphraser
 from edgeft.errors import ConfigError, InputError, ToolError, no_space
-from edgeft.manifest import Stage, StageWriter, hash_json, partial_dir
+from edgeft.fileio import hash_json
+from edgeft.manifest import Stage, StageWriter, partial_dir
 from edgeft.workdir import session
 
 log = logging.getLogger(__name__)

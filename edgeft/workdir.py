@@ -20,7 +20,6 @@ import errno
 import fcntl
 import json
 import os
-import re
 import shutil
 import signal
 import sys
@@ -30,44 +29,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from edgeft.errors import BusyError
+from edgeft.fileio import clean_stale, scratch_dir
 
 LOCK_FILE = ".edgeft.lock"
 TMP_PREFIX = ".edgeft-tmp-"
-# Names of edgeft's own temporaries: `.<dest>.tmp-<pid>-…` and `.<dest>.old-<pid>-…` next to a
-# stage being written (manifest.StageWriter), `.edgeft-tmp-<pid>-…` (this module).
-_STALE = re.compile(r"^\.(?:.+\.(?:tmp|old)|edgeft-tmp)-(?P<pid>\d+)-")
+# This module's own scratch folders: `.edgeft-tmp-<pid>-…` (fileio.STALE knows them).
 
 _held: dict[Path, list] = {}  # lock path → [file descriptor, depth]
 _open_session: list[Path] = []  # this process's private temporary folder while a session is open
-
-
-def pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def clean_stale(folder: Path, prefix: str = ".") -> list[Path]:
-    """Remove edgeft temporaries in `folder` (names starting with `prefix`) whose process is gone."""
-    removed: list[Path] = []
-    if not folder.is_dir():
-        return removed
-    for p in folder.iterdir():
-        m = _STALE.match(p.name)
-        if not p.name.startswith(prefix) or not m or pid_alive(int(m.group("pid"))):
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-        removed.append(p)
-    return removed
 
 
 @contextlib.contextmanager
@@ -76,12 +45,9 @@ def cache_entry(out: Path, replace: bool = False) -> Iterator[Path]:
     folder beside `out` and renamed into place when the block completes; stale temporaries of
     killed builders are removed first. If `out` appeared meanwhile (another process built the
     same inputs), it is kept and the new copy dropped, unless `replace`."""
-    from edgeft.manifest import DIR_MODE
-
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out.parent, f".{out.name}.")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
-    tmp.chmod(DIR_MODE)
+    tmp = scratch_dir(out)
     try:
         yield tmp
         if out.exists() and not replace:

@@ -180,7 +180,7 @@ def resign(stage: Path, relpath: str) -> None:
     behaviour can give the change away, not its checksum."""
     import json
 
-    from edgeft.manifest import sha256_file
+    from edgeft.fileio import sha256_file
 
     target = stage / relpath
     for name in ("manifest.json", "edgeft.json"):

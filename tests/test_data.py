@@ -160,3 +160,32 @@ def test_bundled_example_is_reproduced_by_its_generator() -> None:
     out = subprocess.run([sys.executable, str(EXAMPLE.parent.parent / "generate.py")],
                          capture_output=True, check=True).stdout
     assert out == EXAMPLE.read_bytes()
+
+
+def test_data_check_with_a_config_checks_what_training_checks(tmp_path: Path, micro_model: Path) -> None:
+    """`edgeft data check -c` and training map the data section to the checks in one place: a
+    configured near-duplicate threshold is the one both use (the CLI once used 0.9 whatever the
+    config said), and the CLI's report equals training's."""
+    import yaml
+    from click.testing import CliRunner
+
+    from edgeft.cli import cli
+    from edgeft.config import load_config
+    from edgeft.datacheck import analyse_config
+
+    def check(threshold: float) -> tuple[dict, dict]:
+        path = tmp_path / f"edgeft-{threshold}.yaml"
+        path.write_text(yaml.safe_dump({"name": "d", "base_model": str(micro_model), "data": {
+            "train": str(EXAMPLE), "near_duplicate_threshold": threshold}}))
+        result = CliRunner().invoke(cli, ["data", "check", "-c", str(path), "--json"])
+        assert result.exit_code == 0, result.output
+        from transformers import AutoTokenizer
+
+        training = analyse_config(load_config(path), AutoTokenizer.from_pretrained(micro_model)).to_dict()
+        return json.loads(result.stdout), training
+
+    strict, strict_training = check(0.99)
+    loose, loose_training = check(0.7)
+    assert strict == strict_training and loose == loose_training
+    found = [sum(f["check"] == "near-duplicate" for f in r["findings"]) for r in (strict, loose)]
+    assert found[0] < found[1], found  # more pairs are near at 0.7 than at 0.99

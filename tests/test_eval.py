@@ -14,7 +14,7 @@ from edgeft.cli import cli
 from edgeft.config import parse_config
 from edgeft.errors import ConfigError
 from edgeft.evaluate import format_checker, score, squash_whitespace
-from edgeft.manifest import sha256_file
+from edgeft.fileio import sha256_file
 
 
 def run(*args: str):

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_the_joined_file_is_the_published_one_and_the_terms_ship_with_it(gemma3: Path) -> None:
-    from edgeft.manifest import sha256_file
+    from edgeft.fileio import sha256_file
     from edgeft.realmodel import GEMMA3, source_gguf
 
     assert sha256_file(source_gguf(GEMMA3)) == GEMMA3.gguf_sha256

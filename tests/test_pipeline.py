@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from conftest import EXAMPLE, resign, write_config
 
 from edgeft.cli import cli
-from edgeft.manifest import sha256_file
+from edgeft.fileio import sha256_file
 
 pytestmark = pytest.mark.slow
 

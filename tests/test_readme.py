@@ -1,4 +1,5 @@
-"""The README tells the truth about the code: exit codes, config keys, and no links out of the repo."""
+"""The README and docs/ tell the truth about the code: exit codes, config keys and defaults, the
+bands, links that lead somewhere, and a README that stays a front door."""
 
 from __future__ import annotations
 
@@ -9,11 +10,17 @@ from pathlib import Path
 from edgeft.config import Config
 from edgeft.errors import EXIT_CODES
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / "README.md").read_text()
+PAGES = {p: p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]}
 
 
 def _section(title: str) -> str:
-    return README.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+    """The section titled `title` (a `## ` heading) in the README or docs/, whichever has it."""
+    found = [text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0] for text in PAGES.values()
+             if f"\n## {title}\n" in text]
+    assert len(found) == 1, f"{len(found)} sections titled {title!r}"
+    return found[0]
 
 
 def test_exit_code_table_is_the_code_s() -> None:
@@ -44,11 +51,42 @@ def test_every_config_key_is_in_the_reference() -> None:
     for row in re.findall(r"^\| `([a-z_]+)\.([a-z_]+)` / (.+?) \|", reference, re.MULTILINE):
         documented |= {f"{row[0]}.{k}" for k in re.findall(r"`([a-z_]+)`", row[2])}
     missing = [k for k in _keys(Config) if k not in documented]
-    assert not missing, f"config keys missing from the README's reference: {missing}"
+    assert not missing, f"config keys missing from docs/config.md: {missing}"
 
 
 def test_no_link_leaves_the_repository() -> None:
-    assert "../shared" not in README and "DESIGN.md" not in README
+    for text in PAGES.values():
+        assert "../shared" not in text and "DESIGN.md" not in text
+
+
+def _slug(heading: str) -> str:  # GitHub's anchor for a heading
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_in_the_docs_leads_to_a_file_and_heading_that_exist() -> None:
+    broken = []
+    for page, text in PAGES.items():
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):  # https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in {
+                    _slug(h) for h in re.findall(r"(?m)^#+ (.+)$", linked.read_text())}:
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken, broken
+
+
+def test_the_readme_is_a_front_door() -> None:
+    """What it is, the two set-up commands, a quick start, the commands, the figures, links: the
+    manual lives in docs/."""
+    assert len(README.splitlines()) <= 200
+    assert "scripts/setup.sh && .venv/bin/edgeft build -c examples/nl2sql/edgeft.yaml" in README
+    assert "scripts/setup.sh && .venv/bin/python -m pytest" in README
+    linked = set(re.findall(r"\(docs/([a-z-]+\.md)", README))
+    assert linked == {p.name for p in (REPO / "docs").glob("*.md")}  # every page is reachable
 
 
 def _default(cls: type, dotted: str):  # the dataclass default of a dotted config key
@@ -101,3 +139,29 @@ def test_type_lists_and_bands_are_the_table_s() -> None:
     for f, t, *limits in rows:
         band = formats.band(f, t)
         assert [float(x) for x in limits] == [band.kl_mean, band.kl_p99, band.top1, band.gen_prefix], f"{f} {t}"
+
+
+def test_every_command_is_in_the_commands_table() -> None:
+    from edgeft.cli import cli
+
+    def names(group, prefix: str = "edgeft") -> list[str]:
+        out = []
+        for name, command in group.commands.items():
+            if getattr(command, "hidden", False):
+                continue
+            out += names(command, f"{prefix} {name}") if hasattr(command, "commands") else [f"{prefix} {name}"]
+        return out
+
+    table = _section("Commands")
+    listed = set(re.findall(r"`(edgeft [a-z -]+?)`", table))
+    for row in re.findall(r"^\| `(edgeft [a-z]+) ([a-z]+)`((?: / `[a-z]+`)+)", table, re.MULTILINE):
+        listed |= {f"{row[0]} {n}" for n in re.findall(r"`([a-z]+)`", row[2])}
+    missing = [n for n in names(cli) if n not in listed]
+    assert not missing, f"commands missing from the README's table: {missing}"
+
+
+def test_the_layout_table_names_every_module() -> None:
+    table = _section("Working on edgeft").split("Where things are decided", 1)[0]
+    named = set(re.findall(r"`([a-z_/]+\.py)`", table))
+    modules = {p.relative_to(REPO / "edgeft").as_posix() for p in (REPO / "edgeft").rglob("*.py")}
+    assert named == modules, (sorted(modules - named), sorted(named - modules))

@@ -16,9 +16,10 @@ from click.testing import CliRunner
 from edgeft import stages
 from edgeft.cli import cli
 from edgeft.errors import InputError, RegistryRefused
+from edgeft.fileio import file_table
 from edgeft.integrity import dist_problems
 from edgeft.javakit import ROUTING_VECTORS
-from edgeft.manifest import StageWriter, file_table
+from edgeft.manifest import StageWriter
 from edgeft.registry import BUCKETS, Ref, Registry, assign, bucket
 
 VECTORS = Path(__file__).resolve().parent.parent / "edgeft" / "javakit" / ROUTING_VECTORS
@@ -316,7 +317,7 @@ def _killed(reg: Registry, dist: Path, at: str) -> None:
 
 def test_a_registration_killed_before_its_commit_leaves_nothing_counted(tmp_path: Path, reg: Registry) -> None:
     reg.add(make_dist(tmp_path / "a", seed="a"))
-    _killed(reg, make_dist(tmp_path / "b", seed="b"), "_write_atomic")  # the version folder is in place, no index
+    _killed(reg, make_dist(tmp_path / "b", seed="b"), "write_atomic")  # the version folder is in place, no index
     assert (reg.root / "models" / "m" / "2").is_dir()
     assert sorted(reg.index()["models"]["m"]["versions"]) == ["1"]
     assert [e["event"] for e in reg.events()] == ["register"]  # no "register version=2"

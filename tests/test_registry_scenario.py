@@ -19,7 +19,7 @@ from test_publish import parse_modelfile
 
 from edgeft import stages
 from edgeft.cli import cli
-from edgeft.manifest import sha256_file
+from edgeft.fileio import sha256_file
 from edgeft.registry import Registry
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from conftest import resign
 
 from edgeft.cli import cli
-from edgeft.manifest import sha256_file
+from edgeft.fileio import sha256_file
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeft.manifest import file_table
+from edgeft.fileio import file_table
 
 pytestmark = pytest.mark.slow
 

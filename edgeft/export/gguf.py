@@ -30,7 +30,8 @@ from edgeft.base import plain_template
 from edgeft.config import Config
 from edgeft.errors import InputError, ToolError, says_no_space
 from edgeft.export import gguf_meta, imatrix, open_export, pretok
-from edgeft.manifest import Stage, hash_json, sha256_file
+from edgeft.fileio import hash_json, sha256_file
+from edgeft.manifest import Stage
 from edgeft.paths import vendor_dir
 from edgeft.workdir import die_with_parent, in_session
 

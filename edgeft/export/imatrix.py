@@ -21,7 +21,7 @@ from edgeft import formats, llama_tools
 from edgeft.config import Config
 from edgeft.data import read_split
 from edgeft.errors import InputError, ToolError
-from edgeft.manifest import copy_file, sha256_file
+from edgeft.fileio import copy_file, sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from edgeft import stages
 from edgeft.config import Config
 from edgeft.errors import ToolError
 from edgeft.export import open_export
-from edgeft.manifest import Stage, hash_json
+from edgeft.fileio import hash_json
+from edgeft.manifest import Stage
 from edgeft.workdir import die_with_parent, in_session
 
 log = logging.getLogger(__name__)

@@ -167,9 +167,9 @@ def load_runtime(artifact: dict[str, Any], stage_dir: Path, *, all_logits: bool 
     and copying logits for every prompt position. `n_ctx`: llama.cpp's context size (None: the
     model's own, at most `llamacpp.MAX_CONTEXT`).
     """
-    from edgeft.manifest import inside
+    from edgeft.fileio import inside
 
-    # Every path a manifest names stays inside its folder (manifest.inside).
+    # Every path a manifest names stays inside its folder (fileio.inside).
     path = inside(stage_dir, artifact["path"])
     if artifact["format"] == "gguf":
         from edgeft.runtimes.llamacpp import LlamaCppRuntime

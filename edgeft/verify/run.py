@@ -15,9 +15,10 @@ from edgeft.base import end_of_turn
 from edgeft.config import Config, parse_config
 from edgeft.data import read_split
 from edgeft.errors import ConfigError, InputError, VerifyFailed, describe
+from edgeft.fileio import hash_json
 from edgeft.gate import Gate, load_or_why
 from edgeft.integrity import checksum_problems, dist_problems
-from edgeft.manifest import Stage, StageWriter, hash_json
+from edgeft.manifest import Stage, StageWriter
 from edgeft.runtimes import Runtime
 from edgeft.verify import distribution, files, generation, jsjinja, tokens
 from edgeft.verify.checks import Checks
@@ -40,13 +41,14 @@ def inputs_hash(cfg: Config, upstream: Sequence[Stage]) -> str:
     return hash_json([merged.inputs_hash, [e.content_hash() for e in exports], cfg.section("verify"), REPORT])
 
 
-def _second_opinion(cfg: Config, on: bool) -> Config:
-    """The config with verify.second_opinion turned on when `on` (edgeft verify --second-opinion)."""
-    return dataclasses.replace(cfg, verify=dataclasses.replace(cfg.verify, second_opinion=True)) if on else cfg
+def _second_opinion(cfg: Config, on: bool | None) -> Config:
+    """The config with verify.second_opinion set to `on` (edgeft verify --second-opinion or
+    --no-second-opinion); None keeps the config's."""
+    return cfg if on is None else dataclasses.replace(cfg, verify=dataclasses.replace(cfg.verify, second_opinion=on))
 
 
 def verify_path(path: Path, merge_dir: Path | None = None, out_dir: Path | None = None, *,
-                force: bool = False, second_opinion: bool = False) -> Stage:
+                force: bool = False, second_opinion: bool | None = None) -> Stage:
     """Verify a dist folder or an export stage on its own: its manifest says how it was made and,
     unless `merge_dir` is given, where the merged reference model is. A dist's own files are
     checked too (`dist_problems`)."""
@@ -69,7 +71,7 @@ def verify_path(path: Path, merge_dir: Path | None = None, out_dir: Path | None 
 
 @in_session
 def verify_artifacts(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path] | None = None,
-                     out_dir: Path | None = None, *, force: bool = False, second_opinion: bool = False) -> Stage:
+                     out_dir: Path | None = None, *, force: bool = False, second_opinion: bool | None = None) -> Stage:
     """Compare every artifact of the config's (or the given) export stages with the merged model;
     publish the report (replacing an earlier verify report, nothing else without `force`)."""
     return _verify(Gate.open(_second_opinion(cfg, second_opinion), stages.VERIFY, merge_dir, export_dirs, out_dir,

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # |edgeft − llama-perplexity| ≤ RELATIVE × the larger + ABSOLUTE, on mean KL. The references differ
 # (transformers fp32 vs llama.cpp's f32 GGUF: KL ~4e-6 on SmolLM2), llama-perplexity stores the
 # reference's log-probabilities as 16-bit steps and evaluates in other batch sizes; measured gaps
-# are in the README (the parity gate).
+# are in docs/parity-gate.md.
 RELATIVE, ABSOLUTE = 0.05, 1e-3
 MAX_CHUNKS = 8
 MIN_POSITIONS = 100  # llama-perplexity prints no statistics below this (kl_divergence: "so few values")
