@@ -44,12 +44,19 @@ def _keys(cls: type, prefix: str = "") -> list[str]:
     return out
 
 
+def _slashed(table: str, first: str, sep: str) -> set[str]:
+    """The names a table's rows list as "`train.lora_r` / `lora_alpha`" or "`edgeft registry list`
+    / `show`": each later name completes the first one's prefix (up to its last `sep`)."""
+    out = set()
+    for head, rest in re.findall(rf"^\| `({first})`((?: / `[a-z_]+`)+)", table, re.MULTILINE):
+        prefix = head.rsplit(sep, 1)[0]
+        out |= {f"{prefix}{sep}{name}" for name in re.findall(r"`([a-z_]+)`", rest)}
+    return out
+
+
 def test_every_config_key_is_in_the_reference() -> None:
     reference = _section("Config reference")
-    documented = set(re.findall(r"`([a-z_.]+)`", reference))
-    # "train.lora_r / lora_alpha / lora_dropout" rows name the later keys without their section
-    for row in re.findall(r"^\| `([a-z_]+)\.([a-z_]+)` / (.+?) \|", reference, re.MULTILINE):
-        documented |= {f"{row[0]}.{k}" for k in re.findall(r"`([a-z_]+)`", row[2])}
+    documented = set(re.findall(r"`([a-z_.]+)`", reference)) | _slashed(reference, r"[a-z_]+\.[a-z_]+", ".")
     missing = [k for k in _keys(Config) if k not in documented]
     assert not missing, f"config keys missing from docs/config.md: {missing}"
 
@@ -153,9 +160,7 @@ def test_every_command_is_in_the_commands_table() -> None:
         return out
 
     table = _section("Commands")
-    listed = set(re.findall(r"`(edgeft [a-z -]+?)`", table))
-    for row in re.findall(r"^\| `(edgeft [a-z]+) ([a-z]+)`((?: / `[a-z]+`)+)", table, re.MULTILINE):
-        listed |= {f"{row[0]} {n}" for n in re.findall(r"`([a-z]+)`", row[2])}
+    listed = set(re.findall(r"`(edgeft [a-z -]+?)`", table)) | _slashed(table, r"edgeft [a-z]+ [a-z]+", " ")
     missing = [n for n in names(cli) if n not in listed]
     assert not missing, f"commands missing from the README's table: {missing}"
 
