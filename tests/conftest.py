@@ -37,7 +37,7 @@ def edgeft_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _link_wheels(alias: str, edgeft_cache: Path) -> None:
     """The real model's wheels from the user's edgeft cache, where set-up put them, into the test
     run's cache (no download when they are there)."""
-    from edgeft.realmodel import REAL_MODELS
+    from edgeft.models.realmodel import REAL_MODELS
 
     user_cache = Path(os.environ.get("EDGEFT_USER_CACHE", Path.home() / ".cache" / "edgeft"))
     for w in REAL_MODELS[alias].wheels:
@@ -52,8 +52,8 @@ def _link_wheels(alias: str, edgeft_cache: Path) -> None:
 
 
 def _real_model(alias: str, edgeft_cache: Path) -> Path:
-    """A real model rebuilt by edgeft.realmodel in the test run's cache."""
-    from edgeft.realmodel import cached_real_model
+    """A real model rebuilt by edgeft.models.realmodel in the test run's cache."""
+    from edgeft.models.realmodel import cached_real_model
 
     _link_wheels(alias, edgeft_cache)
     return cached_real_model(alias)
@@ -62,7 +62,7 @@ def _real_model(alias: str, edgeft_cache: Path) -> Path:
 @pytest.fixture(scope="session")
 def real_wheels(edgeft_cache: Path) -> Path:
     """The test run's wheel cache holding the real models' PyPI wheels (nothing built)."""
-    from edgeft.realmodel import REAL_MODELS
+    from edgeft.models.realmodel import REAL_MODELS
 
     for alias in REAL_MODELS:
         _link_wheels(alias, edgeft_cache)
@@ -72,7 +72,7 @@ def real_wheels(edgeft_cache: Path) -> Path:
 @pytest.fixture(scope="session")
 def smollm2(edgeft_cache: Path) -> Path:
     """SmolLM2-135M-Instruct rebuilt from its PyPI wheel (about 35 s)."""
-    from edgeft.realmodel import SMOLLM2
+    from edgeft.models.realmodel import SMOLLM2
 
     return _real_model(SMOLLM2.alias, edgeft_cache)
 
@@ -80,14 +80,14 @@ def smollm2(edgeft_cache: Path) -> Path:
 @pytest.fixture(scope="session")
 def gemma3(edgeft_cache: Path) -> Path:
     """Gemma 3 270M (base) rebuilt from its four PyPI chunk wheels."""
-    from edgeft.realmodel import GEMMA3
+    from edgeft.models.realmodel import GEMMA3
 
     return _real_model(GEMMA3.alias, edgeft_cache)
 
 
 @pytest.fixture(scope="session")
 def micro_model(edgeft_cache: Path) -> Path:
-    from edgeft.tiny import cached_tiny_model
+    from edgeft.models.tiny import cached_tiny_model
 
     return cached_tiny_model("micro", 0)
 
@@ -95,7 +95,7 @@ def micro_model(edgeft_cache: Path) -> Path:
 @pytest.fixture(scope="session")
 def other_micro_model(edgeft_cache: Path) -> Path:
     """Same kit, another seed: a different model with the same kind of tokenizer."""
-    from edgeft.tiny import cached_tiny_model
+    from edgeft.models.tiny import cached_tiny_model
 
     return cached_tiny_model("micro", 1)
 
@@ -180,7 +180,7 @@ def resign(stage: Path, relpath: str) -> None:
     behaviour can give the change away, not its checksum."""
     import json
 
-    from edgeft.fileio import sha256_file
+    from edgeft.core.fileio import sha256_file
 
     target = stage / relpath
     for name in ("manifest.json", "edgeft.json"):

@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from edgeft.base import fingerprint
+from edgeft.models.base import fingerprint
 
 
 def test_same_size_weights_with_a_restored_mtime_change_the_fingerprint(tmp_path: Path, micro_model: Path) -> None:

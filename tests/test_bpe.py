@@ -13,14 +13,14 @@ from click.testing import CliRunner
 from conftest import EXAMPLE, write_config
 
 from edgeft.cli import cli
-from edgeft.manifest import StageWriter
+from edgeft.core.manifest import StageWriter
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def bpe_model(edgeft_cache: Path) -> Path:
-    from edgeft.tiny import cached_tiny_model
+    from edgeft.models.tiny import cached_tiny_model
 
     return cached_tiny_model("micro-bpe", 0)
 
@@ -91,7 +91,7 @@ def test_a_published_pre_tokenizer_on_a_new_vocabulary_converts(tmp_path: Path, 
     import gguf
     from tokenizers import Tokenizer
 
-    from edgeft.export.pretok import stress_corpus
+    from edgeft.models.pretok import stress_corpus
     from edgeft.runtimes.llamacpp import LlamaCppRuntime
 
     pre_tokenizer, name = PUBLISHED["llama-3"]
@@ -127,7 +127,7 @@ def test_pre_tokenizers_are_told_apart_on_a_real_vocabulary(smollm2: Path, tmp_p
     """SmolLM2's 49k vocabulary under its own pre-tokenizer and under Llama 3's and GPT-4o's: each
     is found by tokenising, although the names tried before it (GPT-2's first) share most of its
     splits — on this vocabulary they differ on contractions, case runs and non-ASCII numerics."""
-    from edgeft.export.gguf import _pre_tokenizer_by_behaviour, _stage_for_conversion
+    from edgeft.pipeline.export.gguf import _pre_tokenizer_by_behaviour, _stage_for_conversion
 
     staged = _stage_for_conversion(smollm2, tmp_path)
     name = "smollm"

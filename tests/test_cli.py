@@ -148,7 +148,7 @@ def test_existing_output_without_force_exits_5(tmp_path: Path) -> None:
 
 
 def test_every_hint_names_a_real_command() -> None:
-    from edgeft.stages import ORDER, PRODUCED_BY
+    from edgeft.core.stages import ORDER, PRODUCED_BY
 
     for kind, hint in PRODUCED_BY.items():
         words = hint.split()[1:]
@@ -163,7 +163,7 @@ def test_every_hint_names_a_real_command() -> None:
 @pytest.mark.parametrize(("command", "error"), [(("verify",), "VerifyFailed"), (("eval",), "EvalFailed"),
                                                 (("data", "check"), "DataError")])
 def test_exit_codes_named_in_help_are_the_errors_codes(command: tuple[str, ...], error: str) -> None:
-    import edgeft.errors
+    import edgeft.core.errors
 
     said = re.findall(r"[Ee]xits? (\d+)", " ".join(run(*command, "--help").output.split()))
-    assert said == [str(getattr(edgeft.errors, error).exit_code)]
+    assert said == [str(getattr(edgeft.core.errors, error).exit_code)]

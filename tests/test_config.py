@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeft.config import load_config, parse_config
-from edgeft.errors import ConfigError, InputError
+from edgeft.core.config import load_config, parse_config
+from edgeft.core.errors import ConfigError, InputError
 
 VALID = {"name": "demo", "base_model": "tiny:micro", "data": {"train": "d.jsonl"}}
 

@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from conftest import EXAMPLE
 
 from edgeft.cli import cli
-from edgeft.data import load_examples
-from edgeft.datacheck import analyse
-from edgeft.errors import ConfigError
-from edgeft.rowfilter import compile_filter
+from edgeft.core.errors import ConfigError
+from edgeft.core.rowfilter import compile_filter
+from edgeft.data.check import analyse
+from edgeft.data.rows import load_examples
 
 CONDITIONS = "rating >= 4 and latency_ms < 5000 and len(answer) > 50 and not edited"
 
@@ -96,7 +96,7 @@ def test_data_check_prints_the_funnel_and_refuses_what_is_not_the_language(tmp_p
         assert result.exit_code == 3, (text, result.output)
         assert result.stderr.startswith("Error: --filter[0]: ") and why in result.stderr and result.stderr.count("\n") == 1
     with pytest.raises(ConfigError, match=r"data.filter\[1\]: 'x\(\)'"):
-        from edgeft.config import parse_config
+        from edgeft.core.config import parse_config
 
         parse_config({"name": "m", "base_model": "tiny:micro", "data": {"train": "x.jsonl",
                                                                         "filter": ["rating > 1", "x()"]}})
@@ -123,9 +123,9 @@ def test_system_prompt_filled_from_each_row(tmp_path: Path) -> None:
 
 
 def test_typo_augmentation_is_reproducible_and_keeps_what_must_stay_exact(tmp_path: Path) -> None:
-    from edgeft.augment import noisy, with_typos
-    from edgeft.config import AugmentConfig
-    from edgeft.data import write_jsonl
+    from edgeft.core.config import AugmentConfig
+    from edgeft.data.augment import noisy, with_typos
+    from edgeft.data.rows import write_jsonl
 
     data = EXAMPLE / "data" / "nl2sql.jsonl"
 
@@ -167,7 +167,7 @@ def test_typo_augmentation_is_reproducible_and_keeps_what_must_stay_exact(tmp_pa
 
 
 def test_paraphrase_checks_drop_what_changes_the_answer() -> None:
-    from edgeft.paraphrase import clean, failed_check
+    from edgeft.data.paraphrase import clean, failed_check
 
     source = "Which departments have a budget above 1000000 in 'North Wing' for Alice?"
     assert failed_check(source, "What departments in 'North Wing' have budgets over 1000000 for Alice?") is None
@@ -193,10 +193,10 @@ def test_paraphrases_by_the_base_model_are_checked_marked_and_reproducible(tmp_p
     the same bytes again (the cache cleared in between)."""
     import shutil
 
-    from edgeft.config import AugmentConfig
-    from edgeft.data import write_jsonl as write_split
-    from edgeft.paraphrase import failed_check
-    from edgeft.paths import cache_dir
+    from edgeft.core.config import AugmentConfig
+    from edgeft.core.paths import cache_dir
+    from edgeft.data.paraphrase import failed_check
+    from edgeft.data.rows import write_jsonl as write_split
 
     data = write_jsonl(tmp_path / "rows.jsonl",
                        [json.loads(line) for line in (EXAMPLE / "data" / "nl2sql.jsonl").read_text().splitlines()][:16])
@@ -233,7 +233,7 @@ def test_paraphrases_by_the_base_model_are_checked_marked_and_reproducible(tmp_p
 
 
 def test_paraphrase_config_is_checked(tmp_path: Path) -> None:
-    from edgeft.config import parse_config
+    from edgeft.core.config import parse_config
 
     base = {"name": "p", "base_model": "tiny:micro", "data": {"train": "rows.jsonl"}}
     with pytest.raises(ConfigError, match="paraphrase_temperature"):

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeft.data import load_examples, require_usable, split
-from edgeft.datacheck import analyse
-from edgeft.errors import DataError
+from edgeft.core.errors import DataError
+from edgeft.data.check import analyse
+from edgeft.data.rows import load_examples, require_usable, split
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "nl2sql" / "data" / "nl2sql.jsonl"
 CHAT = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
@@ -170,8 +170,8 @@ def test_data_check_with_a_config_checks_what_training_checks(tmp_path: Path, mi
     from click.testing import CliRunner
 
     from edgeft.cli import cli
-    from edgeft.config import load_config
-    from edgeft.datacheck import analyse_config
+    from edgeft.core.config import load_config
+    from edgeft.data.check import analyse_config
 
     def check(threshold: float) -> tuple[dict, dict]:
         path = tmp_path / f"edgeft-{threshold}.yaml"

@@ -11,10 +11,10 @@ from click.testing import CliRunner
 from conftest import resign
 
 from edgeft.cli import cli
-from edgeft.config import parse_config
-from edgeft.errors import ConfigError
-from edgeft.evaluate import format_checker, score, squash_whitespace
-from edgeft.fileio import sha256_file
+from edgeft.core.config import parse_config
+from edgeft.core.errors import ConfigError
+from edgeft.core.fileio import sha256_file
+from edgeft.pipeline.evaluate import format_checker, score, squash_whitespace
 
 
 def run(*args: str):
@@ -83,7 +83,7 @@ def test_eval_results_are_in_the_dist_and_model_card(built: dict) -> None:
 def test_regression_gate_fails_eval_and_build(built: dict, other_micro_model: Path, tmp_path: Path) -> None:
     """An artifact that answers worse than the fine-tuned model fails `edgeft eval` (exit 8); `edgeft
     build` verifies the changed bytes again first and the parity gate stops it (exit 7)."""
-    from edgeft.export.gguf import convert_hf
+    from edgeft.pipeline.export.gguf import convert_hf
 
     root = tmp_path / "project"
     shutil.copytree(built["root"], root)

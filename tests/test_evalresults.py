@@ -1,4 +1,4 @@
-"""eval/results.json as the registry reads it (edgeft.evalresults): per-example outcomes typed as
+"""eval/results.json as the registry reads it (edgeft.pipeline.evaluate.results): per-example outcomes typed as
 booleans, the file's "0"/"1" strings unchanged, and the paired comparison of two versions."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgeft.evalresults import RESULTS, PerExample, Rule, VersionResults, compare_versions
+from edgeft.pipeline.evaluate.results import RESULTS, PerExample, Rule, VersionResults, compare_versions
 
 
 def _results(folder: Path, exact: str, answers: list[str], ids: list[str] | None = None) -> Path:

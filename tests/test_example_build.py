@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from conftest import EXAMPLE
 
 from edgeft.cli import cli
-from edgeft.fileio import sha256_file
+from edgeft.core.fileio import sha256_file
 
 pytestmark = pytest.mark.slow
 

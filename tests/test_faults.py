@@ -114,9 +114,9 @@ def _merged_into_4bit_base(dist: Path, built: dict, tmp: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from edgeft.export.gguf import convert_hf
-    from edgeft.export.gguf_meta import override
-    from edgeft.manifest import read_stage
+    from edgeft.core.manifest import read_stage
+    from edgeft.models.gguf_meta import override
+    from edgeft.pipeline.export.gguf import convert_hf
 
     train = read_stage(built["root"] / "runs" / "micro" / "train", "train")
     base = train.data["resolved_base"]

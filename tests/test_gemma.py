@@ -16,8 +16,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_the_joined_file_is_the_published_one_and_the_terms_ship_with_it(gemma3: Path) -> None:
-    from edgeft.fileio import sha256_file
-    from edgeft.realmodel import GEMMA3, source_gguf
+    from edgeft.core.fileio import sha256_file
+    from edgeft.models.realmodel import GEMMA3, source_gguf
 
     assert sha256_file(source_gguf(GEMMA3)) == GEMMA3.gguf_sha256
     source = json.loads((gemma3 / "edgeft_source.json").read_text())
@@ -34,7 +34,7 @@ def test_gemma_tokenizer_equals_llama_cpp_on_the_original_gguf(gemma3: Path) -> 
     import llama_cpp
     from transformers import AutoTokenizer
 
-    from edgeft.realmodel import GEMMA3, source_gguf
+    from edgeft.models.realmodel import GEMMA3, source_gguf
 
     tok = AutoTokenizer.from_pretrained(gemma3)
     rng = random.Random(0)
@@ -55,8 +55,8 @@ def test_gemma_tokenizer_equals_llama_cpp_on_the_original_gguf(gemma3: Path) -> 
 def test_a_base_model_gets_its_familys_turns_and_stops_at_their_end(gemma3: Path) -> None:
     from transformers import AutoTokenizer
 
-    from edgeft.base import FAMILY_TEMPLATES, end_of_turn, ensure_chat_template
-    from edgeft.loss_mask import tokenize_for_training
+    from edgeft.data.loss_mask import tokenize_for_training
+    from edgeft.models.base import FAMILY_TEMPLATES, end_of_turn, ensure_chat_template
 
     tok = AutoTokenizer.from_pretrained(gemma3)
     assert tok.chat_template is None  # a base model
@@ -78,8 +78,8 @@ def test_the_base_converts_and_llama_cpp_agrees_with_transformers(gemma3: Path, 
     """Every axis that breaks exporters at once: sliding-window attention, a 262k vocabulary with
     byte fallback, norms stored with +1, scaled embeddings, one KV head. Converted at f16 by the
     converter every export uses, llama.cpp's next-token distributions must match transformers'."""
-    from edgeft.export.gguf import convert_hf
-    from edgeft.kl import kl_stats, summarise
+    from edgeft.judge.kl import kl_stats, summarise
+    from edgeft.pipeline.export.gguf import convert_hf
     from edgeft.runtimes.hf import HFRuntime
     from edgeft.runtimes.llamacpp import LlamaCppRuntime
 

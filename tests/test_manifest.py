@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from edgeft import stages
-from edgeft.errors import InputError
-from edgeft.fileio import check_files, inside, sha256_file
-from edgeft.manifest import MANIFEST, StageWriter, read_stage
+from edgeft.core import stages
+from edgeft.core.errors import InputError
+from edgeft.core.fileio import check_files, inside, sha256_file
+from edgeft.core.manifest import MANIFEST, StageWriter, read_stage
 
 
 def test_publish_is_atomic_and_records_checksums(tmp_path: Path) -> None:

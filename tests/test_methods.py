@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from conftest import EXAMPLE, write_config
 
 from edgeft.cli import cli
-from edgeft.config import parse_config
-from edgeft.errors import ConfigError
+from edgeft.core.config import parse_config
+from edgeft.core.errors import ConfigError
 
 BASE = {"name": "m", "base_model": "tiny:micro", "data": {"train": "x.jsonl"}}
 

@@ -1,4 +1,4 @@
-"""Near-duplicates in linear time (edgeft/neardup.py): the same findings as comparing every pair,
+"""Near-duplicates in linear time (edgeft/data/neardup.py): the same findings as comparing every pair,
 bounded work on templated data, and a report that says when the bound was reached."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgeft import neardup
 from edgeft.cli import cli
-from edgeft.data import load_examples
+from edgeft.data import neardup
+from edgeft.data.rows import load_examples
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "nl2sql" / "data" / "nl2sql.jsonl"
 

@@ -1,4 +1,4 @@
-"""The regression gate as a paired decision (edgeft/paired.py) on constructed answer sets: one
+"""The regression gate as a paired decision (edgeft/judge/paired.py) on constructed answer sets: one
 answer cannot flip it, a real drop fails with its p-value, chrF by paired bootstrap, how many
 examples a drop needs, and the registry's "not worse than production" on the same rule."""
 
@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from test_registry import make_dist
 
 from edgeft.cli import cli
-from edgeft.evaluate import compare_answers, markdown, verdict_lines, versus_base
-from edgeft.paired import compare_binary, compare_chrf, examples_needed, mcnemar_p
-from edgeft.registry import Ref, Registry
+from edgeft.judge.paired import compare_binary, compare_chrf, examples_needed, mcnemar_p
+from edgeft.pipeline.evaluate import compare_answers, markdown, verdict_lines, versus_base
+from edgeft.registry.store import Ref, Registry
 
 GATE = {"min_relative": 0.95, "alpha": 0.05, "min_discordant": 3}
 QUESTIONS = [f"SELECT name FROM employees WHERE id = {i};" for i in range(24)]

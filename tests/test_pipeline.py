@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from conftest import EXAMPLE, resign, write_config
 
 from edgeft.cli import cli
-from edgeft.fileio import sha256_file
+from edgeft.core.fileio import sha256_file
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +96,7 @@ def _copy_gguf_stage(built: dict, tmp_path: Path) -> Path:
 
 
 def test_verify_fails_on_a_gguf_from_another_model(built: dict, other_micro_model: Path, tmp_path: Path) -> None:
-    from edgeft.export.gguf import convert_hf
+    from edgeft.pipeline.export.gguf import convert_hf
 
     copy = _copy_gguf_stage(built, tmp_path)
     target = copy / "micro-q8_0.gguf"
@@ -126,7 +126,7 @@ def test_verify_fails_on_a_file_that_differs_from_its_manifest(built: dict, tmp_
 
 
 def test_converter_failure_is_a_tool_error(micro_model: Path, tmp_path: Path) -> None:
-    from edgeft.manifest import StageWriter
+    from edgeft.core.manifest import StageWriter
 
     merge_dir = tmp_path / "merge"
     with StageWriter(merge_dir, "merge") as w:

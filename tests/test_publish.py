@@ -12,12 +12,12 @@ import jinja2
 import numpy as np
 import pytest
 
-from edgeft.errors import InputError
-from edgeft.publish import modelfile, stop_strings
+from edgeft.core.errors import InputError
+from edgeft.pipeline.verify.checks import Checks
+from edgeft.pipeline.verify.jsjinja import engine, js_template
+from edgeft.pipeline.verify.probes import Probe, Reference
 from edgeft.runtimes import Runtime
-from edgeft.verify.checks import Checks
-from edgeft.verify.jsjinja import engine, js_template
-from edgeft.verify.probes import Probe, Reference
+from edgeft.ship.publish import modelfile, stop_strings
 
 
 def parse_modelfile(text: str) -> dict[str, list[str]]:

@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 from conftest import EXAMPLE, write_config
 
-from edgeft import formats, llama_tools
 from edgeft.cli import cli
+from edgeft.core import formats
+from edgeft.models import llama_tools
 
 NEW_TYPES = ["q5_k_s", "q4_k_s", "q3_k_s", "iq4_nl", "iq4_xs", "iq3_m", "iq2_m"]
 
@@ -35,8 +36,8 @@ def test_llama_tools_are_the_wheel_s_llama_cpp() -> None:
 
 
 def test_matrix_types_need_a_matrix_and_tensor_types_are_checked(tmp_path: Path) -> None:
-    from edgeft.config import parse_config
-    from edgeft.errors import ConfigError
+    from edgeft.core.config import parse_config
+    from edgeft.core.errors import ConfigError
 
     base = {"name": "m", "base_model": "tiny:micro", "data": {"train": "x.jsonl"}}
     with pytest.raises(ConfigError, match="iq2_m needs an importance matrix"):
@@ -72,9 +73,10 @@ def test_new_types_are_calibrated_and_verified(tmp_path: Path, edgeft_cache: Pat
     (manifest and every GGUF quantized with it); each new type passes verify within its own band."""
     from transformers import AutoTokenizer
 
-    from edgeft.config import load_config
-    from edgeft.data import read_split
-    from edgeft.export import gguf_meta, imatrix
+    from edgeft.core.config import load_config
+    from edgeft.data.rows import read_split
+    from edgeft.models import gguf_meta
+    from edgeft.pipeline.export import imatrix
 
     cfg = _train_and_merge(tmp_path, "tiny:small", ["f16", "q4_k_m", *NEW_TYPES])
     runs = tmp_path / "runs" / "q"
@@ -112,7 +114,7 @@ def test_fit_keeps_the_size_asked_for_where_widths_do_not_fit(tmp_path: Path, mi
     """The micro model's widths (64, 128) are not multiples of 256: llama.cpp stores q4_k_m's
     tensors as q5_0 and says so; `fit` stores them as iq4_nl (4.5 bits, blocks of 32) instead,
     and the importance matrix changes the bytes the quantizer writes."""
-    from edgeft.export import gguf
+    from edgeft.pipeline.export import gguf
 
     _train_and_merge(tmp_path / "a", "tiny:micro", ["q4_k_m", "q4_0"], imatrix="none")
     _train_and_merge(tmp_path / "b", "tiny:micro", ["q4_k_m", "q4_0"], tensor_types={"q4_k_m": "fit"})
@@ -130,7 +132,8 @@ def test_fit_keeps_the_size_asked_for_where_widths_do_not_fit(tmp_path: Path, mi
 
 
 def test_frontier_recommends_the_smallest_artifact_that_passes_both_gates(tmp_path: Path) -> None:
-    from edgeft import formats, frontier
+    from edgeft.core import formats
+    from edgeft.ship import frontier
 
     def art(name: str, type_: str, mb: float, passed: bool = True) -> dict:
         return {"name": name, "format": "gguf", "type": type_, "bytes": int(mb * 1e6), "bits_per_weight": None,

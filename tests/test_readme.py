@@ -7,8 +7,8 @@ import dataclasses
 import re
 from pathlib import Path
 
-from edgeft.config import Config
-from edgeft.errors import EXIT_CODES
+from edgeft.core.config import Config
+from edgeft.core.errors import EXIT_CODES
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
@@ -36,7 +36,7 @@ def _keys(cls: type, prefix: str = "") -> list[str]:
         if dataclasses.is_dataclass(f.type) or (isinstance(f.type, str) and f.type.endswith("Config")):
             sub = {"data": "DataConfig", "augment": "AugmentConfig", "train": "TrainConfig", "merge": "MergeConfig", "export": "ExportConfig",
                    "verify": "VerifyConfig", "eval": "EvalConfig", "gguf": "GGUFConfig", "onnx": "ONNXConfig"}
-            import edgeft.config as config_module
+            import edgeft.core.config as config_module
 
             out += _keys(getattr(config_module, sub[f.name]), f"{prefix}{f.name}.")
         else:
@@ -128,8 +128,8 @@ def test_config_reference_defaults_are_the_code_s() -> None:
 
 
 def test_type_lists_and_bands_are_the_table_s() -> None:
-    from edgeft import formats, stages
-    from edgeft.config import GGUF_TYPES
+    from edgeft.core import formats, stages
+    from edgeft.core.config import GGUF_TYPES
 
     reference = _section("Config reference")
     listed = re.search(r"\| `export.gguf.types` \| .+? \| any of `([a-z0-9_ ]+)`", reference).group(1).split()
@@ -166,7 +166,12 @@ def test_every_command_is_in_the_commands_table() -> None:
 
 
 def test_the_layout_table_names_every_module() -> None:
+    from tests.test_layers import LAYERS
+
     table = _section("Working on edgeft").split("Where things are decided", 1)[0]
-    named = set(re.findall(r"`([a-z_/]+\.py)`", table))
+    rows = re.findall(r"^\| `([a-z]+)/` \|[^|]*\|(.*)\|$", table, re.M)
+    assert [folder for folder, _ in rows] == LAYERS, "the table's folders, lowest first, as tests/test_layers.py has them"
+    named = {f"{folder}/{m}" for folder, cell in rows for m in re.findall(r"`([a-z_/]+\.py)`", cell)}
+    named |= set(re.findall(r"`edgeft/([a-z_]+\.py)`", table))
     modules = {p.relative_to(REPO / "edgeft").as_posix() for p in (REPO / "edgeft").rglob("*.py")}
     assert named == modules, (sorted(modules - named), sorted(named - modules))

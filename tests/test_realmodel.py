@@ -129,7 +129,7 @@ def test_faults_are_found_on_the_real_model(smol_build: dict, tmp_path: Path) ->
     import gguf
     import numpy as np
 
-    from edgeft import formats
+    from edgeft.core import formats
 
     dist = _clean_copy(smol_build["dist"], tmp_path)
     f16 = "gguf/smol-f16.gguf"
@@ -189,7 +189,7 @@ def test_second_opinion_agrees_with_edgefts_kl(smol_build: dict) -> None:
     16-bit stored log-probabilities) against edgeft's KL (transformers fp32 reference, llama-cpp-python)
     on the same tokens, in the build's verify (verify.second_opinion): within second.RELATIVE +
     ABSOLUTE, measured 3-5% apart on SmolLM2's q4_k_m."""
-    from edgeft.verify import second
+    from edgeft.pipeline.verify import second
 
     verify = smol_build["root"] / "runs" / "smol" / "verify"
     report = json.loads((verify / "report.json").read_text())

@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgeft import stages
 from edgeft.cli import cli
-from edgeft.errors import InputError, RegistryRefused
-from edgeft.fileio import file_table
-from edgeft.integrity import dist_problems
-from edgeft.javakit import ROUTING_VECTORS
-from edgeft.manifest import StageWriter
-from edgeft.registry import BUCKETS, Ref, Registry, assign, bucket
+from edgeft.core import stages
+from edgeft.core.errors import InputError, RegistryRefused
+from edgeft.core.fileio import file_table
+from edgeft.core.manifest import StageWriter
+from edgeft.judge.integrity import dist_problems
+from edgeft.registry.store import BUCKETS, Ref, Registry, assign, bucket
+from edgeft.ship.javakit import ROUTING_VECTORS
 
-VECTORS = Path(__file__).resolve().parent.parent / "edgeft" / "javakit" / ROUTING_VECTORS
+VECTORS = Path(__file__).resolve().parent.parent / "edgeft" / "ship" / "javakit" / ROUTING_VECTORS
 
 
 def make_dist(path: Path, name: str = "m", exact: float = 0.5, chrf: float = 50.0, seed: str = "a",
@@ -213,7 +213,7 @@ def test_concurrent_registrations_both_succeed(tmp_path: Path, reg: Registry) ->
 
 @pytest.mark.skipif(shutil.which("javac") is None, reason="needs a JDK (scripts/setup.sh installs one as root)")
 def test_java_registry_reader_routes_the_vectors_and_the_index_as_python(tmp_path: Path, reg: Registry) -> None:
-    src = Path(__file__).resolve().parent.parent / "edgeft" / "javakit" / "Registry.java"
+    src = Path(__file__).resolve().parent.parent / "edgeft" / "ship" / "javakit" / "Registry.java"
     subprocess.run(["javac", "-d", str(tmp_path / "out"), str(src)], check=True, capture_output=True)
     java = ["java", "-cp", str(tmp_path / "out"), "edgeft.kit.Registry"]
     done = subprocess.run([*java, "--vectors", str(VECTORS)], capture_output=True, text=True)
@@ -306,7 +306,7 @@ def test_the_sha256_cache_never_hides_a_change(tmp_path: Path, reg: Registry) ->
 def _killed(reg: Registry, dist: Path, at: str) -> None:
     """`registry add` in a process that SIGKILLs itself at `at` (a Registry method or registry
     function), as a kill -9 at that moment would."""
-    code = (f"import os, signal, sys\nfrom edgeft import registry\n"
+    code = (f"import os, signal, sys\nfrom edgeft.registry import store as registry\n"
             f"def die(*a, **k):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
             f"target = registry.Registry if hasattr(registry.Registry, {at!r}) else registry\n"
             f"setattr(target, {at!r}, die)\n"

@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from conftest import EXAMPLE, write_config
 from test_publish import parse_modelfile
 
-from edgeft import stages
 from edgeft.cli import cli
-from edgeft.fileio import sha256_file
-from edgeft.registry import Registry
+from edgeft.core import stages
+from edgeft.core.fileio import sha256_file
+from edgeft.registry.store import Registry
 
 pytestmark = pytest.mark.slow
 

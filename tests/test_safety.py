@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from conftest import resign
 
 from edgeft.cli import cli
-from edgeft.fileio import sha256_file
+from edgeft.core.fileio import sha256_file
 
 pytestmark = pytest.mark.slow
 
@@ -144,7 +144,7 @@ def test_kill_during_export_leaves_nothing_the_next_run_does_not_clean(built: di
                             env={**os.environ, "TMPDIR": str(system_tmp)})
     converter: list[int] = []
     try:
-        _wait_for(lambda: converter.extend(_children(proc.pid, "edgeft.export._convert")) or converter, proc=proc)
+        _wait_for(lambda: converter.extend(_children(proc.pid, "edgeft.pipeline.export._convert")) or converter, proc=proc)
         os.kill(converter[0], signal.SIGSTOP)
         assert [p for p in runs.iterdir() if p.name.startswith(f".export-gguf.tmp-{proc.pid}-")]
     finally:

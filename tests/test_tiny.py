@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from edgeft.fileio import file_table
+from edgeft.core.fileio import file_table
 
 pytestmark = pytest.mark.slow
 
 
 def test_same_seed_gives_the_same_files(micro_model: Path, tmp_path: Path) -> None:
-    from edgeft.tiny import build_tiny_model
+    from edgeft.models.tiny import build_tiny_model
 
     again = build_tiny_model(tmp_path / "again", "micro", 0)
     assert file_table(again) == file_table(micro_model)
@@ -36,7 +36,7 @@ def test_model_directory_is_what_design_asks_for(micro_model: Path) -> None:
 def test_hf_and_llama_cpp_tokenise_identically(micro_model: Path, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    from edgeft.export.gguf import convert_hf
+    from edgeft.pipeline.export.gguf import convert_hf
     from edgeft.runtimes.llamacpp import LlamaCppRuntime
 
     gguf = tmp_path / "m.gguf"
@@ -54,7 +54,7 @@ def test_hf_and_llama_cpp_tokenise_identically(micro_model: Path, tmp_path: Path
 
 def test_k_quant_fallbacks_are_reported(micro_model: Path, tmp_path: Path) -> None:
     """llama.cpp reports success when it gives tensors another type; edgeft records each one."""
-    from edgeft.export.gguf import convert_hf, quantize
+    from edgeft.pipeline.export.gguf import convert_hf, quantize
 
     f32 = tmp_path / "m-f32.gguf"
     convert_hf(micro_model, f32, "micro", outtype="f32")

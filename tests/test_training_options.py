@@ -29,7 +29,7 @@ def _train(cfg: Path, *extra: str) -> dict:
 def test_base_without_a_template_gets_the_documented_default(tmp_path: Path, micro_model: Path) -> None:
     from transformers import AutoTokenizer
 
-    from edgeft.base import DEFAULT_CHAT_TEMPLATE, FAMILY_TEMPLATES, end_of_turn, ensure_chat_template
+    from edgeft.models.base import DEFAULT_CHAT_TEMPLATE, FAMILY_TEMPLATES, end_of_turn, ensure_chat_template
 
     # A vocabulary with ChatML's turn tokens (a Qwen base): ChatML, closed by <|im_end|>.
     chatml = AutoTokenizer.from_pretrained(without_template(micro_model, tmp_path / "chatml"))
@@ -63,8 +63,8 @@ def test_early_stopping_stops_when_no_evaluation_improves(tmp_path: Path, micro_
 def test_packing_keeps_examples_apart_or_is_refused() -> None:
     import transformers
 
-    from edgeft.errors import ConfigError
-    from edgeft.train import check_packing_keeps_examples_apart
+    from edgeft.core.errors import ConfigError
+    from edgeft.pipeline.train import check_packing_keeps_examples_apart
 
     small = {"num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 300}
     llama = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, **small)

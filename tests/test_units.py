@@ -11,19 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeft import formats, stages
-from edgeft.base import DEFAULT_CHAT_TEMPLATE, plain_template
-from edgeft.config import GGUF_TYPES, ONNX_TYPES, parse_config
-from edgeft.errors import InputError
-from edgeft.export.pretok import PREFERRED, converter_pre_tokenizers, stress_corpus
-from edgeft.filecheck import _on_4bit_grid
-from edgeft.kl import kl_stats, log_softmax, summarise
-from edgeft.manifest import StageWriter
+from edgeft.core import formats, stages
+from edgeft.core.config import GGUF_TYPES, ONNX_TYPES, parse_config
+from edgeft.core.errors import InputError
+from edgeft.core.manifest import StageWriter
+from edgeft.judge.filecheck import _on_4bit_grid
+from edgeft.judge.kl import kl_stats, log_softmax, summarise
+from edgeft.models.base import DEFAULT_CHAT_TEMPLATE, plain_template
+from edgeft.models.pretok import PREFERRED, converter_pre_tokenizers, stress_corpus
+from edgeft.pipeline.verify.probes import EDGE_CASES, Probe, common_prefix, edge_probes, probes_from
+from edgeft.pipeline.verify.tokens import diagnose_ids
 from edgeft.runtimes import Sampling, sample
-from edgeft.verify.probes import EDGE_CASES, Probe, common_prefix, edge_probes, probes_from
-from edgeft.verify.tokens import diagnose_ids
 
-# --- KL statistics (edgeft.kl) ----------------------------------------------------------------
+# --- KL statistics (edgeft.judge.kl) ----------------------------------------------------------------
 
 
 def test_kl_of_identical_logits_is_zero_and_top1_one() -> None:
@@ -102,7 +102,7 @@ def test_sampling_is_reproducible_from_its_seed() -> None:
     assert runs[0] == runs[1] and len(set(runs[0])) > 1
 
 
-# --- token-id diagnosis and probes (edgeft.verify) ----------------------------------------------
+# --- token-id diagnosis and probes (edgeft.pipeline.verify) ----------------------------------------------
 
 SPECIAL = {"bos": 1, "eos": 2, "added": {50: "<|im_end|>"}}
 
@@ -300,7 +300,7 @@ def test_kl_counts_each_context_once_and_reference_ties_agree() -> None:
     reference holds within kl.TIE nats agrees, a flip beyond it does not; chunked like one pass."""
     import numpy as np
 
-    from edgeft import kl
+    from edgeft.judge import kl
 
     masks = kl.distinct_contexts([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3, 4, 6], [7]])
     assert [m.tolist() for m in masks] == [[True] * 4, [False, False, True], [False] * 4 + [True], [True]]

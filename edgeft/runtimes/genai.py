@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeft.runtimes import GREEDY, Messages, Runtime, Sampling
+from edgeft.runtimes.base import GREEDY, Messages, Runtime, Sampling
 
 
 class GenAIRuntime(Runtime):

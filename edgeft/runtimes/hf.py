@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeft.runtimes import Messages, Runtime
+from edgeft.runtimes.base import Messages, Runtime
 
 
 def stop_ids_from(generation_config: Any, tokenizer: Any) -> list[int]:
@@ -59,7 +59,7 @@ class HFTokenizerRuntime(Runtime):
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def template_tokens(self) -> dict[str, str]:
-        from edgeft.base import special_tokens
+        from edgeft.models.base import special_tokens
 
         return special_tokens(self.tokenizer)
 

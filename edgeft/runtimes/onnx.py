@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeft.runtimes import GREEDY, Sampling, sample
+from edgeft.runtimes.base import GREEDY, Sampling, sample
 from edgeft.runtimes.hf import HFTokenizerRuntime, stop_ids_from
 
 

@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=1)
     ap.add_argument("--only", nargs="+", choices=list(VARIANTS), help="only these variants")
     args = ap.parse_args()
-    from edgeft.evaluate import answer, score
+    from edgeft.pipeline.evaluate import answer, score
     from edgeft.runtimes.hf import HFRuntime
 
     rows = []

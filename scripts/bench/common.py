@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgeft.train import peak_resident_bytes
+from edgeft.pipeline.train import peak_resident_bytes
 
 
 def peak_rss() -> int:

@@ -67,12 +67,12 @@ def write(path: Path, kind: str, n: int) -> None:
 _CHILD = """
 import json, sys, time
 from pathlib import Path
-from edgeft.datacheck import analyse
-from edgeft.train import peak_resident_bytes
+from edgeft.data.check import analyse
+from edgeft.pipeline.train import peak_resident_bytes
 tokenizer = None
 if sys.argv[2]:
     from transformers import AutoTokenizer
-    from edgeft.base import resolve_base
+    from edgeft.models.base import resolve_base
     tokenizer = AutoTokenizer.from_pretrained(resolve_base(sys.argv[2], None, False))
 start = time.perf_counter()
 report = analyse(Path(sys.argv[1]), tokenizer=tokenizer, max_length=2048)

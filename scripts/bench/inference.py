@@ -34,7 +34,7 @@ GGUF_TYPES = ["f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m"
 
 
 def model_dir(name: str, cache: Path) -> Path:
-    from edgeft.tiny import cached_tiny_model
+    from edgeft.models.tiny import cached_tiny_model
 
     if name == "tiny-small":
         return cached_tiny_model("small", 0)
@@ -118,7 +118,7 @@ def run_overhead(gguf: Path) -> float:
     """edgeft's `respond` (what `edgeft run` does) vs a bare llama-cpp-python loop; returns the ratio."""
     import llama_cpp
 
-    from edgeft.run import respond
+    from edgeft.cli.run import respond
     from edgeft.runtimes import Sampling
     from edgeft.runtimes.llamacpp import LlamaCppRuntime, _no_weight_repacking
 
@@ -159,10 +159,10 @@ def export_overhead(model: Path, work: Path) -> float:
     """`edgeft export gguf` (convert + metadata + quantize + checks) vs the tools run directly."""
     import llama_cpp
 
-    from edgeft.config import parse_config
-    from edgeft.export.gguf import export_gguf
-    from edgeft.manifest import StageWriter
-    from edgeft.paths import vendor_dir
+    from edgeft.core.config import parse_config
+    from edgeft.core.manifest import StageWriter
+    from edgeft.core.paths import vendor_dir
+    from edgeft.pipeline.export.gguf import export_gguf
 
     merge = work / "merge"
     with StageWriter(merge, "merge") as w:
@@ -216,8 +216,8 @@ def main() -> None:
     if args._measure:
         print(json.dumps(measure(*args._measure)))
         return
-    from edgeft.export.gguf import convert_hf, quantize
-    from edgeft.export.onnx import _export_fp32, _quantize_int8
+    from edgeft.pipeline.export.gguf import convert_hf, quantize
+    from edgeft.pipeline.export.onnx import _export_fp32, _quantize_int8
 
     model = model_dir(args.model, args.cache)
     work = Path(tempfile.mkdtemp(prefix="edgeft-bench-"))

@@ -82,7 +82,7 @@ def measure(path: Path, reference: dict[str, list[Any]], sequences: dict[str, li
             reply_from: list[int]) -> dict[str, Any]:
     """KL statistics per held-out text, and on the task's reply positions (`reply_from`: each
     conversation's prompt length; the position before it predicts the reply's first token)."""
-    from edgeft.kl import kl_stats, summarise
+    from edgeft.judge.kl import kl_stats, summarise
     from edgeft.runtimes.llamacpp import LlamaCppRuntime
 
     out: dict[str, Any] = {}
@@ -105,10 +105,11 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from edgeft import formats, stages
-    from edgeft.config import load_config
-    from edgeft.data import read_split
-    from edgeft.export import gguf, gguf_meta, imatrix
+    from edgeft.core import formats, stages
+    from edgeft.core.config import load_config
+    from edgeft.data.rows import read_split
+    from edgeft.models import gguf_meta
+    from edgeft.pipeline.export import gguf, imatrix
     from edgeft.runtimes.hf import HFRuntime
 
     cfg = load_config(args.config)

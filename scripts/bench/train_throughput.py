@@ -3,7 +3,7 @@
 Both runs use the same random-weight model of a real shape (training speed does not depend on
 weight values), the same data (the bundled nl2sql example), LoRA rank, batch size and number
 of steps. "plain" is trl's SFTTrainer with its default SFTConfig (padded batches, no packing);
-"edgeft" is what `edgeft train` builds (`edgeft.train.sft_config` and `edgeft.base.load_base`). Each runs in
+"edgeft" is what `edgeft train` builds (`edgeft.pipeline.train.sft_config` and `edgeft.models.base.load_base`). Each runs in
 its own process, so peak memory is its own; the ratios are printed at the end.
 
     .venv/bin/python scripts/bench/train_throughput.py --shape cpu-small --steps 12
@@ -44,7 +44,7 @@ def make_model(shape: str, cache: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from edgeft.tiny import cached_tiny_model
+    from edgeft.models.tiny import cached_tiny_model
 
     out = cache / f"bench-{shape}"
     if (out / "config.json").exists():
@@ -85,10 +85,10 @@ def run_one(recipe: str, model_dir: Path, args: argparse.Namespace) -> dict:
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from edgeft.base import load_base
-    from edgeft.config import parse_config
-    from edgeft.datacheck import analyse
-    from edgeft.train import sft_config, training_rows
+    from edgeft.core.config import parse_config
+    from edgeft.data.check import analyse
+    from edgeft.models.base import load_base
+    from edgeft.pipeline.train import sft_config, training_rows
 
     cfg = parse_config({
         "name": "bench", "base_model": str(model_dir), "data": {"train": str(args.data)},

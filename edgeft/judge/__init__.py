@@ -1,0 +1,1 @@
+"""What verify and eval judge with: KL statistics, paired tests, file and weight checks, dist integrity, the shared gate."""

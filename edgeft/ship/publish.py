@@ -1,0 +1,115 @@
+"""Drop-in files for the runtimes people already use: Ollama Modelfiles in every dist, and the
+folder layout LM Studio reads (`edgeft export lmstudio DIST DIR`).
+
+A Modelfile sits beside each GGUF (`gguf/<file>.Modelfile`; `gguf/lora/Modelfile` applies the LoRA
+GGUF as `ADAPTER` over its base) with one `PARAMETER stop` per token that ends generation in that
+artifact (its stop set as verify read it, which must include every token the reference stopped on),
+`PARAMETER num_ctx` set to the context verify covered, and the config's `license`. No `TEMPLATE`:
+edgeft cannot prove that a hand-written Go template renders like the model's Jinja one, so Ollama
+takes the template from the GGUF.
+
+    ollama create nl2sql-tiny -f dist/nl2sql-tiny/gguf/nl2sql-tiny-q4_k_m.Modelfile
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgeft.core import stages
+from edgeft.core.errors import InputError
+from edgeft.core.fileio import copy_file, inside, scratch_prefix, sha256_file
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def modelfile(model: str, stops: list[str], num_ctx: int, license: str | None, adapter: str | None = None,
+              command: str = "") -> str:
+    lines = [f"# Ollama: {command}" if command else "# Ollama Modelfile",
+             "# Written by edgeft from what `edgeft verify` checked: the stop tokens and the context length.",
+             "# No TEMPLATE: Ollama reads the chat template embedded in the GGUF.",
+             f"FROM ./{model}"]
+    if adapter:
+        lines.append(f"ADAPTER ./{adapter}")
+    lines += [f"PARAMETER stop {_quote(s)}" for s in stops]
+    lines.append(f"PARAMETER num_ctx {num_ctx}")
+    if license:
+        lines.append(f'LICENSE """{license}"""')
+    return "\n".join(lines) + "\n"
+
+
+def stop_strings(report: dict[str, Any], name: str) -> list[str]:
+    """The artifact's stop tokens as text; every token the reference stopped on must be among them."""
+    stops = report.get("stops")
+    if not stops or "context_tokens" not in report:
+        raise InputError("the verify report was made by an older edgeft (no stop-token record): re-run "
+                         "`edgeft verify` (or `edgeft build`)")
+    ids = report["artifacts"][name].get("checks", {}).get("special_tokens", {}).get("stop") or []
+    missing = [i for i in stops["reference"] if i not in ids]
+    if missing:
+        raise InputError(f"{name}: the reference stops on token(s) {missing} that this artifact does not treat as "
+                         f"end of generation; verify should have failed it")
+    return [stops["tokens"][str(i)] for i in ids if str(i) in stops["tokens"]]
+
+
+def write_modelfiles(root: Path, artifacts: list[dict[str, Any]], report: dict[str, Any], name: str,
+                     license: str | None) -> list[str]:
+    """A Modelfile beside each GGUF artifact under `root` (a dist being written); their paths."""
+    written = []
+    for a in artifacts:
+        if a["format"] == "gguf":
+            file = Path(a["path"])
+            target = file.with_suffix(".Modelfile")
+            text = modelfile(file.name, stop_strings(report, a["name"]), report["context_tokens"], license,
+                             command=f"ollama create {name}:{a['type']} -f {target.name}")
+        elif a["format"] == "gguf-lora":
+            target = Path(a["path"]) / "Modelfile"
+            text = modelfile(Path(a["base_file"]).name, stop_strings(report, a["name"]), report["context_tokens"],
+                             license, adapter=Path(a["adapter_file"]).name,
+                             command=f"ollama create {name}:lora -f Modelfile")
+        else:
+            continue
+        (root / target).write_text(text, encoding="utf-8")
+        written.append(target.as_posix())
+    return written
+
+
+def export_lmstudio(dist_dir: Path, out: Path, publisher: str, *, force: bool = False) -> list[Path]:
+    """Copy a dist's GGUF files (not the LoRA pair: LM Studio loads one file) to
+    `out/<publisher>/<name>/`, the layout of LM Studio's models folder, checking every byte
+    against the dist's manifest. A file already there with the same bytes is kept; a different
+    one is replaced only with `force`."""
+    from edgeft.judge.integrity import check_path
+
+    dist = stages.read(Path(dist_dir), stages.DIST)
+    check_path(dist.path)
+    for part in (publisher, dist.data["name"]):
+        if not part or "/" in part or part.startswith("."):
+            raise InputError(f"{part!r}: not usable as a folder name in LM Studio's layout")
+    ggufs = [a for a in dist.artifacts if a["format"] == "gguf"]
+    if not ggufs:
+        raise InputError(f"{dist_dir}: has no GGUF file to publish for LM Studio")
+    target = Path(out) / publisher / dist.data["name"]
+    target.mkdir(parents=True, exist_ok=True)
+    placed = []
+    for a in ggufs:
+        dst = target / Path(a["path"]).name
+        if dst.exists() and not force:
+            if dst.is_file() and sha256_file(dst) == a["sha256"]:
+                placed.append(dst)
+                continue
+            raise InputError(f"{dst} exists with other bytes: pass --force to replace it")
+        fd, tmp = tempfile.mkstemp(prefix=scratch_prefix(dst.name), dir=target)
+        os.close(fd)
+        try:
+            if copy_file(inside(dist.path, a["path"]), Path(tmp)) != a["sha256"]:
+                raise InputError(f"{dist.path / a['path']}: changed while it was being copied; run again")
+            os.replace(tmp, dst)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        placed.append(dst)
+    return placed
