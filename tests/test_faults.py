@@ -124,7 +124,7 @@ def _merged_into_4bit_base(dist: Path, built: dict, tmp: Path) -> None:
         base, dtype=torch.float32,
         quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                bnb_4bit_compute_dtype=torch.float32))
-    model = PeftModel.from_pretrained(model, train.file(train.artifact("adapter")["path"])).merge_and_unload()
+    model = PeftModel.from_pretrained(model, train.artifact_path("adapter")).merge_and_unload()
     merged = tmp / "merged-into-4bit"
     model.dequantize().save_pretrained(merged)
     reference = built["root"] / "runs" / "micro" / "merge" / "model"

@@ -22,7 +22,7 @@ def test_publish_is_atomic_and_records_checksums(tmp_path: Path) -> None:
         w.publish()
     stage = read_stage(dest, "merge")
     art = stage.artifact("a")
-    assert art["bytes"] == 5 and art["sha256"] == sha256_file(dest / "a.bin")
+    assert art.bytes == 5 and art.sha256 == sha256_file(dest / "a.bin")
     assert stage.inputs_hash == "abc"
     assert [p.name for p in tmp_path.iterdir()] == ["stage"]  # no temporary left behind
 

@@ -135,16 +135,19 @@ def test_frontier_recommends_the_smallest_artifact_that_passes_both_gates(tmp_pa
     from edgeft.core import formats
     from edgeft.ship import frontier
 
-    def art(name: str, type_: str, mb: float, passed: bool = True) -> dict:
-        return {"name": name, "format": "gguf", "type": type_, "bytes": int(mb * 1e6), "bits_per_weight": None,
-                "parameters": 135_000_000, "verify": {"passed": passed}}
+    from edgeft.core.manifest import Artifact
+
+    def art(name: str, type_: str, mb: float, passed: bool = True) -> Artifact:
+        return Artifact.from_json({"name": name, "path": f"{name}.gguf", "format": "gguf", "type": type_,
+                                   "bytes": int(mb * 1e6), "bits_per_weight": None, "parameters": 135_000_000,
+                                   "verify": {"passed": passed}})
 
     artifacts = [art("gguf-q8_0", "q8_0", 145), art("gguf-q2_k", "q2_k", 60, passed=False),
                  art("gguf-iq4_xs", "iq4_xs", 91), art("gguf-q4_k_m", "q4_k_m", 105)]
-    artifacts[3]["tensor_types"] = {"token_embd": "iq4_nl"}  # drawn with the band verify held it to
-    report = {"artifacts": {a["name"]: {"numbers": {"kl_mean": kl, "kl_p99": 10 * kl, "top1": 0.9}}
+    artifacts[3].info["tensor_types"] = {"token_embd": "iq4_nl"}  # drawn with the band verify held it to
+    report = {"artifacts": {a.name: {"numbers": {"kl_mean": kl, "kl_p99": 10 * kl, "top1": 0.9}}
                             for a, kl in zip(artifacts, [0.01, 1.2, 0.1, 0.12], strict=True)}}
-    models = {a["name"]: {"scores": {"exact_match": 1.0}, "passed": True,
+    models = {a.name: {"scores": {"exact_match": 1.0}, "passed": True,
                           "speed": {"prompt_tokens_per_s": 500.0, "generation_tokens_per_s": 50.0}} for a in artifacts}
     models["gguf-iq4_xs"]["passed"] = False  # smaller than q4_k_m, but its answers regressed
     results = {"examples": 40, "models": {"fine-tuned": {"scores": {"exact_match": 1.0}}, **models}}

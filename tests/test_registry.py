@@ -46,7 +46,7 @@ def make_dist(path: Path, name: str = "m", exact: float = 0.5, chrf: float = 50.
                        files=file_table(w.tmp), verify={"passed": passed, "failures": []},
                        evaluation={"passed": passed, "scores": {"fine-tuned": scores, "base": {"exact_match": 0.0},
                                                                 "gguf-q8_0": scores}})
-        assert art["sha256"]
+        assert art.sha256
         (w.tmp / "manifest.json").write_text(json.dumps(w.manifest(), indent=2, default=str) + "\n")
         return w.publish().path
 

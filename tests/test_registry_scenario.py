@@ -146,20 +146,20 @@ def test_every_gguf_has_a_modelfile_and_lm_studio_gets_its_layout(built: tuple[P
     reference_stops = {report["stops"]["tokens"][str(i)] for i in report["stops"]["reference"]}
     assert reference_stops  # the reference ended its replies on a token, which every Modelfile must stop on
     for a in dist.artifacts:
-        if a["format"] not in ("gguf", "gguf-lora"):
+        if a.format not in ("gguf", "gguf-lora"):
             continue
-        path = dist2 / (a["path"][: -len(".gguf")] + ".Modelfile" if a["format"] == "gguf" else a["path"] + "/Modelfile")
+        path = dist2 / (a.path[: -len(".gguf")] + ".Modelfile" if a.format == "gguf" else a.path + "/Modelfile")
         parsed = parse_modelfile(path.read_text())
         assert (path.parent / parsed["FROM"][0]).is_file()
-        assert ("ADAPTER" in parsed) == (a["format"] == "gguf-lora")
+        assert ("ADAPTER" in parsed) == (a.format == "gguf-lora")
         stops = {p.split(" ", 1)[1].strip('"') for p in parsed["PARAMETER"] if p.startswith("stop ")}
         assert reference_stops <= stops
         assert f"num_ctx {report['context_tokens']}" in parsed["PARAMETER"] and parsed["LICENSE"] == ['"""apache-2.0"""']
-        checks = report["artifacts"][a["name"]]["checks"]
+        checks = report["artifacts"][a.name]["checks"]
         assert checks["js_template"]["passed"]
         if shutil.which("node"):
             assert not checks["js_template"].get("skipped"), checks["js_template"]
     out = cli_ok("export", "lmstudio", str(dist2), str(root / "lmstudio"), "--publisher", "acme").split()
     assert out == [str(root / "lmstudio" / "acme" / "nl2sql-micro" / "nl2sql-micro-q8_0.gguf")]
-    assert sha256_file(Path(out[0])) == dist.artifact("gguf-q8_0")["sha256"]
+    assert sha256_file(Path(out[0])) == dist.artifact("gguf-q8_0").sha256
     cli_ok("export", "lmstudio", str(dist2), str(root / "lmstudio"), "--publisher", "acme")  # same bytes: kept

@@ -18,42 +18,46 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeft.core import formats
 from edgeft.core.errors import InputError, first_line
 from edgeft.core.fileio import inside
+from edgeft.core.manifest import Artifact
 from edgeft.runtimes import Messages, Runtime, Sampling
 
 
-def resolve_artifact(path: Path, artifact_type: str | None = None) -> dict[str, Any]:
-    """A manifest-style entry {format, path, type} for a file, an ONNX folder or a dist folder."""
+def resolve_artifact(path: Path, artifact_type: str | None = None) -> tuple[Artifact, Path]:
+    """The artifact entry for a file, an ONNX folder or a dist folder, and the folder its path is in."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such artifact (a .gguf file, an ONNX folder or a dist folder)")
     if path.is_file():
         if path.suffix != ".gguf":
             raise InputError(f"{path}: not a .gguf file; pass a GGUF file, an ONNX folder or a dist folder")
-        return {"format": "gguf", "path": path.name, "root": path.parent, "type": artifact_type}
+        return Artifact(path.stem, path.name, formats.GGUF, info={"type": artifact_type}), path.parent
     if (path / "genai_config.json").is_file():
-        return {"format": "onnx-genai", "path": path.name, "root": path.parent, "type": artifact_type}
+        return Artifact(path.name, path.name, formats.ONNX_GENAI, info={"type": artifact_type}), path.parent
     if (path / "model.onnx").is_file():
-        return {"format": "onnx", "path": path.name, "root": path.parent, "model_file": "model.onnx", "type": artifact_type}
+        return (Artifact(path.name, path.name, formats.ONNX, info={"type": artifact_type, "model_file": "model.onnx"}),
+                path.parent)
     manifest = path / "manifest.json"
     if not manifest.is_file():
         raise InputError(f"{path}: neither model.onnx nor manifest.json here; pass a .gguf file, an ONNX "
                          f"folder or a dist folder")
     try:
-        artifacts = json.loads(manifest.read_text(encoding="utf-8"))["artifacts"]
-        if not all(isinstance(a, dict) and {"name", "type", "format", "path"} <= a.keys() for a in artifacts):
+        entries = json.loads(manifest.read_text(encoding="utf-8"))["artifacts"]
+        if not all(isinstance(a, dict) and {"name", "type", "format", "path"} <= a.keys() for a in entries):
             raise TypeError
+        artifacts = [Artifact.from_json(a) for a in entries]
     except (ValueError, RecursionError, KeyError, TypeError):
         raise InputError(f"{manifest}: not a dist manifest (JSON with a list of artifacts); check the folder "
                          f"with `edgeft verify {path} --check`") from None
-    wanted = [a for a in artifacts if artifact_type in (None, a["type"], a["name"])]
+    wanted = [a for a in artifacts if artifact_type in (None, a.type, a.name)]
     if not wanted:
-        known = ", ".join(a["name"] for a in artifacts)
+        known = ", ".join(a.name for a in artifacts)
         raise InputError(f"{path}: no artifact of type {artifact_type!r} (has {known})")
-    gguf = [a for a in wanted if a["format"] == "gguf"]
+    gguf = [a for a in wanted if a.format == "gguf"]
     chosen = (gguf or wanted)[0]
-    return {**chosen, "root": path}
+    return chosen, path
 
 
 def open_runtime(path: Path, artifact_type: str | None = None) -> Runtime:
@@ -62,10 +66,10 @@ def open_runtime(path: Path, artifact_type: str | None = None) -> Runtime:
     where llama.cpp only refuses: edgeft.models.gguf_header)."""
     from edgeft.runtimes import load_runtime
 
-    entry = resolve_artifact(path, artifact_type)
-    where = inside(entry["root"], entry["path"])
+    entry, root = resolve_artifact(path, artifact_type)
+    where = inside(root, entry.path)
     try:
-        return load_runtime(entry, entry["root"], all_logits=False)
+        return load_runtime(entry, root, all_logits=False)
     except InputError:
         raise
     except Exception as e:  # each runtime raises its own kinds for a file it cannot read

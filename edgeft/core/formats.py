@@ -10,6 +10,11 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
+# An artifact entry's `format` (core.manifest.Artifact): what a consumer loads it with.
+GGUF, GGUF_LORA = "gguf", "gguf-lora"  # llama.cpp: one file; a base GGUF with an adapter GGUF
+ONNX, ONNX_GENAI = "onnx", "onnx-genai"  # ONNX Runtime: a folder; ONNX Runtime GenAI: a folder
+HF_SAFETENSORS, PEFT_LORA = "hf-safetensors", "peft-lora"  # transformers: a model; a PEFT adapter
+JSONL, JSON, MARKDOWN, PNG = "jsonl", "json", "markdown", "png"  # data splits, reports, plots
 
 @dataclass(frozen=True)
 class Band:

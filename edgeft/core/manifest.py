@@ -30,6 +30,68 @@ EOS_TOKEN_IDS = "eos_token_ids"  # every id that ends generation (EOS and end of
 DATASET = "data"  # the data check's record: files, hashes, rows, findings
 HANDED_OVER = (RESOLVED_BASE, END_OF_TURN, EOS_TOKEN_IDS, DATASET)
 
+_FILE_KEYS = ("bytes", "sha256", "files")
+
+
+@dataclass
+class Artifact:
+    """One artifact entry of a manifest: a file or folder of its stage, what format it is, its
+    size and checksum (a file's sha256, or a folder's file table), and what the writing stage
+    recorded about it (`info`: type, runtime, and per-format details). `to_json` gives the entry
+    exactly as manifests have always held it."""
+
+    name: str
+    path: str
+    format: str
+    bytes: int | None = None
+    sha256: str | None = None
+    files: list[dict[str, Any]] | None = None  # a folder's file table (fileio.file_table)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> Artifact:
+        return cls(name=str(entry.get("name")), path=entry["path"], format=str(entry.get("format")),
+                   bytes=entry.get("bytes"), sha256=entry.get("sha256"), files=entry.get("files"),
+                   info={k: v for k, v in entry.items() if k not in ("name", "path", "format", *_FILE_KEYS)})
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "path": self.path, "format": self.format, **self.info}
+        if self.files is not None:
+            out["files"] = self.files
+        if self.bytes is not None:
+            out["bytes"] = self.bytes
+        if self.sha256 is not None:
+            out["sha256"] = self.sha256
+        return out
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """What the writing stage recorded under `key` (`info`), or `default`."""
+        return self.info.get(key, default)
+
+    @property
+    def prompt_format(self) -> dict[str, Any] | None:
+        """The plain prompt pieces (models.prompt_format) a GGUF carries for the Java kit."""
+        return self.info.get("prompt_format")
+
+    @property
+    def verify(self) -> dict[str, Any]:
+        """In a dist: the verify summary of this artifact (passed, KL, top-1)."""
+        return self.info.get("verify") or {}
+
+    @property
+    def type(self) -> str | None:
+        """The artifact type within its format (formats.toml: q4_k_m, int8, ...)."""
+        return self.info.get("type")
+
+    @property
+    def runtime(self) -> str | None:
+        return self.info.get("runtime")
+
+    @property
+    def type_key(self) -> str:
+        return f"{self.format}:{self.type}"
+
+
 @dataclass
 class Stage:
     """A complete stage directory, as read back from its manifest."""
@@ -42,8 +104,8 @@ class Stage:
         return self.data["stage"]
 
     @property
-    def artifacts(self) -> list[dict[str, Any]]:
-        return self.data.get("artifacts", [])
+    def artifacts(self) -> list[Artifact]:
+        return [Artifact.from_json(a) for a in self.data.get("artifacts", [])]
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -55,17 +117,17 @@ class Stage:
 
     def has(self, name: str) -> bool:
         """Whether the stage has an artifact `name` (a full fine-tune's train stage has no adapter)."""
-        return any(a["name"] == name for a in self.artifacts)
+        return any(a.name == name for a in self.artifacts)
 
-    def artifact(self, name: str) -> dict[str, Any]:
+    def artifact(self, name: str) -> Artifact:
         for a in self.artifacts:
-            if a["name"] == name:
+            if a.name == name:
                 return a
         raise InputError(f"{self.path}: no artifact named {name!r} in {MANIFEST}")
 
     def artifact_path(self, name: str) -> Path:
         """Where the artifact `name` is (inside this stage's folder)."""
-        return self.file(self.artifact(name)["path"])
+        return self.file(self.artifact(name).path)
 
     def file(self, relpath: str) -> Path:
         return inside(self.path, relpath)
@@ -107,7 +169,7 @@ class Stage:
     def content_hash(self) -> str:
         """A hash of the bytes the stage's artifacts hold (their checksums), for the stages that
         judge those bytes: verify, eval and package re-run when an artifact's bytes change."""
-        return hash_json([[a["name"], a.get("sha256"), a.get("files")] for a in self.artifacts])
+        return hash_json([[a.name, a.sha256, a.files] for a in self.artifacts])
 
     def recorded_files(self) -> dict[str, tuple[int, str]]:
         """relative path → (bytes, sha256) for every file whose checksum the manifest records."""
@@ -115,10 +177,10 @@ class Stage:
         for f in self.data.get("files", []):
             out[f["path"]] = (f["bytes"], f["sha256"])
         for a in self.artifacts:
-            if "sha256" in a:
-                out[a["path"]] = (a["bytes"], a["sha256"])
-            for f in a.get("files", []):
-                out[f"{a['path']}/{f['path']}"] = (f["bytes"], f["sha256"])
+            if a.sha256 is not None and a.bytes is not None:
+                out[a.path] = (a.bytes, a.sha256)
+            for f in a.files or []:
+                out[f"{a.path}/{f['path']}"] = (f["bytes"], f["sha256"])
         return out
 
     def changed(self) -> list[str]:
@@ -242,7 +304,7 @@ class StageWriter:
             raise RuntimeError("a stage shared by several processes must be resumable (a fixed work directory)")
         if self.is_main:
             self.tmp.chmod(DIR_MODE)
-        self._artifacts: list[dict[str, Any]] = []
+        self._artifacts: list[Artifact] = []
         self.metrics: dict[str, Any] = {}
         self.extra: dict[str, Any] = {}
         self._started = time.time()
@@ -261,7 +323,7 @@ class StageWriter:
             raise NoSpaceError(f"no space left on the disk holding {self.dest.parent} while writing the {self.stage} "
                                f"stage: free some space (or point workdir / dist_dir elsewhere), then {then}") from exc
 
-    def add_artifact(self, name: str, relpath: str, fmt: str, **info: Any) -> dict[str, Any]:
+    def add_artifact(self, name: str, relpath: str, fmt: str, sha256: str | None = None, **info: Any) -> Artifact:
         """Record a file (or directory) already written under `self.tmp`.
 
         A caller that hashed the file already (e.g. in a thread overlapping other work) passes
@@ -270,14 +332,13 @@ class StageWriter:
         p = self.tmp / relpath
         if not p.exists():
             raise FileNotFoundError(p)
-        entry = {"name": name, "path": relpath, "format": fmt, **info}
+        entry = Artifact(name, relpath, fmt, info=info)
         if p.is_file():
-            entry["bytes"] = p.stat().st_size
-            if "sha256" not in entry:
-                entry["sha256"] = sha256_file(p)
+            entry.bytes = p.stat().st_size
+            entry.sha256 = sha256 or sha256_file(p)
         else:
-            entry["files"] = file_table(p)
-            entry["bytes"] = sum(f["bytes"] for f in entry["files"])
+            entry.files = file_table(p)
+            entry.bytes = sum(f["bytes"] for f in entry.files)
         self._artifacts.append(entry)
         return entry
 
@@ -292,7 +353,7 @@ class StageWriter:
             "inputs_hash": self.inputs_hash,
             "parent": self.parent,
             "base_model": self.base_model,
-            "artifacts": self._artifacts,
+            "artifacts": [a.to_json() for a in self._artifacts],
             "metrics": self.metrics,
             **{key: value for key, value in zip(HANDED_OVER, (self.resolved_base, self.end_of_turn,
                                                                self.eos_token_ids, self.dataset), strict=True)

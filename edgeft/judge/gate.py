@@ -18,7 +18,7 @@ from typing import Any
 from edgeft.core import stages
 from edgeft.core.config import Config
 from edgeft.core.errors import EdgeftError, describe
-from edgeft.core.manifest import Stage, StageWriter, check_replaceable
+from edgeft.core.manifest import Artifact, Stage, StageWriter, check_replaceable
 from edgeft.runtimes import Runtime, load_runtime
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Gate:
         """The merged model (transformers), what every artifact is judged against."""
         return self.merged.artifact_path("model")
 
-    def artifacts(self) -> Iterator[tuple[Stage, dict[str, Any]]]:
+    def artifacts(self) -> Iterator[tuple[Stage, Artifact]]:
         for stage in self.exports:
             for art in stage.artifacts:
                 yield stage, art
@@ -76,11 +76,11 @@ class Gate:
         return stage
 
 
-def load_or_why(stage: Stage, art: dict[str, Any], **options: Any) -> tuple[Runtime | None, str | None]:
+def load_or_why(stage: Stage, art: Artifact, **options: Any) -> tuple[Runtime | None, str | None]:
     """The artifact in its runtime, or why it cannot be loaded: the artifact failed, not the gate
     (the traceback is in the -v log)."""
     try:
         return load_runtime(art, stage.path, **options), None
     except Exception as e:
-        log.debug("%s could not be loaded", art.get("name"), exc_info=True)
+        log.debug("%s could not be loaded", art.name, exc_info=True)
         return None, describe(e)

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from edgeft.core import stages
 from edgeft.core.errors import InputError, VerifyFailed
 from edgeft.core.fileio import check_files
-from edgeft.core.manifest import MANIFEST, Stage
+from edgeft.core.manifest import MANIFEST, Artifact, Stage
 
 # Keys manifest.json (the copy users and Java read) and edgeft.json (what edgeft reads) share.
 DIST_KEYS = ("name", "artifacts", "files", "inputs_hash", "lineage", "verify", "evaluation", "config", "registry")
@@ -64,10 +63,10 @@ def check_path(path: Path) -> str:
     return f"{path}: {n} {'files' if stage.kind == stages.DIST else 'artifacts'} match the manifest"
 
 
-def checksum_problems(stage: Stage, art: dict[str, Any]) -> list[str]:
+def checksum_problems(stage: Stage, art: Artifact) -> list[str]:
     try:
-        if "files" in art:
-            return check_files(stage.file(art["path"]), art["files"])
-        return check_files(stage.path, [{"path": art["path"], "bytes": art["bytes"], "sha256": art["sha256"]}])
+        if art.files is not None:
+            return check_files(stage.file(art.path), art.files)
+        return check_files(stage.path, [{"path": art.path, "bytes": art.bytes, "sha256": art.sha256}])
     except (InputError, KeyError, TypeError) as e:
         return [f"{stage.path / MANIFEST}: artifact {art.get('name')!r}: {e if isinstance(e, InputError) else 'malformed entry'}"]

@@ -8,14 +8,14 @@ reference's: that is what a consumer gets, so that is what must be checked.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from edgeft.core.manifest import Artifact
 from edgeft.runtimes.base import GREEDY, Messages, Runtime, Sampling, bos_before, sample
 
 __all__ = ["GREEDY", "Messages", "Runtime", "Sampling", "bos_before", "load_runtime", "sample"]
 
 
-def load_runtime(artifact: dict[str, Any], stage_dir: Path, *, all_logits: bool = True,
+def load_runtime(artifact: Artifact, stage_dir: Path, *, all_logits: bool = True,
                  n_ctx: int | None = None) -> Runtime:
     """The runtime a consumer would use for a manifest artifact entry.
 
@@ -26,27 +26,27 @@ def load_runtime(artifact: dict[str, Any], stage_dir: Path, *, all_logits: bool 
     from edgeft.core.fileio import inside
 
     # Every path a manifest names stays inside its folder (fileio.inside).
-    path = inside(stage_dir, artifact["path"])
-    if artifact["format"] == "gguf":
+    path = inside(stage_dir, artifact.path)
+    if artifact.format == "gguf":
         from edgeft.runtimes.llamacpp import LlamaCppRuntime
 
         return LlamaCppRuntime(path, n_ctx=n_ctx, all_logits=all_logits)
-    if artifact["format"] == "gguf-lora":  # base GGUF + adapter GGUF, applied at load time
+    if artifact.format == "gguf-lora":  # base GGUF + adapter GGUF, applied at load time
         from edgeft.runtimes.llamacpp import LlamaCppRuntime
 
-        return LlamaCppRuntime(inside(path, artifact["base_file"]), lora=inside(path, artifact["adapter_file"]),
+        return LlamaCppRuntime(inside(path, artifact.get("base_file")), lora=inside(path, artifact.get("adapter_file")),
                                n_ctx=n_ctx, all_logits=all_logits)
-    if artifact["format"] == "onnx":
+    if artifact.format == "onnx":
         from edgeft.runtimes.onnx import OnnxRuntime
 
         inside(path, artifact.get("model_file", "model.onnx"))
         return OnnxRuntime(path, artifact.get("model_file", "model.onnx"))
-    if artifact["format"] == "onnx-genai":
+    if artifact.format == "onnx-genai":
         from edgeft.runtimes.genai import GenAIRuntime
 
         return GenAIRuntime(path)
-    if artifact["format"] == "hf-safetensors":
+    if artifact.format == "hf-safetensors":
         from edgeft.runtimes.hf import HFRuntime
 
         return HFRuntime(path)
-    raise ValueError(f"no runtime for artifact format {artifact['format']!r}")
+    raise ValueError(f"no runtime for artifact format {artifact.format!r}")

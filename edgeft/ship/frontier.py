@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeft.core import formats
+from edgeft.core.manifest import Artifact
 
 log = logging.getLogger(__name__)
 
@@ -24,19 +25,19 @@ def _score_metric(results: dict[str, Any]) -> str:
     return "exact_match" if "exact_match" in scores else next(iter(scores))
 
 
-def rows(artifacts: list[dict[str, Any]], report: dict[str, Any], results: dict[str, Any]) -> list[dict[str, Any]]:
+def rows(artifacts: list[Artifact], report: dict[str, Any], results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per artifact, smallest first."""
     metric = _score_metric(results)
-    params = next((a["parameters"] for a in artifacts if a.get("parameters")), None)
+    params = next((a.get("parameters") for a in artifacts if a.get("parameters")), None)
     out = []
     for a in artifacts:
-        numbers = report["artifacts"].get(a["name"], {}).get("numbers", {})
-        ev = results["models"].get(a["name"], {})
-        bpw = a.get("bits_per_weight") or (round(8 * a["bytes"] / params, 2) if params else None)
+        numbers = report["artifacts"].get(a.name, {}).get("numbers", {})
+        ev = results["models"].get(a.name, {})
+        bpw = a.get("bits_per_weight") or (round(8 * a.bytes / params, 2) if params and a.bytes else None)
         speed = ev.get("speed") or {}
-        verified, evaluated = bool(a["verify"].get("passed")), bool(ev.get("passed"))
-        band = formats.band(a["format"], a["type"], a.get("tensor_types"))
-        out.append({"name": a["name"], "format": a["format"], "type": a["type"], "bytes": a["bytes"],
+        verified, evaluated = bool(a.verify.get("passed")), bool(ev.get("passed"))
+        band = formats.band(a.format, str(a.type), a.get("tensor_types"))
+        out.append({"name": a.name, "format": a.format, "type": a.type, "bytes": a.bytes,
                     "bits_per_weight": bpw, "kl_mean": numbers.get("kl_mean"), "kl_p99": numbers.get("kl_p99"),
                     "top1": numbers.get("top1"), "band_kl_mean": band.kl_mean if band else None,
                     "score": ev.get("scores", {}).get(metric), "metric": metric,
@@ -113,7 +114,7 @@ def plot(table: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def write(folder: Path, artifacts: list[dict[str, Any]], report: dict[str, Any],
+def write(folder: Path, artifacts: list[Artifact], report: dict[str, Any],
           results: dict[str, Any]) -> dict[str, Any]:
     """frontier.json, frontier.md and frontier.png in `folder`; the summary the manifest carries."""
     table = rows(artifacts, report, results)

@@ -24,7 +24,7 @@ from edgeft.core import stages
 from edgeft.core.config import Config
 from edgeft.core.errors import InputError
 from edgeft.core.fileio import copy_file, file_table, hash_json, inside
-from edgeft.core.manifest import Stage, StageWriter
+from edgeft.core.manifest import Artifact, Stage, StageWriter
 from edgeft.core.paths import vendor_dir
 from edgeft.core.workdir import in_session
 from edgeft.pipeline.evaluate import gate_rule, verdict_lines
@@ -61,13 +61,13 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def _place_verified(stage: Stage, art: dict[str, Any], dst: Path, seen: dict[str, Any]) -> None:
+def _place_verified(stage: Stage, art: Artifact, dst: Path, seen: dict[str, Any]) -> None:
     """Copy an artifact (file or folder) into the dist, checking every byte against the
     checksums verify recorded when it passed (`seen`): bytes verify never saw are not shipped."""
-    src = stage.file(art["path"])
-    if "files" in art:
+    src = stage.file(art.path)
+    if art.files is not None:
         table = {f["path"]: f["sha256"] for f in seen.get("files") or []}
-        pairs = [(inside(src, f["path"]), dst / f["path"], table.get(f["path"])) for f in art["files"]]
+        pairs = [(inside(src, f["path"]), dst / f["path"], table.get(f["path"])) for f in art.files]
         extra = sorted(p.relative_to(src).as_posix() for p in src.rglob("*")
                        if p.is_file() and p.relative_to(src).as_posix() not in table)
         if extra:
@@ -139,16 +139,16 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
     with StageWriter(out_dir, stages.DIST, config=cfg.to_dict(),
                      inputs_hash=inputs_hash(cfg, [merge, *exports, verify, evaluated]),
                      parent=str(verify.path), base_model=cfg.base_model, force=force, replace_own=True) as w:
-        artifacts: list[dict[str, Any]] = []
+        artifacts: list[Artifact] = []
         for stage in exports:
             sub = "gguf" if stage.kind == stages.EXPORT_GGUF else "onnx"
             for a in stage.artifacts:
-                rel = f"{sub}/{Path(a['path']).name}"
-                seen = report["artifacts"].get(a["name"], {})
+                rel = f"{sub}/{Path(a.path).name}"
+                seen = report["artifacts"].get(a.name, {})
                 _place_verified(stage, a, w.tmp / rel, seen)
-                entry = w.add_artifact(a["name"], rel, a["format"], type=a["type"], runtime=a["runtime"],
-                                       verify=_verify_summary(report, a["name"]),
-                                       **{k: a[k] for k in CARRIED if k in a})
+                entry = w.add_artifact(a.name, rel, a.format, type=a.type, runtime=a.runtime,
+                                       verify=_verify_summary(report, a.name),
+                                       **{k: a.info[k] for k in CARRIED if k in a.info})
                 artifacts.append(entry)
         matrix = _place_matrix(exports, w.tmp / "gguf")
         for name in ("report.json", "report.md", "kl.png"):
@@ -160,13 +160,13 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
 
         write_modelfiles(w.tmp, artifacts, report, cfg.name, cfg.license)
         front = frontier.write(w.tmp, artifacts, report, results)
-        gguf_files = [Path(a["path"]).name for a in artifacts if a["format"] == "gguf"]
-        onnx = [a for a in artifacts if a["format"] == "onnx"]
-        genai = [a["path"] for a in artifacts if a["format"] == "onnx-genai"]
+        gguf_files = [Path(a.path).name for a in artifacts if a.format == "gguf"]
+        onnx = [a for a in artifacts if a.format == "onnx"]
+        genai = [a.path for a in artifacts if a.format == "onnx-genai"]
         if gguf_files or onnx or genai:
             from edgeft.ship.javakit import write_kit
 
-            formats = [a["prompt_format"] for a in artifacts if a.get("prompt_format")]
+            formats = [a.prompt_format for a in artifacts if a.prompt_format]
             write_kit(w.tmp / "java", cfg.name, gguf_files, onnx, genai, formats[0] if formats else None)
         lineage = {
             "base_model": cfg.base_model,
@@ -267,14 +267,14 @@ def _eval_rows(results: dict[str, Any]) -> list[str]:
     return rows
 
 
-def model_card(cfg: Config, lineage: dict[str, Any], artifacts: list[dict[str, Any]],
+def model_card(cfg: Config, lineage: dict[str, Any], artifacts: list[Artifact],
                report: dict[str, Any], results: dict[str, Any], front: dict[str, Any] | None = None) -> str:
     t = lineage["training"]
     data = lineage.get("dataset") or {}
     rows = ["| file | type | runtime | size | KL mean | top-1 | verify |", "|---|---|---|---|---|---|---|"]
     for a in artifacts:
-        v = a["verify"]
-        rows.append(f"| `{a['path']}` | {a['type']} | {a['runtime']} | {a['bytes'] / 1e6:.2f} MB | "
+        v = a.verify
+        rows.append(f"| `{a.path}` | {a.type} | {a.runtime} | {(a.bytes or 0) / 1e6:.2f} MB | "
                     f"{v['kl_mean']:.2g} | {v['top1']:.3f} | {'pass' if v['passed'] else 'FAIL'} |")
     return "\n".join([
         f"# {cfg.name}",

@@ -21,6 +21,7 @@ from typing import Any
 from edgeft.core import stages
 from edgeft.core.errors import InputError
 from edgeft.core.fileio import copy_file, inside, scratch_prefix, sha256_file
+from edgeft.core.manifest import Artifact
 
 
 def _quote(text: str) -> str:
@@ -56,20 +57,20 @@ def stop_strings(report: dict[str, Any], name: str) -> list[str]:
     return [stops["tokens"][str(i)] for i in ids if str(i) in stops["tokens"]]
 
 
-def write_modelfiles(root: Path, artifacts: list[dict[str, Any]], report: dict[str, Any], name: str,
+def write_modelfiles(root: Path, artifacts: list[Artifact], report: dict[str, Any], name: str,
                      license: str | None) -> list[str]:
     """A Modelfile beside each GGUF artifact under `root` (a dist being written); their paths."""
     written = []
     for a in artifacts:
-        if a["format"] == "gguf":
-            file = Path(a["path"])
+        if a.format == "gguf":
+            file = Path(a.path)
             target = file.with_suffix(".Modelfile")
-            text = modelfile(file.name, stop_strings(report, a["name"]), report["context_tokens"], license,
-                             command=f"ollama create {name}:{a['type']} -f {target.name}")
-        elif a["format"] == "gguf-lora":
-            target = Path(a["path"]) / "Modelfile"
-            text = modelfile(Path(a["base_file"]).name, stop_strings(report, a["name"]), report["context_tokens"],
-                             license, adapter=Path(a["adapter_file"]).name,
+            text = modelfile(file.name, stop_strings(report, a.name), report["context_tokens"], license,
+                             command=f"ollama create {name}:{a.type} -f {target.name}")
+        elif a.format == "gguf-lora":
+            target = Path(a.path) / "Modelfile"
+            text = modelfile(Path(a.get("base_file")).name, stop_strings(report, a.name), report["context_tokens"],
+                             license, adapter=Path(a.get("adapter_file")).name,
                              command=f"ollama create {name}:lora -f Modelfile")
         else:
             continue
@@ -90,24 +91,24 @@ def export_lmstudio(dist_dir: Path, out: Path, publisher: str, *, force: bool = 
     for part in (publisher, dist.data["name"]):
         if not part or "/" in part or part.startswith("."):
             raise InputError(f"{part!r}: not usable as a folder name in LM Studio's layout")
-    ggufs = [a for a in dist.artifacts if a["format"] == "gguf"]
+    ggufs = [a for a in dist.artifacts if a.format == "gguf"]
     if not ggufs:
         raise InputError(f"{dist_dir}: has no GGUF file to publish for LM Studio")
     target = Path(out) / publisher / dist.data["name"]
     target.mkdir(parents=True, exist_ok=True)
     placed = []
     for a in ggufs:
-        dst = target / Path(a["path"]).name
+        dst = target / Path(a.path).name
         if dst.exists() and not force:
-            if dst.is_file() and sha256_file(dst) == a["sha256"]:
+            if dst.is_file() and sha256_file(dst) == a.sha256:
                 placed.append(dst)
                 continue
             raise InputError(f"{dst} exists with other bytes: pass --force to replace it")
         fd, tmp = tempfile.mkstemp(prefix=scratch_prefix(dst.name), dir=target)
         os.close(fd)
         try:
-            if copy_file(inside(dist.path, a["path"]), Path(tmp)) != a["sha256"]:
-                raise InputError(f"{dist.path / a['path']}: changed while it was being copied; run again")
+            if copy_file(inside(dist.path, a.path), Path(tmp)) != a.sha256:
+                raise InputError(f"{dist.path / a.path}: changed while it was being copied; run again")
             os.replace(tmp, dst)
         finally:
             Path(tmp).unlink(missing_ok=True)

@@ -300,19 +300,19 @@ def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path]
     unreadable: dict[str, str] = {}
     speeds: dict[str, dict[str, Any]] = {}
     for stage, art in gate.artifacts():
-        runtimes[art["name"]] = art["runtime"]
+        runtimes[art.name] = art.runtime or art.format
         rt, why = load_or_why(stage, art, all_logits=False)
         if rt is not None:
             try:
                 with rt:
-                    outputs[art["name"]] = answer(rt, prompts, n_new, f"{art['name']} ({art['runtime']})",
-                                                  speeds.setdefault(art["name"], {}))
+                    outputs[art.name] = answer(rt, prompts, n_new, f"{art.name} ({art.runtime})",
+                                                  speeds.setdefault(art.name, {}))
             except Exception as e:  # the artifact failed, not the evaluation: it scores nothing, named
-                log.debug("%s could not be evaluated", art["name"], exc_info=True)
+                log.debug("%s could not be evaluated", art.name, exc_info=True)
                 why = describe(e)
         if why is not None:
-            unreadable[art["name"]] = why
-            outputs[art["name"]] = [""] * len(prompts)
+            unreadable[art.name] = why
+            outputs[art.name] = [""] * len(prompts)
 
     ref_scores = score(outputs["fine-tuned"], references, fmt)
     failures = []

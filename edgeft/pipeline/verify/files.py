@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeft.core import stages
-from edgeft.core.manifest import Stage
+from edgeft.core.manifest import Artifact, Stage
 from edgeft.judge import filecheck
 from edgeft.pipeline.verify.checks import Checks
 from edgeft.pipeline.verify.probes import Probe, Reference, common_prefix
@@ -29,13 +29,13 @@ def file_checks(path: Path, model_dir: Path, gguf_type: str, checks: Checks) -> 
     return found
 
 
-def prompt_format_check(stage: Stage, art: dict[str, Any], ref: Reference, probes: list[Probe],
+def prompt_format_check(stage: Stage, art: Artifact, ref: Reference, probes: list[Probe],
                         checks: Checks) -> None:
     """The plain prompt pieces shipped for Java (edgeft.models.prompt_format) render every probe
     conversation exactly as the reference's template does; in a dist, so does the kit's file."""
     from edgeft.models import prompt_format
 
-    fmt = art.get("prompt_format")
+    fmt = art.prompt_format
     if fmt is None:
         checks.add("prompt_format", True, f"no plain prompt format ({art.get('prompt_format_note')}): the Java "
                    f"kit falls back to llama.cpp's built-in template matcher, which this check cannot vouch for")

@@ -14,7 +14,7 @@ from edgeft.core import formats, stages
 from edgeft.core.config import Config, parse_config
 from edgeft.core.errors import ConfigError, InputError, VerifyFailed, describe
 from edgeft.core.fileio import hash_json
-from edgeft.core.manifest import Stage, StageWriter
+from edgeft.core.manifest import Artifact, Stage, StageWriter
 from edgeft.core.workdir import in_session
 from edgeft.data.rows import read_split
 from edgeft.judge.gate import Gate, load_or_why
@@ -103,8 +103,8 @@ def _verify(gate: Gate, dist_findings: list[str] | None = None) -> Stage:
     for stage, art in gate.artifacts():
         entry, checks = verify_artifact(stage, art, ref, probes, gate.reference_dir, n_ctx, v.max_new_tokens)
         if checks.kl_curve is not None:
-            curves[art["name"]] = checks.kl_curve
-        report["artifacts"][art["name"]] = entry
+            curves[art.name] = checks.kl_curve
+        report["artifacts"][art.name] = entry
         failures += checks.failures
     if v.second_opinion:
         failures += _second_opinions(gate, report)
@@ -147,8 +147,8 @@ def _second_opinions(gate: Gate, report: dict[str, Any]) -> list[str]:
     each artifact gets a `second_opinion` check. Returns the failures."""
     from edgeft.pipeline.verify import second
 
-    ggufs = {art["name"]: stage.file(art["path"]) for stage, art in gate.artifacts()
-             if art["format"] == "gguf" and report["artifacts"][art["name"]]["checks"]["checksums"]["passed"]}
+    ggufs = {art.name: stage.file(art.path) for stage, art in gate.artifacts()
+             if art.format == "gguf" and report["artifacts"][art.name]["checks"]["checksums"]["passed"]}
     if not ggufs:
         return []
     conversations = [r["messages"] for r in read_split(gate.merged.file("validation.jsonl")) if "messages" in r]
@@ -166,7 +166,7 @@ def _second_opinions(gate: Gate, report: dict[str, Any]) -> list[str]:
     return failures
 
 
-def verify_artifact(stage: Stage, art: dict[str, Any], ref: Reference, probes: list[Probe], model_dir: Path,
+def verify_artifact(stage: Stage, art: Artifact, ref: Reference, probes: list[Probe], model_dir: Path,
                     n_ctx: int, max_new_tokens: int) -> tuple[dict[str, Any], Checks]:
     """Every check of one artifact. A file that passes its checksum but cannot be read (a GGUF
     header with an absurd count, a corrupt model.onnx) fails this artifact alone, naming why."""
@@ -184,9 +184,9 @@ def verify_artifact(stage: Stage, art: dict[str, Any], ref: Reference, probes: l
         rt: Runtime | None
         why: str | None
         try:
-            if art["format"] == "gguf":
-                gguf_header.read(stage.file(art["path"]))  # within bounds first: gguf's reader has none
-                numbers.update(files.file_checks(stage.file(art["path"]), model_dir, art["type"], checks))
+            if art.format == "gguf":
+                gguf_header.read(stage.file(art.path))  # within bounds first: gguf's reader has none
+                numbers.update(files.file_checks(stage.file(art.path), model_dir, str(art.type), checks))
         except Exception as e:
             log.debug("%s could not be read", name, exc_info=True)
             rt, why = None, describe(e)
@@ -200,12 +200,12 @@ def verify_artifact(stage: Stage, art: dict[str, Any], ref: Reference, probes: l
             try:
                 with rt:
                     numbers.update(behaviour(rt, ref, probes, band, checks, max_new_tokens))
-                if "prompt_format" in art:
+                if art.prompt_format is not None:
                     files.prompt_format_check(stage, art, ref, probes, checks)
             except Exception as e:
                 log.debug("%s failed while running", name, exc_info=True)
                 checks.add("runs", False, f"{runtime} loaded it but failed running it: {describe(e)}")
-    recorded = {k: art[k] for k in ("sha256", "files") if k in art}
+    recorded = {k: v for k, v in (("sha256", art.sha256), ("files", art.files)) if v is not None}
     entry = {"file": str(art.get("path")), "type": type_key, "runtime": art.get("runtime"),
              "band": band.__dict__ if band else None, "numbers": numbers, "checks": checks.results,
              "passed": not checks.failures, **recorded}

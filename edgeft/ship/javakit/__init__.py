@@ -19,6 +19,8 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from edgeft.core.manifest import Artifact
+
 # The kit's sources, shipped as files beside this module (package data): Java as Java. Only the
 # struct layouts of Llama.java (from Llama.java.template) and the READMEs' names are filled in.
 JAVA_SOURCES = ("Generate.java", "OrtGenAI.java", "GenerateGenAI.java", "Registry.java")
@@ -71,7 +73,7 @@ def readme(name: str, gguf_files: list[str]) -> str:
         first_gguf=gguf_files[0] if gguf_files else "<model>.gguf")
 
 
-def onnx_section(onnx: list[dict]) -> str:
+def onnx_section(onnx: list[Artifact]) -> str:
     """How to feed each plain ONNX model from ONNX Runtime Java: names, types, shapes, tokenizer."""
     if not onnx:
         return ""
@@ -82,7 +84,7 @@ def onnx_section(onnx: list[dict]) -> str:
            "feed the first step with empty past tensors (sequence length 0); then feed each `present.*`",
            "back as `past_key_values.*`. Stop at any id in `generation_config.json`'s `eos_token_id`.", ""]
     for a in onnx:
-        out += [f"### `../{a['path']}/model.onnx` ({a['type']}, opset {a.get('opset')})", "",
+        out += [f"### `../{a.path}/model.onnx` ({a.type}, opset {a.get('opset')})", "",
                 "| direction | name | type | shape |", "|---|---|---|---|"]
         for direction in ("inputs", "outputs"):
             for io in a.get(direction, []):
@@ -99,7 +101,7 @@ def genai_section(folders: list[str]) -> str:
     return Template(_source("README-genai.md.template")).substitute(folder=folders[0])
 
 
-def write_kit(dest: Path, name: str, gguf_files: list[str], onnx: list[dict] | None = None,
+def write_kit(dest: Path, name: str, gguf_files: list[str], onnx: list[Artifact] | None = None,
               genai: list[str] | None = None, prompt_format: dict[str, str] | None = None) -> None:
     """`prompt_format`: the verified plain pieces of the chat prompt (edgeft.models.prompt_format),
     written as prompt-format.properties; without it Generate uses llama.cpp's template matcher."""
