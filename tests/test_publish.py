@@ -16,8 +16,9 @@ from edgeft.core.errors import InputError
 from edgeft.pipeline.verify.checks import Checks
 from edgeft.pipeline.verify.jsjinja import engine, js_template
 from edgeft.pipeline.verify.probes import Probe, Reference
+from edgeft.pipeline.verify.report import VerifyReport
 from edgeft.runtimes import Runtime
-from edgeft.ship.publish import modelfile, stop_strings
+from edgeft.ship.publish import modelfile
 
 
 def parse_modelfile(text: str) -> dict[str, list[str]]:
@@ -30,12 +31,13 @@ def parse_modelfile(text: str) -> dict[str, list[str]]:
 
 
 def report(stop: list[int], reference: list[int]) -> dict[str, Any]:
+    """A report.json as verify writes it, reduced to what the Modelfile needs."""
     return {"context_tokens": 2048, "stops": {"reference": reference, "tokens": {"2": "</s>", "4": "<|im_end|>"}},
             "artifacts": {"gguf-q8_0": {"checks": {"special_tokens": {"stop": stop}}}}}
 
 
 def test_modelfile_has_the_verified_stops_context_and_license() -> None:
-    text = modelfile("m-q8_0.gguf", stop_strings(report([2, 4], [4]), "gguf-q8_0"), 2048, "apache-2.0")
+    text = modelfile("m-q8_0.gguf", VerifyReport.from_json(report([2, 4], [4])).stop_strings("gguf-q8_0"), 2048, "apache-2.0")
     parsed = parse_modelfile(text)
     assert parsed["FROM"] == ["./m-q8_0.gguf"] and "ADAPTER" not in parsed and "TEMPLATE" not in parsed
     assert parsed["PARAMETER"] == ['stop "</s>"', 'stop "<|im_end|>"', "num_ctx 2048"]
@@ -46,11 +48,11 @@ def test_modelfile_has_the_verified_stops_context_and_license() -> None:
 
 def test_modelfile_refuses_an_artifact_that_does_not_stop_where_the_reference_did() -> None:
     with pytest.raises(InputError, match=r"reference stops on token\(s\) \[4\]"):
-        stop_strings(report([2], [4]), "gguf-q8_0")
+        VerifyReport.from_json(report([2], [4])).stop_strings("gguf-q8_0")
     old = report([2, 4], [4])
     del old["stops"]
     with pytest.raises(InputError, match="older edgeft"):
-        stop_strings(old, "gguf-q8_0")
+        VerifyReport.from_json(old).stop_strings("gguf-q8_0")
 
 
 class TemplateOnly(Runtime):
@@ -96,16 +98,16 @@ CHATML = ("{{ bos_token }}{% for m in messages %}{{ '<|im_start|>' + m['role'] +
 
 @pytest.mark.skipif(isinstance(engine(), str), reason="needs Node.js and @huggingface/jinja (scripts/setup.sh)")
 def test_js_jinja_check_passes_chatml_and_catches_what_the_js_engine_does_differently() -> None:
-    assert _check(CHATML)["passed"]
+    assert _check(CHATML).passed
     failed = _check(CHATML.replace("m['content']", "'%s' | format(m['content'])"))  # no `format` filter in JS
-    assert not failed["passed"] and "cannot render" in failed["detail"] and "format" in failed["detail"]
+    assert not failed.passed and "cannot render" in failed.detail and "format" in failed.detail
     differs = _check(CHATML.replace("m['content']", "m['content'].title()"))  # JS title-cases ASCII letters only
-    assert not differs["passed"] and "renders p0 differently" in differs["detail"]
+    assert not differs.passed and "renders p0 differently" in differs.detail
 
 
 def test_js_jinja_check_says_skipped_without_node(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("EDGEFT_JS", str(tmp_path / "nothing"))
     result = _check(CHATML)
-    assert result["skipped"] and result["detail"].startswith("skipped:")
+    assert result.skipped and result.detail.startswith("skipped:")
     if shutil.which("node"):
-        assert "not installed" in result["detail"]
+        assert "not installed" in result.detail

@@ -133,9 +133,9 @@ def test_fit_keeps_the_size_asked_for_where_widths_do_not_fit(tmp_path: Path, mi
 
 def test_frontier_recommends_the_smallest_artifact_that_passes_both_gates(tmp_path: Path) -> None:
     from edgeft.core import formats
-    from edgeft.ship import frontier
-
     from edgeft.core.manifest import Artifact
+    from edgeft.pipeline.verify.report import VerifyReport
+    from edgeft.ship import frontier
 
     def art(name: str, type_: str, mb: float, passed: bool = True) -> Artifact:
         return Artifact.from_json({"name": name, "path": f"{name}.gguf", "format": "gguf", "type": type_,
@@ -151,7 +151,7 @@ def test_frontier_recommends_the_smallest_artifact_that_passes_both_gates(tmp_pa
                           "speed": {"prompt_tokens_per_s": 500.0, "generation_tokens_per_s": 50.0}} for a in artifacts}
     models["gguf-iq4_xs"]["passed"] = False  # smaller than q4_k_m, but its answers regressed
     results = {"examples": 40, "models": {"fine-tuned": {"scores": {"exact_match": 1.0}}, **models}}
-    summary = frontier.write(tmp_path, artifacts, report, results)
+    summary = frontier.write(tmp_path, artifacts, VerifyReport.from_json(report), results)
     assert summary["recommended"] == "gguf-q4_k_m"
     assert [r["name"] for r in summary["rows"]] == ["gguf-q2_k", "gguf-iq4_xs", "gguf-q4_k_m", "gguf-q8_0"]
     assert summary["rows"][0]["bits_per_weight"] == pytest.approx(8 * 60e6 / 135e6, abs=0.01)

@@ -16,6 +16,7 @@ from typing import Any
 
 from edgeft.core import formats
 from edgeft.core.manifest import Artifact
+from edgeft.pipeline.verify.report import VerifyReport
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +26,14 @@ def _score_metric(results: dict[str, Any]) -> str:
     return "exact_match" if "exact_match" in scores else next(iter(scores))
 
 
-def rows(artifacts: list[Artifact], report: dict[str, Any], results: dict[str, Any]) -> list[dict[str, Any]]:
+def rows(artifacts: list[Artifact], report: VerifyReport, results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per artifact, smallest first."""
     metric = _score_metric(results)
     params = next((a.get("parameters") for a in artifacts if a.get("parameters")), None)
     out = []
     for a in artifacts:
-        numbers = report["artifacts"].get(a.name, {}).get("numbers", {})
+        verdict = report.verdict(a.name)
+        numbers = verdict.numbers if verdict else {}
         ev = results["models"].get(a.name, {})
         bpw = a.get("bits_per_weight") or (round(8 * a.bytes / params, 2) if params and a.bytes else None)
         speed = ev.get("speed") or {}
@@ -114,7 +116,7 @@ def plot(table: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def write(folder: Path, artifacts: list[Artifact], report: dict[str, Any],
+def write(folder: Path, artifacts: list[Artifact], report: VerifyReport,
           results: dict[str, Any]) -> dict[str, Any]:
     """frontier.json, frontier.md and frontier.png in `folder`; the summary the manifest carries."""
     table = rows(artifacts, report, results)

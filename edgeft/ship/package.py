@@ -28,6 +28,7 @@ from edgeft.core.manifest import Artifact, Stage, StageWriter
 from edgeft.core.paths import vendor_dir
 from edgeft.core.workdir import in_session
 from edgeft.pipeline.evaluate import gate_rule, verdict_lines
+from edgeft.pipeline.verify.report import Verdict, VerifyReport
 from edgeft.ship import frontier
 
 log = logging.getLogger(__name__)
@@ -61,12 +62,12 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def _place_verified(stage: Stage, art: Artifact, dst: Path, seen: dict[str, Any]) -> None:
+def _place_verified(stage: Stage, art: Artifact, dst: Path, seen: Verdict | None) -> None:
     """Copy an artifact (file or folder) into the dist, checking every byte against the
     checksums verify recorded when it passed (`seen`): bytes verify never saw are not shipped."""
     src = stage.file(art.path)
     if art.files is not None:
-        table = {f["path"]: f["sha256"] for f in seen.get("files") or []}
+        table = {f["path"]: f["sha256"] for f in (seen.files if seen else None) or []}
         pairs = [(inside(src, f["path"]), dst / f["path"], table.get(f["path"])) for f in art.files]
         extra = sorted(p.relative_to(src).as_posix() for p in src.rglob("*")
                        if p.is_file() and p.relative_to(src).as_posix() not in table)
@@ -74,7 +75,7 @@ def _place_verified(stage: Stage, art: Artifact, dst: Path, seen: dict[str, Any]
             raise InputError(f"{src / extra[0]}: not among the files verify checked; re-run `edgeft verify` "
                              f"(or `edgeft build`)")
     else:
-        pairs = [(src, dst, seen.get("sha256"))]
+        pairs = [(src, dst, seen.sha256 if seen else None)]
     for source, target, want in pairs:
         got = copy_file(source, target)
         if got != want:
@@ -126,7 +127,7 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
     if verify.inputs_hash != verify_mod.inputs_hash(cfg, [merge, *exports]):
         raise InputError(f"{verify.path}: this report is for other artifacts or settings than the export stages "
                          f"now hold: {again}")
-    report = json.loads(verify.file("report.json").read_text())
+    report = VerifyReport.read(verify.file("report.json"))
     evaluated = stages.load(cfg, stages.EVAL)
     if not evaluated.metrics.get("passed"):
         raise InputError(f"{evaluated.path}: evaluation failed its regression gate; see "
@@ -144,10 +145,10 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
             sub = "gguf" if stage.kind == stages.EXPORT_GGUF else "onnx"
             for a in stage.artifacts:
                 rel = f"{sub}/{Path(a.path).name}"
-                seen = report["artifacts"].get(a.name, {})
+                seen = report.verdict(a.name)
                 _place_verified(stage, a, w.tmp / rel, seen)
                 entry = w.add_artifact(a.name, rel, a.format, type=a.type, runtime=a.runtime,
-                                       verify=_verify_summary(report, a.name),
+                                       verify=seen.summary() if seen else {"passed": None},
                                        **{k: a.info[k] for k in CARRIED if k in a.info})
                 artifacts.append(entry)
         matrix = _place_matrix(exports, w.tmp / "gguf")
@@ -181,7 +182,7 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
         (w.tmp / "README.md").write_text(model_card(cfg, lineage, artifacts, report, results, front))
         files = file_table(w.tmp)
         w.extra.update(name=cfg.name, versions=versions(), lineage=lineage, files=files,
-                       verify={"passed": report["passed"], "failures": report["failures"]},
+                       verify={"passed": report.passed, "failures": report.failures},
                        evaluation=_eval_summary(results), recommended=front["recommended"])
         # manifest.json is the user-facing copy of the same data (edgeft.json marks completeness).
         (w.tmp / "manifest.json").write_text(json.dumps(w.manifest(), indent=2, default=str) + "\n")
@@ -239,12 +240,6 @@ def _matrix_lines(matrix: dict[str, Any] | None) -> list[str]:
             ""]
 
 
-def _verify_summary(report: dict[str, Any], name: str) -> dict[str, Any]:
-    a = report["artifacts"].get(name, {})
-    return {"passed": a.get("passed"), **{k: a.get("numbers", {}).get(k) for k in
-                                          ("kl_mean", "kl_p99", "kl_max", "top1", "max_dlogit", "generation_prefix")}}
-
-
 def _eval_summary(results: dict[str, Any]) -> dict[str, Any]:
     out = {"passed": results["passed"], "examples": results["examples"], "format": results["format"],
            "min_relative": results["min_relative"], "alpha": results.get("alpha"),
@@ -268,7 +263,7 @@ def _eval_rows(results: dict[str, Any]) -> list[str]:
 
 
 def model_card(cfg: Config, lineage: dict[str, Any], artifacts: list[Artifact],
-               report: dict[str, Any], results: dict[str, Any], front: dict[str, Any] | None = None) -> str:
+               report: VerifyReport, results: dict[str, Any], front: dict[str, Any] | None = None) -> str:
     t = lineage["training"]
     data = lineage.get("dataset") or {}
     rows = ["| file | type | runtime | size | KL mean | top-1 | verify |", "|---|---|---|---|---|---|---|"]
@@ -294,7 +289,7 @@ def model_card(cfg: Config, lineage: dict[str, Any], artifacts: list[Artifact],
         "## Artifacts",
         *rows,
         "",
-        f"Verification: {'passed' if report['passed'] else 'FAILED'} on {len(report['probes'])} held-out "
+        f"Verification: {'passed' if report.passed else 'FAILED'} on {len(report.probes)} held-out "
         f"prompts (details in `verify/report.md`). Checksums of every file are in `manifest.json`.",
         "",
         "## Evaluation",

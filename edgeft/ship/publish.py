@@ -16,12 +16,12 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from edgeft.core import stages
 from edgeft.core.errors import InputError
 from edgeft.core.fileio import copy_file, inside, scratch_prefix, sha256_file
 from edgeft.core.manifest import Artifact
+from edgeft.pipeline.verify.report import VerifyReport
 
 
 def _quote(text: str) -> str:
@@ -43,21 +43,7 @@ def modelfile(model: str, stops: list[str], num_ctx: int, license: str | None, a
     return "\n".join(lines) + "\n"
 
 
-def stop_strings(report: dict[str, Any], name: str) -> list[str]:
-    """The artifact's stop tokens as text; every token the reference stopped on must be among them."""
-    stops = report.get("stops")
-    if not stops or "context_tokens" not in report:
-        raise InputError("the verify report was made by an older edgeft (no stop-token record): re-run "
-                         "`edgeft verify` (or `edgeft build`)")
-    ids = report["artifacts"][name].get("checks", {}).get("special_tokens", {}).get("stop") or []
-    missing = [i for i in stops["reference"] if i not in ids]
-    if missing:
-        raise InputError(f"{name}: the reference stops on token(s) {missing} that this artifact does not treat as "
-                         f"end of generation; verify should have failed it")
-    return [stops["tokens"][str(i)] for i in ids if str(i) in stops["tokens"]]
-
-
-def write_modelfiles(root: Path, artifacts: list[Artifact], report: dict[str, Any], name: str,
+def write_modelfiles(root: Path, artifacts: list[Artifact], report: VerifyReport, name: str,
                      license: str | None) -> list[str]:
     """A Modelfile beside each GGUF artifact under `root` (a dist being written); their paths."""
     written = []
@@ -65,11 +51,11 @@ def write_modelfiles(root: Path, artifacts: list[Artifact], report: dict[str, An
         if a.format == "gguf":
             file = Path(a.path)
             target = file.with_suffix(".Modelfile")
-            text = modelfile(file.name, stop_strings(report, a.name), report["context_tokens"], license,
+            text = modelfile(file.name, report.stop_strings(a.name), int(report.context_tokens or 0), license,
                              command=f"ollama create {name}:{a.type} -f {target.name}")
         elif a.format == "gguf-lora":
             target = Path(a.path) / "Modelfile"
-            text = modelfile(Path(a.get("base_file")).name, stop_strings(report, a.name), report["context_tokens"],
+            text = modelfile(Path(a.get("base_file")).name, report.stop_strings(a.name), int(report.context_tokens or 0),
                              license, adapter=Path(a.get("adapter_file")).name,
                              command=f"ollama create {name}:lora -f Modelfile")
         else:

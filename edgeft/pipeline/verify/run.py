@@ -24,7 +24,7 @@ from edgeft.models.base import end_of_turn
 from edgeft.pipeline.verify import distribution, files, generation, jsjinja, tokens
 from edgeft.pipeline.verify.checks import Checks
 from edgeft.pipeline.verify.probes import Probe, Reference, edge_probes, probes_from, reference_outputs
-from edgeft.pipeline.verify.report import markdown_report, plot_kl
+from edgeft.pipeline.verify.report import Check, Verdict, VerifyReport, markdown_report, plot_kl
 from edgeft.runtimes import Runtime
 
 log = logging.getLogger(__name__)
@@ -96,15 +96,15 @@ def _verify(gate: Gate, dist_findings: list[str] | None = None) -> Stage:
     ref = reference_outputs(ref_rt, probes, v.max_new_tokens, eot[1] if eot else None)
     tokenizer = ref_rt.tokenizer
     del ref_rt
-    report: dict[str, Any] = {"reference": str(gate.merged.path), "probes": [p.name for p in probes],
-                              "context_tokens": n_ctx, "artifacts": {}}
+    report = VerifyReport(reference=str(gate.merged.path), probes=[p.name for p in probes], context_tokens=n_ctx,
+                          artifacts={})
     failures: list[str] = [f"dist: files: {p}" for p in dist_findings or []]
     curves: dict[str, np.ndarray] = {}
     for stage, art in gate.artifacts():
         entry, checks = verify_artifact(stage, art, ref, probes, gate.reference_dir, n_ctx, v.max_new_tokens)
         if checks.kl_curve is not None:
             curves[art.name] = checks.kl_curve
-        report["artifacts"][art.name] = entry
+        report.artifacts[art.name] = entry
         failures += checks.failures
     if v.second_opinion:
         failures += _second_opinions(gate, report)
@@ -112,21 +112,21 @@ def _verify(gate: Gate, dist_findings: list[str] | None = None) -> Stage:
     # token the reference's greedy replies ended on, and each artifact's own stop set (its
     # special_tokens check); package writes Ollama's `stop`s from them.
     reference_stops = sorted({*ref.stopped_on, *([ref.end_of_turn] if ref.end_of_turn is not None else [])})
-    ids = {*reference_stops, *(i for a in report["artifacts"].values()
-                               for i in a.get("checks", {}).get("special_tokens", {}).get("stop", []))}
-    report["stops"] = {"reference": reference_stops,
-                       "tokens": {str(i): tokenizer.convert_ids_to_tokens(int(i)) for i in sorted(ids)}}
+    ids = {*reference_stops, *(i for a in report.artifacts.values() for i in a.stop_ids)}
+    report.stops = {"reference": reference_stops,
+                    "tokens": {str(i): tokenizer.convert_ids_to_tokens(int(i)) for i in sorted(ids)}}
     if dist_findings is not None:
-        report["dist_files"] = {"passed": not dist_findings, "problems": dist_findings}
-    report["passed"] = not failures
-    report["failures"] = failures
+        report.dist_files = {"passed": not dist_findings, "problems": dist_findings}
+    report.passed = not failures
+    report.failures = failures
 
     def plot(w: StageWriter) -> None:
         if curves:
             plot_kl(curves, [len(ids) for ids in ref.full_ids], [p.name for p in probes], w.tmp / "kl.png")
             w.add_artifact("kl-plot", "kl.png", "png")
 
-    return gate.publish(inputs_hash(cfg, [gate.merged, *gate.exports]), "report", report, markdown_report(report),
+    return gate.publish(inputs_hash(cfg, [gate.merged, *gate.exports]), "report", report.to_json(),
+                        markdown_report(report),
                         failures, VerifyFailed, f"verification failed ({len(failures)} check(s))", more=plot)
 
 
@@ -142,49 +142,49 @@ def behaviour(rt: Runtime, ref: Reference, probes: list[Probe], band: formats.Ba
     return numbers
 
 
-def _second_opinions(gate: Gate, report: dict[str, Any]) -> list[str]:
+def _second_opinions(gate: Gate, report: VerifyReport) -> list[str]:
     """llama-perplexity's KL beside edgeft's for every GGUF file whose bytes passed (verify/second.py);
     each artifact gets a `second_opinion` check. Returns the failures."""
     from edgeft.pipeline.verify import second
 
     ggufs = {art.name: stage.file(art.path) for stage, art in gate.artifacts()
-             if art.format == "gguf" and report["artifacts"][art.name]["checks"]["checksums"]["passed"]}
+             if art.format == formats.GGUF and report.artifacts[art.name].checks["checksums"].passed}
     if not ggufs:
         return []
     conversations = [r["messages"] for r in read_split(gate.merged.file("validation.jsonl")) if "messages" in r]
     failures = []
     for name, res in second.run(gate.reference_dir, ggufs, conversations, gate.cfg.name).items():
-        entry = report["artifacts"][name]
-        entry["second_opinion"] = res
+        entry = report.artifacts[name]
+        entry.second_opinion = res
         ours, theirs = res["edgeft"]["kl_mean"], res["llama_perplexity"]["kl_mean"]
         detail = (f"mean KL edgeft {ours:.4g}, llama-perplexity {theirs:.4g} on the same {res['positions']} positions "
                   f"(gap {res['gap']:.2g}, allowed {res['limit']:.2g})")
-        entry["checks"]["second_opinion"] = {"passed": res["agree"], "detail": detail}
+        entry.checks["second_opinion"] = Check(bool(res["agree"]), detail)
         if not res["agree"]:
-            entry["passed"] = False
+            entry.passed = False
             failures.append(f"{name}: second_opinion: {detail}")
     return failures
 
 
 def verify_artifact(stage: Stage, art: Artifact, ref: Reference, probes: list[Probe], model_dir: Path,
-                    n_ctx: int, max_new_tokens: int) -> tuple[dict[str, Any], Checks]:
+                    n_ctx: int, max_new_tokens: int) -> tuple[Verdict, Checks]:
     """Every check of one artifact. A file that passes its checksum but cannot be read (a GGUF
     header with an absurd count, a corrupt model.onnx) fails this artifact alone, naming why."""
-    name = str(art.get("name"))
+    name = art.name
     checks = Checks(name)
-    type_key = f"{art.get('format')}:{art.get('type')}"
-    band = formats.band(str(art.get("format")), str(art.get("type")), art.get("tensor_types"))
+    type_key = art.type_key
+    band = formats.band(art.format, str(art.type), art.get("tensor_types"))
     numbers: dict[str, Any] = {}
     bad_files = checksum_problems(stage, art)
     checks.add("checksums", not bad_files, "; ".join(bad_files) or "files match the manifest")
     if band is None:
         checks.add("type", False, f"no band for artifact type {type_key!r}: not an artifact edgeft exports")
     elif not bad_files:
-        runtime = art.get("runtime", "its runtime")
+        runtime = art.runtime or "its runtime"
         rt: Runtime | None
         why: str | None
         try:
-            if art.format == "gguf":
+            if art.format == formats.GGUF:
                 gguf_header.read(stage.file(art.path))  # within bounds first: gguf's reader has none
                 numbers.update(files.file_checks(stage.file(art.path), model_dir, str(art.type), checks))
         except Exception as e:
@@ -205,8 +205,7 @@ def verify_artifact(stage: Stage, art: Artifact, ref: Reference, probes: list[Pr
             except Exception as e:
                 log.debug("%s failed while running", name, exc_info=True)
                 checks.add("runs", False, f"{runtime} loaded it but failed running it: {describe(e)}")
-    recorded = {k: v for k, v in (("sha256", art.sha256), ("files", art.files)) if v is not None}
-    entry = {"file": str(art.get("path")), "type": type_key, "runtime": art.get("runtime"),
-             "band": band.__dict__ if band else None, "numbers": numbers, "checks": checks.results,
-             "passed": not checks.failures, **recorded}
+    entry = Verdict(file=art.path, type=type_key, runtime=art.runtime, band=band.__dict__ if band else None,
+                    numbers=numbers, checks=checks.results, passed=not checks.failures, sha256=art.sha256,
+                    files=art.files)
     return entry, checks
