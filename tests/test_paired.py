@@ -14,9 +14,11 @@ from test_registry import make_dist
 from edgeft.cli import cli
 from edgeft.judge.paired import compare_binary, compare_chrf, examples_needed, mcnemar_p
 from edgeft.pipeline.evaluate import compare_answers, markdown, verdict_lines, versus_base
+from edgeft.pipeline.evaluate.results import EvalResults, Rule
 from edgeft.registry.store import Ref, Registry
 
-GATE = {"min_relative": 0.95, "alpha": 0.05, "min_discordant": 3}
+GATE = {"min_relative": 0.95, "alpha": 0.05, "min_discordant": 3}  # eval.* as results.json records them
+RULE = Rule(**GATE)
 QUESTIONS = [f"SELECT name FROM employees WHERE id = {i};" for i in range(24)]
 
 
@@ -30,12 +32,12 @@ def test_one_answer_on_24_passes_and_a_real_drop_fails_with_its_p_value() -> Non
     # The case: 0.833 against 0.875 (95.2%) passed by one answer, and at 19 vs 18 (94.7%)
     # a plain ratio would have failed it. Paired: one lost example is never a regression.
     for ref, cand in ((21, 20), (19, 18), (18, 17)):
-        got = compare_answers(answers(ref), answers(cand), QUESTIONS, None, GATE)["exact_match"]
+        got = compare_answers(answers(ref), answers(cand), QUESTIONS, None, RULE)["exact_match"]
         assert (got.losses, got.wins, got.worse) == (1, 0, False)
         assert got.relative < 0.95 or ref == 21
         assert "indistinguishable from the reference on 24 examples" in got.verdict()
     # 20 of 24 → 12 of 24: eight lost, none won back: p = 0.5^8 / 2 (mid-p McNemar, one-sided).
-    got = compare_answers(answers(20), answers(12), QUESTIONS, None, GATE)
+    got = compare_answers(answers(20), answers(12), QUESTIONS, None, RULE)
     exact = got["exact_match"]
     assert (exact.losses, exact.wins, exact.worse) == (8, 0, True)
     assert exact.p == pytest.approx(0.5 ** 9) and "p = 0.002" in exact.verdict()
@@ -94,20 +96,21 @@ def test_the_report_says_which_artifacts_are_indistinguishable_and_which_are_wor
         entry = {"runtime": "x", "scores": {"exact_match": sum(o == q for o, q in zip(outs, QUESTIONS, strict=True)) / 24,
                                             "chrf": 0.0}}
         if name not in ("base", "fine-tuned"):
-            compared = compare_answers(outputs["fine-tuned"], outs, QUESTIONS, None, GATE)
+            compared = compare_answers(outputs["fine-tuned"], outs, QUESTIONS, None, RULE)
             entry |= {"relative": {m: c.relative for m, c in compared.items()},
                       "paired": {m: c.to_dict() for m, c in compared.items()},
                       "verdicts": {m: c.verdict("the fine-tuned model") for m, c in compared.items()},
                       "passed": not any(c.worse for c in compared.values())}
         models[name] = entry
-    text = markdown({"examples": 24, "max_new_tokens": 64, "format": None, **GATE, "models": models,
+    text = markdown(EvalResults.from_json({"examples": 24, "max_new_tokens": 64, "format": None, **GATE, "models": models,
                      "improvement": {"exact_match": 0.75, "chrf": 0.0}, "passed": False, "failures": [],
-                     "samples": [], "examples_needed": examples_needed(20 / 24 * 0.05)})
+                     "samples": [], "examples_needed": examples_needed(20 / 24 * 0.05)}))
     assert "- gguf-q8_0, exact match: indistinguishable from the fine-tuned model on 24 examples" in text
     assert "- gguf-q2_k, exact match: worse than the fine-tuned model: 8 lost, 0 won" in text
     assert "p = 0.002" in text and "significant (one-sided p < 0.05" in text
     assert "takes at least" in text and "this evaluation has 24. Below that" in text
-    card = verdict_lines(json.loads(json.dumps({"examples": 24, **GATE, "models": models})), short=True)
+    card = verdict_lines(EvalResults.from_json(json.loads(json.dumps({"examples": 24, **GATE, "models": models}))),
+                         short=True)
     assert card[1] == "- gguf-q2_k against the fine-tuned model on 24 examples: exact match worse (p = 0.002); " \
                       "chrF worse (p = 0.001)"
     assert card[0].startswith("- gguf-q8_0 against the fine-tuned model on 24 examples: exact match indistinguishable")
@@ -147,10 +150,10 @@ def test_registry_promotion_uses_the_paired_rule(tmp_path: Path) -> None:
 
 
 def test_fine_tuned_beats_base_on_the_same_test() -> None:
-    both = versus_base(answers(20), answers(2), QUESTIONS, None, GATE)
+    both = versus_base(answers(20), answers(2), QUESTIONS, None, RULE)
     assert json.loads(json.dumps(both)) == both
     clear = both["exact_match"]
     assert clear["better"] and clear["fine_tuned_only"] == 18 and clear["base_only"] == 0 and clear["p"] < 1e-5
     assert clear["ci"][0] > 0  # the interval of fine-tuned minus base excludes 0
-    close = versus_base(answers(12), answers(10), QUESTIONS, None, GATE)["exact_match"]
+    close = versus_base(answers(12), answers(10), QUESTIONS, None, RULE)["exact_match"]
     assert not close["better"] and close["p"] > 0.05 and close["difference"] == pytest.approx(2 / 24)

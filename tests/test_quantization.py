@@ -134,6 +134,7 @@ def test_fit_keeps_the_size_asked_for_where_widths_do_not_fit(tmp_path: Path, mi
 def test_frontier_recommends_the_smallest_artifact_that_passes_both_gates(tmp_path: Path) -> None:
     from edgeft.core import formats
     from edgeft.core.manifest import Artifact
+    from edgeft.pipeline.evaluate.results import EvalResults
     from edgeft.pipeline.verify.report import VerifyReport
     from edgeft.ship import frontier
 
@@ -150,7 +151,8 @@ def test_frontier_recommends_the_smallest_artifact_that_passes_both_gates(tmp_pa
     models = {a.name: {"scores": {"exact_match": 1.0}, "passed": True,
                           "speed": {"prompt_tokens_per_s": 500.0, "generation_tokens_per_s": 50.0}} for a in artifacts}
     models["gguf-iq4_xs"]["passed"] = False  # smaller than q4_k_m, but its answers regressed
-    results = {"examples": 40, "models": {"fine-tuned": {"scores": {"exact_match": 1.0}}, **models}}
+    results = EvalResults.from_json({"examples": 40, "min_relative": 0.95,
+                                     "models": {"fine-tuned": {"scores": {"exact_match": 1.0}}, **models}})
     summary = frontier.write(tmp_path, artifacts, VerifyReport.from_json(report), results)
     assert summary["recommended"] == "gguf-q4_k_m"
     assert [r["name"] for r in summary["rows"]] == ["gguf-q2_k", "gguf-iq4_xs", "gguf-q4_k_m", "gguf-q8_0"]

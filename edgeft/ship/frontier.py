@@ -16,17 +16,18 @@ from typing import Any
 
 from edgeft.core import formats
 from edgeft.core.manifest import Artifact
+from edgeft.pipeline.evaluate.results import EvalResults
 from edgeft.pipeline.verify.report import VerifyReport
 
 log = logging.getLogger(__name__)
 
 
-def _score_metric(results: dict[str, Any]) -> str:
-    scores = results["models"]["fine-tuned"]["scores"]
+def _score_metric(results: EvalResults) -> str:
+    scores = results.fine_tuned.scores
     return "exact_match" if "exact_match" in scores else next(iter(scores))
 
 
-def rows(artifacts: list[Artifact], report: VerifyReport, results: dict[str, Any]) -> list[dict[str, Any]]:
+def rows(artifacts: list[Artifact], report: VerifyReport, results: EvalResults) -> list[dict[str, Any]]:
     """One row per artifact, smallest first."""
     metric = _score_metric(results)
     params = next((a.get("parameters") for a in artifacts if a.get("parameters")), None)
@@ -34,15 +35,15 @@ def rows(artifacts: list[Artifact], report: VerifyReport, results: dict[str, Any
     for a in artifacts:
         verdict = report.verdict(a.name)
         numbers = verdict.numbers if verdict else {}
-        ev = results["models"].get(a.name, {})
+        ev = results.models.get(a.name)
         bpw = a.get("bits_per_weight") or (round(8 * a.bytes / params, 2) if params and a.bytes else None)
-        speed = ev.get("speed") or {}
-        verified, evaluated = bool(a.verify.get("passed")), bool(ev.get("passed"))
+        speed = (ev.speed if ev else None) or {}
+        verified, evaluated = bool(a.verify.get("passed")), bool(ev and ev.passed)
         band = formats.band(a.format, str(a.type), a.get("tensor_types"))
         out.append({"name": a.name, "format": a.format, "type": a.type, "bytes": a.bytes,
                     "bits_per_weight": bpw, "kl_mean": numbers.get("kl_mean"), "kl_p99": numbers.get("kl_p99"),
                     "top1": numbers.get("top1"), "band_kl_mean": band.kl_mean if band else None,
-                    "score": ev.get("scores", {}).get(metric), "metric": metric,
+                    "score": ev.scores.get(metric) if ev else None, "metric": metric,
                     "prompt_tokens_per_s": speed.get("prompt_tokens_per_s"),
                     "generation_tokens_per_s": speed.get("generation_tokens_per_s"),
                     "importance_matrix": bool(a.get("importance_matrix")),
@@ -59,10 +60,10 @@ def _fmt(v: Any, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
-def markdown(table: list[dict[str, Any]], results: dict[str, Any]) -> str:
+def markdown(table: list[dict[str, Any]], results: EvalResults) -> str:
     best = recommend(table)
     metric = table[0]["metric"] if table else "score"
-    ref = results["models"]["fine-tuned"]["scores"].get(metric)
+    ref = results.fine_tuned.scores.get(metric)
     lines = ["| artifact | size | bits/weight | KL mean | KL p99 | top-1 | " + metric.replace("_", " ")
              + " | prompt tok/s | gen tok/s | gates |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
@@ -73,7 +74,7 @@ def markdown(table: list[dict[str, Any]], results: dict[str, Any]) -> str:
                      f"{_fmt(r['kl_p99'], '.3g')} | {_fmt(r['top1'], '.3f')} | {_fmt(r['score'], '.3f')} | "
                      f"{_fmt(r['prompt_tokens_per_s'], '.0f')} | {_fmt(r['generation_tokens_per_s'], '.1f')} | {gates} |")
     lines += ["", f"KL against the fp32 reference on verify's probes; {metric.replace('_', ' ')} on "
-              f"{results['examples']} held-out examples (fine-tuned model: {_fmt(ref, '.3f')}); CPU tokens/s "
+              f"{results.examples} held-out examples (fine-tuned model: {_fmt(ref, '.3f')}); CPU tokens/s "
               f"measured by eval in the same run (one prompt at a time)."]
     lines += ["", f"**Recommended: `{best['name']}`** — the smallest artifact that passes both gates "
               f"({best['bytes'] / 1e6:.1f} MB)." if best else "", "No artifact passed both gates." if not best else ""]
@@ -117,7 +118,7 @@ def plot(table: list[dict[str, Any]], path: Path) -> None:
 
 
 def write(folder: Path, artifacts: list[Artifact], report: VerifyReport,
-          results: dict[str, Any]) -> dict[str, Any]:
+          results: EvalResults) -> dict[str, Any]:
     """frontier.json, frontier.md and frontier.png in `folder`; the summary the manifest carries."""
     table = rows(artifacts, report, results)
     best = recommend(table)

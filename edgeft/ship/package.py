@@ -28,6 +28,7 @@ from edgeft.core.manifest import Artifact, Stage, StageWriter
 from edgeft.core.paths import vendor_dir
 from edgeft.core.workdir import in_session
 from edgeft.pipeline.evaluate import gate_rule, verdict_lines
+from edgeft.pipeline.evaluate.results import EvalResults
 from edgeft.pipeline.verify.report import Verdict, VerifyReport
 from edgeft.ship import frontier
 
@@ -135,7 +136,7 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
     if evaluated.inputs_hash != eval_mod.inputs_hash(cfg, [merge, *exports]):
         raise InputError(f"{evaluated.path}: these results are for other artifacts or settings than the export "
                          f"stages now hold: re-run `edgeft eval -c {cfg.source or 'CONFIG'}` (or `edgeft build`)")
-    results = json.loads(evaluated.file("results.json").read_text())
+    results = EvalResults.read(evaluated.file("results.json"))
     out_dir = stages.directory(cfg, stages.DIST, out_dir)
     with StageWriter(out_dir, stages.DIST, config=cfg.to_dict(),
                      inputs_hash=inputs_hash(cfg, [merge, *exports, verify, evaluated]),
@@ -240,30 +241,30 @@ def _matrix_lines(matrix: dict[str, Any] | None) -> list[str]:
             ""]
 
 
-def _eval_summary(results: dict[str, Any]) -> dict[str, Any]:
-    out = {"passed": results["passed"], "examples": results["examples"], "format": results["format"],
-           "min_relative": results["min_relative"], "alpha": results.get("alpha"),
-           "min_discordant": results.get("min_discordant"), "examples_needed": results.get("examples_needed"),
-           "scores": {name: m["scores"] for name, m in results["models"].items()},
-           "improvement": results["improvement"]}
-    if "general" in results:
-        out["forgetting"] = {k: results["general"][k] for k in ("chrf_drop", "forgetting", "tolerance")}
+def _eval_summary(results: EvalResults) -> dict[str, Any]:
+    out = {"passed": results.passed, "examples": results.examples, "format": results.format,
+           "min_relative": results.min_relative, "alpha": results.alpha,
+           "min_discordant": results.min_discordant, "examples_needed": results.examples_needed,
+           "scores": {name: m.scores for name, m in results.models.items()},
+           "improvement": results.improvement}
+    if results.general is not None:
+        out["forgetting"] = {k: results.general[k] for k in ("chrf_drop", "forgetting", "tolerance")}
     return out
 
 
-def _eval_rows(results: dict[str, Any]) -> list[str]:
-    fmt = "format" in results["models"]["fine-tuned"]["scores"]
+def _eval_rows(results: EvalResults) -> list[str]:
+    fmt = "format" in results.fine_tuned.scores
     rows = ["| model | runtime | exact match | chrF |" + (" format |" if fmt else ""),
             "|---|---|---|---|" + ("---|" if fmt else "")]
-    for name, m in results["models"].items():
-        s = m["scores"]
-        rows.append(f"| {name} | {m['runtime']} | {s['exact_match']:.3f} | {s['chrf']:.1f} |"
+    for name, m in results.models.items():
+        s = m.scores
+        rows.append(f"| {name} | {m.runtime} | {s['exact_match']:.3f} | {s['chrf']:.1f} |"
                     + (f" {s['format']:.3f} |" if fmt else ""))
     return rows
 
 
 def model_card(cfg: Config, lineage: dict[str, Any], artifacts: list[Artifact],
-               report: VerifyReport, results: dict[str, Any], front: dict[str, Any] | None = None) -> str:
+               report: VerifyReport, results: EvalResults, front: dict[str, Any] | None = None) -> str:
     t = lineage["training"]
     data = lineage.get("dataset") or {}
     rows = ["| file | type | runtime | size | KL mean | top-1 | verify |", "|---|---|---|---|---|---|---|"]
@@ -293,8 +294,8 @@ def model_card(cfg: Config, lineage: dict[str, Any], artifacts: list[Artifact],
         f"prompts (details in `verify/report.md`). Checksums of every file are in `manifest.json`.",
         "",
         "## Evaluation",
-        f"Greedy replies to {results['examples']} held-out prompts, scored by exact match (whitespace-normalised), "
-        f"chrF" + (f" and format compliance ({results['format']})" if results["format"] else "")
+        f"Greedy replies to {results.examples} held-out prompts, scored by exact match (whitespace-normalised), "
+        f"chrF" + (f" and format compliance ({results.format})" if results.format else "")
         + " (`eval/results.md`). Each artifact is compared with the fine-tuned model on the same examples: "
         + gate_rule(results),
         "",
@@ -302,9 +303,9 @@ def model_card(cfg: Config, lineage: dict[str, Any], artifacts: list[Artifact],
         "",
         *verdict_lines(results, short=True),
         "",
-        *([f"General-capability prompts: fine-tuned chrF {-100 * results['general']['chrf_drop']:+.0f}% vs base"
-           + (" — catastrophic forgetting flagged." if results["general"]["forgetting"] else ".") , ""]
-          if "general" in results else []),
+        *([f"General-capability prompts: fine-tuned chrF {-100 * results.general['chrf_drop']:+.0f}% vs base"
+           + (" — catastrophic forgetting flagged." if results.general["forgetting"] else ".") , ""]
+          if results.general is not None else []),
         *(["## Size, quality and speed", "", frontier.markdown(front["rows"], results), "![frontier](frontier.png)", ""]
           if front else []),
         *_matrix_lines(lineage.get("importance_matrix")),

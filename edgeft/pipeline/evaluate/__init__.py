@@ -43,7 +43,14 @@ from edgeft.data.rows import file_hash, read_split
 from edgeft.judge import paired
 from edgeft.judge.gate import Gate, load_or_why
 from edgeft.judge.paired import Comparison
-from edgeft.pipeline.evaluate.results import METRICS, PerExample, Rule, compare_outcomes
+from edgeft.pipeline.evaluate.results import (
+    METRICS,
+    EvalResults,
+    ModelResult,
+    PerExample,
+    Rule,
+    compare_outcomes,
+)
 from edgeft.runtimes import Runtime
 
 log = logging.getLogger(__name__)
@@ -111,12 +118,12 @@ def right(outputs: list[str], references: list[str], fmt: Callable[[str], bool] 
 
 
 def versus_base(fine_tuned: list[str], base: list[str], references: list[str], fmt: Callable[[str], bool] | None,
-                gate: dict[str, Any]) -> dict[str, dict[str, Any]]:
+                gate: Rule) -> dict[str, dict[str, Any]]:
     """Does the fine-tuned model beat the base? Per metric, the paired test with the base as the
     candidate that may be worse: `better` when the fine-tuned model scores higher at p < alpha."""
     out = {}
     for m, c in compare_answers(fine_tuned, base, references, fmt, gate).items():
-        out[m] = {"p": c.p, "better": bool(c.p < gate["alpha"] and c.candidate < c.reference),
+        out[m] = {"p": c.p, "better": bool(c.p < gate.alpha and c.candidate < c.reference),
                   "difference": c.reference - c.candidate, "ci": [-c.ci[1], -c.ci[0]]}
         if c.losses is not None:
             out[m] |= {"fine_tuned_only": c.losses, "base_only": c.wins}
@@ -129,12 +136,11 @@ def example_id(prompt: list[dict[str, str]] | str, reference: str) -> str:
 
 
 def compare_answers(reference: list[str], candidate: list[str], references: list[str],
-                    fmt: Callable[[str], bool] | None, gate: Any) -> dict[str, Comparison]:
-    """The paired comparison (evalresults.compare_outcomes) of two models' answers to the same
-    examples, per metric; `gate` carries min_relative, alpha and min_discordant (eval's config or
-    results)."""
+                    fmt: Callable[[str], bool] | None, gate: Rule) -> dict[str, Comparison]:
+    """The paired comparison (results.compare_outcomes) of two models' answers to the same
+    examples, per metric, under the gate's rule (eval's config or results)."""
     return compare_outcomes(right(reference, references, fmt), right(candidate, references, fmt), reference, candidate,
-                            references, Rule(gate["min_relative"], gate["alpha"], gate["min_discordant"]))
+                            references, gate)
 
 
 Prompt = list[dict[str, str]] | str  # a conversation, or the first half of a plain text
@@ -281,10 +287,9 @@ def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path]
     fmt, fmt_desc = format_checker(cfg)
     general = _general_prompts(cfg)
     n_new = cfg.eval.max_new_tokens
-    rule = {"min_relative": cfg.eval.min_relative, "alpha": cfg.eval.alpha,
-                 "min_discordant": cfg.eval.min_discordant}
-    results: dict[str, Any] = {"examples": len(prompts), "max_new_tokens": n_new, "format": fmt_desc,
-                               **rule, "models": {}, "samples": []}
+    rule = Rule(cfg.eval.min_relative, cfg.eval.alpha, cfg.eval.min_discordant)
+    results = EvalResults(examples=len(prompts), max_new_tokens=n_new, format=fmt_desc, min_relative=rule.min_relative,
+                          alpha=rule.alpha, min_discordant=rule.min_discordant)
     outputs: dict[str, list[str]] = {}
 
     reference = HFRuntime(gate.reference_dir)
@@ -318,101 +323,100 @@ def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path]
     failures = []
     for name, outs in outputs.items():
         s = score(outs, references, fmt)
-        entry: dict[str, Any] = {"runtime": runtimes[name], "scores": s}
-        if speeds.get(name):
-            entry["speed"] = speeds[name]
+        entry = ModelResult(runtime=runtimes[name], scores=s, speed=speeds.get(name) or None)
         if name not in ("base", "fine-tuned"):
             compared = compare_answers(outputs["fine-tuned"], outs, references, fmt, rule)
-            entry["relative"] = {m: c.relative for m, c in compared.items()}
-            entry["paired"] = {m: c.to_dict() for m, c in compared.items()}
-            entry["verdicts"] = {m: c.verdict("the fine-tuned model") for m, c in compared.items()}
+            entry.relative = {m: c.relative for m, c in compared.items()}
+            entry.paired = {m: c.to_dict() for m, c in compared.items()}
+            entry.verdicts = {m: c.verdict("the fine-tuned model") for m, c in compared.items()}
             low = [m for m, c in compared.items() if c.worse]
-            entry["passed"] = not low and name not in unreadable
+            entry.passed = not low and name not in unreadable
             if name in unreadable:
-                entry["error"] = unreadable[name]
+                entry.error = unreadable[name]
                 failures.append(f"{name}: {runtimes[name]} cannot run it: {unreadable[name]}")
             else:
-                failures += [f"{name}: {m} {entry['verdicts'][m]} (below {cfg.eval.min_relative:.0%}: "
+                failures += [f"{name}: {m} {compared[m].verdict('the fine-tuned model')} (below {cfg.eval.min_relative:.0%}: "
                              f"{compared[m].relative:.1%})" for m in low]
-        results["models"][name] = entry
-    base_scores = results["models"]["base"]["scores"]
-    results["improvement"] = {m: ref_scores[m] - base_scores[m] for m in ref_scores}
-    results["versus_base"] = versus_base(outputs["fine-tuned"], outputs["base"], references, fmt, rule)
-    if not results["versus_base"]["exact_match"]["better"]:
+        results.models[name] = entry
+    base_scores = results.models["base"].scores
+    results.improvement = {m: ref_scores[m] - base_scores[m] for m in ref_scores}
+    results.versus_base = versus_base(outputs["fine-tuned"], outputs["base"], references, fmt, rule)
+    if not results.versus_base["exact_match"]["better"]:
         log.warning("the fine-tuned model is not shown better than the base on exact match (%d examples, p = %.2g)",
-                    len(prompts), results["versus_base"]["exact_match"]["p"])
-    results["examples_needed"] = paired.examples_needed(ref_scores["exact_match"] * (1 - cfg.eval.min_relative),
+                    len(prompts), results.versus_base["exact_match"]["p"])
+    results.examples_needed = paired.examples_needed(ref_scores["exact_match"] * (1 - cfg.eval.min_relative),
                                                         cfg.eval.alpha, cfg.eval.min_discordant)
     # What the registry pairs two versions on (edgeft.pipeline.evaluate.results): each example's id, each model's
     # answers, and whether each binary metric held.
-    results["per_example"] = PerExample(
+    results.per_example = PerExample(
         ids=[example_id(p, r) for p, r in zip(prompts, references, strict=True)], references=references,
-        answers=outputs, right={name: right(outs, references, fmt) for name, outs in outputs.items()}).to_json()
+        answers=outputs, right={name: right(outs, references, fmt) for name, outs in outputs.items()})
     if general:
         g = {k: score(v, general[1], None) for k, v in general_out.items()}
         drop = 1 - g["fine-tuned"]["chrf"] / g["base"]["chrf"] if g["base"]["chrf"] > 0 else 0.0
-        results["general"] = {"prompts": len(general[0]), "scores": g, "chrf_drop": drop,
-                              "forgetting": drop > cfg.eval.forgetting_tolerance,
-                              "tolerance": cfg.eval.forgetting_tolerance}
-        if results["general"]["forgetting"]:
+        results.general = {"prompts": len(general[0]), "scores": g, "chrf_drop": drop,
+                           "forgetting": drop > cfg.eval.forgetting_tolerance,
+                           "tolerance": cfg.eval.forgetting_tolerance}
+        if results.general["forgetting"]:
             log.warning("catastrophic forgetting: on the general prompts the fine-tuned model's chrF is %.0f%% "
                         "below the base model's (tolerance %.0f%%)", 100 * drop, 100 * cfg.eval.forgetting_tolerance)
-    results["samples"] = [{"prompt": p if isinstance(p, str) else p[-1]["content"], "reference": r, **{k: v[i] for k, v in outputs.items()}}
+    results.samples = [{"prompt": p if isinstance(p, str) else p[-1]["content"], "reference": r, **{k: v[i] for k, v in outputs.items()}}
                           for i, (p, r) in enumerate(zip(prompts, references, strict=True)) if i < 5]
-    results["passed"] = not failures
-    results["failures"] = failures
-    return gate.publish(inputs_hash(cfg, [merged, *gate.exports]), "results", results, markdown(results), failures,
+    results.passed = not failures
+    results.failures = failures
+    return gate.publish(inputs_hash(cfg, [merged, *gate.exports]), "results", results.to_json(), markdown(results),
+                        failures,
                         EvalFailed, f"evaluation: {len(failures)} regression(s) against the fine-tuned model",
                         metrics={"fine_tuned": ref_scores, "base": base_scores})
 
 
-def gate_rule(results: dict[str, Any]) -> str:
+def gate_rule(results: EvalResults) -> str:
     """The regression gate's rule in one sentence, with the run's settings."""
-    if "alpha" not in results:  # results written before the paired gate
-        return f"an artifact fails below {results['min_relative']:.0%} of its score on any metric."
-    return (f"an artifact fails on a metric when it loses at least {results['min_discordant']} examples the "
-            f"fine-tuned model got right, the loss is significant (one-sided p < {results['alpha']:g}: mid-p "
-            f"McNemar; chrF: paired bootstrap) and it keeps less than {results['min_relative']:.0%} of the score.")
+    if results.alpha is None:  # results written before the paired gate
+        return f"an artifact fails below {results.min_relative:.0%} of its score on any metric."
+    return (f"an artifact fails on a metric when it loses at least {results.min_discordant} examples the "
+            f"fine-tuned model got right, the loss is significant (one-sided p < {results.alpha:g}: mid-p "
+            f"McNemar; chrF: paired bootstrap) and it keeps less than {results.min_relative:.0%} of the score.")
 
 
-def verdict_lines(results: dict[str, Any], short: bool = False) -> list[str]:
+def verdict_lines(results: EvalResults, short: bool = False) -> list[str]:
     """Per artifact and metric, the paired verdict ('indistinguishable from … on N examples' or
     'worse …, p = …'; `short`: one line per artifact, as the model card has it), then how many
     examples a drop of the margin's size needs (report and card)."""
     names = {"exact_match": "exact match", "chrf": "chrF", "format": "format"}
     if short:
-        lines = [f"- {name} against the fine-tuned model on {results['examples']} examples: " + "; ".join(
-                     f"{names[k]} {Comparison.from_dict(m['paired'][k]).short()}" for k in METRICS if k in m["paired"])
-                 for name, m in results["models"].items() if "paired" in m]
+        lines = [f"- {name} against the fine-tuned model on {results.examples} examples: " + "; ".join(
+                     f"{names[k]} {Comparison.from_dict(m.paired[k]).short()}" for k in METRICS if k in m.paired)
+                 for name, m in results.models.items() if m.paired is not None]
     else:
-        lines = [f"- {name}, {names[k]}: {m['verdicts'][k]}" for name, m in results["models"].items()
-                 for k in METRICS if k in m.get("verdicts", {})]
-    needed = results.get("examples_needed")
-    if lines and needed:
-        lines += ["", f"Telling apart a drop of {1 - results['min_relative']:.0%} of the fine-tuned model's exact "
-                  f"match takes at least {needed} examples (80% power at alpha {results['alpha']:g}, if the artifact "
-                  f"only loses answers); this evaluation has {results['examples']}."
+        lines = [f"- {name}, {names[k]}: {verdicts[k]}" for name, m in results.models.items()
+                 if (verdicts := m.verdicts or {}) for k in METRICS if k in verdicts]
+    needed = results.examples_needed
+    if lines and needed and results.alpha is not None:
+        lines += ["", f"Telling apart a drop of {1 - results.min_relative:.0%} of the fine-tuned model's exact "
+                  f"match takes at least {needed} examples (80% power at alpha {results.alpha:g}, if the artifact "
+                  f"only loses answers); this evaluation has {results.examples}."
                   + (" Below that, an artifact this much worse is likely to pass: add held-out examples."
-                     if needed > results["examples"] else "")]
+                     if needed > results.examples else "")]
     return lines
 
 
-def markdown(results: dict[str, Any]) -> str:
-    metrics = [m for m in METRICS if m in results["models"]["fine-tuned"]["scores"]]
-    names = {"exact_match": "exact match", "chrf": "chrF", "format": f"format ({results['format']})"}
+def markdown(results: EvalResults) -> str:
+    metrics = results.metrics
+    names = {"exact_match": "exact match", "chrf": "chrF", "format": f"format ({results.format})"}
     lines = ["# edgeft eval results", "",
-             f"{results['examples']} held-out examples, greedy decoding, at most {results['max_new_tokens']} new "
+             f"{results.examples} held-out examples, greedy decoding, at most {results.max_new_tokens} new "
              f"tokens. Artifacts are compared with the fine-tuned model on the same examples: " + gate_rule(results),
              "",
              "| model | runtime | " + " | ".join(names[m] for m in metrics) + " | vs fine-tuned | result |",
              "|---|---|" + "---|" * len(metrics) + "---|---|"]
-    for name, m in results["models"].items():
-        cells = " | ".join(f"{m['scores'][k]:.3f}" if k != "chrf" else f"{m['scores'][k]:.1f}" for k in metrics)
-        rel = " / ".join(f"{m['relative'][k]:.0%}" for k in metrics) if "relative" in m else "–"
-        result = ("pass" if m["passed"] else "FAIL") if "passed" in m else "–"
-        lines.append(f"| {name} | {m['runtime']} | {cells} | {rel} | {result} |")
-    imp = results["improvement"]
-    versus = results.get("versus_base", {})
+    for name, m in results.models.items():
+        cells = " | ".join(f"{m.scores[k]:.3f}" if k != "chrf" else f"{m.scores[k]:.1f}" for k in metrics)
+        rel = " / ".join(f"{m.relative[k]:.0%}" for k in metrics) if m.relative is not None else "–"
+        result = ("pass" if m.passed else "FAIL") if m.passed is not None else "–"
+        lines.append(f"| {name} | {m.runtime} | {cells} | {rel} | {result} |")
+    imp = results.improvement
+    versus = results.versus_base
 
     def beats(k: str) -> str:
         v = versus.get(k)
@@ -424,16 +428,16 @@ def markdown(results: dict[str, Any]) -> str:
     verdicts = verdict_lines(results)
     if verdicts:
         lines += ["", "## Each artifact against the fine-tuned model", "", *verdicts]
-    if "general" in results:
-        g = results["general"]
+    if results.general is not None:
+        g = results.general
         lines += ["", f"General-capability prompts ({g['prompts']}): chrF base {g['scores']['base']['chrf']:.1f}, "
                   f"fine-tuned {g['scores']['fine-tuned']['chrf']:.1f} ({-100 * g['chrf_drop']:+.0f}%)"
                   + (" — **catastrophic forgetting flagged**" if g["forgetting"] else " — no forgetting flagged")
                   + "."]
-    lines += ["", "**Passed.**" if results["passed"] else "**Failed:**", ""]
-    lines += [f"- {f}" for f in results["failures"]]
+    lines += ["", "**Passed.**" if results.passed else "**Failed:**", ""]
+    lines += [f"- {f}" for f in results.failures]
     lines += ["", "## Samples", ""]
-    for s in results["samples"]:
+    for s in results.samples:
         lines += [f"- prompt: {s['prompt']!r}", f"  - reference: {s['reference']!r}",
                   *(f"  - {k}: {v!r}" for k, v in s.items() if k not in ("prompt", "reference"))]
     return "\n".join(lines) + "\n"

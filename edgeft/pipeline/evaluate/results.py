@@ -1,5 +1,6 @@
-"""What eval hands on (eval/results.json) to the registry's promotion gate: each example's
-outcome per model, typed, and the gate's rule; read and written here only, and the paired
+"""What eval hands on (eval/results.json) to package and the registry's promotion gate: every
+model's scores and verdicts (`EvalResults`, one `ModelResult` per model), each example's outcome
+per model (`PerExample`) and the gate's rule; read and written here only, and the paired
 comparison of two versions on the examples they share.
 
 On disk the outcomes stay strings of "0"/"1" per model and metric (dists and registries made
@@ -9,7 +10,7 @@ before this module read the same); in memory they are booleans.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,108 @@ class Rule:
     min_discordant: int
 
 
+@dataclass
+class ModelResult:
+    """One model's results: the base, the fine-tuned model, or an artifact (which alone has a
+    paired comparison with the fine-tuned model and a verdict)."""
+
+    runtime: str
+    scores: dict[str, float]  # metric -> score (METRICS)
+    speed: dict[str, Any] | None = None  # tokens/s on this machine, where measured
+    relative: dict[str, float] | None = None  # metric -> share of the fine-tuned model's score
+    paired: dict[str, dict[str, Any]] | None = None  # metric -> judge.paired.Comparison.to_dict()
+    verdicts: dict[str, str] | None = None  # metric -> the comparison in words
+    passed: bool | None = None  # None: not judged (base and fine-tuned)
+    error: str | None = None  # why its runtime could not run it
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelResult:
+        return cls(runtime=str(data.get("runtime")), scores=dict(data.get("scores") or {}), speed=data.get("speed"),
+                   relative=data.get("relative"), paired=data.get("paired"), verdicts=data.get("verdicts"),
+                   passed=data.get("passed"), error=data.get("error"))
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"runtime": self.runtime, "scores": self.scores}
+        for key in ("speed", "relative", "paired", "verdicts", "passed", "error"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
+@dataclass
+class EvalResults:
+    """results.json: every model's scores on the held-out examples, the gate's rule and verdict,
+    fine-tuned against base, and each example's outcome. Results of earlier edgeft versions read
+    too (what they lack is None)."""
+
+    examples: int
+    max_new_tokens: int | None
+    format: str | None  # the format check's description (eval.format), if any
+    min_relative: float
+    alpha: float | None  # None: written before the paired gate
+    min_discordant: int | None
+    models: dict[str, ModelResult] = field(default_factory=dict)
+    improvement: dict[str, float] = field(default_factory=dict)  # fine-tuned minus base, per metric
+    versus_base: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric -> {better, p}
+    examples_needed: int | None = None
+    per_example: PerExample | None = None
+    general: dict[str, Any] | None = None  # general-capability prompts: scores, chrf_drop, forgetting
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    passed: bool = False
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def fine_tuned(self) -> ModelResult:
+        return self.models["fine-tuned"]
+
+    @property
+    def metrics(self) -> list[str]:
+        """The metrics this evaluation scored, in report order."""
+        return [m for m in METRICS if m in self.fine_tuned.scores]
+
+    @property
+    def rule(self) -> Rule | None:
+        if self.alpha is None or self.min_discordant is None:
+            return None
+        return Rule(self.min_relative, self.alpha, self.min_discordant)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EvalResults:
+        return cls(examples=int(data.get("examples") or len((data.get("per_example") or {}).get("ids") or [])),
+                   max_new_tokens=data.get("max_new_tokens"), format=data.get("format"),
+                   min_relative=float(data.get("min_relative", 0.0)), alpha=data.get("alpha"),
+                   min_discordant=data.get("min_discordant"),
+                   models={k: ModelResult.from_json(v) for k, v in data["models"].items()},
+                   improvement=dict(data.get("improvement") or {}), versus_base=dict(data.get("versus_base") or {}),
+                   examples_needed=data.get("examples_needed"),
+                   per_example=PerExample.from_json(data["per_example"]) if "per_example" in data else None,
+                   general=data.get("general"), samples=list(data.get("samples") or []),
+                   passed=bool(data.get("passed")), failures=list(data.get("failures") or []))
+
+    @classmethod
+    def read(cls, path: Path) -> EvalResults:
+        from edgeft.core.errors import InputError
+
+        try:
+            return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as e:
+            raise InputError(f"{path}: not readable eval results ({e.__class__.__name__}); re-run `edgeft eval`") from None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"examples": self.examples, "max_new_tokens": self.max_new_tokens, "format": self.format,
+                               "min_relative": self.min_relative}
+        if self.alpha is not None:
+            out.update(alpha=self.alpha, min_discordant=self.min_discordant)
+        out.update(models={k: v.to_json() for k, v in self.models.items()}, samples=self.samples,
+                   improvement=self.improvement, versus_base=self.versus_base, examples_needed=self.examples_needed)
+        if self.per_example is not None:
+            out["per_example"] = self.per_example.to_json()
+        if self.general is not None:
+            out["general"] = self.general
+        out.update(passed=self.passed, failures=self.failures)
+        return out
+
+
 @dataclass(frozen=True)
 class VersionResults:
     per_example: PerExample
@@ -62,12 +165,11 @@ class VersionResults:
         path = folder / RESULTS if folder is not None else None
         if path is None or not path.is_file():
             return None
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if "per_example" not in data or "alpha" not in data:
+        results = EvalResults.read(path)
+        if results.per_example is None or results.rule is None:
             return None
-        return cls(per_example=PerExample.from_json(data["per_example"]),
-                   scores={name: dict(m["scores"]) for name, m in data["models"].items()},
-                   rule=Rule(data["min_relative"], data["alpha"], data["min_discordant"]))
+        return cls(per_example=results.per_example, scores={name: m.scores for name, m in results.models.items()},
+                   rule=results.rule)
 
 
 def compare_outcomes(reference_right: dict[str, list[bool]], candidate_right: dict[str, list[bool]],
