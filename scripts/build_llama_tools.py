@@ -52,7 +52,7 @@ def unpack_sources(sdist: Path, dest: Path) -> Path:
         prefix = next(m.name for m in tar.getmembers() if m.name.endswith("/vendor/llama.cpp/CMakeLists.txt"))
         prefix = prefix[: -len("CMakeLists.txt")]
         for m in tar.getmembers():
-            rel = m.name[len(prefix):]
+            rel = m.name[len(prefix) :]
             if m.name.startswith(prefix) and rel.startswith(SOURCES) and m.isfile():
                 m.name = rel
                 tar.extract(m, dest, filter="data")
@@ -81,14 +81,28 @@ def unpack_libs(wheel: Path, lib: Path) -> list[str]:
 
 
 def compile_tool(cxx: str, src: Path, lib: Path, out: Path, name: str, files: list[str]) -> None:
-    cmd = [cxx, "-O2", "-std=c++17", "-pthread",
-           f"-I{src / 'include'}", f"-I{src / 'ggml' / 'include'}", f"-I{src / 'common'}", f"-I{src / 'vendor'}",
-           f"-I{src / 'tools' / Path(files[0]).parent}",
-           *(str(src / "tools" / f) for f in files),
-           f"-L{lib}", "-lllama-common", "-lllama", "-lggml", "-lggml-base",
-           # DT_RPATH (not RUNPATH) so the wheel's libraries, which carry no search path of their
-           # own, find each other beside the tool too.
-           "-Wl,--disable-new-dtags,-rpath,$ORIGIN/../lib", "-o", str(out / name)]
+    cmd = [
+        cxx,
+        "-O2",
+        "-std=c++17",
+        "-pthread",
+        f"-I{src / 'include'}",
+        f"-I{src / 'ggml' / 'include'}",
+        f"-I{src / 'common'}",
+        f"-I{src / 'vendor'}",
+        f"-I{src / 'tools' / Path(files[0]).parent}",
+        *(str(src / "tools" / f) for f in files),
+        f"-L{lib}",
+        "-lllama-common",
+        "-lllama",
+        "-lggml",
+        "-lggml-base",
+        # DT_RPATH (not RUNPATH) so the wheel's libraries, which carry no search path of their
+        # own, find each other beside the tool too.
+        "-Wl,--disable-new-dtags,-rpath,$ORIGIN/../lib",
+        "-o",
+        str(out / name),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"error: compiling {name} failed:\n" + proc.stderr[-3000:])
@@ -106,11 +120,15 @@ def build(sdist: Path, wheel: Path, out: Path) -> None:
         libs = unpack_libs(wheel, stage / "lib")
         (stage / "bin").mkdir()
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            for job in [pool.submit(compile_tool, cxx, src, stage / "lib", stage / "bin", n, f) for n, f in TOOLS.items()]:
+            for job in [
+                pool.submit(compile_tool, cxx, src, stage / "lib", stage / "bin", n, f)
+                for n, f in TOOLS.items()
+            ]:
                 job.result()
         (stage / "SOURCE").write_text(
             f"sdist={sdist.name}\nsdist_sha256={sha256_of(sdist)}\nwheel={wheel.name}\n"
-            f"wheel_sha256={sha256_of(wheel)}\ntools={' '.join(TOOLS)}\nlibs={' '.join(libs)}\n")
+            f"wheel_sha256={sha256_of(wheel)}\ntools={' '.join(TOOLS)}\nlibs={' '.join(libs)}\n"
+        )
         if out.exists():
             shutil.rmtree(out)
         stage.rename(out)
@@ -119,7 +137,9 @@ def build(sdist: Path, wheel: Path, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sdist", type=Path, required=True, help="the pinned llama-cpp-python source package")
+    parser.add_argument(
+        "--sdist", type=Path, required=True, help="the pinned llama-cpp-python source package"
+    )
     parser.add_argument("--wheel", type=Path, required=True, help="the llama-cpp-python wheel built from it")
     parser.add_argument("--out", type=Path, required=True, help="folder to create (bin/, lib/, SOURCE)")
     args = parser.parse_args()

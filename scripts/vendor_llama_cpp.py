@@ -59,8 +59,7 @@ def vendor(sdist: Path) -> Path:
             m.name = m.name[len(prefix) :]
             tar.extract(m, tmp, filter="data")
         (Path(tmp) / "SOURCE").write_text(
-            f"{pin['package']}=={pin['version']}\nsha256={digest}\n"
-            f"files={len(members)}\n"
+            f"{pin['package']}=={pin['version']}\nsha256={digest}\nfiles={len(members)}\n"
         )
         if target.exists():
             shutil.rmtree(target)

@@ -130,7 +130,11 @@ def build_micro(root: Path, seed: int = 0) -> dict:
     from edgeft.cli import cli
 
     cfg = write_config(
-        root / "edgeft.yaml", name="micro", base_model=f"tiny:micro:{seed}", workdir="runs", dist_dir="dist",
+        root / "edgeft.yaml",
+        name="micro",
+        base_model=f"tiny:micro:{seed}",
+        workdir="runs",
+        dist_dir="dist",
         data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl"), "seed": seed},
         train={"max_steps": 40, "learning_rate": 0.003, "max_seq_length": 256, "seed": seed},
         export={"gguf": {"types": ["f16", "q8_0"]}, "onnx": {"types": ["fp32"]}},
@@ -187,7 +191,9 @@ def resign(stage: Path, relpath: str) -> None:
         if not (stage / name).is_file():
             continue
         mf = json.loads((stage / name).read_text())
-        tables = [(stage, mf.get("files", []))] + [(stage / a["path"], a.get("files", [])) for a in mf["artifacts"]]
+        tables = [(stage, mf.get("files", []))] + [
+            (stage / a["path"], a.get("files", [])) for a in mf["artifacts"]
+        ]
         for art in mf["artifacts"]:
             if art["path"] == relpath:
                 art["bytes"], art["sha256"] = target.stat().st_size, sha256_file(target)

@@ -9,7 +9,9 @@ from pathlib import Path
 from edgeft.models.base import fingerprint
 
 
-def test_same_size_weights_with_a_restored_mtime_change_the_fingerprint(tmp_path: Path, micro_model: Path) -> None:
+def test_same_size_weights_with_a_restored_mtime_change_the_fingerprint(
+    tmp_path: Path, micro_model: Path
+) -> None:
     base = tmp_path / "base"
     shutil.copytree(micro_model, base)
     before = fingerprint(str(base), str(base))

@@ -26,11 +26,17 @@ def bpe_model(edgeft_cache: Path) -> Path:
 
 
 def test_bpe_variant_builds_and_verifies(tmp_path: Path, bpe_model: Path) -> None:
-    cfg = write_config(tmp_path / "edgeft.yaml", name="bpe", base_model="tiny:micro-bpe", workdir="runs",
-                       dist_dir="dist", data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
-                       train={"max_steps": 20, "learning_rate": 0.003, "max_seq_length": 256},
-                       export={"gguf": {"types": ["f16", "q8_0"]}, "onnx": {"types": []}},
-                       verify={"max_prompts": 3, "max_new_tokens": 16})
+    cfg = write_config(
+        tmp_path / "edgeft.yaml",
+        name="bpe",
+        base_model="tiny:micro-bpe",
+        workdir="runs",
+        dist_dir="dist",
+        data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
+        train={"max_steps": 20, "learning_rate": 0.003, "max_seq_length": 256},
+        export={"gguf": {"types": ["f16", "q8_0"]}, "onnx": {"types": []}},
+        verify={"max_prompts": 3, "max_new_tokens": 16},
+    )
     result = CliRunner().invoke(cli, ["build", "-c", str(cfg)])
     assert result.exit_code == 0, result.output
     assert "its 'gpt-2' gives the same ids on all" in result.stderr
@@ -44,23 +50,44 @@ def test_bpe_variant_builds_and_verifies(tmp_path: Path, bpe_model: Path) -> Non
 # Pre-tokenizers as they appear in published tokenizer.json files, and the name edgeft must pick
 # for each: the first of pretok.PREFERRED that tokenises the same (later names may agree too; on a
 # small vocabulary with few merges even earlier ones can, which is why the real one is used too).
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 _CASED = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]"
 _LOWER = r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"
 _CONTRACTION = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
-GPT4O_SPLIT = (rf"[^\r\n\p{{L}}\p{{N}}]?{_CASED}*{_LOWER}+{_CONTRACTION}|[^\r\n\p{{L}}\p{{N}}]?{_CASED}+{_LOWER}*"
-               rf"{_CONTRACTION}|\p{{N}}{{1,3}}| ?[^\s\p{{L}}\p{{N}}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+GPT4O_SPLIT = (
+    rf"[^\r\n\p{{L}}\p{{N}}]?{_CASED}*{_LOWER}+{_CONTRACTION}|[^\r\n\p{{L}}\p{{N}}]?{_CASED}+{_LOWER}*"
+    rf"{_CONTRACTION}|\p{{N}}{{1,3}}| ?[^\s\p{{L}}\p{{N}}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 PUBLISHED = {
-    "llama-3": ({"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
-        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
-        "llama-bpe"),
+    "llama-3": (
+        {
+            "type": "Sequence",
+            "pretokenizers": [
+                {
+                    "type": "Split",
+                    "pattern": {"Regex": LLAMA3_SPLIT},
+                    "behavior": "Isolated",
+                    "invert": False,
+                },
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+            ],
+        },
+        "llama-bpe",
+    ),
     # o200k's pattern (tiktoken), as Split + ByteLevel without its own regex
-    "gpt-4o": ({"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": GPT4O_SPLIT}, "behavior": "Isolated", "invert": False},
-        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
-        "gpt-4o"),
+    "gpt-4o": (
+        {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": GPT4O_SPLIT}, "behavior": "Isolated", "invert": False},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+            ],
+        },
+        "gpt-4o",
+    ),
 }
 
 
@@ -78,11 +105,17 @@ def _merge_stage_with(tmp_path: Path, bpe_model: Path, pre_tokenizer: dict) -> P
 
 
 def _export(tmp_path: Path, merge_dir: Path):  # type: ignore[no-untyped-def]
-    cfg = write_config(tmp_path / "edgeft.yaml", name="x", base_model="tiny:micro-bpe",
-                       data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
-                       export={"gguf": {"types": ["f16"]}, "onnx": {"types": []}})
-    return CliRunner().invoke(cli, ["export", "gguf", "-c", str(cfg), "--merge-dir", str(merge_dir),
-                                    "--out", str(tmp_path / "gguf")])
+    cfg = write_config(
+        tmp_path / "edgeft.yaml",
+        name="x",
+        base_model="tiny:micro-bpe",
+        data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
+        export={"gguf": {"types": ["f16"]}, "onnx": {"types": []}},
+    )
+    return CliRunner().invoke(
+        cli,
+        ["export", "gguf", "-c", str(cfg), "--merge-dir", str(merge_dir), "--out", str(tmp_path / "gguf")],
+    )
 
 
 def test_a_published_pre_tokenizer_on_a_new_vocabulary_converts(tmp_path: Path, bpe_model: Path) -> None:
@@ -102,8 +135,10 @@ def test_a_published_pre_tokenizer_on_a_new_vocabulary_converts(tmp_path: Path, 
     assert gguf.GGUFReader(path).fields["tokenizer.ggml.pre"].contents() == name
     assert f"its {name!r} gives the same ids" in result.stderr
     hf = Tokenizer.from_file(str(merge_dir / "model" / "tokenizer.json"))
-    others = ["Wie viele Einträge hat 'Café'?  12345 rows\n\n\tSELECT x FROM t WHERE y >= 1000;",
-              "They'll say it's 3,141,592 — ok? 🚀🚀"]
+    others = [
+        "Wie viele Einträge hat 'Café'?  12345 rows\n\n\tSELECT x FROM t WHERE y >= 1000;",
+        "They'll say it's 3,141,592 — ok? 🚀🚀",
+    ]
     with LlamaCppRuntime(path, all_logits=False) as rt:
         for text in [*stress_corpus(n=50, seed=1), *others]:
             assert rt.tokenize(text, add_special=False) == hf.encode(text, add_special_tokens=False).ids, text
@@ -116,14 +151,20 @@ def test_unknown_pre_tokenizer_is_refused_by_name(tmp_path: Path, bpe_model: Pat
     result = _export(tmp_path, merge_dir)
     assert result.exit_code == 6, result.output
     message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith(f"Error: {merge_dir / 'model' / 'tokenizer.json'}: llama.cpp does not recognise "
-                              "this BPE pre-tokenizer (hash ")
-    assert "it implements tokenises like it (nearest: " in message and "convert_hf_to_gguf_update.py" in message
+    assert message.startswith(
+        f"Error: {merge_dir / 'model' / 'tokenizer.json'}: llama.cpp does not recognise "
+        "this BPE pre-tokenizer (hash "
+    )
+    assert (
+        "it implements tokenises like it (nearest: " in message and "convert_hf_to_gguf_update.py" in message
+    )
     assert not (tmp_path / "gguf").exists()
 
 
 @pytest.mark.parametrize("family", ["smollm2", *PUBLISHED])
-def test_pre_tokenizers_are_told_apart_on_a_real_vocabulary(smollm2: Path, tmp_path: Path, family: str) -> None:
+def test_pre_tokenizers_are_told_apart_on_a_real_vocabulary(
+    smollm2: Path, tmp_path: Path, family: str
+) -> None:
     """SmolLM2's 49k vocabulary under its own pre-tokenizer and under Llama 3's and GPT-4o's: each
     is found by tokenising, although the names tried before it (GPT-2's first) share most of its
     splits — on this vocabulary they differ on contractions, case runs and non-ASCII numerics."""

@@ -36,8 +36,10 @@ def test_data_check_clean_file_prints_statistics() -> None:
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["severity", "check", "where", "message"]
     # The example is generated from templates: rows one digit apart are near-duplicates (warnings).
-    assert f"{EXAMPLE_DATA}: 400 usable of 400 rows (400 alpaca); 0 error(s), 129 warning(s); " \
-           "split 360 train / 40 validation" in lines
+    assert (
+        f"{EXAMPLE_DATA}: 400 usable of 400 rows (400 alpaca); 0 error(s), 129 warning(s); "
+        "split 360 train / 40 validation" in lines
+    )
 
 
 def test_data_check_json() -> None:
@@ -49,23 +51,36 @@ def test_data_check_json() -> None:
 
 def test_data_check_reports_every_defect_with_its_location(tmp_path: Path) -> None:
     f = tmp_path / "bad.jsonl"
-    good = [{"instruction": f"Spell the number {i} for me", "output": f"value {i * 7919 % 10007}"}
-            for i in range(12)]
+    good = [
+        {"instruction": f"Spell the number {i} for me", "output": f"value {i * 7919 % 10007}"}
+        for i in range(12)
+    ]
     lines = [json.dumps(r) for r in good]
-    lines.insert(3, json.dumps({"instruction": "no answer"}))                                  # line 4
-    lines.insert(7, "not json")                                                                # line 8
-    lines.append(json.dumps({"messages": [{"role": "assistant", "content": "a"},
-                                          {"role": "user", "content": "q"}]}))                 # line 15
-    lines.append(json.dumps({"messages": [{"role": "user", "content": "q"}]}))                # line 16
-    lines.append(json.dumps({"instruction": "   ", "output": "x"}))                           # line 17
-    lines.append(json.dumps(good[0]))                                                          # line 18
+    lines.insert(3, json.dumps({"instruction": "no answer"}))  # line 4
+    lines.insert(7, "not json")  # line 8
+    lines.append(
+        json.dumps({"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]})
+    )  # line 15
+    lines.append(json.dumps({"messages": [{"role": "user", "content": "q"}]}))  # line 16
+    lines.append(json.dumps({"instruction": "   ", "output": "x"}))  # line 17
+    lines.append(json.dumps(good[0]))  # line 18
     lines.append(json.dumps({"instruction": "Spell the number 1 for me!", "output": good[1]["output"]}))  # 19
-    lines.append(json.dumps({"instruction": "long " * 300, "output": "x"}))                   # line 20
+    lines.append(json.dumps({"instruction": "long " * 300, "output": "x"}))  # line 20
     f.write_bytes(("\n".join(lines) + "\n").encode() + b'{"instruction": "\xff", "output": "b"}\n')  # 21
     val = tmp_path / "val.jsonl"
     val.write_text(json.dumps(good[5]) + "\n" + json.dumps({"instruction": "fresh", "output": "row"}) + "\n")
-    result = run("data", "check", str(f), "--validation", str(val), "--model", "tiny:micro",
-                 "--max-length", "256", "--json")
+    result = run(
+        "data",
+        "check",
+        str(f),
+        "--validation",
+        str(val),
+        "--model",
+        "tiny:micro",
+        "--max-length",
+        "256",
+        "--json",
+    )
     assert result.exit_code == 4
     found = {(x["severity"], x["check"], x["where"]) for x in json.loads(result.stdout)["findings"]}
     assert found == {
@@ -83,8 +98,10 @@ def test_data_check_reports_every_defect_with_its_location(tmp_path: Path) -> No
     assert result.stderr.endswith(f"Error: {f}: 8 error(s) in the data\n")
     table = run("data", "check", str(f), "--validation", str(val))
     assert table.exit_code == 4
-    assert any(line.startswith("error") and f"{f}:4" in line and "missing 'output'" in line
-               for line in table.stdout.splitlines())
+    assert any(
+        line.startswith("error") and f"{f}:4" in line and "missing 'output'" in line
+        for line in table.stdout.splitlines()
+    )
     assert "Traceback" not in table.output
 
 
@@ -102,8 +119,10 @@ def test_missing_config_exits_5(tmp_path: Path) -> None:
 
 def test_config_with_several_bad_keys_reports_all_and_exits_3(tmp_path: Path) -> None:
     p = tmp_path / "edgeft.yaml"
-    p.write_text("name: x\nbase_model: tiny:micro\ndata: {train: d.jsonl, val_ration: 0.2}\n"
-                 "train: {epoch: 2, batch_size: many}\n")
+    p.write_text(
+        "name: x\nbase_model: tiny:micro\ndata: {train: d.jsonl, val_ration: 0.2}\n"
+        "train: {epoch: 2, batch_size: many}\n"
+    )
     result = run("train", "-c", str(p))
     assert result.exit_code == 3
     assert result.stderr == (
@@ -128,8 +147,10 @@ def test_wrong_stage_directory_exits_5(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     result = run("merge", "-c", str(p), "--train-dir", str(tmp_path / "empty"))
     assert result.exit_code == 5
-    assert result.stderr == (f"Error: {tmp_path / 'empty'}: not a complete edgeft stage (no edgeft.json): "
-                             "run `edgeft train -c CONFIG` first\n")
+    assert result.stderr == (
+        f"Error: {tmp_path / 'empty'}: not a complete edgeft stage (no edgeft.json): "
+        "run `edgeft train -c CONFIG` first\n"
+    )
 
 
 def test_unknown_tiny_size_exits_3(tmp_path: Path) -> None:
@@ -160,8 +181,10 @@ def test_every_hint_names_a_real_command() -> None:
     assert set(PRODUCED_BY) == set(ORDER)
 
 
-@pytest.mark.parametrize(("command", "error"), [(("verify",), "VerifyFailed"), (("eval",), "EvalFailed"),
-                                                (("data", "check"), "DataError")])
+@pytest.mark.parametrize(
+    ("command", "error"),
+    [(("verify",), "VerifyFailed"), (("eval",), "EvalFailed"), (("data", "check"), "DataError")],
+)
 def test_exit_codes_named_in_help_are_the_errors_codes(command: tuple[str, ...], error: str) -> None:
     import edgeft.core.errors
 

@@ -18,8 +18,12 @@ def test_defaults_fill_every_section() -> None:
 
 
 def test_all_problems_reported_at_once_with_suggestions() -> None:
-    raw = {**VALID, "trian": {}, "train": {"lora_rank": 8, "learning_rate": "fast"},
-           "export": {"gguf": {"types": ["q4_k_m", "q9"]}}}
+    raw = {
+        **VALID,
+        "trian": {},
+        "train": {"lora_rank": 8, "learning_rate": "fast"},
+        "export": {"gguf": {"types": ["q4_k_m", "q9"]}},
+    }
     with pytest.raises(ConfigError) as e:
         parse_config(raw, "cfg.yaml")
     problems = e.value.problems

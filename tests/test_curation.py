@@ -26,9 +26,14 @@ def log_rows() -> list[dict]:
     """A log as an application writes it: 40 rows, each failing at most one condition, in a known mix."""
     rows = []
     for i in range(40):
-        row = {"question": f"How many orders were placed in week {i}?",
-               "answer": f"SELECT COUNT(*) FROM orders WHERE week = {i}; -- counts every order of the week",
-               "rating": 5, "latency_ms": 900, "edited": False, "context": {"shop": f"shop-{i % 3}"}}
+        row = {
+            "question": f"How many orders were placed in week {i}?",
+            "answer": f"SELECT COUNT(*) FROM orders WHERE week = {i}; -- counts every order of the week",
+            "rating": 5,
+            "latency_ms": 900,
+            "edited": False,
+            "context": {"shop": f"shop-{i % 3}"},
+        }
         kind = i % 8
         if kind == 1:
             row["rating"] = 2  # removed by the first condition
@@ -55,8 +60,12 @@ def test_filter_counts_what_each_condition_removed(tmp_path: Path) -> None:
     columns = {"prompt": "question", "completion": "answer"}
     report = analyse(log, columns=columns, row_filter=CONDITIONS)
     counts = report.info["filter"]["train"]
-    assert report.info["filter"]["conditions"] == ["rating >= 4", "latency_ms < 5000", "len(answer) > 50",
-                                                   "not edited"]
+    assert report.info["filter"]["conditions"] == [
+        "rating >= 4",
+        "latency_ms < 5000",
+        "len(answer) > 50",
+        "not edited",
+    ]
     # 5 rows of each failing kind; kinds 1 and 2 both fail the first condition.
     assert [r["rows"] for r in counts["removed_by"]] == [10, 5, 5, 5]
     assert counts == counts | {"rows": 40, "kept": 15, "dropped": 25, "missing_fields": {"rating": 5}}
@@ -73,8 +82,13 @@ def test_filter_counts_what_each_condition_removed(tmp_path: Path) -> None:
     assert as_csv["kept"] == 15 and as_csv["removed_by"] == counts["removed_by"]
 
     # The pseudo-field `reply` (the last assistant turn, any row format), nested fields, in / lower().
-    loaded = load_examples(log, columns, row_filter=compile_filter(
-        ["len(reply) > 50", "context.shop in ['shop-0', 'shop-1']", "'count' in lower(answer)"]))
+    loaded = load_examples(
+        log,
+        columns,
+        row_filter=compile_filter(
+            ["len(reply) > 50", "context.shop in ['shop-0', 'shop-1']", "'count' in lower(answer)"]
+        ),
+    )
     # 5 short answers; then 12 of the other 35 rows are shop-2 (i % 3 == 2); every answer says COUNT.
     assert loaded.filter is not None and loaded.filter.removed == [5, 12, 0] and loaded.filter.kept == 23
 
@@ -85,21 +99,38 @@ def test_data_check_prints_the_funnel_and_refuses_what_is_not_the_language(tmp_p
     result = CliRunner().invoke(cli, [*args, "--filter", "rating >= 4", "--filter", "not edited"])
     assert result.exit_code == 0, result.output
     assert f"data.filter on {log}: kept 25 of 40 rows" in result.stdout
-    assert "rating >= 4  removed 10" in result.stdout and "field 'rating' absent or null in 5 row(s)" in result.stdout
+    assert (
+        "rating >= 4  removed 10" in result.stdout
+        and "field 'rating' absent or null in 5 row(s)" in result.stdout
+    )
     data = json.loads(CliRunner().invoke(cli, [*args, "--filter", "rating > 4", "--json"]).stdout)
     assert data["filter"]["train"]["kept"] == 30
 
-    for text, why in [("__import__('os').system('true')", "calling"), ("rating ** 2 > 1", "not part of a filter"),
-                      ("answer.upper() == 'X'", "calling"), ("rating >=", "is not a condition"),
-                      ("[x for x in answer]", "not part of a filter"), ("lower(answer, 1) == 'x'", "one argument")]:
+    for text, why in [
+        ("__import__('os').system('true')", "calling"),
+        ("rating ** 2 > 1", "not part of a filter"),
+        ("answer.upper() == 'X'", "calling"),
+        ("rating >=", "is not a condition"),
+        ("[x for x in answer]", "not part of a filter"),
+        ("lower(answer, 1) == 'x'", "one argument"),
+    ]:
         result = CliRunner().invoke(cli, [*args, "--filter", text])
         assert result.exit_code == 3, (text, result.output)
-        assert result.stderr.startswith("Error: --filter[0]: ") and why in result.stderr and result.stderr.count("\n") == 1
+        assert (
+            result.stderr.startswith("Error: --filter[0]: ")
+            and why in result.stderr
+            and result.stderr.count("\n") == 1
+        )
     with pytest.raises(ConfigError, match=r"data.filter\[1\]: 'x\(\)'"):
         from edgeft.core.config import parse_config
 
-        parse_config({"name": "m", "base_model": "tiny:micro", "data": {"train": "x.jsonl",
-                                                                        "filter": ["rating > 1", "x()"]}})
+        parse_config(
+            {
+                "name": "m",
+                "base_model": "tiny:micro",
+                "data": {"train": "x.jsonl", "filter": ["rating > 1", "x()"]},
+            }
+        )
 
 
 def test_filter_drops_all_rows_says_so(tmp_path: Path) -> None:
@@ -116,9 +147,13 @@ def test_system_prompt_filled_from_each_row(tmp_path: Path) -> None:
     prompt = 'You answer for {context.shop}. Reply as {"sql": ...}; literal {{braces}}.'
     report = load_examples(log, {"prompt": "question", "completion": "answer"}, system_prompt=prompt)
     assert [f"{f.where}: {f.message}" for f in report.findings] == [
-        f"{log}:4: data.system_prompt needs {{context.shop}}, which this row lacks (or is empty)"]
+        f"{log}:4: data.system_prompt needs {{context.shop}}, which this row lacks (or is empty)"
+    ]
     first = report.examples[0].messages[0]
-    assert first == {"role": "system", "content": 'You answer for shop-0. Reply as {"sql": ...}; literal {braces}.'}
+    assert first == {
+        "role": "system",
+        "content": 'You answer for shop-0. Reply as {"sql": ...}; literal {braces}.',
+    }
     assert report.examples[1].messages[0]["content"].startswith("You answer for shop-1.")
 
 
@@ -170,23 +205,40 @@ def test_paraphrase_checks_drop_what_changes_the_answer() -> None:
     from edgeft.data.paraphrase import clean, failed_check
 
     source = "Which departments have a budget above 1000000 in 'North Wing' for Alice?"
-    assert failed_check(source, "What departments in 'North Wing' have budgets over 1000000 for Alice?") is None
+    assert (
+        failed_check(source, "What departments in 'North Wing' have budgets over 1000000 for Alice?") is None
+    )
     assert failed_check(source, "Alice: departments in 'North Wing' with a budget over 1000000?") is None
     for rewrite, reason in [
-        ("  ", "empty"), ('""', "empty"),
+        ("  ", "empty"),
+        ('""', "empty"),
         ("which departments have a budget  above 1000000 in 'North Wing' for alice?", "unchanged"),
-        ("Which departments in 'North Wing' have a budget above 100,000 for Alice?", "changed-facts"),  # number
+        (
+            "Which departments in 'North Wing' have a budget above 100,000 for Alice?",
+            "changed-facts",
+        ),  # number
         ("Which departments have a budget above 1000000 in North Wing for Alice?", "changed-facts"),  # quote
         ("Which departments have a budget above 1000000 in 'North Wing' for Bob?", "changed-facts"),  # name
-        ("Which of the 3 departments have a budget above 1000000 in 'North Wing' for Alice?", "changed-facts"),
-        ("Which departments have a budget above 1000000 in 'North Wing' for Alice?\nAnswer: Sales", "too-long"),
-        ("The departments with budgets above 1000000 in 'North Wing' for Alice are " + "Sales, " * 20, "too-long"),
+        (
+            "Which of the 3 departments have a budget above 1000000 in 'North Wing' for Alice?",
+            "changed-facts",
+        ),
+        (
+            "Which departments have a budget above 1000000 in 'North Wing' for Alice?\nAnswer: Sales",
+            "too-long",
+        ),
+        (
+            "The departments with budgets above 1000000 in 'North Wing' for Alice are " + "Sales, " * 20,
+            "too-long",
+        ),
     ]:
         assert failed_check(source, clean(rewrite)) == reason, rewrite
     assert clean('Rewrite: "What is the salary of Alice?"') == "What is the salary of Alice?"
 
 
-def test_paraphrases_by_the_base_model_are_checked_marked_and_reproducible(tmp_path: Path, smollm2: Path) -> None:
+def test_paraphrases_by_the_base_model_are_checked_marked_and_reproducible(
+    tmp_path: Path, smollm2: Path
+) -> None:
     """SmolLM2-135M-Instruct paraphrases the questions of 16 rows of the example (greedy, then
     sampled twice): every kept copy passed the checks and keeps its source's instruction and
     answer, the counts add up, nothing reaches the validation split, and the same settings give
@@ -198,8 +250,10 @@ def test_paraphrases_by_the_base_model_are_checked_marked_and_reproducible(tmp_p
     from edgeft.data.paraphrase import failed_check
     from edgeft.data.rows import write_jsonl as write_split
 
-    data = write_jsonl(tmp_path / "rows.jsonl",
-                       [json.loads(line) for line in (EXAMPLE / "data" / "nl2sql.jsonl").read_text().splitlines()][:16])
+    data = write_jsonl(
+        tmp_path / "rows.jsonl",
+        [json.loads(line) for line in (EXAMPLE / "data" / "nl2sql.jsonl").read_text().splitlines()][:16],
+    )
     model = ("smollm2:135m-instruct", str(smollm2))
 
     def run(augment: AugmentConfig, name: str) -> tuple[bytes, dict]:
@@ -210,10 +264,14 @@ def test_paraphrases_by_the_base_model_are_checked_marked_and_reproducible(tmp_p
 
     greedy, record = run(AugmentConfig(paraphrases=1), "greedy.jsonl")
     p = record["augmentation"]["paraphrases"]
-    assert p["candidates"] == 14 and p["rows_added"] + sum(p["dropped"].values()) == 14  # the 14 training rows
+    assert (
+        p["candidates"] == 14 and p["rows_added"] + sum(p["dropped"].values()) == 14
+    )  # the 14 training rows
     assert record["augmented_rows"] == p["rows_added"] >= 1 and not p["cached"]
     rows = [json.loads(line) for line in greedy.decode().splitlines()]
-    sources = {f"{data}:{i + 1}": r for i, r in enumerate(json.loads(line) for line in data.read_text().splitlines())}
+    sources = {
+        f"{data}:{i + 1}": r for i, r in enumerate(json.loads(line) for line in data.read_text().splitlines())
+    }
     marked = [r for r in rows if r.get("augmented") == "paraphrase"]
     assert len(marked) == p["rows_added"]
     for r in marked:
@@ -223,7 +281,8 @@ def test_paraphrases_by_the_base_model_are_checked_marked_and_reproducible(tmp_p
         assert failed_check(source["input"], user.split("\n\n", 1)[1]) is None
     assert run(AugmentConfig(paraphrases=1), "again.jsonl")[0] == greedy
     assert analyse(data, augment=AugmentConfig(paraphrases=1), paraphraser=model).to_dict()["augmentation"][
-        "paraphrases"]["cached"]  # data check, then the build: generated once
+        "paraphrases"
+    ]["cached"]  # data check, then the build: generated once
 
     sampled = AugmentConfig(paraphrases=2, paraphrase_temperature=0.8, seed=3)
     first, record = run(sampled, "sampled.jsonl")
@@ -240,5 +299,6 @@ def test_paraphrase_config_is_checked(tmp_path: Path) -> None:
         parse_config(base | {"data": {"train": "rows.jsonl", "augment": {"paraphrases": 2}}})
     with pytest.raises(ConfigError, match="data.augment.paraphrases: -1"):
         parse_config(base | {"data": {"train": "rows.jsonl", "augment": {"paraphrases": -1}}})
-    assert parse_config(base | {"data": {"train": "rows.jsonl", "augment": {"paraphrases": 2,
-                                                                          "paraphrase_temperature": 0.7}}})
+    assert parse_config(
+        base | {"data": {"train": "rows.jsonl", "augment": {"paraphrases": 2, "paraphrase_temperature": 0.7}}}
+    )

@@ -19,23 +19,31 @@ def write(path: Path, lines: list[str | dict]) -> Path:
 
 
 def rows(n: int, start: int = 0) -> list[dict]:
-    return [{"instruction": f"Say the number {i} in words, please", "output": f"number {i * 7919 % 10007}"}
-            for i in range(start, start + n)]
+    return [
+        {"instruction": f"Say the number {i} in words, please", "output": f"number {i * 7919 % 10007}"}
+        for i in range(start, start + n)
+    ]
 
 
 def test_every_format_normalises_to_messages_or_text(tmp_path: Path) -> None:
-    f = write(tmp_path / "d.jsonl", [
-        {"instruction": "Say hi", "output": "hi"},
-        {"instruction": "Translate", "input": "chat", "output": "cat", "system": "Be brief."},
-        {"messages": [{"role": "system", "content": "s"}, *CHAT]},
-        {"prompt": "p", "completion": "c"},
-    ])
+    f = write(
+        tmp_path / "d.jsonl",
+        [
+            {"instruction": "Say hi", "output": "hi"},
+            {"instruction": "Translate", "input": "chat", "output": "cat", "system": "Be brief."},
+            {"messages": [{"role": "system", "content": "s"}, *CHAT]},
+            {"prompt": "p", "completion": "c"},
+        ],
+    )
     report = load_examples(f)
     assert not report.findings
     assert [e.messages for e in report.examples] == [
         [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}],
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Translate\n\nchat"},
-         {"role": "assistant", "content": "cat"}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Translate\n\nchat"},
+            {"role": "assistant", "content": "cat"},
+        ],
         [{"role": "system", "content": "s"}, *CHAT],
         [{"role": "user", "content": "p"}, {"role": "assistant", "content": "c"}],
     ]
@@ -54,29 +62,36 @@ def test_json_csv_parquet_and_datasets_dir_read_the_same_rows(tmp_path: Path) ->
     ds.to_parquet(str(tmp_path / "d.parquet"))
     ds.save_to_disk(str(tmp_path / "saved"))
     columns = {"prompt": "question", "completion": "answer"}
-    expected = [[{"role": "user", "content": "What is two?"}, {"role": "assistant", "content": "2"}],
-                [{"role": "user", "content": "What is three?"}, {"role": "assistant", "content": "3"}]]
+    expected = [
+        [{"role": "user", "content": "What is two?"}, {"role": "assistant", "content": "2"}],
+        [{"role": "user", "content": "What is three?"}, {"role": "assistant", "content": "3"}],
+    ]
     for name in ("d.json", "d.csv", "d.parquet", "saved"):
         report = load_examples(tmp_path / name, columns)
         assert not report.findings, name
         assert [e.messages for e in report.examples] == expected, name
     assert load_examples(tmp_path / "d.csv", columns).examples[1].where == f"{tmp_path / 'd.csv'}:3"
-    assert load_examples(tmp_path / "d.parquet", columns).examples[1].where == f"{tmp_path / 'd.parquet'}[row 1]"
+    assert (
+        load_examples(tmp_path / "d.parquet", columns).examples[1].where == f"{tmp_path / 'd.parquet'}[row 1]"
+    )
 
 
 def test_malformed_rows_are_reported_with_their_line(tmp_path: Path) -> None:
-    f = write(tmp_path / "d.jsonl", [
-        {"instruction": "ok", "output": "fine"},
-        '{"instruction": "broken", ',
-        {"instruction": "no output"},
-        "",
-        {"messages": [{"role": "user", "content": "q"}]},
-        {"foo": "x"},
-        {"instruction": "   ", "output": "y"},
-        {"messages": [{"role": "robot", "content": "q"}]},
-        {"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]},
-        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]},
-    ])
+    f = write(
+        tmp_path / "d.jsonl",
+        [
+            {"instruction": "ok", "output": "fine"},
+            '{"instruction": "broken", ',
+            {"instruction": "no output"},
+            "",
+            {"messages": [{"role": "user", "content": "q"}]},
+            {"foo": "x"},
+            {"instruction": "   ", "output": "y"},
+            {"messages": [{"role": "robot", "content": "q"}]},
+            {"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]},
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]},
+        ],
+    )
     report = load_examples(f)
     assert len(report.examples) == 1
     assert report.problems == [
@@ -90,8 +105,16 @@ def test_malformed_rows_are_reported_with_their_line(tmp_path: Path) -> None:
         f"{f}:9: roles out of order at messages[0]: expected 'user', got 'assistant'",
         f"{f}:10: messages[1] (assistant) is empty or only whitespace",
     ]
-    assert [x.check for x in report.findings] == ["json", "format", "roles", "format", "empty", "format",
-                                                  "roles", "empty"]
+    assert [x.check for x in report.findings] == [
+        "json",
+        "format",
+        "roles",
+        "format",
+        "empty",
+        "format",
+        "roles",
+        "empty",
+    ]
     with pytest.raises(DataError) as e:
         require_usable(report)
     assert "8 malformed row(s)" in str(e.value) and e.value.exit_code == 4
@@ -106,7 +129,9 @@ def test_invalid_utf8_is_reported(tmp_path: Path) -> None:
 def test_too_few_examples(tmp_path: Path) -> None:
     f = write(tmp_path / "d.jsonl", [{"instruction": f"q{i}", "output": "a"} for i in range(3)])
     report = analyse(f)
-    assert [(x.check, x.message) for x in report.errors] == [("too-few", "3 usable example(s); at least 10 needed")]
+    assert [(x.check, x.message) for x in report.errors] == [
+        ("too-few", "3 usable example(s); at least 10 needed")
+    ]
 
 
 def test_duplicates_near_duplicates_and_leakage(tmp_path: Path) -> None:
@@ -118,8 +143,12 @@ def test_duplicates_near_duplicates_and_leakage(tmp_path: Path) -> None:
     report = analyse(f, validation_path=val)
     found = {(x.severity, x.check, x.where): x.message for x in report.findings}
     assert found[("warning", "duplicate", f"{f}:13")] == f"exact duplicate of {f}:3"
-    assert found[("warning", "near-duplicate", f"{f}:14")].startswith(f"near-duplicate of {f}:6 (similarity 0.9")
-    assert found[("error", "leakage", f"{val}:1")].startswith(f"validation example also in the training data ({f}:8)")
+    assert found[("warning", "near-duplicate", f"{f}:14")].startswith(
+        f"near-duplicate of {f}:6 (similarity 0.9"
+    )
+    assert found[("error", "leakage", f"{val}:1")].startswith(
+        f"validation example also in the training data ({f}:8)"
+    )
     assert len(report.findings) == 3  # rows that only share a template are not near-duplicates
     deduped = analyse(f, validation_path=val, dedup=True)
     assert deduped.info["duplicates_removed"] == 1 and len(deduped.train) == 13
@@ -133,11 +162,16 @@ def test_lengths_use_the_models_template(tmp_path: Path, micro_model: Path) -> N
     f = write(tmp_path / "d.jsonl", [*rows(11), long_row])
     report = analyse(f, tokenizer=tok, max_length=128)
     (err,) = report.errors
-    n = len(tok.apply_chat_template([{"role": "user", "content": long_row["instruction"]},
-                                     {"role": "assistant", "content": "x"}], tokenize=True))
+    n = len(
+        tok.apply_chat_template(
+            [{"role": "user", "content": long_row["instruction"]}, {"role": "assistant", "content": "x"}],
+            tokenize=True,
+        )
+    )
     assert (err.check, err.where) == ("too-long", f"{f}:12")
-    assert err.message == (f"{n} tokens under the model's template, over train.max_seq_length 128: "
-                           "shorten it or raise the limit")
+    assert err.message == (
+        f"{n} tokens under the model's template, over train.max_seq_length 128: shorten it or raise the limit"
+    )
     assert report.stats["max"] == n and report.stats["min"] <= report.stats["median"] <= report.stats["p95"]
     assert report.rendered_example.startswith("<s><|im_start|>user\n")
 
@@ -157,8 +191,9 @@ def test_bundled_example_is_reproduced_by_its_generator() -> None:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, str(EXAMPLE.parent.parent / "generate.py")],
-                         capture_output=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLE.parent.parent / "generate.py")], capture_output=True, check=True
+    ).stdout
     assert out == EXAMPLE.read_bytes()
 
 
@@ -175,8 +210,15 @@ def test_data_check_with_a_config_checks_what_training_checks(tmp_path: Path, mi
 
     def check(threshold: float) -> tuple[dict, dict]:
         path = tmp_path / f"edgeft-{threshold}.yaml"
-        path.write_text(yaml.safe_dump({"name": "d", "base_model": str(micro_model), "data": {
-            "train": str(EXAMPLE), "near_duplicate_threshold": threshold}}))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "name": "d",
+                    "base_model": str(micro_model),
+                    "data": {"train": str(EXAMPLE), "near_duplicate_threshold": threshold},
+                }
+            )
+        )
         result = CliRunner().invoke(cli, ["data", "check", "-c", str(path), "--json"])
         assert result.exit_code == 0, result.output
         from transformers import AutoTokenizer

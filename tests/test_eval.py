@@ -22,8 +22,10 @@ def run(*args: str):
 
 
 def _cfg(tmp_path: Path, **eval_section):
-    return parse_config({"name": "x", "base_model": "tiny:micro", "data": {"train": "d.jsonl"}, "eval": eval_section},
-                        str(tmp_path / "edgeft.yaml"))
+    return parse_config(
+        {"name": "x", "base_model": "tiny:micro", "data": {"train": "d.jsonl"}, "eval": eval_section},
+        str(tmp_path / "edgeft.yaml"),
+    )
 
 
 def test_exact_match_ignores_whitespace_only() -> None:
@@ -35,13 +37,23 @@ def test_exact_match_ignores_whitespace_only() -> None:
 
 def test_format_compliance_regex_json_and_schema(tmp_path: Path) -> None:
     check, desc = format_checker(_cfg(tmp_path, regex="SELECT [^;]+;"))
-    assert [check(t) for t in ("SELECT a FROM t;", " SELECT a FROM t; ", "SELECT a FROM t; extra")] == [1, 1, 0]
+    assert [check(t) for t in ("SELECT a FROM t;", " SELECT a FROM t; ", "SELECT a FROM t; extra")] == [
+        1,
+        1,
+        0,
+    ]
     check, _ = format_checker(_cfg(tmp_path, json=True))
     assert [check(t) for t in ('{"a": 1}', "{'a': 1}", "[1, 2]")] == [True, False, True]
-    (tmp_path / "schema.json").write_text(json.dumps({"type": "object", "required": ["sql"],
-                                                      "properties": {"sql": {"type": "string"}}}))
+    (tmp_path / "schema.json").write_text(
+        json.dumps({"type": "object", "required": ["sql"], "properties": {"sql": {"type": "string"}}})
+    )
     check, desc = format_checker(_cfg(tmp_path, json_schema="schema.json"))
-    assert [check(t) for t in ('{"sql": "SELECT 1;"}', '{"sql": 1}', '{"query": "x"}', "nope")] == [1, 0, 0, 0]
+    assert [check(t) for t in ('{"sql": "SELECT 1;"}', '{"sql": 1}', '{"query": "x"}', "nope")] == [
+        1,
+        0,
+        0,
+        0,
+    ]
     assert desc == "JSON valid against schema.json"
     assert score(['{"sql": "a"}', "b"], ["x", "y"], check)["format"] == 0.5
 
@@ -89,7 +101,9 @@ def test_regression_gate_fails_eval_and_build(built: dict, other_micro_model: Pa
     shutil.copytree(built["root"], root)
     cfg = str(root / "edgeft.yaml")
     export = root / "runs" / "micro" / "export-gguf"
-    convert_hf(other_micro_model, export / "micro-q8_0.gguf", "micro", outtype="q8_0")  # another model's weights
+    convert_hf(
+        other_micro_model, export / "micro-q8_0.gguf", "micro", outtype="q8_0"
+    )  # another model's weights
     resign(export, "micro-q8_0.gguf")
 
     result = run("-q", "eval", "-c", cfg, "--out", str(tmp_path / "eval"))
@@ -113,11 +127,25 @@ def test_general_prompts_compare_base_and_fine_tuned(built: dict, tmp_path: Path
     are answered by base and fine-tuned model; a chrF drop beyond the tolerance is flagged."""
     words = ["apple", "river", "stone", "cloud", "engine", "paper", "garden", "window", "silver", "orange"]
     general = tmp_path / "general.jsonl"
-    general.write_text("".join(json.dumps({"prompt": f"Repeat: {a} {b} {c}", "completion": f"{a} {b} {c}"}) + "\n"
-                               for a, b, c in zip(words, words[3:] + words[:3], words[6:] + words[:6], strict=True)))
+    general.write_text(
+        "".join(
+            json.dumps({"prompt": f"Repeat: {a} {b} {c}", "completion": f"{a} {b} {c}"}) + "\n"
+            for a, b, c in zip(words, words[3:] + words[:3], words[6:] + words[:6], strict=True)
+        )
+    )
     out = tmp_path / "eval"
-    result = run("-q", "eval", "-c", str(built["config"]), "--out", str(out),
-                 "--set", f"eval.general_prompts={general}", "--set", "eval.forgetting_tolerance=0.0")
+    result = run(
+        "-q",
+        "eval",
+        "-c",
+        str(built["config"]),
+        "--out",
+        str(out),
+        "--set",
+        f"eval.general_prompts={general}",
+        "--set",
+        "eval.forgetting_tolerance=0.0",
+    )
     assert result.exit_code == 0, result.output
     g = json.loads((out / "results.json").read_text())["general"]
     assert g["prompts"] == 10

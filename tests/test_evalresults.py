@@ -12,10 +12,18 @@ from edgeft.pipeline.evaluate.results import RESULTS, PerExample, Rule, VersionR
 def _results(folder: Path, exact: str, answers: list[str], ids: list[str] | None = None) -> Path:
     n = len(exact)
     refs = [f"SELECT {i};" for i in range(n)]
-    data = {"alpha": 0.05, "min_relative": 0.95, "min_discordant": 3,
-            "models": {"fine-tuned": {"scores": {"exact_match": exact.count("1") / n}}},
-            "per_example": {"ids": ids or [f"e{i}" for i in range(n)], "references": refs,
-                            "answers": {"fine-tuned": answers}, "right": {"fine-tuned": {"exact_match": exact}}}}
+    data = {
+        "alpha": 0.05,
+        "min_relative": 0.95,
+        "min_discordant": 3,
+        "models": {"fine-tuned": {"scores": {"exact_match": exact.count("1") / n}}},
+        "per_example": {
+            "ids": ids or [f"e{i}" for i in range(n)],
+            "references": refs,
+            "answers": {"fine-tuned": answers},
+            "right": {"fine-tuned": {"exact_match": exact}},
+        },
+    }
     (folder / "eval").mkdir(parents=True)
     (folder / RESULTS).write_text(json.dumps(data))
     return folder
@@ -49,4 +57,5 @@ def test_a_version_that_loses_shared_examples_is_named(tmp_path: Path) -> None:
     other = VersionResults.read(_results(tmp_path / "other", lost, refs, ids=[f"o{i}" for i in range(40)]))
     assert other is not None
     assert compare_versions(other, old) == [
-        "fine-tuned exact_match: 0.8 is below 95% of 1 (no shared held-out examples to pair)"]
+        "fine-tuned exact_match: 0.8 is below 95% of 1 (no shared held-out examples to pair)"
+    ]

@@ -17,9 +17,19 @@ pytestmark = pytest.mark.slow
 
 
 def build(tmp: Path, *extra: str):
-    return CliRunner().invoke(cli, ["build", "-c", str(EXAMPLE / "edgeft.yaml"),
-                                    "--set", f"workdir={tmp / 'runs'}", "--set", f"dist_dir={tmp / 'dist'}",
-                                    *extra])
+    return CliRunner().invoke(
+        cli,
+        [
+            "build",
+            "-c",
+            str(EXAMPLE / "edgeft.yaml"),
+            "--set",
+            f"workdir={tmp / 'runs'}",
+            "--set",
+            f"dist_dir={tmp / 'dist'}",
+            *extra,
+        ],
+    )
 
 
 def test_example_build_end_to_end(tmp_path: Path) -> None:
@@ -29,8 +39,15 @@ def test_example_build_end_to_end(tmp_path: Path) -> None:
     assert dist == tmp_path / "dist" / "nl2sql-tiny"
     manifest = json.loads((dist / "manifest.json").read_text())
     by_type = {(a["format"], a["type"]): a for a in manifest["artifacts"]}
-    assert {("gguf", "q4_k_m"), ("gguf", "q8_0"), ("onnx", "fp32"), ("onnx", "int8"),
-            ("gguf-lora", "f16"), ("onnx", "fp16"), ("onnx-genai", "int4")} <= set(by_type)
+    assert {
+        ("gguf", "q4_k_m"),
+        ("gguf", "q8_0"),
+        ("onnx", "fp32"),
+        ("onnx", "int8"),
+        ("gguf-lora", "f16"),
+        ("onnx", "fp16"),
+        ("onnx-genai", "int4"),
+    } <= set(by_type)
     for f in manifest["files"]:
         assert sha256_file(dist / f["path"]) == f["sha256"], f["path"]
         assert (dist / f["path"]).stat().st_size == f["bytes"]
@@ -57,7 +74,10 @@ def test_example_build_end_to_end(tmp_path: Path) -> None:
     started = time.time()
     again = build(tmp_path)
     assert again.exit_code == 0, again.output
-    assert "edgeft: ran nothing; reused train, merge, export-gguf, export-onnx, verify, eval, package" in again.stderr
+    assert (
+        "edgeft: ran nothing; reused train, merge, export-gguf, export-onnx, verify, eval, package"
+        in again.stderr
+    )
     assert time.time() - started < 10
 
     # Only export settings changed: re-export, re-verify, re-evaluate; no retraining. Every other
@@ -74,7 +94,12 @@ def test_example_build_end_to_end(tmp_path: Path) -> None:
     runs = tmp_path / "runs" / "nl2sql-tiny"
     report = json.loads((runs / "verify" / "report.json").read_text())
     assert report["passed"] and set(report["artifacts"]) == {f"gguf-{t}" for t in others} | {
-        "gguf-lora", "onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-genai-int4"}
+        "gguf-lora",
+        "onnx-fp32",
+        "onnx-fp16",
+        "onnx-int8",
+        "onnx-genai-int4",
+    }
     results = json.loads((runs / "eval" / "results.json").read_text())
     assert results["models"]["gguf-f32"]["passed"] and not results["models"]["gguf-q2_k"]["passed"]
     # Metadata read back from the files: name, lineage, license, special tokens.
@@ -82,7 +107,11 @@ def test_example_build_end_to_end(tmp_path: Path) -> None:
     meta = {a["name"]: a["metadata"] for a in exported["artifacts"]}
     assert meta["gguf-lora"] == meta["gguf-q2_k"]  # the base GGUF of the adapter says the same
     assert meta["gguf-q2_k"] == {
-        "general.name": "nl2sql-tiny", "general.finetune": "nl2sql-tiny",
-        "general.base_model.0.name": "edgeft-tiny-small", "general.license": "mit",
-        "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.eot_token_id": 4,
+        "general.name": "nl2sql-tiny",
+        "general.finetune": "nl2sql-tiny",
+        "general.base_model.0.name": "edgeft-tiny-small",
+        "general.license": "mit",
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+        "tokenizer.ggml.eot_token_id": 4,
     }

@@ -27,13 +27,19 @@ F16 = "gguf/micro-f16.gguf"
 Q8 = "gguf/micro-q8_0.gguf"
 ONNX = "onnx/onnx-fp32"
 
-LLAMA2_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
-                   "{% elif m['role'] == 'system' %}<<SYS>>{{ m['content'] }}<</SYS>>{% else %}{{ m['content'] }}"
-                   "{% endif %}{% endfor %}")
+LLAMA2_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+    "{% elif m['role'] == 'system' %}<<SYS>>{{ m['content'] }}<</SYS>>{% else %}{{ m['content'] }}"
+    "{% endif %}{% endfor %}"
+)
 
 
-def rewrite_gguf(path: Path, set_keys: dict | None = None, remove: tuple[str, ...] = (),
-                 tensor: tuple[str, Callable[[np.ndarray], None]] | None = None) -> None:
+def rewrite_gguf(
+    path: Path,
+    set_keys: dict | None = None,
+    remove: tuple[str, ...] = (),
+    tensor: tuple[str, Callable[[np.ndarray], None]] | None = None,
+) -> None:
     """Rewrite a GGUF in place with changed metadata or one tensor edited (gguf-py's own copier)."""
     import gguf
     from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
@@ -49,7 +55,9 @@ def rewrite_gguf(path: Path, set_keys: dict | None = None, remove: tuple[str, ..
         name, edit = tensor
         edit(next(t for t in reader.tensors if t.name == name).data)
     tmp = path.with_suffix(".rewrite")
-    copy_with_new_metadata(reader, gguf.GGUFWriter(tmp, arch=arch, endianess=reader.endianess), new, list(remove))
+    copy_with_new_metadata(
+        reader, gguf.GGUFWriter(tmp, arch=arch, endianess=reader.endianess), new, list(remove)
+    )
     del reader
     tmp.replace(path)
 
@@ -78,7 +86,9 @@ def _bos_dropped(dist: Path) -> None:
 
 
 def _eos_changed(dist: Path) -> None:
-    rewrite_gguf(dist / F16, {"tokenizer.ggml.eos_token_id": 300})  # an ordinary piece, never generated as a stop
+    rewrite_gguf(
+        dist / F16, {"tokenizer.ggml.eos_token_id": 300}
+    )  # an ordinary piece, never generated as a stop
     resign(dist, F16)
 
 
@@ -121,9 +131,12 @@ def _merged_into_4bit_base(dist: Path, built: dict, tmp: Path) -> None:
     train = read_stage(built["root"] / "runs" / "micro" / "train", "train")
     base = train.data["resolved_base"]
     model = AutoModelForCausalLM.from_pretrained(
-        base, dtype=torch.float32,
-        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                               bnb_4bit_compute_dtype=torch.float32))
+        base,
+        dtype=torch.float32,
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+        ),
+    )
     model = PeftModel.from_pretrained(model, train.artifact_path("adapter")).merge_and_unload()
     merged = tmp / "merged-into-4bit"
     model.dequantize().save_pretrained(merged)
@@ -160,22 +173,47 @@ def _replaced(dist: Path) -> None:
 
 # fault → (injector, artifact that must fail, check that must fail, words naming the cause)
 FAULTS = {
-    "chat template removed": (_template_removed, "gguf-f16", "chat_template", "has no tokenizer.chat_template"),
+    "chat template removed": (
+        _template_removed,
+        "gguf-f16",
+        "chat_template",
+        "has no tokenizer.chat_template",
+    ),
     "chat template replaced": (_template_replaced, "gguf-f16", "chat_template", "renders a different prompt"),
     "BOS added twice": (_bos_twice, "gguf-f16", "chat_template", "BOS added twice"),
     "BOS no longer added": (_bos_dropped, "gguf-f16", "tokens_plain", "BOS missing"),
     "EOS changed": (_eos_changed, "gguf-f16", "special_tokens", "EOS changed: 300 vs reference 2 ('</s>')"),
-    "end of turn dropped from the stops": (_eot_not_a_stop, "onnx-fp32", "special_tokens",
-                                           "end-of-turn token 4 ('<|im_end|>') is not a stop token"),
-    "special token lost": (_special_token_lost, "gguf-f16", "tokens_chat",
-                           "special token '<|im_start|>' (id 3) is split into ordinary tokens"),
-    "ordinary token typed special": (_ordinary_token_typed_special, "gguf-f16", "tokens_plain",
-                                     "llama.cpp reads 'us' in user text as one token (287), typed user-defined"),
-    "adapter merged into the 4-bit base": (_merged_into_4bit_base, "gguf-f16", "weights",
-                                           "merged into a 4-bit quantized base"),
+    "end of turn dropped from the stops": (
+        _eot_not_a_stop,
+        "onnx-fp32",
+        "special_tokens",
+        "end-of-turn token 4 ('<|im_end|>') is not a stop token",
+    ),
+    "special token lost": (
+        _special_token_lost,
+        "gguf-f16",
+        "tokens_chat",
+        "special token '<|im_start|>' (id 3) is split into ordinary tokens",
+    ),
+    "ordinary token typed special": (
+        _ordinary_token_typed_special,
+        "gguf-f16",
+        "tokens_plain",
+        "llama.cpp reads 'us' in user text as one token (287), typed user-defined",
+    ),
+    "adapter merged into the 4-bit base": (
+        _merged_into_4bit_base,
+        "gguf-f16",
+        "weights",
+        "merged into a 4-bit quantized base",
+    ),
     "weight tensor perturbed": (_tensor_perturbed, "gguf-f16", "weights", "worst blk.0.ffn_down.weight"),
-    "rope theta changed": (_rope_theta_changed, "gguf-f16", "hyperparameters",
-                           "llama.rope.freq_base is 20000.0, the reference config's rope_theta is 10000.0"),
+    "rope theta changed": (
+        _rope_theta_changed,
+        "gguf-f16",
+        "hyperparameters",
+        "llama.rope.freq_base is 20000.0, the reference config's rope_theta is 10000.0",
+    ),
     "file truncated": (_truncated, "gguf-q8_0", "checksums", "truncated"),
     "file replaced": (_replaced, "gguf-q8_0", "checksums", "the file was replaced"),
 }

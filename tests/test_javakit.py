@@ -17,20 +17,31 @@ from edgeft.cli import cli
 JNA = Path("/usr/share/java/jna.jar")
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not JNA.is_file() or shutil.which("javac") is None,
-                       reason="needs OpenJDK and Debian's libjna-java (scripts/setup.sh installs them as root)"),
+    pytest.mark.skipif(
+        not JNA.is_file() or shutil.which("javac") is None,
+        reason="needs OpenJDK and Debian's libjna-java (scripts/setup.sh installs them as root)",
+    ),
 ]
 
 
-QUESTION = "Convert the following natural language query into a SQL statement.\n\nList departments on floor 3."
+QUESTION = (
+    "Convert the following natural language query into a SQL statement.\n\nList departments on floor 3."
+)
 
 
 def _build(root: Path, base: str, onnx: list[str]) -> Path:
-    cfg = write_config(root / "edgeft.yaml", name="kit", base_model=base, workdir="runs",
-                       dist_dir="dist", data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
-                       train={"max_steps": 30, "learning_rate": 0.003, "max_seq_length": 256},
-                       export={"gguf": {"types": ["q8_0"]}, "onnx": {"types": onnx}},
-                       verify={"max_prompts": 2, "max_new_tokens": 16}, eval={"max_examples": 4})
+    cfg = write_config(
+        root / "edgeft.yaml",
+        name="kit",
+        base_model=base,
+        workdir="runs",
+        dist_dir="dist",
+        data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
+        train={"max_steps": 30, "learning_rate": 0.003, "max_seq_length": 256},
+        export={"gguf": {"types": ["q8_0"]}, "onnx": {"types": onnx}},
+        verify={"max_prompts": 2, "max_new_tokens": 16},
+        eval={"max_examples": 4},
+    )
     result = CliRunner().invoke(cli, ["build", "-c", str(cfg)])
     assert result.exit_code == 0, result.output
     subprocess.run(["sh", str(root / "dist" / "kit" / "java" / "build.sh")], check=True, capture_output=True)
@@ -53,9 +64,21 @@ def _reference_prompt(dist: Path) -> list[int]:
 
 def _java(dist: Path, main: str, target: Path, libdir: Path, env: dict[str, str]) -> dict[str, str]:
     proc = subprocess.run(
-        ["java", "-cp", f"{dist / 'java' / 'out'}:{JNA}", f"-Djna.library.path={libdir}", main, str(target),
-         QUESTION, "40"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+        [
+            "java",
+            "-cp",
+            f"{dist / 'java' / 'out'}:{JNA}",
+            f"-Djna.library.path={libdir}",
+            main,
+            str(target),
+            QUESTION,
+            "40",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return dict(line.split(": ", 1) for line in proc.stdout.splitlines() if ": " in line)
 
@@ -90,8 +113,9 @@ def test_java_kit_prompt_with_edgefts_default_template(tmp_path: Path, micro_mod
     fmt = from_properties((dist / "java" / "prompt-format.properties").read_text())
     assert fmt["user.prefix"] == "### User:\n" and fmt["generation"] == "### Assistant:\n"
     libdir = Path(llama_cpp.__file__).parent / "lib"
-    lines = _java(dist, "edgeft.kit.Generate", dist / "gguf" / "kit-q8_0.gguf", libdir,
-                  {"LD_LIBRARY_PATH": str(libdir)})
+    lines = _java(
+        dist, "edgeft.kit.Generate", dist / "gguf" / "kit-q8_0.gguf", libdir, {"LD_LIBRARY_PATH": str(libdir)}
+    )
     assert lines["prompt_tokens"] == " ".join(map(str, _reference_prompt(dist)))
 
 
@@ -103,8 +127,13 @@ def test_java_kit_runs_the_genai_folder_like_ort_genai_python(dist: Path) -> Non
 
     folder = dist / "onnx" / "onnx-int4"
     ort_lib = next((Path(onnxruntime.__file__).parent / "capi").glob("libonnxruntime.so*"))
-    lines = _java(dist, "edgeft.kit.GenerateGenAI", folder, Path(onnxruntime_genai.__file__).parent,
-                  {"ORT_LIB_PATH": str(ort_lib)})
+    lines = _java(
+        dist,
+        "edgeft.kit.GenerateGenAI",
+        folder,
+        Path(onnxruntime_genai.__file__).parent,
+        {"ORT_LIB_PATH": str(ort_lib)},
+    )
     rt = GenAIRuntime(folder)
     ids = rt.tokenize(rt.chat_prompt([{"role": "user", "content": QUESTION}]), add_special=False)
     tokens, _ = rt.generate(ids, 40)

@@ -17,9 +17,15 @@ TOP = {"edgeft": -1, "edgeft.__main__": len(LAYERS)}  # the version string; `pyt
 
 # The stage modules in the order the stages run (edgeft.core.stages.ORDER); the Java kit is
 # written by the package stage. What a stage needs from a later one belongs in a lower layer.
-STAGES = {"edgeft.pipeline.train": 0, "edgeft.pipeline.merge": 1, "edgeft.pipeline.export": 2,
-          "edgeft.pipeline.verify": 3, "edgeft.pipeline.evaluate": 4, "edgeft.ship.package": 5,
-          "edgeft.ship.javakit": 5}
+STAGES = {
+    "edgeft.pipeline.train": 0,
+    "edgeft.pipeline.merge": 1,
+    "edgeft.pipeline.export": 2,
+    "edgeft.pipeline.verify": 3,
+    "edgeft.pipeline.evaluate": 4,
+    "edgeft.ship.package": 5,
+    "edgeft.ship.javakit": 5,
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -41,8 +47,10 @@ def _imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
-                     for a in node.names]
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
+                for a in node.names
+            ]
         else:
             continue
         out |= {n for n in names if n == "edgeft" or n.startswith("edgeft.")}
@@ -59,7 +67,9 @@ def _layer(module: str) -> int:
 
 
 def _stage(module: str) -> int | None:
-    return next((rank for name, rank in STAGES.items() if module == name or module.startswith(name + ".")), None)
+    return next(
+        (rank for name, rank in STAGES.items() if module == name or module.startswith(name + ".")), None
+    )
 
 
 def test_every_module_is_in_a_layer_folder() -> None:
@@ -69,8 +79,12 @@ def test_every_module_is_in_a_layer_folder() -> None:
 
 
 def test_no_arrow_from_a_lower_layer_to_a_higher_one() -> None:
-    upward = [f"{m} ({LAYERS[_layer(m)] if m not in TOP else m}) imports {i} ({LAYERS[_layer(i)] if i not in TOP else i})"
-              for m, imported in GRAPH.items() for i in imported if i in MODULES and _layer(i) > _layer(m)]
+    upward = [
+        f"{m} ({LAYERS[_layer(m)] if m not in TOP else m}) imports {i} ({LAYERS[_layer(i)] if i not in TOP else i})"
+        for m, imported in GRAPH.items()
+        for i in imported
+        if i in MODULES and _layer(i) > _layer(m)
+    ]
     assert not upward, upward
 
 
@@ -112,8 +126,12 @@ def test_the_import_graph_has_no_circle() -> None:
 
 
 def test_no_stage_imports_a_stage_that_runs_after_it() -> None:
-    later = [f"{m} imports {i}" for m, imported in GRAPH.items() for i in imported
-             if _stage(m) is not None and _stage(i) is not None and _stage(i) > _stage(m)]  # type: ignore[operator]
+    later = [
+        f"{m} imports {i}"
+        for m, imported in GRAPH.items()
+        for i in imported
+        if _stage(m) is not None and _stage(i) is not None and _stage(i) > _stage(m)
+    ]  # type: ignore[operator]
     assert not later, later
 
 

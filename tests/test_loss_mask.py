@@ -37,11 +37,20 @@ GEMMA = (
 )
 FAMILIES = {
     "smollm2": (None, {}, "<|im_end|>"),
-    "llama3": (LLAMA3, {"bos_token": "<|begin_of_text|>", "additional_special_tokens":
-                        ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]}, "<|eot_id|>"),
+    "llama3": (
+        LLAMA3,
+        {
+            "bos_token": "<|begin_of_text|>",
+            "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        },
+        "<|eot_id|>",
+    ),
     "mistral": (MISTRAL, {"bos_token": "<s>", "eos_token": "</s>"}, "</s>"),
-    "gemma": (GEMMA, {"bos_token": "<bos>", "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]},
-              "<end_of_turn>"),
+    "gemma": (
+        GEMMA,
+        {"bos_token": "<bos>", "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]},
+        "<end_of_turn>",
+    ),
     "edgeft-default": (DEFAULT_CHAT_TEMPLATE, {}, "<|im_end|>"),  # closes turns with the tokenizer's EOS
 }
 CONVERSATION = [
@@ -95,7 +104,9 @@ def test_smollm2_default_system_prompt_carries_no_loss(smollm2):
     ids, mask = masks(CONVERSATION[:2], tok, "<|im_end|>")
     text = tok.decode(ids)
     assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
-    assert sum(mask) == len(tok(CONVERSATION[1]["content"] + "<|im_end|>", add_special_tokens=False)["input_ids"])
+    assert sum(mask) == len(
+        tok(CONVERSATION[1]["content"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    )
 
 
 def test_same_mask_as_trl_on_a_template_with_generation_markers(micro_model):
@@ -105,7 +116,9 @@ def test_same_mask_as_trl_on_a_template_with_generation_markers(micro_model):
     tok = AutoTokenizer.from_pretrained(micro_model)
     messages = CONVERSATION[:2]
     ids, mask = masks(messages, tok, end_of_turn(tok)[0])
-    ref = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ref = tok.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     assert ids == ref["input_ids"] and mask == ref["assistant_masks"]
 
 
@@ -115,14 +128,17 @@ def test_a_template_that_cannot_be_masked_says_why(smollm2):
     tok.chat_template = (
         "{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}{{ '<|im_start|>assistant\\n…<|im_end|>\\n' }}"
         "{% else %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
     with pytest.raises(Unmaskable, match="changes the content of assistant turn 1|not prefix-preserving"):
         masks(CONVERSATION, tok, "<|im_end|>")
     rows, why = tokenize_for_training([CONVERSATION], tok)
     assert rows == [] and why
     # A template that does not close the assistant's turn with a special token.
-    tok.chat_template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}" \
-                        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    )
     assert tokenize_for_training([CONVERSATION[:2]], tok)[1]
 
 
@@ -138,8 +154,28 @@ def test_smollm2_tokenizer_equals_llama_cpp_on_the_original_gguf(smollm2):
     gguf = source_gguf(SMOLLM2)
     tok = AutoTokenizer.from_pretrained(smollm2)
     rng = random.Random(0)
-    pieces = ["SELECT", " 1234567", "3.14159", "  ", "\t", "\n\n", "Ünïcødé", "日本語", "Ελληνικά", "🎉🚀", "don't",
-              "I'll", "'s", "x" * 40, "<|im_start|>", "<|im_end|>", "<|endoftext|>", "\u00a0", "a-b_c", "$%&*"]
+    pieces = [
+        "SELECT",
+        " 1234567",
+        "3.14159",
+        "  ",
+        "\t",
+        "\n\n",
+        "Ünïcødé",
+        "日本語",
+        "Ελληνικά",
+        "🎉🚀",
+        "don't",
+        "I'll",
+        "'s",
+        "x" * 40,
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|endoftext|>",
+        "\u00a0",
+        "a-b_c",
+        "$%&*",
+    ]
     texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 12))) for _ in range(300)]
     texts += [tok.apply_chat_template(CONVERSATION, tokenize=False)]
     llm = llama_cpp.Llama(str(gguf), vocab_only=True, verbose=False)
@@ -150,6 +186,10 @@ def test_smollm2_tokenizer_equals_llama_cpp_on_the_original_gguf(smollm2):
     finally:
         llm.close()
     assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == (
-        "<|im_start|>", "<|im_end|>", "<|im_end|>", "<|endoftext|>")
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|im_end|>",
+        "<|endoftext|>",
+    )
     assert tok("1234")["input_ids"] == [tok.convert_tokens_to_ids(d) for d in "1234"]  # digits split
     assert tok("hi")["input_ids"][0] != tok.bos_token_id  # no BOS added

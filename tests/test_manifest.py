@@ -69,8 +69,9 @@ def test_stale_temporaries_of_dead_processes_are_cleaned(tmp_path: Path) -> None
     import subprocess
     import sys
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     stale = [tmp_path / f".stage.tmp-{dead}-abc", tmp_path / f".stage.old-{dead}-def"]
     for p in stale:
         p.mkdir()
@@ -120,7 +121,9 @@ def test_a_changed_output_is_noticed(tmp_path: Path) -> None:
 def test_reader_refuses_incomplete_and_wrong_kind(tmp_path: Path) -> None:
     d = tmp_path / "x"
     d.mkdir()
-    with pytest.raises(InputError, match=r"not a complete edgeft stage \(no edgeft.json\): run `edgeft train"):
+    with pytest.raises(
+        InputError, match=r"not a complete edgeft stage \(no edgeft.json\): run `edgeft train"
+    ):
         stages.read(d, stages.TRAIN)
     (d / MANIFEST).write_text(json.dumps({"schema_version": 1, "stage": "merge"}))
     with pytest.raises(InputError, match="is a 'merge' stage directory, expected 'train'"):

@@ -22,15 +22,23 @@ def test_method_defaults_and_refusals() -> None:
         return parse_config({**BASE, "train": kw}).train
 
     assert (train().method, train().quantization, train().learning_rate) == ("lora", "none", 1e-3)
-    assert (train(method="qlora").quantization, train(method="qlora", quantization="fp4").quantization) == ("nf4", "fp4")
+    assert (train(method="qlora").quantization, train(method="qlora", quantization="fp4").quantization) == (
+        "nf4",
+        "fp4",
+    )
     assert train(quantization="nf4").method == "qlora"  # how QLoRA was asked for before train.method
-    assert (train(method="full").learning_rate, train(method="full", learning_rate=1e-4).learning_rate) == (5e-5, 1e-4)
+    assert (train(method="full").learning_rate, train(method="full", learning_rate=1e-4).learning_rate) == (
+        5e-5,
+        1e-4,
+    )
     assert train(learning_rate="2e-4").learning_rate == 2e-4  # how PyYAML reads `learning_rate: 2e-4`
-    for raw, message in [({"train": {"method": "full", "quantization": "nf4"}}, "train.quantization: nf4 trains"),
-                         ({"train": {"method": "full", "dora": True}}, "train.dora: DoRA is a kind of adapter"),
-                         ({"train": {"method": "full"}, "export": {"gguf": {"lora": True}}}, "trains no adapter"),
-                         ({"train": {"dora": True}, "export": {"gguf": {"lora": True}}}, "no DoRA magnitude"),
-                         ({"train": {"method": "prefix"}}, "train.method: 'prefix' is not one of lora, qlora, full")]:
+    for raw, message in [
+        ({"train": {"method": "full", "quantization": "nf4"}}, "train.quantization: nf4 trains"),
+        ({"train": {"method": "full", "dora": True}}, "train.dora: DoRA is a kind of adapter"),
+        ({"train": {"method": "full"}, "export": {"gguf": {"lora": True}}}, "trains no adapter"),
+        ({"train": {"dora": True}, "export": {"gguf": {"lora": True}}}, "no DoRA magnitude"),
+        ({"train": {"method": "prefix"}}, "train.method: 'prefix' is not one of lora, qlora, full"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             parse_config({**BASE, **raw})
 
@@ -41,9 +49,16 @@ def test_full_fine_tune_builds_end_to_end(tmp_path: Path, micro_model: Path) -> 
     anywhere, the trained model verified and evaluated as the reference; data.filter's counts and
     the typo augmentation's in the dist's lineage, the augmented rows marked in the train split."""
     cfg = write_config(
-        tmp_path / "edgeft.yaml", name="full", base_model="tiny:micro", workdir="runs", dist_dir="dist",
-        data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl"), "filter": "len(output) > 50",
-              "augment": {"typos": 1}},
+        tmp_path / "edgeft.yaml",
+        name="full",
+        base_model="tiny:micro",
+        workdir="runs",
+        dist_dir="dist",
+        data={
+            "train": str(EXAMPLE / "data" / "nl2sql.jsonl"),
+            "filter": "len(output) > 50",
+            "augment": {"typos": 1},
+        },
         train={"method": "full", "max_steps": 30, "learning_rate": 3e-3, "max_seq_length": 256},
         export={"gguf": {"types": ["f16", "q8_0"]}, "onnx": {"types": ["fp32"]}},
         verify={"max_prompts": 3, "max_new_tokens": 16},
@@ -91,15 +106,31 @@ def test_dora_adapter_merges_into_what_was_trained(built: dict, tmp_path: Path) 
     from transformers import AutoModelForCausalLM
 
     out, merged = tmp_path / "dora", tmp_path / "merged"
-    result = CliRunner().invoke(cli, ["train", "-c", str(built["config"]), "--set", "train.dora=true",
-                                      "--set", "train.max_steps=8", "--out", str(out)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "-c",
+            str(built["config"]),
+            "--set",
+            "train.dora=true",
+            "--set",
+            "train.max_steps=8",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     stage = json.loads((out / "edgeft.json").read_text())
-    assert stage["artifacts"][0]["dora"] is True and stage["metrics"]["val_loss"] < stage["metrics"]["base_val_loss"]
+    assert (
+        stage["artifacts"][0]["dora"] is True
+        and stage["metrics"]["val_loss"] < stage["metrics"]["base_val_loss"]
+    )
     with safe_open(out / "adapter" / "adapter_model.safetensors", framework="np") as st:
         assert any("lora_magnitude_vector" in k for k in st.keys())
-    result = CliRunner().invoke(cli, ["merge", "-c", str(built["config"]), "--train-dir", str(out),
-                                      "--out", str(merged)])
+    result = CliRunner().invoke(
+        cli, ["merge", "-c", str(built["config"]), "--train-dir", str(out), "--out", str(merged)]
+    )
     assert result.exit_code == 0, result.output
     base = AutoModelForCausalLM.from_pretrained(stage["resolved_base"], dtype=torch.float32)
     adapted = PeftModel.from_pretrained(base, out / "adapter").eval()

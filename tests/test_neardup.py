@@ -16,7 +16,9 @@ from edgeft.data.rows import load_examples
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "nl2sql" / "data" / "nl2sql.jsonl"
 
 
-def exhaustive(texts: list[tuple[str, str]], keys: list[str], threshold: float) -> dict[int, tuple[float, int]]:
+def exhaustive(
+    texts: list[tuple[str, str]], keys: list[str], threshold: float
+) -> dict[int, tuple[float, int]]:
     """Every row against every earlier row: the most similar (the earliest on a tie) at or above threshold."""
     grams = [(neardup.shingles(p), neardup.shingles(a)) for p, a in texts]
     out = {}
@@ -24,7 +26,9 @@ def exhaustive(texts: list[tuple[str, str]], keys: list[str], threshold: float) 
         best, partner = 0.0, -1
         for j in range(i):
             if keys[j] != keys[i]:
-                sim = min(neardup.jaccard(grams[i][0], grams[j][0]), neardup.jaccard(grams[i][1], grams[j][1]))
+                sim = min(
+                    neardup.jaccard(grams[i][0], grams[j][0]), neardup.jaccard(grams[i][1], grams[j][1])
+                )
                 if sim > best:
                     best, partner = sim, j
         if best >= threshold:
@@ -33,7 +37,10 @@ def exhaustive(texts: list[tuple[str, str]], keys: list[str], threshold: float) 
 
 
 def templated(n: int) -> list[tuple[str, str]]:
-    return [(f"What is the salary of employee {i}?", f"SELECT salary FROM employees WHERE id = {i};") for i in range(n)]
+    return [
+        (f"What is the salary of employee {i}?", f"SELECT salary FROM employees WHERE id = {i};")
+        for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize("threshold", [0.9, 0.8, 0.7])
@@ -51,15 +58,24 @@ def test_the_bundled_example_gives_what_comparing_every_pair_gives(threshold: fl
 def test_copies_of_validation_rows_are_found_across_sets() -> None:
     examples = load_examples(EXAMPLE).examples
     refs, queries = examples[:100], examples[100:]
-    found = neardup.across([q.parts() for q in queries], [q.key() for q in queries], [r.parts() for r in refs],
-                           [r.key() for r in refs], 0.9)
-    want = {i for i, q in enumerate(queries)
-            if any(r.key() != q.key() and neardup.similarity(q.parts(), r.parts()) >= 0.9 for r in refs)}
+    found = neardup.across(
+        [q.parts() for q in queries],
+        [q.key() for q in queries],
+        [r.parts() for r in refs],
+        [r.key() for r in refs],
+        0.9,
+    )
+    want = {
+        i
+        for i, q in enumerate(queries)
+        if any(r.key() != q.key() and neardup.similarity(q.parts(), r.parts()) >= 0.9 for r in refs)
+    }
     assert set(found) == want and want
 
 
-def test_templated_rows_cost_bounded_work_and_the_report_says_so(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_templated_rows_cost_bounded_work_and_the_report_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A budget for 200 rows' worth of full comparisons: 3,000 templated rows all look alike.
     monkeypatch.setattr(neardup, "PAIR_BUDGET", 3200)
     monkeypatch.setattr(neardup, "CONFIRM_BUDGET", 800)
@@ -75,11 +91,18 @@ def test_templated_rows_cost_bounded_work_and_the_report_says_so(tmp_path: Path,
     assert capped > len(rows) // 2 and len(found) > len(rows) // 3
 
     data = tmp_path / "templated.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p},
-                                                     {"role": "assistant", "content": a}]}) + "\n" for p, a in rows))
+    data.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]})
+            + "\n"
+            for p, a in rows
+        )
+    )
     result = CliRunner().invoke(cli, ["data", "check", str(data)])
     assert result.exit_code == 0, result.output
-    assert f"near-duplicate check: {capped} row(s) resemble more earlier rows than it compares" in result.output
+    assert (
+        f"near-duplicate check: {capped} row(s) resemble more earlier rows than it compares" in result.output
+    )
     report = json.loads(CliRunner().invoke(cli, ["data", "check", str(data), "--json"]).stdout)
     assert report["near_duplicates"]["rows_not_fully_compared"] == capped
 

@@ -37,7 +37,9 @@ def test_build_publishes_a_consistent_dist(built: dict) -> None:
     assert manifest["versions"]["llama.cpp tools"].startswith("llama-cpp-python==0.3.36")
     # The frontier: every artifact with its size and speed, measured by eval in this run.
     frontier = json.loads((dist / "frontier.json").read_text())
-    assert {r["name"] for r in frontier["rows"]} == names and manifest["recommended"] == frontier["recommended"]
+    assert {r["name"] for r in frontier["rows"]} == names and manifest["recommended"] == frontier[
+        "recommended"
+    ]
     assert manifest["recommended"] in names and (dist / "frontier.png").read_bytes()[:4] == b"\x89PNG"
     results = json.loads((dist / "eval" / "results.json").read_text())
     for name in names:
@@ -46,7 +48,9 @@ def test_build_publishes_a_consistent_dist(built: dict) -> None:
     assert "## Size, quality and speed" in (dist / "README.md").read_text()
     # No temporary directories are left next to the published stages; the lock file stays (removing
     # it on release would let two processes lock two different files of the same name).
-    assert [p.name for p in (built["root"] / "runs" / "micro").iterdir() if p.name.startswith(".")] == [".edgeft.lock"]
+    assert [p.name for p in (built["root"] / "runs" / "micro").iterdir() if p.name.startswith(".")] == [
+        ".edgeft.lock"
+    ]
 
 
 def test_merged_model_stops_at_end_of_turn(built: dict) -> None:
@@ -58,8 +62,17 @@ def test_merged_model_stops_at_end_of_turn(built: dict) -> None:
 
 def test_qlora_trains_on_cpu(built: dict, tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
     out = tmp_path / "qlora"
-    result = run("train", "-c", str(built["config"]), "--set", "train.quantization=nf4",
-                 "--set", "train.max_steps=6", "--out", str(out))
+    result = run(
+        "train",
+        "-c",
+        str(built["config"]),
+        "--set",
+        "train.quantization=nf4",
+        "--set",
+        "train.max_steps=6",
+        "--out",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     # Gradients must flow through the 4-bit base layers (bitsandbytes' CPU inference kernel,
     # which it switches to after an evaluation, has no backward).
@@ -83,8 +96,17 @@ def test_qlora_trains_on_cpu(built: dict, tmp_path: Path, recwarn: pytest.Warnin
     assert comparison["dequantized"]["kl_mean"] < 1e-4 and comparison["dequantized"]["top1"] > 0.99
     assert comparison["full-precision"]["kl_mean"] > 10 * comparison["dequantized"]["kl_mean"]
     dq = tmp_path / "merged-dq"
-    result = run("merge", "-c", str(built["config"]), "--train-dir", str(out), "--out", str(dq),
-                 "--set", "merge.strategy=dequantized")
+    result = run(
+        "merge",
+        "-c",
+        str(built["config"]),
+        "--train-dir",
+        str(out),
+        "--out",
+        str(dq),
+        "--set",
+        "merge.strategy=dequantized",
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((dq / "edgeft.json").read_text())["artifacts"][0]["strategy"] == "dequantized"
 
@@ -95,7 +117,9 @@ def _copy_gguf_stage(built: dict, tmp_path: Path) -> Path:
     return copy
 
 
-def test_verify_fails_on_a_gguf_from_another_model(built: dict, other_micro_model: Path, tmp_path: Path) -> None:
+def test_verify_fails_on_a_gguf_from_another_model(
+    built: dict, other_micro_model: Path, tmp_path: Path
+) -> None:
     from edgeft.pipeline.export.gguf import convert_hf
 
     copy = _copy_gguf_stage(built, tmp_path)
@@ -120,7 +144,9 @@ def test_verify_fails_on_a_gguf_from_another_model(built: dict, other_micro_mode
 def test_verify_fails_on_a_file_that_differs_from_its_manifest(built: dict, tmp_path: Path) -> None:
     copy = _copy_gguf_stage(built, tmp_path)
     shutil.copy(copy / "micro-f16.gguf", copy / "micro-q8_0.gguf")
-    result = run("verify", "-c", str(built["config"]), "--export-dir", str(copy), "--out", str(tmp_path / "v"))
+    result = run(
+        "verify", "-c", str(built["config"]), "--export-dir", str(copy), "--out", str(tmp_path / "v")
+    )
     assert result.exit_code == 7
     assert "gguf-q8_0: checksums:" in result.stderr
 
@@ -136,13 +162,19 @@ def test_converter_failure_is_a_tool_error(micro_model: Path, tmp_path: Path) ->
         (w.tmp / "model" / "config.json").write_text(json.dumps(config))
         w.add_artifact("model", "model", "hf-safetensors")
         w.publish()
-    cfg = write_config(tmp_path / "edgeft.yaml", name="x", base_model="tiny:micro",
-                       data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")})
+    cfg = write_config(
+        tmp_path / "edgeft.yaml",
+        name="x",
+        base_model="tiny:micro",
+        data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
+    )
     out = tmp_path / "gguf"
     result = run("export", "gguf", "-c", str(cfg), "--merge-dir", str(merge_dir), "--out", str(out))
     assert result.exit_code == 6, result.output
-    assert (f"Error: convert_hf_to_gguf.py failed on {merge_dir / 'model'} (exit 1):\n"
-            "ERROR:hf-to-gguf:Model NoSuchForCausalLM is not supported\n") in result.stderr
+    assert (
+        f"Error: convert_hf_to_gguf.py failed on {merge_dir / 'model'} (exit 1):\n"
+        "ERROR:hf-to-gguf:Model NoSuchForCausalLM is not supported\n"
+    ) in result.stderr
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".gguf")] == []
 
 
@@ -156,7 +188,9 @@ def _reference_answer(built: dict, question: str) -> str:
 
 
 def test_run_answers_like_the_trained_model(built: dict) -> None:
-    question = "Convert the following natural language query into a SQL statement.\n\nList departments on floor 3."
+    question = (
+        "Convert the following natural language query into a SQL statement.\n\nList departments on floor 3."
+    )
     want = _reference_answer(built, question)
     onnx = run("run", str(built["dist"] / "onnx" / "onnx-fp32"), question, "--max-tokens", "40", "--json")
     assert onnx.exit_code == 0, onnx.output
@@ -171,8 +205,11 @@ def test_run_answers_like_the_trained_model(built: dict) -> None:
 def test_chat_streams_replies_and_keeps_the_conversation(built: dict) -> None:
     question = "List departments on floor 3."
     want = _reference_answer(built, question)
-    result = CliRunner().invoke(cli, ["chat", str(built["dist"] / "gguf" / "micro-f16.gguf"), "--max-tokens", "40"],
-                                input=f"{question}\n/reset\n/exit\n")
+    result = CliRunner().invoke(
+        cli,
+        ["chat", str(built["dist"] / "gguf" / "micro-f16.gguf"), "--max-tokens", "40"],
+        input=f"{question}\n/reset\n/exit\n",
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout == f"> {want}\n> > "  # the reply, then the prompts for /reset and /exit
 
@@ -181,8 +218,9 @@ def test_run_rejects_what_is_not_an_artifact(tmp_path: Path) -> None:
     (tmp_path / "x.bin").write_bytes(b"x")
     result = run("run", str(tmp_path / "x.bin"), "hi")
     assert result.exit_code == 5
-    assert result.stderr == (f"Error: {tmp_path / 'x.bin'}: not a .gguf file; pass a GGUF file, an ONNX folder "
-                             "or a dist folder\n")
+    assert result.stderr == (
+        f"Error: {tmp_path / 'x.bin'}: not a .gguf file; pass a GGUF file, an ONNX folder or a dist folder\n"
+    )
 
 
 def test_verify_a_dist_folder_by_path(built: dict, tmp_path: Path) -> None:

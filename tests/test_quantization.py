@@ -45,17 +45,27 @@ def test_matrix_types_need_a_matrix_and_tensor_types_are_checked(tmp_path: Path)
     with pytest.raises(ConfigError, match=r"tensor_types\.q4_0: 'q4_0' is not in export.gguf.types"):
         parse_config({**base, "export": {"gguf": {"types": ["q8_0"], "tensor_types": {"q4_0": "fit"}}}})
     with pytest.raises(ConfigError, match="'q7_k' is not one of"):
-        parse_config({**base, "export": {"gguf": {"types": ["q4_0"], "tensor_types": {"q4_0": {"attn_v": "q7_k"}}}}})
+        parse_config(
+            {**base, "export": {"gguf": {"types": ["q4_0"], "tensor_types": {"q4_0": {"attn_v": "q7_k"}}}}}
+        )
     with pytest.raises(ConfigError, match="not a valid regular expression"):
-        parse_config({**base, "export": {"gguf": {"types": ["q4_0"], "tensor_types": {"q4_0": {"attn_(": "q8_0"}}}}})
-    cfg = parse_config({**base, "export": {"gguf": {"types": ["iq2_m", "q4_k_m"], "tensor_types": {"q4_k_m": "fit"}}}})
+        parse_config(
+            {**base, "export": {"gguf": {"types": ["q4_0"], "tensor_types": {"q4_0": {"attn_(": "q8_0"}}}}}
+        )
+    cfg = parse_config(
+        {**base, "export": {"gguf": {"types": ["iq2_m", "q4_k_m"], "tensor_types": {"q4_k_m": "fit"}}}}
+    )
     assert cfg.export.gguf.imatrix == "auto"
 
 
 def _train_and_merge(root: Path, model: str, types: list[str], **gguf) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     cfg = write_config(
-        root / "edgeft.yaml", name="q", base_model=model, workdir="runs", dist_dir="dist",
+        root / "edgeft.yaml",
+        name="q",
+        base_model=model,
+        workdir="runs",
+        dist_dir="dist",
         data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
         train={"max_steps": 4, "learning_rate": 0.003, "max_seq_length": 256},
         export={"gguf": {"types": types, **gguf}, "onnx": {"types": []}},
@@ -87,8 +97,9 @@ def test_new_types_are_calibrated_and_verified(tmp_path: Path, edgeft_cache: Pat
     tokenizer = AutoTokenizer.from_pretrained(runs / "merge" / "model")
     config = load_config(cfg)
     budget = config.export.gguf.imatrix_tokens
-    text = imatrix.render_training_text(runs / "train" / "train.jsonl", tokenizer, budget=budget,
-                                        seed=config.data.seed)
+    text = imatrix.render_training_text(
+        runs / "train" / "train.jsonl", tokenizer, budget=budget, seed=config.data.seed
+    )
     assert matrix["data_sha256"] == hashlib.sha256(text.encode()).hexdigest()
     assert len(read_split(runs / "train" / "train.jsonl")) > 300  # the whole split, sampled by row
     assert matrix["chunks"] * matrix["context"] <= budget  # export.gguf.imatrix_tokens bounds the cost
@@ -139,20 +150,48 @@ def test_frontier_recommends_the_smallest_artifact_that_passes_both_gates(tmp_pa
     from edgeft.ship import frontier
 
     def art(name: str, type_: str, mb: float, passed: bool = True) -> Artifact:
-        return Artifact.from_json({"name": name, "path": f"{name}.gguf", "format": "gguf", "type": type_,
-                                   "bytes": int(mb * 1e6), "bits_per_weight": None, "parameters": 135_000_000,
-                                   "verify": {"passed": passed}})
+        return Artifact.from_json(
+            {
+                "name": name,
+                "path": f"{name}.gguf",
+                "format": "gguf",
+                "type": type_,
+                "bytes": int(mb * 1e6),
+                "bits_per_weight": None,
+                "parameters": 135_000_000,
+                "verify": {"passed": passed},
+            }
+        )
 
-    artifacts = [art("gguf-q8_0", "q8_0", 145), art("gguf-q2_k", "q2_k", 60, passed=False),
-                 art("gguf-iq4_xs", "iq4_xs", 91), art("gguf-q4_k_m", "q4_k_m", 105)]
+    artifacts = [
+        art("gguf-q8_0", "q8_0", 145),
+        art("gguf-q2_k", "q2_k", 60, passed=False),
+        art("gguf-iq4_xs", "iq4_xs", 91),
+        art("gguf-q4_k_m", "q4_k_m", 105),
+    ]
     artifacts[3].info["tensor_types"] = {"token_embd": "iq4_nl"}  # drawn with the band verify held it to
-    report = {"artifacts": {a.name: {"numbers": {"kl_mean": kl, "kl_p99": 10 * kl, "top1": 0.9}}
-                            for a, kl in zip(artifacts, [0.01, 1.2, 0.1, 0.12], strict=True)}}
-    models = {a.name: {"scores": {"exact_match": 1.0}, "passed": True,
-                          "speed": {"prompt_tokens_per_s": 500.0, "generation_tokens_per_s": 50.0}} for a in artifacts}
+    report = {
+        "artifacts": {
+            a.name: {"numbers": {"kl_mean": kl, "kl_p99": 10 * kl, "top1": 0.9}}
+            for a, kl in zip(artifacts, [0.01, 1.2, 0.1, 0.12], strict=True)
+        }
+    }
+    models = {
+        a.name: {
+            "scores": {"exact_match": 1.0},
+            "passed": True,
+            "speed": {"prompt_tokens_per_s": 500.0, "generation_tokens_per_s": 50.0},
+        }
+        for a in artifacts
+    }
     models["gguf-iq4_xs"]["passed"] = False  # smaller than q4_k_m, but its answers regressed
-    results = EvalResults.from_json({"examples": 40, "min_relative": 0.95,
-                                     "models": {"fine-tuned": {"scores": {"exact_match": 1.0}}, **models}})
+    results = EvalResults.from_json(
+        {
+            "examples": 40,
+            "min_relative": 0.95,
+            "models": {"fine-tuned": {"scores": {"exact_match": 1.0}}, **models},
+        }
+    )
     summary = frontier.write(tmp_path, artifacts, VerifyReport.from_json(report), results)
     assert summary["recommended"] == "gguf-q4_k_m"
     assert [r["name"] for r in summary["rows"]] == ["gguf-q2_k", "gguf-iq4_xs", "gguf-q4_k_m", "gguf-q8_0"]

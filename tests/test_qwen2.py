@@ -22,11 +22,18 @@ def test_a_qwen2_layout_builds_and_verifies_without_false_alarms(tmp_path: Path,
     from edgeft.runtimes.genai import GenAIRuntime
     from edgeft.runtimes.llamacpp import LlamaCppRuntime
 
-    cfg = write_config(tmp_path / "edgeft.yaml", name="qwen", base_model="tiny:micro-qwen2", workdir="runs",
-                       dist_dir="dist", data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
-                       train={"max_steps": 20, "learning_rate": 0.003, "max_seq_length": 256},
-                       export={"gguf": {"types": ["f16"]}, "onnx": {"types": ["int4"]}},
-                       verify={"max_prompts": 3, "max_new_tokens": 16}, eval={"max_examples": 8})
+    cfg = write_config(
+        tmp_path / "edgeft.yaml",
+        name="qwen",
+        base_model="tiny:micro-qwen2",
+        workdir="runs",
+        dist_dir="dist",
+        data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
+        train={"max_steps": 20, "learning_rate": 0.003, "max_seq_length": 256},
+        export={"gguf": {"types": ["f16"]}, "onnx": {"types": ["int4"]}},
+        verify={"max_prompts": 3, "max_new_tokens": 16},
+        eval={"max_examples": 8},
+    )
     result = CliRunner().invoke(cli, ["build", "-c", str(cfg)])
     assert result.exit_code == 0, result.output
     dist = tmp_path / "dist" / "qwen"
@@ -45,6 +52,9 @@ def test_a_qwen2_layout_builds_and_verifies_without_false_alarms(tmp_path: Path,
     modelfile = (dist / "gguf" / "qwen-f16.Modelfile").read_text()
     assert 'PARAMETER stop "<|im_end|>"' in modelfile and 'PARAMETER stop "<|endoftext|>"' in modelfile
     genai = next(p.parent for p in dist.rglob("genai_config.json"))
-    assert json.loads((genai / "genai_config.json").read_text())["model"]["eos_token_id"] == [im_end, endoftext]
+    assert json.loads((genai / "genai_config.json").read_text())["model"]["eos_token_id"] == [
+        im_end,
+        endoftext,
+    ]
     with GenAIRuntime(genai) as rt:
         assert rt.special_tokens()["eos"] == im_end and rt.bos_added() is None

@@ -17,8 +17,11 @@ PAGES = {p: p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").
 
 def _section(title: str) -> str:
     """The section titled `title` (a `## ` heading) in the README or docs/, whichever has it."""
-    found = [text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0] for text in PAGES.values()
-             if f"\n## {title}\n" in text]
+    found = [
+        text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+        for text in PAGES.values()
+        if f"\n## {title}\n" in text
+    ]
     assert len(found) == 1, f"{len(found)} sections titled {title!r}"
     return found[0]
 
@@ -34,8 +37,17 @@ def _keys(cls: type, prefix: str = "") -> list[str]:
         if f.name == "source":
             continue
         if dataclasses.is_dataclass(f.type) or (isinstance(f.type, str) and f.type.endswith("Config")):
-            sub = {"data": "DataConfig", "augment": "AugmentConfig", "train": "TrainConfig", "merge": "MergeConfig", "export": "ExportConfig",
-                   "verify": "VerifyConfig", "eval": "EvalConfig", "gguf": "GGUFConfig", "onnx": "ONNXConfig"}
+            sub = {
+                "data": "DataConfig",
+                "augment": "AugmentConfig",
+                "train": "TrainConfig",
+                "merge": "MergeConfig",
+                "export": "ExportConfig",
+                "verify": "VerifyConfig",
+                "eval": "EvalConfig",
+                "gguf": "GGUFConfig",
+                "onnx": "ONNXConfig",
+            }
             import edgeft.core.config as config_module
 
             out += _keys(getattr(config_module, sub[f.name]), f"{prefix}{f.name}.")
@@ -80,8 +92,11 @@ def test_every_link_in_the_docs_leads_to_a_file_and_heading_that_exist() -> None
             linked = (page.parent / path).resolve() if path else page
             if not linked.exists():
                 broken.append(f"{page.name}: {target} (no such file)")
-            elif anchor and linked.suffix == ".md" and anchor not in {
-                    _slug(h) for h in re.findall(r"(?m)^#+ (.+)$", linked.read_text())}:
+            elif (
+                anchor
+                and linked.suffix == ".md"
+                and anchor not in {_slug(h) for h in re.findall(r"(?m)^#+ (.+)$", linked.read_text())}
+            ):
                 broken.append(f"{page.name}: {target} (no such heading)")
     assert not broken, broken
 
@@ -106,8 +121,9 @@ def _default(cls: type, dotted: str):  # the dataclass default of a dotted confi
 def test_config_reference_defaults_are_the_code_s() -> None:
     import yaml
 
-    rows = re.findall(r"^\| `([a-z_.]+)`((?: / `[a-z_]+`)*) \| (.+?) \| .+ \|$", _section("Config reference"),
-                      re.MULTILINE)
+    rows = re.findall(
+        r"^\| `([a-z_.]+)`((?: / `[a-z_]+`)*) \| (.+?) \| .+ \|$", _section("Config reference"), re.MULTILINE
+    )
     assert len(rows) > 40
     checked = 0
     for key, more, default in rows:
@@ -122,7 +138,9 @@ def test_config_reference_defaults_are_the_code_s() -> None:
             else:
                 assert cell.startswith("`") and cell.endswith("`"), f"{k}: {cell}"
                 said = yaml.safe_load(cell.strip("`"))
-                assert said == want or (isinstance(want, str) and str(said) == want), f"{k}: README {cell}, code {want!r}"
+                assert said == want or (isinstance(want, str) and str(said) == want), (
+                    f"{k}: README {cell}, code {want!r}"
+                )
             checked += 1
     assert checked == len(_keys(Config))
 
@@ -137,15 +155,22 @@ def test_type_lists_and_bands_are_the_table_s() -> None:
     workdir = re.search(r"<workdir>/<name>/\{([a-z,-]+)\}", reference).group(1).split(",")
     assert workdir == [k for k in stages.ORDER if k != stages.DIST]
     gate = _section("The parity gate")
-    rows = re.findall(r"^\| (GGUF|ONNX|ORT GenAI) ([a-z0-9_]+)( base \+ LoRA GGUF)?[^|]* \| ([0-9.e-]+) \| "
-                      r"([0-9.e-]+) \| ([0-9.e-]+) \| ([0-9.e-]+) \|", gate, re.MULTILINE)
+    rows = re.findall(
+        r"^\| (GGUF|ONNX|ORT GenAI) ([a-z0-9_]+)( base \+ LoRA GGUF)?[^|]* \| ([0-9.e-]+) \| "
+        r"([0-9.e-]+) \| ([0-9.e-]+) \| ([0-9.e-]+) \|",
+        gate,
+        re.MULTILINE,
+    )
     fmt = {"GGUF": "gguf", "ONNX": "onnx", "ORT GenAI": "onnx-genai"}
     rows = [("gguf-lora" if lora else fmt[f], t, *limits) for f, t, lora, *limits in rows]
-    assert {(f, t) for f, t, *_ in rows} == {("gguf", t) for t in formats.GGUF_TYPES} | {("gguf-lora", "f16")} | {
-        (o.format, t) for t, o in formats.ONNX_TYPES.items()}
+    assert {(f, t) for f, t, *_ in rows} == {("gguf", t) for t in formats.GGUF_TYPES} | {
+        ("gguf-lora", "f16")
+    } | {(o.format, t) for t, o in formats.ONNX_TYPES.items()}
     for f, t, *limits in rows:
         band = formats.band(f, t)
-        assert [float(x) for x in limits] == [band.kl_mean, band.kl_p99, band.top1, band.gen_prefix], f"{f} {t}"
+        assert [float(x) for x in limits] == [band.kl_mean, band.kl_p99, band.top1, band.gen_prefix], (
+            f"{f} {t}"
+        )
 
 
 def test_every_command_is_in_the_commands_table() -> None:
@@ -156,7 +181,9 @@ def test_every_command_is_in_the_commands_table() -> None:
         for name, command in group.commands.items():
             if getattr(command, "hidden", False):
                 continue
-            out += names(command, f"{prefix} {name}") if hasattr(command, "commands") else [f"{prefix} {name}"]
+            out += (
+                names(command, f"{prefix} {name}") if hasattr(command, "commands") else [f"{prefix} {name}"]
+            )
         return out
 
     table = _section("Commands")
@@ -170,7 +197,9 @@ def test_the_layout_table_names_every_module() -> None:
 
     table = _section("Working on edgeft").split("Where things are decided", 1)[0]
     rows = re.findall(r"^\| `([a-z]+)/` \|[^|]*\|(.*)\|$", table, re.M)
-    assert [folder for folder, _ in rows] == LAYERS, "the table's folders, lowest first, as tests/test_layers.py has them"
+    assert [folder for folder, _ in rows] == LAYERS, (
+        "the table's folders, lowest first, as tests/test_layers.py has them"
+    )
     named = {f"{folder}/{m}" for folder, cell in rows for m in re.findall(r"`([a-z_/]+\.py)`", cell)}
     named |= set(re.findall(r"`edgeft/([a-z_]+\.py)`", table))
     modules = {p.relative_to(REPO / "edgeft").as_posix() for p in (REPO / "edgeft").rglob("*.py")}

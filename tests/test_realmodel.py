@@ -21,22 +21,33 @@ from edgeft.cli import cli
 
 pytestmark = pytest.mark.slow
 JNA = Path("/usr/share/java/jna.jar")
-QUESTION = "Convert the following natural language query into a SQL statement.\n\nList departments on floor 3."
+QUESTION = (
+    "Convert the following natural language query into a SQL statement.\n\nList departments on floor 3."
+)
 
 
 @pytest.fixture(scope="module")
 def smol_build(tmp_path_factory: pytest.TempPathFactory, smollm2: Path) -> dict:
     root = tmp_path_factory.mktemp("smollm2")
     cfg = write_config(
-        root / "edgeft.yaml", name="smol", base_model="smollm2:135m-instruct", workdir="runs", dist_dir="dist",
+        root / "edgeft.yaml",
+        name="smol",
+        base_model="smollm2:135m-instruct",
+        workdir="runs",
+        dist_dir="dist",
         data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
         # Default training settings (assistant-only loss, LoRA r 16, lr 1e-3, batch 8), six steps.
         train={"max_steps": 6, "max_seq_length": 256},
         # The importance matrix from 8k tokens of the training split, half the default: measured 19 s
         # instead of 44 s here, task KL 0.123 against 0.116 (docs/quantization.md, "How many tokens the matrix needs").
-        export={"gguf": {"types": ["f16", "q4_k_m"], "tensor_types": {"q4_k_m": {"token_embd": "iq4_nl"}},
-                         "imatrix_tokens": 8192},
-                "onnx": {"types": ["int8"]}},
+        export={
+            "gguf": {
+                "types": ["f16", "q4_k_m"],
+                "tensor_types": {"q4_k_m": {"token_embd": "iq4_nl"}},
+                "imatrix_tokens": 8192,
+            },
+            "onnx": {"types": ["int8"]},
+        },
         # The build's verify also asks llama-perplexity (test_second_opinion_agrees_with_edgefts_kl).
         verify={"max_prompts": 3, "max_new_tokens": 24, "context_tokens": 384, "second_opinion": True},
         # 8 answers: one answer moves a ratio by 12.5%, so the gate here only catches a collapse.
@@ -78,7 +89,9 @@ def test_real_model_builds_with_default_training_settings(smol_build: dict) -> N
     assert "start=<|im_start|>system\\nYou\\ are\\ a\\ helpful\\ AI\\ assistant\\ named\\ SmolLM" in props
 
 
-@pytest.mark.skipif(not JNA.is_file() or shutil.which("javac") is None, reason="needs OpenJDK and libjna-java")
+@pytest.mark.skipif(
+    not JNA.is_file() or shutil.which("javac") is None, reason="needs OpenJDK and libjna-java"
+)
 def test_java_kit_prompt_is_the_trained_one(smol_build: dict) -> None:
     """The JVM's prompt ids equal transformers' (default system prompt included), and its greedy
     tokens equal llama.cpp's Python bindings' for those ids."""
@@ -92,9 +105,21 @@ def test_java_kit_prompt_is_the_trained_one(smol_build: dict) -> None:
     libdir = Path(llama_cpp.__file__).parent / "lib"
     gguf = dist / "gguf" / "smol-f16.gguf"
     proc = subprocess.run(
-        ["java", "-cp", f"{dist / 'java' / 'out'}:{JNA}", f"-Djna.library.path={libdir}", "edgeft.kit.Generate",
-         str(gguf), QUESTION, "24"], capture_output=True, text=True, timeout=180,
-        env={**os.environ, "LD_LIBRARY_PATH": str(libdir)})
+        [
+            "java",
+            "-cp",
+            f"{dist / 'java' / 'out'}:{JNA}",
+            f"-Djna.library.path={libdir}",
+            "edgeft.kit.Generate",
+            str(gguf),
+            QUESTION,
+            "24",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "LD_LIBRARY_PATH": str(libdir)},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if ": " in line)
     tok = AutoTokenizer.from_pretrained(smol_build["root"] / "runs" / "smol" / "merge" / "model")
@@ -120,7 +145,9 @@ def _add_copy(dist: Path, name: str) -> str:
         manifest = json.loads((dist / manifest_file).read_text())
         art = next(a for a in manifest["artifacts"] if a["name"] == "gguf-f16")
         manifest["artifacts"].append({**art, "name": name, "path": path})
-        manifest["files"].append({**next(f for f in manifest["files"] if f["path"] == art["path"]), "path": path})
+        manifest["files"].append(
+            {**next(f for f in manifest["files"] if f["path"] == art["path"]), "path": path}
+        )
         (dist / manifest_file).write_text(json.dumps(manifest, indent=2))
     return path
 
@@ -140,15 +167,38 @@ def test_faults_are_found_on_the_real_model(smol_build: dict, tmp_path: Path) ->
         data[...] = (data.astype(np.float32) * (1 + 0.2 * rng.standard_normal(data.shape))).astype(data.dtype)
 
     faults = {  # artifact → (rewrite, check that must fail, words naming the cause)
-        "template-removed": ({"remove": ("tokenizer.chat_template",)}, "chat_template", "has no tokenizer.chat_template"),
-        "template-replaced": ({"set_keys": {"tokenizer.chat_template": LLAMA2_TEMPLATE}}, "chat_template",
-                              "renders a different prompt"),
-        "system-prompt-dropped": ({"set_keys": {"tokenizer.chat_template": template.replace(
-            "You are a helpful AI assistant named SmolLM, trained by Hugging Face", "")}}, "chat_template",
-            "renders a different prompt"),
-        "eos-changed": ({"set_keys": {"tokenizer.ggml.eos_token_id": 300}}, "special_tokens", "EOS changed: 300"),
+        "template-removed": (
+            {"remove": ("tokenizer.chat_template",)},
+            "chat_template",
+            "has no tokenizer.chat_template",
+        ),
+        "template-replaced": (
+            {"set_keys": {"tokenizer.chat_template": LLAMA2_TEMPLATE}},
+            "chat_template",
+            "renders a different prompt",
+        ),
+        "system-prompt-dropped": (
+            {
+                "set_keys": {
+                    "tokenizer.chat_template": template.replace(
+                        "You are a helpful AI assistant named SmolLM, trained by Hugging Face", ""
+                    )
+                }
+            },
+            "chat_template",
+            "renders a different prompt",
+        ),
+        "eos-changed": (
+            {"set_keys": {"tokenizer.ggml.eos_token_id": 300}},
+            "special_tokens",
+            "EOS changed: 300",
+        ),
         "special-token-lost": (None, "tokens_chat", "special token '<|im_start|>' (id 1) is split"),
-        "tensor-perturbed": ({"tensor": ("blk.0.ffn_down.weight", perturb)}, "weights", "worst blk.0.ffn_down.weight"),
+        "tensor-perturbed": (
+            {"tensor": ("blk.0.ffn_down.weight", perturb)},
+            "weights",
+            "worst blk.0.ffn_down.weight",
+        ),
     }
     for name, (edit, _, _) in faults.items():
         path = _add_copy(dist, name)
@@ -167,11 +217,14 @@ def test_faults_are_found_on_the_real_model(smol_build: dict, tmp_path: Path) ->
     faults["onnx-int8"] = (None, "special_tokens", "end-of-turn token 2 ('<|im_end|>') is not a stop token")
 
     # The build asked for llama-perplexity's second opinion (its manifest says so): not on 8 GGUFs here.
-    result = CliRunner().invoke(cli, ["-q", "verify", str(dist), "--out", str(tmp_path / "verify"),
-                                      "--no-second-opinion"])
+    result = CliRunner().invoke(
+        cli, ["-q", "verify", str(dist), "--out", str(tmp_path / "verify"), "--no-second-opinion"]
+    )
     assert result.exit_code == 7, result.output
-    assert not any("second_opinion" in a for a in json.loads((tmp_path / "verify" / "report.json").read_text())[
-        "artifacts"].values())
+    assert not any(
+        "second_opinion" in a
+        for a in json.loads((tmp_path / "verify" / "report.json").read_text())["artifacts"].values()
+    )
     report = json.loads((tmp_path / "verify" / "report.json").read_text())
     for name, (_, check, cause) in faults.items():
         detail = report["artifacts"][name]["checks"][check]
@@ -198,8 +251,11 @@ def test_second_opinion_agrees_with_edgefts_kl(smol_build: dict) -> None:
     for name, res in opinions.items():
         assert res["agree"] and report["artifacts"][name]["checks"]["second_opinion"]["passed"], (name, res)
         assert res["positions"] >= second.MIN_POSITIONS
-        assert res["gap"] <= second.RELATIVE * max(res["edgeft"]["kl_mean"], res["llama_perplexity"]["kl_mean"]) \
+        assert (
+            res["gap"]
+            <= second.RELATIVE * max(res["edgeft"]["kl_mean"], res["llama_perplexity"]["kl_mean"])
             + second.ABSOLUTE
+        )
     # Both clients see the 4-bit file's loss, far above f16's rounding (measured ~0.02 against ~2e-6).
     for client in ("edgeft", "llama_perplexity"):
         assert opinions["gguf-q4_k_m"][client]["kl_mean"] > 10 * opinions["gguf-f16"][client]["kl_mean"]

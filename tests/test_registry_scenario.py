@@ -26,12 +26,20 @@ pytestmark = pytest.mark.slow
 
 
 def _config(root: Path, version: int, epochs: float) -> Path:
-    return write_config(root / f"v{version}.yaml", name="nl2sql-micro", base_model="tiny:micro", workdir=f"runs{version}",
-                        dist_dir=f"dist{version}", registry="registry", license="apache-2.0",
-                        data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
-                        train={"epochs": epochs, "learning_rate": 0.003, "max_seq_length": 256},
-                        export={"gguf": {"types": ["q8_0"], "lora": True}, "onnx": {"types": []}},
-                        verify={"max_prompts": 2, "max_new_tokens": 16}, eval={"max_examples": 8})
+    return write_config(
+        root / f"v{version}.yaml",
+        name="nl2sql-micro",
+        base_model="tiny:micro",
+        workdir=f"runs{version}",
+        dist_dir=f"dist{version}",
+        registry="registry",
+        license="apache-2.0",
+        data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
+        train={"epochs": epochs, "learning_rate": 0.003, "max_seq_length": 256},
+        export={"gguf": {"types": ["q8_0"], "lora": True}, "onnx": {"types": []}},
+        verify={"max_prompts": 2, "max_new_tokens": 16},
+        eval={"max_examples": 8},
+    )
 
 
 def cli_ok(*args: str) -> str:
@@ -82,20 +90,32 @@ def test_versions_promotion_ab_split_and_rollback(built: tuple[Path, Path, Path]
     # The Java kit in the dist: the shipped vectors, and this registry's split, routed as Python routes them.
     if shutil.which("javac"):
         out = root / "java-out"
-        subprocess.run(["javac", "-d", str(out), str(dist2 / "java" / "src" / "edgeft" / "kit" / "Registry.java")],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["javac", "-d", str(out), str(dist2 / "java" / "src" / "edgeft" / "kit" / "Registry.java")],
+            check=True,
+            capture_output=True,
+        )
         java = ["java", "-cp", str(out), "edgeft.kit.Registry"]
-        done = subprocess.run([*java, "--vectors", str(dist2 / "java" / "routing-vectors.json")],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [*java, "--vectors", str(dist2 / "java" / "routing-vectors.json")], capture_output=True, text=True
+        )
         assert done.returncode == 0 and " 0 mismatched" in done.stdout, done.stdout + done.stderr
-        done = subprocess.run([*java, "--route", str(reg.root), "nl2sql-micro"], input="\n".join(keys[:3000]) + "\n",
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [*java, "--route", str(reg.root), "nl2sql-micro"],
+            input="\n".join(keys[:3000]) + "\n",
+            capture_output=True,
+            text=True,
+        )
         assert [int(line.split("\t")[1]) for line in done.stdout.splitlines()] == at10[:3000], done.stderr
         candidate_key = keys[at10.index(2)]
-        done = subprocess.run([*java, str(reg.root), "nl2sql-micro", candidate_key, "gguf-q8_0"],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [*java, str(reg.root), "nl2sql-micro", candidate_key, "gguf-q8_0"], capture_output=True, text=True
+        )
         lines = dict(line.split(": ", 1) for line in done.stdout.splitlines())
-        assert lines["version"] == "2" and Path(lines["path"]) == reg.root / "models/nl2sql-micro/2/gguf/nl2sql-micro-q8_0.gguf"
+        assert (
+            lines["version"] == "2"
+            and Path(lines["path"]) == reg.root / "models/nl2sql-micro/2/gguf/nl2sql-micro-q8_0.gguf"
+        )
 
     cli_ok("registry", "split", "nl2sql-micro", "production=80", "candidate=20", *opt)
     at20 = [reg.route("nl2sql-micro", k)["version"] for k in keys]
@@ -128,15 +148,25 @@ def test_versions_promotion_ab_split_and_rollback(built: tuple[Path, Path, Path]
 def test_two_registrations_at_once(built: tuple[Path, Path, Path]) -> None:
     root, dist1, dist2 = built
     other = root / "registry-concurrent"
-    procs = [subprocess.Popen([sys.executable, "-m", "edgeft", "registry", "add", str(d), "--registry", str(other)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for d in (dist1, dist2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "edgeft", "registry", "add", str(d), "--registry", str(other)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for d in (dist1, dist2)
+    ]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert sorted(o.strip() for o, _ in outputs) == ["nl2sql-micro:1", "nl2sql-micro:2"]
     index = Registry(other).index()
     assert sorted(index["models"]["nl2sql-micro"]["versions"]) == ["1", "2"] and index["last_event"] == 2
     contents = {v["content"] for v in index["models"]["nl2sql-micro"]["versions"].values()}
-    assert contents == {v["content"] for v in Registry(root / "registry").index()["models"]["nl2sql-micro"]["versions"].values()}
+    assert contents == {
+        v["content"]
+        for v in Registry(root / "registry").index()["models"]["nl2sql-micro"]["versions"].values()
+    }
 
 
 def test_every_gguf_has_a_modelfile_and_lm_studio_gets_its_layout(built: tuple[Path, Path, Path]) -> None:
@@ -148,13 +178,17 @@ def test_every_gguf_has_a_modelfile_and_lm_studio_gets_its_layout(built: tuple[P
     for a in dist.artifacts:
         if a.format not in ("gguf", "gguf-lora"):
             continue
-        path = dist2 / (a.path[: -len(".gguf")] + ".Modelfile" if a.format == "gguf" else a.path + "/Modelfile")
+        path = dist2 / (
+            a.path[: -len(".gguf")] + ".Modelfile" if a.format == "gguf" else a.path + "/Modelfile"
+        )
         parsed = parse_modelfile(path.read_text())
         assert (path.parent / parsed["FROM"][0]).is_file()
         assert ("ADAPTER" in parsed) == (a.format == "gguf-lora")
         stops = {p.split(" ", 1)[1].strip('"') for p in parsed["PARAMETER"] if p.startswith("stop ")}
         assert reference_stops <= stops
-        assert f"num_ctx {report['context_tokens']}" in parsed["PARAMETER"] and parsed["LICENSE"] == ['"""apache-2.0"""']
+        assert f"num_ctx {report['context_tokens']}" in parsed["PARAMETER"] and parsed["LICENSE"] == [
+            '"""apache-2.0"""'
+        ]
         checks = report["artifacts"][a.name]["checks"]
         assert checks["js_template"]["passed"]
         if shutil.which("node"):
@@ -162,4 +196,6 @@ def test_every_gguf_has_a_modelfile_and_lm_studio_gets_its_layout(built: tuple[P
     out = cli_ok("export", "lmstudio", str(dist2), str(root / "lmstudio"), "--publisher", "acme").split()
     assert out == [str(root / "lmstudio" / "acme" / "nl2sql-micro" / "nl2sql-micro-q8_0.gguf")]
     assert sha256_file(Path(out[0])) == dist.artifact("gguf-q8_0").sha256
-    cli_ok("export", "lmstudio", str(dist2), str(root / "lmstudio"), "--publisher", "acme")  # same bytes: kept
+    cli_ok(
+        "export", "lmstudio", str(dist2), str(root / "lmstudio"), "--publisher", "acme"
+    )  # same bytes: kept

@@ -23,7 +23,10 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path: Path, micro_model: Pat
     from safetensors.torch import load_file
 
     cfg = write_config(
-        tmp_path / "edgeft.yaml", name="r", base_model="tiny:micro", workdir=str(tmp_path / "runs"),
+        tmp_path / "edgeft.yaml",
+        name="r",
+        base_model="tiny:micro",
+        workdir=str(tmp_path / "runs"),
         data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
         train={"max_steps": 24, "eval_steps": 4, "learning_rate": 0.003, "max_seq_length": 256},
     )
@@ -32,8 +35,12 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path: Path, micro_model: Pat
 
     out = tmp_path / "killed"
     partial = tmp_path / ".killed.partial"
-    proc = subprocess.Popen([sys.executable, "-m", "edgeft", "-q", "train", "-c", str(cfg), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeft", "-q", "train", "-c", str(cfg), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=os.environ.copy(),
+    )
     marker = partial / "checkpoints" / "checkpoint-8" / "trainer_state.json"
     deadline = time.time() + 300
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -62,9 +69,15 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path: Path, micro_model: Pat
 
 
 def test_resume_without_an_interrupted_run_is_an_input_error(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "edgeft.yaml", name="r", base_model="tiny:micro",
-                       data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")})
+    cfg = write_config(
+        tmp_path / "edgeft.yaml",
+        name="r",
+        base_model="tiny:micro",
+        data={"train": str(EXAMPLE / "data" / "nl2sql.jsonl")},
+    )
     result = CliRunner().invoke(cli, ["train", "-c", str(cfg), "--resume"])
     assert result.exit_code == 5
-    assert result.stderr.endswith(f"Error: {tmp_path / 'runs' / 'r' / '.train.partial'}: no interrupted run "
-                                  "to resume; run without --resume\n")
+    assert result.stderr.endswith(
+        f"Error: {tmp_path / 'runs' / 'r' / '.train.partial'}: no interrupted run "
+        "to resume; run without --resume\n"
+    )

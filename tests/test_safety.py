@@ -48,14 +48,19 @@ def _user_folder(path: Path) -> Path:
 
 # --- data loss --------------------------------------------------------------------------------
 
+
 def test_verify_and_eval_never_replace_a_folder_edgeft_did_not_write(built: dict, tmp_path: Path) -> None:
     src = _user_folder(tmp_path / "src")
-    for args in (["verify", str(built["dist"]), "--out", str(src)],
-                 ["eval", "-c", str(built["config"]), "--out", str(src)]):
+    for args in (
+        ["verify", str(built["dist"]), "--out", str(src)],
+        ["eval", "-c", str(built["config"]), "--out", str(src)],
+    ):
         result = run(*args)
         assert result.exit_code == 5, result.output
-        assert result.stderr == (f"Error: {src} exists and is a directory edgeft did not write (not an edgeft "
-                                 f"'{args[0]}' output): choose another output path, or pass --force to replace it\n")
+        assert result.stderr == (
+            f"Error: {src} exists and is a directory edgeft did not write (not an edgeft "
+            f"'{args[0]}' output): choose another output path, or pass --force to replace it\n"
+        )
         assert (src / "main.py").read_text() == "print('my code')\n"
     # The default report path next to a dist is just as protected.
     dist = tmp_path / "d" / "micro"
@@ -75,8 +80,9 @@ def test_build_and_package_never_replace_a_dist_edgeft_did_not_write(built: dict
     for args in (["build", "-c", str(root / "edgeft.yaml")], ["package", "-c", str(root / "edgeft.yaml")]):
         result = run(*args)
         assert result.exit_code == 5, result.output
-        assert result.stderr.startswith(f"Error: {mine} exists and is a directory edgeft did not write (not an edgeft "
-                                        f"'dist' output)")
+        assert result.stderr.startswith(
+            f"Error: {mine} exists and is a directory edgeft did not write (not an edgeft 'dist' output)"
+        )
         assert (mine / "main.py").is_file()
     result = run("-q", "package", "-c", str(root / "edgeft.yaml"), "--force")
     assert result.exit_code == 0, result.output
@@ -97,16 +103,20 @@ def test_second_build_gets_a_lock_error_and_a_killed_build_is_resumed(built: dic
     shutil.rmtree(runs)
     cfg = str(root / "edgeft.yaml")
     extra = ["--set", "train.max_steps=40", "--set", "train.eval_steps=4"]
-    first = subprocess.Popen([sys.executable, "-m", "edgeft", "-q", "build", "-c", cfg, *extra],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "edgeft", "-q", "build", "-c", cfg, *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     checkpoint = runs / ".train.partial" / "checkpoints" / "checkpoint-8" / "trainer_state.json"
     try:
         _wait_for(checkpoint.exists, proc=first)
         first.send_signal(signal.SIGSTOP)  # holds the lock, frozen mid-training
         second = run("build", "-c", cfg, *extra)
         assert second.exit_code == 9, second.output
-        assert second.stderr.startswith(f"Error: {runs} is in use by another edgeft process (pid {first.pid}, "
-                                        f"`edgeft -q build -c {cfg}")
+        assert second.stderr.startswith(
+            f"Error: {runs} is in use by another edgeft process (pid {first.pid}, `edgeft -q build -c {cfg}"
+        )
         assert checkpoint.exists()  # the second build touched nothing
     finally:
         first.kill()  # SIGKILL: no clean-up of its own
@@ -139,12 +149,28 @@ def test_kill_during_export_leaves_nothing_the_next_run_does_not_clean(built: di
     runs = root / "runs" / "micro"
     system_tmp = tmp_path / "system-tmp"
     system_tmp.mkdir()
-    args = ["-m", "edgeft", "-q", "build", "-c", str(root / "edgeft.yaml"), "--set", "export.gguf.types=[f16, q4_0]"]
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "TMPDIR": str(system_tmp)})
+    args = [
+        "-m",
+        "edgeft",
+        "-q",
+        "build",
+        "-c",
+        str(root / "edgeft.yaml"),
+        "--set",
+        "export.gguf.types=[f16, q4_0]",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TMPDIR": str(system_tmp)},
+    )
     converter: list[int] = []
     try:
-        _wait_for(lambda: converter.extend(_children(proc.pid, "edgeft.pipeline.export._convert")) or converter, proc=proc)
+        _wait_for(
+            lambda: converter.extend(_children(proc.pid, "edgeft.pipeline.export._convert")) or converter,
+            proc=proc,
+        )
         os.kill(converter[0], signal.SIGSTOP)
         assert [p for p in runs.iterdir() if p.name.startswith(f".export-gguf.tmp-{proc.pid}-")]
     finally:
@@ -159,6 +185,7 @@ def test_kill_during_export_leaves_nothing_the_next_run_does_not_clean(built: di
 
 # --- unverified bytes -------------------------------------------------------------------------
 
+
 def test_bytes_that_changed_after_verify_are_never_shipped(built: dict, tmp_path: Path) -> None:
     root = _copy(built, tmp_path)
     gguf = root / "runs" / "micro" / "export-gguf" / "micro-q8_0.gguf"
@@ -170,7 +197,10 @@ def test_bytes_that_changed_after_verify_are_never_shipped(built: dict, tmp_path
     # build notices the changed stage output and makes it again (it does not say "ran nothing")
     result = run("build", "-c", str(root / "edgeft.yaml"))
     assert result.exit_code == 0, result.output
-    assert "export-gguf changed since edgeft wrote it" in result.stderr and "[export-gguf] running" in result.stderr
+    assert (
+        "export-gguf changed since edgeft wrote it" in result.stderr
+        and "[export-gguf] running" in result.stderr
+    )
     assert run("verify", str(root / "dist" / "micro"), "--check").exit_code == 0
 
 
@@ -180,16 +210,28 @@ def test_dist_files_are_copies_not_links(built: dict) -> None:
     assert dist_file.stat().st_nlink == 1 and not os.path.samefile(stage_file, dist_file)
 
 
-@pytest.mark.parametrize(("tamper", "message"), [
-    (lambda d: _flip_a_byte(d / "java" / "build.sh"), "java/build.sh: sha256 differs from the manifest"),
-    (lambda d: (d / "README.md").write_text("# edited\n"), "README.md: truncated"),
-    (lambda d: _flip_a_byte(d / "eval" / "results.json"), "eval/results.json: sha256 differs"),
-    (lambda d: (d / "extra.sh").write_text("x"), "extra.sh: not listed in manifest.json"),
-    (lambda d: (d / "manifest.json").write_text("{not json"), "manifest.json: not valid JSON"),
-    (lambda d: (d / "manifest.json").write_text(json.dumps(
-        {k: v for k, v in json.loads((d / "manifest.json").read_text()).items() if k != "artifacts"})),
-     "manifest.json: 'artifacts' is missing or empty"),
-])
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (lambda d: _flip_a_byte(d / "java" / "build.sh"), "java/build.sh: sha256 differs from the manifest"),
+        (lambda d: (d / "README.md").write_text("# edited\n"), "README.md: truncated"),
+        (lambda d: _flip_a_byte(d / "eval" / "results.json"), "eval/results.json: sha256 differs"),
+        (lambda d: (d / "extra.sh").write_text("x"), "extra.sh: not listed in manifest.json"),
+        (lambda d: (d / "manifest.json").write_text("{not json"), "manifest.json: not valid JSON"),
+        (
+            lambda d: (d / "manifest.json").write_text(
+                json.dumps(
+                    {
+                        k: v
+                        for k, v in json.loads((d / "manifest.json").read_text()).items()
+                        if k != "artifacts"
+                    }
+                )
+            ),
+            "manifest.json: 'artifacts' is missing or empty",
+        ),
+    ],
+)
 def test_every_file_of_a_dist_is_checked(built: dict, tmp_path: Path, tamper, message: str) -> None:
     dist = tmp_path / "micro"
     shutil.copytree(built["dist"], dist)
@@ -213,6 +255,7 @@ def test_a_tampered_dist_fails_the_full_verify_too(built: dict, tmp_path: Path) 
 
 # --- paths in manifests -----------------------------------------------------------------------
 
+
 def _point_outside(stage: Path, name: str, target: str) -> None:
     for manifest in ("manifest.json", "edgeft.json"):
         if (stage / manifest).is_file():
@@ -231,10 +274,16 @@ def test_manifest_paths_outside_the_folder_are_refused(built: dict, tmp_path: Pa
     _point_outside(dist, "gguf-q8_0", target)
     result = run("run", str(dist), "hi", "--type", "q8_0")
     assert result.exit_code == 5, result.output
-    assert result.stderr == f"Error: {dist}: the manifest names {target!r}, a path outside this folder: refused\n"
+    assert (
+        result.stderr
+        == f"Error: {dist}: the manifest names {target!r}, a path outside this folder: refused\n"
+    )
     result = run("verify", str(dist), "--out", str(tmp_path / "v"))
     assert result.exit_code == 7, result.output
-    assert f"gguf-q8_0: checksums: {dist}: the manifest names {target!r}, a path outside this folder" in result.stderr
+    assert (
+        f"gguf-q8_0: checksums: {dist}: the manifest names {target!r}, a path outside this folder"
+        in result.stderr
+    )
     root = _copy(built, tmp_path)
     export = root / "runs" / "micro" / "export-gguf"
     _point_outside(export, "gguf-q8_0", target)
@@ -244,6 +293,7 @@ def test_manifest_paths_outside_the_folder_are_refused(built: dict, tmp_path: Pa
 
 
 # --- files that pass their checksum but cannot be read -----------------------------------------
+
 
 def test_unreadable_artifacts_fail_alone_with_a_named_cause(built: dict, tmp_path: Path) -> None:
     dist = tmp_path / "micro"
@@ -267,7 +317,9 @@ def test_unreadable_artifacts_fail_alone_with_a_named_cause(built: dict, tmp_pat
     # `edgeft run` on such files: an input error naming the file and the cause
     result = run("run", str(gguf), "hi")
     assert result.exit_code == 5, result.output
-    assert result.stderr.startswith(f"Error: {gguf}: says it holds 1,152,921,504,606,846,976 metadata entries")
+    assert result.stderr.startswith(
+        f"Error: {gguf}: says it holds 1,152,921,504,606,846,976 metadata entries"
+    )
     for broken in (b"", (dist / "gguf" / "micro-f16.gguf").read_bytes()[:50_000], os.urandom(3000)):
         gguf.write_bytes(broken)
         result = run("run", str(gguf), "hi")
@@ -278,12 +330,16 @@ def test_unreadable_artifacts_fail_alone_with_a_named_cause(built: dict, tmp_pat
     assert result.stderr.startswith(f"Error: {onnx.parent}: cannot be loaded (")
 
 
-@pytest.mark.parametrize(("template", "cause"), [
-    ("{{ 'x' * 200000000 }}", "was stopped: repeating a value"),
-    ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "was stopped: access to attribute '__class__'"),
-])
-def test_template_bomb_in_an_artifact_is_refused_at_once(built: dict, tmp_path: Path, template: str,
-                                                         cause: str) -> None:
+@pytest.mark.parametrize(
+    ("template", "cause"),
+    [
+        ("{{ 'x' * 200000000 }}", "was stopped: repeating a value"),
+        ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "was stopped: access to attribute '__class__'"),
+    ],
+)
+def test_template_bomb_in_an_artifact_is_refused_at_once(
+    built: dict, tmp_path: Path, template: str, cause: str
+) -> None:
     folder = tmp_path / "onnx-fp32"
     shutil.copytree(built["dist"] / "onnx" / "onnx-fp32", folder)
     (folder / "chat_template.jinja").write_text(template)
@@ -298,14 +354,27 @@ def test_template_bomb_in_an_artifact_is_refused_at_once(built: dict, tmp_path: 
 
 
 def _with_template(src: Path, dst: Path, template: str) -> Path:
-    subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(src), str(dst), "--chat-template",
-                    template, "--force"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gguf.scripts.gguf_new_metadata",
+            str(src),
+            str(dst),
+            "--chat-template",
+            template,
+            "--force",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return dst
 
 
 def test_a_template_that_renders_nothing_is_an_input_error(built: dict, tmp_path: Path) -> None:
-    gguf = _with_template(built["dist"] / "gguf" / "micro-q8_0.gguf", tmp_path / "empty.gguf",
-                          "{% if false %}x{% endif %}")
+    gguf = _with_template(
+        built["dist"] / "gguf" / "micro-q8_0.gguf", tmp_path / "empty.gguf", "{% if false %}x{% endif %}"
+    )
     result = run("run", str(gguf), "hi")
     assert result.exit_code == 5, result.output
     assert result.stderr.startswith(f"Error: {gguf}: its chat template renders nothing for this conversation")
@@ -319,9 +388,16 @@ def test_a_prompt_longer_than_the_context_is_refused_in_every_runtime(built: dic
         assert "positions, more than the 1,024-token context of" in result.stderr, result.stderr
     result = run("run", str(built["dist"]), "hi", "--max-tokens", "5000")
     assert result.exit_code == 5 and "up to 5,000 new tokens were asked for" in result.stderr
-    chat = subprocess.run([sys.executable, "-m", "edgeft", "chat", str(built["dist"]), "--max-tokens", "8"],
-                          input=f"hi\n{long}\nthanks\n/exit\n", capture_output=True, text=True, timeout=300)
-    assert chat.returncode == 0 and chat.stderr.count("-token context of") == 1, chat.stderr  # the chat goes on
+    chat = subprocess.run(
+        [sys.executable, "-m", "edgeft", "chat", str(built["dist"]), "--max-tokens", "8"],
+        input=f"hi\n{long}\nthanks\n/exit\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert chat.returncode == 0 and chat.stderr.count("-token context of") == 1, (
+        chat.stderr
+    )  # the chat goes on
     # eval: an example past the context, named
     root = _copy(built, tmp_path)
     result = run("eval", "-c", str(root / "edgeft.yaml"), "--set", "eval.max_new_tokens=1020")
@@ -331,16 +407,35 @@ def test_a_prompt_longer_than_the_context_is_refused_in_every_runtime(built: dic
 
 # --- a full disk -------------------------------------------------------------------------------
 
+
 def _in_tmpfs(mountpoint: Path, size: str, *edgeft_args: str) -> subprocess.CompletedProcess:
     """Run edgeft with a tiny tmpfs mounted at `mountpoint`, in a private mount namespace; print
     what is left on it afterwards."""
     if shutil.which("unshare") is None:
         pytest.skip("needs util-linux unshare")
-    script = ('mount -t tmpfs -o size="$1" tmpfs "$2" || exit 99; shift 2; "$@"; rc=$?; '
-              'echo "LEFT:$(ls -A "$MNT")"; exit $rc')
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", size, str(mountpoint), sys.executable, "-m",
-                           "edgeft", *edgeft_args], capture_output=True, text=True,
-                          env={**os.environ, "MNT": str(mountpoint)})
+    script = (
+        'mount -t tmpfs -o size="$1" tmpfs "$2" || exit 99; shift 2; "$@"; rc=$?; '
+        'echo "LEFT:$(ls -A "$MNT")"; exit $rc'
+    )
+    proc = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            size,
+            str(mountpoint),
+            sys.executable,
+            "-m",
+            "edgeft",
+            *edgeft_args,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MNT": str(mountpoint)},
+    )
     if proc.returncode == 99 or "unshare failed" in proc.stderr:
         pytest.skip(f"cannot mount a tmpfs in a private namespace here: {proc.stderr.strip()[:200]}")
     return proc
@@ -351,15 +446,20 @@ def test_disk_full_in_verify_and_package_is_named_and_leaves_nothing(built: dict
     reports.mkdir()
     proc = _in_tmpfs(reports, "16k", "verify", str(built["dist"]), "--out", str(reports / "v"))
     assert proc.returncode == 10, proc.stderr
-    assert f"Error: no space left on the disk holding {reports} while writing the verify stage: free some space" \
-           in proc.stderr
+    assert (
+        f"Error: no space left on the disk holding {reports} while writing the verify stage: free some space"
+        in proc.stderr
+    )
     assert "resume" not in proc.stderr and "Traceback" not in proc.stderr
     assert "LEFT:\n" in proc.stdout or proc.stdout.endswith("LEFT:\n")  # nothing half-written
     root = _copy(built, tmp_path)
     shutil.rmtree(root / "dist" / "micro")
     proc = _in_tmpfs(root / "dist", "512k", "package", "-c", str(root / "edgeft.yaml"))
     assert proc.returncode == 10, proc.stderr
-    assert f"Error: no space left on the disk holding {root / 'dist'} while writing the dist stage" in proc.stderr
+    assert (
+        f"Error: no space left on the disk holding {root / 'dist'} while writing the dist stage"
+        in proc.stderr
+    )
     assert proc.stdout.rstrip().endswith("LEFT:")
 
 
@@ -370,13 +470,19 @@ def test_disk_full_during_export_gguf_is_named_like_every_stage(built: dict, tmp
     # 64 KB: the converter's write fails (numpy: "32768 requested and 584 written"); 600 KB: llama-quantize's
     # ("iostream error"). Both were exit 6 with the tool's words.
     for size in ("64k", "600k"):
-        proc = _in_tmpfs(out, size, "export", "gguf", "-c", str(root / "edgeft.yaml"), "--out", str(out / "g"))
+        proc = _in_tmpfs(
+            out, size, "export", "gguf", "-c", str(root / "edgeft.yaml"), "--out", str(out / "g")
+        )
         assert proc.returncode == 10, (size, proc.stderr)
-        assert f"Error: no space left on the disk holding {out} while writing the export-gguf stage" in proc.stderr
+        assert (
+            f"Error: no space left on the disk holding {out} while writing the export-gguf stage"
+            in proc.stderr
+        )
         assert proc.stdout.rstrip().endswith("LEFT:.edgeft.lock") or proc.stdout.rstrip().endswith("LEFT:")
 
 
 # --- what a dist says about the machine that built it -------------------------------------------
+
 
 def test_dist_carries_no_path_of_the_build_machine(built: dict) -> None:
     root = str(built["root"])

@@ -42,14 +42,23 @@ def test_hf_and_llama_cpp_tokenise_identically(micro_model: Path, tmp_path: Path
     gguf = tmp_path / "m.gguf"
     convert_hf(micro_model, gguf, "micro", outtype="f32")
     tok = AutoTokenizer.from_pretrained(micro_model)
-    texts = ["Hello world", " leading space", "trailing  ", "héllo ünïcode 日本語 🙂",
-             "SELECT * FROM books WHERE id = 3;", "a\n\nb\tc", "<|im_start|>user\nhi<|im_end|>", ""]
+    texts = [
+        "Hello world",
+        " leading space",
+        "trailing  ",
+        "héllo ünïcode 日本語 🙂",
+        "SELECT * FROM books WHERE id = 3;",
+        "a\n\nb\tc",
+        "<|im_start|>user\nhi<|im_end|>",
+        "",
+    ]
     with LlamaCppRuntime(gguf) as rt:
         for text in texts:
             assert rt.tokenize(text) == tok(text)["input_ids"], text
         messages = [{"role": "user", "content": "What is 3 plus 4?"}]
-        assert rt.chat_prompt(messages) == tok.apply_chat_template(messages, tokenize=False,
-                                                                   add_generation_prompt=True)
+        assert rt.chat_prompt(messages) == tok.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
 
 
 def test_k_quant_fallbacks_are_reported(micro_model: Path, tmp_path: Path) -> None:

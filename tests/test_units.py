@@ -97,8 +97,10 @@ def test_top_p_keeps_the_smallest_nucleus_reaching_p() -> None:
 
 def test_sampling_is_reproducible_from_its_seed() -> None:
     s = Sampling(temperature=0.8, top_k=3, top_p=0.9, seed=7)
-    runs = [[sample(LOGITS.copy(), s, rng) for _ in range(30)] for rng in
-            (np.random.default_rng(7), np.random.default_rng(7))]
+    runs = [
+        [sample(LOGITS.copy(), s, rng) for _ in range(30)]
+        for rng in (np.random.default_rng(7), np.random.default_rng(7))
+    ]
     assert runs[0] == runs[1] and len(set(runs[0])) > 1
 
 
@@ -107,14 +109,17 @@ def test_sampling_is_reproducible_from_its_seed() -> None:
 SPECIAL = {"bos": 1, "eos": 2, "added": {50: "<|im_end|>"}}
 
 
-@pytest.mark.parametrize(("got", "want", "cause"), [
-    ([1, 1, 5, 6], [1, 5, 6], "BOS added twice"),
-    ([5, 6], [1, 5, 6], "BOS missing"),
-    ([1, 5, 6], [5, 6], "BOS added where the reference has none"),
-    ([1, 5, 7, 8, 9], [1, 5, 50, 9], "the special token '<|im_end|>' (id 50) is split"),
-    ([1, 5, 7], [1, 5, 6], ""),
-    ([1, 5, 6], [1, 5, 6], ""),
-])
+@pytest.mark.parametrize(
+    ("got", "want", "cause"),
+    [
+        ([1, 1, 5, 6], [1, 5, 6], "BOS added twice"),
+        ([5, 6], [1, 5, 6], "BOS missing"),
+        ([1, 5, 6], [5, 6], "BOS added where the reference has none"),
+        ([1, 5, 7, 8, 9], [1, 5, 50, 9], "the special token '<|im_end|>' (id 50) is split"),
+        ([1, 5, 7], [1, 5, 6], ""),
+        ([1, 5, 6], [1, 5, 6], ""),
+    ],
+)
 def test_diagnose_ids_names_the_known_faults(got: list[int], want: list[int], cause: str) -> None:
     said = diagnose_ids(got, want, SPECIAL)
     assert said.startswith(cause) if cause else said == ""
@@ -132,8 +137,16 @@ def test_common_prefix() -> None:
     assert common_prefix([], [1]) == 0
 
 
-ROWS = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"question {i}"},
-                      {"role": "assistant", "content": f"answer {i}"}]} for i in range(5)]
+ROWS = [
+    {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": f"question {i}"},
+            {"role": "assistant", "content": f"answer {i}"},
+        ]
+    }
+    for i in range(5)
+]
 
 
 def _chars(messages: list[dict[str, str]]) -> int:  # a stand-in tokenizer: one token per character
@@ -152,7 +165,7 @@ def test_probes_from_validation_rows_split_prompt_and_answer() -> None:
 def test_edge_probes_keep_the_system_prompt_and_fill_the_budget() -> None:
     probes = edge_probes(probes_from(ROWS, 5), _chars, budget=200)
     names = [p.name for p in probes]
-    assert names[:len(EDGE_CASES)] == list(EDGE_CASES)
+    assert names[: len(EDGE_CASES)] == list(EDGE_CASES)
     assert all(p.edge and p.answer is None and p.messages[0]["content"] == "Be brief." for p in probes)
     near = probes[-1]
     assert near.name.startswith("edge:near-context(")
@@ -186,15 +199,17 @@ def test_plain_template_drops_generation_markers_only() -> None:
 
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
     ext = jinja2.Environment(extensions=["jinja2.ext.do"])
-    rendered = ext.from_string(plain).render(messages=messages, bos_token="<s>", eos_token="</s>",
-                                             add_generation_prompt=False)
+    rendered = ext.from_string(plain).render(
+        messages=messages, bos_token="<s>", eos_token="</s>", add_generation_prompt=False
+    )
     assert rendered == "<s>### User:\nhi\n\n### Assistant:\nyo</s>\n\n"
 
 
 def test_pre_tokenizer_candidates_come_preferred_first_without_repeats(tmp_path: Path) -> None:
     (tmp_path / "conversion").mkdir()
     (tmp_path / "conversion" / "base.py").write_text(
-        'if x:\n    res = "zeta"\nelif y:\n    res = "llama-bpe"\n    res = "zeta"\n    res = "gpt-2"\n')
+        'if x:\n    res = "zeta"\nelif y:\n    res = "llama-bpe"\n    res = "zeta"\n    res = "gpt-2"\n'
+    )
     assert converter_pre_tokenizers(tmp_path) == ["gpt-2", "llama-bpe", "zeta"]
     (tmp_path / "conversion" / "base.py").write_text("nothing here\n")
     with pytest.raises(RuntimeError, match="no pre-tokenizer names"):
@@ -205,7 +220,11 @@ def test_pre_tokenizer_candidates_come_preferred_first_without_repeats(tmp_path:
 def test_stress_corpus_is_deterministic_and_covers_its_pieces() -> None:
     corpus = stress_corpus()
     assert corpus == stress_corpus() and corpus != stress_corpus(seed=1)
-    assert any("½" in t for t in corpus) and any("\u200d" in t for t in corpus) and any("  " in t for t in corpus)
+    assert (
+        any("½" in t for t in corpus)
+        and any("\u200d" in t for t in corpus)
+        and any("  " in t for t in corpus)
+    )
 
 
 # --- the type table and the stage layout --------------------------------------------------------
@@ -232,7 +251,9 @@ def test_tensors_stored_in_a_coarser_type_bring_that_types_band() -> None:
     # Finer tensors (fit's q5_0, a q8_0 attention) or a manifest's junk never loosen or break it.
     for overrides in ({"attn_v": "q8_0"}, {"x": "q5_0"}, {"x": "Q8_0"}, {"x": 3}, ["iq2_xs"], "iq2_xs", None):
         assert formats.band("gguf", "q4_k_m", overrides) == q4_k_m, overrides
-    assert formats.band("gguf", "q8_0", {"ffn_down": "Q4_K"}).kl_mean == formats.band("gguf", "q4_k_s").kl_mean
+    assert (
+        formats.band("gguf", "q8_0", {"ffn_down": "Q4_K"}).kl_mean == formats.band("gguf", "q4_k_s").kl_mean
+    )
 
 
 def test_every_band_is_ordered_as_its_statistics() -> None:
@@ -242,8 +263,9 @@ def test_every_band_is_ordered_as_its_statistics() -> None:
 
 
 def test_stage_directories_and_hints(tmp_path: Path) -> None:
-    cfg = parse_config({"name": "m", "base_model": "tiny:micro", "data": {"train": "d.jsonl"}},
-                       str(tmp_path / "edgeft.yaml"))
+    cfg = parse_config(
+        {"name": "m", "base_model": "tiny:micro", "data": {"train": "d.jsonl"}}, str(tmp_path / "edgeft.yaml")
+    )
     assert stages.directory(cfg, stages.MERGE) == tmp_path / "runs" / "m" / "merge"
     assert stages.directory(cfg, stages.DIST) == tmp_path / "dist" / "m"
     assert stages.directory(cfg, stages.EVAL, tmp_path / "x") == tmp_path / "x"
@@ -281,9 +303,13 @@ def test_the_mistral_regex_false_alarm_is_dropped_for_other_models(tmp_path: Pat
     from edgeft.cli import _mistral_regex_false_alarm
 
     def record(folder: Path) -> logging.LogRecord:
-        message = (f"The tokenizer you are loading from '{folder}' with an incorrect regex pattern: https://x. "
-                   "You should set the `fix_mistral_regex=True` flag when loading this tokenizer to fix this issue.")
-        return logging.LogRecord("transformers.tokenization_utils_base", logging.WARNING, "", 0, message, None, None)
+        message = (
+            f"The tokenizer you are loading from '{folder}' with an incorrect regex pattern: https://x. "
+            "You should set the `fix_mistral_regex=True` flag when loading this tokenizer to fix this issue."
+        )
+        return logging.LogRecord(
+            "transformers.tokenization_utils_base", logging.WARNING, "", 0, message, None, None
+        )
 
     for model_type, shown in (("gemma3_text", False), ("qwen2", False), ("mistral", True)):
         folder = tmp_path / model_type

@@ -8,6 +8,7 @@ stderr with its exit code (see edgeft/core/errors.py and docs/safety.md).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -23,12 +24,19 @@ from edgeft.core.errors import EdgeftError
 from edgeft.runtimes import Sampling
 
 CONFIG_OPTION = click.option(
-    "-c", "--config", "config_path", required=True, type=click.Path(path_type=Path),
+    "-c",
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(path_type=Path),
     help="edgeft.yaml: a section per stage (see docs/config.md).",
 )
 FORCE_OPTION = click.option("--force", is_flag=True, help="Replace an existing output directory.")
 SET_OPTION = click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
     help="Override a config key, e.g. --set train.max_steps=10 (YAML value syntax).",
 )
 
@@ -51,15 +59,19 @@ class EdgeftGroup(click.Group):
                 if e.errno != errno.ENAMETOOLONG:
                     raise
                 path = str(e.filename)
-                raise InputError(f"{path if len(path) <= 300 else path[:200] + '…' + path[-60:]}: a name in this path is too long for the file system "
-                                 f"(255 bytes per name, and edgeft names its temporaries after its outputs, adding "
-                                 f"about 25): choose a shorter path") from None
+                raise InputError(
+                    f"{path if len(path) <= 300 else path[:200] + '…' + path[-60:]}: a name in this path is too long for the file system "
+                    f"(255 bytes per name, and edgeft names its temporaries after its outputs, adding "
+                    f"about 25): choose a shorter path"
+                ) from None
             except Exception as e:
                 if isinstance(e, EdgeftError) or not no_space(e):
                     raise
                 where = getattr(no_space(e), "filename", None)
-                raise NoSpaceError(f"no space left on the disk{f' holding {where}' if where else ''}: free some "
-                                   f"space and run the command again") from e
+                raise NoSpaceError(
+                    f"no space left on the disk{f' holding {where}' if where else ''}: free some "
+                    f"space and run the command again"
+                ) from e
         except EdgeftError as e:
             click.echo(f"Error: {clip_lines(str(e))}", err=True)
             ctx.exit(e.exit_code)
@@ -87,8 +99,12 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     # edgeft's own log at `level`; libraries (ONNX Runtime's quantizer, datasets, …) are chatty
     # at INFO, so theirs only from WARNING unless -v.
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="edgeft: %(message)s", stream=sys.stderr, force=True)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="edgeft: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
     logging.getLogger("edgeft").setLevel(level)
     # bitsandbytes warns at import that it cannot fetch an optional CPU kernel from a hub; its
     # built-in CPU path is used instead, so the warning says nothing a user can act on.
@@ -122,7 +138,9 @@ def cli(verbose: int, quiet: bool) -> None:
 @CONFIG_OPTION
 @FORCE_OPTION
 @SET_OPTION
-@click.option("--register", is_flag=True, help="Then register the dist in the config's registry (a new version).")
+@click.option(
+    "--register", is_flag=True, help="Then register the dist in the config's registry (a new version)."
+)
 def build(config_path: Path, force: bool, overrides: tuple[str, ...], register: bool) -> None:
     """Run train → merge → export → verify → eval → package; print the dist directory.
 
@@ -143,14 +161,19 @@ def build(config_path: Path, force: bool, overrides: tuple[str, ...], register: 
         click.echo(f"edgeft: [{name}] {state}", err=True)
 
     result = run_build(cfg, force=force, on_stage=on_stage)
-    click.echo(f"edgeft: ran {', '.join(result.ran) or 'nothing'}; reused {', '.join(result.reused) or 'nothing'}",
-               err=True)
+    click.echo(
+        f"edgeft: ran {', '.join(result.ran) or 'nothing'}; reused {', '.join(result.reused) or 'nothing'}",
+        err=True,
+    )
     if register:
         from edgeft.registry.store import Registry
 
         name, number, new = Registry(cfg.path(cfg.registry)).add(result.dist)
-        click.echo(f"edgeft: {'registered as' if new else 'already registered as'} {name}:{number} in "
-                   f"{cfg.path(cfg.registry)}", err=True)
+        click.echo(
+            f"edgeft: {'registered as' if new else 'already registered as'} {name}:{number} in "
+            f"{cfg.path(cfg.registry)}",
+            err=True,
+        )
     click.echo(str(result.dist))
 
 
@@ -161,23 +184,47 @@ def data() -> None:
 
 @data.command("check")
 @click.argument("file", type=click.Path(path_type=Path), required=False)
-@click.option("-c", "--config", "config_path", type=click.Path(path_type=Path),
-              help="Take the data section, base model and max length from this config.")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="Take the data section, base model and max length from this config.",
+)
 @click.option("--model", help="Tokenizer (HF id or directory) for length checks [the config's base_model].")
 @click.option("--max-length", type=int, help="Token limit per example [train.max_seq_length].")
 @click.option("--validation", type=click.Path(path_type=Path), help="Explicit validation file.")
-@click.option("--column", "columns", multiple=True, metavar="CANONICAL=YOURS",
-              help="Map a field, e.g. --column prompt=question (repeatable).")
+@click.option(
+    "--column",
+    "columns",
+    multiple=True,
+    metavar="CANONICAL=YOURS",
+    help="Map a field, e.g. --column prompt=question (repeatable).",
+)
 @click.option("--val-ratio", type=float, help=f"Validation share of the split [{DataConfig.val_ratio}].")
 @click.option("--seed", type=int, help=f"Split seed [{DataConfig.seed}].")
 @click.option("--dedup", is_flag=True, default=None, help="Drop exact duplicates before splitting.")
-@click.option("--filter", "conditions", multiple=True, metavar="CONDITION",
-              help="Keep rows passing this condition, e.g. --filter 'rating >= 4' (repeatable; "
-                   "replaces data.filter).")
+@click.option(
+    "--filter",
+    "conditions",
+    multiple=True,
+    metavar="CONDITION",
+    help="Keep rows passing this condition, e.g. --filter 'rating >= 4' (repeatable; replaces data.filter).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def data_check(file: Path | None, config_path: Path | None, model: str | None, max_length: int | None,
-               validation: Path | None, columns: tuple[str, ...], val_ratio: float | None, seed: int | None,
-               dedup: bool | None, conditions: tuple[str, ...], as_json: bool) -> None:
+def data_check(
+    file: Path | None,
+    config_path: Path | None,
+    model: str | None,
+    max_length: int | None,
+    validation: Path | None,
+    columns: tuple[str, ...],
+    val_ratio: float | None,
+    seed: int | None,
+    dedup: bool | None,
+    conditions: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Check a dataset (JSONL, JSON, CSV, Parquet, datasets dir): every problem with its location.
 
     Rows may be alpaca, chat `messages`, prompt/completion or text. With a tokenizer (--model,
@@ -222,8 +269,9 @@ def data_check(file: Path | None, config_path: Path | None, model: str | None, m
         from edgeft.models.base import ensure_chat_template, resolve_base
 
         trust = cfg.trust_remote_code if cfg else False
-        tokenizer = AutoTokenizer.from_pretrained(resolve_base(source, cfg.root if cfg else None, trust),
-                                                  trust_remote_code=trust)
+        tokenizer = AutoTokenizer.from_pretrained(
+            resolve_base(source, cfg.root if cfg else None, trust), trust_remote_code=trust
+        )
         ensure_chat_template(tokenizer)
     if conditions:
         from edgeft.core.rowfilter import compile_filter
@@ -231,13 +279,21 @@ def data_check(file: Path | None, config_path: Path | None, model: str | None, m
         compile_filter(list(conditions), key="--filter")
     # The command line's options replace their config keys; analyse_section maps the section to the checks.
     d = dataclasses.replace(
-        d, columns=mapping, val_ratio=val_ratio if val_ratio is not None else d.val_ratio,
-        seed=seed if seed is not None else d.seed, dedup=dedup if dedup is not None else d.dedup,
-        filter=list(conditions) if conditions else d.filter)
+        d,
+        columns=mapping,
+        val_ratio=val_ratio if val_ratio is not None else d.val_ratio,
+        seed=seed if seed is not None else d.seed,
+        dedup=dedup if dedup is not None else d.dedup,
+        filter=list(conditions) if conditions else d.filter,
+    )
     report = analyse_section(
-        d, train_path, validation or (cfg.path(d.validation) if cfg and d.validation else None), tokenizer=tokenizer,
+        d,
+        train_path,
+        validation or (cfg.path(d.validation) if cfg and d.validation else None),
+        tokenizer=tokenizer,
         max_length=max_length if max_length is not None else (cfg.train.max_seq_length if cfg else None),
-        paraphraser=paraphraser(cfg) if cfg else None, trust_remote_code=cfg.trust_remote_code if cfg else False,
+        paraphraser=paraphraser(cfg) if cfg else None,
+        trust_remote_code=cfg.trust_remote_code if cfg else False,
     )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
@@ -249,13 +305,17 @@ def data_check(file: Path | None, config_path: Path | None, model: str | None, m
             click.echo(line)
         for line in format_augmentation(report):
             click.echo(line)
-        click.echo(f"{train_path}: {info['usable']} usable of {info['rows']} rows ({fmts}); "
-                   f"{len(report.errors)} error(s), {len(report.warnings)} warning(s); "
-                   f"split {len(report.train)} train / {len(report.validation)} validation")
+        click.echo(
+            f"{train_path}: {info['usable']} usable of {info['rows']} rows ({fmts}); "
+            f"{len(report.errors)} error(s), {len(report.warnings)} warning(s); "
+            f"split {len(report.train)} train / {len(report.validation)} validation"
+        )
         if report.stats:
             s = report.stats
-            click.echo(f"tokens per example: min {s['min']}, median {s['median']:g}, p95 {s['p95']:g}, "
-                       f"max {s['max']}")
+            click.echo(
+                f"tokens per example: min {s['min']}, median {s['median']:g}, p95 {s['p95']:g}, "
+                f"max {s['max']}"
+            )
         if report.rendered_example is not None:
             click.echo("first training example as the model sees it:\n" + report.rendered_example)
     if report.errors:
@@ -298,8 +358,9 @@ def train(config_path: Path, out: Path | None, resume: bool, force: bool, overri
 @click.option("--out", type=click.Path(path_type=Path), help="Output directory [<workdir>/<name>/merge].")
 @FORCE_OPTION
 @SET_OPTION
-def merge(config_path: Path, train_dir: Path | None, out: Path | None, force: bool,
-          overrides: tuple[str, ...]) -> None:
+def merge(
+    config_path: Path, train_dir: Path | None, out: Path | None, force: bool, overrides: tuple[str, ...]
+) -> None:
     """Merge the adapter into the full-precision base model (never into 4-bit weights).
 
     After QLoRA, also measures merge.strategy full-precision and dequantized against the
@@ -325,28 +386,39 @@ def _export_command(fmt: str, doc: str) -> None:
 
     @export.command(fmt, help=doc)
     @CONFIG_OPTION
-    @click.option("--merge-dir", type=click.Path(path_type=Path), help="Merge stage [<workdir>/<name>/merge].")
-    @click.option("--out", type=click.Path(path_type=Path), help=f"Output directory [<workdir>/<name>/export-{fmt}].")
+    @click.option(
+        "--merge-dir", type=click.Path(path_type=Path), help="Merge stage [<workdir>/<name>/merge]."
+    )
+    @click.option(
+        "--out", type=click.Path(path_type=Path), help=f"Output directory [<workdir>/<name>/export-{fmt}]."
+    )
     @FORCE_OPTION
     @SET_OPTION
-    def command(config_path: Path, merge_dir: Path | None, out: Path | None, force: bool,
-                overrides: tuple[str, ...]) -> None:
+    def command(
+        config_path: Path, merge_dir: Path | None, out: Path | None, force: bool, overrides: tuple[str, ...]
+    ) -> None:
         import importlib
 
         stage = getattr(importlib.import_module(f"edgeft.pipeline.export.{fmt}"), f"export_{fmt}")
         click.echo(str(stage(_load(config_path, overrides), merge_dir, out, force=force).path))
 
 
-_export_command("gguf", """Convert with llama.cpp's converter and quantize (export.gguf.types).
+_export_command(
+    "gguf",
+    """Convert with llama.cpp's converter and quantize (export.gguf.types).
 
     \b
     edgeft export gguf -c examples/nl2sql/edgeft.yaml --set 'export.gguf.types=[q4_k_m]'
-    """)
-_export_command("onnx", """Export with optimum (KV cache) and quantize with ONNX Runtime (export.onnx.types).
+    """,
+)
+_export_command(
+    "onnx",
+    """Export with optimum (KV cache) and quantize with ONNX Runtime (export.onnx.types).
 
     \b
     edgeft export onnx -c examples/nl2sql/edgeft.yaml
-    """)
+    """,
+)
 
 
 @export.command("lmstudio")
@@ -372,23 +444,55 @@ def export_lmstudio(dist: Path, out: Path, publisher: str, force: bool) -> None:
 
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path), required=False)
-@click.option("-c", "--config", "config_path", type=click.Path(path_type=Path),
-              help="Verify the export stages of this config (instead of PATH).")
-@click.option("--merge-dir", type=click.Path(path_type=Path),
-              help="Reference merge stage [from PATH's manifest, or <workdir>/<name>/merge].")
-@click.option("--export-dir", "export_dirs", multiple=True, type=click.Path(path_type=Path),
-              help="With -c: export stage to check (repeatable) [the config's export stages].")
-@click.option("--out", type=click.Path(path_type=Path),
-              help="Report directory [<workdir>/<name>/verify, or PATH-verify next to PATH].")
-@click.option("--check", "check_only", is_flag=True,
-              help="Only check PATH's files against its manifest (fast: no runtime is loaded).")
-@click.option("--second-opinion/--no-second-opinion", default=None,
-              help="Also measure every GGUF's KL with llama.cpp's llama-perplexity; the two must agree "
-                   "[verify.second_opinion of the config, or of the manifest's].")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="Verify the export stages of this config (instead of PATH).",
+)
+@click.option(
+    "--merge-dir",
+    type=click.Path(path_type=Path),
+    help="Reference merge stage [from PATH's manifest, or <workdir>/<name>/merge].",
+)
+@click.option(
+    "--export-dir",
+    "export_dirs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="With -c: export stage to check (repeatable) [the config's export stages].",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Report directory [<workdir>/<name>/verify, or PATH-verify next to PATH].",
+)
+@click.option(
+    "--check",
+    "check_only",
+    is_flag=True,
+    help="Only check PATH's files against its manifest (fast: no runtime is loaded).",
+)
+@click.option(
+    "--second-opinion/--no-second-opinion",
+    default=None,
+    help="Also measure every GGUF's KL with llama.cpp's llama-perplexity; the two must agree "
+    "[verify.second_opinion of the config, or of the manifest's].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
 @click.option("--force", is_flag=True, help="Replace an --out directory that is not an edgeft verify report.")
-def verify(path: Path | None, config_path: Path | None, merge_dir: Path | None, export_dirs: tuple[Path, ...],
-           out: Path | None, check_only: bool, second_opinion: bool | None, as_json: bool, force: bool) -> None:
+def verify(
+    path: Path | None,
+    config_path: Path | None,
+    merge_dir: Path | None,
+    export_dirs: tuple[Path, ...],
+    out: Path | None,
+    check_only: bool,
+    second_opinion: bool | None,
+    as_json: bool,
+    force: bool,
+) -> None:
     """Compare every exported artifact with the merged model; exit 7 if any check fails.
 
     PATH is a dist folder or an export stage; its manifest says how it was made and where the
@@ -416,12 +520,21 @@ def verify(path: Path | None, config_path: Path | None, merge_dir: Path | None, 
         return
     if path is not None:
         out_dir = out or path.with_name(path.name + "-verify")
-        run = lambda: verify_path(path, merge_dir, out_dir, force=force, second_opinion=second_opinion)  # noqa: E731
+        run = functools.partial(
+            verify_path, path, merge_dir, out_dir, force=force, second_opinion=second_opinion
+        )
     elif config_path is not None:
         cfg = _load(config_path)
         out_dir = stages.directory(cfg, stages.VERIFY, out)
-        run = lambda: verify_artifacts(cfg, merge_dir, list(export_dirs) or None, out_dir, force=force,  # noqa: E731
-                                       second_opinion=second_opinion)
+        run = functools.partial(
+            verify_artifacts,
+            cfg,
+            merge_dir,
+            list(export_dirs) or None,
+            out_dir,
+            force=force,
+            second_opinion=second_opinion,
+        )
     try:
         stage = run()
     except VerifyFailed:
@@ -433,15 +546,31 @@ def verify(path: Path | None, config_path: Path | None, merge_dir: Path | None, 
 
 @cli.command("eval")
 @CONFIG_OPTION
-@click.option("--merge-dir", type=click.Path(path_type=Path), help="Fine-tuned model's merge stage [<workdir>/<name>/merge].")
-@click.option("--export-dir", "export_dirs", multiple=True, type=click.Path(path_type=Path),
-              help="Export stage whose artifacts to score (repeatable) [the config's export stages].")
+@click.option(
+    "--merge-dir",
+    type=click.Path(path_type=Path),
+    help="Fine-tuned model's merge stage [<workdir>/<name>/merge].",
+)
+@click.option(
+    "--export-dir",
+    "export_dirs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Export stage whose artifacts to score (repeatable) [the config's export stages].",
+)
 @click.option("--out", type=click.Path(path_type=Path), help="Results directory [<workdir>/<name>/eval].")
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON on stdout.")
 @click.option("--force", is_flag=True, help="Replace an --out directory that is not an edgeft eval result.")
 @SET_OPTION
-def eval_cmd(config_path: Path, merge_dir: Path | None, export_dirs: tuple[Path, ...], out: Path | None,
-             as_json: bool, force: bool, overrides: tuple[str, ...]) -> None:
+def eval_cmd(
+    config_path: Path,
+    merge_dir: Path | None,
+    export_dirs: tuple[Path, ...],
+    out: Path | None,
+    as_json: bool,
+    force: bool,
+    overrides: tuple[str, ...],
+) -> None:
     """Score base, fine-tuned model and every artifact on the held-out split; exit 8 on a regression.
 
     Exact match, chrF and format compliance (eval.json / eval.json_schema / eval.regex). An
@@ -500,10 +629,20 @@ def registry() -> None:
 
 
 def registry_options(f):
-    f = click.option("-c", "--config", "config_path", type=click.Path(path_type=Path),
-                     help="Use this config's `registry:` directory.")(f)
-    return click.option("--registry", "registry_dir", type=click.Path(path_type=Path), envvar="EDGEFT_REGISTRY",
-                        help="Registry directory [$EDGEFT_REGISTRY, the config's registry:, ./registry].")(f)
+    f = click.option(
+        "-c",
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path),
+        help="Use this config's `registry:` directory.",
+    )(f)
+    return click.option(
+        "--registry",
+        "registry_dir",
+        type=click.Path(path_type=Path),
+        envvar="EDGEFT_REGISTRY",
+        help="Registry directory [$EDGEFT_REGISTRY, the config's registry:, ./registry].",
+    )(f)
 
 
 def _registry(registry_dir: Path | None, config_path: Path | None):
@@ -556,11 +695,14 @@ def registry_list(registry_dir: Path | None, config_path: Path | None, as_json: 
 
 @registry.command("show")
 @click.argument("ref")
-@click.option("--against", help="Compare with this version (NAME:VERSION or NAME@ALIAS) [production, else its parent].")
+@click.option(
+    "--against", help="Compare with this version (NAME:VERSION or NAME@ALIAS) [production, else its parent]."
+)
 @registry_options
 @click.option("--json", "as_json", is_flag=True, help="Print the version (and the comparison) as JSON.")
-def registry_show(ref: str, against: str | None, registry_dir: Path | None, config_path: Path | None,
-                  as_json: bool) -> None:
+def registry_show(
+    ref: str, against: str | None, registry_dir: Path | None, config_path: Path | None, as_json: bool
+) -> None:
     """A model's versions (NAME), or one version (NAME:VERSION, NAME@ALIAS) with its lineage,
     artifacts, and verify and eval compared with another version.
 
@@ -571,18 +713,27 @@ def registry_show(ref: str, against: str | None, registry_dir: Path | None, conf
     from edgeft.registry.store import Ref
     from edgeft.registry.view import show
 
-    click.echo(show(_registry(registry_dir, config_path), Ref.parse(ref), Ref.parse(against) if against else None,
-                    as_json))
+    click.echo(
+        show(
+            _registry(registry_dir, config_path),
+            Ref.parse(ref),
+            Ref.parse(against) if against else None,
+            as_json,
+        )
+    )
 
 
 @registry.command("promote")
 @click.argument("ref")
-@click.option("--to", "to", type=click.Choice(["production", "candidate"]), default="production", show_default=True)
+@click.option(
+    "--to", "to", type=click.Choice(["production", "candidate"]), default="production", show_default=True
+)
 @click.option("--force", is_flag=True, help="Promote even if it is worse than production (needs --reason).")
 @REASON_OPTION
 @registry_options
-def registry_promote(ref: str, to: str, force: bool, reason: str | None, registry_dir: Path | None,
-                     config_path: Path | None) -> None:
+def registry_promote(
+    ref: str, to: str, force: bool, reason: str | None, registry_dir: Path | None, config_path: Path | None
+) -> None:
     """Make a version production (the previous one is archived) or the candidate.
 
     Production requires that the version passed verify and eval and scores at least as well as
@@ -608,7 +759,9 @@ def registry_promote(ref: str, to: str, force: bool, reason: str | None, registr
 @click.argument("name")
 @REASON_OPTION
 @registry_options
-def registry_rollback(name: str, reason: str | None, registry_dir: Path | None, config_path: Path | None) -> None:
+def registry_rollback(
+    name: str, reason: str | None, registry_dir: Path | None, config_path: Path | None
+) -> None:
     """Production goes back to the version that was production before (the current one is archived).
 
     \b
@@ -623,7 +776,9 @@ def registry_rollback(name: str, reason: str | None, registry_dir: Path | None, 
 @click.argument("ref")
 @REASON_OPTION
 @registry_options
-def registry_archive(ref: str, reason: str | None, registry_dir: Path | None, config_path: Path | None) -> None:
+def registry_archive(
+    ref: str, reason: str | None, registry_dir: Path | None, config_path: Path | None
+) -> None:
     """Retire a version that is not production and serves no split (its files stay).
 
     \b
@@ -641,8 +796,14 @@ def registry_archive(ref: str, reason: str | None, registry_dir: Path | None, co
 @click.option("--off", is_flag=True, help="End the split (all traffic to production).")
 @REASON_OPTION
 @registry_options
-def registry_split(name: str, arms: tuple[str, ...], off: bool, reason: str | None, registry_dir: Path | None,
-                   config_path: Path | None) -> None:
+def registry_split(
+    name: str,
+    arms: tuple[str, ...],
+    off: bool,
+    reason: str | None,
+    registry_dir: Path | None,
+    config_path: Path | None,
+) -> None:
     """Split traffic between versions: LABEL is an alias (production, candidate) or a version.
 
     Percentages add up to 100 (steps of 0.01). Changing only the weights keeps the split id, so
@@ -661,17 +822,22 @@ def registry_split(name: str, arms: tuple[str, ...], off: bool, reason: str | No
     if split is None:
         click.echo(f"{name}: no split (all traffic to production)")
     else:
-        click.echo(f"{name}: split {split['id']}: " + ", ".join(
-            f"{a['label']} ({name}:{a['version']}) {a['weight'] / 100:g}%" for a in split["arms"]))
+        click.echo(
+            f"{name}: split {split['id']}: "
+            + ", ".join(f"{a['label']} ({name}:{a['version']}) {a['weight'] / 100:g}%" for a in split["arms"])
+        )
 
 
 @registry.command("route")
 @click.argument("name")
-@click.option("--key", "keys", multiple=True, required=True, help="Request key (repeatable), e.g. a request id.")
+@click.option(
+    "--key", "keys", multiple=True, required=True, help="Request key (repeatable), e.g. a request id."
+)
 @registry_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per key.")
-def registry_route(name: str, keys: tuple[str, ...], registry_dir: Path | None, config_path: Path | None,
-                   as_json: bool) -> None:
+def registry_route(
+    name: str, keys: tuple[str, ...], registry_dir: Path | None, config_path: Path | None, as_json: bool
+) -> None:
     """Which version serves each request key (the split's assignment, else production).
 
     \b
@@ -685,8 +851,11 @@ def registry_route(name: str, keys: tuple[str, ...], registry_dir: Path | None, 
         if r["version"] not in checked:  # a version is named only when its files are the registered ones
             reg.check(name, index["models"][name]["versions"][str(r["version"])], "routed to")
             checked.add(r["version"])
-        click.echo(json.dumps({"key": key, **r}, ensure_ascii=False) if as_json
-                   else f"{key}\t{name}:{r['version']}\t{r['label']}")
+        click.echo(
+            json.dumps({"key": key, **r}, ensure_ascii=False)
+            if as_json
+            else f"{key}\t{name}:{r['version']}\t{r['label']}"
+        )
 
 
 @registry.command("export")
@@ -694,7 +863,9 @@ def registry_route(name: str, keys: tuple[str, ...], registry_dir: Path | None, 
 @click.argument("out", type=click.Path(path_type=Path))
 @FORCE_OPTION
 @registry_options
-def registry_export(ref: str, out: Path, force: bool, registry_dir: Path | None, config_path: Path | None) -> None:
+def registry_export(
+    ref: str, out: Path, force: bool, registry_dir: Path | None, config_path: Path | None
+) -> None:
     """Copy a version out as a plain dist (checked byte for byte; `edgeft verify OUT --check` passes).
 
     \b
@@ -711,7 +882,9 @@ def registry_export(ref: str, out: Path, force: bool, registry_dir: Path | None,
 @click.argument("name", required=False)
 @registry_options
 @click.option("--json", "as_json", is_flag=True, help="The events as JSON lines.")
-def registry_log(name: str | None, registry_dir: Path | None, config_path: Path | None, as_json: bool) -> None:
+def registry_log(
+    name: str | None, registry_dir: Path | None, config_path: Path | None, as_json: bool
+) -> None:
     """The event log (register, promote, archive, rollback, split), oldest first.
 
     \b
@@ -724,10 +897,14 @@ def registry_log(name: str | None, registry_dir: Path | None, config_path: Path 
 
 
 SAMPLING_OPTIONS = [
-    click.option("--type", "artifact_type", help="Artifact in a dist folder (e.g. q4_k_m, onnx-int8) [its first GGUF]."),
+    click.option(
+        "--type", "artifact_type", help="Artifact in a dist folder (e.g. q4_k_m, onnx-int8) [its first GGUF]."
+    ),
     click.option("--max-tokens", default=256, show_default=True, help="Most tokens to generate."),
     click.option("--temperature", default=Sampling.temperature, show_default=True, help="0 = greedy."),
-    click.option("--top-k", default=Sampling.top_k, show_default=True, help="Keep the k most likely tokens (0 = all)."),
+    click.option(
+        "--top-k", default=Sampling.top_k, show_default=True, help="Keep the k most likely tokens (0 = all)."
+    ),
     click.option("--top-p", default=Sampling.top_p, show_default=True, help="Nucleus sampling threshold."),
     click.option("--seed", default=Sampling.seed, show_default=True, help="Sampling seed."),
     click.option("--system", help="A system message."),
@@ -745,8 +922,18 @@ def sampling_options(f):
 @click.argument("prompt")
 @sampling_options
 @click.option("--json", "as_json", is_flag=True, help="Print text, token counts and tokens/s as JSON.")
-def run(artifact: Path, prompt: str, artifact_type: str | None, max_tokens: int, temperature: float, top_k: int,
-        top_p: float, seed: int, system: str | None, as_json: bool) -> None:
+def run(
+    artifact: Path,
+    prompt: str,
+    artifact_type: str | None,
+    max_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int,
+    system: str | None,
+    as_json: bool,
+) -> None:
     """Answer one prompt with an exported artifact (GGUF file, ONNX folder or dist folder).
 
     Uses the artifact's own chat template and stops at its end-of-turn token. Offline.
@@ -757,7 +944,9 @@ def run(artifact: Path, prompt: str, artifact_type: str | None, max_tokens: int,
     """
     from edgeft.cli.run import open_runtime, respond
 
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}
+    ]
     with open_runtime(artifact, artifact_type) as rt:
         stream = None if as_json else (lambda text: click.echo(text, nl=False))
         reply = respond(rt, messages, max_tokens, Sampling(temperature, top_k, top_p, seed), stream)
@@ -767,8 +956,16 @@ def run(artifact: Path, prompt: str, artifact_type: str | None, max_tokens: int,
 @cli.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @sampling_options
-def chat(artifact: Path, artifact_type: str | None, max_tokens: int, temperature: float, top_k: int, top_p: float,
-         seed: int, system: str | None) -> None:
+def chat(
+    artifact: Path,
+    artifact_type: str | None,
+    max_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int,
+    system: str | None,
+) -> None:
     """Chat with an exported artifact, streaming replies (/reset clears, /exit or Ctrl-D quits).
 
     \b
@@ -807,8 +1004,13 @@ def chat(artifact: Path, artifact_type: str | None, max_tokens: int, temperature
 
 @cli.command("check-model")
 @click.argument("base")
-@click.option("-c", "--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Also say which answers this config's exports need (exit 3 when one is no).")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Also say which answers this config's exports need (exit 3 when one is no).",
+)
 @click.option("--json", "as_json", is_flag=True, help="The answers as JSON.")
 def check_model(base: str, config_path: Path | None, as_json: bool) -> None:
     """Will every consumer load BASE? Asks the pinned tools: llama.cpp's converter and runtime,
@@ -824,7 +1026,9 @@ def check_model(base: str, config_path: Path | None, as_json: bool) -> None:
     from edgeft.models.base import resolve_base
 
     cfg = _load(config_path) if config_path else None
-    model_dir = Path(resolve_base(base, cfg.root if cfg else Path.cwd(), cfg.trust_remote_code if cfg else False))
+    model_dir = Path(
+        resolve_base(base, cfg.root if cfg else Path.cwd(), cfg.trust_remote_code if cfg else False)
+    )
     answers = preflight.check(model_dir, cfg)
     click.echo(json.dumps(preflight.as_json(answers), indent=2) if as_json else preflight.table(answers))
     if cfg is not None:
@@ -835,8 +1039,13 @@ def check_model(base: str, config_path: Path | None, as_json: bool) -> None:
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--size", type=click.Choice(["micro", "small"]), default="micro", show_default=True)
 @click.option("--seed", default=0, show_default=True, help="Same seed, same files.")
-@click.option("--tokenizer", type=click.Choice(["spm", "bpe", "qwen2"]), default="spm", show_default=True,
-              help="SentencePiece, byte-level BPE (GPT-2 style), or a Qwen2 model with Qwen's tokens.")
+@click.option(
+    "--tokenizer",
+    type=click.Choice(["spm", "bpe", "qwen2"]),
+    default="spm",
+    show_default=True,
+    help="SentencePiece, byte-level BPE (GPT-2 style), or a Qwen2 model with Qwen's tokens.",
+)
 @FORCE_OPTION
 def tiny_model(out: Path, size: str, seed: int, tokenizer: str, force: bool) -> None:
     """Build a small pre-trained Llama model directory (no hub needed).

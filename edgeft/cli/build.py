@@ -56,20 +56,31 @@ def _existing(path: Path, kind: str, expected_hash: str) -> Stage | None:
         return None
     changed = stage.changed()
     if changed:
-        log.warning("%s changed since edgeft wrote it (%s%s): making it again", path, changed[0],
-                    f", and {len(changed) - 1} more" if len(changed) > 1 else "")
+        log.warning(
+            "%s changed since edgeft wrote it (%s%s): making it again",
+            path,
+            changed[0],
+            f", and {len(changed) - 1} more" if len(changed) > 1 else "",
+        )
         return None
     return stage
 
 
 # Each stage: the module whose `inputs_hash(cfg, upstream)` fingerprints it, and what makes it.
-MODULES: dict[str, Any] = {stages.TRAIN: train_mod, stages.MERGE: merge_mod, stages.EXPORT_GGUF: gguf_mod,
-                           stages.EXPORT_ONNX: onnx_mod, stages.VERIFY: verify_mod, stages.EVAL: eval_mod,
-                           stages.DIST: package_mod}
+MODULES: dict[str, Any] = {
+    stages.TRAIN: train_mod,
+    stages.MERGE: merge_mod,
+    stages.EXPORT_GGUF: gguf_mod,
+    stages.EXPORT_ONNX: onnx_mod,
+    stages.VERIFY: verify_mod,
+    stages.EVAL: eval_mod,
+    stages.DIST: package_mod,
+}
 
 
-def build(cfg: Config, *, force: bool = False,
-          on_stage: Callable[[str, str], None] | None = None) -> BuildResult:
+def build(
+    cfg: Config, *, force: bool = False, on_stage: Callable[[str, str], None] | None = None
+) -> BuildResult:
     """Run every stage whose inputs changed (all of them with `force`); return what ran.
 
     One process at a time per work directory (workdir.session). Stages replace their own earlier
@@ -84,7 +95,9 @@ def _preflight(cfg: Config) -> None:
     from edgeft.cli import preflight
     from edgeft.models.base import resolve_base
 
-    answers = preflight.check(Path(resolve_base(cfg.base_model, cfg.root, cfg.trust_remote_code)), cfg, quick=True)
+    answers = preflight.check(
+        Path(resolve_base(cfg.base_model, cfg.root, cfg.trust_remote_code)), cfg, quick=True
+    )
     preflight.require(answers)
     for a in answers:
         if a.needed and a.caveat:
@@ -116,7 +129,9 @@ def _build(cfg: Config, force: bool, on_stage: Callable[[str, str], None] | None
     def train_stage() -> Stage | None:
         resume = not force and train_mod.interrupted_run(cfg)
         if resume:
-            log.info("continuing the interrupted training in %s", partial_dir(stages.directory(cfg, stages.TRAIN)))
+            log.info(
+                "continuing the interrupted training in %s", partial_dir(stages.directory(cfg, stages.TRAIN))
+            )
         return train_mod.train_adapter(cfg, force=force, replace_own=True, resume=resume)
 
     # Before minutes of work: every output this build may replace must be edgeft's own (or --force).
@@ -127,12 +142,21 @@ def _build(cfg: Config, force: bool, on_stage: Callable[[str, str], None] | None
     merged = step(stages.MERGE, [train], lambda: merge_mod.merge_adapter(cfg, **own))
     exports = []
     wanted = stages.wanted_exports(cfg)
-    for kind, make in ((stages.EXPORT_GGUF, gguf_mod.export_gguf), (stages.EXPORT_ONNX, onnx_mod.export_onnx)):
+    for kind, make in (
+        (stages.EXPORT_GGUF, gguf_mod.export_gguf),
+        (stages.EXPORT_ONNX, onnx_mod.export_onnx),
+    ):
         if kind in wanted:
             exports.append(step(kind, [merged], functools.partial(make, cfg, **own)))
-        elif owned(stages.directory(cfg, kind), kind):  # a stale export must not be shipped (only edgeft's is removed)
+        elif owned(
+            stages.directory(cfg, kind), kind
+        ):  # a stale export must not be shipped (only edgeft's is removed)
             shutil.rmtree(stages.directory(cfg, kind))
     verified = step(stages.VERIFY, [merged, *exports], lambda: verify_mod.verify_artifacts(cfg, force=force))
     evaluated = step(stages.EVAL, [merged, *exports], lambda: eval_mod.evaluate(cfg, force=force))
-    step(stages.DIST, [merged, *exports, verified, evaluated], lambda: package_mod.package_dist(cfg, force=force))
+    step(
+        stages.DIST,
+        [merged, *exports, verified, evaluated],
+        lambda: package_mod.package_dist(cfg, force=force),
+    )
     return result

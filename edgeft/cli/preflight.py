@@ -114,12 +114,21 @@ def _gguf_types(types: list[str], config: dict[str, Any]) -> list[Answer]:
         block = _block(t)
         odd = sorted((w, what) for w, what in widths.items() if block and w % block)
         if not odd:
-            out.append(Answer(f"GGUF {t}", True, f"every width divides into blocks of {block or 1}", needed=True))
+            out.append(
+                Answer(f"GGUF {t}", True, f"every width divides into blocks of {block or 1}", needed=True)
+            )
         else:
             said = ", ".join(f"{w} ({what})" for w, what in odd)
-            out.append(Answer(f"GGUF {t}", True, f"tensors {said} wide do not divide into blocks of {block}: llama.cpp "
-                              f"stores them one type larger (or export.gguf.tensor_types: {{{t}: fit}})", needed=True,
-                              caveat=True))
+            out.append(
+                Answer(
+                    f"GGUF {t}",
+                    True,
+                    f"tensors {said} wide do not divide into blocks of {block}: llama.cpp "
+                    f"stores them one type larger (or export.gguf.tensor_types: {{{t}: fit}})",
+                    needed=True,
+                    caveat=True,
+                )
+            )
     return out
 
 
@@ -128,7 +137,9 @@ def _optimum(model_type: str) -> tuple[bool, str]:
     from optimum.exporters.tasks import TasksManager
 
     try:
-        tasks = TasksManager.get_supported_tasks_for_model_type(model_type, "onnx", library_name="transformers")
+        tasks = TasksManager.get_supported_tasks_for_model_type(
+            model_type, "onnx", library_name="transformers"
+        )
     except (KeyError, ValueError):
         return False, f"optimum-onnx has no ONNX exporter for {model_type!r}"
     if "text-generation-with-past" not in tasks:
@@ -155,21 +166,37 @@ def _js_template(model_dir: Path) -> Answer:
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     chosen = ensure_chat_template(tok)
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Bye"},
+    ]
     found = jsjinja.engine()
     if isinstance(found, str):
         return Answer("JS Jinja (LM Studio, transformers.js)", None, f"not checked: {found}")
     python = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    context = {"messages": messages, "add_generation_prompt": True, "bos_token": tok.bos_token or "",
-               "eos_token": tok.eos_token or ""}
+    context = {
+        "messages": messages,
+        "add_generation_prompt": True,
+        "bos_token": tok.bos_token or "",
+        "eos_token": tok.eos_token or "",
+    }
     got = jsjinja.render([{"template": tok.chat_template, "context": context}])[0]
     source = f"{chosen}" if chosen else "the model's own template"
     if "error" in got:
-        return Answer("JS Jinja (LM Studio, transformers.js)", False, f"{source}: the JS engine refuses it: {got['error']}")
+        return Answer(
+            "JS Jinja (LM Studio, transformers.js)",
+            False,
+            f"{source}: the JS engine refuses it: {got['error']}",
+        )
     if got["text"] != python:
         return Answer("JS Jinja (LM Studio, transformers.js)", False, f"{source}: renders differently in JS")
-    return Answer("JS Jinja (LM Studio, transformers.js)", True, f"{source.split(' (')[0]}: the same prompt in JS and Python")
+    return Answer(
+        "JS Jinja (LM Studio, transformers.js)",
+        True,
+        f"{source.split(' (')[0]}: the same prompt in JS and Python",
+    )
 
 
 def check(model_dir: Path, cfg: Config | None = None, quick: bool = False) -> list[Answer]:
@@ -184,10 +211,22 @@ def check(model_dir: Path, cfg: Config | None = None, quick: bool = False) -> li
     wants_gguf = cfg is None or bool(gguf_types) or bool(cfg.export.gguf.lora)
     answers = []
     cls = _converter_class(arch)
-    answers.append(Answer("llama.cpp converter", cls is not None,
-                          f"{arch} → {cls}" if cls else f"the pinned converter has no class for {arch}", wants_gguf))
-    answers.append(Answer("llama.cpp LoRA GGUF", cls is not None, "convert_lora_to_gguf.py shares the converter's classes",
-                          bool(cfg and cfg.export.gguf.lora)))
+    answers.append(
+        Answer(
+            "llama.cpp converter",
+            cls is not None,
+            f"{arch} → {cls}" if cls else f"the pinned converter has no class for {arch}",
+            wants_gguf,
+        )
+    )
+    answers.append(
+        Answer(
+            "llama.cpp LoRA GGUF",
+            cls is not None,
+            "convert_lora_to_gguf.py shares the converter's classes",
+            bool(cfg and cfg.export.gguf.lora),
+        )
+    )
     if cls is not None and not quick:
         ok, detail = _llama_runtime(model_dir)
         answers.append(Answer("llama.cpp runtime (llama-cpp-python, Java kit)", ok, detail, wants_gguf))
@@ -200,8 +239,14 @@ def check(model_dir: Path, cfg: Config | None = None, quick: bool = False) -> li
     if quick:
         return answers
     answers.append(_js_template(model_dir))
-    answers.append(Answer("Ollama create", None, "not checked: Ollama is not part of edgeft's pinned stack; its "
-                          "architecture list is Ollama's, not llama.cpp's"))
+    answers.append(
+        Answer(
+            "Ollama create",
+            None,
+            "not checked: Ollama is not part of edgeft's pinned stack; its "
+            "architecture list is Ollama's, not llama.cpp's",
+        )
+    )
     return answers
 
 
@@ -215,9 +260,12 @@ def require(answers: list[Answer]) -> None:
     """ConfigError (exit 3) naming each consumer the config needs that cannot take the model."""
     missing = [a for a in answers if a.needed and a.ok is False]
     if missing:
-        raise ConfigError("this base model cannot be exported as the config asks: " + "; ".join(
-            f"{a.consumer}: {a.detail}" for a in missing) + " (remove those export types, or choose another base; "
-            "`edgeft check-model` shows every consumer)")
+        raise ConfigError(
+            "this base model cannot be exported as the config asks: "
+            + "; ".join(f"{a.consumer}: {a.detail}" for a in missing)
+            + " (remove those export types, or choose another base; "
+            "`edgeft check-model` shows every consumer)"
+        )
 
 
 def as_json(answers: list[Answer]) -> list[dict[str, Any]]:

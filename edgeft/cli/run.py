@@ -37,20 +37,28 @@ def resolve_artifact(path: Path, artifact_type: str | None = None) -> tuple[Arti
     if (path / "genai_config.json").is_file():
         return Artifact(path.name, path.name, formats.ONNX_GENAI, info={"type": artifact_type}), path.parent
     if (path / "model.onnx").is_file():
-        return (Artifact(path.name, path.name, formats.ONNX, info={"type": artifact_type, "model_file": "model.onnx"}),
-                path.parent)
+        return (
+            Artifact(
+                path.name, path.name, formats.ONNX, info={"type": artifact_type, "model_file": "model.onnx"}
+            ),
+            path.parent,
+        )
     manifest = path / "manifest.json"
     if not manifest.is_file():
-        raise InputError(f"{path}: neither model.onnx nor manifest.json here; pass a .gguf file, an ONNX "
-                         f"folder or a dist folder")
+        raise InputError(
+            f"{path}: neither model.onnx nor manifest.json here; pass a .gguf file, an ONNX "
+            f"folder or a dist folder"
+        )
     try:
         entries = json.loads(manifest.read_text(encoding="utf-8"))["artifacts"]
         if not all(isinstance(a, dict) and {"name", "type", "format", "path"} <= a.keys() for a in entries):
             raise TypeError
         artifacts = [Artifact.from_json(a) for a in entries]
     except (ValueError, RecursionError, KeyError, TypeError):
-        raise InputError(f"{manifest}: not a dist manifest (JSON with a list of artifacts); check the folder "
-                         f"with `edgeft verify {path} --check`") from None
+        raise InputError(
+            f"{manifest}: not a dist manifest (JSON with a list of artifacts); check the folder "
+            f"with `edgeft verify {path} --check`"
+        ) from None
     wanted = [a for a in artifacts if artifact_type in (None, a.type, a.name)]
     if not wanted:
         known = ", ".join(a.name for a in artifacts)
@@ -73,8 +81,10 @@ def open_runtime(path: Path, artifact_type: str | None = None) -> Runtime:
     except InputError:
         raise
     except Exception as e:  # each runtime raises its own kinds for a file it cannot read
-        raise InputError(f"{where}: cannot be loaded ({first_line(e)}); is it truncated or corrupt? A dist's files "
-                         f"can be checked with `edgeft verify DIST --check`") from None
+        raise InputError(
+            f"{where}: cannot be loaded ({first_line(e)}); is it truncated or corrupt? A dist's files "
+            f"can be checked with `edgeft verify DIST --check`"
+        ) from None
 
 
 @dataclass
@@ -86,14 +96,22 @@ class Reply:
     stopped: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "tokens_per_s": round(self.completion_tokens / self.seconds, 2) if self.seconds else None,
-                "stopped_at_end_of_turn": self.stopped}
+        return {
+            "text": self.text,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "tokens_per_s": round(self.completion_tokens / self.seconds, 2) if self.seconds else None,
+            "stopped_at_end_of_turn": self.stopped,
+        }
 
 
-def respond(rt: Runtime, messages: Messages, max_tokens: int, sampling: Sampling,
-            on_text: Callable[[str], None] | None = None) -> Reply:
+def respond(
+    rt: Runtime,
+    messages: Messages,
+    max_tokens: int,
+    sampling: Sampling,
+    on_text: Callable[[str], None] | None = None,
+) -> Reply:
     """Generate the assistant's reply to `messages`, streaming text to `on_text`."""
     ids = rt.prompt_ids(messages, max_tokens)
     tokens: list[int] = []
@@ -110,12 +128,12 @@ def respond(rt: Runtime, messages: Messages, max_tokens: int, sampling: Sampling
             chunk = decoder.decode(piece)
         else:  # tokenizers whose pieces do not concatenate (SentencePiece spaces): decode the whole
             text = rt.detokenize(tokens)
-            chunk = text[len(shown):] if not text.endswith("\ufffd") else ""
+            chunk = text[len(shown) :] if not text.endswith("\ufffd") else ""
         if chunk:
             on_text(chunk)
             shown += chunk
     seconds = time.perf_counter() - started
     text = rt.detokenize(tokens)
     if on_text and len(text) > len(shown) and text.startswith(shown):
-        on_text(text[len(shown):])
+        on_text(text[len(shown) :])
     return Reply(text, len(ids), len(tokens), seconds, rt.stopped)

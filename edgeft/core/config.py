@@ -38,8 +38,10 @@ CANONICAL_FIELDS = ("instruction", "input", "output", "messages", "prompt", "com
 # Names become folder and file names (dist/<name>/, <name>-q4_k_m.gguf) and GGUF metadata.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # data.augment.paraphrase_instruction's default (edgeft/data/paraphrase.py adds three worked examples).
-PARAPHRASE_INSTRUCTION = ("You rewrite a message in other words, keeping its meaning and every name, number and "
-                          "quoted text. You never answer it.")
+PARAPHRASE_INSTRUCTION = (
+    "You rewrite a message in other words, keeping its meaning and every name, number and "
+    "quoted text. You never answer it."
+)
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 
@@ -92,7 +94,9 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     target_modules: str | list[str] = "all-linear"
-    dora: bool = False  # weight-decomposed LoRA (peft's use_dora): a magnitude vector per layer besides A and B
+    dora: bool = (
+        False  # weight-decomposed LoRA (peft's use_dora): a magnitude vector per layer besides A and B
+    )
     learning_rate: float | None = None  # None: 1e-3 for lora / qlora, 5e-5 for full (DEFAULT_LEARNING_RATE)
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.05
@@ -161,7 +165,9 @@ class ExportConfig:
 class VerifyConfig:
     max_prompts: int = 8  # held-out prompts compared per artifact
     max_new_tokens: int = 48  # greedy generation length cap per prompt
-    edge_cases: bool = True  # also probe unicode, spaces, special-token text, an empty and a near-context prompt
+    edge_cases: bool = (
+        True  # also probe unicode, spaces, special-token text, an empty and a near-context prompt
+    )
     context_tokens: int = 1024  # context verified: the near-context probe fills min(this, the model's) tokens
     # Also llama-perplexity's KL for every GGUF (an independent client), which must agree with edgeft's.
     second_opinion: bool = False
@@ -180,7 +186,9 @@ class EvalConfig:
     json: bool = False  # format compliance: replies must be JSON that parses
     json_schema: str | None = None  # …or JSON valid against this schema file
     regex: str | None = None  # …or replies that match this regular expression (whole reply)
-    general_prompts: str | None = None  # optional general-capability examples (any data format) to detect forgetting
+    general_prompts: str | None = (
+        None  # optional general-capability examples (any data format) to detect forgetting
+    )
     forgetting_tolerance: float = 0.2  # flag forgetting when fine-tuned chrF drops more than this vs base
 
 
@@ -191,7 +199,9 @@ class Config:
     workdir: str = "runs"  # stage directories go under <workdir>/<name>/
     dist_dir: str = "dist"
     trust_remote_code: bool = False
-    license: str | None = None  # SPDX id written into the GGUF files, the model card and the Ollama Modelfiles
+    license: str | None = (
+        None  # SPDX id written into the GGUF files, the model card and the Ollama Modelfiles
+    )
     registry: str = "registry"  # model registry directory (edgeft build --register; edgeft registry -c)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -288,84 +298,139 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
             problems.append(msg)
 
     bad(not cfg.name, "name: required (it names dist/<name>/ and the exported model)")
-    bad(bool(cfg.name) and not NAME.fullmatch(cfg.name),
+    bad(
+        bool(cfg.name) and not NAME.fullmatch(cfg.name),
         f"name: {shown(cfg.name)} must start with an ASCII letter or digit and contain only ASCII letters, digits, "
-        f"'-', '_' and '.' (at most 64): it names folders and files")
+        f"'-', '_' and '.' (at most 64): it names folders and files",
+    )
     bad(not cfg.base_model, "base_model: required (HF id, model directory or tiny:<size>)")
     bad(not cfg.data.train, "data.train: required (a JSONL file of examples)")
     bad(not 0 < cfg.data.val_ratio < 1, f"data.val_ratio: {cfg.data.val_ratio} must be in (0, 1)")
-    bad(not 0 < cfg.data.near_duplicate_threshold <= 1,
-        f"data.near_duplicate_threshold: {cfg.data.near_duplicate_threshold} must be in (0, 1] (a similarity)")
+    bad(
+        not 0 < cfg.data.near_duplicate_threshold <= 1,
+        f"data.near_duplicate_threshold: {cfg.data.near_duplicate_threshold} must be in (0, 1] (a similarity)",
+    )
     a = cfg.data.augment
     bad(a.typos < 0, f"data.augment.typos: {a.typos} must be 0 (off) or more copies")
-    bad(not 0 < a.typo_rate <= 0.5, f"data.augment.typo_rate: {a.typo_rate} must be in (0, 0.5] (edits per letter)")
+    bad(
+        not 0 < a.typo_rate <= 0.5,
+        f"data.augment.typo_rate: {a.typo_rate} must be in (0, 0.5] (edits per letter)",
+    )
     bad(a.paraphrases < 0, f"data.augment.paraphrases: {a.paraphrases} must be 0 (off) or more copies")
-    bad(a.paraphrase_temperature < 0,
-        f"data.augment.paraphrase_temperature: {a.paraphrase_temperature} must be 0 (greedy) or more")
-    bad(a.paraphrases > 1 and a.paraphrase_temperature == 0,
+    bad(
+        a.paraphrase_temperature < 0,
+        f"data.augment.paraphrase_temperature: {a.paraphrase_temperature} must be 0 (greedy) or more",
+    )
+    bad(
+        a.paraphrases > 1 and a.paraphrase_temperature == 0,
         f"data.augment.paraphrases: {a.paraphrases} copies need sampling (greedy decoding writes one paraphrase): "
-        f"set data.augment.paraphrase_temperature, e.g. 0.7, or paraphrases: 1")
+        f"set data.augment.paraphrase_temperature, e.g. 0.7, or paraphrases: 1",
+    )
     bad(not a.paraphrase_instruction.strip(), "data.augment.paraphrase_instruction: must not be empty")
     try:
         compile_filter(cfg.data.filter)
     except ConfigError as e:
         problems += e.problems
     for key in cfg.data.columns:
-        bad(key not in CANONICAL_FIELDS,
-            f"data.columns: {key!r} is not a field edgeft reads; map to one of {', '.join(CANONICAL_FIELDS)}")
+        bad(
+            key not in CANONICAL_FIELDS,
+            f"data.columns: {key!r} is not a field edgeft reads; map to one of {', '.join(CANONICAL_FIELDS)}",
+        )
     t = cfg.train
-    for key, minimum in (("lora_r", 1), ("lora_alpha", 1), ("batch_size", 1), ("gradient_accumulation", 1),
-                         ("max_seq_length", 16), ("logging_steps", 1), ("eval_steps", 0), ("save_total_limit", 1),
-                         ("early_stopping_patience", 0)):
+    for key, minimum in (
+        ("lora_r", 1),
+        ("lora_alpha", 1),
+        ("batch_size", 1),
+        ("gradient_accumulation", 1),
+        ("max_seq_length", 16),
+        ("logging_steps", 1),
+        ("eval_steps", 0),
+        ("save_total_limit", 1),
+        ("early_stopping_patience", 0),
+    ):
         bad(getattr(t, key) < minimum, f"train.{key}: {getattr(t, key)} must be at least {minimum}")
     bad(not 0 <= t.lora_dropout < 1, f"train.lora_dropout: {t.lora_dropout} must be in [0, 1)")
-    bad(not 0 <= t.warmup_ratio < 1, f"train.warmup_ratio: {t.warmup_ratio} must be in [0, 1) (a share of the steps)")
+    bad(
+        not 0 <= t.warmup_ratio < 1,
+        f"train.warmup_ratio: {t.warmup_ratio} must be in [0, 1) (a share of the steps)",
+    )
     bad(t.weight_decay < 0, f"train.weight_decay: {t.weight_decay} must not be negative")
-    bad(t.early_stopping_threshold < 0, f"train.early_stopping_threshold: {t.early_stopping_threshold} must not be "
-        f"negative")
-    bad(t.learning_rate is not None and t.learning_rate <= 0, f"train.learning_rate: {t.learning_rate} must be positive")
-    bad(t.method == "full" and t.quantization != "none",
+    bad(
+        t.early_stopping_threshold < 0,
+        f"train.early_stopping_threshold: {t.early_stopping_threshold} must not be negative",
+    )
+    bad(
+        t.learning_rate is not None and t.learning_rate <= 0,
+        f"train.learning_rate: {t.learning_rate} must be positive",
+    )
+    bad(
+        t.method == "full" and t.quantization != "none",
         f"train.quantization: {t.quantization} trains an adapter on a 4-bit base (qlora); train.method full "
-        f"updates every weight, in the compute dtype: remove train.quantization or use method qlora")
+        f"updates every weight, in the compute dtype: remove train.quantization or use method qlora",
+    )
     bad(t.method == "full" and t.dora, "train.dora: DoRA is a kind of adapter; train.method full has none")
-    bad(t.method == "full" and cfg.export.gguf.lora,
-        "export.gguf.lora: train.method full trains no adapter to export; set export.gguf.lora: false")
-    bad(t.dora and cfg.export.gguf.lora,
+    bad(
+        t.method == "full" and cfg.export.gguf.lora,
+        "export.gguf.lora: train.method full trains no adapter to export; set export.gguf.lora: false",
+    )
+    bad(
+        t.dora and cfg.export.gguf.lora,
         "export.gguf.lora: llama.cpp's LoRA GGUF has no DoRA magnitude vectors; set export.gguf.lora: false "
-        "(the merged model carries DoRA's effect) or train.dora: false")
-    bad(t.max_steps <= 0 and t.epochs <= 0,
-        f"train.epochs: {t.epochs:g} trains nothing: give a positive number of epochs, or train.max_steps")
+        "(the merged model carries DoRA's effect) or train.dora: false",
+    )
+    bad(
+        t.max_steps <= 0 and t.epochs <= 0,
+        f"train.epochs: {t.epochs:g} trains nothing: give a positive number of epochs, or train.max_steps",
+    )
     if isinstance(t.target_modules, str):
-        bad(t.target_modules != "all-linear",
-            f"train.target_modules: {t.target_modules!r} must be 'all-linear' or a list of module names")
+        bad(
+            t.target_modules != "all-linear",
+            f"train.target_modules: {t.target_modules!r} must be 'all-linear' or a list of module names",
+        )
     else:
-        bad(not t.target_modules or not all(m.strip() for m in t.target_modules),
-            "train.target_modules: give module names (e.g. [q_proj, v_proj]) or 'all-linear'")
-    for key, value, allowed in (("train.method", t.method, METHODS),
-                                ("train.quantization", t.quantization, QUANTIZATIONS),
-                                ("train.compute_dtype", t.compute_dtype, COMPUTE_DTYPES),
-                                ("train.lr_scheduler", t.lr_scheduler, LR_SCHEDULERS),
-                                ("merge.strategy", cfg.merge.strategy, MERGE_STRATEGIES),
-                                ("merge.dtype", cfg.merge.dtype, MERGE_DTYPES),
-                                *(("export.gguf.types", v, GGUF_TYPES) for v in cfg.export.gguf.types),
-                                *(("export.onnx.types", v, ONNX_TYPES) for v in cfg.export.onnx.types)):
+        bad(
+            not t.target_modules or not all(m.strip() for m in t.target_modules),
+            "train.target_modules: give module names (e.g. [q_proj, v_proj]) or 'all-linear'",
+        )
+    for key, value, allowed in (
+        ("train.method", t.method, METHODS),
+        ("train.quantization", t.quantization, QUANTIZATIONS),
+        ("train.compute_dtype", t.compute_dtype, COMPUTE_DTYPES),
+        ("train.lr_scheduler", t.lr_scheduler, LR_SCHEDULERS),
+        ("merge.strategy", cfg.merge.strategy, MERGE_STRATEGIES),
+        ("merge.dtype", cfg.merge.dtype, MERGE_DTYPES),
+        *(("export.gguf.types", v, GGUF_TYPES) for v in cfg.export.gguf.types),
+        *(("export.onnx.types", v, ONNX_TYPES) for v in cfg.export.onnx.types),
+    ):
         bad(value not in allowed, f"{key}: {value!r} is not one of {', '.join(allowed)}")
     _check_gguf(cfg.export.gguf, bad)
-    bad(cfg.merge.compare_prompts < 1, f"merge.compare_prompts: {cfg.merge.compare_prompts} must be at least 1")
+    bad(
+        cfg.merge.compare_prompts < 1,
+        f"merge.compare_prompts: {cfg.merge.compare_prompts} must be at least 1",
+    )
     bad(not 7 <= cfg.export.onnx.opset <= 23, f"export.onnx.opset: {cfg.export.onnx.opset} must be in 7-23")
     bad(cfg.verify.max_prompts < 1, "verify.max_prompts: must be at least 1")
     bad(cfg.verify.max_new_tokens < 1, "verify.max_new_tokens: must be at least 1")
-    bad(cfg.verify.context_tokens < cfg.verify.max_new_tokens + 64,
-        "verify.context_tokens: must leave room for a prompt: at least verify.max_new_tokens + 64")
+    bad(
+        cfg.verify.context_tokens < cfg.verify.max_new_tokens + 64,
+        "verify.context_tokens: must leave room for a prompt: at least verify.max_new_tokens + 64",
+    )
     bad(cfg.eval.max_examples < 1, "eval.max_examples: must be at least 1")
     bad(cfg.eval.max_new_tokens < 1, "eval.max_new_tokens: must be at least 1")
-    bad(not 0 <= cfg.eval.forgetting_tolerance <= 1,
-        f"eval.forgetting_tolerance: {cfg.eval.forgetting_tolerance} must be in [0, 1] (a share of the base's chrF)")
+    bad(
+        not 0 <= cfg.eval.forgetting_tolerance <= 1,
+        f"eval.forgetting_tolerance: {cfg.eval.forgetting_tolerance} must be in [0, 1] (a share of the base's chrF)",
+    )
     bad(not 0 < cfg.eval.min_relative <= 1, f"eval.min_relative: {cfg.eval.min_relative} must be in (0, 1]")
-    bad(not 0 < cfg.eval.alpha < 1, f"eval.alpha: {cfg.eval.alpha} must be in (0, 1) (a significance level, e.g. 0.05)")
+    bad(
+        not 0 < cfg.eval.alpha < 1,
+        f"eval.alpha: {cfg.eval.alpha} must be in (0, 1) (a significance level, e.g. 0.05)",
+    )
     bad(cfg.eval.min_discordant < 1, f"eval.min_discordant: {cfg.eval.min_discordant} must be 1 or more")
-    bad(sum(map(bool, (cfg.eval.json, cfg.eval.json_schema, cfg.eval.regex))) > 1,
-        "eval: give at most one of json, json_schema and regex")
+    bad(
+        sum(map(bool, (cfg.eval.json, cfg.eval.json_schema, cfg.eval.regex))) > 1,
+        "eval: give at most one of json, json_schema and regex",
+    )
     if cfg.eval.regex:
         try:
             re.compile(cfg.eval.regex)
@@ -375,26 +440,37 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
 
 def _check_gguf(g: GGUFConfig, bad: Any) -> None:
     needing = [t for t in g.types if t in formats.NEEDS_MATRIX]
-    bad(g.imatrix == "none" and bool(needing),
+    bad(
+        g.imatrix == "none" and bool(needing),
         f"export.gguf.types: {', '.join(needing)} needs an importance matrix: set export.gguf.imatrix to auto "
-        f"(computed on your training data) or a file made by llama-imatrix")
-    bad(g.imatrix_text is not None and g.imatrix != "auto",
-        "export.gguf.imatrix_text: only used with export.gguf.imatrix: auto")
-    bad(g.imatrix_tokens < 1024, f"export.gguf.imatrix_tokens: {g.imatrix_tokens} must be at least 1024 (two chunks "
-        f"of 512 tokens)")
+        f"(computed on your training data) or a file made by llama-imatrix",
+    )
+    bad(
+        g.imatrix_text is not None and g.imatrix != "auto",
+        "export.gguf.imatrix_text: only used with export.gguf.imatrix: auto",
+    )
+    bad(
+        g.imatrix_tokens < 1024,
+        f"export.gguf.imatrix_tokens: {g.imatrix_tokens} must be at least 1024 (two chunks of 512 tokens)",
+    )
     for type_, spec in g.tensor_types.items():
         where = f"export.gguf.tensor_types.{type_}"
         bad(type_ not in g.types, f"{where}: {type_!r} is not in export.gguf.types")
         if isinstance(spec, str):
-            bad(spec != "fit", f"{where}: {spec!r} must be 'fit' or a mapping of tensor name pattern → ggml type")
+            bad(
+                spec != "fit",
+                f"{where}: {spec!r} must be 'fit' or a mapping of tensor name pattern → ggml type",
+            )
             continue
         for pattern, ggml in spec.items():
             try:
                 re.compile(pattern)
             except re.error as e:
                 bad(True, f"{where}: {pattern!r} is not a valid regular expression ({e})")
-            bad(ggml not in formats.GGML_TENSOR_TYPES,
-                f"{where}.{pattern}: {ggml!r} is not one of {', '.join(formats.GGML_TENSOR_TYPES)}")
+            bad(
+                ggml not in formats.GGML_TENSOR_TYPES,
+                f"{where}.{pattern}: {ggml!r} is not one of {', '.join(formats.GGML_TENSOR_TYPES)}",
+            )
 
 
 def parse_config(raw: Any, source: str = "") -> Config:
@@ -438,7 +514,9 @@ def read_yaml(text: str, where: str, aliases: bool = True) -> Any:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"not valid YAML ({getattr(e, 'problem', None) or str(e)[:200]})", f"{where}{line}") from None
+        raise ConfigError(
+            f"not valid YAML ({getattr(e, 'problem', None) or str(e)[:200]})", f"{where}{line}"
+        ) from None
     except RecursionError:
         raise ConfigError("not a readable config (nested too deeply)", where) from None
     finally:
@@ -458,7 +536,9 @@ def _count_values(root: Any, where: str, aliases: bool) -> None:
             if not aliases:
                 raise ConfigError("a YAML alias (*name) is not allowed here: write the value out", where)
             if known is None:
-                raise ConfigError("a YAML alias refers to a value that contains it: a config cannot be endless", where)
+                raise ConfigError(
+                    "a YAML alias refers to a value that contains it: a config cannot be endless", where
+                )
             return known
         sizes[id(node)] = None
         n = 1
@@ -471,8 +551,11 @@ def _count_values(root: Any, where: str, aliases: bool) -> None:
 
     total = size(root)
     if total > MAX_YAML_VALUES:
-        raise ConfigError(f"its YAML aliases expand to {total:,} values, more than any config needs "
-                          f"({MAX_YAML_VALUES:,}): write it without them", where)
+        raise ConfigError(
+            f"its YAML aliases expand to {total:,} values, more than any config needs "
+            f"({MAX_YAML_VALUES:,}): write it without them",
+            where,
+        )
 
 
 def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
@@ -504,15 +587,18 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Co
     except UnicodeDecodeError:
         raise ConfigError("not a readable config (not UTF-8 text)", str(path)) from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"expected a mapping of sections (name: …, base_model: …), got {type(raw).__name__}",
-                          str(path))
+        raise ConfigError(
+            f"expected a mapping of sections (name: …, base_model: …), got {type(raw).__name__}", str(path)
+        )
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, last = dotted.split(".")
         for i, p in enumerate(parents):
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {dotted[:200]}: {'.'.join(parents[:i + 1])[:200]} is not a section")
+                raise ConfigError(
+                    f"--set {dotted[:200]}: {'.'.join(parents[: i + 1])[:200]} is not a section"
+                )
         if not last:
             raise ConfigError(f"--set {shown(dotted)}: expected KEY=VALUE with a key such as train.max_steps")
         node[last] = value

@@ -32,9 +32,7 @@ class ConfigError(EdgeftError, code=3):
         if len(self.problems) == 1:
             msg = where + self.problems[0]
         else:
-            msg = f"{where}{len(self.problems)} problems\n" + "\n".join(
-                f"  - {p}" for p in self.problems
-            )
+            msg = f"{where}{len(self.problems)} problems\n" + "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(msg)
 
 
@@ -91,14 +89,18 @@ def shown(value: object, limit: int = 200) -> str:
 
 def clip_lines(text: str, limit: int = 2000) -> str:
     """Each line of a message cut to `limit` characters (saying how many were cut)."""
-    return "\n".join(line if len(line) <= limit else f"{line[:limit]}… ({len(line) - limit:,} more characters)"
-                     for line in text.split("\n"))
+    return "\n".join(
+        line if len(line) <= limit else f"{line[:limit]}… ({len(line) - limit:,} more characters)"
+        for line in text.split("\n")
+    )
 
 
 def first_line(exc: BaseException | str, limit: int = 300) -> str:
     """What a library's exception (or a tool's stderr) says, in one line for an `Error: …` message."""
     text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__ if isinstance(exc, BaseException) else "")[:limit]
+    return (text.splitlines()[0] if text else type(exc).__name__ if isinstance(exc, BaseException) else "")[
+        :limit
+    ]
 
 
 def describe(exc: BaseException) -> str:

@@ -176,7 +176,9 @@ def check_files(root: Path, table: list[dict[str, Any]]) -> list[str]:
         elif p.stat().st_size < f["bytes"]:
             problems.append(f"{p}: truncated: {p.stat().st_size} bytes, manifest says {f['bytes']}")
         elif p.stat().st_size != f["bytes"]:
-            problems.append(f"{p}: {p.stat().st_size} bytes, manifest says {f['bytes']}: the file was replaced")
+            problems.append(
+                f"{p}: {p.stat().st_size} bytes, manifest says {f['bytes']}: the file was replaced"
+            )
         elif sha256_file(p) != f["sha256"]:
             problems.append(f"{p}: sha256 differs from the manifest: the file was replaced or altered")
     return problems

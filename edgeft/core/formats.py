@@ -16,6 +16,7 @@ ONNX, ONNX_GENAI = "onnx", "onnx-genai"  # ONNX Runtime: a folder; ONNX Runtime 
 HF_SAFETENSORS, PEFT_LORA = "hf-safetensors", "peft-lora"  # transformers: a model; a PEFT adapter
 JSONL, JSON, MARKDOWN, PNG = "jsonl", "json", "markdown", "png"  # data splits, reports, plots
 
+
 @dataclass(frozen=True)
 class Band:
     """What an artifact type may differ by from the fp32 reference, and why."""
@@ -69,8 +70,30 @@ GGUF_TYPES = {name: GGUFType(e["ftype"], _band(e), e.get("imatrix")) for name, e
 USES_MATRIX = tuple(n for n, t in GGUF_TYPES.items() if t.imatrix)
 NEEDS_MATRIX = tuple(n for n, t in GGUF_TYPES.items() if t.imatrix == "needs")
 # The ggml types llama-quantize --tensor-type takes (export.gguf.tensor_types).
-GGML_TENSOR_TYPES = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k", "q5_1", "q5_0", "q4_k", "q4_1", "q4_0", "q3_k",
-                     "q2_k", "iq4_nl", "iq4_xs", "iq3_s", "iq3_xxs", "iq2_s", "iq2_xs", "iq2_xxs", "iq1_m", "iq1_s")
+GGML_TENSOR_TYPES = (
+    "f32",
+    "f16",
+    "bf16",
+    "q8_0",
+    "q6_k",
+    "q5_k",
+    "q5_1",
+    "q5_0",
+    "q4_k",
+    "q4_1",
+    "q4_0",
+    "q3_k",
+    "q2_k",
+    "iq4_nl",
+    "iq4_xs",
+    "iq3_s",
+    "iq3_xxs",
+    "iq2_s",
+    "iq2_xs",
+    "iq2_xxs",
+    "iq1_m",
+    "iq1_s",
+)
 GGUF_LORA_BAND = _band(_TABLE["gguf-lora"]["f16"])  # the adapter GGUF applied to an f16 base GGUF
 ONNX_TYPES = {name: ONNXType(e["format"], _band(e)) for name, e in _TABLE["onnx"].items()}
 
@@ -78,10 +101,25 @@ ONNX_TYPES = {name: ONNXType(e["format"], _band(e)) for name, e in _TABLE["onnx"
 # The file type whose band a tensor stored in a ggml type brings with it (export.gguf.tensor_types).
 # q5_0, q5_1, q4_1 have no file type of their own here: they sit between q4_0 and q8_0 and bring
 # no band looser than that of the 4-bit type they are used beside.
-_GGML_BAND = {"f32": "f32", "f16": "f16", "bf16": "bf16", "q8_0": "q8_0", "q6_k": "q6_k", "q5_k": "q5_k_s",
-              "q4_k": "q4_k_s", "q4_0": "q4_0", "q3_k": "q3_k_s", "q2_k": "q2_k", "iq4_nl": "iq4_nl",
-              "iq4_xs": "iq4_xs", "iq3_s": "iq3_m", "iq3_xxs": "iq3_m", "iq2_s": "iq2_m", "iq2_xs": "iq2_m",
-              "iq2_xxs": "iq2_m"}
+_GGML_BAND = {
+    "f32": "f32",
+    "f16": "f16",
+    "bf16": "bf16",
+    "q8_0": "q8_0",
+    "q6_k": "q6_k",
+    "q5_k": "q5_k_s",
+    "q4_k": "q4_k_s",
+    "q4_0": "q4_0",
+    "q3_k": "q3_k_s",
+    "q2_k": "q2_k",
+    "iq4_nl": "iq4_nl",
+    "iq4_xs": "iq4_xs",
+    "iq3_s": "iq3_m",
+    "iq3_xxs": "iq3_m",
+    "iq2_s": "iq2_m",
+    "iq2_xs": "iq2_m",
+    "iq2_xxs": "iq2_m",
+}
 
 
 def band(fmt: str, type_: str, tensor_types: Any = None) -> Band | None:
@@ -96,8 +134,11 @@ def band(fmt: str, type_: str, tensor_types: Any = None) -> Band | None:
         if loosest == type_:
             return GGUF_TYPES[type_].band
         wider = GGUF_TYPES[loosest].band
-        return replace(wider, why=f"{loosest}'s band: export.gguf.tensor_types stores tensors of this {type_} "
-                                  f"as {loosest}. {wider.why}")
+        return replace(
+            wider,
+            why=f"{loosest}'s band: export.gguf.tensor_types stores tensors of this {type_} "
+            f"as {loosest}. {wider.why}",
+        )
     if fmt == "gguf-lora" and type_ == "f16":
         return GGUF_LORA_BAND
     onnx = ONNX_TYPES.get(type_)

@@ -50,9 +50,15 @@ class Artifact:
 
     @classmethod
     def from_json(cls, entry: dict[str, Any]) -> Artifact:
-        return cls(name=str(entry.get("name")), path=entry["path"], format=str(entry.get("format")),
-                   bytes=entry.get("bytes"), sha256=entry.get("sha256"), files=entry.get("files"),
-                   info={k: v for k, v in entry.items() if k not in ("name", "path", "format", *_FILE_KEYS)})
+        return cls(
+            name=str(entry.get("name")),
+            path=entry["path"],
+            format=str(entry.get("format")),
+            bytes=entry.get("bytes"),
+            sha256=entry.get("sha256"),
+            files=entry.get("files"),
+            info={k: v for k, v in entry.items() if k not in ("name", "path", "format", *_FILE_KEYS)},
+        )
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "path": self.path, "format": self.format, **self.info}
@@ -236,7 +242,8 @@ def read_stage(path: Path | str, kind: str | tuple[str, ...] | None = None, hint
             f"{' or '.join(repr(k) for k in kinds)}{hint}"
         )
     if not isinstance(data.get("artifacts", []), list) or not all(
-            isinstance(a, dict) and isinstance(a.get("path"), str) for a in data.get("artifacts", [])):
+        isinstance(a, dict) and isinstance(a.get("path"), str) for a in data.get("artifacts", [])
+    ):
         raise InputError(f"{mf}: its artifacts are not a list of entries with a path: not an edgeft manifest")
     return Stage(path, data)
 
@@ -287,7 +294,9 @@ class StageWriter:
 
     def __post_init__(self) -> None:
         self.dest = Path(self.dest)
-        check_replaceable(self.dest, self.stage, force=self.force, replace_own=self.replace_own or self.resume)
+        check_replaceable(
+            self.dest, self.stage, force=self.force, replace_own=self.replace_own or self.resume
+        )
         self.dest.parent.mkdir(parents=True, exist_ok=True)
         if self.is_main:
             clean_stale(self.dest.parent, f".{self.dest.name}.")
@@ -301,7 +310,9 @@ class StageWriter:
         elif self.is_main:
             self.tmp = scratch_dir(self.dest)
         else:  # other processes could not find a randomly named directory
-            raise RuntimeError("a stage shared by several processes must be resumable (a fixed work directory)")
+            raise RuntimeError(
+                "a stage shared by several processes must be resumable (a fixed work directory)"
+            )
         if self.is_main:
             self.tmp.chmod(DIR_MODE)
         self._artifacts: list[Artifact] = []
@@ -318,12 +329,19 @@ class StageWriter:
         if not self.resumable and self.is_main:
             shutil.rmtree(self.tmp, ignore_errors=True)
         if exc is not None and not isinstance(exc, NoSpaceError) and no_space(exc):
-            then = (f"continue with --resume (the work so far is kept in {self.tmp})" if self.resumable
-                    else "run the command again (nothing was half-written)")
-            raise NoSpaceError(f"no space left on the disk holding {self.dest.parent} while writing the {self.stage} "
-                               f"stage: free some space (or point workdir / dist_dir elsewhere), then {then}") from exc
+            then = (
+                f"continue with --resume (the work so far is kept in {self.tmp})"
+                if self.resumable
+                else "run the command again (nothing was half-written)"
+            )
+            raise NoSpaceError(
+                f"no space left on the disk holding {self.dest.parent} while writing the {self.stage} "
+                f"stage: free some space (or point workdir / dist_dir elsewhere), then {then}"
+            ) from exc
 
-    def add_artifact(self, name: str, relpath: str, fmt: str, sha256: str | None = None, **info: Any) -> Artifact:
+    def add_artifact(
+        self, name: str, relpath: str, fmt: str, sha256: str | None = None, **info: Any
+    ) -> Artifact:
         """Record a file (or directory) already written under `self.tmp`.
 
         A caller that hashed the file already (e.g. in a thread overlapping other work) passes
@@ -355,9 +373,15 @@ class StageWriter:
             "base_model": self.base_model,
             "artifacts": [a.to_json() for a in self._artifacts],
             "metrics": self.metrics,
-            **{key: value for key, value in zip(HANDED_OVER, (self.resolved_base, self.end_of_turn,
-                                                               self.eos_token_ids, self.dataset), strict=True)
-               if value is not None},
+            **{
+                key: value
+                for key, value in zip(
+                    HANDED_OVER,
+                    (self.resolved_base, self.end_of_turn, self.eos_token_ids, self.dataset),
+                    strict=True,
+                )
+                if value is not None
+            },
             **self.extra,
         }
 
@@ -367,12 +391,17 @@ class StageWriter:
         data = self.manifest()
         # Size and modification time of every file as published: `Stage.changed` notices an
         # edit later with one stat per file (and hashes only what moved).
-        data["stat"] = {p.relative_to(self.tmp).as_posix(): [p.stat().st_size, p.stat().st_mtime_ns]
-                        for p in sorted(self.tmp.rglob("*")) if p.is_file() and p.name != MANIFEST}
+        data["stat"] = {
+            p.relative_to(self.tmp).as_posix(): [p.stat().st_size, p.stat().st_mtime_ns]
+            for p in sorted(self.tmp.rglob("*"))
+            if p.is_file() and p.name != MANIFEST
+        }
         (self.tmp / MANIFEST).write_text(json.dumps(data, indent=2, default=str) + "\n")
         if self.dest.exists():
             # Checked again: the destination may have appeared while this stage was working.
-            check_replaceable(self.dest, self.stage, force=self.force, replace_own=self.replace_own or self.resume)
+            check_replaceable(
+                self.dest, self.stage, force=self.force, replace_own=self.replace_own or self.resume
+            )
             old = scratch_dir(self.dest, "old")
             self.dest.rename(old / self.dest.name)
             self.tmp.rename(self.dest)
@@ -391,7 +420,7 @@ def check_replaceable(dest: Path, kind: str, *, force: bool, replace_own: bool) 
             return
         raise InputError(f"{dest} already exists: pass --force to replace it")
     what = "a file" if dest.is_file() else "a directory edgeft did not write"
-    raise InputError(f"{dest} exists and is {what} (not an edgeft {kind!r} output): choose another output "
-                     f"path, or pass --force to replace it")
-
-
+    raise InputError(
+        f"{dest} exists and is {what} (not an edgeft {kind!r} output): choose another output "
+        f"path, or pass --force to replace it"
+    )

@@ -59,6 +59,7 @@ class Condition:
 @dataclass
 class FilterCounts:
     """What one file's rows did under the filter."""
+
     conditions: list[str]
     rows: int = 0
     kept: int = 0
@@ -69,9 +70,15 @@ class FilterCounts:
         self.removed = self.removed or [0] * len(self.conditions)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "kept": self.kept, "dropped": self.rows - self.kept,
-                "removed_by": [{"condition": c, "rows": n} for c, n in zip(self.conditions, self.removed, strict=True)],
-                "missing_fields": dict(sorted(self.missing.items()))}
+        return {
+            "rows": self.rows,
+            "kept": self.kept,
+            "dropped": self.rows - self.kept,
+            "removed_by": [
+                {"condition": c, "rows": n} for c, n in zip(self.conditions, self.removed, strict=True)
+            ],
+            "missing_fields": dict(sorted(self.missing.items())),
+        }
 
 
 def _field_name(node: ast.expr) -> str | None:
@@ -86,9 +93,12 @@ def _field_name(node: ast.expr) -> str | None:
 
 def _check(node: ast.expr, text: str, key: str, names: list[str]) -> None:
     """Refuse any syntax outside the language (before a row is ever seen)."""
+
     def bad(what: str) -> ConfigError:
-        return ConfigError(f"{key}: {shown(text)}: {what} is not part of a filter; use comparisons (== != < <= > >= "
-                           f"in), and/or/not, field names, strings, numbers, true/false/null, len() and lower()")
+        return ConfigError(
+            f"{key}: {shown(text)}: {what} is not part of a filter; use comparisons (== != < <= > >= "
+            f"in), and/or/not, field names, strings, numbers, true/false/null, len() and lower()"
+        )
 
     if isinstance(node, ast.BoolOp):
         for v in node.values:
@@ -138,19 +148,26 @@ def compile_filter(spec: str | list[str] | None, key: str = "data.filter") -> li
     for i, text in enumerate(items):
         where = key if isinstance(spec, str) else f"{key}[{i}]"
         if len(text) > MAX_CHARS:
-            raise ConfigError(f"{where}: a condition of {len(text):,} characters (at most {MAX_CHARS:,}); write "
-                              f"shorter conditions, e.g. \"rating >= 4 and not edited\"")
+            raise ConfigError(
+                f"{where}: a condition of {len(text):,} characters (at most {MAX_CHARS:,}); write "
+                f'shorter conditions, e.g. "rating >= 4 and not edited"'
+            )
         try:
             tree = ast.parse(text.strip(), mode="eval").body
         except SyntaxError as e:
-            raise ConfigError(f"{where}: {shown(text)} is not a condition ({e.msg}); write e.g. "
-                              f"\"rating >= 4 and not edited\"") from None
+            raise ConfigError(
+                f"{where}: {shown(text)} is not a condition ({e.msg}); write e.g. "
+                f'"rating >= 4 and not edited"'
+            ) from None
         except (RecursionError, MemoryError):
-            raise ConfigError(f"{where}: {shown(text)} is nested too deeply to be a condition (at most "
-                              f"{MAX_DEPTH} levels)") from None
+            raise ConfigError(
+                f"{where}: {shown(text)} is nested too deeply to be a condition (at most {MAX_DEPTH} levels)"
+            ) from None
         if _depth(tree) > MAX_DEPTH:
-            raise ConfigError(f"{where}: {shown(text)} is nested more than {MAX_DEPTH} levels deep (operators, "
-                              f"calls, parts of a field name): split it into conditions of its own")
+            raise ConfigError(
+                f"{where}: {shown(text)} is nested more than {MAX_DEPTH} levels deep (operators, "
+                f"calls, parts of a field name): split it into conditions of its own"
+            )
         # Top-level `and` parts are counted as conditions of their own.
         parts = tree.values if isinstance(tree, ast.BoolOp) and isinstance(tree.op, ast.And) else [tree]
         for part in parts:
@@ -167,8 +184,11 @@ def _depth(tree: ast.AST) -> int:
         node, depth = stack.pop()
         deepest = max(deepest, depth)
         if depth <= MAX_DEPTH:  # deeper is refused anyway
-            stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node)
-                         if not isinstance(child, (ast.expr_context, ast.cmpop, ast.boolop, ast.unaryop)))
+            stack.extend(
+                (child, depth + 1)
+                for child in ast.iter_child_nodes(node)
+                if not isinstance(child, (ast.expr_context, ast.cmpop, ast.boolop, ast.unaryop))
+            )
     return deepest
 
 
@@ -224,7 +244,9 @@ class _Eval:
             return CONSTANTS[name] if name in CONSTANTS else lookup(self.row, name, self.extra)
         if isinstance(node, (ast.List, ast.Tuple)):
             return [self.value(v) for v in node.elts]
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):  # len() or lower(): _check saw to it
+        if isinstance(node, ast.Call) and isinstance(
+            node.func, ast.Name
+        ):  # len() or lower(): _check saw to it
             arg = self.value(node.args[0])
             if node.func.id == "len":
                 return 0 if arg is None else len(arg) if isinstance(arg, (str, list, dict)) else len(str(arg))
@@ -287,7 +309,9 @@ def first_failed(conditions: list[Condition], row: dict[str, Any], extra: Callab
     return None
 
 
-def missing_fields(conditions: list[Condition], row: dict[str, Any], extra: Callable[[str], Any]) -> list[str]:
+def missing_fields(
+    conditions: list[Condition], row: dict[str, Any], extra: Callable[[str], Any]
+) -> list[str]:
     """The fields the conditions read that this row lacks (absent or null)."""
     names = dict.fromkeys(n for c in conditions for n in c.fields)
     return [n for n in names if lookup(row, n, extra) is None]

@@ -95,12 +95,22 @@ def lock(folder: Path, wait: float = 0.0, lock_file: str = LOCK_FILE) -> Iterato
             if time.monotonic() >= deadline:
                 os.close(fd)
                 held = f" for more than {wait:g} s" if wait else ""
-                raise BusyError(f"{folder} is in use by another edgeft process ({_holder(path)}){held}: wait for it "
-                                f"to finish{'' if wait else ', or give this run another workdir'}") from None
+                raise BusyError(
+                    f"{folder} is in use by another edgeft process ({_holder(path)}){held}: wait for it "
+                    f"to finish{'' if wait else ', or give this run another workdir'}"
+                ) from None
             time.sleep(0.05)
     os.ftruncate(fd, 0)
-    os.write(fd, json.dumps({"pid": os.getpid(), "command": " ".join(["edgeft", *sys.argv[1:]])[:200],
-                             "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+    os.write(
+        fd,
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "command": " ".join(["edgeft", *sys.argv[1:]])[:200],
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            }
+        ).encode(),
+    )
     _held[path] = [fd, 1]
     try:
         yield

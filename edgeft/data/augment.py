@@ -69,7 +69,7 @@ def noisy(text: str, rate: float, rng: random.Random) -> str:
     pieces: list[str] = []  # even indices: free text (noised); odd: protected spans, as written
     last = 0
     for m in EXACT_SPANS.finditer(text):
-        pieces += [_noisy_span(text[last:m.start()], rate, rng), m.group(0)]
+        pieces += [_noisy_span(text[last : m.start()], rate, rng), m.group(0)]
         last = m.end()
     pieces.append(_noisy_span(text[last:], rate, rng))
     spaces = [(i, j) for i in range(0, len(pieces), 2) for j, ch in enumerate(pieces[i]) if ch == " "]
@@ -95,11 +95,13 @@ def user_turns(e: Example) -> list[tuple[int, str, str]]:
         if m["role"] != "user":
             continue
         prefix = e.fixed_prefix if e.fixed_prefix and m["content"].startswith(e.fixed_prefix) else ""
-        out.append((i, prefix, m["content"][len(prefix):]))
+        out.append((i, prefix, m["content"][len(prefix) :]))
     return out
 
 
-def with_typos(train: list[Example], copies: int, rate: float, seed: int) -> tuple[list[Example], dict[str, Any]]:
+def with_typos(
+    train: list[Example], copies: int, rate: float, seed: int
+) -> tuple[list[Example], dict[str, Any]]:
     """`copies` noisy copies of each training conversation (text rows are not augmented), and the
     record of what was added and dropped."""
     added: list[Example] = []
@@ -108,7 +110,9 @@ def with_typos(train: list[Example], copies: int, rate: float, seed: int) -> tup
         if e.messages is None:
             continue
         for k in range(copies):
-            rng = random.Random(f"edgeft-typos:{seed}:{e.content()}:{k}")  # str seeds hash with sha512: stable
+            rng = random.Random(
+                f"edgeft-typos:{seed}:{e.content()}:{k}"
+            )  # str seeds hash with sha512: stable
             messages = [dict(m) for m in e.messages]
             for i, prefix, body in user_turns(e):
                 messages[i]["content"] = prefix + noisy(body, rate, rng)
@@ -116,6 +120,11 @@ def with_typos(train: list[Example], copies: int, rate: float, seed: int) -> tup
                 unchanged += 1  # a short turn that drew no edit: a plain duplicate adds nothing
                 continue
             added.append(replace(e, messages=messages, augmented="typos", source=e.where))
-    record = {"copies": copies, "rate": rate, "seed": seed, "rows_added": len(added),
-              "dropped": {"unchanged": unchanged} if unchanged else {}}
+    record = {
+        "copies": copies,
+        "rate": rate,
+        "seed": seed,
+        "rows_added": len(added),
+        "dropped": {"unchanged": unchanged} if unchanged else {},
+    }
     return added, record

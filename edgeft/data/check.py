@@ -70,8 +70,10 @@ class DataReport:
         if not self.errors:
             return
         where = self.errors[0].where.split(":")[0].split("[")[0]
-        raise_listing(f"{where}: {len(self.errors)} data error(s); fix them (or see `edgeft data check`)",
-                      [str(f) for f in self.errors])
+        raise_listing(
+            f"{where}: {len(self.errors)} data error(s); fix them (or see `edgeft data check`)",
+            [str(f) for f in self.errors],
+        )
 
 
 def exact_duplicates(examples: list[Example]) -> list[Finding]:
@@ -86,8 +88,9 @@ def exact_duplicates(examples: list[Example]) -> list[Finding]:
     return out
 
 
-def near_duplicates(examples: list[Example],
-                    threshold: float = NEAR_DUPLICATE_THRESHOLD) -> tuple[list[Finding], dict[str, Any]]:
+def near_duplicates(
+    examples: list[Example], threshold: float = NEAR_DUPLICATE_THRESHOLD
+) -> tuple[list[Finding], dict[str, Any]]:
     """Pairs whose prompts *and* answers are each at least `threshold` similar (5-gram Jaccard),
     each example once with its most similar earlier example (a cluster of k near-copies gives
     k - 1 warnings, not k² / 2); exact duplicates are reported as such. Both halves must match:
@@ -96,19 +99,37 @@ def near_duplicates(examples: list[Example],
     each is compared with a bounded number of them, and the record (second value) counts the
     rows that were (`rows_not_fully_compared`)."""
     found, capped = neardup.within([e.parts() for e in examples], [e.key() for e in examples], threshold)
-    out = [Finding("warning", examples[i].where, "near-duplicate",
-                   f"near-duplicate of {examples[j].where} (similarity {sim:.2f})") for i, (sim, j) in sorted(found.items())]
+    out = [
+        Finding(
+            "warning",
+            examples[i].where,
+            "near-duplicate",
+            f"near-duplicate of {examples[j].where} (similarity {sim:.2f})",
+        )
+        for i, (sim, j) in sorted(found.items())
+    ]
     cap, confirm = neardup.limits(len(examples))
-    return out, {"threshold": threshold, "rows_not_fully_compared": capped, "bucket_cap": cap,
-                 "exact_comparisons_per_row": confirm}
+    return out, {
+        "threshold": threshold,
+        "rows_not_fully_compared": capped,
+        "bucket_cap": cap,
+        "exact_comparisons_per_row": confirm,
+    }
 
 
 def leakage(train: list[Example], validation: list[Example]) -> list[Finding]:
     seen = {e.key(): e for e in train}
-    return [Finding("error", v.where, "leakage",
-                    f"validation example also in the training data ({seen[v.key()].where}): "
-                    f"it would overstate validation quality; remove one or use data.dedup")
-            for v in validation if v.key() in seen]
+    return [
+        Finding(
+            "error",
+            v.where,
+            "leakage",
+            f"validation example also in the training data ({seen[v.key()].where}): "
+            f"it would overstate validation quality; remove one or use data.dedup",
+        )
+        for v in validation
+        if v.key() in seen
+    ]
 
 
 def render(example: Example, tokenizer: Any) -> str:
@@ -117,7 +138,9 @@ def render(example: Example, tokenizer: Any) -> str:
     return example.text or ""
 
 
-def token_lengths(examples: list[Example], tokenizer: Any, max_length: int | None) -> tuple[list[Finding], dict]:
+def token_lengths(
+    examples: list[Example], tokenizer: Any, max_length: int | None
+) -> tuple[list[Finding], dict]:
     """Length of each example as the model sees it (its template, its tokenizer). A conversation
     the template refuses (`raise_exception`, e.g. a system turn it does not allow) is a finding."""
     from jinja2.exceptions import TemplateError
@@ -128,8 +151,13 @@ def token_lengths(examples: list[Example], tokenizer: Any, max_length: int | Non
     out: list[Finding] = []
     first = next((e for e in examples if e.messages is not None), None)
     if first is not None:  # bounded once, before the unbounded renderer sees every row
-        guard(tokenizer.chat_template, first.messages, source=f"base model {tokenizer.name_or_path}",
-              add_generation_prompt=False, special_tokens=special_tokens(tokenizer))
+        guard(
+            tokenizer.chat_template,
+            first.messages,
+            source=f"base model {tokenizer.name_or_path}",
+            add_generation_prompt=False,
+            special_tokens=special_tokens(tokenizer),
+        )
     # Rendered one by one (the template may refuse a row), tokenized in batches: the tokenizer's
     # batch encoding runs on every core, one call per row cost 130 µs of Python each.
     texts: list[str] = []
@@ -140,8 +168,14 @@ def token_lengths(examples: list[Example], tokenizer: Any, max_length: int | Non
             try:
                 texts.append(tokenizer.apply_chat_template(e.messages, tokenize=False))
             except TemplateError as err:
-                out.append(Finding("error", e.where, "template", f"the model's chat template refuses this "
-                                   f"conversation: {err}"))
+                out.append(
+                    Finding(
+                        "error",
+                        e.where,
+                        "template",
+                        f"the model's chat template refuses this conversation: {err}",
+                    )
+                )
                 continue
         else:
             texts.append(e.text or "")
@@ -158,12 +192,23 @@ def token_lengths(examples: list[Example], tokenizer: Any, max_length: int | Non
                 lengths[k] = len(tokenizer(texts[k])["input_ids"]) + 1
     for e, n in zip(measured, lengths, strict=True):
         if max_length and n > max_length:
-            out.append(Finding("error", e.where, "too-long",
-                               f"{n} tokens under the model's template, over train.max_seq_length "
-                               f"{max_length}: shorten it or raise the limit"))
+            out.append(
+                Finding(
+                    "error",
+                    e.where,
+                    "too-long",
+                    f"{n} tokens under the model's template, over train.max_seq_length "
+                    f"{max_length}: shorten it or raise the limit",
+                )
+            )
     arr = np.array(lengths or [0])
-    stats = {"min": int(arr.min()), "median": float(np.median(arr)), "p95": float(np.percentile(arr, 95)),
-             "max": int(arr.max()), "total": int(arr.sum())}
+    stats = {
+        "min": int(arr.min()),
+        "median": float(np.median(arr)),
+        "p95": float(np.percentile(arr, 95)),
+        "max": int(arr.max()),
+        "total": int(arr.sum()),
+    }
     return out, stats
 
 
@@ -179,19 +224,42 @@ def dedupe(examples: list[Example]) -> tuple[list[Example], int]:
 def _loaded(report: LoadReport) -> list[Finding]:
     findings = list(report.findings)
     if len(report.examples) < MIN_EXAMPLES:
-        kept = (f" (data.filter kept {report.filter.kept} of {report.filter.rows} rows: "
-                f"`edgeft data check` shows what each condition removed)") if report.filter else ""
-        findings.append(Finding("error", str(report.path), "too-few",
-                                f"{len(report.examples)} usable example(s); at least {MIN_EXAMPLES} needed{kept}"))
+        kept = (
+            (
+                f" (data.filter kept {report.filter.kept} of {report.filter.rows} rows: "
+                f"`edgeft data check` shows what each condition removed)"
+            )
+            if report.filter
+            else ""
+        )
+        findings.append(
+            Finding(
+                "error",
+                str(report.path),
+                "too-few",
+                f"{len(report.examples)} usable example(s); at least {MIN_EXAMPLES} needed{kept}",
+            )
+        )
     return findings
 
 
-def analyse(train_path: Path, *, validation_path: Path | None = None, columns: dict[str, str] | None = None,
-            system_prompt: str | None = None, val_ratio: float = 0.1, seed: int = 0, dedup: bool = False,
-            tokenizer: Any = None, max_length: int | None = None,
-            near_duplicate_threshold: float = NEAR_DUPLICATE_THRESHOLD,
-            row_filter: str | list[str] | None = None, augment: Any = None,
-            paraphraser: tuple[str, str] | None = None, trust_remote_code: bool = False) -> DataReport:
+def analyse(
+    train_path: Path,
+    *,
+    validation_path: Path | None = None,
+    columns: dict[str, str] | None = None,
+    system_prompt: str | None = None,
+    val_ratio: float = 0.1,
+    seed: int = 0,
+    dedup: bool = False,
+    tokenizer: Any = None,
+    max_length: int | None = None,
+    near_duplicate_threshold: float = NEAR_DUPLICATE_THRESHOLD,
+    row_filter: str | list[str] | None = None,
+    augment: Any = None,
+    paraphraser: tuple[str, str] | None = None,
+    trust_remote_code: bool = False,
+) -> DataReport:
     """Load, check and split a dataset; every problem becomes a finding (nothing raises but a
     filter that does not parse, which is a ConfigError). `augment` (data.augment) adds copies to
     the training split; `paraphraser` is (name, model directory) of the model that paraphrases."""
@@ -199,8 +267,13 @@ def analyse(train_path: Path, *, validation_path: Path | None = None, columns: d
     loaded = load_examples(train_path, columns, system_prompt, conditions)
     findings = _loaded(loaded)
     examples = loaded.examples
-    info: dict[str, Any] = {"train_file": str(train_path), "train_sha256": file_hash(train_path),
-                            "rows": loaded.rows, "usable": len(examples), "formats": dict(loaded.formats)}
+    info: dict[str, Any] = {
+        "train_file": str(train_path),
+        "train_sha256": file_hash(train_path),
+        "rows": loaded.rows,
+        "usable": len(examples),
+        "formats": dict(loaded.formats),
+    }
     if loaded.filter is not None:
         info["filter"] = {"conditions": loaded.filter.conditions, "train": loaded.filter.to_dict()}
     if dedup:
@@ -229,12 +302,21 @@ def analyse(train_path: Path, *, validation_path: Path | None = None, columns: d
         if not any(f.check == "template" for f in long_findings):
             report.rendered_example = render(train[0] if train else val[0], tokenizer)
     if augment is not None and (augment.typos > 0 or augment.paraphrases > 0) and train and not report.errors:
-        _augment(report, augment, tokenizer, max_length, near_duplicate_threshold, paraphraser, trust_remote_code)
+        _augment(
+            report, augment, tokenizer, max_length, near_duplicate_threshold, paraphraser, trust_remote_code
+        )
     return report
 
 
-def _augment(report: DataReport, augment: Any, tokenizer: Any, max_length: int | None, threshold: float,
-             paraphraser: tuple[str, str] | None, trust_remote_code: bool) -> None:
+def _augment(
+    report: DataReport,
+    augment: Any,
+    tokenizer: Any,
+    max_length: int | None,
+    threshold: float,
+    paraphraser: tuple[str, str] | None,
+    trust_remote_code: bool,
+) -> None:
     """data.augment on the checked training split: typo copies (edgeft.data.augment) and paraphrases
     (edgeft.data.paraphrase), then the checks every copy passes or is dropped for, counted per kind:
     too-long (over train.max_seq_length tokens), leaks-validation (the same as, or a
@@ -250,22 +332,33 @@ def _augment(report: DataReport, augment: Any, tokenizer: Any, max_length: int |
         from edgeft.data.paraphrase import with_paraphrases
 
         if paraphraser is None:
-            raise ConfigError("data.augment.paraphrases: name the model that paraphrases "
-                              "(data.augment.paraphrase_model, or a config's base_model)")
-        added, record["paraphrases"] = with_paraphrases(report.train, augment, *paraphraser, trust_remote_code)
+            raise ConfigError(
+                "data.augment.paraphrases: name the model that paraphrases "
+                "(data.augment.paraphrase_model, or a config's base_model)"
+            )
+        added, record["paraphrases"] = with_paraphrases(
+            report.train, augment, *paraphraser, trust_remote_code
+        )
         record["paraphrases"]["near_duplicate_of_source"] = 0
         copies += added
     seen = {e.key() for e in report.train}
     held_out = {e.key() for e in report.validation}
-    near_held_out = neardup.across([c.parts() for c in copies], [c.key() for c in copies],
-                                   [v.parts() for v in report.validation], [v.key() for v in report.validation],
-                                   threshold)
+    near_held_out = neardup.across(
+        [c.parts() for c in copies],
+        [c.key() for c in copies],
+        [v.parts() for v in report.validation],
+        [v.key() for v in report.validation],
+        threshold,
+    )
     sources = {e.where: e for e in report.train}
     kept = []
     for n, c in enumerate(copies):
         reason = None
-        if tokenizer is not None and max_length and \
-                len(tokenizer.apply_chat_template(c.messages, tokenize=True)) > max_length:
+        if (
+            tokenizer is not None
+            and max_length
+            and len(tokenizer.apply_chat_template(c.messages, tokenize=True)) > max_length
+        ):
             reason = "too-long"
         elif c.key() in held_out or n in near_held_out:
             reason = "leaks-validation"
@@ -275,8 +368,12 @@ def _augment(report: DataReport, augment: Any, tokenizer: Any, max_length: int |
             seen.add(c.key())
             kept.append(c)
             if c.augmented == "paraphrase":  # near its source: kept, as intended; counted
-                near = neardup.jaccard(neardup.shingles(c.parts()[0]),
-                                       neardup.shingles(sources[str(c.source)].parts()[0])) >= threshold
+                near = (
+                    neardup.jaccard(
+                        neardup.shingles(c.parts()[0]), neardup.shingles(sources[str(c.source)].parts()[0])
+                    )
+                    >= threshold
+                )
                 record["paraphrases"]["near_duplicate_of_source"] += near
             continue
         kind = record["typos" if c.augmented == "typos" else "paraphrases"]
@@ -289,21 +386,44 @@ def _augment(report: DataReport, augment: Any, tokenizer: Any, max_length: int |
 def analyse_config(cfg: Any, tokenizer: Any = None) -> DataReport:
     """The data checks of a config's data section, as training runs them."""
     d = cfg.data
-    return analyse_section(d, cfg.path(d.train), cfg.path(d.validation) if d.validation else None,
-                           tokenizer=tokenizer, max_length=cfg.train.max_seq_length, paraphraser=paraphraser(cfg),
-                           trust_remote_code=cfg.trust_remote_code)
+    return analyse_section(
+        d,
+        cfg.path(d.train),
+        cfg.path(d.validation) if d.validation else None,
+        tokenizer=tokenizer,
+        max_length=cfg.train.max_seq_length,
+        paraphraser=paraphraser(cfg),
+        trust_remote_code=cfg.trust_remote_code,
+    )
 
 
-def analyse_section(d: Any, train_path: Path, validation_path: Path | None, *, tokenizer: Any = None,
-                    max_length: int | None = None, paraphraser: tuple[str, str] | None = None,
-                    trust_remote_code: bool = False) -> DataReport:
+def analyse_section(
+    d: Any,
+    train_path: Path,
+    validation_path: Path | None,
+    *,
+    tokenizer: Any = None,
+    max_length: int | None = None,
+    paraphraser: tuple[str, str] | None = None,
+    trust_remote_code: bool = False,
+) -> DataReport:
     """`analyse` as the data section `d` (a DataConfig) asks for it: the one place its keys become
     the checks' arguments, so training and `edgeft data check` cannot drift apart."""
     return analyse(
-        train_path, validation_path=validation_path, columns=d.columns or None, system_prompt=d.system_prompt,
-        val_ratio=d.val_ratio, seed=d.seed, dedup=d.dedup, tokenizer=tokenizer, max_length=max_length,
-        near_duplicate_threshold=d.near_duplicate_threshold, row_filter=d.filter, augment=d.augment,
-        paraphraser=paraphraser, trust_remote_code=trust_remote_code,
+        train_path,
+        validation_path=validation_path,
+        columns=d.columns or None,
+        system_prompt=d.system_prompt,
+        val_ratio=d.val_ratio,
+        seed=d.seed,
+        dedup=d.dedup,
+        tokenizer=tokenizer,
+        max_length=max_length,
+        near_duplicate_threshold=d.near_duplicate_threshold,
+        row_filter=d.filter,
+        augment=d.augment,
+        paraphraser=paraphraser,
+        trust_remote_code=trust_remote_code,
     )
 
 
@@ -332,7 +452,9 @@ def format_filter(report: DataReport) -> list[str]:
         lines.append(f"data.filter on {file}: kept {counts['kept']} of {counts['rows']} rows")
         width = max(len(r["condition"]) for r in counts["removed_by"])
         lines += [f"  {r['condition']:<{width}}  removed {r['rows']}" for r in counts["removed_by"]]
-        lines += [f"  field {name!r} absent or null in {n} row(s)" for name, n in counts["missing_fields"].items()]
+        lines += [
+            f"  field {name!r} absent or null in {n} row(s)" for name, n in counts["missing_fields"].items()
+        ]
     return lines
 
 
@@ -342,28 +464,40 @@ def format_near_duplicates(report: DataReport) -> list[str]:
     n = record.get("rows_not_fully_compared", 0)
     if not n:
         return []
-    return [f"near-duplicate check: {n} row(s) resemble more earlier rows than it compares in bounded time "
-            f"(templated data?): each was compared with at most {record['bucket_cap']} earlier rows per LSH bucket "
-            f"and exactly with its {record['exact_comparisons_per_row']} most similar, so some near-duplicates "
-            f"may be unreported"]
+    return [
+        f"near-duplicate check: {n} row(s) resemble more earlier rows than it compares in bounded time "
+        f"(templated data?): each was compared with at most {record['bucket_cap']} earlier rows per LSH bucket "
+        f"and exactly with its {record['exact_comparisons_per_row']} most similar, so some near-duplicates "
+        f"may be unreported"
+    ]
 
 
 def format_augmentation(report: DataReport) -> list[str]:
     """data.augment's counts: rows added per kind, what was dropped and why, a few paraphrases."""
     record = report.info.get("augmentation", {})
     lines = []
-    dropped = {k: ", ".join(f"{reason} {n}" for reason, n in r["dropped"].items()) or "none"
-               for k, r in record.items()}
+    dropped = {
+        k: ", ".join(f"{reason} {n}" for reason, n in r["dropped"].items()) or "none"
+        for k, r in record.items()
+    }
     if "typos" in record:
         t = record["typos"]
-        lines.append(f"data.augment: {t['rows_added']} training rows added with typos ({t['copies']} per "
-                     f"conversation, rate {t['rate']:g}, seed {t['seed']}; dropped: {dropped['typos']})")
+        lines.append(
+            f"data.augment: {t['rows_added']} training rows added with typos ({t['copies']} per "
+            f"conversation, rate {t['rate']:g}, seed {t['seed']}; dropped: {dropped['typos']})"
+        )
     if "paraphrases" in record:
         p = record["paraphrases"]
-        how = "greedy" if not p["temperature"] else f"sampled at temperature {p['temperature']:g}, seed {p['seed']}"
-        lines.append(f"data.augment: {p['rows_added']} of {p['candidates']} paraphrased copies kept ({p['model']}, "
-                     f"{how}; dropped: {dropped['paraphrases']}; {p['near_duplicate_of_source']} near-duplicates "
-                     f"of their source, kept)")
+        how = (
+            "greedy"
+            if not p["temperature"]
+            else f"sampled at temperature {p['temperature']:g}, seed {p['seed']}"
+        )
+        lines.append(
+            f"data.augment: {p['rows_added']} of {p['candidates']} paraphrased copies kept ({p['model']}, "
+            f"{how}; dropped: {dropped['paraphrases']}; {p['near_duplicate_of_source']} near-duplicates "
+            f"of their source, kept)"
+        )
         lines += [f"  {s['source']!r} -> {s['paraphrase']!r}" for s in p["samples"]]
     if record:
         lines.append("the validation split is never augmented; train.jsonl marks each copy and its source")
@@ -392,4 +526,3 @@ def format_table(report: DataReport) -> str:
 
 def data_files(cfg: Any) -> list[Path]:
     return [cfg.path(cfg.data.train)] + ([cfg.path(cfg.data.validation)] if cfg.data.validation else [])
-

@@ -24,7 +24,9 @@ class Unmaskable(Exception):
     """The template does not let the assistant's tokens be told apart (the message says why)."""
 
 
-def assistant_spans(messages: Conversation, tokenizer: Any, eot: str | None) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(
+    messages: Conversation, tokenizer: Any, eot: str | None
+) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans (start, end) that carry the loss."""
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     spans = []
@@ -33,19 +35,25 @@ def assistant_spans(messages: Conversation, tokenizer: Any, eot: str | None) -> 
             continue
         prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
         if not text.startswith(prefix):
-            raise Unmaskable(f"the template is not prefix-preserving: the conversation up to assistant turn {i} "
-                             f"with the generation prompt is not how the whole conversation begins")
-        rest = text[len(prefix):]
+            raise Unmaskable(
+                f"the template is not prefix-preserving: the conversation up to assistant turn {i} "
+                f"with the generation prompt is not how the whole conversation begins"
+            )
+        rest = text[len(prefix) :]
         content = message["content"]
         if not rest.startswith(content):
             content = content.strip()  # templates that trim (Llama 3's `| trim`)
             if not rest.startswith(content):
-                raise Unmaskable(f"the template changes the content of assistant turn {i} (it does not follow "
-                                 f"the generation prompt as written)")
+                raise Unmaskable(
+                    f"the template changes the content of assistant turn {i} (it does not follow "
+                    f"the generation prompt as written)"
+                )
         end = len(prefix) + len(content)
         if eot is None or not text.startswith(eot, end):
-            raise Unmaskable(f"assistant turn {i} is not closed by an end-of-turn token right after its content "
-                             f"(found {text[end:end + 20]!r})")
+            raise Unmaskable(
+                f"assistant turn {i} is not closed by an end-of-turn token right after its content "
+                f"(found {text[end : end + 20]!r})"
+            )
         spans.append((len(prefix), end + len(eot)))
     return text, spans
 
@@ -60,7 +68,9 @@ def masks(messages: Conversation, tokenizer: Any, eot: str | None) -> tuple[list
     return enc["input_ids"], mask
 
 
-def tokenize_for_training(conversations: list[Conversation], tokenizer: Any) -> tuple[list[dict[str, Any]], str | None]:
+def tokenize_for_training(
+    conversations: list[Conversation], tokenizer: Any
+) -> tuple[list[dict[str, Any]], str | None]:
     """Pre-tokenised rows (input_ids, assistant_masks) for trl, or ([], reason) if the template
     cannot be masked (then the caller trains on the whole sequence)."""
     from edgeft.models.base import end_of_turn

@@ -150,7 +150,11 @@ def _estimated(q: Parts, r: Parts, qi: np.ndarray, rj: np.ndarray, floor: float)
     for s in range(0, len(qi), _CHUNK_PAIRS):
         a, b = qi[s : s + _CHUNK_PAIRS], rj[s : s + _CHUNK_PAIRS]
         same = np.count_nonzero(q.answer[a] == r.answer[b], axis=1)
-        a, b, same = a[same >= least], b[same >= least], same[same >= least]  # answers first: the cheaper half
+        a, b, same = (
+            a[same >= least],
+            b[same >= least],
+            same[same >= least],
+        )  # answers first: the cheaper half
         same = np.minimum(same, np.count_nonzero(q.prompt[a] == r.prompt[b], axis=1))
         keep = same >= least
         out.append(_Best.code(a[keep], b[keep], same[keep], len(r.texts)))
@@ -163,8 +167,10 @@ def margin(threshold: float) -> float:
 
 def limits(rows: int) -> tuple[int, int]:
     """(bucket cap, exact similarities per row) for a dataset of `rows` rows."""
-    return (min(MAX_CAP, max(MIN_CAP, PAIR_BUDGET // max(rows, 1))),
-            max(MIN_CONFIRM, CONFIRM_BUDGET // max(rows, 1)))
+    return (
+        min(MAX_CAP, max(MIN_CAP, PAIR_BUDGET // max(rows, 1))),
+        max(MIN_CONFIRM, CONFIRM_BUDGET // max(rows, 1)),
+    )
 
 
 class _Best:
@@ -235,7 +241,9 @@ def _pairs_within(bands: np.ndarray, band: int, cap: int) -> tuple[np.ndarray, n
     return (np.concatenate(later) if later else empty, np.concatenate(earlier) if earlier else empty, capped)
 
 
-def _pairs_across(queries: np.ndarray, refs: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _pairs_across(
+    queries: np.ndarray, refs: np.ndarray, cap: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(query row, reference row) for each query and at most `cap` references of its bucket, and
     the queries whose bucket held more."""
     order = np.argsort(refs, kind="stable")
@@ -247,8 +255,11 @@ def _pairs_across(queries: np.ndarray, refs: np.ndarray, cap: int) -> tuple[np.n
         qs.append(np.flatnonzero(has))
         rs.append(order[(lo + d)[has]])
     empty = np.empty(0, dtype=np.int64)
-    return (np.concatenate(qs) if qs else empty, np.concatenate(rs) if rs else empty,
-            np.flatnonzero(hi - lo > cap))
+    return (
+        np.concatenate(qs) if qs else empty,
+        np.concatenate(rs) if rs else empty,
+        np.flatnonzero(hi - lo > cap),
+    )
 
 
 def _candidates(q: Parts, r: Parts | None, threshold: float) -> tuple[_Best, int]:
@@ -261,8 +272,9 @@ def _candidates(q: Parts, r: Parts | None, threshold: float) -> tuple[_Best, int
         if r is None:
             qi, rj, over = _pairs_within(q.bands, band, cap)
         else:
-            qi, rj, over = _pairs_across(np.ascontiguousarray(q.bands[:, band]),
-                                         np.ascontiguousarray(r.bands[:, band]), cap)
+            qi, rj, over = _pairs_across(
+                np.ascontiguousarray(q.bands[:, band]), np.ascontiguousarray(r.bands[:, band]), cap
+            )
         keep = q.content[qi] != other.content[rj]
         codes = _estimated(q, other, qi[keep], rj[keep], threshold - margin(threshold))
         # A bucket is full of rows that share common text ("the", a template) as often as of look-alikes;
@@ -280,7 +292,9 @@ def _confirmed(q: Parts, r: Parts, best: _Best, threshold: float) -> dict[int, t
     """row → (similarity, partner) for rows with a candidate at or above `threshold`, exactly; the
     most similar partner, the earlier one on a tie."""
     out: dict[int, tuple[float, int]] = {}
-    grams: dict[tuple[int, int], tuple[set[str], set[str]]] = {}  # a row's partners come together: a small cache
+    grams: dict[
+        tuple[int, int], tuple[set[str], set[str]]
+    ] = {}  # a row's partners come together: a small cache
 
     def sets(p: Parts, row: int, tag: int) -> tuple[set[str], set[str]]:
         if (tag, row) not in grams:
@@ -297,7 +311,9 @@ def _confirmed(q: Parts, r: Parts, best: _Best, threshold: float) -> dict[int, t
     return out
 
 
-def within(texts: list[tuple[str, str]], keys: Sequence[Hashable], threshold: float) -> tuple[dict[int, tuple[float, int]], int]:
+def within(
+    texts: list[tuple[str, str]], keys: Sequence[Hashable], threshold: float
+) -> tuple[dict[int, tuple[float, int]], int]:
     """Near-duplicates among rows given as (prompt, answer), each row with its most similar
     earlier row: {row: (similarity, earlier row)}; and how many rows had more candidates than
     were compared (a full LSH bucket, or more than `limits`' exact comparisons)."""
@@ -308,13 +324,18 @@ def within(texts: list[tuple[str, str]], keys: Sequence[Hashable], threshold: fl
     return _confirmed(parts, parts, best, threshold), capped
 
 
-def across(queries: list[tuple[str, str]], query_keys: Sequence[Hashable], refs: list[tuple[str, str]],
-           ref_keys: Sequence[Hashable], threshold: float) -> dict[int, tuple[float, int]]:
+def across(
+    queries: list[tuple[str, str]],
+    query_keys: Sequence[Hashable],
+    refs: list[tuple[str, str]],
+    ref_keys: Sequence[Hashable],
+    threshold: float,
+) -> dict[int, tuple[float, int]]:
     """Query rows that are near-duplicates of a reference row: {query row: (similarity, reference row)}.
     Rows with a reference's exact content are not listed (an exact match is a check of its own)."""
     if not queries or not refs:
         return {}
     content = _content_ids([*ref_keys, *query_keys])
-    q, r = Parts.of(queries, content[len(refs):]), Parts.of(refs, content[: len(refs)])
+    q, r = Parts.of(queries, content[len(refs) :]), Parts.of(refs, content[: len(refs)])
     best, _ = _candidates(q, r, threshold)
     return _confirmed(q, r, best, threshold)

@@ -106,15 +106,28 @@ def _prompt_ids(runtime: Any, instruction: str, message: str) -> list[int]:
     return runtime.tokenize(text, add_special=False)
 
 
-def generate(messages: list[tuple[str, int]], model_dir: str, fingerprint: str, augment: Any,
-             trust_remote_code: bool = False) -> tuple[list[str], bool]:
+def generate(
+    messages: list[tuple[str, int]],
+    model_dir: str,
+    fingerprint: str,
+    augment: Any,
+    trust_remote_code: bool = False,
+) -> tuple[list[str], bool]:
     """The model's rewrite of each (message, copy number), and whether they came from the cache."""
     from edgeft.core.fileio import hash_json, write_atomic
     from edgeft.core.paths import cache_dir
 
-    key = hash_json({"version": VERSION, "shots": SHOTS, "model": fingerprint, "messages": messages,
-                     "instruction": augment.paraphrase_instruction,
-                     "temperature": augment.paraphrase_temperature, "seed": augment.seed})
+    key = hash_json(
+        {
+            "version": VERSION,
+            "shots": SHOTS,
+            "model": fingerprint,
+            "messages": messages,
+            "instruction": augment.paraphrase_instruction,
+            "temperature": augment.paraphrase_temperature,
+            "seed": augment.seed,
+        }
+    )
     entry = cache_dir() / "paraphrases" / f"{key}.json"
     if entry.is_file():
         return json.loads(entry.read_text(encoding="utf-8")), True
@@ -129,7 +142,7 @@ def generate(messages: list[tuple[str, int]], model_dir: str, fingerprint: str, 
     out: list[str] = [""] * len(messages)
     started = time.monotonic()
     for c in range(0, len(order), CHUNK):
-        chunk = order[c:c + CHUNK]
+        chunk = order[c : c + CHUNK]
         if augment.paraphrase_temperature > 0:
             torch.manual_seed(int(hash_json([augment.seed, c // CHUNK])[:12], 16))
         # Enough room for a rewrite twice as long as the longest message (a longer one fails anyway).
@@ -138,7 +151,12 @@ def generate(messages: list[tuple[str, int]], model_dir: str, fingerprint: str, 
         for i, (tokens, _) in zip(chunk, replies, strict=True):
             out[i] = runtime.detokenize(tokens)
         done = min(c + CHUNK, len(order))
-        log.info("data.augment: paraphrased %d of %d messages (%.0f s)", done, len(order), time.monotonic() - started)
+        log.info(
+            "data.augment: paraphrased %d of %d messages (%.0f s)",
+            done,
+            len(order),
+            time.monotonic() - started,
+        )
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(entry, json.dumps(out, ensure_ascii=False))
@@ -147,8 +165,9 @@ def generate(messages: list[tuple[str, int]], model_dir: str, fingerprint: str, 
     return out, False
 
 
-def with_paraphrases(train: list[Example], augment: Any, model: str, model_dir: str,
-                     trust_remote_code: bool = False) -> tuple[list[Example], dict[str, Any]]:
+def with_paraphrases(
+    train: list[Example], augment: Any, model: str, model_dir: str, trust_remote_code: bool = False
+) -> tuple[list[Example], dict[str, Any]]:
     """`augment.paraphrases` rewritten copies of each training conversation that pass the checks
     (text rows are not augmented), and the record of what was made and dropped."""
     from edgeft.models.base import fingerprint
@@ -160,8 +179,17 @@ def with_paraphrases(train: list[Example], augment: Any, model: str, model_dir: 
             jobs += [(n, i, k) for i, _, body in user_turns(e) if body.strip()]
     bodies = {(n, i): body for n, e in enumerate(train) for i, _, body in user_turns(e)}
     started = time.monotonic()
-    rewrites, cached = generate([(bodies[n, i], k) for n, i, k in jobs], model_dir, fingerprint(model, model_dir),
-                                augment, trust_remote_code) if jobs else ([], False)
+    rewrites, cached = (
+        generate(
+            [(bodies[n, i], k) for n, i, k in jobs],
+            model_dir,
+            fingerprint(model, model_dir),
+            augment,
+            trust_remote_code,
+        )
+        if jobs
+        else ([], False)
+    )
     verdicts: dict[tuple[int, int], dict[int, str]] = {}  # (example, copy) -> turn -> rewrite or failure
     failures: dict[tuple[int, int], str] = {}
     for (n, i, k), output in zip(jobs, rewrites, strict=True):
@@ -186,9 +214,16 @@ def with_paraphrases(train: list[Example], augment: Any, model: str, model_dir: 
         if len(samples) < 3:
             samples.append({"source": bodies[n, min(turns)], "paraphrase": turns[min(turns)]})
         added.append(copy)
-    record = {"copies": copies, "model": model, "temperature": augment.paraphrase_temperature,
-              "seed": augment.seed, "candidates": len(verdicts), "rows_added": len(added),
-              "dropped": {r: c for r, c in dropped.items() if c},
-              "samples": samples, "cached": cached, "seconds": round(time.monotonic() - started, 1)}
+    record = {
+        "copies": copies,
+        "model": model,
+        "temperature": augment.paraphrase_temperature,
+        "seed": augment.seed,
+        "candidates": len(verdicts),
+        "rows_added": len(added),
+        "dropped": {r: c for r, c in dropped.items() if c},
+        "samples": samples,
+        "cached": cached,
+        "seconds": round(time.monotonic() - started, 1),
+    }
     return added, record
-

@@ -110,6 +110,7 @@ class LoadReport:
 
 # --- reading ---------------------------------------------------------------------------------
 
+
 def _rows_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
     with path.open("rb") as f:  # line by line: a large log export is never held twice
         for n, line in enumerate(f, start=1):
@@ -133,8 +134,10 @@ def _rows_json(path: Path) -> Iterator[tuple[str, Any]]:
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8 (byte {e.start})") from None
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); a .json file holds one list "
-                        f"of rows (use .jsonl for one row per line)") from None
+        raise DataError(
+            f"{path}:{e.lineno}: not valid JSON ({e.msg}); a .json file holds one list "
+            f"of rows (use .jsonl for one row per line)"
+        ) from None
     except RecursionError:
         raise DataError(f"{path}: not usable JSON (nested too deeply)") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -193,15 +196,23 @@ def read_rows(path: Path) -> Iterator[tuple[str, Any]]:
     if path.is_dir():
         return _rows_table(path)
     suffix = path.suffix.lower()
-    readers = {".jsonl": _rows_jsonl, ".ndjson": _rows_jsonl, ".json": _rows_json, ".csv": _rows_csv,
-               ".parquet": _rows_table}
+    readers = {
+        ".jsonl": _rows_jsonl,
+        ".ndjson": _rows_jsonl,
+        ".json": _rows_json,
+        ".csv": _rows_csv,
+        ".parquet": _rows_table,
+    }
     if suffix not in readers:
-        raise InputError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .parquet "
-                         f"or a directory saved by `datasets`")
+        raise InputError(
+            f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .parquet "
+            f"or a directory saved by `datasets`"
+        )
     return readers[suffix](path)
 
 
 # --- normalising -----------------------------------------------------------------------------
+
 
 class _Bad(Exception):
     """A row problem: its message and which check it belongs to."""
@@ -258,20 +269,26 @@ def fill_system_prompt(template: str, row: Any) -> str:
             return m.group(0)[0]
         value = rowfilter.lookup(row, m.group(1)) if isinstance(row, dict) else None
         if value is None or (isinstance(value, str) and not value.strip()):
-            raise _Bad(f"data.system_prompt needs {{{m.group(1)}}}, which this row lacks (or is empty)",
-                       "system_prompt")
+            raise _Bad(
+                f"data.system_prompt needs {{{m.group(1)}}}, which this row lacks (or is empty)",
+                "system_prompt",
+            )
         return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
     return _PLACEHOLDER.sub(fill, template)
 
 
-def to_example(row: Any, columns: dict[str, str] | None = None,
-               system_prompt: str | None = None) -> tuple[Example | None, str | None, str]:
+def to_example(
+    row: Any, columns: dict[str, str] | None = None, system_prompt: str | None = None
+) -> tuple[Example | None, str | None, str]:
     """One row → (example, None, "") or (None, problem, check)."""
     try:
         ex = _to_example(row, columns)
         if ex.messages is not None and system_prompt and ex.messages[0]["role"] != "system":
-            ex.messages = [{"role": "system", "content": fill_system_prompt(system_prompt, row)}, *ex.messages]
+            ex.messages = [
+                {"role": "system", "content": fill_system_prompt(system_prompt, row)},
+                *ex.messages,
+            ]
     except _Bad as bad:
         return None, str(bad), bad.check
     return ex, None, ""
@@ -341,14 +358,18 @@ def _to_example(row: Any, columns: dict[str, str] | None) -> Example:
     elif "prompt" in row or "completion" in row:
         hint = " (prompt/completion rows need both)"
         prompt, completion = _string(row, "prompt", hint=hint), _string(row, "completion", hint=hint)
-        fmt, out = "prompt-completion", [{"role": "user", "content": prompt},
-                                         {"role": "assistant", "content": completion}]
+        fmt, out = (
+            "prompt-completion",
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}],
+        )
     elif "text" in row:
         return Example("", "text", text=_string(row, "text"))
     else:
         keys = ", ".join(sorted(map(str, row))) or "none"
-        raise _Bad(f"unknown row format (keys: {keys}); use alpaca (instruction, input?, output), chat "
-                   f"(messages), prompt/completion or text, or map your fields with data.columns")
+        raise _Bad(
+            f"unknown row format (keys: {keys}); use alpaca (instruction, input?, output), chat "
+            f"(messages), prompt/completion or text, or map your fields with data.columns"
+        )
     if system and out[0]["role"] != "system":
         out.insert(0, {"role": "system", "content": system})
     problem = _check_roles(out)
@@ -357,9 +378,12 @@ def _to_example(row: Any, columns: dict[str, str] | None) -> Example:
     return Example("", fmt, messages=out, fixed_prefix=prefix)
 
 
-def load_examples(path: Path | str, columns: dict[str, str] | None = None,
-                  system_prompt: str | None = None, row_filter: list[rowfilter.Condition] | None = None
-                  ) -> LoadReport:
+def load_examples(
+    path: Path | str,
+    columns: dict[str, str] | None = None,
+    system_prompt: str | None = None,
+    row_filter: list[rowfilter.Condition] | None = None,
+) -> LoadReport:
     """Read every row; unusable rows become error findings, never exceptions. With `row_filter`
     (data.filter, compiled), rows failing a condition are dropped, and counted, before they
     are checked: a log's unwanted rows need not be well-formed."""
@@ -391,7 +415,9 @@ def load_examples(path: Path | str, columns: dict[str, str] | None = None,
         report.formats[ex.fmt] += 1
     kinds = {e.is_chat for e in report.examples}
     if len(kinds) > 1:
-        report.error(str(path), "format", "mixes conversation rows and plain-text rows; use one kind per dataset")
+        report.error(
+            str(path), "format", "mixes conversation rows and plain-text rows; use one kind per dataset"
+        )
     return report
 
 
@@ -405,7 +431,9 @@ def raise_listing(head: str, lines: list[str], limit: int = 50) -> None:
 def require_usable(report: LoadReport) -> None:
     """Raise DataError listing every unusable row, or if too few rows are usable."""
     if report.problems:
-        raise_listing(f"{report.path}: {len(report.problems)} malformed row(s); fix or remove them", report.problems)
+        raise_listing(
+            f"{report.path}: {len(report.problems)} malformed row(s); fix or remove them", report.problems
+        )
     if len(report.examples) < MIN_EXAMPLES:
         raise DataError(
             f"{report.path}: {len(report.examples)} usable example(s); at least {MIN_EXAMPLES} needed"

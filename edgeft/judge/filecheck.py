@@ -39,7 +39,6 @@ HYPERPARAMETERS = {
 WEIGHT_TOLERANCE = {"f32": 1e-6, "f16": 1e-3, "bf16": 8e-3}
 
 
-
 def _arch_key(meta: dict[str, Any], suffix: str) -> Any:
     arch = meta.get("general.architecture")
     return meta.get(f"{arch}.{suffix}")
@@ -60,8 +59,10 @@ def hyperparameters(meta: dict[str, Any], config: dict[str, Any]) -> list[str]:
         else:
             same = int(got) == int(want)
         if not same:
-            problems.append(f"{meta.get('general.architecture')}.{suffix} is {got}, the reference config's "
-                            f"{names[0]} is {want}")
+            problems.append(
+                f"{meta.get('general.architecture')}.{suffix} is {got}, the reference config's "
+                f"{names[0]} is {want}"
+            )
     return problems
 
 
@@ -93,7 +94,9 @@ def check(path: Path, model_dir: Path, gguf_type: str) -> list[tuple[str, list[s
     reader = gguf_meta.open_reader(path)
     meta = gguf_meta.metadata(reader)
     config = json.loads((Path(model_dir) / "config.json").read_text())
-    out: list[tuple[str, list[str], dict[str, Any]]] = [("hyperparameters", hyperparameters(meta, config), {})]
+    out: list[tuple[str, list[str], dict[str, Any]]] = [
+        ("hyperparameters", hyperparameters(meta, config), {})
+    ]
     if gguf_type in WEIGHT_TOLERANCE:
         out.append(("weights", *weights(reader, meta, config, model_dir, gguf_type)))
     return out
@@ -105,7 +108,9 @@ def _from_gguf(arch: str, model_dir: Path) -> Any:
     from transformers import AutoConfig
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
 
-    processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=AutoConfig.from_pretrained(model_dir).to_dict())
+    processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(
+        config=AutoConfig.from_pretrained(model_dir).to_dict()
+    )
 
     def undo(weights: np.ndarray, name: str) -> np.ndarray:
         return np.asarray(processor.process(weights=weights, name=name).weights)
@@ -113,8 +118,9 @@ def _from_gguf(arch: str, model_dir: Path) -> Any:
     return undo
 
 
-def weights(reader: Any, meta: dict[str, Any], config: dict[str, Any], model_dir: Path,
-            gguf_type: str) -> tuple[list[str], dict[str, Any]]:
+def weights(
+    reader: Any, meta: dict[str, Any], config: dict[str, Any], model_dir: Path, gguf_type: str
+) -> tuple[list[str], dict[str, Any]]:
     """(problems, numbers) comparing a lossless GGUF's tensors with the reference safetensors."""
     import gguf
 
@@ -151,13 +157,17 @@ def weights(reader: Any, meta: dict[str, Any], config: dict[str, Any], model_dir
             grid.append(t.name)
     problems = []
     if grid:
-        problems.append(f"{len(grid)} weight tensors (e.g. {grid[0]}) lie on a 4-bit grid (at most 16 distinct "
-                        f"values per block of 64) that the reference weights do not: the adapter was merged into a "
-                        f"4-bit quantized base; merge into the full-precision base instead")
+        problems.append(
+            f"{len(grid)} weight tensors (e.g. {grid[0]}) lie on a 4-bit grid (at most 16 distinct "
+            f"values per block of 64) that the reference weights do not: the adapter was merged into a "
+            f"4-bit quantized base; merge into the full-precision base instead"
+        )
     if differ:
         name, rel = max(differ, key=lambda d: d[1])
-        problems.append(f"{len(differ)} of {compared} tensors differ from the reference beyond {gguf_type} rounding "
-                        f"(relative error limit {tolerance:g}); worst {name}: {rel:.3g}")
+        problems.append(
+            f"{len(differ)} of {compared} tensors differ from the reference beyond {gguf_type} rounding "
+            f"(relative error limit {tolerance:g}); worst {name}: {rel:.3g}"
+        )
     if compared == 0:
         problems.append("no tensor matches a reference tensor by name: not this model's weights")
     return problems, {"weights_compared": compared, "weights_max_rel_error": worst}

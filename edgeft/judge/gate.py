@@ -36,14 +36,29 @@ class Gate:
     force: bool = False
 
     @classmethod
-    def open(cls, cfg: Config, kind: str, merge_dir: Path | None = None, export_dirs: list[Path] | None = None,
-             out_dir: Path | None = None, *, force: bool = False, exports: list[Stage] | None = None) -> Gate:
+    def open(
+        cls,
+        cfg: Config,
+        kind: str,
+        merge_dir: Path | None = None,
+        export_dirs: list[Path] | None = None,
+        out_dir: Path | None = None,
+        *,
+        force: bool = False,
+        exports: list[Stage] | None = None,
+    ) -> Gate:
         """Refuse an output in the way before minutes of work; read the merge and export stages."""
         out = stages.directory(cfg, kind, out_dir)
         check_replaceable(out, kind, force=force, replace_own=True)
         merged = stages.load(cfg, stages.MERGE, merge_dir)
-        return cls(cfg, kind, merged, exports if exports is not None else stages.exports(cfg, export_dirs), out,
-                   force)
+        return cls(
+            cfg,
+            kind,
+            merged,
+            exports if exports is not None else stages.exports(cfg, export_dirs),
+            out,
+            force,
+        )
 
     @property
     def reference_dir(self) -> Path:
@@ -55,15 +70,33 @@ class Gate:
             for art in stage.artifacts:
                 yield stage, art
 
-    def publish(self, inputs_hash: str, name: str, result: dict[str, Any], markdown: str, failures: list[str],
-                error: type[EdgeftError], summary: str, metrics: dict[str, Any] | None = None,
-                more: Callable[[StageWriter], None] | None = None) -> Stage:
+    def publish(
+        self,
+        inputs_hash: str,
+        name: str,
+        result: dict[str, Any],
+        markdown: str,
+        failures: list[str],
+        error: type[EdgeftError],
+        summary: str,
+        metrics: dict[str, Any] | None = None,
+        more: Callable[[StageWriter], None] | None = None,
+    ) -> Stage:
         """Write `<name>.json` and `<name>.md` (and whatever `more` adds) as the gate's stage, then
         raise `error` listing the failures, if any: the verdict is on disk either way."""
-        with StageWriter(self.out_dir, self.kind, config=self.cfg.to_dict(), inputs_hash=inputs_hash,
-                         parent=str(self.merged.path), base_model=self.cfg.base_model, force=self.force,
-                         replace_own=True) as w:
-            (w.tmp / f"{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        with StageWriter(
+            self.out_dir,
+            self.kind,
+            config=self.cfg.to_dict(),
+            inputs_hash=inputs_hash,
+            parent=str(self.merged.path),
+            base_model=self.cfg.base_model,
+            force=self.force,
+            replace_own=True,
+        ) as w:
+            (w.tmp / f"{name}.json").write_text(
+                json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
             (w.tmp / f"{name}.md").write_text(markdown, encoding="utf-8")
             w.add_artifact(name, f"{name}.json", "json")
             w.add_artifact(f"{name}-md", f"{name}.md", "markdown")

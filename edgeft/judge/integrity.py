@@ -15,7 +15,17 @@ from edgeft.core.fileio import check_files
 from edgeft.core.manifest import MANIFEST, Artifact, Stage
 
 # Keys manifest.json (the copy users and Java read) and edgeft.json (what edgeft reads) share.
-DIST_KEYS = ("name", "artifacts", "files", "inputs_hash", "lineage", "verify", "evaluation", "config", "registry")
+DIST_KEYS = (
+    "name",
+    "artifacts",
+    "files",
+    "inputs_hash",
+    "lineage",
+    "verify",
+    "evaluation",
+    "config",
+    "registry",
+)
 
 
 def dist_problems(dist: Stage) -> list[str]:
@@ -32,8 +42,10 @@ def dist_problems(dist: Stage) -> list[str]:
         return [f"{mf}: not a JSON object"]
     problems = []
     files = data.get("files")
-    if not isinstance(files, list) or not all(isinstance(f, dict) and isinstance(f.get("path"), str)
-                                              and {"bytes", "sha256"} <= f.keys() for f in files):
+    if not isinstance(files, list) or not all(
+        isinstance(f, dict) and isinstance(f.get("path"), str) and {"bytes", "sha256"} <= f.keys()
+        for f in files
+    ):
         problems.append(f"{mf}: 'files' is missing or not a list of {{path, bytes, sha256}}")
         files = []
     if not isinstance(data.get("artifacts"), list) or not data["artifacts"]:
@@ -43,8 +55,11 @@ def dist_problems(dist: Stage) -> list[str]:
         problems.append(f"{mf}: {', '.join(differ)} differ(s) from {MANIFEST}: one of the two was edited")
     problems += check_files(dist.path, files)
     listed = {f["path"] for f in files} | {"manifest.json", MANIFEST}
-    problems += [f"{p}: not listed in manifest.json (added or renamed after packaging)"
-                 for p in sorted(dist.path.rglob("*")) if p.is_file() and p.relative_to(dist.path).as_posix() not in listed]
+    problems += [
+        f"{p}: not listed in manifest.json (added or renamed after packaging)"
+        for p in sorted(dist.path.rglob("*"))
+        if p.is_file() and p.relative_to(dist.path).as_posix() not in listed
+    ]
     return problems
 
 
@@ -69,4 +84,6 @@ def checksum_problems(stage: Stage, art: Artifact) -> list[str]:
             return check_files(stage.file(art.path), art.files)
         return check_files(stage.path, [{"path": art.path, "bytes": art.bytes, "sha256": art.sha256}])
     except (InputError, KeyError, TypeError) as e:
-        return [f"{stage.path / MANIFEST}: artifact {art.get('name')!r}: {e if isinstance(e, InputError) else 'malformed entry'}"]
+        return [
+            f"{stage.path / MANIFEST}: artifact {art.get('name')!r}: {e if isinstance(e, InputError) else 'malformed entry'}"
+        ]

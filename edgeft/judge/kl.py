@@ -29,13 +29,13 @@ def kl_stats(ref: np.ndarray, other: np.ndarray) -> dict[str, np.ndarray]:
     dlogit = np.empty(len(ref))
     top1 = np.empty(len(ref))
     for start in range(0, len(ref), ROWS):
-        a, b = ref[start:start + ROWS], other[start:start + ROWS]
+        a, b = ref[start : start + ROWS], other[start : start + ROWS]
         lp, lq = log_softmax(a), log_softmax(b)
-        kl[start:start + ROWS] = (np.exp(lp) * (lp - lq)).sum(axis=-1)
-        dlogit[start:start + ROWS] = np.abs(a.astype(np.float64) - b).max(axis=-1)
+        kl[start : start + ROWS] = (np.exp(lp) * (lp - lq)).sum(axis=-1)
+        dlogit[start : start + ROWS] = np.abs(a.astype(np.float64) - b).max(axis=-1)
         rows = np.arange(len(a))
         gap = lp[rows, lp.argmax(-1)] - lp[rows, lq.argmax(-1)]
-        top1[start:start + ROWS] = gap <= TIE
+        top1[start : start + ROWS] = gap <= TIE
     return {"kl": np.maximum(kl, 0.0), "top1": top1, "dlogit": dlogit}
 
 

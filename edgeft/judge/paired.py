@@ -72,9 +72,13 @@ class Comparison:
     def short(self) -> str:
         """The verdict in a few words (the model card's one line per artifact)."""
         p = f"p = {self.p:.2g}"
-        return {"worse": f"worse ({p})", "not-worse": "not worse",
-                "within-margin": f"lower, {p}, but within the margin ({self.relative:.1%})",
-                "too-few": f"lower, {p}, but too few lost", "indistinguishable": f"indistinguishable ({p})"}[self.kind]
+        return {
+            "worse": f"worse ({p})",
+            "not-worse": "not worse",
+            "within-margin": f"lower, {p}, but within the margin ({self.relative:.1%})",
+            "too-few": f"lower, {p}, but too few lost",
+            "indistinguishable": f"indistinguishable ({p})",
+        }[self.kind]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Comparison:
@@ -82,8 +86,10 @@ class Comparison:
 
     def _numbers(self) -> str:
         pair = f"{self.losses} lost, {self.wins} won; " if self.losses is not None else ""
-        return f"{pair}{self.candidate:.3g} vs {self.reference:.3g}, difference {self.candidate - self.reference:+.3g} " \
-               f"[{self.ci[0]:+.3g}, {self.ci[1]:+.3g}]"
+        return (
+            f"{pair}{self.candidate:.3g} vs {self.reference:.3g}, difference {self.candidate - self.reference:+.3g} "
+            f"[{self.ci[0]:+.3g}, {self.ci[1]:+.3g}]"
+        )
 
 
 def _bootstrap_ci(diffs: np.ndarray) -> tuple[float, float]:
@@ -111,8 +117,9 @@ def mcnemar_p(losses: int, wins: int) -> float:
     return float(binom.sf(losses - 1, n, 0.5) - 0.5 * binom.pmf(losses, n, 0.5))
 
 
-def examples_needed(drop: float, alpha: float = ALPHA, min_discordant: int = MIN_DISCORDANT,
-                    power: float = POWER) -> int | None:
+def examples_needed(
+    drop: float, alpha: float = ALPHA, min_discordant: int = MIN_DISCORDANT, power: float = POWER
+) -> int | None:
     """How many examples it takes to find a candidate worse with `power`, when it loses a
     `drop` fraction of the examples and wins none back (the most favourable case: any win back
     needs more). None when the drop is 0 or more than 100,000 examples would be needed."""
@@ -128,8 +135,15 @@ def examples_needed(drop: float, alpha: float = ALPHA, min_discordant: int = MIN
     return int(n[enough[0]]) if len(enough) else None
 
 
-def compare_binary(metric: str, reference: Sequence[bool], candidate: Sequence[bool], *,
-                   min_relative: float, alpha: float = ALPHA, min_discordant: int = MIN_DISCORDANT) -> Comparison:
+def compare_binary(
+    metric: str,
+    reference: Sequence[bool],
+    candidate: Sequence[bool],
+    *,
+    min_relative: float,
+    alpha: float = ALPHA,
+    min_discordant: int = MIN_DISCORDANT,
+) -> Comparison:
     """Per-example right/wrong of the reference and the candidate on the same examples."""
     ref = np.asarray(reference, dtype=bool)
     cand = np.asarray(candidate, dtype=bool)
@@ -140,13 +154,31 @@ def compare_binary(metric: str, reference: Sequence[bool], candidate: Sequence[b
     relative = c / r if r > 0 else 1.0
     p = mcnemar_p(losses, wins)
     worse = bool(losses >= min_discordant and p < alpha and relative < min_relative)
-    return Comparison(metric, len(ref), r, c, float(relative), _bootstrap_ci(cand.astype(float) - ref.astype(float)),
-                      p, losses, wins, worse, examples_needed(r * (1 - min_relative), alpha, min_discordant), alpha,
-                      min_relative)
+    return Comparison(
+        metric,
+        len(ref),
+        r,
+        c,
+        float(relative),
+        _bootstrap_ci(cand.astype(float) - ref.astype(float)),
+        p,
+        losses,
+        wins,
+        worse,
+        examples_needed(r * (1 - min_relative), alpha, min_discordant),
+        alpha,
+        min_relative,
+    )
 
 
-def compare_chrf(reference: Sequence[str], candidate: Sequence[str], references: Sequence[str], *,
-                 min_relative: float, alpha: float = ALPHA) -> Comparison:
+def compare_chrf(
+    reference: Sequence[str],
+    candidate: Sequence[str],
+    references: Sequence[str],
+    *,
+    min_relative: float,
+    alpha: float = ALPHA,
+) -> Comparison:
     """Corpus chrF of the candidate's answers and the reference model's, by paired bootstrap
     resampling over examples: sacrebleu's sufficient statistics per answer, summed over each
     resample, as sacrebleu's own paired test does; here one-sided (p: the share of resamples in
@@ -157,17 +189,39 @@ def compare_chrf(reference: Sequence[str], candidate: Sequence[str], references:
     metric = CHRF()
     n = len(references)
     if len(reference) != n or len(candidate) != n:
-        raise ValueError(f"chrf: {len(reference)} reference and {len(candidate)} candidate answers for {n} examples")
-    stats = [np.array(metric._extract_corpus_statistics(list(h), [list(references)]), dtype=np.float64)
-             for h in (reference, candidate)]
+        raise ValueError(
+            f"chrf: {len(reference)} reference and {len(candidate)} candidate answers for {n} examples"
+        )
+    stats = [
+        np.array(metric._extract_corpus_statistics(list(h), [list(references)]), dtype=np.float64)
+        for h in (reference, candidate)
+    ]
     score = [float(metric._compute_score_from_stats(list(s.sum(axis=0))).score) for s in stats]
     rng = np.random.default_rng(12345)
     picks = rng.integers(0, n, size=(RESAMPLES, n))
-    diffs = np.array([metric._compute_score_from_stats(list(stats[1][i].sum(axis=0))).score
-                      - metric._compute_score_from_stats(list(stats[0][i].sum(axis=0))).score for i in picks])
+    diffs = np.array(
+        [
+            metric._compute_score_from_stats(list(stats[1][i].sum(axis=0))).score
+            - metric._compute_score_from_stats(list(stats[0][i].sum(axis=0))).score
+            for i in picks
+        ]
+    )
     p = float((np.sum(diffs >= 0) + 1) / (RESAMPLES + 1)) if score[1] < score[0] else 1.0
     low, high = np.percentile(diffs, [2.5, 97.5])
     relative = score[1] / score[0] if score[0] > 0 else 1.0
     worse = bool(p < alpha and relative < min_relative)
-    return Comparison("chrf", n, score[0], score[1], float(relative), (float(low), float(high)), p,
-                      None, None, worse, None, alpha, min_relative)
+    return Comparison(
+        "chrf",
+        n,
+        score[0],
+        score[1],
+        float(relative),
+        (float(low), float(high)),
+        p,
+        None,
+        None,
+        worse,
+        None,
+        alpha,
+        min_relative,
+    )

@@ -71,13 +71,19 @@ def _hub_snapshot(spec: str, trust_remote_code: bool) -> Path:
     from huggingface_hub.errors import HFValidationError
 
     try:
-        return Path(snapshot_download(spec, allow_patterns=HUB_FILES + (["*.py"] if trust_remote_code else [])))
+        return Path(
+            snapshot_download(spec, allow_patterns=HUB_FILES + (["*.py"] if trust_remote_code else []))
+        )
     except HFValidationError:
-        raise ConfigError(f"base_model: {spec!r} is neither a model directory nor a hub id (organization/name)") from None
+        raise ConfigError(
+            f"base_model: {spec!r} is neither a model directory nor a hub id (organization/name)"
+        ) from None
     except Exception as e:  # offline, unknown repo, gated, network: the hub client raises many kinds
-        raise InputError(f"base_model: {spec!r} is not a local directory and could not be fetched from the Hugging "
-                         f"Face hub ({first_line(e)}); download it where the hub is reachable (`hf download {spec}`) "
-                         f"or give a model directory") from None
+        raise InputError(
+            f"base_model: {spec!r} is not a local directory and could not be fetched from the Hugging "
+            f"Face hub ({first_line(e)}); download it where the hub is reachable (`hf download {spec}`) "
+            f"or give a model directory"
+        ) from None
 
 
 def check_model_dir(model_dir: Path, spec: str, trust_remote_code: bool = False) -> None:
@@ -90,8 +96,9 @@ def check_model_dir(model_dir: Path, spec: str, trust_remote_code: bool = False)
             raise InputError(
                 f"base_model: {model_dir} has only pickled weights ({', '.join(pickled[:3])}); edgeft loads "
                 f"safetensors only, because loading a pickle can run code. Convert it once, where you trust the "
-                f"file: python -c \"from transformers import AutoModelForCausalLM as M; "
-                f"M.from_pretrained('{model_dir}').save_pretrained('{model_dir}-safetensors')\" and use that folder")
+                f'file: python -c "from transformers import AutoModelForCausalLM as M; '
+                f"M.from_pretrained('{model_dir}').save_pretrained('{model_dir}-safetensors')\" and use that folder"
+            )
         raise InputError(f"base_model: {model_dir} has no *.safetensors weights")
     try:
         config = json.loads((model_dir / "config.json").read_text())
@@ -104,10 +111,14 @@ def check_model_dir(model_dir: Path, spec: str, trust_remote_code: bool = False)
     model_type = config.get("model_type")
     if model_type not in CONFIG_MAPPING and not trust_remote_code:
         if config.get("auto_map"):
-            raise ConfigError(f"base_model: {spec} ships its own model code (auto_map in config.json, model_type "
-                              f"{model_type!r} is not built into transformers); edgeft runs a model's code only "
-                              f"with trust_remote_code: true in the config (review that code first)")
-        raise ConfigError(f"base_model: {spec} has model_type {model_type!r}, which this transformers does not know")
+            raise ConfigError(
+                f"base_model: {spec} ships its own model code (auto_map in config.json, model_type "
+                f"{model_type!r} is not built into transformers); edgeft runs a model's code only "
+                f"with trust_remote_code: true in the config (review that code first)"
+            )
+        raise ConfigError(
+            f"base_model: {spec} has model_type {model_type!r}, which this transformers does not know"
+        )
 
 
 def fingerprint(spec: str, resolved: str) -> str:
@@ -164,8 +175,10 @@ def load_base(base: str, cfg: Config) -> Any:
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code, "use_safetensors": True}
     if t.quantization != "none":
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=t.quantization,
-            bnb_4bit_use_double_quant=t.double_quant, bnb_4bit_compute_dtype=dtype,
+            load_in_4bit=True,
+            bnb_4bit_quant_type=t.quantization,
+            bnb_4bit_use_double_quant=t.double_quant,
+            bnb_4bit_compute_dtype=dtype,
         )
         if torch.cuda.is_available():
             from accelerate import PartialState
@@ -215,7 +228,6 @@ def _keep_4bit_weights_trainable(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-
 # For a base model without a chat template (a pre-trained, not instruction-tuned, model): plain
 # text turns, and the tokenizer's own EOS closes the assistant's turn, so no token has to be
 # added to the vocabulary and generation stops where a base model already knows to stop.
@@ -241,30 +253,47 @@ def _gen(end: str) -> str:
 
 
 FAMILY_TEMPLATES: dict[str, tuple[tuple[str, ...], str]] = {
-    "chatml": (("<|im_start|>", "<|im_end|>"), (
-        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
-        "{% if message['role'] == 'assistant' %}" + _gen("<|im_end|>") + "{{ '\n' }}"
-        "{% else %}{{ message['content'] + '<|im_end|>\n' }}{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")),
+    "chatml": (
+        ("<|im_start|>", "<|im_end|>"),
+        (
+            "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+            "{% if message['role'] == 'assistant' %}" + _gen("<|im_end|>") + "{{ '\n' }}"
+            "{% else %}{{ message['content'] + '<|im_end|>\n' }}{% endif %}{% endfor %}"
+            "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+        ),
+    ),
     # Gemma's own layout: a system turn is written into the first user turn; the assistant is "model".
-    "gemma": (("<start_of_turn>", "<end_of_turn>"), (
-        "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] + '\n\n' %}"
-        "{% set turns = messages[1:] %}{% else %}{% set system = '' %}{% set turns = messages %}{% endif %}"
-        "{% for message in turns %}{% if message['role'] == 'assistant' %}{{ '<start_of_turn>model\n' }}"
-        + _gen("<end_of_turn>") + "{{ '\n' }}{% else %}{{ '<start_of_turn>user\n' + (system if loop.first else '') "
-        "+ message['content'] + '<end_of_turn>\n' }}{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}")),
-    "llama3": (("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"), (
-        "{{ bos_token }}{% for message in messages %}"
-        "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}"
-        "{% if message['role'] == 'assistant' %}" + _gen("<|eot_id|>") + "{% else %}"
-        "{{ message['content'] + '<|eot_id|>' }}{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")),
-    "phi3": (("<|user|>", "<|assistant|>", "<|end|>"), (
-        "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' }}"
-        "{% if message['role'] == 'assistant' %}" + _gen("<|end|>") + "{{ '\n' }}"
-        "{% else %}{{ message['content'] + '<|end|>\n' }}{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")),
+    "gemma": (
+        ("<start_of_turn>", "<end_of_turn>"),
+        (
+            "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] + '\n\n' %}"
+            "{% set turns = messages[1:] %}{% else %}{% set system = '' %}{% set turns = messages %}{% endif %}"
+            "{% for message in turns %}{% if message['role'] == 'assistant' %}{{ '<start_of_turn>model\n' }}"
+            + _gen("<end_of_turn>")
+            + "{{ '\n' }}{% else %}{{ '<start_of_turn>user\n' + (system if loop.first else '') "
+            "+ message['content'] + '<end_of_turn>\n' }}{% endif %}{% endfor %}"
+            "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+        ),
+    ),
+    "llama3": (
+        ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        (
+            "{{ bos_token }}{% for message in messages %}"
+            "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}"
+            "{% if message['role'] == 'assistant' %}" + _gen("<|eot_id|>") + "{% else %}"
+            "{{ message['content'] + '<|eot_id|>' }}{% endif %}{% endfor %}"
+            "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+        ),
+    ),
+    "phi3": (
+        ("<|user|>", "<|assistant|>", "<|end|>"),
+        (
+            "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' }}"
+            "{% if message['role'] == 'assistant' %}" + _gen("<|end|>") + "{{ '\n' }}"
+            "{% else %}{{ message['content'] + '<|end|>\n' }}{% endif %}{% endfor %}"
+            "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+        ),
+    ),
 }
 
 
@@ -291,19 +320,29 @@ def ensure_chat_template(tokenizer: Any) -> str | None:
     if tokenizer.chat_template:
         templates = tokenizer.chat_template
         for template in templates.values() if isinstance(templates, dict) else [templates]:
-            guard(template, source=f"base model {tokenizer.name_or_path}", special_tokens=special_tokens(tokenizer))
+            guard(
+                template,
+                source=f"base model {tokenizer.name_or_path}",
+                special_tokens=special_tokens(tokenizer),
+            )
         return None
     family = family_template(tokenizer)
     if family is not None:
         tokens, tokenizer.chat_template = FAMILY_TEMPLATES[family]
-        return (f"{family} (the base has no chat template; its vocabulary holds {family}'s turn tokens "
-                f"{', '.join(tokens)}, and its turns end with {tokens[-1]})")
+        return (
+            f"{family} (the base has no chat template; its vocabulary holds {family}'s turn tokens "
+            f"{', '.join(tokens)}, and its turns end with {tokens[-1]})"
+        )
     if tokenizer.eos_token is None:
-        raise ConfigError("base_model: the tokenizer has neither a chat template nor an EOS token; "
-                          "give it a chat_template in tokenizer_config.json")
+        raise ConfigError(
+            "base_model: the tokenizer has neither a chat template nor an EOS token; "
+            "give it a chat_template in tokenizer_config.json"
+        )
     tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
-    return (f"edgeft's generic template (the base has no chat template and none of the known families' turn "
-            f"tokens; its turns end with the EOS token {tokenizer.eos_token})")
+    return (
+        f"edgeft's generic template (the base has no chat template and none of the known families' turn "
+        f"tokens; its turns end with the EOS token {tokenizer.eos_token})"
+    )
 
 
 def special_tokens(tokenizer: Any) -> dict[str, str]:
@@ -334,7 +373,9 @@ def end_of_turn(tokenizer: Any) -> tuple[str, int] | None:
         return None
     # Special tokens beyond the named ones count: Gemma's <end_of_turn> is a control token of the
     # vocabulary, not one of bos/eos/pad/unk.
-    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    special = set(tokenizer.all_special_ids) | {
+        i for i, t in tokenizer.added_tokens_decoder.items() if t.special
+    }
     if ids[0] in special:
         return tokenizer.convert_ids_to_tokens(ids[0]), ids[0]
     return None

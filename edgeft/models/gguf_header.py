@@ -43,7 +43,9 @@ class Header:
     version: int
     metadata: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, tuple[int, int]] = field(default_factory=dict)
-    tensors: list[tuple[str, tuple[int, ...], int, int]] = field(default_factory=list)  # name, shape, type, offset
+    tensors: list[tuple[str, tuple[int, ...], int, int]] = field(
+        default_factory=list
+    )  # name, shape, type, offset
     _tokens: list[int] = field(default_factory=list, repr=False)
 
     def token(self, token_id: Any) -> str | None:
@@ -87,8 +89,9 @@ class _Walk:
     def string(self, limit: int, what: str) -> bytes:
         n = self.unpack("Q")
         if n > limit:
-            raise InputError(f"{self.path}: {what} is {n:,} bytes long (at most {limit:,}): not a model file edgeft "
-                             f"loads")
+            raise InputError(
+                f"{self.path}: {what} is {n:,} bytes long (at most {limit:,}): not a model file edgeft loads"
+            )
         return bytes(self.take(n))
 
 
@@ -98,12 +101,16 @@ def _value(w: _Walk, kind: int, key: str, header: Header) -> Any:
     if kind == _STRING:
         return w.string(MAX_STRING, f"metadata value {shown(key, 80)}").decode("utf-8", errors="replace")
     if kind != _ARRAY:
-        raise InputError(f"{w.path}: metadata key {shown(key, 80)} has value type {kind}, which GGUF does not define: "
-                         f"not a valid GGUF file")
+        raise InputError(
+            f"{w.path}: metadata key {shown(key, 80)} has value type {kind}, which GGUF does not define: "
+            f"not a valid GGUF file"
+        )
     element, count = w.unpack("I"), w.unpack("Q")
     if count > MAX_ARRAY:
-        raise InputError(f"{w.path}: metadata key {shown(key, 80)} is an array of {count:,} values, more than any model "
-                         f"holds (at most {MAX_ARRAY:,}): not a model file edgeft loads")
+        raise InputError(
+            f"{w.path}: metadata key {shown(key, 80)} is an array of {count:,} values, more than any model "
+            f"holds (at most {MAX_ARRAY:,}): not a model file edgeft loads"
+        )
     header.arrays[key] = (element, count)
     if element in _SCALARS:
         w.take(struct.calcsize("<" + _SCALARS[element]) * count)
@@ -121,12 +128,16 @@ def _value(w: _Walk, kind: int, key: str, header: Header) -> Any:
         if pos > end:
             raise _Out
         if longest > MAX_STRING:
-            raise InputError(f"{w.path}: an element of metadata key {shown(key, 80)} is {longest:,} bytes long: not "
-                             f"a model file edgeft loads")
+            raise InputError(
+                f"{w.path}: an element of metadata key {shown(key, 80)} is {longest:,} bytes long: not "
+                f"a model file edgeft loads"
+            )
         w.pos = pos
     else:
-        raise InputError(f"{w.path}: metadata key {shown(key, 80)} is an array of arrays or of type {element}: "
-                         f"not a model file edgeft loads")
+        raise InputError(
+            f"{w.path}: metadata key {shown(key, 80)} is an array of arrays or of type {element}: "
+            f"not a model file edgeft loads"
+        )
     return None
 
 
@@ -147,13 +158,17 @@ def _read(w: _Walk) -> Header:
         raise InputError(f"{w.path}: does not start with GGUF's magic bytes: not a GGUF file")
     version = w.unpack("I")
     if version not in (2, 3):
-        raise InputError(f"{w.path}: GGUF version {version} (edgeft reads versions 2 and 3; a big-endian file "
-                         f"reads as a huge version)")
+        raise InputError(
+            f"{w.path}: GGUF version {version} (edgeft reads versions 2 and 3; a big-endian file "
+            f"reads as a huge version)"
+        )
     header = Header(w.path, version)
     n_tensors, n_kv = w.unpack("Q"), w.unpack("Q")
     if n_kv > MAX_KV or n_tensors > MAX_TENSORS:
-        raise InputError(f"{w.path}: says it holds {n_kv:,} metadata entries and {n_tensors:,} tensors (at most "
-                         f"{MAX_KV:,} and {MAX_TENSORS:,}): not a model file edgeft loads")
+        raise InputError(
+            f"{w.path}: says it holds {n_kv:,} metadata entries and {n_tensors:,} tensors (at most "
+            f"{MAX_KV:,} and {MAX_TENSORS:,}): not a model file edgeft loads"
+        )
     for _ in range(n_kv):
         key = w.string(MAX_NAME, "a metadata key").decode("utf-8", errors="replace")
         value = _value(w, w.unpack("I"), key, header)
@@ -163,7 +178,9 @@ def _read(w: _Walk) -> Header:
         name = w.string(MAX_NAME, "a tensor name").decode("utf-8", errors="replace")
         dims = w.unpack("I")
         if dims > MAX_DIMS:
-            raise InputError(f"{w.path}: tensor {shown(name, 80)} has {dims} dimensions: not a valid GGUF file")
+            raise InputError(
+                f"{w.path}: tensor {shown(name, 80)} has {dims} dimensions: not a valid GGUF file"
+            )
         shape = tuple(w.unpack("Q") for _ in range(dims))
         header.tensors.append((name, shape, w.unpack("I"), w.unpack("Q")))
     _check_data(w, header)
@@ -176,18 +193,23 @@ def _check_data(w: _Walk, header: Header) -> None:
 
     alignment = header.metadata.get("general.alignment", 32)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise InputError(f"{w.path}: general.alignment is {shown(alignment)}, not a power of two: not a valid GGUF file")
+        raise InputError(
+            f"{w.path}: general.alignment is {shown(alignment)}, not a power of two: not a valid GGUF file"
+        )
     data = -(-w.pos // alignment) * alignment
     for name, shape, kind, offset in header.tensors:
         try:
             block, size = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
         except (ValueError, KeyError):
-            raise InputError(f"{w.path}: tensor {shown(name, 80)} has type {kind}, which this llama.cpp does not "
-                             f"know") from None
+            raise InputError(
+                f"{w.path}: tensor {shown(name, 80)} has type {kind}, which this llama.cpp does not know"
+            ) from None
         elements = 1
         for d in shape:
             elements *= d
         end = data + offset + elements // block * size
         if end > len(w.buf):
-            raise InputError(f"{w.path}: tensor {shown(name, 80)} ends at byte {end:,}, past the end of the file "
-                             f"({len(w.buf):,} bytes): truncated (an interrupted download or copy?)")
+            raise InputError(
+                f"{w.path}: tensor {shown(name, 80)} ends at byte {end:,}, past the end of the file "
+                f"({len(w.buf):,} bytes): truncated (an interrupted download or copy?)"
+            )

@@ -64,16 +64,23 @@ def open_reader(path: Path):
             if plain is None:
                 plain = self.__dict__["_plain"] = np.asarray(self.data)
             count = int(count)
-            arr = plain[offset:offset + np.dtype(dtype).itemsize * count].view(dtype=dtype)[:count]
-            return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+            arr = plain[offset : offset + np.dtype(dtype).itemsize * count].view(dtype=dtype)[:count]
+            return arr.view(
+                arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order)
+            )
 
     return _Reader(str(path))
 
 
 def metadata(reader: Any) -> dict[str, Any]:
     """Scalar and string metadata of an open reader, without the token lists."""
-    skip = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
-            "GGUF.")
+    skip = (
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.scores",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.merges",
+        "GGUF.",
+    )
     return {key: f.contents() for key, f in reader.fields.items() if not key.startswith(skip)}
 
 
@@ -99,8 +106,9 @@ def _content(entry: Any) -> Any:
     return entry.get("content") if isinstance(entry, dict) else entry
 
 
-def expected(model_dir: Path, name: str, base_model: str, license: str | None,
-             end_of_turn: str | None) -> dict[str, Any]:
+def expected(
+    model_dir: Path, name: str, base_model: str, license: str | None, end_of_turn: str | None
+) -> dict[str, Any]:
     """What the GGUF must say, read from the merged model's files (no transformers import: it
     would cost more than converting a small model) and the merge stage's end-of-turn token."""
     tc = json.loads((model_dir / "tokenizer_config.json").read_text())

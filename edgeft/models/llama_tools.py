@@ -26,8 +26,10 @@ def tool(name: str) -> Path:
     """The path of one of llama.cpp's tools; an InputError saying how to get it when it is missing."""
     path = tools_dir() / "bin" / name
     if not os.access(path, os.X_OK):
-        raise InputError(f"{path}: llama.cpp's {name} is missing; run scripts/setup.sh (it builds llama.cpp's "
-                         f"tools from the pinned source package in about 15 seconds)")
+        raise InputError(
+            f"{path}: llama.cpp's {name} is missing; run scripts/setup.sh (it builds llama.cpp's "
+            f"tools from the pinned source package in about 15 seconds)"
+        )
     return path
 
 
@@ -52,22 +54,25 @@ def no_repack() -> list[str]:
     return [] if os.environ.get("EDGEFT_LLAMA_REPACK") == "1" else ["--no-repack"]
 
 
-def run(name: str, args: Sequence[object], what: str, timeout: float | None = None,
-        writes: Path | None = None) -> str:
+def run(
+    name: str, args: Sequence[object], what: str, timeout: float | None = None, writes: Path | None = None
+) -> str:
     """Run a tool; its stdout and stderr together, or a ToolError with the end of its output (from
     an ENOSPC OSError when the folder it `writes` into is on a full disk)."""
     cmd = [str(tool(name)), *map(str, args)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout,
-                              preexec_fn=die_with_parent)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, errors="replace", timeout=timeout, preexec_fn=die_with_parent
+        )
     except subprocess.TimeoutExpired as e:
         raise ToolError(f"{name} on {what} did not finish in {timeout:.0f} s") from e
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         lines = output.strip().splitlines()
         tail = "\n".join([line for line in lines if says_no_space(line)][-1:] or lines[-8:])
-        raise ToolError(f"{name} failed on {what} (exit {proc.returncode}):\n{tail}") \
-            from (full_disk(writes) if writes is not None else None)
+        raise ToolError(f"{name} failed on {what} (exit {proc.returncode}):\n{tail}") from (
+            full_disk(writes) if writes is not None else None
+        )
     return output
 
 

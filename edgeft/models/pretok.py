@@ -20,28 +20,90 @@ from pathlib import Path
 # runs of spaces and newlines, letters of other scripts, emoji sequences, punctuation runs,
 # non-ASCII numerics, no-break spaces.
 _PIECES = [
-    "SELECT", " name", " 1", " 12", " 123", " 1234567", "3.14159", "3..3", "  ", "   ", "\t", " \t", "\n", "\n\n",
-    " \n \n", "don't", " I'VE", "'s", "'Re", " we'lL", "''", "Ünïcødé", " Ärger", "日本語のテキスト", "我想在apple工作1314",
-    " Ελληνικά", " нещо", "កាន់តែពិសេស", "🚀", "😶\u200d🌫️", "🦙🦙", "✅", "------", "=======", "......", "!!!?",
-    "```", '"""', "$%&*", "a-b_c", "x+=1;", "½", " ²", "٣", "Ⅻ", "\u00a0", " \u3000", "ﬁ", "é", "e\u0301", "camelCase",
-    "snake_case", "HTTPServer", "x" * 30,
+    "SELECT",
+    " name",
+    " 1",
+    " 12",
+    " 123",
+    " 1234567",
+    "3.14159",
+    "3..3",
+    "  ",
+    "   ",
+    "\t",
+    " \t",
+    "\n",
+    "\n\n",
+    " \n \n",
+    "don't",
+    " I'VE",
+    "'s",
+    "'Re",
+    " we'lL",
+    "''",
+    "Ünïcødé",
+    " Ärger",
+    "日本語のテキスト",
+    "我想在apple工作1314",
+    " Ελληνικά",
+    " нещо",
+    "កាន់តែពិសេស",
+    "🚀",
+    "😶\u200d🌫️",
+    "🦙🦙",
+    "✅",
+    "------",
+    "=======",
+    "......",
+    "!!!?",
+    "```",
+    '"""',
+    "$%&*",
+    "a-b_c",
+    "x+=1;",
+    "½",
+    " ²",
+    "٣",
+    "Ⅻ",
+    "\u00a0",
+    " \u3000",
+    "ﬁ",
+    "é",
+    "e\u0301",
+    "camelCase",
+    "snake_case",
+    "HTTPServer",
+    "x" * 30,
 ]
 
 
 def stress_corpus(n: int = 400, seed: int = 0) -> list[str]:
     """Texts made of the pieces above in random order: the corpus candidates must agree on."""
     rng = random.Random(seed)
-    texts = [
-        "".join(rng.choice(_PIECES) for _ in range(rng.randint(1, 10))) for _ in range(n)
-    ]
+    texts = ["".join(rng.choice(_PIECES) for _ in range(rng.randint(1, 10))) for _ in range(n)]
     return [*_PIECES, *texts]
 
 
 # Tried first, in this order: the generic names of the common families. Several names share one
 # implementation (llama.cpp's GLM-4 pre-tokenizer is Llama 3's regex, for one), and the first
 # that agrees is the one written, so a Llama-3-style tokenizer is called `llama-bpe`, not `chatglm-bpe`.
-PREFERRED = ("gpt-2", "llama-bpe", "qwen2", "smollm", "gpt-4o", "tekken", "deepseek-llm", "deepseek-coder",
-             "deepseek-v3", "falcon", "mpt", "starcoder", "olmo", "stablelm2", "phi-2")
+PREFERRED = (
+    "gpt-2",
+    "llama-bpe",
+    "qwen2",
+    "smollm",
+    "gpt-4o",
+    "tekken",
+    "deepseek-llm",
+    "deepseek-coder",
+    "deepseek-v3",
+    "falcon",
+    "mpt",
+    "starcoder",
+    "olmo",
+    "stablelm2",
+    "phi-2",
+)
 
 
 def converter_pre_tokenizers(vendor: Path) -> list[str]:

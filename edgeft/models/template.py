@@ -30,8 +30,11 @@ MAX_SECONDS = 10.0
 # `"%0100000000d"|format(1)` or `'{:>9999999}'.format(x)`: a field width that big is an attack.
 _WIDE_FORMAT = re.compile(r"\d{7,}")
 
-_TURNS = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi."},
-          {"role": "user", "content": "Thanks"}]
+_TURNS = [
+    {"role": "user", "content": "Hello"},
+    {"role": "assistant", "content": "Hi."},
+    {"role": "user", "content": "Thanks"},
+]
 # With and without a system turn: many templates refuse one of the two.
 SAMPLES = ([{"role": "system", "content": "You are helpful."}, *_TURNS], _TURNS)
 
@@ -106,9 +109,15 @@ def _environment() -> Any:
                 raise SecurityError(f"raising to the power {right}")
             if operator == "*":
                 for seq, n in ((left, right), (right, left)):
-                    if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_CHARS:
-                        raise SecurityError(f"repeating a value {n:,} times makes {len(seq) * n:,} items "
-                                            f"(limit {MAX_CHARS:,})")
+                    if (
+                        isinstance(seq, (str, list, tuple))
+                        and isinstance(n, int)
+                        and len(seq) * n > MAX_CHARS
+                    ):
+                        raise SecurityError(
+                            f"repeating a value {n:,} times makes {len(seq) * n:,} items "
+                            f"(limit {MAX_CHARS:,})"
+                        )
             return _sized(super().call_binop(context, operator, left, right), f"the {operator!r} operator")
 
         def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
@@ -168,8 +177,14 @@ def _deadline(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def guard(template: str | None, messages: list[dict[str, str]] | None = None, *, source: str = "the model",
-          add_generation_prompt: bool = True, special_tokens: dict[str, str] | None = None) -> None:
+def guard(
+    template: str | None,
+    messages: list[dict[str, str]] | None = None,
+    *,
+    source: str = "the model",
+    add_generation_prompt: bool = True,
+    special_tokens: dict[str, str] | None = None,
+) -> None:
     """Render `messages` with `template` within the bounds; raise TemplateRefused naming `source`
     and the cause otherwise. Without `messages`, a sample conversation is rendered for the bounds
     only: a template may refuse the sample (many refuse a system turn) and still be fine."""
@@ -182,8 +197,9 @@ def guard(template: str | None, messages: list[dict[str, str]] | None = None, *,
             raise TemplateRefused(f"{source}: its chat template {why}")
 
 
-def _render_bounded(template: str, messages: list[dict[str, str]], add_generation_prompt: bool,
-                    special_tokens: dict[str, Any]) -> str | None:
+def _render_bounded(
+    template: str, messages: list[dict[str, str]], add_generation_prompt: bool, special_tokens: dict[str, Any]
+) -> str | None:
     """None if the conversation renders within the bounds, else why not."""
     from jinja2.exceptions import SecurityError, TemplateError
 
@@ -191,8 +207,9 @@ def _render_bounded(template: str, messages: list[dict[str, str]], add_generatio
         with _deadline(MAX_SECONDS):
             compiled = _compiled(template)
             size = 0
-            for chunk in compiled.generate(messages=messages, add_generation_prompt=add_generation_prompt,
-                                           **special_tokens):
+            for chunk in compiled.generate(
+                messages=messages, add_generation_prompt=add_generation_prompt, **special_tokens
+            ):
                 size += len(chunk)
                 if size > MAX_CHARS:
                     raise SecurityError(f"the rendered prompt passes {MAX_CHARS:,} characters")

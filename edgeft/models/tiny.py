@@ -60,7 +60,9 @@ class Size:
     seq_len: int
     batch: int
     lr: float
-    copy_tasks: bool = False  # pre-train on in-context copying too (questions whose values the answer repeats)
+    copy_tasks: bool = (
+        False  # pre-train on in-context copying too (questions whose values the answer repeats)
+    )
 
 
 # "small" has hidden and intermediate sizes that are multiples of 256, the K-quant block size:
@@ -73,19 +75,75 @@ SIZES = {
     "small": Size(256, 512, 2, 4, 2, 1024, 1200, 96, 16, 2e-3, copy_tasks=True),
 }
 
-_SUBJECTS = ["the cat", "a farmer", "the old ship", "my neighbour", "the river", "a student",
-             "the engine", "our team", "the library", "a small bird", "the city", "the teacher"]
-_VERBS = ["sees", "builds", "carries", "finds", "paints", "follows", "opens", "reads",
-          "counts", "cleans", "moves", "watches"]
-_OBJECTS = ["a red box", "the bridge", "seven apples", "the long road", "a quiet room",
-            "the letters", "an open window", "the garden", "three stones", "the blue door"]
-_PLACES = ["in the morning", "near the station", "after lunch", "under the tree",
-           "before winter", "at the market", "on Monday", "in the north"]
-_TABLES = {"books": ["id", "title", "author", "year", "pages"],
-           "cities": ["id", "name", "country", "population"],
-           "flights": ["id", "origin", "destination", "price", "duration"]}
-_WORDS = ["apple", "river", "stone", "cloud", "engine", "paper", "garden", "window", "silver",
-          "orange", "winter", "signal"]
+_SUBJECTS = [
+    "the cat",
+    "a farmer",
+    "the old ship",
+    "my neighbour",
+    "the river",
+    "a student",
+    "the engine",
+    "our team",
+    "the library",
+    "a small bird",
+    "the city",
+    "the teacher",
+]
+_VERBS = [
+    "sees",
+    "builds",
+    "carries",
+    "finds",
+    "paints",
+    "follows",
+    "opens",
+    "reads",
+    "counts",
+    "cleans",
+    "moves",
+    "watches",
+]
+_OBJECTS = [
+    "a red box",
+    "the bridge",
+    "seven apples",
+    "the long road",
+    "a quiet room",
+    "the letters",
+    "an open window",
+    "the garden",
+    "three stones",
+    "the blue door",
+]
+_PLACES = [
+    "in the morning",
+    "near the station",
+    "after lunch",
+    "under the tree",
+    "before winter",
+    "at the market",
+    "on Monday",
+    "in the north",
+]
+_TABLES = {
+    "books": ["id", "title", "author", "year", "pages"],
+    "cities": ["id", "name", "country", "population"],
+    "flights": ["id", "origin", "destination", "price", "duration"],
+}
+_WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "engine",
+    "paper",
+    "garden",
+    "window",
+    "silver",
+    "orange",
+    "winter",
+    "signal",
+]
 
 
 def _sentence(rng: random.Random) -> str:
@@ -123,8 +181,13 @@ def _question_sql(rng: random.Random) -> str:
     col = rng.choice(_TABLES[table][1:])
     v = _value(rng)
     quoted = v if v.isdigit() else f"'{v}'"
-    ask = rng.choice([f"Find the {table} whose {col} is {v}.", f"Which {table} have {col} {v}?",
-                      f"Show {table} with {col} equal to {v}."])
+    ask = rng.choice(
+        [
+            f"Find the {table} whose {col} is {v}.",
+            f"Which {table} have {col} {v}?",
+            f"Show {table} with {col} equal to {v}.",
+        ]
+    )
     return f"{ask} SELECT * FROM {table} WHERE {col} = {quoted};"
 
 
@@ -190,7 +253,10 @@ def _train_tokenizer(text_lines: list[str], vocab: int, workdir: Path) -> Path:
         split_digits=True,
         allow_whitespace_only_pieces=True,
         user_defined_symbols=[IM_START, IM_END],
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
         num_threads=1,  # multi-threaded training is not reproducible
         minloglevel=2,
     )
@@ -214,13 +280,22 @@ def _write_tokenizer(sp_model: Path, out: Path) -> None:
     # Converted from the SentencePiece model with add_prefix_space=False given explicitly:
     # otherwise the conversion assumes a dummy prefix that the model does not have.
     fast = LlamaTokenizerFast(
-        vocab_file=str(sp_model), legacy=True, add_prefix_space=False, from_slow=True,
-        add_bos_token=True, add_eos_token=False,
+        vocab_file=str(sp_model),
+        legacy=True,
+        add_prefix_space=False,
+        from_slow=True,
+        add_bos_token=True,
+        add_eos_token=False,
     )
     # Special, so they are never split, are skipped when decoding with skip_special_tokens,
     # and become control tokens in GGUF.
-    fast.add_special_tokens({"additional_special_tokens": [
-        AddedToken(t, special=True, normalized=False) for t in (IM_START, IM_END)]})
+    fast.add_special_tokens(
+        {
+            "additional_special_tokens": [
+                AddedToken(t, special=True, normalized=False) for t in (IM_START, IM_END)
+            ]
+        }
+    )
     fast.chat_template = CHAT_TEMPLATE
     fast.pad_token = fast.unk_token
     fast.save_pretrained(out)
@@ -240,20 +315,33 @@ def _write_bpe_tokenizer(texts: list[str], vocab: int, out: Path, pre_tokenizer=
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizer or pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                       special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<unk>", additional_special_tokens=[IM_START, IM_END])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<unk>",
+        additional_special_tokens=[IM_START, IM_END],
+    )
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(out)
 
 
 # Qwen2's pre-tokenizer regex (digits one at a time), as its tokenizer.json writes it.
-QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-                 r"\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+    r"\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 ENDOFTEXT = "<|endoftext|>"
 
 
@@ -265,21 +353,38 @@ def _write_qwen2_tokenizer(texts: list[str], vocab: int, out: Path) -> None:
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None))  # Qwen's NFC normalizer left out: llama.cpp applies none
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=[ENDOFTEXT, IM_START, IM_END],
-                                  show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=[ENDOFTEXT, IM_START, IM_END],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=ENDOFTEXT,
-                                   additional_special_tokens=[IM_START, IM_END])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=IM_END,
+        pad_token=ENDOFTEXT,
+        additional_special_tokens=[IM_START, IM_END],
+    )
     fast.chat_template = CHAT_TEMPLATE.replace("{{ bos_token }}", "")
     fast.save_pretrained(out)
 
 
-def _pretrain(model, tokenizer, texts: list[str], size: Size, seed: int,
-              progress: Callable[[int, int, float], None] | None) -> float:
+def _pretrain(
+    model,
+    tokenizer,
+    texts: list[str],
+    size: Size,
+    seed: int,
+    progress: Callable[[int, int, float], None] | None,
+) -> float:
     import torch
 
     ids: list[int] = []
@@ -288,8 +393,7 @@ def _pretrain(model, tokenizer, texts: list[str], size: Size, seed: int,
     data = torch.tensor(ids)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=size.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=size.lr, total_steps=size.steps,
-                                                pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=size.lr, total_steps=size.steps, pct_start=0.1)
     model.train()
     loss_value = float("nan")
     for step in range(size.steps):
@@ -351,10 +455,18 @@ def build_tiny_model(
 
         tok = AutoTokenizer.from_pretrained(tmp)
         torch.manual_seed(seed)
-        shape = dict(vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
-                     num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
-                     num_key_value_heads=spec.kv_heads, max_position_embeddings=1024,
-                     rms_norm_eps=1e-5, rope_theta=10000.0, torch_dtype="float32")
+        shape = dict(
+            vocab_size=len(tok),
+            hidden_size=spec.hidden,
+            intermediate_size=spec.intermediate,
+            num_hidden_layers=spec.layers,
+            num_attention_heads=spec.heads,
+            num_key_value_heads=spec.kv_heads,
+            max_position_embeddings=1024,
+            rms_norm_eps=1e-5,
+            rope_theta=10000.0,
+            torch_dtype="float32",
+        )
         im_end = tok.convert_tokens_to_ids(IM_END)
         if tokenizer == "qwen2":
             from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -362,20 +474,40 @@ def build_tiny_model(
             # Qwen2.5-0.5B-Instruct's layout: tied embeddings, q/k/v biases, config.json's BOS the
             # <|endoftext|> no tokenizer adds, and generate stopping on both turn and text ends.
             endoftext = tok.convert_tokens_to_ids(ENDOFTEXT)
-            model = Qwen2ForCausalLM(Qwen2Config(**shape, tie_word_embeddings=True, bos_token_id=endoftext,
-                                                 eos_token_id=im_end))
+            model = Qwen2ForCausalLM(
+                Qwen2Config(**shape, tie_word_embeddings=True, bos_token_id=endoftext, eos_token_id=im_end)
+            )
             stops, bos = [im_end, endoftext], endoftext
         else:
-            model = LlamaForCausalLM(LlamaConfig(**shape, tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
-                                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+            model = LlamaForCausalLM(
+                LlamaConfig(
+                    **shape,
+                    tie_word_embeddings=False,
+                    bos_token_id=tok.bos_token_id,
+                    eos_token_id=tok.eos_token_id,
+                    pad_token_id=tok.pad_token_id,
+                )
+            )
             # End of turn as well as EOS: without it HF generate runs past the answer.
             stops, bos = [tok.eos_token_id, im_end], tok.bos_token_id
         loss = _pretrain(model, tok, texts, spec, seed, progress)
-        model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=stops, pad_token_id=tok.pad_token_id)
+        model.generation_config = GenerationConfig(
+            bos_token_id=bos, eos_token_id=stops, pad_token_id=tok.pad_token_id
+        )
         model.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "edgeft_tiny.json").write_text(json.dumps(
-            {"kit_version": KIT_VERSION, "size": size, "seed": seed, "tokenizer": tokenizer,
-             "final_pretrain_loss": round(loss, 4)}, indent=2) + "\n")
+        (tmp / "edgeft_tiny.json").write_text(
+            json.dumps(
+                {
+                    "kit_version": KIT_VERSION,
+                    "size": size,
+                    "seed": seed,
+                    "tokenizer": tokenizer,
+                    "final_pretrain_loss": round(loss, 4),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     log.info("tiny model %s (seed %d) written to %s, final loss %.3f", size, seed, out_dir, loss)
     return out_dir
 
@@ -393,6 +525,8 @@ def cached_tiny_model(size: str, seed: int = 0, cache_dir: Path | None = None) -
     path = root / f"{size}-seed{seed}-kit{KIT_VERSION}"
     if not (path / "config.json").exists():
         if variant not in ("", "bpe", "qwen2"):
-            raise InputError(f"unknown tiny-model variant {variant!r} in {size!r}: use {base}, {base}-bpe or {base}-qwen2")
+            raise InputError(
+                f"unknown tiny-model variant {variant!r} in {size!r}: use {base}, {base}-bpe or {base}-qwen2"
+            )
         build_tiny_model(path, base, seed, tokenizer=variant or "spm")
     return path

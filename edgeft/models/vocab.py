@@ -29,7 +29,9 @@ class VocabOnly:
         params = llama_cpp.llama_model_default_params()
         params.vocab_only = True
         if pre is not None:
-            self._overrides = (llama_cpp.llama_model_kv_override * 2)()  # the last one, all zero, ends the list
+            self._overrides = (
+                llama_cpp.llama_model_kv_override * 2
+            )()  # the last one, all zero, ends the list
             self._overrides[0].key = b"tokenizer.ggml.pre"
             self._overrides[0].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
             self._overrides[0].value.val_str = pre.encode()

@@ -69,8 +69,12 @@ def _full_precision_base(base: str, cfg: Config) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, cfg.merge.dtype), use_safetensors=True,
-                                                trust_remote_code=cfg.trust_remote_code)
+    return AutoModelForCausalLM.from_pretrained(
+        base,
+        dtype=getattr(torch, cfg.merge.dtype),
+        use_safetensors=True,
+        trust_remote_code=cfg.trust_remote_code,
+    )
 
 
 def _dequantized_weights(quantized: Any) -> dict[str, Any]:
@@ -84,8 +88,14 @@ def _dequantized_weights(quantized: Any) -> dict[str, Any]:
     return out
 
 
-def compare_strategies(base: str, adapter_dir: Path, cfg: Config, train_cfg: Config, tokenizer: Any,
-                       conversations: list[list[dict[str, str]]]) -> tuple[dict[str, Any], dict[str, Any]]:
+def compare_strategies(
+    base: str,
+    adapter_dir: Path,
+    cfg: Config,
+    train_cfg: Config,
+    tokenizer: Any,
+    conversations: list[list[dict[str, str]]],
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Both merge strategies against the adapter on the 4-bit base; return (metrics, weights)."""
     from peft import PeftModel
 
@@ -97,8 +107,10 @@ def compare_strategies(base: str, adapter_dir: Path, cfg: Config, train_cfg: Con
     trained = PeftModel.from_pretrained(quantized, adapter_dir).eval()
     reference = _logits(trained, sequences)
     del trained, quantized
-    metrics: dict[str, Any] = {"reference": f"adapter on the {train_cfg.train.quantization} base, as trained",
-                               "prompts": len(sequences)}
+    metrics: dict[str, Any] = {
+        "reference": f"adapter on the {train_cfg.train.quantization} base, as trained",
+        "prompts": len(sequences),
+    }
     models = {}
     for strategy in MERGE_STRATEGIES:
         model = _full_precision_base(base, cfg)
@@ -107,8 +119,12 @@ def compare_strategies(base: str, adapter_dir: Path, cfg: Config, train_cfg: Con
                 model.get_submodule(name).weight.data = weight.to(model.dtype)
         model = _apply(model, adapter_dir).eval()
         distinct = distinct_contexts(sequences)
-        stats = summarise([only(kl_stats(r, o), keep) for r, o, keep in
-                           zip(reference, _logits(model, sequences), distinct, strict=True)])
+        stats = summarise(
+            [
+                only(kl_stats(r, o), keep)
+                for r, o, keep in zip(reference, _logits(model, sequences), distinct, strict=True)
+            ]
+        )
         metrics[strategy] = {k: stats[k] for k in ("kl_mean", "kl_max", "top1")}
         log.info("merge %s vs trained: KL mean %.3g, top-1 %.3f", strategy, stats["kl_mean"], stats["top1"])
         if strategy == cfg.merge.strategy:
@@ -117,8 +133,14 @@ def compare_strategies(base: str, adapter_dir: Path, cfg: Config, train_cfg: Con
 
 
 @in_session
-def merge_adapter(cfg: Config, train_dir: Path | None = None, out_dir: Path | None = None,
-                  *, force: bool = False, replace_own: bool = False) -> Stage:
+def merge_adapter(
+    cfg: Config,
+    train_dir: Path | None = None,
+    out_dir: Path | None = None,
+    *,
+    force: bool = False,
+    replace_own: bool = False,
+) -> Stage:
     """Merge the train stage's adapter into the base; return the published merge stage."""
     train = stages.load(cfg, stages.TRAIN, train_dir)
     from transformers import AutoTokenizer, GenerationConfig
@@ -131,16 +153,24 @@ def merge_adapter(cfg: Config, train_dir: Path | None = None, out_dir: Path | No
     trained_dir = train.artifact_path("model" if full else "adapter")
     quantization = "none" if full else train.artifact("adapter").get("quantization", "none")
     tokenizer = AutoTokenizer.from_pretrained(trained_dir)
-    with StageWriter(out_dir, stages.MERGE, config=cfg.to_dict(), inputs_hash=inputs_hash(cfg, [train]),
-                     parent=str(train.path), base_model=cfg.base_model, force=force,
-                     replace_own=replace_own) as w:
+    with StageWriter(
+        out_dir,
+        stages.MERGE,
+        config=cfg.to_dict(),
+        inputs_hash=inputs_hash(cfg, [train]),
+        parent=str(train.path),
+        base_model=cfg.base_model,
+        force=force,
+        replace_own=replace_own,
+    ) as w:
         strategy = "full-precision"
         if quantization != "none":
             # The adapter was trained under the train stage's settings, not necessarily today's config.
             train_cfg = parse_config(train.config, cfg.source)
             conversations = read_conversations(train.file("validation.jsonl"))[: cfg.merge.compare_prompts]
             w.metrics["merge_comparison"], models = compare_strategies(
-                base, trained_dir, cfg, train_cfg, tokenizer, conversations)
+                base, trained_dir, cfg, train_cfg, tokenizer, conversations
+            )
             strategy = cfg.merge.strategy
             model = models[strategy]
         elif full:
@@ -167,8 +197,13 @@ def merge_adapter(cfg: Config, train_dir: Path | None = None, out_dir: Path | No
         # record and the training metrics.
         if not full:
             shutil.copytree(trained_dir, w.tmp / "adapter")
-            w.add_artifact("adapter", "adapter", "peft-lora", quantization=quantization,
-                           dora=bool(train.artifact("adapter").get("dora")))
+            w.add_artifact(
+                "adapter",
+                "adapter",
+                "peft-lora",
+                quantization=quantization,
+                dora=bool(train.artifact("adapter").get("dora")),
+            )
         w.end_of_turn = eot[0] if eot else None
         w.eos_token_ids = eos_ids
         w.resolved_base = base

@@ -78,10 +78,17 @@ def check_target_modules(cfg: Config, base: str) -> None:
     modules = {n.rsplit(".", 1)[0] for n in weight_names(Path(base)) if n.endswith(".weight")}
     missing = [m for m in wanted if not any(x == m or x.endswith("." + m) for x in modules)]
     if missing:
-        leaves = sorted({m.rsplit(".", 1)[-1] for m in modules if m.split(".")[-1] not in ("embed_tokens", "lm_head")
-                         and "norm" not in m.split(".")[-1]})
-        raise ConfigError(f"train.target_modules: {', '.join(map(repr, missing))} is not a module of the base model; "
-                          f"its layers are {', '.join(leaves[:20])} (or use 'all-linear')")
+        leaves = sorted(
+            {
+                m.rsplit(".", 1)[-1]
+                for m in modules
+                if m.split(".")[-1] not in ("embed_tokens", "lm_head") and "norm" not in m.split(".")[-1]
+            }
+        )
+        raise ConfigError(
+            f"train.target_modules: {', '.join(map(repr, missing))} is not a module of the base model; "
+            f"its layers are {', '.join(leaves[:20])} (or use 'all-linear')"
+        )
 
 
 def check_packing_keeps_examples_apart(model) -> None:
@@ -110,7 +117,8 @@ def check_packing_keeps_examples_apart(model) -> None:
         raise ConfigError(
             f"train.packing: this model's attention ({model.config._attn_implementation}) lets packed examples "
             f"attend to each other: set packing: false, or use an attention implementation that keeps them apart "
-            f"(FlashAttention 2 on a GPU)")
+            f"(FlashAttention 2 on a GPU)"
+        )
 
 
 def describe_weights(model) -> dict[str, Any]:
@@ -130,8 +138,16 @@ def sft_config(cfg: Config, output_dir: Path):
     t = cfg.train
     on_gpu = torch.cuda.is_available()
     dtype = compute_dtype(t.compute_dtype)
-    every = {"eval_strategy": "steps", "eval_steps": t.eval_steps, "save_strategy": "steps",
-             "save_steps": t.eval_steps} if t.eval_steps > 0 else {"eval_strategy": "epoch", "save_strategy": "epoch"}
+    every = (
+        {
+            "eval_strategy": "steps",
+            "eval_steps": t.eval_steps,
+            "save_strategy": "steps",
+            "save_steps": t.eval_steps,
+        }
+        if t.eval_steps > 0
+        else {"eval_strategy": "epoch", "save_strategy": "epoch"}
+    )
     return SFTConfig(
         output_dir=str(output_dir),
         per_device_train_batch_size=t.batch_size,
@@ -172,8 +188,9 @@ def sft_config(cfg: Config, output_dir: Path):
     )
 
 
-def training_rows(train_rows: list, val_rows: list, tokenizer: Any, assistant_only: bool
-                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+def training_rows(
+    train_rows: list, val_rows: list, tokenizer: Any, assistant_only: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
     """The rows trl trains and evaluates on, and what the loss covers. Chat rows with
     assistant-only loss are tokenised here with their loss masks (edgeft.data.loss_mask); a template
     that cannot be masked falls back to the whole sequence, with a warning."""
@@ -188,7 +205,7 @@ def training_rows(train_rows: list, val_rows: list, tokenizer: Any, assistant_on
     if why:
         log.warning("train.assistant_only_loss: %s; training on the whole conversation instead", why)
         return *plain, f"whole conversation (the chat template cannot be masked: {why})"
-    return rows[:len(train_rows)], rows[len(train_rows):], "assistant turns and their end-of-turn token"
+    return rows[: len(train_rows)], rows[len(train_rows) :], "assistant turns and their end-of-turn token"
 
 
 def last_checkpoint(checkpoints: Path) -> Path | None:
@@ -295,8 +312,14 @@ def interrupted_run(cfg: Config, out_dir: Path | None = None) -> bool:
     return isinstance(started, dict) and started.get("inputs_hash") == inputs_hash(cfg)
 
 
-def train_adapter(cfg: Config, out_dir: Path | None = None, *, force: bool = False, replace_own: bool = False,
-                  resume: bool = False) -> Stage | None:
+def train_adapter(
+    cfg: Config,
+    out_dir: Path | None = None,
+    *,
+    force: bool = False,
+    replace_own: bool = False,
+    resume: bool = False,
+) -> Stage | None:
     """Fine-tune a LoRA adapter; return the published stage (None on non-main processes).
 
     An existing train stage is replaced with `force`, or `replace_own` (build); `resume`
@@ -313,7 +336,9 @@ def train_adapter(cfg: Config, out_dir: Path | None = None, *, force: bool = Fal
         return _train(cfg, state, out_dir, force, replace_own, resume)
 
 
-def _train(cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: bool, resume: bool) -> Stage | None:
+def _train(
+    cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: bool, resume: bool
+) -> Stage | None:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoTokenizer, EarlyStoppingCallback
@@ -332,23 +357,38 @@ def _train(cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: boo
         from collections import Counter
 
         kinds = Counter(f.check for f in report.warnings)
-        log.warning("data: %d warning(s) (%s), e.g. %s; `edgeft data check` lists them", len(report.warnings),
-                    ", ".join(f"{k}: {n}" for k, n in kinds.items()), report.warnings[0])
+        log.warning(
+            "data: %d warning(s) (%s), e.g. %s; `edgeft data check` lists them",
+            len(report.warnings),
+            ", ".join(f"{k}: {n}" for k, n in kinds.items()),
+            report.warnings[0],
+        )
     train_rows, val_rows = report.train, report.validation
     t = cfg.train
     expected = _inputs_hash(cfg, base)
     with state.main_process_first():
-        w = StageWriter(out_dir, stages.TRAIN, config=cfg.to_dict(), inputs_hash=expected,
-                        base_model=cfg.base_model, force=force, replace_own=replace_own, resumable=True,
-                        resume=resume, is_main=state.is_main_process)
+        w = StageWriter(
+            out_dir,
+            stages.TRAIN,
+            config=cfg.to_dict(),
+            inputs_hash=expected,
+            base_model=cfg.base_model,
+            force=force,
+            replace_own=replace_own,
+            resumable=True,
+            resume=resume,
+            is_main=state.is_main_process,
+        )
     with w:
         checkpoints = w.tmp / "checkpoints"
         resume_from = None
         if resume:
             started = json.loads((w.tmp / "run.json").read_text()) if (w.tmp / "run.json").exists() else {}
             if started.get("inputs_hash") != expected:
-                raise InputError(f"{w.tmp}: the interrupted run had other inputs (config, data or base); "
-                                 f"run without --resume to start again")
+                raise InputError(
+                    f"{w.tmp}: the interrupted run had other inputs (config, data or base); "
+                    f"run without --resume to start again"
+                )
             resume_from = last_checkpoint(checkpoints)
             log.info("resuming from %s", resume_from or "the start (no complete checkpoint yet)")
         if state.is_main_process:
@@ -362,15 +402,27 @@ def _train(cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: boo
             check_packing_keeps_examples_apart(model)
         w.extra["base_loaded_as"] = describe_weights(model)
         # full: no adapter, the trainer updates every weight of the model it is given.
-        peft_config = None if t.method == "full" else LoraConfig(
-            r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout, target_modules=t.target_modules,
-            use_dora=t.dora, task_type="CAUSAL_LM")
+        peft_config = (
+            None
+            if t.method == "full"
+            else LoraConfig(
+                r=t.lora_r,
+                lora_alpha=t.lora_alpha,
+                lora_dropout=t.lora_dropout,
+                target_modules=t.target_modules,
+                use_dora=t.dora,
+                task_type="CAUSAL_LM",
+            )
+        )
         train_set, val_set, loss_on = training_rows(train_rows, val_rows, tokenizer, t.assistant_only_loss)
         w.extra["loss_on"] = loss_on
         trainer = SFTTrainer(
-            model=model, args=sft_config(cfg, checkpoints),
-            train_dataset=Dataset.from_list(train_set), eval_dataset=Dataset.from_list(val_set),
-            processing_class=tokenizer, peft_config=peft_config,
+            model=model,
+            args=sft_config(cfg, checkpoints),
+            train_dataset=Dataset.from_list(train_set),
+            eval_dataset=Dataset.from_list(val_set),
+            processing_class=tokenizer,
+            peft_config=peft_config,
             callbacks=[metrics_callback(w.tmp / "metrics.jsonl")],
         )
         # The trainer prints its log lines to stdout, which carries edgeft's data: send to stderr.
@@ -382,15 +434,20 @@ def _train(cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: boo
             if t.early_stopping_patience > 0:
                 # Added after the base evaluation, whose metrics are named base_* and which the
                 # callback would report as "early stopping is disabled" (it only skips that call).
-                trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience,
-                                                           early_stopping_threshold=t.early_stopping_threshold))
+                trainer.add_callback(
+                    EarlyStoppingCallback(
+                        early_stopping_patience=t.early_stopping_patience,
+                        early_stopping_threshold=t.early_stopping_threshold,
+                    )
+                )
             try:
                 result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
             except (RuntimeError, ValueError) as e:
                 if no_space(e):
                     raise
-                raise ToolError(f"training failed: {e} (checkpoints kept in {checkpoints}; "
-                                f"continue with --resume)") from e
+                raise ToolError(
+                    f"training failed: {e} (checkpoints kept in {checkpoints}; continue with --resume)"
+                ) from e
             final_eval = trainer.evaluate()  # the best checkpoint, reloaded at the end
         if not state.is_main_process:
             return None
@@ -402,10 +459,13 @@ def _train(cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: boo
         shutil.rmtree(checkpoints, ignore_errors=True)
         (w.tmp / "run.json").unlink()
         if t.method == "full":
-            w.add_artifact("model", "model", "hf-safetensors", method="full", dtype=w.extra["base_loaded_as"]["dtype"])
+            w.add_artifact(
+                "model", "model", "hf-safetensors", method="full", dtype=w.extra["base_loaded_as"]["dtype"]
+            )
         else:
-            w.add_artifact("adapter", "adapter", "peft-lora", method=t.method, quantization=t.quantization,
-                           dora=t.dora)
+            w.add_artifact(
+                "adapter", "adapter", "peft-lora", method=t.method, quantization=t.quantization, dora=t.dora
+            )
         w.add_artifact("train-split", "train.jsonl", "jsonl", rows=len(train_rows))
         w.add_artifact("validation-split", "validation.jsonl", "jsonl", rows=len(val_rows))
         w.add_artifact("metrics", "metrics.jsonl", "jsonl")
@@ -438,8 +498,13 @@ def _train(cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: boo
             w.extra["base_source"] = w.metrics["base_source"] = (
                 f"dequantized from {g.get('file')} ({g.get('type', 'a quantized')} GGUF, sha256 {g.get('sha256')}"
                 f"{', from the PyPI package ' + cfg.base_model[5:] if cfg.base_model.startswith('gguf:') else ''}): "
-                f"the fine-tune inherits that file's rounding")
+                f"the fine-tune inherits that file's rounding"
+            )
         stage = w.publish()
-    log.info("adapter written to %s (val loss %.4f, base %.4f)", stage.path,
-             stage.metrics["val_loss"], stage.metrics["base_val_loss"])
+    log.info(
+        "adapter written to %s (val loss %.4f, base %.4f)",
+        stage.path,
+        stage.metrics["val_loss"],
+        stage.metrics["base_val_loss"],
+    )
     return stage

@@ -52,8 +52,12 @@ def _need(ok: bool, key: str, what: str, value: Any) -> None:
 
 
 def _int(value: Any, key: str, minimum: int = 0) -> int:
-    _need(isinstance(value, int) and not isinstance(value, bool) and value >= minimum, key,
-          f"an integer >= {minimum}", value)
+    _need(
+        isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+        key,
+        f"an integer >= {minimum}",
+        value,
+    )
     return int(value)
 
 
@@ -88,15 +92,23 @@ def _files(table: Any, key: str) -> None:
 
 
 def _sha(value: Any, key: str) -> None:
-    _need(isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value), key,
-          "a sha256 (64 hex digits)", value)
+    _need(
+        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value),
+        key,
+        "a sha256 (64 hex digits)",
+        value,
+    )
 
 
 def _version(number: str, v: Any, key: str) -> None:
     v = _dict(v, key)
     _need(number.isdigit() and int(number) >= 1, key, "a version number as the key", number)
-    _need(v.get("version") == int(number) and not isinstance(v.get("version"), bool), f"{key}.version",
-          f"{number} (its key)", v.get("version"))
+    _need(
+        v.get("version") == int(number) and not isinstance(v.get("version"), bool),
+        f"{key}.version",
+        f"{number} (its key)",
+        v.get("version"),
+    )
     _need(v.get("status") in STATUSES, f"{key}.status", " or ".join(STATUSES), v.get("status"))
     _str(v.get("path"), f"{key}.path")
     _str(v.get("registered"), f"{key}.registered")
@@ -134,8 +146,12 @@ def _split(split: Any, versions: dict[str, Any], key: str) -> None:
         where = f"{key}.arms[{i}]"
         arm = _dict(arm, where)
         _str(arm.get("label"), f"{where}.label")
-        _need(str(_int(arm.get("version"), f"{where}.version", 1)) in versions, f"{where}.version",
-              "a registered version", arm.get("version"))
+        _need(
+            str(_int(arm.get("version"), f"{where}.version", 1)) in versions,
+            f"{where}.version",
+            "a registered version",
+            arm.get("version"),
+        )
         total += _int(arm.get("weight"), f"{where}.weight", 1)
     _need(total == BUCKETS, f"{key}.arms", f"weights adding up to {BUCKETS} (basis points)", total)
 
@@ -146,11 +162,19 @@ def _model(name: str, m: Any, key: str) -> None:
     for number, v in versions.items():
         _version(number, v, f"{key}.versions.{number}")
     for alias, number in _dict(m.get("aliases"), f"{key}.aliases").items():
-        _need(str(_int(number, f"{key}.aliases.{alias}", 1)) in versions, f"{key}.aliases.{alias}",
-              "a registered version", number)
+        _need(
+            str(_int(number, f"{key}.aliases.{alias}", 1)) in versions,
+            f"{key}.aliases.{alias}",
+            "a registered version",
+            number,
+        )
     for i, number in enumerate(_list(m.get("history", []), f"{key}.history")):
-        _need(str(_int(number, f"{key}.history[{i}]", 1)) in versions, f"{key}.history[{i}]", "a registered version",
-              number)
+        _need(
+            str(_int(number, f"{key}.history[{i}]", 1)) in versions,
+            f"{key}.history[{i}]",
+            "a registered version",
+            number,
+        )
     _int(m.get("splits_created", 0), f"{key}.splits_created")
     if m.get("split") is not None:
         _split(m["split"], versions, f"{key}.split")
@@ -172,8 +196,10 @@ def read_index(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(text, parse_constant=_no_constant)
     except (ValueError, RecursionError) as e:
-        raise InputError(f"{path}: not valid JSON ({str(e)[:80]}): restore it from a backup; events.jsonl "
-                         f"beside it records every change") from None
+        raise InputError(
+            f"{path}: not valid JSON ({str(e)[:80]}): restore it from a backup; events.jsonl "
+            f"beside it records every change"
+        ) from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("models"), dict):
         raise InputError(f"{path}: not an edgeft registry index (schema {SCHEMA})")
     try:
@@ -183,8 +209,10 @@ def read_index(path: Path) -> dict[str, Any]:
         for i, event in enumerate(_list(data.get("last_change", []), "last_change")):
             _int(_dict(event, f"last_change[{i}]").get("seq"), f"last_change[{i}].seq", 1)
     except _Bad as e:
-        raise InputError(f"{path}: {e}: the index was edited by hand or damaged; restore it from a backup "
-                         f"(events.jsonl beside it records every change)") from None
+        raise InputError(
+            f"{path}: {e}: the index was edited by hand or damaged; restore it from a backup "
+            f"(events.jsonl beside it records every change)"
+        ) from None
     return data
 
 
@@ -222,7 +250,10 @@ class HashCache:
 
     def remember(self, path: Path, digest: str) -> None:
         """A file edgeft just wrote and hashed."""
-        self.entries[path.relative_to(self.root).as_posix()] = {"stat": _stat_key(path.stat()), "sha256": digest}
+        self.entries[path.relative_to(self.root).as_posix()] = {
+            "stat": _stat_key(path.stat()),
+            "sha256": digest,
+        }
         self.dirty = True
 
     def save(self) -> None:
@@ -235,17 +266,25 @@ class HashCache:
         self.dirty = False
 
 
-def recorded_files(root: Path, version: dict[str, Any], artifacts: list[str] | None = None) -> list[dict[str, Any]]:
+def recorded_files(
+    root: Path, version: dict[str, Any], artifacts: list[str] | None = None
+) -> list[dict[str, Any]]:
     """The files of a version as the index records them, relative to its folder: every file
     (`files`, since the index records them) or, for older versions, the index's artifact entries
     with the manifest's table for the rest. `artifacts`: names whose files alone are wanted."""
     folder = inside(root, version["path"])
-    arts = version["artifacts"] if artifacts is None else [a for a in version["artifacts"] if a["name"] in artifacts]
+    arts = (
+        version["artifacts"]
+        if artifacts is None
+        else [a for a in version["artifacts"] if a["name"] in artifacts]
+    )
     from_artifacts = []
     for a in arts:
         if "files" in a:
-            from_artifacts += [{"path": f"{a['path']}/{f['path']}", "bytes": f["bytes"], "sha256": f["sha256"]}
-                               for f in a["files"]]
+            from_artifacts += [
+                {"path": f"{a['path']}/{f['path']}", "bytes": f["bytes"], "sha256": f["sha256"]}
+                for f in a["files"]
+            ]
         else:
             from_artifacts.append({"path": a["path"], "bytes": a["bytes"], "sha256": a["sha256"]})
     if artifacts is not None:
@@ -266,8 +305,9 @@ def _manifest_files(folder: Path) -> list[dict[str, Any]]:
         return []
 
 
-def version_problems(root: Path, version: dict[str, Any], artifacts: list[str] | None = None,
-                     paths: set[str] | None = None) -> list[str]:
+def version_problems(
+    root: Path, version: dict[str, Any], artifacts: list[str] | None = None, paths: set[str] | None = None
+) -> list[str]:
     """One line per file of `version` (of its `artifacts` by name, or at these `paths`) that is
     missing or not the bytes the index recorded."""
     folder = inside(root, version["path"])

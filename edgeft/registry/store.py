@@ -109,7 +109,9 @@ class Ref:
     def parse(cls, text: str) -> Ref:
         m = _REF.match(text.strip())
         if not m:
-            raise InputError(f"{text!r}: expected NAME, NAME:VERSION or NAME@ALIAS (e.g. nl2sql:3, nl2sql@production)")
+            raise InputError(
+                f"{text!r}: expected NAME, NAME:VERSION or NAME@ALIAS (e.g. nl2sql:3, nl2sql@production)"
+            )
         version = m.group("version")
         return cls(m.group("name"), int(version) if version else None, m.group("alias"))
 
@@ -140,11 +142,14 @@ def stamp(folder: Path, info: dict[str, Any]) -> None:
             end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
             del lines[start:end]
         at = next((i for i, line in enumerate(lines) if line.startswith("## ")), len(lines))
-        lines[at:at] = ["## Version",
-                        f"Version {info['version']} of `{info['name']}` in an edgeft registry: status "
-                        f"**{info['status']}** as of {info['as_of']}"
-                        + (f" (registered {info['registered']})" if info.get("registered") else "")
-                        + ". The registry's `index.json` is authoritative for the current status.", ""]
+        lines[at:at] = [
+            "## Version",
+            f"Version {info['version']} of `{info['name']}` in an edgeft registry: status "
+            f"**{info['status']}** as of {info['as_of']}"
+            + (f" (registered {info['registered']})" if info.get("registered") else "")
+            + ". The registry's `index.json` is authoritative for the current status.",
+            "",
+        ]
         card.write_text("\n".join(lines), encoding="utf-8")
         entry = {"bytes": card.stat().st_size, "sha256": sha256_file(card)}
     for name in (MANIFEST, "manifest.json"):
@@ -152,8 +157,10 @@ def stamp(folder: Path, info: dict[str, Any]) -> None:
         data = json.loads(path.read_text(encoding="utf-8"))
         data["registry"] = info
         if entry:
-            data["files"] = [dict(f, bytes=entry["bytes"], sha256=entry["sha256"]) if f["path"] == "README.md" else f
-                             for f in data.get("files", [])]
+            data["files"] = [
+                dict(f, bytes=entry["bytes"], sha256=entry["sha256"]) if f["path"] == "README.md" else f
+                for f in data.get("files", [])
+            ]
             if "stat" in data:
                 data["stat"]["README.md"] = [card.stat().st_size, card.stat().st_mtime_ns]
         path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
@@ -174,17 +181,33 @@ def _lineage(dist: dict[str, Any], parent: int | None) -> dict[str, Any]:
     data = lin.get("dataset") or {}
     adapter = (lin.get("adapter") or {}).get("files")
     training = lin.get("training") or {}
-    return {"base_model": lin.get("base_model") or dist.get("base_model"),
-            "dataset_sha256": data.get("train_sha256"), "train_rows": data.get("train_rows"),
-            "validation_rows": data.get("validation_rows"),
-            "config_sha256": hash_json(dist.get("config")), "adapter_sha256": hash_json(adapter) if adapter else None,
-            "parent_version": parent, "edgeft_version": dist.get("edgeft_version"),
-            "training": {k: training.get(k) for k in ("steps", "val_loss", "base_val_loss")}}
+    return {
+        "base_model": lin.get("base_model") or dist.get("base_model"),
+        "dataset_sha256": data.get("train_sha256"),
+        "train_rows": data.get("train_rows"),
+        "validation_rows": data.get("validation_rows"),
+        "config_sha256": hash_json(dist.get("config")),
+        "adapter_sha256": hash_json(adapter) if adapter else None,
+        "parent_version": parent,
+        "edgeft_version": dist.get("edgeft_version"),
+        "training": {k: training.get(k) for k in ("steps", "val_loss", "base_val_loss")},
+    }
 
 
 def _artifacts(dist: dict[str, Any]) -> list[dict[str, Any]]:
     """What the index lists per artifact: the dist entry's identity and checksums (a folder's files)."""
-    keep = ("name", "path", "format", "type", "runtime", "bytes", "sha256", "files", "verify", "bits_per_weight")
+    keep = (
+        "name",
+        "path",
+        "format",
+        "type",
+        "runtime",
+        "bytes",
+        "sha256",
+        "files",
+        "verify",
+        "bits_per_weight",
+    )
     return [{k: a[k] for k in keep if k in a} for a in dist.get("artifacts", [])]
 
 
@@ -196,20 +219,37 @@ def compare(new: dict[str, Any], old: dict[str, Any]) -> list[dict[str, Any]]:
     for model in [m for m in a if m in b and m != "base"]:
         for metric in METRICS:
             if metric in a[model] and metric in b[model]:
-                rows.append({"what": "eval", "model": model, "metric": metric, "new": a[model][metric],
-                             "old": b[model][metric], "higher_is_better": True})
+                rows.append(
+                    {
+                        "what": "eval",
+                        "model": model,
+                        "metric": metric,
+                        "new": a[model][metric],
+                        "old": b[model][metric],
+                        "higher_is_better": True,
+                    }
+                )
     va = {x["name"]: x.get("verify") or {} for x in new.get("artifacts", [])}
     vb = {x["name"]: x.get("verify") or {} for x in old.get("artifacts", [])}
     for name in [n for n in va if n in vb]:
         for metric, better in (("kl_mean", False), ("top1", True)):
             if va[name].get(metric) is not None and vb[name].get(metric) is not None:
-                rows.append({"what": "verify", "model": name, "metric": metric, "new": va[name][metric],
-                             "old": vb[name][metric], "higher_is_better": better})
+                rows.append(
+                    {
+                        "what": "verify",
+                        "model": name,
+                        "metric": metric,
+                        "new": va[name][metric],
+                        "old": vb[name][metric],
+                        "higher_is_better": better,
+                    }
+                )
     return rows
 
 
-def regressions(new: dict[str, Any], old: dict[str, Any], new_dir: Path | None = None,
-                old_dir: Path | None = None) -> list[str]:
+def regressions(
+    new: dict[str, Any], old: dict[str, Any], new_dir: Path | None = None, old_dir: Path | None = None
+) -> list[str]:
     """The promotion gate: where `new` is worse than `old`. With both versions' per-example eval
     results (eval/results.json), eval's paired test on the examples they share, for the
     fine-tuned model and each artifact both ship (the new version's eval.alpha, min_discordant
@@ -217,8 +257,11 @@ def regressions(new: dict[str, Any], old: dict[str, Any], new_dir: Path | None =
     new_results, old_results = VersionResults.read(new_dir), VersionResults.read(old_dir)
     if new_results is not None and old_results is not None:
         return compare_versions(new_results, old_results)
-    return [f"{r['model']} {r['metric']} {r['new']:.4g} < {r['old']:.4g}" for r in compare(new, old)
-            if r["what"] == "eval" and r["new"] < r["old"] - 1e-9]
+    return [
+        f"{r['model']} {r['metric']} {r['new']:.4g} < {r['old']:.4g}"
+        for r in compare(new, old)
+        if r["what"] == "eval" and r["new"] < r["old"] - 1e-9
+    ]
 
 
 class Registry:
@@ -243,7 +286,9 @@ class Registry:
                     event = json.loads(line)
                     int(event["seq"])
                 except (ValueError, KeyError, TypeError):
-                    raise InputError(f"{path}:{i}: not an edgeft event (the event log was edited by hand)") from None
+                    raise InputError(
+                        f"{path}:{i}: not an edgeft event (the event log was edited by hand)"
+                    ) from None
                 out.append(event)
         last = max([0, *(int(e["seq"]) for e in out)])
         out += [e for e in self.index().get("last_change", []) if e["seq"] > last]
@@ -262,8 +307,10 @@ class Registry:
     def model(self, index: dict[str, Any], name: str) -> dict[str, Any]:
         if name not in index["models"]:
             known = ", ".join(sorted(index["models"])) or "none yet"
-            raise InputError(f"{self.root}: no model {name!r} registered (models: {known}); "
-                             f"register a dist with `edgeft registry add DIST`")
+            raise InputError(
+                f"{self.root}: no model {name!r} registered (models: {known}); "
+                f"register a dist with `edgeft registry add DIST`"
+            )
         return index["models"][name]
 
     def resolve(self, ref: Ref, index: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -277,8 +324,10 @@ class Registry:
             if alias == "latest":
                 number = max(map(int, model["versions"]))
             elif model["aliases"].get(alias) is None:
-                raise InputError(f"{ref.name} has no {alias!r} version (aliases: "
-                                 f"{', '.join(f'{k}={v}' for k, v in model['aliases'].items()) or 'none'})")
+                raise InputError(
+                    f"{ref.name} has no {alias!r} version (aliases: "
+                    f"{', '.join(f'{k}={v}' for k, v in model['aliases'].items()) or 'none'})"
+                )
             else:
                 number = model["aliases"][alias]
         if str(number) not in model["versions"]:
@@ -300,10 +349,13 @@ class Registry:
                 return
             # Events an older writer appended before dying ahead of its index write keep their numbers.
             seq = max(index["last_event"], self._last_seq())
-            index["last_change"] = [{"seq": seq + i, "time": now(), "user": user(), **event}
-                                    for i, event in enumerate(events, 1)]
+            index["last_change"] = [
+                {"seq": seq + i, "time": now(), "user": user(), **event} for i, event in enumerate(events, 1)
+            ]
             index["last_event"] = seq + len(events)
-            write_atomic(self.index_path, json.dumps(index, indent=2, ensure_ascii=False) + "\n", durable=True)
+            write_atomic(
+                self.index_path, json.dumps(index, indent=2, ensure_ascii=False) + "\n", durable=True
+            )
             self._append_events(index["last_change"])
 
     def _append_events(self, records: list[dict[str, Any]]) -> None:
@@ -328,11 +380,15 @@ class Registry:
             known = (index["models"].get(folder.name) or {}).get("versions", {})
             for version in [p for p in folder.iterdir() if p.name.isdigit() and p.name not in known]:
                 try:
-                    stamped = json.loads((version / MANIFEST).read_text(encoding="utf-8")).get("registry") or {}
+                    stamped = (
+                        json.loads((version / MANIFEST).read_text(encoding="utf-8")).get("registry") or {}
+                    )
                 except (OSError, ValueError, AttributeError):
                     stamped = {}
                 if stamped.get("name") == folder.name and stamped.get("version") == int(version.name):
-                    log.warning("removing %s: a registration that was interrupted before it was recorded", version)
+                    log.warning(
+                        "removing %s: a registration that was interrupted before it was recorded", version
+                    )
                     shutil.rmtree(version, ignore_errors=True)
 
     # ---- changes -----------------------------------------------------------------------------
@@ -341,16 +397,21 @@ class Registry:
         """Register a dist as the next version of its model; (name, version, whether it is new).
         The same dist registered again is its existing version (no new event)."""
         from edgeft.judge.integrity import dist_problems
+
         dist = stages.read(Path(dist_dir), stages.DIST)
         problems = dist_problems(dist)
         if problems:
-            raise InputError(f"{dist_dir}: its files do not match its manifest, so it cannot be registered:\n"
-                             + "\n".join(problems[:10]))
+            raise InputError(
+                f"{dist_dir}: its files do not match its manifest, so it cannot be registered:\n"
+                + "\n".join(problems[:10])
+            )
         data = dist.data
         name = str(data.get("name") or "")
         if not _NAME.match(name):
-            raise InputError(f"{dist_dir}: model name {name!r} is not usable in a registry (letters, digits, '.', "
-                             f"'_', '-'; set `name:` in the config)")
+            raise InputError(
+                f"{dist_dir}: model name {name!r} is not usable in a registry (letters, digits, '.', "
+                f"'_', '-'; set `name:` in the config)"
+            )
         if not (data.get("verify") or {}).get("passed") or not (data.get("evaluation") or {}).get("passed"):
             raise RegistryRefused(f"{dist_dir}: only a dist that passed verify and eval can be registered")
         content = hash_json(data["files"])
@@ -367,21 +428,33 @@ class Registry:
                 existing = self._same(index, name, content)
                 if existing is not None:
                     return name, existing, False
-                model = index["models"].setdefault(name, {"aliases": {}, "history": [], "split": None,
-                                                          "splits_created": 0, "versions": {}})
+                model = index["models"].setdefault(
+                    name, {"aliases": {}, "history": [], "split": None, "splits_created": 0, "versions": {}}
+                )
                 on_disk = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
                 number = max([0, *map(int, model["versions"]), *on_disk]) + 1
                 parent = model["aliases"].get(PRODUCTION) or max(map(int, model["versions"]), default=None)
                 registered = now()
-                stamp(tmp, {"name": name, "version": number, "status": STAGING, "as_of": registered,
-                            "registered": registered})
+                stamp(
+                    tmp,
+                    {
+                        "name": name,
+                        "version": number,
+                        "status": STAGING,
+                        "as_of": registered,
+                        "registered": registered,
+                    },
+                )
                 # What the index holds to be this version: the verified dist's files, and the files
                 # stamp rewrote (model card, manifests) as they now are.
                 files = {f["path"]: {k: f[k] for k in ("path", "bytes", "sha256")} for f in data["files"]}
                 for rel in ("README.md", MANIFEST, "manifest.json"):
                     if (tmp / rel).is_file():
-                        files[rel] = {"path": rel, "bytes": (tmp / rel).stat().st_size,
-                                      "sha256": sha256_file(tmp / rel)}
+                        files[rel] = {
+                            "path": rel,
+                            "bytes": (tmp / rel).stat().st_size,
+                            "sha256": sha256_file(tmp / rel),
+                        }
                 for p in tmp.rglob("*"):
                     if p.is_file():
                         p.chmod(0o444)
@@ -391,14 +464,30 @@ class Registry:
                     cache.remember(folder / str(number) / f["path"], f["sha256"])
                 cache.save()
                 model["versions"][str(number)] = {
-                    "version": number, "status": STAGING, "path": f"models/{name}/{number}",
-                    "registered": registered, "user": user(), "reason": reason,
-                    "source": str(dist.path.resolve()), "content": content, "inputs_hash": data.get("inputs_hash"),
-                    "lineage": _lineage(data, parent), "verify": data.get("verify"),
-                    "evaluation": data.get("evaluation"), "artifacts": _artifacts(data),
-                    "files": sorted(files.values(), key=lambda f: f["path"])}
-                events.append({"event": "register", "model": name, "version": number, "reason": reason,
-                               "source": str(dist.path.resolve())})
+                    "version": number,
+                    "status": STAGING,
+                    "path": f"models/{name}/{number}",
+                    "registered": registered,
+                    "user": user(),
+                    "reason": reason,
+                    "source": str(dist.path.resolve()),
+                    "content": content,
+                    "inputs_hash": data.get("inputs_hash"),
+                    "lineage": _lineage(data, parent),
+                    "verify": data.get("verify"),
+                    "evaluation": data.get("evaluation"),
+                    "artifacts": _artifacts(data),
+                    "files": sorted(files.values(), key=lambda f: f["path"]),
+                }
+                events.append(
+                    {
+                        "event": "register",
+                        "model": name,
+                        "version": number,
+                        "reason": reason,
+                        "source": str(dist.path.resolve()),
+                    }
+                )
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -412,8 +501,9 @@ class Registry:
                 return int(v["version"])
         return None
 
-    def promote(self, ref: Ref, to: str = PRODUCTION, *, force: bool = False,
-                reason: str | None = None) -> dict[str, Any]:
+    def promote(
+        self, ref: Ref, to: str = PRODUCTION, *, force: bool = False, reason: str | None = None
+    ) -> dict[str, Any]:
         """Make a version production (gated) or the candidate; returns what changed."""
         if to not in ALIASES:
             raise InputError(f"--to {to!r}: expected one of {', '.join(ALIASES)}")
@@ -424,27 +514,46 @@ class Registry:
             number = int(version["version"])
             self.check(ref.name, version, "promoted")
             if version["status"] == ARCHIVED and to == CANDIDATE:
-                raise RegistryRefused(f"{ref.name}:{number} is archived; register it again or promote it to "
-                                      f"production")
+                raise RegistryRefused(
+                    f"{ref.name}:{number} is archived; register it again or promote it to production"
+                )
             if to == CANDIDATE:
                 model["aliases"][CANDIDATE] = number
-                events.append({"event": "alias", "model": ref.name, "version": number, "alias": CANDIDATE,
-                               "reason": reason})
+                events.append(
+                    {
+                        "event": "alias",
+                        "model": ref.name,
+                        "version": number,
+                        "alias": CANDIDATE,
+                        "reason": reason,
+                    }
+                )
                 return {"version": number, "alias": CANDIDATE}
             current = model["aliases"].get(PRODUCTION)
             if current == number:
                 raise RegistryRefused(f"{ref.name}:{number} is already production")
-            if not (version.get("verify") or {}).get("passed") or not (version.get("evaluation") or {}).get("passed"):
+            if not (version.get("verify") or {}).get("passed") or not (version.get("evaluation") or {}).get(
+                "passed"
+            ):
                 raise RegistryRefused(f"{ref.name}:{number} did not pass verify and eval")
             previous = model["versions"][str(current)] if current is not None else None
             # Production's per-example results are read from its folder: only when they are the registered bytes.
-            old_dir = self.version_dir(previous) if previous is not None and not version_problems(
-                self.root, previous, paths={RESULTS}) else None
-            worse = regressions(version, previous, self.version_dir(version), old_dir) if previous is not None else []
+            old_dir = (
+                self.version_dir(previous)
+                if previous is not None and not version_problems(self.root, previous, paths={RESULTS})
+                else None
+            )
+            worse = (
+                regressions(version, previous, self.version_dir(version), old_dir)
+                if previous is not None
+                else []
+            )
             if worse and not force:
-                raise RegistryRefused(f"{ref.name}:{number} is worse than production ({ref.name}:{current}) on "
-                                      f"{len(worse)} eval metric(s): {'; '.join(worse[:6])}. Pass --force "
-                                      f"--reason '…' to promote it anyway")
+                raise RegistryRefused(
+                    f"{ref.name}:{number} is worse than production ({ref.name}:{current}) on "
+                    f"{len(worse)} eval metric(s): {'; '.join(worse[:6])}. Pass --force "
+                    f"--reason '…' to promote it anyway"
+                )
             if current is not None:
                 model["versions"][str(current)]["status"] = ARCHIVED
             version["status"] = PRODUCTION
@@ -452,11 +561,27 @@ class Registry:
             if model["aliases"].get(CANDIDATE) == number:
                 del model["aliases"][CANDIDATE]
             model["history"].append(number)
-            events.append({"event": "promote", "model": ref.name, "version": number, "to": PRODUCTION,
-                           "previous": current, "forced": bool(worse), "regressions": worse, "reason": reason})
+            events.append(
+                {
+                    "event": "promote",
+                    "model": ref.name,
+                    "version": number,
+                    "to": PRODUCTION,
+                    "previous": current,
+                    "forced": bool(worse),
+                    "regressions": worse,
+                    "reason": reason,
+                }
+            )
             if current is not None:
-                events.append({"event": "archive", "model": ref.name, "version": current,
-                               "reason": f"replaced by {number} in production"})
+                events.append(
+                    {
+                        "event": "archive",
+                        "model": ref.name,
+                        "version": current,
+                        "reason": f"replaced by {number} in production",
+                    }
+                )
             self._end_split(model, ref.name, events, f"production changed to {number}")
             return {"version": number, "previous": current, "forced": bool(worse), "regressions": worse}
 
@@ -466,15 +591,18 @@ class Registry:
             model = self.model(index, name)
             history = model["history"]
             if len(history) < 2:
-                raise RegistryRefused(f"{name}: no earlier production version to roll back to "
-                                      f"(production history: {history or 'empty'})")
+                raise RegistryRefused(
+                    f"{name}: no earlier production version to roll back to "
+                    f"(production history: {history or 'empty'})"
+                )
             current = history.pop()
             previous = history[-1]
             model["versions"][str(current)]["status"] = ARCHIVED
             model["versions"][str(previous)]["status"] = PRODUCTION
             model["aliases"][PRODUCTION] = previous
-            events.append({"event": "rollback", "model": name, "version": previous, "from": current,
-                           "reason": reason})
+            events.append(
+                {"event": "rollback", "model": name, "version": previous, "from": current, "reason": reason}
+            )
             events.append({"event": "archive", "model": name, "version": current, "reason": "rolled back"})
             self._end_split(model, name, events, f"rolled back to {previous}")
             return current, previous
@@ -484,11 +612,14 @@ class Registry:
             model, version = self.resolve(ref, index)
             number = int(version["version"])
             if version["status"] == PRODUCTION:
-                raise RegistryRefused(f"{ref.name}:{number} is production: promote another version or roll back "
-                                      f"first")
+                raise RegistryRefused(
+                    f"{ref.name}:{number} is production: promote another version or roll back first"
+                )
             if model.get("split") and any(a["version"] == number for a in model["split"]["arms"]):
-                raise RegistryRefused(f"{ref.name}:{number} serves traffic in split {model['split']['id']}: end "
-                                      f"the split first (`edgeft registry split {ref.name} --off`)")
+                raise RegistryRefused(
+                    f"{ref.name}:{number} serves traffic in split {model['split']['id']}: end "
+                    f"the split first (`edgeft registry split {ref.name} --off`)"
+                )
             if version["status"] == ARCHIVED:
                 return number
             version["status"] = ARCHIVED
@@ -515,10 +646,16 @@ class Registry:
                 if not bp.is_finite():  # nan, inf
                     bp = Decimal(-1)
                 if not label or bp <= 0 or bp > BUCKETS or bp != bp.to_integral_value():
-                    raise InputError(f"{text!r}: expected LABEL=PERCENT with LABEL an alias (production, candidate) "
-                                     f"or a version, and a percentage > 0 in steps of 0.01, e.g. candidate=10")
+                    raise InputError(
+                        f"{text!r}: expected LABEL=PERCENT with LABEL an alias (production, candidate) "
+                        f"or a version, and a percentage > 0 in steps of 0.01, e.g. candidate=10"
+                    )
                 label = label.strip()
-                ref = Ref(name, int(label.lstrip("v"))) if label.lstrip("v").isdigit() else Ref(name, alias=label)
+                ref = (
+                    Ref(name, int(label.lstrip("v")))
+                    if label.lstrip("v").isdigit()
+                    else Ref(name, alias=label)
+                )
                 _, version = self.resolve(ref, index)
                 if version["status"] == ARCHIVED:
                     raise RegistryRefused(f"{name}:{version['version']} is archived and cannot serve traffic")
@@ -539,17 +676,29 @@ class Registry:
             else:
                 model["splits_created"] += 1
                 split_id = f"{name}/{model['splits_created']}"
-            model["split"] = {"id": split_id, "buckets": BUCKETS, "arms": parsed,
-                              "since": old["since"] if old and old["id"] == split_id else now()}
-            events.append({"event": "split", "model": name, "split": split_id,
-                           "arms": [{k: a[k] for k in ("label", "version", "weight")} for a in parsed],
-                           "reason": reason})
+            model["split"] = {
+                "id": split_id,
+                "buckets": BUCKETS,
+                "arms": parsed,
+                "since": old["since"] if old and old["id"] == split_id else now(),
+            }
+            events.append(
+                {
+                    "event": "split",
+                    "model": name,
+                    "split": split_id,
+                    "arms": [{k: a[k] for k in ("label", "version", "weight")} for a in parsed],
+                    "reason": reason,
+                }
+            )
             return model["split"]
 
     @staticmethod
     def _end_split(model: dict[str, Any], name: str, events: list[dict[str, Any]], reason: str) -> None:
         if model.get("split"):
-            events.append({"event": "split-end", "model": name, "split": model["split"]["id"], "reason": reason})
+            events.append(
+                {"event": "split-end", "model": name, "split": model["split"]["id"], "reason": reason}
+            )
             model["split"] = None
 
     # ---- reading -----------------------------------------------------------------------------
@@ -565,22 +714,28 @@ class Registry:
             arm = assign(split["arms"], b)
             return {"version": arm["version"], "label": arm["label"], "bucket": b, "split": split["id"]}
         if model["aliases"].get(PRODUCTION) is None:
-            raise InputError(f"{name} has no production version and no split: promote one "
-                             f"(`edgeft registry promote {name}:N --to production`)")
+            raise InputError(
+                f"{name} has no production version and no split: promote one "
+                f"(`edgeft registry promote {name}:N --to production`)"
+            )
         return {"version": model["aliases"][PRODUCTION], "label": PRODUCTION, "bucket": None, "split": None}
 
     def version_dir(self, version: dict[str, Any]) -> Path:
         return inside(self.root, version["path"])
 
-    def check(self, name: str, version: dict[str, Any], what: str, artifacts: list[str] | None = None) -> None:
+    def check(
+        self, name: str, version: dict[str, Any], what: str, artifacts: list[str] | None = None
+    ) -> None:
         """Refuse (InputError) a version whose files (or these artifacts' files) are not the bytes
         the index recorded at registration."""
         problems = version_problems(self.root, version, artifacts)
         if problems:
             n = len(problems)
-            raise InputError(f"{name}:{version['version']} is not {what}: {n} of its files {'is' if n == 1 else 'are'} "
-                             f"not what the registry recorded when it was registered (altered in the registry?); "
-                             f"register the dist again:\n" + "\n".join(problems[:10]))
+            raise InputError(
+                f"{name}:{version['version']} is not {what}: {n} of its files {'is' if n == 1 else 'are'} "
+                f"not what the registry recorded when it was registered (altered in the registry?); "
+                f"register the dist again:\n" + "\n".join(problems[:10])
+            )
 
     def export(self, ref: Ref, out: Path, *, force: bool = False) -> tuple[Path, int]:
         """Copy a version out as a plain dist (every byte checked against its manifest on the way),
@@ -597,13 +752,24 @@ class Registry:
         tmp = scratch_dir(out)
         try:
             # Every byte held to the index's record as it is copied (the check above may be from the cache).
-            copy_dist(src, tmp, recorded_files(self.root, version), "its sha256 is not the one registered: the "
-                      "registry copy was altered; it is not exported")
+            copy_dist(
+                src,
+                tmp,
+                recorded_files(self.root, version),
+                "its sha256 is not the one registered: the registry copy was altered; it is not exported",
+            )
             for p in tmp.rglob("*"):
                 if p.is_file():
                     p.chmod(FILE_MODE)
-            stamp(tmp, {**data.get("registry", {}), "status": version["status"], "as_of": now(),
-                        "aliases": sorted(a for a, v in model["aliases"].items() if v == version["version"])})
+            stamp(
+                tmp,
+                {
+                    **data.get("registry", {}),
+                    "status": version["status"],
+                    "as_of": now(),
+                    "aliases": sorted(a for a, v in model["aliases"].items() if v == version["version"]),
+                },
+            )
             if out.is_dir() and not out.is_symlink():
                 shutil.rmtree(out)
             elif out.exists() or out.is_symlink():

@@ -18,14 +18,24 @@ def _split(model: dict[str, Any]) -> str:
     s = model.get("split")
     if not s:
         return "-"
-    return f"{s['id']}: " + ", ".join(f"{a['label']}={a['version']} {a['weight'] / 100:g}%" for a in s["arms"])
+    return f"{s['id']}: " + ", ".join(
+        f"{a['label']}={a['version']} {a['weight'] / 100:g}%" for a in s["arms"]
+    )
 
 
 def list_table(index: dict[str, Any]) -> str:
     if not index["models"]:
         return "no models registered (edgeft registry add DIST)"
-    rows = [[name, len(m["versions"]), m["aliases"].get(PRODUCTION, "-"), m["aliases"].get("candidate", "-"),
-             _split(m)] for name, m in sorted(index["models"].items())]
+    rows = [
+        [
+            name,
+            len(m["versions"]),
+            m["aliases"].get(PRODUCTION, "-"),
+            m["aliases"].get("candidate", "-"),
+            _split(m),
+        ]
+        for name, m in sorted(index["models"].items())
+    ]
     return _table(["model", "versions", "production", "candidate", "split"], rows)
 
 
@@ -41,13 +51,40 @@ def show(reg: Registry, ref: Ref, against: Ref | None, as_json: bool) -> str:
         if as_json:
             return json.dumps(model, indent=2, ensure_ascii=False)
         aliases = {v: a for a, v in model["aliases"].items()}
-        table = [[v["version"], v["status"], aliases.get(v["version"], ""), v["registered"], v.get("user"),
-                 _score(v, "exact_match"), _score(v, "chrf"), len(v["artifacts"]), v.get("reason") or ""]
-                for v in model["versions"].values()]
-        return "\n".join([_table(["version", "status", "alias", "registered", "user", "exact", "chrF", "artifacts",
-                                  "reason"], table),
-                          f"production history: {' → '.join(map(str, model['history'])) or '-'}",
-                          f"split: {_split(model)}"])
+        table = [
+            [
+                v["version"],
+                v["status"],
+                aliases.get(v["version"], ""),
+                v["registered"],
+                v.get("user"),
+                _score(v, "exact_match"),
+                _score(v, "chrf"),
+                len(v["artifacts"]),
+                v.get("reason") or "",
+            ]
+            for v in model["versions"].values()
+        ]
+        return "\n".join(
+            [
+                _table(
+                    [
+                        "version",
+                        "status",
+                        "alias",
+                        "registered",
+                        "user",
+                        "exact",
+                        "chrF",
+                        "artifacts",
+                        "reason",
+                    ],
+                    table,
+                ),
+                f"production history: {' → '.join(map(str, model['history'])) or '-'}",
+                f"split: {_split(model)}",
+            ]
+        )
     model, version = reg.resolve(ref, index)
     other = None
     if against is not None:
@@ -59,27 +96,51 @@ def show(reg: Registry, ref: Ref, against: Ref | None, as_json: bool) -> str:
         other = model["versions"].get(str(number)) if number is not None else None
     rows = compare(version, other) if other else []
     if as_json:
-        return json.dumps({"version": version, "against": other and other["version"], "comparison": rows},
-                          indent=2, ensure_ascii=False)
+        return json.dumps(
+            {"version": version, "against": other and other["version"], "comparison": rows},
+            indent=2,
+            ensure_ascii=False,
+        )
     lin = version.get("lineage") or {}
     training = lin.get("training") or {}
-    out: list[str] = [f"{ref.name}:{version['version']}  status {version['status']}  registered {version['registered']} by "
-           f"{version.get('user')}" + (f"  ({version['reason']})" if version.get("reason") else ""),
-           f"base model {lin.get('base_model')}; data sha256 {str(lin.get('dataset_sha256'))[:16]}… "
-           f"({lin.get('train_rows')} train / {lin.get('validation_rows')} validation rows); config "
-           f"{str(lin.get('config_sha256'))[:12]}…; adapter {str(lin.get('adapter_sha256'))[:12]}…; parent version "
-           f"{lin.get('parent_version') or '-'}",
-           f"training: {training.get('steps')} steps, validation loss {training.get('base_val_loss')} "
-           f"(base) → {training.get('val_loss')}", "",
-           _table(["artifact", "type", "MB", "sha256", "KL mean", "top-1", "verify"],
-                  [[a["name"], a.get("type"), f"{a['bytes'] / 1e6:.2f}", (a.get("sha256") or "(folder)")[:12],
-                    _num((a.get("verify") or {}).get("kl_mean")), _num((a.get("verify") or {}).get("top1")),
-                    "pass" if (a.get("verify") or {}).get("passed") else "FAIL"] for a in version["artifacts"]])]
+    out: list[str] = [
+        f"{ref.name}:{version['version']}  status {version['status']}  registered {version['registered']} by "
+        f"{version.get('user')}" + (f"  ({version['reason']})" if version.get("reason") else ""),
+        f"base model {lin.get('base_model')}; data sha256 {str(lin.get('dataset_sha256'))[:16]}… "
+        f"({lin.get('train_rows')} train / {lin.get('validation_rows')} validation rows); config "
+        f"{str(lin.get('config_sha256'))[:12]}…; adapter {str(lin.get('adapter_sha256'))[:12]}…; parent version "
+        f"{lin.get('parent_version') or '-'}",
+        f"training: {training.get('steps')} steps, validation loss {training.get('base_val_loss')} "
+        f"(base) → {training.get('val_loss')}",
+        "",
+        _table(
+            ["artifact", "type", "MB", "sha256", "KL mean", "top-1", "verify"],
+            [
+                [
+                    a["name"],
+                    a.get("type"),
+                    f"{a['bytes'] / 1e6:.2f}",
+                    (a.get("sha256") or "(folder)")[:12],
+                    _num((a.get("verify") or {}).get("kl_mean")),
+                    _num((a.get("verify") or {}).get("top1")),
+                    "pass" if (a.get("verify") or {}).get("passed") else "FAIL",
+                ]
+                for a in version["artifacts"]
+            ],
+        ),
+    ]
     if other:
-        out += ["", f"compared with {ref.name}:{other['version']} ({other['status']}):",
-                _table(["", "model", "metric", f"v{version['version']}", f"v{other['version']}", "change"],
-                       [[r["what"], r["model"], r["metric"], _num(r["new"]), _num(r["old"]), _change(r)]
-                        for r in rows])]
+        out += [
+            "",
+            f"compared with {ref.name}:{other['version']} ({other['status']}):",
+            _table(
+                ["", "model", "metric", f"v{version['version']}", f"v{other['version']}", "change"],
+                [
+                    [r["what"], r["model"], r["metric"], _num(r["new"]), _num(r["old"]), _change(r)]
+                    for r in rows
+                ],
+            ),
+        ]
     return "\n".join(out)
 
 
@@ -96,8 +157,15 @@ def _change(row: dict[str, Any]) -> str:
 
 
 def event_line(e: dict[str, Any]) -> str:
-    what = {k: v for k, v in e.items() if k not in ("seq", "time", "user", "event", "model", "reason") and v is not None}
-    detail = " ".join(f"{k}={json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v}"
-                      for k, v in what.items())
-    return (f"{e['seq']:>4}  {e['time']}  {e.get('user')}  {e['event']:<9} {e.get('model')}  {detail}"
-            + (f"  — {e['reason']}" if e.get("reason") else ""))
+    what = {
+        k: v
+        for k, v in e.items()
+        if k not in ("seq", "time", "user", "event", "model", "reason") and v is not None
+    }
+    detail = " ".join(
+        f"{k}={json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v}"
+        for k, v in what.items()
+    )
+    return f"{e['seq']:>4}  {e['time']}  {e.get('user')}  {e['event']:<9} {e.get('model')}  {detail}" + (
+        f"  — {e['reason']}" if e.get("reason") else ""
+    )

@@ -15,8 +15,9 @@ from edgeft.runtimes.base import GREEDY, Messages, Runtime, Sampling, bos_before
 __all__ = ["GREEDY", "Messages", "Runtime", "Sampling", "bos_before", "load_runtime", "sample"]
 
 
-def load_runtime(artifact: Artifact, stage_dir: Path, *, all_logits: bool = True,
-                 n_ctx: int | None = None) -> Runtime:
+def load_runtime(
+    artifact: Artifact, stage_dir: Path, *, all_logits: bool = True, n_ctx: int | None = None
+) -> Runtime:
     """The runtime a consumer would use for a manifest artifact entry.
 
     `all_logits=False` when only generating (edgeft run/chat): llama.cpp then skips computing
@@ -34,8 +35,12 @@ def load_runtime(artifact: Artifact, stage_dir: Path, *, all_logits: bool = True
     if artifact.format == "gguf-lora":  # base GGUF + adapter GGUF, applied at load time
         from edgeft.runtimes.llamacpp import LlamaCppRuntime
 
-        return LlamaCppRuntime(inside(path, artifact.get("base_file")), lora=inside(path, artifact.get("adapter_file")),
-                               n_ctx=n_ctx, all_logits=all_logits)
+        return LlamaCppRuntime(
+            inside(path, artifact.get("base_file")),
+            lora=inside(path, artifact.get("adapter_file")),
+            n_ctx=n_ctx,
+            all_logits=all_logits,
+        )
     if artifact.format == "onnx":
         from edgeft.runtimes.onnx import OnnxRuntime
 

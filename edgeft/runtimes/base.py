@@ -61,8 +61,10 @@ class Runtime(ABC):
         if not ids:
             from edgeft.core.errors import InputError
 
-            raise InputError(f"{self.source}: its chat template renders nothing for this conversation (an empty "
-                             f"prompt): the template is broken; fix the artifact's template")
+            raise InputError(
+                f"{self.source}: its chat template renders nothing for this conversation (an empty "
+                f"prompt): the template is broken; fix the artifact's template"
+            )
         self.check_fits(len(ids), max_new_tokens)
         return ids
 
@@ -70,10 +72,12 @@ class Runtime(ABC):
         if self.context is not None and prompt_tokens + max_new_tokens > self.context:
             from edgeft.core.errors import InputError
 
-            raise InputError(f"the prompt is {prompt_tokens:,} tokens and up to {max_new_tokens:,} new tokens were "
-                             f"asked for: {prompt_tokens + max_new_tokens:,} positions, more than the "
-                             f"{self.context:,}-token context of {self.source} in {self.name}: shorten the prompt "
-                             f"(in a chat, /reset) or ask for fewer new tokens")
+            raise InputError(
+                f"the prompt is {prompt_tokens:,} tokens and up to {max_new_tokens:,} new tokens were "
+                f"asked for: {prompt_tokens + max_new_tokens:,} positions, more than the "
+                f"{self.context:,}-token context of {self.source} in {self.name}: shorten the prompt "
+                f"(in a chat, /reset) or ask for fewer new tokens"
+            )
 
     @abstractmethod
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
@@ -150,5 +154,8 @@ class Runtime(ABC):
 def bos_before(with_special: list[int], without: list[int]) -> int | None:
     """The token a tokenizer put before the text when adding its special tokens (None: none). A
     tokenizer may append an EOS and add no BOS: only a token before the text counts."""
-    return with_special[0] if len(with_special) > len(without) and with_special[1:len(without) + 1] == without \
+    return (
+        with_special[0]
+        if len(with_special) > len(without) and with_special[1 : len(without) + 1] == without
         else None
+    )

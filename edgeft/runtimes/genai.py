@@ -41,9 +41,13 @@ class GenAIRuntime(Runtime):
         self.template = jinja.read_text() if jinja.is_file() else tokenizer_config.get("chat_template")
         self.source = str(folder)
         # What a template consumer of this folder (transformers.js, LM Studio) passes as bos_token, eos_token, …
-        self._template_tokens = {k: v["content"] if isinstance(v, dict) else v for k, v in tokenizer_config.items()
-                                 if k.endswith("_token") and isinstance(v, (str, dict))
-                                 and isinstance(v.get("content") if isinstance(v, dict) else v, str)}
+        self._template_tokens = {
+            k: v["content"] if isinstance(v, dict) else v
+            for k, v in tokenizer_config.items()
+            if k.endswith("_token")
+            and isinstance(v, (str, dict))
+            and isinstance(v.get("content") if isinstance(v, dict) else v, str)
+        }
 
     def template_tokens(self) -> dict[str, str]:
         return dict(self._template_tokens)
@@ -60,11 +64,17 @@ class GenAIRuntime(Runtime):
     def _generator(self, ids: list[int], max_new_tokens: int, sampling: Sampling):
         params = self._og.GeneratorParams(self.model)
         greedy = sampling.temperature <= 0
-        options: dict[str, Any] = {"max_length": min(self._context, len(ids) + max_new_tokens),
-                                   "do_sample": not greedy}
+        options: dict[str, Any] = {
+            "max_length": min(self._context, len(ids) + max_new_tokens),
+            "do_sample": not greedy,
+        }
         if not greedy:
-            options.update(temperature=sampling.temperature, top_p=sampling.top_p,
-                           top_k=sampling.top_k or 0, random_seed=sampling.seed)
+            options.update(
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k or 0,
+                random_seed=sampling.seed,
+            )
         params.set_search_options(**options)
         generator = self._og.Generator(self.model, params)
         generator.append_tokens(np.array(ids, dtype=np.int32))
@@ -72,7 +82,7 @@ class GenAIRuntime(Runtime):
 
     def logits(self, ids: list[int]) -> np.ndarray:
         generator = self._generator(ids, 1, GREEDY)
-        return np.array(generator.get_output("logits"), dtype=np.float32)[0][-len(ids):]
+        return np.array(generator.get_output("logits"), dtype=np.float32)[0][-len(ids) :]
 
     def stream(self, ids: list[int], max_new_tokens: int, sampling: Sampling = GREEDY) -> Iterator[int]:
         self.stopped = False

@@ -70,8 +70,14 @@ class HFTokenizerRuntime(Runtime):
 class HFRuntime(HFTokenizerRuntime):
     name = "transformers"
 
-    def __init__(self, model_dir: Path | str, dtype: str = "float32", trust_remote_code: bool = False,
-                 chat_template: str | None = None, extra_stop: list[int] | tuple[int, ...] = ()):
+    def __init__(
+        self,
+        model_dir: Path | str,
+        dtype: str = "float32",
+        trust_remote_code: bool = False,
+        chat_template: str | None = None,
+        extra_stop: list[int] | tuple[int, ...] = (),
+    ):
         """`chat_template` replaces the tokenizer's; `extra_stop` ids end generation as well."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -83,7 +89,9 @@ class HFRuntime(HFTokenizerRuntime):
         self.model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True
         ).eval()
-        self._stop = sorted(set(stop_ids_from(self.model.generation_config, self.tokenizer)) | set(extra_stop))
+        self._stop = sorted(
+            set(stop_ids_from(self.model.generation_config, self.tokenizer)) | set(extra_stop)
+        )
         self.context = getattr(self.model.config, "max_position_embeddings", None)
         self.stopped_on: list[int | None] = []
 
@@ -108,17 +116,18 @@ class HFRuntime(HFTokenizerRuntime):
             ids = torch.zeros(len(batch), width, dtype=torch.long)
             mask = torch.zeros(len(batch), width, dtype=torch.long)
             for row, i in enumerate(batch):
-                ids[row, :len(sequences[i])] = torch.tensor(sequences[i])
-                mask[row, :len(sequences[i])] = 1
+                ids[row, : len(sequences[i])] = torch.tensor(sequences[i])
+                mask[row, : len(sequences[i])] = 1
             with torch.no_grad():
                 logits = self.model(ids, attention_mask=mask).logits.float().numpy()
             for row, i in enumerate(batch):
-                out[i] = logits[row, :len(sequences[i])].copy()  # not a view holding the padded batch
+                out[i] = logits[row, : len(sequences[i])].copy()  # not a view holding the padded batch
             del logits
         return out  # type: ignore[return-value]
 
-    def generate_many(self, prompts: list[list[int]], max_new_tokens: int,
-                      temperature: float = 0.0) -> list[tuple[list[int], bool]]:
+    def generate_many(
+        self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0
+    ) -> list[tuple[list[int], bool]]:
         """Greedy replies, a batch of similar lengths at a time (left-padded, masked): the same
         tokens as one at a time, up to float summation order. `temperature` > 0 samples instead
         (plain temperature sampling, no top-k/top-p; seed torch's generator first)."""
@@ -132,13 +141,22 @@ class HFRuntime(HFTokenizerRuntime):
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros(len(batch), width, dtype=torch.long)
             for row, i in enumerate(batch):
-                ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
-                mask[row, width - len(prompts[i]):] = 1
+                ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+                mask[row, width - len(prompts[i]) :] = 1
             with torch.no_grad():
-                sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} \
-                    if temperature > 0 else {"do_sample": False}
-                gen = self.model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, **sampling,
-                                          eos_token_id=self._stop, pad_token_id=pad)
+                sampling = (
+                    {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+                    if temperature > 0
+                    else {"do_sample": False}
+                )
+                gen = self.model.generate(
+                    ids,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    **sampling,
+                    eos_token_id=self._stop,
+                    pad_token_id=pad,
+                )
             for row, i in enumerate(batch):
                 new = gen[row, width:].tolist()
                 stop = next((k for k, t in enumerate(new) if t in self._stop), None)
@@ -148,5 +166,9 @@ class HFRuntime(HFTokenizerRuntime):
 
     def special_tokens(self) -> dict[str, Any]:
         added = {int(i): t.content for i, t in self.tokenizer.added_tokens_decoder.items() if t.special}
-        return {"bos": self.tokenizer.bos_token_id, "eos": self.tokenizer.eos_token_id, "stop": self._stop,
-                "added": added}
+        return {
+            "bos": self.tokenizer.bos_token_id,
+            "eos": self.tokenizer.eos_token_id,
+            "stop": self._stop,
+            "added": added,
+        }

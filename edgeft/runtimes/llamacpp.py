@@ -74,7 +74,11 @@ def check_before_loading(path: Path) -> int | None:
     tokens = header.special_tokens()
     for key, template in header.metadata.items():
         if key == "tokenizer.chat_template" or key.startswith("tokenizer.chat_template."):
-            guard(template if isinstance(template, str) else None, source=f"{path} ({key})", special_tokens=tokens)
+            guard(
+                template if isinstance(template, str) else None,
+                source=f"{path} ({key})",
+                special_tokens=tokens,
+            )
     trained = header.metadata.get(f"{header.metadata.get('general.architecture')}.context_length")
     return trained if isinstance(trained, int) and trained > 0 else None
 
@@ -82,8 +86,13 @@ def check_before_loading(path: Path) -> int | None:
 class LlamaCppRuntime(Runtime):
     name = "llama.cpp"
 
-    def __init__(self, path: Path | str, n_ctx: int | None = 1024, lora: Path | str | None = None,
-                 all_logits: bool = True):
+    def __init__(
+        self,
+        path: Path | str,
+        n_ctx: int | None = 1024,
+        lora: Path | str | None = None,
+        all_logits: bool = True,
+    ):
         """`all_logits=False` for generation only: `logits()` then fails, generation is faster.
 
         The file's header is read within bounds and its chat templates rendered by edgeft's guard
@@ -96,8 +105,13 @@ class LlamaCppRuntime(Runtime):
         self._lib = llama_cpp
         with _no_weight_repacking():
             self.llm = llama_cpp.Llama(
-                model_path=str(path), n_ctx=n_ctx, logits_all=all_logits, verbose=False,
-                n_threads=os.cpu_count() or 1, seed=0, lora_path=str(lora) if lora else None,
+                model_path=str(path),
+                n_ctx=n_ctx,
+                logits_all=all_logits,
+                verbose=False,
+                n_threads=os.cpu_count() or 1,
+                seed=0,
+                lora_path=str(lora) if lora else None,
             )
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         meta = self.llm.metadata
@@ -123,8 +137,10 @@ class LlamaCppRuntime(Runtime):
     def template_tokens(self) -> dict[str, str]:
         model = self.llm._model
         eos, bos = self.llm.token_eos(), self.llm.token_bos()
-        return {"eos_token": model.token_get_text(eos) if eos != -1 else "",
-                "bos_token": model.token_get_text(bos) if bos != -1 else ""}
+        return {
+            "eos_token": model.token_get_text(eos) if eos != -1 else "",
+            "bos_token": model.token_get_text(bos) if bos != -1 else "",
+        }
 
     def logits(self, ids: list[int]) -> np.ndarray:
         self.llm.reset()
@@ -134,16 +150,24 @@ class LlamaCppRuntime(Runtime):
     def special_type(self, token: int) -> tuple[str, str, str] | None:
         lib = self._lib
         attr = lib.llama_vocab_get_attr(self._vocab, token)
-        kind = ("control" if attr & lib.LLAMA_TOKEN_ATTR_CONTROL else
-                "user-defined" if attr & lib.LLAMA_TOKEN_ATTR_USER_DEFINED else None)
+        kind = (
+            "control"
+            if attr & lib.LLAMA_TOKEN_ATTR_CONTROL
+            else "user-defined"
+            if attr & lib.LLAMA_TOKEN_ATTR_USER_DEFINED
+            else None
+        )
         if kind is None:
             return None
         text = self.llm.detokenize([token], special=True).decode("utf-8", "replace")
         by = "in the artifact's vocabulary (the GGUF's tokenizer.ggml.token_type)"
         if attr & lib.LLAMA_TOKEN_ATTR_NORMAL:  # the file says normal: llama.cpp's own rule added control
-            by = ("by llama.cpp itself when it loads the file (the GGUF stores it as normal; llama.cpp types texts "
-                  "that look like end-of-generation markers control" +
-                  (" and stops generating there" if lib.llama_vocab_is_eog(self._vocab, token) else "") + ")")
+            by = (
+                "by llama.cpp itself when it loads the file (the GGUF stores it as normal; llama.cpp types texts "
+                "that look like end-of-generation markers control"
+                + (" and stops generating there" if lib.llama_vocab_is_eog(self._vocab, token) else "")
+                + ")"
+            )
         return kind, text, by
 
     def bos_added(self) -> int | None:
@@ -160,9 +184,15 @@ class LlamaCppRuntime(Runtime):
         self.llm.set_seed(sampling.seed)
         greedy = sampling.temperature <= 0
         n = 0
-        for tok in self.llm.generate(ids, temp=0.0 if greedy else sampling.temperature,
-                                     top_k=1 if greedy else sampling.top_k, top_p=sampling.top_p,
-                                     min_p=0.0, repeat_penalty=1.0, reset=True):
+        for tok in self.llm.generate(
+            ids,
+            temp=0.0 if greedy else sampling.temperature,
+            top_k=1 if greedy else sampling.top_k,
+            top_p=sampling.top_p,
+            min_p=0.0,
+            repeat_penalty=1.0,
+            reset=True,
+        ):
             if self.is_stop(tok):
                 self.stopped = True
                 return

@@ -28,10 +28,13 @@ class OnnxRuntime(HFTokenizerRuntime):
         folder = Path(folder)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = os.cpu_count() or 1
-        self.session = ort.InferenceSession(str(folder / model_file), opts,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(folder / model_file), opts, providers=["CPUExecutionProvider"]
+        )
         self._use_tokenizer(AutoTokenizer.from_pretrained(folder), folder)
-        gen = GenerationConfig.from_pretrained(folder) if (folder / "generation_config.json").exists() else None
+        gen = (
+            GenerationConfig.from_pretrained(folder) if (folder / "generation_config.json").exists() else None
+        )
         self._stop = stop_ids_from(gen, self.tokenizer)
         self._inputs = {i.name: i for i in self.session.get_inputs()}
         self._past = sorted(n for n in self._inputs if n.startswith("past_key_values."))
@@ -55,7 +58,8 @@ class OnnxRuntime(HFTokenizerRuntime):
         outs = dict(zip(names, self.session.run(names, feed), strict=True))
         present = {
             name.replace("present.", "past_key_values."): value
-            for name, value in outs.items() if name.startswith("present.")
+            for name, value in outs.items()
+            if name.startswith("present.")
         }
         return outs["logits"][0].astype(np.float32), present
 

@@ -40,14 +40,27 @@ def rows(artifacts: list[Artifact], report: VerifyReport, results: EvalResults) 
         speed = (ev.speed if ev else None) or {}
         verified, evaluated = bool(a.verify.get("passed")), bool(ev and ev.passed)
         band = formats.band(a.format, str(a.type), a.get("tensor_types"))
-        out.append({"name": a.name, "format": a.format, "type": a.type, "bytes": a.bytes,
-                    "bits_per_weight": bpw, "kl_mean": numbers.get("kl_mean"), "kl_p99": numbers.get("kl_p99"),
-                    "top1": numbers.get("top1"), "band_kl_mean": band.kl_mean if band else None,
-                    "score": ev.scores.get(metric) if ev else None, "metric": metric,
-                    "prompt_tokens_per_s": speed.get("prompt_tokens_per_s"),
-                    "generation_tokens_per_s": speed.get("generation_tokens_per_s"),
-                    "importance_matrix": bool(a.get("importance_matrix")),
-                    "verify_passed": verified, "eval_passed": evaluated, "passed": verified and evaluated})
+        out.append(
+            {
+                "name": a.name,
+                "format": a.format,
+                "type": a.type,
+                "bytes": a.bytes,
+                "bits_per_weight": bpw,
+                "kl_mean": numbers.get("kl_mean"),
+                "kl_p99": numbers.get("kl_p99"),
+                "top1": numbers.get("top1"),
+                "band_kl_mean": band.kl_mean if band else None,
+                "score": ev.scores.get(metric) if ev else None,
+                "metric": metric,
+                "prompt_tokens_per_s": speed.get("prompt_tokens_per_s"),
+                "generation_tokens_per_s": speed.get("generation_tokens_per_s"),
+                "importance_matrix": bool(a.get("importance_matrix")),
+                "verify_passed": verified,
+                "eval_passed": evaluated,
+                "passed": verified and evaluated,
+            }
+        )
     return sorted(out, key=lambda r: r["bytes"])
 
 
@@ -64,20 +77,35 @@ def markdown(table: list[dict[str, Any]], results: EvalResults) -> str:
     best = recommend(table)
     metric = table[0]["metric"] if table else "score"
     ref = results.fine_tuned.scores.get(metric)
-    lines = ["| artifact | size | bits/weight | KL mean | KL p99 | top-1 | " + metric.replace("_", " ")
-             + " | prompt tok/s | gen tok/s | gates |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| artifact | size | bits/weight | KL mean | KL p99 | top-1 | "
+        + metric.replace("_", " ")
+        + " | prompt tok/s | gen tok/s | gates |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in table:
         gates = "pass" if r["passed"] else ("verify FAIL" if not r["verify_passed"] else "eval FAIL")
         star = "**" if best is r else ""
-        lines.append(f"| {star}{r['name']}{star}{' (imatrix)' if r['importance_matrix'] else ''} | "
-                     f"{r['bytes'] / 1e6:.1f} MB | {_fmt(r['bits_per_weight'], '.2f')} | {_fmt(r['kl_mean'], '.3g')} | "
-                     f"{_fmt(r['kl_p99'], '.3g')} | {_fmt(r['top1'], '.3f')} | {_fmt(r['score'], '.3f')} | "
-                     f"{_fmt(r['prompt_tokens_per_s'], '.0f')} | {_fmt(r['generation_tokens_per_s'], '.1f')} | {gates} |")
-    lines += ["", f"KL against the fp32 reference on verify's probes; {metric.replace('_', ' ')} on "
-              f"{results.examples} held-out examples (fine-tuned model: {_fmt(ref, '.3f')}); CPU tokens/s "
-              f"measured by eval in the same run (one prompt at a time)."]
-    lines += ["", f"**Recommended: `{best['name']}`** — the smallest artifact that passes both gates "
-              f"({best['bytes'] / 1e6:.1f} MB)." if best else "", "No artifact passed both gates." if not best else ""]
+        lines.append(
+            f"| {star}{r['name']}{star}{' (imatrix)' if r['importance_matrix'] else ''} | "
+            f"{r['bytes'] / 1e6:.1f} MB | {_fmt(r['bits_per_weight'], '.2f')} | {_fmt(r['kl_mean'], '.3g')} | "
+            f"{_fmt(r['kl_p99'], '.3g')} | {_fmt(r['top1'], '.3f')} | {_fmt(r['score'], '.3f')} | "
+            f"{_fmt(r['prompt_tokens_per_s'], '.0f')} | {_fmt(r['generation_tokens_per_s'], '.1f')} | {gates} |"
+        )
+    lines += [
+        "",
+        f"KL against the fp32 reference on verify's probes; {metric.replace('_', ' ')} on "
+        f"{results.examples} held-out examples (fine-tuned model: {_fmt(ref, '.3f')}); CPU tokens/s "
+        f"measured by eval in the same run (one prompt at a time).",
+    ]
+    lines += [
+        "",
+        f"**Recommended: `{best['name']}`** — the smallest artifact that passes both gates "
+        f"({best['bytes'] / 1e6:.1f} MB)."
+        if best
+        else "",
+        "No artifact passed both gates." if not best else "",
+    ]
     return "\n".join(line for line in lines if line is not None).rstrip() + "\n"
 
 
@@ -97,12 +125,23 @@ def plot(table: list[dict[str, Any]], path: Path) -> None:
     for r in pts:
         x, y = r["bytes"] / 1e6, max(r["kl_mean"], floor)
         ok = r["passed"]
-        ax.scatter([x], [y], s=60 if r is best else 36, facecolors="tab:blue" if ok else "none",
-                   edgecolors="tab:blue" if ok else "tab:red", zorder=3)
+        ax.scatter(
+            [x],
+            [y],
+            s=60 if r is best else 36,
+            facecolors="tab:blue" if ok else "none",
+            edgecolors="tab:blue" if ok else "tab:red",
+            zorder=3,
+        )
         # A label next to one already placed (f16 and its LoRA pair: same KL, sizes 4% apart) goes below.
         crowded = sum(abs(x / px - 1) < 0.15 and 1 / 3 < y / py < 3 for px, py in placed)
-        ax.annotate(r["name"] + (" ★" if r is best else ""), (x, y), textcoords="offset points",
-                    xytext=(5, 4 - 12 * crowded), fontsize=8)
+        ax.annotate(
+            r["name"] + (" ★" if r is best else ""),
+            (x, y),
+            textcoords="offset points",
+            xytext=(5, 4 - 12 * crowded),
+            fontsize=8,
+        )
         placed.append((x, y))
         if r["band_kl_mean"]:
             ax.hlines(r["band_kl_mean"], x * 0.97, x * 1.03, colors="gray", linestyles="dashed", zorder=2)
@@ -117,8 +156,9 @@ def plot(table: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def write(folder: Path, artifacts: list[Artifact], report: VerifyReport,
-          results: EvalResults) -> dict[str, Any]:
+def write(
+    folder: Path, artifacts: list[Artifact], report: VerifyReport, results: EvalResults
+) -> dict[str, Any]:
     """frontier.json, frontier.md and frontier.png in `folder`; the summary the manifest carries."""
     table = rows(artifacts, report, results)
     best = recommend(table)

@@ -35,16 +35,46 @@ from edgeft.ship import frontier
 log = logging.getLogger(__name__)
 
 # The pinned stack whose versions every dist records (DESIGN.md).
-STACK = ("torch", "transformers", "tokenizers", "peft", "trl", "accelerate", "datasets",
-         "bitsandbytes", "sentencepiece", "onnx", "onnxruntime", "optimum", "optimum-onnx",
-         "llama-cpp-python", "gguf")
+STACK = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "peft",
+    "trl",
+    "accelerate",
+    "datasets",
+    "bitsandbytes",
+    "sentencepiece",
+    "onnx",
+    "onnxruntime",
+    "optimum",
+    "optimum-onnx",
+    "llama-cpp-python",
+    "gguf",
+)
 
 
 # What a dist manifest repeats from each export artifact's entry (tensor_types: verify of the dist
 # holds the file to the band of what it stores).
-CARRIED = ("bits_per_weight", "parameters", "fallback_tensors", "tensor_types", "importance_matrix", "metadata",
-           "base_file", "adapter_file", "model_file", "opset", "inputs", "outputs", "prompt_format",
-           "prompt_format_note", "recipe", "quantized_matmuls", "float_matmuls")
+CARRIED = (
+    "bits_per_weight",
+    "parameters",
+    "fallback_tensors",
+    "tensor_types",
+    "importance_matrix",
+    "metadata",
+    "base_file",
+    "adapter_file",
+    "model_file",
+    "opset",
+    "inputs",
+    "outputs",
+    "prompt_format",
+    "prompt_format_note",
+    "recipe",
+    "quantized_matmuls",
+    "float_matmuls",
+)
 
 
 def versions() -> dict[str, str | None]:
@@ -70,19 +100,26 @@ def _place_verified(stage: Stage, art: Artifact, dst: Path, seen: Verdict | None
     if art.files is not None:
         table = {f["path"]: f["sha256"] for f in (seen.files if seen else None) or []}
         pairs = [(inside(src, f["path"]), dst / f["path"], table.get(f["path"])) for f in art.files]
-        extra = sorted(p.relative_to(src).as_posix() for p in src.rglob("*")
-                       if p.is_file() and p.relative_to(src).as_posix() not in table)
+        extra = sorted(
+            p.relative_to(src).as_posix()
+            for p in src.rglob("*")
+            if p.is_file() and p.relative_to(src).as_posix() not in table
+        )
         if extra:
-            raise InputError(f"{src / extra[0]}: not among the files verify checked; re-run `edgeft verify` "
-                             f"(or `edgeft build`)")
+            raise InputError(
+                f"{src / extra[0]}: not among the files verify checked; re-run `edgeft verify` "
+                f"(or `edgeft build`)"
+            )
     else:
         pairs = [(src, dst, seen.sha256 if seen else None)]
     for source, target, want in pairs:
         got = copy_file(source, target)
         if got != want:
-            raise InputError(f"{source}: its bytes are not the ones verify checked (sha256 {got[:12]}…, verified "
-                             f"{str(want)[:12]}…): it changed after verification; re-run `edgeft verify` (or "
-                             f"`edgeft build`) before packaging")
+            raise InputError(
+                f"{source}: its bytes are not the ones verify checked (sha256 {got[:12]}…, verified "
+                f"{str(want)[:12]}…): it changed after verification; re-run `edgeft verify` (or "
+                f"`edgeft build`) before packaging"
+            )
 
 
 def _place(src: Path, dst: Path) -> None:
@@ -100,8 +137,10 @@ def _place_matrix(exports: Sequence[Stage], folder: Path) -> dict[str, Any] | No
         if matrix:
             got = copy_file(stage.file(matrix["file"]), folder / matrix["file"])
             if got != matrix["sha256"]:
-                raise InputError(f"{stage.file(matrix['file'])}: changed since it was made (sha256 {got[:12]}, "
-                                 f"recorded {matrix['sha256'][:12]}); re-run edgeft export gguf")
+                raise InputError(
+                    f"{stage.file(matrix['file'])}: changed since it was made (sha256 {got[:12]}, "
+                    f"recorded {matrix['sha256'][:12]}); re-run edgeft export gguf"
+                )
             return matrix
     return None
 
@@ -122,25 +161,39 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
     exports = stages.exports(cfg)
     verify = stages.load(cfg, stages.VERIFY)
     if not verify.metrics.get("passed"):
-        raise InputError(f"{verify.path}: verification did not pass; fix the failures in "
-                         f"{verify.file('report.md')} before packaging")
+        raise InputError(
+            f"{verify.path}: verification did not pass; fix the failures in "
+            f"{verify.file('report.md')} before packaging"
+        )
     again = f"re-run `edgeft verify -c {cfg.source or 'CONFIG'}` (or `edgeft build`)"
     if verify.inputs_hash != verify_mod.inputs_hash(cfg, [merge, *exports]):
-        raise InputError(f"{verify.path}: this report is for other artifacts or settings than the export stages "
-                         f"now hold: {again}")
+        raise InputError(
+            f"{verify.path}: this report is for other artifacts or settings than the export stages "
+            f"now hold: {again}"
+        )
     report = VerifyReport.read(verify.file("report.json"))
     evaluated = stages.load(cfg, stages.EVAL)
     if not evaluated.metrics.get("passed"):
-        raise InputError(f"{evaluated.path}: evaluation failed its regression gate; see "
-                         f"{evaluated.file('results.md')}")
+        raise InputError(
+            f"{evaluated.path}: evaluation failed its regression gate; see {evaluated.file('results.md')}"
+        )
     if evaluated.inputs_hash != eval_mod.inputs_hash(cfg, [merge, *exports]):
-        raise InputError(f"{evaluated.path}: these results are for other artifacts or settings than the export "
-                         f"stages now hold: re-run `edgeft eval -c {cfg.source or 'CONFIG'}` (or `edgeft build`)")
+        raise InputError(
+            f"{evaluated.path}: these results are for other artifacts or settings than the export "
+            f"stages now hold: re-run `edgeft eval -c {cfg.source or 'CONFIG'}` (or `edgeft build`)"
+        )
     results = EvalResults.read(evaluated.file("results.json"))
     out_dir = stages.directory(cfg, stages.DIST, out_dir)
-    with StageWriter(out_dir, stages.DIST, config=cfg.to_dict(),
-                     inputs_hash=inputs_hash(cfg, [merge, *exports, verify, evaluated]),
-                     parent=str(verify.path), base_model=cfg.base_model, force=force, replace_own=True) as w:
+    with StageWriter(
+        out_dir,
+        stages.DIST,
+        config=cfg.to_dict(),
+        inputs_hash=inputs_hash(cfg, [merge, *exports, verify, evaluated]),
+        parent=str(verify.path),
+        base_model=cfg.base_model,
+        force=force,
+        replace_own=True,
+    ) as w:
         artifacts: list[Artifact] = []
         for stage in exports:
             sub = "gguf" if stage.kind == stages.EXPORT_GGUF else "onnx"
@@ -148,9 +201,15 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
                 rel = f"{sub}/{Path(a.path).name}"
                 seen = report.verdict(a.name)
                 _place_verified(stage, a, w.tmp / rel, seen)
-                entry = w.add_artifact(a.name, rel, a.format, type=a.type, runtime=a.runtime,
-                                       verify=seen.summary() if seen else {"passed": None},
-                                       **{k: a.info[k] for k in CARRIED if k in a.info})
+                entry = w.add_artifact(
+                    a.name,
+                    rel,
+                    a.format,
+                    type=a.type,
+                    runtime=a.runtime,
+                    verify=seen.summary() if seen else {"passed": None},
+                    **{k: a.info[k] for k in CARRIED if k in a.info},
+                )
                 artifacts.append(entry)
         matrix = _place_matrix(exports, w.tmp / "gguf")
         for name in ("report.json", "report.md", "kl.png"):
@@ -173,8 +232,15 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
         lineage = {
             "base_model": cfg.base_model,
             "dataset": portable_dataset(cfg, merge.dataset),
-            "adapter": ({"files": file_table(merge.artifact_path("adapter")), "quantization": cfg.train.quantization,
-                         "dora": cfg.train.dora} if merge.has("adapter") else None),
+            "adapter": (
+                {
+                    "files": file_table(merge.artifact_path("adapter")),
+                    "quantization": cfg.train.quantization,
+                    "dora": cfg.train.dora,
+                }
+                if merge.has("adapter")
+                else None
+            ),
             "method": cfg.train.method,
             "training": {k: v for k, v in merge.metrics.items() if k != "merge_comparison"},
         }
@@ -182,9 +248,15 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
             lineage["importance_matrix"] = matrix
         (w.tmp / "README.md").write_text(model_card(cfg, lineage, artifacts, report, results, front))
         files = file_table(w.tmp)
-        w.extra.update(name=cfg.name, versions=versions(), lineage=lineage, files=files,
-                       verify={"passed": report.passed, "failures": report.failures},
-                       evaluation=_eval_summary(results), recommended=front["recommended"])
+        w.extra.update(
+            name=cfg.name,
+            versions=versions(),
+            lineage=lineage,
+            files=files,
+            verify={"passed": report.passed, "failures": report.failures},
+            evaluation=_eval_summary(results),
+            recommended=front["recommended"],
+        )
         # manifest.json is the user-facing copy of the same data (edgeft.json marks completeness).
         (w.tmp / "manifest.json").write_text(json.dumps(w.manifest(), indent=2, default=str) + "\n")
         stage = w.publish()
@@ -200,7 +272,11 @@ def training_line(t: Any) -> str:
     if t.method == "full":
         return f"full fine-tune (every weight), learning rate {t.learning_rate:g}"
     kind = "DoRA" if t.dora else "LoRA"
-    base = f"on a {t.quantization} 4-bit base (QLoRA)" if t.method == "qlora" else "on the base in its compute dtype"
+    base = (
+        f"on a {t.quantization} 4-bit base (QLoRA)"
+        if t.method == "qlora"
+        else "on the base in its compute dtype"
+    )
     return f"{kind} r={t.lora_r}, alpha={t.lora_alpha}, {base}, learning rate {t.learning_rate:g}"
 
 
@@ -212,8 +288,11 @@ def portable_dataset(cfg: Config, data: dict[str, Any] | None) -> dict[str, Any]
     from edgeft.data.check import data_files
 
     # Longest first: a data folder outside the config's folder loses its whole prefix.
-    prefixes = sorted({str(cfg.root.resolve()) + "/", *(str(p.resolve().parent) + "/" for p in data_files(cfg))},
-                      key=len, reverse=True)
+    prefixes = sorted(
+        {str(cfg.root.resolve()) + "/", *(str(p.resolve().parent) + "/" for p in data_files(cfg))},
+        key=len,
+        reverse=True,
+    )
 
     def portable(value: Any) -> Any:
         if isinstance(value, str):
@@ -233,20 +312,30 @@ def _matrix_lines(matrix: dict[str, Any] | None) -> list[str]:
     if not matrix:
         return []
     if matrix.get("source") == "auto":
-        what = (f"computed by llama-imatrix on the training split rendered with the chat template "
-                f"({matrix['tokens']} tokens, data sha256 `{matrix['data_sha256'][:16]}…`, {matrix['tool']})")
+        what = (
+            f"computed by llama-imatrix on the training split rendered with the chat template "
+            f"({matrix['tokens']} tokens, data sha256 `{matrix['data_sha256'][:16]}…`, {matrix['tool']})"
+        )
     else:
         what = f"given by the user (`{matrix['source']}`)"
-    return [f"GGUF files marked (imatrix) were quantized with the importance matrix `gguf/{matrix['file']}`, {what}.",
-            ""]
+    return [
+        f"GGUF files marked (imatrix) were quantized with the importance matrix `gguf/{matrix['file']}`, {what}.",
+        "",
+    ]
 
 
 def _eval_summary(results: EvalResults) -> dict[str, Any]:
-    out = {"passed": results.passed, "examples": results.examples, "format": results.format,
-           "min_relative": results.min_relative, "alpha": results.alpha,
-           "min_discordant": results.min_discordant, "examples_needed": results.examples_needed,
-           "scores": {name: m.scores for name, m in results.models.items()},
-           "improvement": results.improvement}
+    out = {
+        "passed": results.passed,
+        "examples": results.examples,
+        "format": results.format,
+        "min_relative": results.min_relative,
+        "alpha": results.alpha,
+        "min_discordant": results.min_discordant,
+        "examples_needed": results.examples_needed,
+        "scores": {name: m.scores for name, m in results.models.items()},
+        "improvement": results.improvement,
+    }
     if results.general is not None:
         out["forgetting"] = {k: results.general[k] for k in ("chrf_drop", "forgetting", "tolerance")}
     return out
@@ -254,68 +343,98 @@ def _eval_summary(results: EvalResults) -> dict[str, Any]:
 
 def _eval_rows(results: EvalResults) -> list[str]:
     fmt = "format" in results.fine_tuned.scores
-    rows = ["| model | runtime | exact match | chrF |" + (" format |" if fmt else ""),
-            "|---|---|---|---|" + ("---|" if fmt else "")]
+    rows = [
+        "| model | runtime | exact match | chrF |" + (" format |" if fmt else ""),
+        "|---|---|---|---|" + ("---|" if fmt else ""),
+    ]
     for name, m in results.models.items():
         s = m.scores
-        rows.append(f"| {name} | {m.runtime} | {s['exact_match']:.3f} | {s['chrf']:.1f} |"
-                    + (f" {s['format']:.3f} |" if fmt else ""))
+        rows.append(
+            f"| {name} | {m.runtime} | {s['exact_match']:.3f} | {s['chrf']:.1f} |"
+            + (f" {s['format']:.3f} |" if fmt else "")
+        )
     return rows
 
 
-def model_card(cfg: Config, lineage: dict[str, Any], artifacts: list[Artifact],
-               report: VerifyReport, results: EvalResults, front: dict[str, Any] | None = None) -> str:
+def model_card(
+    cfg: Config,
+    lineage: dict[str, Any],
+    artifacts: list[Artifact],
+    report: VerifyReport,
+    results: EvalResults,
+    front: dict[str, Any] | None = None,
+) -> str:
     t = lineage["training"]
     data = lineage.get("dataset") or {}
     rows = ["| file | type | runtime | size | KL mean | top-1 | verify |", "|---|---|---|---|---|---|---|"]
     for a in artifacts:
         v = a.verify
-        rows.append(f"| `{a.path}` | {a.type} | {a.runtime} | {(a.bytes or 0) / 1e6:.2f} MB | "
-                    f"{v['kl_mean']:.2g} | {v['top1']:.3f} | {'pass' if v['passed'] else 'FAIL'} |")
-    return "\n".join([
-        f"# {cfg.name}",
-        "",
-        f"A {METHOD_NAMES[cfg.train.method]} of `{cfg.base_model}` made with edgeft {__version__}, exported "
-        f"for edge runtimes. Every file below was loaded in its runtime and compared with the merged "
-        f"model in transformers (fp32) by `edgeft verify`.",
-        "",
-        "## Training",
-        f"- data: `{data.get('train_file')}` (sha256 `{str(data.get('train_sha256'))[:16]}…`), "
-        f"{data.get('train_rows')} training / {data.get('validation_rows')} validation rows",
-        f"- {training_line(cfg.train)}, {t.get('steps')} steps",
-        f"- validation loss: base {t.get('base_val_loss')} → fine-tuned {t.get('val_loss')}",
-        *([f"- chat template: {t['chat_template']}"] if t.get("chat_template") else []),
-        *([f"- base weights: {t['base_source']}"] if t.get("base_source") else []),
-        "",
-        "## Artifacts",
-        *rows,
-        "",
-        f"Verification: {'passed' if report.passed else 'FAILED'} on {len(report.probes)} held-out "
-        f"prompts (details in `verify/report.md`). Checksums of every file are in `manifest.json`.",
-        "",
-        "## Evaluation",
-        f"Greedy replies to {results.examples} held-out prompts, scored by exact match (whitespace-normalised), "
-        f"chrF" + (f" and format compliance ({results.format})" if results.format else "")
-        + " (`eval/results.md`). Each artifact is compared with the fine-tuned model on the same examples: "
-        + gate_rule(results),
-        "",
-        *_eval_rows(results),
-        "",
-        *verdict_lines(results, short=True),
-        "",
-        *([f"General-capability prompts: fine-tuned chrF {-100 * results.general['chrf_drop']:+.0f}% vs base"
-           + (" — catastrophic forgetting flagged." if results.general["forgetting"] else ".") , ""]
-          if results.general is not None else []),
-        *(["## Size, quality and speed", "", frontier.markdown(front["rows"], results), "![frontier](frontier.png)", ""]
-          if front else []),
-        *_matrix_lines(lineage.get("importance_matrix")),
-        "## Use",
-        "- GGUF: llama.cpp (`llama-cli -m gguf/<file> -cnv`), llama-cpp-python, or Java through JNA over "
-        "`libllama` (`java/`, a tested example); the chat template and end-of-turn token are embedded.",
-        "- Ollama: `ollama create <name> -f gguf/<file>.Modelfile` (a Modelfile beside each GGUF, with the stop "
-        "tokens and context length verify checked; `gguf/lora/Modelfile` applies the adapter to its base). LM Studio: "
-        "`edgeft export lmstudio <this folder> ~/.lmstudio/models`.",
-        "- ONNX: ONNX Runtime with `onnx/<type>/model.onnx` and `tokenizer.json` beside it; the input "
-        "and output names are listed in `manifest.json`.",
-        "",
-    ])
+        rows.append(
+            f"| `{a.path}` | {a.type} | {a.runtime} | {(a.bytes or 0) / 1e6:.2f} MB | "
+            f"{v['kl_mean']:.2g} | {v['top1']:.3f} | {'pass' if v['passed'] else 'FAIL'} |"
+        )
+    return "\n".join(
+        [
+            f"# {cfg.name}",
+            "",
+            f"A {METHOD_NAMES[cfg.train.method]} of `{cfg.base_model}` made with edgeft {__version__}, exported "
+            f"for edge runtimes. Every file below was loaded in its runtime and compared with the merged "
+            f"model in transformers (fp32) by `edgeft verify`.",
+            "",
+            "## Training",
+            f"- data: `{data.get('train_file')}` (sha256 `{str(data.get('train_sha256'))[:16]}…`), "
+            f"{data.get('train_rows')} training / {data.get('validation_rows')} validation rows",
+            f"- {training_line(cfg.train)}, {t.get('steps')} steps",
+            f"- validation loss: base {t.get('base_val_loss')} → fine-tuned {t.get('val_loss')}",
+            *([f"- chat template: {t['chat_template']}"] if t.get("chat_template") else []),
+            *([f"- base weights: {t['base_source']}"] if t.get("base_source") else []),
+            "",
+            "## Artifacts",
+            *rows,
+            "",
+            f"Verification: {'passed' if report.passed else 'FAILED'} on {len(report.probes)} held-out "
+            f"prompts (details in `verify/report.md`). Checksums of every file are in `manifest.json`.",
+            "",
+            "## Evaluation",
+            f"Greedy replies to {results.examples} held-out prompts, scored by exact match (whitespace-normalised), "
+            f"chrF"
+            + (f" and format compliance ({results.format})" if results.format else "")
+            + " (`eval/results.md`). Each artifact is compared with the fine-tuned model on the same examples: "
+            + gate_rule(results),
+            "",
+            *_eval_rows(results),
+            "",
+            *verdict_lines(results, short=True),
+            "",
+            *(
+                [
+                    f"General-capability prompts: fine-tuned chrF {-100 * results.general['chrf_drop']:+.0f}% vs base"
+                    + (" — catastrophic forgetting flagged." if results.general["forgetting"] else "."),
+                    "",
+                ]
+                if results.general is not None
+                else []
+            ),
+            *(
+                [
+                    "## Size, quality and speed",
+                    "",
+                    frontier.markdown(front["rows"], results),
+                    "![frontier](frontier.png)",
+                    "",
+                ]
+                if front
+                else []
+            ),
+            *_matrix_lines(lineage.get("importance_matrix")),
+            "## Use",
+            "- GGUF: llama.cpp (`llama-cli -m gguf/<file> -cnv`), llama-cpp-python, or Java through JNA over "
+            "`libllama` (`java/`, a tested example); the chat template and end-of-turn token are embedded.",
+            "- Ollama: `ollama create <name> -f gguf/<file>.Modelfile` (a Modelfile beside each GGUF, with the stop "
+            "tokens and context length verify checked; `gguf/lora/Modelfile` applies the adapter to its base). LM Studio: "
+            "`edgeft export lmstudio <this folder> ~/.lmstudio/models`.",
+            "- ONNX: ONNX Runtime with `onnx/<type>/model.onnx` and `tokenizer.json` beside it; the input "
+            "and output names are listed in `manifest.json`.",
+            "",
+        ]
+    )

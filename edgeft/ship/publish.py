@@ -28,12 +28,20 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def modelfile(model: str, stops: list[str], num_ctx: int, license: str | None, adapter: str | None = None,
-              command: str = "") -> str:
-    lines = [f"# Ollama: {command}" if command else "# Ollama Modelfile",
-             "# Written by edgeft from what `edgeft verify` checked: the stop tokens and the context length.",
-             "# No TEMPLATE: Ollama reads the chat template embedded in the GGUF.",
-             f"FROM ./{model}"]
+def modelfile(
+    model: str,
+    stops: list[str],
+    num_ctx: int,
+    license: str | None,
+    adapter: str | None = None,
+    command: str = "",
+) -> str:
+    lines = [
+        f"# Ollama: {command}" if command else "# Ollama Modelfile",
+        "# Written by edgeft from what `edgeft verify` checked: the stop tokens and the context length.",
+        "# No TEMPLATE: Ollama reads the chat template embedded in the GGUF.",
+        f"FROM ./{model}",
+    ]
     if adapter:
         lines.append(f"ADAPTER ./{adapter}")
     lines += [f"PARAMETER stop {_quote(s)}" for s in stops]
@@ -43,21 +51,32 @@ def modelfile(model: str, stops: list[str], num_ctx: int, license: str | None, a
     return "\n".join(lines) + "\n"
 
 
-def write_modelfiles(root: Path, artifacts: list[Artifact], report: VerifyReport, name: str,
-                     license: str | None) -> list[str]:
+def write_modelfiles(
+    root: Path, artifacts: list[Artifact], report: VerifyReport, name: str, license: str | None
+) -> list[str]:
     """A Modelfile beside each GGUF artifact under `root` (a dist being written); their paths."""
     written = []
     for a in artifacts:
         if a.format == "gguf":
             file = Path(a.path)
             target = file.with_suffix(".Modelfile")
-            text = modelfile(file.name, report.stop_strings(a.name), int(report.context_tokens or 0), license,
-                             command=f"ollama create {name}:{a.type} -f {target.name}")
+            text = modelfile(
+                file.name,
+                report.stop_strings(a.name),
+                int(report.context_tokens or 0),
+                license,
+                command=f"ollama create {name}:{a.type} -f {target.name}",
+            )
         elif a.format == "gguf-lora":
             target = Path(a.path) / "Modelfile"
-            text = modelfile(Path(a.get("base_file")).name, report.stop_strings(a.name), int(report.context_tokens or 0),
-                             license, adapter=Path(a.get("adapter_file")).name,
-                             command=f"ollama create {name}:lora -f Modelfile")
+            text = modelfile(
+                Path(a.get("base_file")).name,
+                report.stop_strings(a.name),
+                int(report.context_tokens or 0),
+                license,
+                adapter=Path(a.get("adapter_file")).name,
+                command=f"ollama create {name}:lora -f Modelfile",
+            )
         else:
             continue
         (root / target).write_text(text, encoding="utf-8")

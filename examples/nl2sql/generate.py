@@ -24,19 +24,27 @@ TEMPLATES = [
     ("List all employees in the {d} department.", "SELECT * FROM employees WHERE department = '{d}';"),
     ("Show the names of employees who earn more than {s}.", "SELECT name FROM employees WHERE salary > {s};"),
     ("How many employees work in {c}?", "SELECT COUNT(*) FROM employees WHERE city = '{c}';"),
-    ("What is the average salary in the {d} department?",
-     "SELECT AVG(salary) FROM employees WHERE department = '{d}';"),
+    (
+        "What is the average salary in the {d} department?",
+        "SELECT AVG(salary) FROM employees WHERE department = '{d}';",
+    ),
     ("Find employees hired after {y}.", "SELECT * FROM employees WHERE hire_year > {y};"),
     ("Give the salary of {n}.", "SELECT salary FROM employees WHERE name = '{n}';"),
     ("Which departments have a budget above {b}?", "SELECT name FROM departments WHERE budget > {b};"),
     ("List departments on floor {f}.", "SELECT name FROM departments WHERE floor = {f};"),
     ("Show the highest salary in {c}.", "SELECT MAX(salary) FROM employees WHERE city = '{c}';"),
-    ("Count the employees in each department.",
-     "SELECT department, COUNT(*) FROM employees GROUP BY department;"),
-    ("List employees in {c} ordered by salary, highest first.",
-     "SELECT * FROM employees WHERE city = '{c}' ORDER BY salary DESC;"),
-    ("Show names and cities of employees in the {d} department hired before {y}.",
-     "SELECT name, city FROM employees WHERE department = '{d}' AND hire_year < {y};"),
+    (
+        "Count the employees in each department.",
+        "SELECT department, COUNT(*) FROM employees GROUP BY department;",
+    ),
+    (
+        "List employees in {c} ordered by salary, highest first.",
+        "SELECT * FROM employees WHERE city = '{c}' ORDER BY salary DESC;",
+    ),
+    (
+        "Show names and cities of employees in the {d} department hired before {y}.",
+        "SELECT name, city FROM employees WHERE department = '{d}' AND hire_year < {y};",
+    ),
 ]
 
 

@@ -35,8 +35,10 @@ def rows(kind: str, n: int, seed: int = 0):
         for i in range(n):
             yield f"What is the salary of employee {i}?", f"SELECT salary FROM employees WHERE id = {i};"
         return
-    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
-             for _ in range(VOCABULARY)]
+    words = [
+        "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+        for _ in range(VOCABULARY)
+    ]
     cumulative = list(itertools.accumulate(1 / (rank + 1) for rank in range(VOCABULARY)))
     made: list[tuple[str, str]] = []
     for _ in range(n):
@@ -60,8 +62,12 @@ def rows(kind: str, n: int, seed: int = 0):
 def write(path: Path, kind: str, n: int) -> None:
     with path.open("w", encoding="utf-8") as f:
         for q, a in rows(kind, n):
-            f.write(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
-                    + "\n")
+            f.write(
+                json.dumps(
+                    {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+                )
+                + "\n"
+            )
 
 
 _CHILD = """
@@ -83,8 +89,9 @@ print(json.dumps({"seconds": time.perf_counter() - start, "peak_bytes": peak_res
 
 
 def measure(path: Path, model: str | None) -> dict:
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(path), model or ""], capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(path), model or ""], capture_output=True, text=True, check=False
+    )
     if done.returncode:
         sys.exit(done.stderr)
     return json.loads(done.stdout.splitlines()[-1])
@@ -96,8 +103,10 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", choices=["chat", "templated"], default=["chat", "templated"])
     ap.add_argument("--model", help="also measure lengths under this model's template (e.g. tiny:micro)")
     args = ap.parse_args()
-    print(f"{'kind':<10} {'rows':>9} {'seconds':>8} {'rows/s':>8} {'peak MB':>8} {'warnings':>9} "
-          f"{'not fully compared':>19} {'cost/row vs first':>18}")
+    print(
+        f"{'kind':<10} {'rows':>9} {'seconds':>8} {'rows/s':>8} {'peak MB':>8} {'warnings':>9} "
+        f"{'not fully compared':>19} {'cost/row vs first':>18}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds:
             first = None
@@ -107,8 +116,11 @@ def main() -> None:
                 r = measure(path, args.model)
                 per_row = r["seconds"] / n
                 first = first or per_row
-                print(f"{kind:<10} {n:>9,} {r['seconds']:>8.1f} {n / r['seconds']:>8,.0f} {r['peak_bytes'] / 1e6:>8.0f} "
-                      f"{r['warnings']:>9,} {r['not_fully_compared']:>19,} {per_row / first:>18.2f}", flush=True)
+                print(
+                    f"{kind:<10} {n:>9,} {r['seconds']:>8.1f} {n / r['seconds']:>8,.0f} {r['peak_bytes'] / 1e6:>8.0f} "
+                    f"{r['warnings']:>9,} {r['not_fully_compared']:>19,} {per_row / first:>18.2f}",
+                    flush=True,
+                )
                 path.unlink()
 
 

@@ -46,9 +46,18 @@ def model_dir(name: str, cache: Path) -> Path:
 
     tok = AutoTokenizer.from_pretrained(cached_tiny_model("small", 0))
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
-                         num_key_value_heads=8, vocab_size=32768, max_position_embeddings=2048,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = LlamaConfig(
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=8,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        vocab_size=32768,
+        max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(eos_token_id=[tok.eos_token_id], bos_token_id=tok.bos_token_id)
     model.save_pretrained(out, safe_serialization=True)
@@ -74,9 +83,11 @@ def measure(kind: str, path: str) -> dict:
     """Runs inside a child process: prompt and generation speed of one artifact."""
     from edgeft.runtimes import load_runtime
 
-    entry = {"gguf": {"format": "gguf", "path": Path(path).name},
-             "onnx": {"format": "onnx", "path": Path(path).name, "model_file": "model.onnx"},
-             "hf": {"format": "hf-safetensors", "path": Path(path).name}}[kind]
+    entry = {
+        "gguf": {"format": "gguf", "path": Path(path).name},
+        "onnx": {"format": "onnx", "path": Path(path).name, "model_file": "model.onnx"},
+        "hf": {"format": "hf-safetensors", "path": Path(path).name},
+    }[kind]
     rt = load_runtime(entry, Path(path).parent)
     ids = [1] + [(i * 7919) % 400 + 10 for i in range(PROMPT_TOKENS - 1)]
     rt.logits(ids[:8])  # warm-up
@@ -91,8 +102,7 @@ def measure(kind: str, path: str) -> dict:
         n += 1
     gen_s = time.perf_counter() - t
     rt.close()
-    return {"prompt_tps": PROMPT_TOKENS / prompt_s, "gen_tps": n / gen_s,
-            "peak_rss": peak_rss()}
+    return {"prompt_tps": PROMPT_TOKENS / prompt_s, "gen_tps": n / gen_s, "peak_rss": peak_rss()}
 
 
 def _forced(rt, ids, n):
@@ -104,7 +114,7 @@ def _forced(rt, ids, n):
 
         with torch.no_grad():
             out = rt.model.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False)
-        yield from out[0, len(ids):].tolist()
+        yield from out[0, len(ids) :].tolist()
         return
     stop, rt_is_stop = getattr(rt, "_stop", None), getattr(rt, "is_stop", None)
     if stop is not None:
@@ -122,8 +132,13 @@ def run_overhead(gguf: Path) -> float:
     from edgeft.runtimes import Sampling
     from edgeft.runtimes.llamacpp import LlamaCppRuntime, _no_weight_repacking
 
-    messages = [{"role": "user", "content": "Convert the following natural language query into a SQL "
-                 "statement.\n\nList departments on floor 3."}]
+    messages = [
+        {
+            "role": "user",
+            "content": "Convert the following natural language query into a SQL "
+            "statement.\n\nList departments on floor 3.",
+        }
+    ]
     rt = LlamaCppRuntime(gguf, all_logits=False)  # as `edgeft run` opens it
     rt.is_stop = lambda tok: False  # both loops generate exactly the same number of tokens
     prompt = rt.chat_prompt(messages)
@@ -171,9 +186,17 @@ def export_overhead(model: Path, work: Path) -> float:
             os.link(f.resolve(), w.tmp / "model" / f.name)
         w.add_artifact("model", "model/config.json", "hf-safetensors")
         w.publish()
-    (merge / "edgeft.json").write_text((merge / "edgeft.json").read_text().replace('"model/config.json"', '"model"'))
-    cfg = parse_config({"name": "bench", "base_model": str(model), "data": {"train": "unused.jsonl"},
-                        "export": {"gguf": {"types": ["q8_0", "q4_k_m"]}}})
+    (merge / "edgeft.json").write_text(
+        (merge / "edgeft.json").read_text().replace('"model/config.json"', '"model"')
+    )
+    cfg = parse_config(
+        {
+            "name": "bench",
+            "base_model": str(model),
+            "data": {"train": "unused.jsonl"},
+            "export": {"gguf": {"types": ["q8_0", "q4_k_m"]}},
+        }
+    )
 
     def edgeft_export(run: int) -> None:
         export_gguf(cfg, merge, work / f"edgeft-gguf-{run}")
@@ -181,14 +204,28 @@ def export_overhead(model: Path, work: Path) -> float:
     def direct(run: int) -> None:
         out = work / f"direct-{run}"
         out.mkdir()
-        subprocess.run([sys.executable, str(vendor_dir() / "convert_hf_to_gguf.py"), str(model), "--outfile",
-                        str(out / "f32.gguf"), "--outtype", "f32"], check=True, capture_output=True)
-        for name, ftype in (("q8_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0),
-                            ("q4_k_m", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M)):
+        subprocess.run(
+            [
+                sys.executable,
+                str(vendor_dir() / "convert_hf_to_gguf.py"),
+                str(model),
+                "--outfile",
+                str(out / "f32.gguf"),
+                "--outtype",
+                "f32",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        for name, ftype in (
+            ("q8_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0),
+            ("q4_k_m", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M),
+        ):
             params = llama_cpp.llama_model_quantize_default_params()
             params.ftype = ftype
-            llama_cpp.llama_model_quantize(str(out / "f32.gguf").encode(), str(out / f"{name}.gguf").encode(),
-                                           params)
+            llama_cpp.llama_model_quantize(
+                str(out / "f32.gguf").encode(), str(out / f"{name}.gguf").encode(), params
+            )
         (out / "f32.gguf").unlink()  # the intermediate, as edgeft deletes it
 
     def timed_then_removed(fn, run: int, out: Path) -> float:
@@ -210,7 +247,9 @@ def export_overhead(model: Path, work: Path) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=["tiny-small", "random-1024"], default="tiny-small")
-    p.add_argument("--cache", type=Path, default=Path(os.environ.get("EDGEFT_CACHE", Path.home() / ".cache/edgeft")))
+    p.add_argument(
+        "--cache", type=Path, default=Path(os.environ.get("EDGEFT_CACHE", Path.home() / ".cache/edgeft"))
+    )
     p.add_argument("--_measure", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._measure:
@@ -221,8 +260,9 @@ def main() -> None:
 
     model = model_dir(args.model, args.cache)
     work = Path(tempfile.mkdtemp(prefix="edgeft-bench-"))
-    artifacts: list[tuple[str, str, str, int]] = [("transformers fp32", "hf", str(model),
-                                                    sum(f.stat().st_size for f in model.glob("*.safetensors")))]
+    artifacts: list[tuple[str, str, str, int]] = [
+        ("transformers fp32", "hf", str(model), sum(f.stat().st_size for f in model.glob("*.safetensors")))
+    ]
     convert_hf(model, work / "f32.gguf", "bench")
     for t in GGUF_TYPES:
         f = work / f"{t}.gguf"
@@ -232,24 +272,34 @@ def main() -> None:
     _export_fp32(model, work / "onnx-fp32", 17)
     _quantize_int8(work / "onnx-fp32", work / "onnx-int8")
     for t in ("fp32", "int8"):
-        artifacts.append((f"onnx {t}", "onnx", str(work / f"onnx-{t}"), (work / f"onnx-{t}" / "model.onnx").stat().st_size))
+        artifacts.append(
+            (f"onnx {t}", "onnx", str(work / f"onnx-{t}"), (work / f"onnx-{t}" / "model.onnx").stat().st_size)
+        )
     bandwidth = memory_bandwidth()
     rows = []
     for label, kind, path, size in artifacts:
-        proc = subprocess.run([sys.executable, __file__, "--_measure", kind, path], capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--_measure", kind, path], capture_output=True, text=True
+        )
         if proc.returncode != 0:
             sys.exit(f"{label}: {proc.stderr[-2000:]}")
         rows.append((label, size, json.loads(proc.stdout.strip().splitlines()[-1])))
     base = rows[0][2]
-    print(f"model {args.model}; memory bandwidth {bandwidth / 1e9:.1f} GB/s; prompt {PROMPT_TOKENS} tokens, "
-          f"{GEN_TOKENS} generated")
-    print(f"{'artifact':<18} {'MB':>8} {'prompt t/s':>11} {'gen t/s':>9} {'gen vs HF':>9} {'bound t/s':>10} "
-          f"{'of bound':>8} {'peak MiB':>9}")
+    print(
+        f"model {args.model}; memory bandwidth {bandwidth / 1e9:.1f} GB/s; prompt {PROMPT_TOKENS} tokens, "
+        f"{GEN_TOKENS} generated"
+    )
+    print(
+        f"{'artifact':<18} {'MB':>8} {'prompt t/s':>11} {'gen t/s':>9} {'gen vs HF':>9} {'bound t/s':>10} "
+        f"{'of bound':>8} {'peak MiB':>9}"
+    )
     for label, size, r in rows:
         bound = bandwidth / size
-        print(f"{label:<18} {size / 1e6:8.1f} {r['prompt_tps']:11.0f} {r['gen_tps']:9.1f} "
-              f"{r['gen_tps'] / base['gen_tps']:8.2f}x {bound:10.0f} {r['gen_tps'] / bound:7.0%} "
-              f"{r['peak_rss'] / 2**20:9.0f}")
+        print(
+            f"{label:<18} {size / 1e6:8.1f} {r['prompt_tps']:11.0f} {r['gen_tps']:9.1f} "
+            f"{r['gen_tps'] / base['gen_tps']:8.2f}x {bound:10.0f} {r['gen_tps'] / bound:7.0%} "
+            f"{r['peak_rss'] / 2**20:9.0f}"
+        )
     ratio = run_overhead(work / "q4_k_m.gguf")
     print(f"edgeft run vs bare llama-cpp-python loop: {ratio:.3f}x (target <= 1.05x)")
     ratio = export_overhead(model, work / "export")

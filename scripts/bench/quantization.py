@@ -37,18 +37,28 @@ GENERAL_CHUNK = 256
 # (label, type, matrix, tensor_types): matrix none | task | generic
 VARIANTS: list[tuple[str, str, str, str | dict[str, str] | None]] = [
     ("q8_0", "q8_0", "none", None),
-    ("q6_k", "q6_k", "none", None), ("q6_k+task", "q6_k", "task", None),
-    ("q5_k_m", "q5_k_m", "none", None), ("q5_k_m+task", "q5_k_m", "task", None),
+    ("q6_k", "q6_k", "none", None),
+    ("q6_k+task", "q6_k", "task", None),
+    ("q5_k_m", "q5_k_m", "none", None),
+    ("q5_k_m+task", "q5_k_m", "task", None),
     ("q5_k_s+task", "q5_k_s", "task", None),
-    ("q4_k_m", "q4_k_m", "none", None), ("q4_k_m+generic", "q4_k_m", "generic", None),
-    ("q4_k_m+task", "q4_k_m", "task", None), ("q4_k_m+task fit", "q4_k_m", "task", "fit"),
-    ("q4_k_s+task", "q4_k_s", "task", None), ("q4_k_s+task fit", "q4_k_s", "task", "fit"),
-    ("q4_0", "q4_0", "none", None), ("q4_0+task", "q4_0", "task", None),
-    ("iq4_nl", "iq4_nl", "none", None), ("iq4_nl+task", "iq4_nl", "task", None),
-    ("iq4_xs", "iq4_xs", "none", None), ("iq4_xs+generic", "iq4_xs", "generic", None),
+    ("q4_k_m", "q4_k_m", "none", None),
+    ("q4_k_m+generic", "q4_k_m", "generic", None),
+    ("q4_k_m+task", "q4_k_m", "task", None),
+    ("q4_k_m+task fit", "q4_k_m", "task", "fit"),
+    ("q4_k_s+task", "q4_k_s", "task", None),
+    ("q4_k_s+task fit", "q4_k_s", "task", "fit"),
+    ("q4_0", "q4_0", "none", None),
+    ("q4_0+task", "q4_0", "task", None),
+    ("iq4_nl", "iq4_nl", "none", None),
+    ("iq4_nl+task", "iq4_nl", "task", None),
+    ("iq4_xs", "iq4_xs", "none", None),
+    ("iq4_xs+generic", "iq4_xs", "generic", None),
     ("iq4_xs+task", "iq4_xs", "task", None),
-    ("q3_k_m+task", "q3_k_m", "task", None), ("q3_k_s+task", "q3_k_s", "task", None),
-    ("iq3_m+task", "iq3_m", "task", None), ("iq2_m+task", "iq2_m", "task", None),
+    ("q3_k_m+task", "q3_k_m", "task", None),
+    ("q3_k_s+task", "q3_k_s", "task", None),
+    ("iq3_m+task", "iq3_m", "task", None),
+    ("iq2_m+task", "iq2_m", "task", None),
     ("q2_k+task", "q2_k", "task", None),
     # SmolLM2's tied 49k × 576 embedding is a fifth of the weights and every type keeps it at q8_0
     # (its q6_K falls back): at q5_1 it frees the bytes for the MLP's down projection at q6_K.
@@ -56,7 +66,8 @@ VARIANTS: list[tuple[str, str, str, str | dict[str, str] | None]] = [
     ("q4_k_m+task emb iq4_nl", "q4_k_m", "task", {"token_embd": "iq4_nl"}),
     # export.gguf.imatrix_tokens: the task matrix from a seeded sample of the split's rows, and from
     # the f16 model instead of the f32 one (each token costs a forward pass of the model it runs on).
-    ("q4_k_m+task 8k", "q4_k_m", "task-8192", None), ("q4_k_m+task 16k", "q4_k_m", "task-16384", None),
+    ("q4_k_m+task 8k", "q4_k_m", "task-8192", None),
+    ("q4_k_m+task 16k", "q4_k_m", "task-16384", None),
     ("q4_k_m+task f16", "q4_k_m", "task-f16", None),
 ]
 
@@ -68,7 +79,7 @@ def general_texts(tokenizer: Any, budget: int) -> tuple[str, list[list[int]]]:
     names = sorted(topics)
     held_out = " ".join(topics[n] for n in names[1::2])
     ids = tokenizer(held_out, add_special_tokens=False)["input_ids"]
-    chunks = [ids[i:i + GENERAL_CHUNK] for i in range(0, len(ids) - GENERAL_CHUNK, GENERAL_CHUNK)][:24]
+    chunks = [ids[i : i + GENERAL_CHUNK] for i in range(0, len(ids) - GENERAL_CHUNK, GENERAL_CHUNK)][:24]
     generic, n = [], 0
     for name in names[0::2]:
         generic.append(topics[name])
@@ -78,8 +89,9 @@ def general_texts(tokenizer: Any, budget: int) -> tuple[str, list[list[int]]]:
     return "\n".join(generic), chunks
 
 
-def measure(path: Path, reference: dict[str, list[Any]], sequences: dict[str, list[list[int]]],
-            reply_from: list[int]) -> dict[str, Any]:
+def measure(
+    path: Path, reference: dict[str, list[Any]], sequences: dict[str, list[list[int]]], reply_from: list[int]
+) -> dict[str, Any]:
     """KL statistics per held-out text, and on the task's reply positions (`reply_from`: each
     conversation's prompt length; the position before it predicts the reply's first token)."""
     from edgeft.judge.kl import kl_stats, summarise
@@ -91,8 +103,9 @@ def measure(path: Path, reference: dict[str, list[Any]], sequences: dict[str, li
             stats = [kl_stats(r, rt.logits(s)) for r, s in zip(reference[text], seqs, strict=True)]
             out[text] = summarise(stats)
             if text == "task":
-                out["reply"] = summarise([{k: v[p - 1:-1] for k, v in s.items()}
-                                          for s, p in zip(stats, reply_from, strict=True)])
+                out["reply"] = summarise(
+                    [{k: v[p - 1 : -1] for k, v in s.items()} for s, p in zip(stats, reply_from, strict=True)]
+                )
     return out
 
 
@@ -119,7 +132,9 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     val = [r["messages"] for r in read_split(train.file("validation.jsonl")) if "messages" in r]
     task = [list(tokenizer.apply_chat_template(m, tokenize=True)) for m in val]
-    reply_from = [len(tokenizer.apply_chat_template(m[:-1], tokenize=True, add_generation_prompt=True)) for m in val]
+    reply_from = [
+        len(tokenizer.apply_chat_template(m[:-1], tokenize=True, add_generation_prompt=True)) for m in val
+    ]
     variants = [v for v in VARIANTS if not args.only or v[0] in args.only]
     results: dict[str, Any] = {"model": cfg.base_model, "config": str(args.config), "variants": {}}
     with tempfile.TemporaryDirectory(prefix="edgeft-bench-quant-") as tmp:
@@ -133,23 +148,36 @@ def main() -> None:
         matrices = {"none": None}
         f16 = work / "f16.gguf"
         gguf.quantize(f32, f16, "f16")
-        sampled = {n: imatrix.render_training_text(train.artifact_path("train-split"), tokenizer, budget=n,
-                                                   seed=cfg.data.seed) for n in (8192, 16384)}
-        for label, text, model, tokens in (("task", task_text, f32, None), ("generic", generic_text, f32, None),
-                                           ("task-f16", task_text, f16, None),
-                                           *((f"task-{n}", t, f32, n) for n, t in sampled.items())):
+        sampled = {
+            n: imatrix.render_training_text(
+                train.artifact_path("train-split"), tokenizer, budget=n, seed=cfg.data.seed
+            )
+            for n in (8192, 16384)
+        }
+        for label, text, model, tokens in (
+            ("task", task_text, f32, None),
+            ("generic", generic_text, f32, None),
+            ("task-f16", task_text, f16, None),
+            *((f"task-{n}", t, f32, n) for n, t in sampled.items()),
+        ):
             if not any(m == label for _, _, m, _ in variants):
                 continue
             lineage = imatrix.compute(model, text, work / f"{label}.imatrix.gguf", tokens)
             matrices[label] = work / f"{label}.imatrix.gguf"
             results[f"imatrix_{label}"] = lineage
-            print(f"imatrix {label}: {lineage['tokens']} tokens ({lineage['chunks']} × {lineage['context']}), "
-                  f"{lineage['seconds']} s", file=sys.stderr)
+            print(
+                f"imatrix {label}: {lineage['tokens']} tokens ({lineage['chunks']} × {lineage['context']}), "
+                f"{lineage['seconds']} s",
+                file=sys.stderr,
+            )
         sequences = {"task": task, "general": general}
         with HFRuntime(model_dir) as ref:
             reference = {k: ref.logits_many(v) for k, v in sequences.items()}
-        print(f"held out: task {len(task)} conversations, {sum(map(len, task))} tokens; general {len(general)} "
-              f"chunks of {GENERAL_CHUNK}", file=sys.stderr)
+        print(
+            f"held out: task {len(task)} conversations, {sum(map(len, task))} tokens; general {len(general)} "
+            f"chunks of {GENERAL_CHUNK}",
+            file=sys.stderr,
+        )
         for label, type_, matrix, fit in variants:
             out = work / f"{label.replace(' ', '_').replace('+', '_')}.gguf"
             start = time.monotonic()
@@ -158,40 +186,66 @@ def main() -> None:
             seconds = time.monotonic() - start
             numbers = measure(out, reference, sequences, reply_from)
             band = formats.GGUF_TYPES[type_].band
-            row = {"type": type_, "imatrix": matrix, "tensor_types": fit or None, "bytes": out.stat().st_size,
-                   "bits_per_weight": gguf_meta.read(out)[1]["bits_per_weight"], "fallbacks": len(fallbacks),
-                   "quantize_seconds": round(seconds, 1), **numbers,
-                   "in_band": numbers["task"]["kl_mean"] <= band.kl_mean and numbers["task"]["top1"] >= band.top1}
+            row = {
+                "type": type_,
+                "imatrix": matrix,
+                "tensor_types": fit or None,
+                "bytes": out.stat().st_size,
+                "bits_per_weight": gguf_meta.read(out)[1]["bits_per_weight"],
+                "fallbacks": len(fallbacks),
+                "quantize_seconds": round(seconds, 1),
+                **numbers,
+                "in_band": numbers["task"]["kl_mean"] <= band.kl_mean
+                and numbers["task"]["top1"] >= band.top1,
+            }
             results["variants"][label] = row
-            print(f"{label:18} {row['bytes'] / 1e6:7.1f} MB {row['bits_per_weight']:5.2f} bpw  task KL "
-                  f"{numbers['task']['kl_mean']:.4f} p99 {numbers['task']['kl_p99']:.3f} top1 "
-                  f"{numbers['task']['top1']:.3f}  reply KL {numbers['reply']['kl_mean']:.4f} top1 "
-                  f"{numbers['reply']['top1']:.3f}  general KL {numbers['general']['kl_mean']:.4f} top1 "
-                  f"{numbers['general']['top1']:.3f}", file=sys.stderr)
+            print(
+                f"{label:18} {row['bytes'] / 1e6:7.1f} MB {row['bits_per_weight']:5.2f} bpw  task KL "
+                f"{numbers['task']['kl_mean']:.4f} p99 {numbers['task']['kl_p99']:.3f} top1 "
+                f"{numbers['task']['top1']:.3f}  reply KL {numbers['reply']['kl_mean']:.4f} top1 "
+                f"{numbers['reply']['top1']:.3f}  general KL {numbers['general']['kl_mean']:.4f} top1 "
+                f"{numbers['general']['top1']:.3f}",
+                file=sys.stderr,
+            )
             out.unlink()
     v = results["variants"]
-    print("\n| variant | MB | bpw | task KL mean | p99 | top-1 | reply KL mean | p99 | general KL mean | top-1 |")
+    print(
+        "\n| variant | MB | bpw | task KL mean | p99 | top-1 | reply KL mean | p99 | general KL mean | top-1 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for label, r in v.items():
-        print(f"| {label} | {r['bytes'] / 1e6:.1f} | {r['bits_per_weight']:.2f} | {r['task']['kl_mean']:.4f} | "
-              f"{r['task']['kl_p99']:.3f} | {r['task']['top1']:.3f} | {r['reply']['kl_mean']:.4f} | "
-              f"{r['reply']['kl_p99']:.3f} | {r['general']['kl_mean']:.4f} | {r['general']['top1']:.3f} |")
+        print(
+            f"| {label} | {r['bytes'] / 1e6:.1f} | {r['bits_per_weight']:.2f} | {r['task']['kl_mean']:.4f} | "
+            f"{r['task']['kl_p99']:.3f} | {r['task']['top1']:.3f} | {r['reply']['kl_mean']:.4f} | "
+            f"{r['reply']['kl_p99']:.3f} | {r['general']['kl_mean']:.4f} | {r['general']['top1']:.3f} |"
+        )
     ratios = {}
-    for a, b in (("q4_k_m+task", "q4_k_m"), ("q4_k_m+generic", "q4_k_m"), ("q4_k_m+task", "q4_k_m+generic"),
-                 ("iq4_xs+task", "iq4_xs"), ("iq4_xs+task", "iq4_xs+generic"), ("q4_0+task", "q4_0")):
+    for a, b in (
+        ("q4_k_m+task", "q4_k_m"),
+        ("q4_k_m+generic", "q4_k_m"),
+        ("q4_k_m+task", "q4_k_m+generic"),
+        ("iq4_xs+task", "iq4_xs"),
+        ("iq4_xs+task", "iq4_xs+generic"),
+        ("q4_0+task", "q4_0"),
+    ):
         if a in v and b in v:
             for text in ("task", "reply", "general"):
                 ratios[f"{a} / {b}, {text} KL"] = v[a][text]["kl_mean"] / v[b][text]["kl_mean"]
     print()
     for k, r in ratios.items():
-        target = "  (target ≤ 0.85)" if k == "q4_k_m+task / q4_k_m, task KL" else (
-            "  (target ≤ 1.0)" if k == "q4_k_m+task / q4_k_m, general KL" else "")
+        target = (
+            "  (target ≤ 0.85)"
+            if k == "q4_k_m+task / q4_k_m, task KL"
+            else ("  (target ≤ 1.0)" if k == "q4_k_m+task / q4_k_m, general KL" else "")
+        )
         print(f"{k}: {r:.3f}{target}")
     if "q4_0" in v:
         limit = v["q4_0"]["bytes"]
         fits = [(r["task"]["kl_mean"], k) for k, r in v.items() if r["bytes"] <= limit and r["in_band"]]
-        print(f"no larger than q4_0 ({limit / 1e6:.1f} MB) and within its type's band: "
-              + (", ".join(f"{k} (task KL {kl:.4f})" for kl, k in sorted(fits)) or "none"))
+        print(
+            f"no larger than q4_0 ({limit / 1e6:.1f} MB) and within its type's band: "
+            + (", ".join(f"{k} (task KL {kl:.4f})" for kl, k in sorted(fits)) or "none")
+        )
     results["ratios"] = ratios
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -103,28 +103,46 @@ def score(outputs: list[str], references: list[str], fmt: Callable[[str], bool] 
 
     n = max(len(outputs), 1)
     binary = right(outputs, references, fmt)
-    out = {"exact_match": sum(binary["exact_match"]) / n, "chrf": CHRF().corpus_score(outputs, [references]).score}
+    out = {
+        "exact_match": sum(binary["exact_match"]) / n,
+        "chrf": CHRF().corpus_score(outputs, [references]).score,
+    }
     if "format" in binary:
         out["format"] = sum(binary["format"]) / n
     return out
 
 
-def right(outputs: list[str], references: list[str], fmt: Callable[[str], bool] | None) -> dict[str, list[bool]]:
+def right(
+    outputs: list[str], references: list[str], fmt: Callable[[str], bool] | None
+) -> dict[str, list[bool]]:
     """Per example, whether each binary metric holds: exact match, and format compliance."""
-    out = {"exact_match": [squash_whitespace(o) == squash_whitespace(r) for o, r in zip(outputs, references, strict=True)]}
+    out = {
+        "exact_match": [
+            squash_whitespace(o) == squash_whitespace(r) for o, r in zip(outputs, references, strict=True)
+        ]
+    }
     if fmt is not None:
         out["format"] = [fmt(o) for o in outputs]
     return out
 
 
-def versus_base(fine_tuned: list[str], base: list[str], references: list[str], fmt: Callable[[str], bool] | None,
-                gate: Rule) -> dict[str, dict[str, Any]]:
+def versus_base(
+    fine_tuned: list[str],
+    base: list[str],
+    references: list[str],
+    fmt: Callable[[str], bool] | None,
+    gate: Rule,
+) -> dict[str, dict[str, Any]]:
     """Does the fine-tuned model beat the base? Per metric, the paired test with the base as the
     candidate that may be worse: `better` when the fine-tuned model scores higher at p < alpha."""
     out = {}
     for m, c in compare_answers(fine_tuned, base, references, fmt, gate).items():
-        out[m] = {"p": c.p, "better": bool(c.p < gate.alpha and c.candidate < c.reference),
-                  "difference": c.reference - c.candidate, "ci": [-c.ci[1], -c.ci[0]]}
+        out[m] = {
+            "p": c.p,
+            "better": bool(c.p < gate.alpha and c.candidate < c.reference),
+            "difference": c.reference - c.candidate,
+            "ci": [-c.ci[1], -c.ci[0]],
+        }
         if c.losses is not None:
             out[m] |= {"fine_tuned_only": c.losses, "base_only": c.wins}
     return out
@@ -135,12 +153,23 @@ def example_id(prompt: list[dict[str, str]] | str, reference: str) -> str:
     return hash_json([prompt, reference])[:16]
 
 
-def compare_answers(reference: list[str], candidate: list[str], references: list[str],
-                    fmt: Callable[[str], bool] | None, gate: Rule) -> dict[str, Comparison]:
+def compare_answers(
+    reference: list[str],
+    candidate: list[str],
+    references: list[str],
+    fmt: Callable[[str], bool] | None,
+    gate: Rule,
+) -> dict[str, Comparison]:
     """The paired comparison (results.compare_outcomes) of two models' answers to the same
     examples, per metric, under the gate's rule (eval's config or results)."""
-    return compare_outcomes(right(reference, references, fmt), right(candidate, references, fmt), reference, candidate,
-                            references, gate)
+    return compare_outcomes(
+        right(reference, references, fmt),
+        right(candidate, references, fmt),
+        reference,
+        candidate,
+        references,
+        gate,
+    )
 
 
 Prompt = list[dict[str, str]] | str  # a conversation, or the first half of a plain text
@@ -159,8 +188,13 @@ def _prompt_ids(rt: Runtime, prompt: Prompt, max_new_tokens: int, what: str) -> 
         raise InputError(f"{what}: {e}") from None
 
 
-def answer(rt: Runtime, prompts: Sequence[Prompt], max_new_tokens: int, label: str,
-           speed: dict[str, Any] | None = None) -> list[str]:
+def answer(
+    rt: Runtime,
+    prompts: Sequence[Prompt],
+    max_new_tokens: int,
+    label: str,
+    speed: dict[str, Any] | None = None,
+) -> list[str]:
     """Greedy replies from the runtime's own template, tokenizer and stop tokens (plain-text
     prompts: the continuation of the text, BOS added as the tokenizer says). Batched where the
     runtime batches (transformers), in chunks so that progress shows on long runs.
@@ -168,7 +202,9 @@ def answer(rt: Runtime, prompts: Sequence[Prompt], max_new_tokens: int, label: s
     `speed`: filled with the CPU speed of a runtime that answers one prompt at a time (the edge
     runtimes): generation tokens/s over every reply (the time after each first token), and prompt
     tokens/s of one PROMPT_PROBE-token prompt no earlier prompt shares a prefix with."""
-    ids = [_prompt_ids(rt, p, max_new_tokens, f"{label}: eval example {k + 1}") for k, p in enumerate(prompts)]
+    ids = [
+        _prompt_ids(rt, p, max_new_tokens, f"{label}: eval example {k + 1}") for k, p in enumerate(prompts)
+    ]
     outputs: list[str] = []
     started = shown = time.time()
     one_at_a_time = speed is not None and type(rt).generate_many is Runtime.generate_many
@@ -176,7 +212,7 @@ def answer(rt: Runtime, prompts: Sequence[Prompt], max_new_tokens: int, label: s
     chunk = 16
     for at in range(0, len(ids), chunk):
         if one_at_a_time:
-            for prompt in ids[at:at + chunk]:
+            for prompt in ids[at : at + chunk]:
                 tokens, first = [], 0.0
                 for tok in rt.stream(prompt, max_new_tokens):
                     tokens.append(tok)
@@ -186,17 +222,21 @@ def answer(rt: Runtime, prompts: Sequence[Prompt], max_new_tokens: int, label: s
                     decoded, decode_s = decoded + len(tokens) - 1, decode_s + time.perf_counter() - first
                 outputs.append(rt.detokenize(tokens).strip())
         else:
-            outputs += [rt.detokenize(tokens).strip()
-                        for tokens, _ in rt.generate_many(ids[at:at + chunk], max_new_tokens)]
+            outputs += [
+                rt.detokenize(tokens).strip()
+                for tokens, _ in rt.generate_many(ids[at : at + chunk], max_new_tokens)
+            ]
         if time.time() - shown > 15 and len(outputs) < len(prompts):  # progress on long runs only
             log.info("%s: %d/%d answered", label, len(outputs), len(prompts))
             shown = time.time()
     log.info("%s: %d prompts answered in %.1f s", label, len(prompts), time.time() - started)
     if one_at_a_time:
         assert speed is not None
-        speed.update(prompt_tokens_per_s=_prompt_speed(rt, ids),
-                     generation_tokens_per_s=round(decoded / decode_s, 1) if decode_s > 0 else None,
-                     generated_tokens=decoded)
+        speed.update(
+            prompt_tokens_per_s=_prompt_speed(rt, ids),
+            generation_tokens_per_s=round(decoded / decode_s, 1) if decode_s > 0 else None,
+            generated_tokens=decoded,
+        )
     return outputs
 
 
@@ -242,10 +282,16 @@ def _general_prompts(cfg: Config) -> tuple[list[list[dict[str, str]]], list[str]
     if not path.exists():
         raise InputError(f"{path}: eval.general_prompts not found")
     # A system prompt filled from each training row's fields has nothing to fill it from here.
-    system = cfg.data.system_prompt if cfg.data.system_prompt and not placeholders(cfg.data.system_prompt) else None
+    system = (
+        cfg.data.system_prompt
+        if cfg.data.system_prompt and not placeholders(cfg.data.system_prompt)
+        else None
+    )
     report = load_examples(path, cfg.data.columns or None, system)
     if report.problems:
-        raise_listing(f"{path}: {len(report.problems)} malformed row(s) in eval.general_prompts", report.problems)
+        raise_listing(
+            f"{path}: {len(report.problems)} malformed row(s) in eval.general_prompts", report.problems
+        )
     chats = [e.messages for e in report.examples if e.messages]
     if not chats:
         raise InputError(f"{path}: eval.general_prompts has no conversations (prompt + answer rows)")
@@ -265,13 +311,25 @@ def inputs_hash(cfg: Config, upstream: Sequence[Stage]) -> str:
     general prompts file. `upstream`: the merge stage, then the export stages."""
     merged, *exports = upstream
     general = cfg.path(cfg.eval.general_prompts) if cfg.eval.general_prompts else None
-    return hash_json([merged.inputs_hash, [e.content_hash() for e in exports], cfg.section("eval"),
-                      file_hash(general) if general and general.is_file() else None])
+    return hash_json(
+        [
+            merged.inputs_hash,
+            [e.content_hash() for e in exports],
+            cfg.section("eval"),
+            file_hash(general) if general and general.is_file() else None,
+        ]
+    )
 
 
 @in_session
-def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path] | None = None,
-             out_dir: Path | None = None, *, force: bool = False) -> Stage:
+def evaluate(
+    cfg: Config,
+    merge_dir: Path | None = None,
+    export_dirs: list[Path] | None = None,
+    out_dir: Path | None = None,
+    *,
+    force: bool = False,
+) -> Stage:
     """Score base, fine-tuned model and every artifact on the held-out split; publish the results
     (replacing earlier eval results, nothing else without `force`)."""
     from edgeft.runtimes.hf import HFRuntime
@@ -279,8 +337,10 @@ def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path]
     gate = Gate.open(cfg, stages.EVAL, merge_dir, export_dirs, out_dir, force=force)
     merged = gate.merged
     if not merged.resolved_base:
-        raise InputError(f"{merged.path}: its manifest does not name the base model it was trained from: "
-                         f"re-run `edgeft merge` with this edgeft")
+        raise InputError(
+            f"{merged.path}: its manifest does not name the base model it was trained from: "
+            f"re-run `edgeft merge` with this edgeft"
+        )
     prompts, references = _examples(read_split(merged.file("validation.jsonl")), cfg.eval.max_examples)
     if not prompts:
         raise InputError(f"{merged.file('validation.jsonl')}: no held-out examples to evaluate on")
@@ -288,13 +348,21 @@ def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path]
     general = _general_prompts(cfg)
     n_new = cfg.eval.max_new_tokens
     rule = Rule(cfg.eval.min_relative, cfg.eval.alpha, cfg.eval.min_discordant)
-    results = EvalResults(examples=len(prompts), max_new_tokens=n_new, format=fmt_desc, min_relative=rule.min_relative,
-                          alpha=rule.alpha, min_discordant=rule.min_discordant)
+    results = EvalResults(
+        examples=len(prompts),
+        max_new_tokens=n_new,
+        format=fmt_desc,
+        min_relative=rule.min_relative,
+        alpha=rule.alpha,
+        min_discordant=rule.min_discordant,
+    )
     outputs: dict[str, list[str]] = {}
 
     reference = HFRuntime(gate.reference_dir)
     outputs["fine-tuned"] = answer(reference, prompts, n_new, "fine-tuned (transformers)")
-    general_out = {"fine-tuned": answer(reference, general[0], n_new, "fine-tuned, general")} if general else {}
+    general_out = (
+        {"fine-tuned": answer(reference, general[0], n_new, "fine-tuned, general")} if general else {}
+    )
     base = _base_runtime(str(merged.resolved_base), reference)
     del reference
     outputs["base"] = answer(base, prompts, n_new, "base (transformers)")
@@ -310,8 +378,9 @@ def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path]
         if rt is not None:
             try:
                 with rt:
-                    outputs[art.name] = answer(rt, prompts, n_new, f"{art.name} ({art.runtime})",
-                                                  speeds.setdefault(art.name, {}))
+                    outputs[art.name] = answer(
+                        rt, prompts, n_new, f"{art.name} ({art.runtime})", speeds.setdefault(art.name, {})
+                    )
             except Exception as e:  # the artifact failed, not the evaluation: it scores nothing, named
                 log.debug("%s could not be evaluated", art.name, exc_info=True)
                 why = describe(e)
@@ -335,48 +404,81 @@ def evaluate(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path]
                 entry.error = unreadable[name]
                 failures.append(f"{name}: {runtimes[name]} cannot run it: {unreadable[name]}")
             else:
-                failures += [f"{name}: {m} {compared[m].verdict('the fine-tuned model')} (below {cfg.eval.min_relative:.0%}: "
-                             f"{compared[m].relative:.1%})" for m in low]
+                failures += [
+                    f"{name}: {m} {compared[m].verdict('the fine-tuned model')} (below {cfg.eval.min_relative:.0%}: "
+                    f"{compared[m].relative:.1%})"
+                    for m in low
+                ]
         results.models[name] = entry
     base_scores = results.models["base"].scores
     results.improvement = {m: ref_scores[m] - base_scores[m] for m in ref_scores}
     results.versus_base = versus_base(outputs["fine-tuned"], outputs["base"], references, fmt, rule)
     if not results.versus_base["exact_match"]["better"]:
-        log.warning("the fine-tuned model is not shown better than the base on exact match (%d examples, p = %.2g)",
-                    len(prompts), results.versus_base["exact_match"]["p"])
-    results.examples_needed = paired.examples_needed(ref_scores["exact_match"] * (1 - cfg.eval.min_relative),
-                                                        cfg.eval.alpha, cfg.eval.min_discordant)
+        log.warning(
+            "the fine-tuned model is not shown better than the base on exact match (%d examples, p = %.2g)",
+            len(prompts),
+            results.versus_base["exact_match"]["p"],
+        )
+    results.examples_needed = paired.examples_needed(
+        ref_scores["exact_match"] * (1 - cfg.eval.min_relative), cfg.eval.alpha, cfg.eval.min_discordant
+    )
     # What the registry pairs two versions on (edgeft.pipeline.evaluate.results): each example's id, each model's
     # answers, and whether each binary metric held.
     results.per_example = PerExample(
-        ids=[example_id(p, r) for p, r in zip(prompts, references, strict=True)], references=references,
-        answers=outputs, right={name: right(outs, references, fmt) for name, outs in outputs.items()})
+        ids=[example_id(p, r) for p, r in zip(prompts, references, strict=True)],
+        references=references,
+        answers=outputs,
+        right={name: right(outs, references, fmt) for name, outs in outputs.items()},
+    )
     if general:
         g = {k: score(v, general[1], None) for k, v in general_out.items()}
         drop = 1 - g["fine-tuned"]["chrf"] / g["base"]["chrf"] if g["base"]["chrf"] > 0 else 0.0
-        results.general = {"prompts": len(general[0]), "scores": g, "chrf_drop": drop,
-                           "forgetting": drop > cfg.eval.forgetting_tolerance,
-                           "tolerance": cfg.eval.forgetting_tolerance}
+        results.general = {
+            "prompts": len(general[0]),
+            "scores": g,
+            "chrf_drop": drop,
+            "forgetting": drop > cfg.eval.forgetting_tolerance,
+            "tolerance": cfg.eval.forgetting_tolerance,
+        }
         if results.general["forgetting"]:
-            log.warning("catastrophic forgetting: on the general prompts the fine-tuned model's chrF is %.0f%% "
-                        "below the base model's (tolerance %.0f%%)", 100 * drop, 100 * cfg.eval.forgetting_tolerance)
-    results.samples = [{"prompt": p if isinstance(p, str) else p[-1]["content"], "reference": r, **{k: v[i] for k, v in outputs.items()}}
-                          for i, (p, r) in enumerate(zip(prompts, references, strict=True)) if i < 5]
+            log.warning(
+                "catastrophic forgetting: on the general prompts the fine-tuned model's chrF is %.0f%% "
+                "below the base model's (tolerance %.0f%%)",
+                100 * drop,
+                100 * cfg.eval.forgetting_tolerance,
+            )
+    results.samples = [
+        {
+            "prompt": p if isinstance(p, str) else p[-1]["content"],
+            "reference": r,
+            **{k: v[i] for k, v in outputs.items()},
+        }
+        for i, (p, r) in enumerate(zip(prompts, references, strict=True))
+        if i < 5
+    ]
     results.passed = not failures
     results.failures = failures
-    return gate.publish(inputs_hash(cfg, [merged, *gate.exports]), "results", results.to_json(), markdown(results),
-                        failures,
-                        EvalFailed, f"evaluation: {len(failures)} regression(s) against the fine-tuned model",
-                        metrics={"fine_tuned": ref_scores, "base": base_scores})
+    return gate.publish(
+        inputs_hash(cfg, [merged, *gate.exports]),
+        "results",
+        results.to_json(),
+        markdown(results),
+        failures,
+        EvalFailed,
+        f"evaluation: {len(failures)} regression(s) against the fine-tuned model",
+        metrics={"fine_tuned": ref_scores, "base": base_scores},
+    )
 
 
 def gate_rule(results: EvalResults) -> str:
     """The regression gate's rule in one sentence, with the run's settings."""
     if results.alpha is None:  # results written before the paired gate
         return f"an artifact fails below {results.min_relative:.0%} of its score on any metric."
-    return (f"an artifact fails on a metric when it loses at least {results.min_discordant} examples the "
-            f"fine-tuned model got right, the loss is significant (one-sided p < {results.alpha:g}: mid-p "
-            f"McNemar; chrF: paired bootstrap) and it keeps less than {results.min_relative:.0%} of the score.")
+    return (
+        f"an artifact fails on a metric when it loses at least {results.min_discordant} examples the "
+        f"fine-tuned model got right, the loss is significant (one-sided p < {results.alpha:g}: mid-p "
+        f"McNemar; chrF: paired bootstrap) and it keeps less than {results.min_relative:.0%} of the score."
+    )
 
 
 def verdict_lines(results: EvalResults, short: bool = False) -> list[str]:
@@ -385,31 +487,51 @@ def verdict_lines(results: EvalResults, short: bool = False) -> list[str]:
     examples a drop of the margin's size needs (report and card)."""
     names = {"exact_match": "exact match", "chrf": "chrF", "format": "format"}
     if short:
-        lines = [f"- {name} against the fine-tuned model on {results.examples} examples: " + "; ".join(
-                     f"{names[k]} {Comparison.from_dict(m.paired[k]).short()}" for k in METRICS if k in m.paired)
-                 for name, m in results.models.items() if m.paired is not None]
+        lines = [
+            f"- {name} against the fine-tuned model on {results.examples} examples: "
+            + "; ".join(
+                f"{names[k]} {Comparison.from_dict(m.paired[k]).short()}" for k in METRICS if k in m.paired
+            )
+            for name, m in results.models.items()
+            if m.paired is not None
+        ]
     else:
-        lines = [f"- {name}, {names[k]}: {verdicts[k]}" for name, m in results.models.items()
-                 if (verdicts := m.verdicts or {}) for k in METRICS if k in verdicts]
+        lines = [
+            f"- {name}, {names[k]}: {verdicts[k]}"
+            for name, m in results.models.items()
+            if (verdicts := m.verdicts or {})
+            for k in METRICS
+            if k in verdicts
+        ]
     needed = results.examples_needed
     if lines and needed and results.alpha is not None:
-        lines += ["", f"Telling apart a drop of {1 - results.min_relative:.0%} of the fine-tuned model's exact "
-                  f"match takes at least {needed} examples (80% power at alpha {results.alpha:g}, if the artifact "
-                  f"only loses answers); this evaluation has {results.examples}."
-                  + (" Below that, an artifact this much worse is likely to pass: add held-out examples."
-                     if needed > results.examples else "")]
+        lines += [
+            "",
+            f"Telling apart a drop of {1 - results.min_relative:.0%} of the fine-tuned model's exact "
+            f"match takes at least {needed} examples (80% power at alpha {results.alpha:g}, if the artifact "
+            f"only loses answers); this evaluation has {results.examples}."
+            + (
+                " Below that, an artifact this much worse is likely to pass: add held-out examples."
+                if needed > results.examples
+                else ""
+            ),
+        ]
     return lines
 
 
 def markdown(results: EvalResults) -> str:
     metrics = results.metrics
     names = {"exact_match": "exact match", "chrf": "chrF", "format": f"format ({results.format})"}
-    lines = ["# edgeft eval results", "",
-             f"{results.examples} held-out examples, greedy decoding, at most {results.max_new_tokens} new "
-             f"tokens. Artifacts are compared with the fine-tuned model on the same examples: " + gate_rule(results),
-             "",
-             "| model | runtime | " + " | ".join(names[m] for m in metrics) + " | vs fine-tuned | result |",
-             "|---|---|" + "---|" * len(metrics) + "---|---|"]
+    lines = [
+        "# edgeft eval results",
+        "",
+        f"{results.examples} held-out examples, greedy decoding, at most {results.max_new_tokens} new "
+        f"tokens. Artifacts are compared with the fine-tuned model on the same examples: "
+        + gate_rule(results),
+        "",
+        "| model | runtime | " + " | ".join(names[m] for m in metrics) + " | vs fine-tuned | result |",
+        "|---|---|" + "---|" * len(metrics) + "---|---|",
+    ]
     for name, m in results.models.items():
         cells = " | ".join(f"{m.scores[k]:.3f}" if k != "chrf" else f"{m.scores[k]:.1f}" for k in metrics)
         rel = " / ".join(f"{m.relative[k]:.0%}" for k in metrics) if m.relative is not None else "–"
@@ -422,22 +544,34 @@ def markdown(results: EvalResults) -> str:
         v = versus.get(k)
         return "" if v is None else f" ({'better' if v['better'] else 'not shown better'}, p = {v['p']:.2g})"
 
-    lines += ["", "Fine-tuned vs base: " + ", ".join(
-        (f"{names[k].split(' (')[0]} {imp[k]:+.3f}" if k != "chrf" else f"chrF {imp[k]:+.1f}") + beats(k)
-        for k in metrics) + "."]
+    lines += [
+        "",
+        "Fine-tuned vs base: "
+        + ", ".join(
+            (f"{names[k].split(' (')[0]} {imp[k]:+.3f}" if k != "chrf" else f"chrF {imp[k]:+.1f}") + beats(k)
+            for k in metrics
+        )
+        + ".",
+    ]
     verdicts = verdict_lines(results)
     if verdicts:
         lines += ["", "## Each artifact against the fine-tuned model", "", *verdicts]
     if results.general is not None:
         g = results.general
-        lines += ["", f"General-capability prompts ({g['prompts']}): chrF base {g['scores']['base']['chrf']:.1f}, "
-                  f"fine-tuned {g['scores']['fine-tuned']['chrf']:.1f} ({-100 * g['chrf_drop']:+.0f}%)"
-                  + (" — **catastrophic forgetting flagged**" if g["forgetting"] else " — no forgetting flagged")
-                  + "."]
+        lines += [
+            "",
+            f"General-capability prompts ({g['prompts']}): chrF base {g['scores']['base']['chrf']:.1f}, "
+            f"fine-tuned {g['scores']['fine-tuned']['chrf']:.1f} ({-100 * g['chrf_drop']:+.0f}%)"
+            + (" — **catastrophic forgetting flagged**" if g["forgetting"] else " — no forgetting flagged")
+            + ".",
+        ]
     lines += ["", "**Passed.**" if results.passed else "**Failed:**", ""]
     lines += [f"- {f}" for f in results.failures]
     lines += ["", "## Samples", ""]
     for s in results.samples:
-        lines += [f"- prompt: {s['prompt']!r}", f"  - reference: {s['reference']!r}",
-                  *(f"  - {k}: {v!r}" for k, v in s.items() if k not in ("prompt", "reference"))]
+        lines += [
+            f"- prompt: {s['prompt']!r}",
+            f"  - reference: {s['reference']!r}",
+            *(f"  - {k}: {v!r}" for k, v in s.items() if k not in ("prompt", "reference")),
+        ]
     return "\n".join(lines) + "\n"

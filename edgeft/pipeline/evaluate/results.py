@@ -29,16 +29,27 @@ class PerExample:
     right: dict[str, dict[str, list[bool]]]  # model → binary metric → whether each example held
 
     def to_json(self) -> dict[str, Any]:
-        return {"ids": self.ids, "references": self.references, "answers": self.answers,
-                "right": {name: {m: "".join("01"[x] for x in held) for m, held in metrics.items()}
-                          for name, metrics in self.right.items()}}
+        return {
+            "ids": self.ids,
+            "references": self.references,
+            "answers": self.answers,
+            "right": {
+                name: {m: "".join("01"[x] for x in held) for m, held in metrics.items()}
+                for name, metrics in self.right.items()
+            },
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PerExample:
-        return cls(ids=list(data["ids"]), references=list(data["references"]),
-                   answers={name: list(a) for name, a in data["answers"].items()},
-                   right={name: {m: [c == "1" for c in held] for m, held in metrics.items()}
-                          for name, metrics in data["right"].items()})
+        return cls(
+            ids=list(data["ids"]),
+            references=list(data["references"]),
+            answers={name: list(a) for name, a in data["answers"].items()},
+            right={
+                name: {m: [c == "1" for c in held] for m, held in metrics.items()}
+                for name, metrics in data["right"].items()
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -66,9 +77,16 @@ class ModelResult:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModelResult:
-        return cls(runtime=str(data.get("runtime")), scores=dict(data.get("scores") or {}), speed=data.get("speed"),
-                   relative=data.get("relative"), paired=data.get("paired"), verdicts=data.get("verdicts"),
-                   passed=data.get("passed"), error=data.get("error"))
+        return cls(
+            runtime=str(data.get("runtime")),
+            scores=dict(data.get("scores") or {}),
+            speed=data.get("speed"),
+            relative=data.get("relative"),
+            paired=data.get("paired"),
+            verdicts=data.get("verdicts"),
+            passed=data.get("passed"),
+            error=data.get("error"),
+        )
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"runtime": self.runtime, "scores": self.scores}
@@ -117,16 +135,23 @@ class EvalResults:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> EvalResults:
-        return cls(examples=int(data.get("examples") or len((data.get("per_example") or {}).get("ids") or [])),
-                   max_new_tokens=data.get("max_new_tokens"), format=data.get("format"),
-                   min_relative=float(data.get("min_relative", 0.0)), alpha=data.get("alpha"),
-                   min_discordant=data.get("min_discordant"),
-                   models={k: ModelResult.from_json(v) for k, v in data["models"].items()},
-                   improvement=dict(data.get("improvement") or {}), versus_base=dict(data.get("versus_base") or {}),
-                   examples_needed=data.get("examples_needed"),
-                   per_example=PerExample.from_json(data["per_example"]) if "per_example" in data else None,
-                   general=data.get("general"), samples=list(data.get("samples") or []),
-                   passed=bool(data.get("passed")), failures=list(data.get("failures") or []))
+        return cls(
+            examples=int(data.get("examples") or len((data.get("per_example") or {}).get("ids") or [])),
+            max_new_tokens=data.get("max_new_tokens"),
+            format=data.get("format"),
+            min_relative=float(data.get("min_relative", 0.0)),
+            alpha=data.get("alpha"),
+            min_discordant=data.get("min_discordant"),
+            models={k: ModelResult.from_json(v) for k, v in data["models"].items()},
+            improvement=dict(data.get("improvement") or {}),
+            versus_base=dict(data.get("versus_base") or {}),
+            examples_needed=data.get("examples_needed"),
+            per_example=PerExample.from_json(data["per_example"]) if "per_example" in data else None,
+            general=data.get("general"),
+            samples=list(data.get("samples") or []),
+            passed=bool(data.get("passed")),
+            failures=list(data.get("failures") or []),
+        )
 
     @classmethod
     def read(cls, path: Path) -> EvalResults:
@@ -135,15 +160,26 @@ class EvalResults:
         try:
             return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as e:
-            raise InputError(f"{path}: not readable eval results ({e.__class__.__name__}); re-run `edgeft eval`") from None
+            raise InputError(
+                f"{path}: not readable eval results ({e.__class__.__name__}); re-run `edgeft eval`"
+            ) from None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"examples": self.examples, "max_new_tokens": self.max_new_tokens, "format": self.format,
-                               "min_relative": self.min_relative}
+        out: dict[str, Any] = {
+            "examples": self.examples,
+            "max_new_tokens": self.max_new_tokens,
+            "format": self.format,
+            "min_relative": self.min_relative,
+        }
         if self.alpha is not None:
             out.update(alpha=self.alpha, min_discordant=self.min_discordant)
-        out.update(models={k: v.to_json() for k, v in self.models.items()}, samples=self.samples,
-                   improvement=self.improvement, versus_base=self.versus_base, examples_needed=self.examples_needed)
+        out.update(
+            models={k: v.to_json() for k, v in self.models.items()},
+            samples=self.samples,
+            improvement=self.improvement,
+            versus_base=self.versus_base,
+            examples_needed=self.examples_needed,
+        )
         if self.per_example is not None:
             out["per_example"] = self.per_example.to_json()
         if self.general is not None:
@@ -168,21 +204,34 @@ class VersionResults:
         results = EvalResults.read(path)
         if results.per_example is None or results.rule is None:
             return None
-        return cls(per_example=results.per_example, scores={name: m.scores for name, m in results.models.items()},
-                   rule=results.rule)
+        return cls(
+            per_example=results.per_example,
+            scores={name: m.scores for name, m in results.models.items()},
+            rule=results.rule,
+        )
 
 
-def compare_outcomes(reference_right: dict[str, list[bool]], candidate_right: dict[str, list[bool]],
-                     reference_answers: list[str], candidate_answers: list[str], references: list[str],
-                     rule: Rule) -> dict[str, Comparison]:
+def compare_outcomes(
+    reference_right: dict[str, list[bool]],
+    candidate_right: dict[str, list[bool]],
+    reference_answers: list[str],
+    candidate_answers: list[str],
+    references: list[str],
+    rule: Rule,
+) -> dict[str, Comparison]:
     """The paired comparison (edgeft.judge.paired) of two models' answers to the same examples, per
     metric in METRICS order: each binary metric both have, and chrF of the answers. What eval's
     gate, "beats the base" and the registry's promotion all judge by."""
     from edgeft.judge.paired import compare_binary, compare_chrf
 
     limits = {"min_relative": rule.min_relative, "alpha": rule.alpha}
-    out = {m: compare_binary(m, reference_right[m], candidate_right[m], **limits, min_discordant=rule.min_discordant)
-           for m in reference_right if m in candidate_right}
+    out = {
+        m: compare_binary(
+            m, reference_right[m], candidate_right[m], **limits, min_discordant=rule.min_discordant
+        )
+        for m in reference_right
+        if m in candidate_right
+    }
     out["chrf"] = compare_chrf(reference_answers, candidate_answers, references, **limits)
     return {m: out[m] for m in METRICS if m in out}
 
@@ -198,15 +247,21 @@ def compare_versions(new: VersionResults, old: VersionResults, old_name: str = "
     for model in [m for m in a.answers if m in b.answers and m != "base"]:
         if not shared:
             s_new, s_old = new.scores[model], old.scores[model]
-            out += [f"{model} {m}: {s_new[m]:.4g} is below {new.rule.min_relative:.0%} of {s_old[m]:.4g} (no shared "
-                    f"held-out examples to pair)" for m in METRICS if m in s_new and m in s_old
-                    and s_new[m] < new.rule.min_relative * s_old[m]]
+            out += [
+                f"{model} {m}: {s_new[m]:.4g} is below {new.rule.min_relative:.0%} of {s_old[m]:.4g} (no shared "
+                f"held-out examples to pair)"
+                for m in METRICS
+                if m in s_new and m in s_old and s_new[m] < new.rule.min_relative * s_old[m]
+            ]
             continue
         compared = compare_outcomes(
             {m: [held[j] for _, j in shared] for m, held in b.right[model].items()},
             {m: [held[k] for k, _ in shared] for m, held in a.right[model].items()},
-            [b.answers[model][j] for _, j in shared], [a.answers[model][k] for k, _ in shared],
-            [a.references[k] for k, _ in shared], new.rule)
+            [b.answers[model][j] for _, j in shared],
+            [a.answers[model][k] for k, _ in shared],
+            [a.references[k] for k, _ in shared],
+            new.rule,
+        )
         # the binary metrics first, then chrF
         for metric in sorted(compared, key=lambda m: m == "chrf"):
             if compared[metric].worse:

@@ -10,12 +10,25 @@ from edgeft.core.config import Config
 from edgeft.core.manifest import Stage, StageWriter
 
 
-def open_export(cfg: Config, kind: str, merge_dir: Path | None, out_dir: Path | None, force: bool,
-                inputs_hash: Callable[[Config, Sequence[Stage]], str],
-                replace_own: bool = False) -> tuple[Stage, Path, StageWriter]:
+def open_export(
+    cfg: Config,
+    kind: str,
+    merge_dir: Path | None,
+    out_dir: Path | None,
+    force: bool,
+    inputs_hash: Callable[[Config, Sequence[Stage]], str],
+    replace_own: bool = False,
+) -> tuple[Stage, Path, StageWriter]:
     """The merge stage, its model directory, and the writer for the `kind` stage."""
     merged = stages.load(cfg, stages.MERGE, merge_dir)
-    writer = StageWriter(stages.directory(cfg, kind, out_dir), kind, config=cfg.to_dict(),
-                         inputs_hash=inputs_hash(cfg, [merged]), parent=str(merged.path),
-                         base_model=cfg.base_model, force=force, replace_own=replace_own)
+    writer = StageWriter(
+        stages.directory(cfg, kind, out_dir),
+        kind,
+        config=cfg.to_dict(),
+        inputs_hash=inputs_hash(cfg, [merged]),
+        parent=str(merged.path),
+        base_model=cfg.base_model,
+        force=force,
+        replace_own=replace_own,
+    )
     return merged, merged.artifact_path("model"), writer

@@ -14,8 +14,16 @@ from __future__ import annotations
 import runpy
 import sys
 
-_PARENT = {"q_proj": "attn", "k_proj": "attn", "v_proj": "attn", "o_proj": "attn", "qkv_proj": "attn",
-           "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+_PARENT = {
+    "q_proj": "attn",
+    "k_proj": "attn",
+    "v_proj": "attn",
+    "o_proj": "attn",
+    "qkv_proj": "attn",
+    "gate_proj": "mlp",
+    "up_proj": "mlp",
+    "down_proj": "mlp",
+}
 
 
 def main() -> None:
@@ -32,6 +40,7 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"unknown projection(s) {unknown}: choose from {sorted(_PARENT)}")
         import builders.base as base
+
         original = base.Model.make_matmul_mixed_precision
 
         def with_roles(self, placement):

@@ -26,8 +26,14 @@ from edgeft.models import llama_tools
 
 log = logging.getLogger(__name__)
 
-def render_training_text(train_split: Path, tokenizer: Any, general_text: Path | None = None,
-                         budget: int | None = None, seed: int = 0) -> str:
+
+def render_training_text(
+    train_split: Path,
+    tokenizer: Any,
+    general_text: Path | None = None,
+    budget: int | None = None,
+    seed: int = 0,
+) -> str:
     """The training conversations as the model sees them (chat template applied), one after the
     other, then the optional general text. With a token `budget` the split renders to more than,
     its rows in a seeded random order (the matrix is computed on the text's first `budget` tokens)."""
@@ -54,32 +60,68 @@ def compute(model: Path, text: str, out: Path, budget: int | None = None) -> dic
     n_tokens = llama_tools.count_tokens(model, text_file)
     ctx = llama_tools.chunk_context(n_tokens)
     if n_tokens < 2 * ctx:
-        raise InputError(f"the training split renders to {n_tokens} tokens: too few for an importance matrix "
-                         f"(at least {2 * ctx}); set export.gguf.imatrix: none, or add export.gguf.imatrix_text")
+        raise InputError(
+            f"the training split renders to {n_tokens} tokens: too few for an importance matrix "
+            f"(at least {2 * ctx}); set export.gguf.imatrix: none, or add export.gguf.imatrix_text"
+        )
     chunks = min(n_tokens, budget or n_tokens) // ctx
-    log.info("computing the importance matrix on %d chunks of %d tokens (of %d) with llama-imatrix",
-             chunks, ctx, n_tokens)
+    log.info(
+        "computing the importance matrix on %d chunks of %d tokens (of %d) with llama-imatrix",
+        chunks,
+        ctx,
+        n_tokens,
+    )
     start = time.monotonic()
-    args = ["-m", model, "-f", text_file, "-o", out, "-c", ctx, "-b", ctx, "--chunks", chunks, "--parse-special",
-            "--no-ppl", "--output-frequency", 1_000_000, *llama_tools.no_repack()]
+    args = [
+        "-m",
+        model,
+        "-f",
+        text_file,
+        "-o",
+        out,
+        "-c",
+        ctx,
+        "-b",
+        ctx,
+        "--chunks",
+        chunks,
+        "--parse-special",
+        "--no-ppl",
+        "--output-frequency",
+        1_000_000,
+        *llama_tools.no_repack(),
+    ]
     llama_tools.run("llama-imatrix", args, model.name, writes=out.parent)
     if not out.is_file():
         raise ToolError(f"llama-imatrix wrote no matrix for {model.name}")
     data_sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
     text_file.unlink()
-    return {"source": "auto", "file": out.name, "sha256": sha256_file(out), "data_sha256": data_sha,
-            "tokens": chunks * ctx, "tokens_available": n_tokens, "chunks": chunks, "context": ctx,
-            "seconds": round(time.monotonic() - start, 1), "tool": llama_tools.version()}
+    return {
+        "source": "auto",
+        "file": out.name,
+        "sha256": sha256_file(out),
+        "data_sha256": data_sha,
+        "tokens": chunks * ctx,
+        "tokens_available": n_tokens,
+        "chunks": chunks,
+        "context": ctx,
+        "seconds": round(time.monotonic() - start, 1),
+        "tool": llama_tools.version(),
+    }
 
 
 def given(path: Path, out: Path) -> dict[str, Any]:
     """A matrix the user made: copied into the stage; its lineage is what the file says."""
     if not path.is_file():
-        raise InputError(f"export.gguf.imatrix: {path} does not exist (give llama-imatrix's output, auto or none)")
+        raise InputError(
+            f"export.gguf.imatrix: {path} does not exist (give llama-imatrix's output, auto or none)"
+        )
     return {"source": str(path), "file": out.name, "sha256": copy_file(path, out), "tool": "given"}
 
 
-def make(cfg: Config, f32: Path, train_split: Path | None, tokenizer: Any, folder: Path) -> dict[str, Any] | None:
+def make(
+    cfg: Config, f32: Path, train_split: Path | None, tokenizer: Any, folder: Path
+) -> dict[str, Any] | None:
     """The matrix the config asks for, written into `folder`, and its lineage (None: no matrix)."""
     setting = cfg.export.gguf.imatrix
     types = set(cfg.export.gguf.types)
@@ -89,16 +131,23 @@ def make(cfg: Config, f32: Path, train_split: Path | None, tokenizer: Any, folde
     if setting != "auto":
         return given(cfg.path(setting), out)
     if train_split is None or not train_split.is_file():
-        raise InputError("export.gguf.imatrix: auto needs the train stage's train.jsonl; run edgeft train, "
-                         "or give a matrix file")
+        raise InputError(
+            "export.gguf.imatrix: auto needs the train stage's train.jsonl; run edgeft train, "
+            "or give a matrix file"
+        )
     general = cfg.path(cfg.export.gguf.imatrix_text) if cfg.export.gguf.imatrix_text else None
     if general is not None and not general.is_file():
         raise InputError(f"export.gguf.imatrix_text: {general} does not exist")
     budget = cfg.export.gguf.imatrix_tokens
     if general is not None:
-        log.info("export.gguf.imatrix_text follows the training split: only what fits in export.gguf.imatrix_tokens "
-                    "(%d) is used; raise it to include all of it", budget)
-    return compute(f32, render_training_text(train_split, tokenizer, general, budget, cfg.data.seed), out, budget)
+        log.info(
+            "export.gguf.imatrix_text follows the training split: only what fits in export.gguf.imatrix_tokens "
+            "(%d) is used; raise it to include all of it",
+            budget,
+        )
+    return compute(
+        f32, render_training_text(train_split, tokenizer, general, budget, cfg.data.seed), out, budget
+    )
 
 
 def metadata_overrides(lineage: dict[str, Any]) -> list[str]:
@@ -106,6 +155,8 @@ def metadata_overrides(lineage: dict[str, Any]) -> list[str]:
     (llama-quantize itself adds quantize.imatrix.file/dataset/entries_count/chunks_count)."""
     kv = [f"edgeft.imatrix.sha256=str:{lineage['sha256']}", f"edgeft.imatrix.source=str:{lineage['source']}"]
     if "data_sha256" in lineage:
-        kv += [f"edgeft.imatrix.data_sha256=str:{lineage['data_sha256']}",
-               f"edgeft.imatrix.tokens=int:{lineage['tokens']}"]
+        kv += [
+            f"edgeft.imatrix.data_sha256=str:{lineage['data_sha256']}",
+            f"edgeft.imatrix.tokens=int:{lineage['tokens']}",
+        ]
     return kv

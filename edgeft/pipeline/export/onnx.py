@@ -44,12 +44,16 @@ def io_names(model_path: Path) -> dict[str, Any]:
         for v in values:
             t = v.type.tensor_type
             dims = [d.dim_param or d.dim_value for d in t.shape.dim]
-            out.append({"name": v.name, "type": onnx.TensorProto.DataType.Name(t.elem_type).lower(),
-                        "shape": dims})
+            out.append(
+                {"name": v.name, "type": onnx.TensorProto.DataType.Name(t.elem_type).lower(), "shape": dims}
+            )
         return out
 
-    return {"opset": max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")),
-            "inputs": desc(m.graph.input), "outputs": desc(m.graph.output)}
+    return {
+        "opset": max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")),
+        "inputs": desc(m.graph.input),
+        "outputs": desc(m.graph.output),
+    }
 
 
 def _export_fp32(model_dir: Path, out: Path, opset: int) -> None:
@@ -58,8 +62,15 @@ def _export_fp32(model_dir: Path, out: Path, opset: int) -> None:
     # optimum prints its progress to stdout, which carries edgeft's data: send it to stderr.
     with contextlib.redirect_stdout(sys.stderr):
         try:
-            main_export(str(model_dir), output=str(out), task="text-generation-with-past",
-                        opset=opset, device="cpu", do_validation=False, no_post_process=False)
+            main_export(
+                str(model_dir),
+                output=str(out),
+                task="text-generation-with-past",
+                opset=opset,
+                device="cpu",
+                do_validation=False,
+                no_post_process=False,
+            )
         except Exception as e:  # optimum raises many kinds; all mean "this export failed"
             raise ToolError(f"optimum ONNX export of {model_dir} failed: {e}") from e
 
@@ -79,7 +90,9 @@ def _save_variant(model, src_dir: Path, dst_dir: Path) -> None:
 
 
 def _external(src_dir: Path) -> bool:
-    return (src_dir / "model.onnx_data").exists() or (src_dir / "model.onnx").stat().st_size > EXTERNAL_DATA_BYTES
+    return (src_dir / "model.onnx_data").exists() or (
+        src_dir / "model.onnx"
+    ).stat().st_size > EXTERNAL_DATA_BYTES
 
 
 # Weight-only int8 (MatMulNBits, 8-bit symmetric blocks of 16) with int8 activations per block in the
@@ -102,8 +115,11 @@ INT8_FLOAT_MATMULS = ("v_proj", "down_proj")
 
 def _float_matmuls(model) -> list[str]:
     """The MatMul nodes of INT8_FLOAT_MATMULS' projections (optimum names them /…/v_proj/MatMul)."""
-    return [n.name for n in model.graph.node
-            if n.op_type == "MatMul" and any(f"/{role}/" in n.name for role in INT8_FLOAT_MATMULS)]
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "MatMul" and any(f"/{role}/" in n.name for role in INT8_FLOAT_MATMULS)
+    ]
 
 
 def _quantize_int8(src_dir: Path, dst_dir: Path) -> dict[str, Any]:
@@ -115,17 +131,32 @@ def _quantize_int8(src_dir: Path, dst_dir: Path) -> dict[str, Any]:
 
     model = onnx.load(str(src_dir / "model.onnx"))
     keep = _float_matmuls(model)
-    config = DefaultWeightOnlyQuantConfig(block_size=INT8_BLOCK, is_symmetric=True, bits=8,
-                                          accuracy_level=INT8_ACCURACY_LEVEL, op_types_to_quantize=("MatMul",))
-    quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=INT8_BLOCK, is_symmetric=True,
-                                     accuracy_level=INT8_ACCURACY_LEVEL, nodes_to_exclude=keep, algo_config=config)
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=INT8_BLOCK,
+        is_symmetric=True,
+        bits=8,
+        accuracy_level=INT8_ACCURACY_LEVEL,
+        op_types_to_quantize=("MatMul",),
+    )
+    quantizer = MatMulNBitsQuantizer(
+        model,
+        bits=8,
+        block_size=INT8_BLOCK,
+        is_symmetric=True,
+        accuracy_level=INT8_ACCURACY_LEVEL,
+        nodes_to_exclude=keep,
+        algo_config=config,
+    )
     quantizer.process()
     model = quantizer.model.model
     _save_variant(model, src_dir, dst_dir)
     quantized = sum(n.op_type == "MatMulNBits" for n in model.graph.node)
-    return {"recipe": f"MatMulNBits 8-bit, blocks of {INT8_BLOCK}, accuracy level {INT8_ACCURACY_LEVEL}; "
-                      f"{'/'.join(INT8_FLOAT_MATMULS)} kept fp32",
-            "quantized_matmuls": quantized, "float_matmuls": len(keep)}
+    return {
+        "recipe": f"MatMulNBits 8-bit, blocks of {INT8_BLOCK}, accuracy level {INT8_ACCURACY_LEVEL}; "
+        f"{'/'.join(INT8_FLOAT_MATMULS)} kept fp32",
+        "quantized_matmuls": quantized,
+        "float_matmuls": len(keep),
+    }
 
 
 def _convert_fp16(src_dir: Path, dst_dir: Path) -> None:
@@ -134,8 +165,9 @@ def _convert_fp16(src_dir: Path, dst_dir: Path) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    _save_variant(convert_float_to_float16(onnx.load(str(src_dir / "model.onnx")), keep_io_types=True),
-                  src_dir, dst_dir)
+    _save_variant(
+        convert_float_to_float16(onnx.load(str(src_dir / "model.onnx")), keep_io_types=True), src_dir, dst_dir
+    )
 
 
 def inputs_hash(cfg: Config, upstream: Sequence[Stage]) -> str:
@@ -155,8 +187,12 @@ def inputs_hash(cfg: Config, upstream: Sequence[Stage]) -> str:
 #   + v_proj, down_proj int8 in every layer                         0.17  0.88   146 MB
 #   + q/k/v/o_proj, down_proj int8 in every layer (this)            0.16  0.92   151 MB
 # Every 576-wide matrix family at 4 bits costs this model 0.03-0.5 nats on its own.
-GENAI_INT4_OPTIONS = ["algo_config=k_quant", "matmul_mixed_precision=last_matmul:int8,mixed_layers:int8",
-                      "block_size=16", "accuracy_level=4"]
+GENAI_INT4_OPTIONS = [
+    "algo_config=k_quant",
+    "matmul_mixed_precision=last_matmul:int8,mixed_layers:int8",
+    "block_size=16",
+    "accuracy_level=4",
+]
 GENAI_INT8_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
 
 
@@ -167,23 +203,53 @@ def _export_genai_int4(model_dir: Path, folder: Path) -> dict[str, Any]:
     import tempfile
 
     with tempfile.TemporaryDirectory() as cache:
-        cmd = [sys.executable, "-m", "edgeft.pipeline.export._genai_build", ",".join(GENAI_INT8_PROJECTIONS),
-               "-i", str(model_dir), "-o", str(folder), "-p", "int4", "-e", "cpu", "-c", cache,
-               "--extra_options", *GENAI_INT4_OPTIONS]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                              preexec_fn=die_with_parent)
+        cmd = [
+            sys.executable,
+            "-m",
+            "edgeft.pipeline.export._genai_build",
+            ",".join(GENAI_INT8_PROJECTIONS),
+            "-i",
+            str(model_dir),
+            "-o",
+            str(folder),
+            "-p",
+            "int4",
+            "-e",
+            "cpu",
+            "-c",
+            cache,
+            "--extra_options",
+            *GENAI_INT4_OPTIONS,
+        ]
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            preexec_fn=die_with_parent,
+        )
     if proc.returncode != 0 or not (folder / "genai_config.json").is_file():
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
         raise ToolError(f"onnxruntime-genai's model builder failed on {model_dir}:\n{tail}")
-    return {"recipe": f"onnxruntime-genai builder, {' '.join(GENAI_INT4_OPTIONS)}; "
-                      f"{'/'.join(GENAI_INT8_PROJECTIONS)} int8 in every layer, gate/up int4"}
+    return {
+        "recipe": f"onnxruntime-genai builder, {' '.join(GENAI_INT4_OPTIONS)}; "
+        f"{'/'.join(GENAI_INT8_PROJECTIONS)} int8 in every layer, gate/up int4"
+    }
 
 
 @in_session
-def export_onnx(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None = None,
-                *, force: bool = False, replace_own: bool = False) -> Stage:
+def export_onnx(
+    cfg: Config,
+    merge_dir: Path | None = None,
+    out_dir: Path | None = None,
+    *,
+    force: bool = False,
+    replace_own: bool = False,
+) -> Stage:
     """Export the merged model to every configured ONNX type."""
-    _, model_dir, writer = open_export(cfg, stages.EXPORT_ONNX, merge_dir, out_dir, force, inputs_hash, replace_own)
+    _, model_dir, writer = open_export(
+        cfg, stages.EXPORT_ONNX, merge_dir, out_dir, force, inputs_hash, replace_own
+    )
     types = list(dict.fromkeys(cfg.export.onnx.types))
     with writer as w:
         fp32 = w.tmp / "onnx-fp32"
@@ -195,8 +261,11 @@ def export_onnx(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None
             folder = w.tmp / f"onnx-{t}"
             recipe: dict[str, Any] = {}
             if t == "int8":
-                log.info("quantizing ONNX to int8 (weight-only, blocks of %d; %s kept fp32)", INT8_BLOCK,
-                         "/".join(INT8_FLOAT_MATMULS))
+                log.info(
+                    "quantizing ONNX to int8 (weight-only, blocks of %d; %s kept fp32)",
+                    INT8_BLOCK,
+                    "/".join(INT8_FLOAT_MATMULS),
+                )
                 recipe = _quantize_int8(fp32, folder)
             if t == "fp16":
                 log.info("converting ONNX to fp16")
@@ -204,15 +273,29 @@ def export_onnx(cfg: Config, merge_dir: Path | None = None, out_dir: Path | None
             if t == "int4":
                 log.info("building the onnxruntime-genai int4 folder")
                 recipe = _export_genai_int4(model_dir, folder)
-                w.add_artifact("onnx-genai-int4", folder.name, "onnx-genai", type=t, runtime="onnxruntime-genai",
-                               model_file="model.onnx", **recipe, **io_names(folder / "model.onnx"))
+                w.add_artifact(
+                    "onnx-genai-int4",
+                    folder.name,
+                    "onnx-genai",
+                    type=t,
+                    runtime="onnxruntime-genai",
+                    model_file="model.onnx",
+                    **recipe,
+                    **io_names(folder / "model.onnx"),
+                )
                 continue
-            w.add_artifact(f"onnx-{t}", folder.name, "onnx", type=t, runtime="onnxruntime",
-                           model_file="model.onnx", **recipe, **io_names(folder / "model.onnx"))
+            w.add_artifact(
+                f"onnx-{t}",
+                folder.name,
+                "onnx",
+                type=t,
+                runtime="onnxruntime",
+                model_file="model.onnx",
+                **recipe,
+                **io_names(folder / "model.onnx"),
+            )
         if "fp32" not in types:
             shutil.rmtree(fp32)
         stage = w.publish()
     log.info("ONNX models written to %s", stage.path)
     return stage
-
-

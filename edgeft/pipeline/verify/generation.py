@@ -12,8 +12,9 @@ from edgeft.pipeline.verify.probes import Probe, Reference, common_prefix
 from edgeft.runtimes import Runtime
 
 
-def greedy(rt: Runtime, ref: Reference, probes: list[Probe], band: Band, checks: Checks,
-           max_new_tokens: int) -> dict[str, Any]:
+def greedy(
+    rt: Runtime, ref: Reference, probes: list[Probe], band: Band, checks: Checks, max_new_tokens: int
+) -> dict[str, Any]:
     """Identical generations (lossless types) or a long enough matching prefix (quantized)."""
     fractions, stop_mismatch, first_diff = [], [], None
     for i, p in enumerate(probes):
@@ -28,11 +29,20 @@ def greedy(rt: Runtime, ref: Reference, probes: list[Probe], band: Band, checks:
         if not full and first_diff is None and not p.edge:
             first_diff = f"{p.name} diverges at token {n} of {len(want)}"
     gen = float(np.mean(fractions))
-    checks.add("generation", gen >= band.gen_prefix,
-               f"mean matching prefix {gen:.3f} of the reference (minimum {band.gen_prefix:g})"
-               + (f"; {first_diff}" if first_diff else ""), value=gen, limit=band.gen_prefix)
-    checks.add("stops", not stop_mismatch,
-               "stops where the reference stops" if not stop_mismatch else
-               f"same tokens but a different stop on {', '.join(stop_mismatch)} "
-               f"(the runtime does not treat the reference's stop token as end of generation)")
+    checks.add(
+        "generation",
+        gen >= band.gen_prefix,
+        f"mean matching prefix {gen:.3f} of the reference (minimum {band.gen_prefix:g})"
+        + (f"; {first_diff}" if first_diff else ""),
+        value=gen,
+        limit=band.gen_prefix,
+    )
+    checks.add(
+        "stops",
+        not stop_mismatch,
+        "stops where the reference stops"
+        if not stop_mismatch
+        else f"same tokens but a different stop on {', '.join(stop_mismatch)} "
+        f"(the runtime does not treat the reference's stop token as end of generation)",
+    )
     return {"generation_prefix": gen}

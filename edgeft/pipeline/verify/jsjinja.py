@@ -39,8 +39,13 @@ def render(jobs: list[dict], timeout: float = 60) -> list[dict]:
     if isinstance(found, str):
         raise RuntimeError(found)
     command, module = found
-    done = subprocess.run(command, input=json.dumps({"module": str(module), "jobs": jobs}), capture_output=True,
-                          text=True, timeout=timeout)
+    done = subprocess.run(
+        command,
+        input=json.dumps({"module": str(module), "jobs": jobs}),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"node failed: {done.stderr.strip()[-300:]}")
     return json.loads(done.stdout)
@@ -58,20 +63,31 @@ def js_template(rt: Runtime, ref: Reference, probes: list[Probe], checks: Checks
     chat = [i for i, p in enumerate(probes) if p.messages is not None]
     context = {"add_generation_prompt": True, **rt.template_tokens()}
     try:
-        results = render([{"template": rt.template, "context": {**context, "messages": probes[i].conversation}}
-                          for i in chat])
+        results = render(
+            [
+                {"template": rt.template, "context": {**context, "messages": probes[i].conversation}}
+                for i in chat
+            ]
+        )
     except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
         checks.add("js_template", False, f"could not run {PACKAGE}: {e}")
         return
     for i, r in zip(chat, results, strict=True):
         if "error" in r:
-            checks.add("js_template", False, f"{PACKAGE} (LM Studio, transformers.js) cannot render the template: "
-                       f"{r['error'][:200]}")
+            checks.add(
+                "js_template",
+                False,
+                f"{PACKAGE} (LM Studio, transformers.js) cannot render the template: {r['error'][:200]}",
+            )
             return
         if r["text"] != ref.prompts[i]:
             at = common_prefix(r["text"], ref.prompts[i])
-            checks.add("js_template", False, f"{PACKAGE} (LM Studio, transformers.js) renders {probes[i].name} "
-                       f"differently at char {at}: {r['text'][at:at + 30]!r} vs reference "
-                       f"{ref.prompts[i][at:at + 30]!r}")
+            checks.add(
+                "js_template",
+                False,
+                f"{PACKAGE} (LM Studio, transformers.js) renders {probes[i].name} "
+                f"differently at char {at}: {r['text'][at : at + 30]!r} vs reference "
+                f"{ref.prompts[i][at : at + 30]!r}",
+            )
             return
     checks.add("js_template", True, f"{PACKAGE} renders the reference prompt ({len(chat)} conversations)")

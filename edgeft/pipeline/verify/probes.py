@@ -15,7 +15,9 @@ from edgeft.runtimes import Messages, Runtime
 class Probe:
     name: str
     messages: list[dict[str, str]] | None  # the prompt (everything before the answer); None for text
-    answer: str | None  # the reference answer (for a text probe, the whole text); None: the reference's own reply
+    answer: (
+        str | None
+    )  # the reference answer (for a text probe, the whole text); None: the reference's own reply
     edge: bool = False  # a fixed edge case: its logits are summarised apart from the validation probes
 
     @property
@@ -52,7 +54,9 @@ EDGE_CASES = {
 }
 
 
-def edge_probes(validation: list[Probe], prompt_tokens: Callable[[Messages], int], budget: int) -> list[Probe]:
+def edge_probes(
+    validation: list[Probe], prompt_tokens: Callable[[Messages], int], budget: int
+) -> list[Probe]:
     """The edge cases as the last user turn of the first validation conversation (its system
     prompt kept), plus a prompt of just under `budget` tokens (the near-context probe).
     `prompt_tokens(messages)` is the length of the rendered chat prompt in tokens."""
@@ -136,5 +140,6 @@ def reference_outputs(ref: Runtime, probes: list[Probe], max_new_tokens: int, eo
     plain_ids = [ref.tokenize(p.plain_text) for p in probes]
     stopped_on = sorted({t for t in getattr(ref, "stopped_on", []) if t is not None})
     special = {**ref.special_tokens(), "bos_added": ref.bos_added()}
-    return Reference(prompts, prompt_ids, full_ids, plain_ids, ref.logits_many(full_ids), gens, special, eot,
-                     stopped_on)
+    return Reference(
+        prompts, prompt_ids, full_ids, plain_ids, ref.logits_many(full_ids), gens, special, eot, stopped_on
+    )

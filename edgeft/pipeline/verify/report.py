@@ -33,8 +33,11 @@ class Check:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Check:
-        return cls(bool(data.get("passed")), str(data.get("detail", "")),
-                   {k: v for k, v in data.items() if k not in ("passed", "detail")})
+        return cls(
+            bool(data.get("passed")),
+            str(data.get("detail", "")),
+            {k: v for k, v in data.items() if k not in ("passed", "detail")},
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {"passed": self.passed, "detail": self.detail, **self.extra}
@@ -68,18 +71,40 @@ class Verdict:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Verdict:
-        return cls(file=str(data.get("file")), type=str(data.get("type")), runtime=data.get("runtime"),
-                   band=data.get("band"), numbers=dict(data.get("numbers") or {}),
-                   checks={k: Check.from_json(v) for k, v in (data.get("checks") or {}).items()},
-                   passed=bool(data.get("passed")), sha256=data.get("sha256"), files=data.get("files"),
-                   second_opinion=data.get("second_opinion"))
+        return cls(
+            file=str(data.get("file")),
+            type=str(data.get("type")),
+            runtime=data.get("runtime"),
+            band=data.get("band"),
+            numbers=dict(data.get("numbers") or {}),
+            checks={k: Check.from_json(v) for k, v in (data.get("checks") or {}).items()},
+            passed=bool(data.get("passed")),
+            sha256=data.get("sha256"),
+            files=data.get("files"),
+            second_opinion=data.get("second_opinion"),
+        )
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"file": self.file, "type": self.type, "runtime": self.runtime, "band": self.band,
-                               "numbers": self.numbers, "checks": {k: c.to_json() for k, c in self.checks.items()},
-                               "passed": self.passed}
-        out.update({k: v for k, v in (("sha256", self.sha256), ("files", self.files),
-                                      ("second_opinion", self.second_opinion)) if v is not None})
+        out: dict[str, Any] = {
+            "file": self.file,
+            "type": self.type,
+            "runtime": self.runtime,
+            "band": self.band,
+            "numbers": self.numbers,
+            "checks": {k: c.to_json() for k, c in self.checks.items()},
+            "passed": self.passed,
+        }
+        out.update(
+            {
+                k: v
+                for k, v in (
+                    ("sha256", self.sha256),
+                    ("files", self.files),
+                    ("second_opinion", self.second_opinion),
+                )
+                if v is not None
+            }
+        )
         return out
 
 
@@ -104,38 +129,52 @@ class VerifyReport:
     def stop_strings(self, name: str) -> list[str]:
         """The artifact's stop tokens as text; every token the reference stopped on must be among them."""
         if self.stops is None or self.context_tokens is None:
-            raise InputError("the verify report was made by an older edgeft (no stop-token record): re-run "
-                             "`edgeft verify` (or `edgeft build`)")
+            raise InputError(
+                "the verify report was made by an older edgeft (no stop-token record): re-run "
+                "`edgeft verify` (or `edgeft build`)"
+            )
         verdict = self.artifacts.get(name)
         ids = verdict.stop_ids if verdict else []
         missing = [i for i in self.stops["reference"] if i not in ids]
         if missing:
-            raise InputError(f"{name}: the reference stops on token(s) {missing} that this artifact does not treat "
-                             f"as end of generation; verify should have failed it")
+            raise InputError(
+                f"{name}: the reference stops on token(s) {missing} that this artifact does not treat "
+                f"as end of generation; verify should have failed it"
+            )
         return [self.stops["tokens"][str(i)] for i in ids if str(i) in self.stops["tokens"]]
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> VerifyReport:
-        return cls(reference=str(data.get("reference")), probes=list(data.get("probes") or []),
-                   context_tokens=data.get("context_tokens"),
-                   artifacts={k: Verdict.from_json(v) for k, v in (data.get("artifacts") or {}).items()},
-                   passed=bool(data.get("passed")), failures=list(data.get("failures") or []),
-                   stops=data.get("stops"), dist_files=data.get("dist_files"))
+        return cls(
+            reference=str(data.get("reference")),
+            probes=list(data.get("probes") or []),
+            context_tokens=data.get("context_tokens"),
+            artifacts={k: Verdict.from_json(v) for k, v in (data.get("artifacts") or {}).items()},
+            passed=bool(data.get("passed")),
+            failures=list(data.get("failures") or []),
+            stops=data.get("stops"),
+            dist_files=data.get("dist_files"),
+        )
 
     @classmethod
     def read(cls, path: Path) -> VerifyReport:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError, RecursionError) as e:
-            raise InputError(f"{path}: not a readable verify report ({e.__class__.__name__}); re-run `edgeft verify`") from None
+            raise InputError(
+                f"{path}: not a readable verify report ({e.__class__.__name__}); re-run `edgeft verify`"
+            ) from None
         if not isinstance(data, dict) or not isinstance(data.get("artifacts"), dict):
             raise InputError(f"{path}: not a verify report (no artifacts); re-run `edgeft verify`")
         return cls.from_json(data)
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"reference": self.reference, "probes": self.probes,
-                               "context_tokens": self.context_tokens,
-                               "artifacts": {k: v.to_json() for k, v in self.artifacts.items()}}
+        out: dict[str, Any] = {
+            "reference": self.reference,
+            "probes": self.probes,
+            "context_tokens": self.context_tokens,
+            "artifacts": {k: v.to_json() for k, v in self.artifacts.items()},
+        }
         if self.stops is not None:
             out["stops"] = self.stops
         if self.dist_files is not None:
@@ -145,30 +184,47 @@ class VerifyReport:
 
 
 def markdown_report(report: VerifyReport) -> str:
-    lines = ["# edgeft verify report", "",
-             f"Reference: `{report.reference}` (transformers, fp32); {len(report.probes)} probes.", "",
-             "| artifact | runtime | KL mean | KL p99 | KL max | top-1 | max Δlogit | gen prefix | result |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# edgeft verify report",
+        "",
+        f"Reference: `{report.reference}` (transformers, fp32); {len(report.probes)} probes.",
+        "",
+        "| artifact | runtime | KL mean | KL p99 | KL max | top-1 | max Δlogit | gen prefix | result |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, a in report.artifacts.items():
         cells = " | ".join(f"{a.numbers[k]:.3g}" if k in a.numbers else "–" for k in SUMMARY_NUMBERS)
         lines.append(f"| {name} | {a.runtime} | {cells} | {'pass' if a.passed else 'FAIL'} |")
     second = {n: a.second_opinion for n, a in report.artifacts.items() if a.second_opinion is not None}
     if second:
         first = next(iter(second.values()))
-        lines += ["", f"Second opinion: llama.cpp's llama-perplexity `--kl-divergence` against llama.cpp's own f32 "
-                  f"GGUF of the reference, and edgeft on the same {first['positions']} positions ({first['chunks']} "
-                  f"chunks of {first['context']} tokens of the held-out conversations, second halves):", "",
-                  "| artifact | llama-perplexity KL mean | edgeft KL mean | p99 (theirs / ours) | top-1 (theirs / ours) "
-                  "| agree |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Second opinion: llama.cpp's llama-perplexity `--kl-divergence` against llama.cpp's own f32 "
+            f"GGUF of the reference, and edgeft on the same {first['positions']} positions ({first['chunks']} "
+            f"chunks of {first['context']} tokens of the held-out conversations, second halves):",
+            "",
+            "| artifact | llama-perplexity KL mean | edgeft KL mean | p99 (theirs / ours) | top-1 (theirs / ours) "
+            "| agree |",
+            "|---|---|---|---|---|---|",
+        ]
         for n, r in second.items():
             t, o = r["llama_perplexity"], r["edgeft"]
-            lines.append(f"| {n} | {t['kl_mean']:.4g} | {o['kl_mean']:.4g} | {t.get('kl_p99', float('nan')):.3g} / "
-                         f"{o['kl_p99']:.3g} | {t.get('top1', float('nan')):.3f} / {o['top1']:.3f} | "
-                         f"{'yes' if r['agree'] else 'NO'} |")
+            lines.append(
+                f"| {n} | {t['kl_mean']:.4g} | {o['kl_mean']:.4g} | {t.get('kl_p99', float('nan')):.3g} / "
+                f"{o['kl_p99']:.3g} | {t.get('top1', float('nan')):.3f} / {o['top1']:.3f} | "
+                f"{'yes' if r['agree'] else 'NO'} |"
+            )
     lines += ["", "**Passed.**" if report.passed else "**Failed:**", ""]
     lines += [f"- {f}" for f in report.failures]
-    skipped = sorted({f"{name}: {c.detail}" for a in report.artifacts.values()
-                      for name, c in a.checks.items() if c.skipped})
+    skipped = sorted(
+        {
+            f"{name}: {c.detail}"
+            for a in report.artifacts.values()
+            for name, c in a.checks.items()
+            if c.skipped
+        }
+    )
     if skipped:
         lines += ["", "Skipped on this machine (not counted as passed checks):", *[f"- {s}" for s in skipped]]
     return "\n".join(lines) + "\n"

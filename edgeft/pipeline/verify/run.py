@@ -45,11 +45,21 @@ def inputs_hash(cfg: Config, upstream: Sequence[Stage]) -> str:
 def _second_opinion(cfg: Config, on: bool | None) -> Config:
     """The config with verify.second_opinion set to `on` (edgeft verify --second-opinion or
     --no-second-opinion); None keeps the config's."""
-    return cfg if on is None else dataclasses.replace(cfg, verify=dataclasses.replace(cfg.verify, second_opinion=on))
+    return (
+        cfg
+        if on is None
+        else dataclasses.replace(cfg, verify=dataclasses.replace(cfg.verify, second_opinion=on))
+    )
 
 
-def verify_path(path: Path, merge_dir: Path | None = None, out_dir: Path | None = None, *,
-                force: bool = False, second_opinion: bool | None = None) -> Stage:
+def verify_path(
+    path: Path,
+    merge_dir: Path | None = None,
+    out_dir: Path | None = None,
+    *,
+    force: bool = False,
+    second_opinion: bool | None = None,
+) -> Stage:
     """Verify a dist folder or an export stage on its own: its manifest says how it was made and,
     unless `merge_dir` is given, where the merged reference model is. A dist's own files are
     checked too (`dist_problems`)."""
@@ -62,21 +72,39 @@ def verify_path(path: Path, merge_dir: Path | None = None, out_dir: Path | None 
         try:
             merge_dir = stage.ancestor(stages.MERGE).path
         except InputError:
-            raise InputError(f"{path}: its reference model ({stage.parent}) is not here; pass --merge-dir with the "
-                             f"merge stage it was exported from") from None
+            raise InputError(
+                f"{path}: its reference model ({stage.parent}) is not here; pass --merge-dir with the "
+                f"merge stage it was exported from"
+            ) from None
     out = Path(out_dir) if out_dir else Path(path).with_name(Path(path).name + "-verify")
-    gate = Gate.open(_second_opinion(cfg, second_opinion), stages.VERIFY, merge_dir, out_dir=out, force=force,
-                     exports=[stage])
+    gate = Gate.open(
+        _second_opinion(cfg, second_opinion),
+        stages.VERIFY,
+        merge_dir,
+        out_dir=out,
+        force=force,
+        exports=[stage],
+    )
     return _verify(gate, dist_problems(stage) if stage.kind == stages.DIST else [])
 
 
 @in_session
-def verify_artifacts(cfg: Config, merge_dir: Path | None = None, export_dirs: list[Path] | None = None,
-                     out_dir: Path | None = None, *, force: bool = False, second_opinion: bool | None = None) -> Stage:
+def verify_artifacts(
+    cfg: Config,
+    merge_dir: Path | None = None,
+    export_dirs: list[Path] | None = None,
+    out_dir: Path | None = None,
+    *,
+    force: bool = False,
+    second_opinion: bool | None = None,
+) -> Stage:
     """Compare every artifact of the config's (or the given) export stages with the merged model;
     publish the report (replacing an earlier verify report, nothing else without `force`)."""
-    return _verify(Gate.open(_second_opinion(cfg, second_opinion), stages.VERIFY, merge_dir, export_dirs, out_dir,
-                             force=force))
+    return _verify(
+        Gate.open(
+            _second_opinion(cfg, second_opinion), stages.VERIFY, merge_dir, export_dirs, out_dir, force=force
+        )
+    )
 
 
 def _verify(gate: Gate, dist_findings: list[str] | None = None) -> Stage:
@@ -90,14 +118,18 @@ def _verify(gate: Gate, dist_findings: list[str] | None = None) -> Stage:
     n_ctx = min(context, v.context_tokens)
     if v.edge_cases:
         tok = ref_rt.tokenizer
-        probes += edge_probes(probes, lambda m: len(tok.apply_chat_template(m, add_generation_prompt=True)),
-                              n_ctx - v.max_new_tokens - 8)
+        probes += edge_probes(
+            probes,
+            lambda m: len(tok.apply_chat_template(m, add_generation_prompt=True)),
+            n_ctx - v.max_new_tokens - 8,
+        )
     log.info("reference: transformers fp32 on %d probes", len(probes))
     ref = reference_outputs(ref_rt, probes, v.max_new_tokens, eot[1] if eot else None)
     tokenizer = ref_rt.tokenizer
     del ref_rt
-    report = VerifyReport(reference=str(gate.merged.path), probes=[p.name for p in probes], context_tokens=n_ctx,
-                          artifacts={})
+    report = VerifyReport(
+        reference=str(gate.merged.path), probes=[p.name for p in probes], context_tokens=n_ctx, artifacts={}
+    )
     failures: list[str] = [f"dist: files: {p}" for p in dist_findings or []]
     curves: dict[str, np.ndarray] = {}
     for stage, art in gate.artifacts():
@@ -113,8 +145,10 @@ def _verify(gate: Gate, dist_findings: list[str] | None = None) -> Stage:
     # special_tokens check); package writes Ollama's `stop`s from them.
     reference_stops = sorted({*ref.stopped_on, *([ref.end_of_turn] if ref.end_of_turn is not None else [])})
     ids = {*reference_stops, *(i for a in report.artifacts.values() for i in a.stop_ids)}
-    report.stops = {"reference": reference_stops,
-                    "tokens": {str(i): tokenizer.convert_ids_to_tokens(int(i)) for i in sorted(ids)}}
+    report.stops = {
+        "reference": reference_stops,
+        "tokens": {str(i): tokenizer.convert_ids_to_tokens(int(i)) for i in sorted(ids)},
+    }
     if dist_findings is not None:
         report.dist_files = {"passed": not dist_findings, "problems": dist_findings}
     report.passed = not failures
@@ -125,13 +159,21 @@ def _verify(gate: Gate, dist_findings: list[str] | None = None) -> Stage:
             plot_kl(curves, [len(ids) for ids in ref.full_ids], [p.name for p in probes], w.tmp / "kl.png")
             w.add_artifact("kl-plot", "kl.png", "png")
 
-    return gate.publish(inputs_hash(cfg, [gate.merged, *gate.exports]), "report", report.to_json(),
-                        markdown_report(report),
-                        failures, VerifyFailed, f"verification failed ({len(failures)} check(s))", more=plot)
+    return gate.publish(
+        inputs_hash(cfg, [gate.merged, *gate.exports]),
+        "report",
+        report.to_json(),
+        markdown_report(report),
+        failures,
+        VerifyFailed,
+        f"verification failed ({len(failures)} check(s))",
+        more=plot,
+    )
 
 
-def behaviour(rt: Runtime, ref: Reference, probes: list[Probe], band: formats.Band, checks: Checks,
-              max_new_tokens: int) -> dict[str, Any]:
+def behaviour(
+    rt: Runtime, ref: Reference, probes: list[Probe], band: formats.Band, checks: Checks, max_new_tokens: int
+) -> dict[str, Any]:
     """Every check family that runs the artifact, in order; returns the numbers for the report."""
     tokens.token_ids(rt, ref, probes, checks)
     tokens.chat_template(rt, ref, probes, checks)
@@ -147,18 +189,25 @@ def _second_opinions(gate: Gate, report: VerifyReport) -> list[str]:
     each artifact gets a `second_opinion` check. Returns the failures."""
     from edgeft.pipeline.verify import second
 
-    ggufs = {art.name: stage.file(art.path) for stage, art in gate.artifacts()
-             if art.format == formats.GGUF and report.artifacts[art.name].checks["checksums"].passed}
+    ggufs = {
+        art.name: stage.file(art.path)
+        for stage, art in gate.artifacts()
+        if art.format == formats.GGUF and report.artifacts[art.name].checks["checksums"].passed
+    }
     if not ggufs:
         return []
-    conversations = [r["messages"] for r in read_split(gate.merged.file("validation.jsonl")) if "messages" in r]
+    conversations = [
+        r["messages"] for r in read_split(gate.merged.file("validation.jsonl")) if "messages" in r
+    ]
     failures = []
     for name, res in second.run(gate.reference_dir, ggufs, conversations, gate.cfg.name).items():
         entry = report.artifacts[name]
         entry.second_opinion = res
         ours, theirs = res["edgeft"]["kl_mean"], res["llama_perplexity"]["kl_mean"]
-        detail = (f"mean KL edgeft {ours:.4g}, llama-perplexity {theirs:.4g} on the same {res['positions']} positions "
-                  f"(gap {res['gap']:.2g}, allowed {res['limit']:.2g})")
+        detail = (
+            f"mean KL edgeft {ours:.4g}, llama-perplexity {theirs:.4g} on the same {res['positions']} positions "
+            f"(gap {res['gap']:.2g}, allowed {res['limit']:.2g})"
+        )
         entry.checks["second_opinion"] = Check(bool(res["agree"]), detail)
         if not res["agree"]:
             entry.passed = False
@@ -166,8 +215,15 @@ def _second_opinions(gate: Gate, report: VerifyReport) -> list[str]:
     return failures
 
 
-def verify_artifact(stage: Stage, art: Artifact, ref: Reference, probes: list[Probe], model_dir: Path,
-                    n_ctx: int, max_new_tokens: int) -> tuple[Verdict, Checks]:
+def verify_artifact(
+    stage: Stage,
+    art: Artifact,
+    ref: Reference,
+    probes: list[Probe],
+    model_dir: Path,
+    n_ctx: int,
+    max_new_tokens: int,
+) -> tuple[Verdict, Checks]:
     """Every check of one artifact. A file that passes its checksum but cannot be read (a GGUF
     header with an absurd count, a corrupt model.onnx) fails this artifact alone, naming why."""
     name = art.name
@@ -205,7 +261,15 @@ def verify_artifact(stage: Stage, art: Artifact, ref: Reference, probes: list[Pr
             except Exception as e:
                 log.debug("%s failed while running", name, exc_info=True)
                 checks.add("runs", False, f"{runtime} loaded it but failed running it: {describe(e)}")
-    entry = Verdict(file=art.path, type=type_key, runtime=art.runtime, band=band.__dict__ if band else None,
-                    numbers=numbers, checks=checks.results, passed=not checks.failures, sha256=art.sha256,
-                    files=art.files)
+    entry = Verdict(
+        file=art.path,
+        type=type_key,
+        runtime=art.runtime,
+        band=band.__dict__ if band else None,
+        numbers=numbers,
+        checks=checks.results,
+        passed=not checks.failures,
+        sha256=art.sha256,
+        files=art.files,
+    )
     return entry, checks

@@ -57,19 +57,27 @@ def _parse(output: str) -> dict[str, float]:
         m = re.search(pattern, output)
         return float(m.group(1)) if m else None
 
-    out = {"kl_mean": grab(r"Mean\s+KLD:\s+([-0-9.e]+)"), "kl_p99": grab(r"99\.0%\s+KLD:\s+([-0-9.e]+)"),
-           "top1": grab(r"Same top p:\s+([-0-9.e]+)")}
+    out = {
+        "kl_mean": grab(r"Mean\s+KLD:\s+([-0-9.e]+)"),
+        "kl_p99": grab(r"99\.0%\s+KLD:\s+([-0-9.e]+)"),
+        "top1": grab(r"Same top p:\s+([-0-9.e]+)"),
+    }
     if out["kl_mean"] is None:
-        raise ToolError(f"llama-perplexity --kl-divergence printed no mean KLD (it prints none for fewer than "
-                        f"{MIN_POSITIONS} positions); its output ended:\n"
-                        + "\n".join(output.strip().splitlines()[-6:]))
+        raise ToolError(
+            f"llama-perplexity --kl-divergence printed no mean KLD (it prints none for fewer than "
+            f"{MIN_POSITIONS} positions); its output ended:\n" + "\n".join(output.strip().splitlines()[-6:])
+        )
     if out["top1"] is not None:
         out["top1"] /= 100
     return {k: v for k, v in out.items() if v is not None}
 
 
-def run(model_dir: Path, ggufs: dict[str, Path], conversations: list[list[dict[str, str]]],
-        name: str = "reference") -> dict[str, dict[str, Any]]:
+def run(
+    model_dir: Path,
+    ggufs: dict[str, Path],
+    conversations: list[list[dict[str, str]]],
+    name: str = "reference",
+) -> dict[str, dict[str, Any]]:
     """Per GGUF: llama-perplexity's and edgeft's KL on the same tokens, and whether they agree."""
     from edgeft.pipeline.export.gguf import convert_hf
     from edgeft.runtimes.hf import HFRuntime
@@ -86,32 +94,59 @@ def run(model_dir: Path, ggufs: dict[str, Path], conversations: list[list[dict[s
         ctx = llama_tools.chunk_context(llama_tools.count_tokens(ref_gguf, text, special=False))
         base = work / "reference.kld"
         common = ["-c", ctx, "-b", ctx, *llama_tools.no_repack()]
-        llama_tools.run("llama-perplexity", ["-m", ref_gguf, "-f", text, "--chunks", MAX_CHUNKS,
-                                             "--kl-divergence-base", base, *common], "the f32 reference")
+        llama_tools.run(
+            "llama-perplexity",
+            ["-m", ref_gguf, "-f", text, "--chunks", MAX_CHUNKS, "--kl-divergence-base", base, *common],
+            "the f32 reference",
+        )
         n_ctx, n_chunk, tokens = _read_tokens(base)
         first = n_ctx // 2  # llama-perplexity's KL covers positions first .. n_ctx - 2 of each chunk
         if n_chunk * (n_ctx - 1 - first) < MIN_POSITIONS:
-            raise InputError(f"the validation split is too short for the second opinion: {n_chunk} chunks of {n_ctx} "
-                             f"tokens give fewer than {MIN_POSITIONS} positions; add validation rows (data.val_ratio) "
-                             "or turn verify.second_opinion off")
-        chunks = [tokens[i * n_ctx:(i + 1) * n_ctx].tolist() for i in range(n_chunk)]
+            raise InputError(
+                f"the validation split is too short for the second opinion: {n_chunk} chunks of {n_ctx} "
+                f"tokens give fewer than {MIN_POSITIONS} positions; add validation rows (data.val_ratio) "
+                "or turn verify.second_opinion off"
+            )
+        chunks = [tokens[i * n_ctx : (i + 1) * n_ctx].tolist() for i in range(n_chunk)]
         vocab = LlamaCppRuntime(ref_gguf, n_ctx=n_ctx)
         bos = vocab.bos_added()  # llama-perplexity puts it first in every chunk
         vocab.close()
         if bos is not None:
             chunks = [[bos, *c[1:]] for c in chunks]
         with HFRuntime(model_dir) as ref:
-            reference = [r[first:n_ctx - 1] for r in ref.logits_many(chunks)]
+            reference = [r[first : n_ctx - 1] for r in ref.logits_many(chunks)]
         for art, path in ggufs.items():
-            log.info("second opinion: llama-perplexity --kl-divergence on %s (%d chunks of %d tokens)",
-                     art, n_chunk, n_ctx)
-            theirs = _parse(llama_tools.run("llama-perplexity", ["-m", path, "--kl-divergence-base", base,
-                                                                 "--kl-divergence", *common], art))
+            log.info(
+                "second opinion: llama-perplexity --kl-divergence on %s (%d chunks of %d tokens)",
+                art,
+                n_chunk,
+                n_ctx,
+            )
+            theirs = _parse(
+                llama_tools.run(
+                    "llama-perplexity",
+                    ["-m", path, "--kl-divergence-base", base, "--kl-divergence", *common],
+                    art,
+                )
+            )
             with LlamaCppRuntime(path, n_ctx=n_ctx) as rt:
-                stats = [kl_stats(r, rt.logits(c)[first:n_ctx - 1]) for r, c in zip(reference, chunks, strict=True)]
-            ours = {k: v for k, v in summarise(stats).items() if k in ("kl_mean", "kl_p99", "top1", "positions")}
+                stats = [
+                    kl_stats(r, rt.logits(c)[first : n_ctx - 1])
+                    for r, c in zip(reference, chunks, strict=True)
+                ]
+            ours = {
+                k: v for k, v in summarise(stats).items() if k in ("kl_mean", "kl_p99", "top1", "positions")
+            }
             gap = abs(ours["kl_mean"] - theirs["kl_mean"])
             limit = RELATIVE * max(ours["kl_mean"], theirs["kl_mean"]) + ABSOLUTE
-            results[art] = {"llama_perplexity": theirs, "edgeft": ours, "positions": ours["positions"],
-                            "context": n_ctx, "chunks": n_chunk, "gap": gap, "limit": limit, "agree": gap <= limit}
+            results[art] = {
+                "llama_perplexity": theirs,
+                "edgeft": ours,
+                "positions": ours["positions"],
+                "context": n_ctx,
+                "chunks": n_chunk,
+                "gap": gap,
+                "limit": limit,
+                "agree": gap <= limit,
+            }
     return results

@@ -25,8 +25,10 @@ def diagnose_ids(got: list[int], want: list[int], special: dict[str, Any], token
     at = common_prefix(got, want)
     added = special.get("added", {})
     if tokenizer and at < len(want) and want[at] in added:
-        return (f"the special token {added[want[at]]!r} (id {want[at]}) is split into ordinary tokens: it was lost "
-                f"from the artifact's vocabulary or lost its special type")
+        return (
+            f"the special token {added[want[at]]!r} (id {want[at]}) is split into ordinary tokens: it was lost "
+            f"from the artifact's vocabulary or lost its special type"
+        )
     return ""
 
 
@@ -41,25 +43,46 @@ KNOWN_DEVIATIONS = {
         _genai_non_decimal_digits,
         "onnxruntime-genai 0.15.2's tokenizer does not split non-ASCII numeric characters (½ ² Ⅻ) off as a "
         "Digits pre-tokenizer must: ' ½' is [3351, 138] there, [216, 16738] in transformers and llama.cpp "
-        "(SmolLM2); a runtime bug, not the folder's"),
+        "(SmolLM2); a runtime bug, not the folder's",
+    ),
 }
 
 
-def _ids_check(checks: Checks, check: str, probes: list[Probe], idx: Sequence[int], texts: list[str],
-               expected: list[list[int]], rt: Runtime, special: dict[str, Any], add_special: bool) -> None:
-    bad = [(probes[i].name, rt.tokenize(texts[i], add_special=add_special), expected[i], texts[i]) for i in idx]
+def _ids_check(
+    checks: Checks,
+    check: str,
+    probes: list[Probe],
+    idx: Sequence[int],
+    texts: list[str],
+    expected: list[list[int]],
+    rt: Runtime,
+    special: dict[str, Any],
+    add_special: bool,
+) -> None:
+    bad = [
+        (probes[i].name, rt.tokenize(texts[i], add_special=add_special), expected[i], texts[i]) for i in idx
+    ]
     bad = [b for b in bad if b[1] != b[2]]
     known = KNOWN_DEVIATIONS.get(rt.name)
     if bad and known and all(known[0](b[3]) for b in bad):
-        checks.add(check, True, f"{len(idx) - len(bad)}/{len(idx)} probes identical; {', '.join(b[0] for b in bad)}: "
-                   f"known deviation: {known[1]}", known_deviation=known[1])
+        checks.add(
+            check,
+            True,
+            f"{len(idx) - len(bad)}/{len(idx)} probes identical; {', '.join(b[0] for b in bad)}: "
+            f"known deviation: {known[1]}",
+            known_deviation=known[1],
+        )
         return
     if bad:
         name, got, want, _ = bad[0]
         at = common_prefix(got, want)
         cause = diagnose_ids(got, want, special) or _typed_special(rt, got, want, at, special)
-        checks.add(check, False, (f"{cause}: " if cause else "") + f"{len(bad)}/{len(idx)} probes tokenise "
-                   f"differently; first {name} at position {at}: got {got[at:at + 5]}, reference {want[at:at + 5]}")
+        checks.add(
+            check,
+            False,
+            (f"{cause}: " if cause else "") + f"{len(bad)}/{len(idx)} probes tokenise "
+            f"differently; first {name} at position {at}: got {got[at : at + 5]}, reference {want[at : at + 5]}",
+        )
     else:
         checks.add(check, True, f"{len(idx)} probes identical")
 
@@ -73,9 +96,11 @@ def _typed_special(rt: Runtime, got: list[int], want: list[int], at: int, specia
     if typed is None:
         return ""
     kind, text, by = typed
-    return (f"{rt.name} reads {text!r} in user text as one token ({got[at]}), typed {kind} {by}, where the reference "
-            f"splits it into ordinary tokens ({want[at:at + 3]}…): a user who types {text!r} sends the model a token "
-            f"it never saw in that place")
+    return (
+        f"{rt.name} reads {text!r} in user text as one token ({got[at]}), typed {kind} {by}, where the reference "
+        f"splits it into ordinary tokens ({want[at : at + 3]}…): a user who types {text!r} sends the model a token "
+        f"it never saw in that place"
+    )
 
 
 def _token(special: dict[str, Any], token: int | None) -> str:
@@ -87,8 +112,17 @@ def token_ids(rt: Runtime, ref: Reference, probes: list[Probe], checks: Checks) 
     """Token ids of plain text and of the chat-rendered prompt (the reference's rendering, so only
     the tokenizer varies) are the reference's."""
     chat = [i for i, p in enumerate(probes) if p.messages is not None]
-    _ids_check(checks, "tokens_plain", probes, range(len(probes)), [p.plain_text for p in probes], ref.plain_ids,
-               rt, ref.special, True)
+    _ids_check(
+        checks,
+        "tokens_plain",
+        probes,
+        range(len(probes)),
+        [p.plain_text for p in probes],
+        ref.plain_ids,
+        rt,
+        ref.special,
+        True,
+    )
     _ids_check(checks, "tokens_chat", probes, chat, ref.prompts, ref.prompt_ids, rt, ref.special, False)
 
 
@@ -101,10 +135,16 @@ def chat_template(rt: Runtime, ref: Reference, probes: list[Probe], checks: Chec
         if diff:
             i = diff[0]
             at = common_prefix(rendered[i], ref.prompts[i])
-            cause = diagnose_ids(rt.tokenize(rendered[i], add_special=False), ref.prompt_ids[i], ref.special, False)
-            checks.add("chat_template", False, (f"{cause}: " if cause else "the artifact's chat template renders a "
-                       "different prompt: ") + f"{probes[i].name}: rendered prompt differs at char {at}: "
-                       f"{rendered[i][at:at + 30]!r} vs reference {ref.prompts[i][at:at + 30]!r}")
+            cause = diagnose_ids(
+                rt.tokenize(rendered[i], add_special=False), ref.prompt_ids[i], ref.special, False
+            )
+            checks.add(
+                "chat_template",
+                False,
+                (f"{cause}: " if cause else "the artifact's chat template renders a different prompt: ")
+                + f"{probes[i].name}: rendered prompt differs at char {at}: "
+                f"{rendered[i][at : at + 30]!r} vs reference {ref.prompts[i][at : at + 30]!r}",
+            )
         else:
             checks.add("chat_template", True, f"renders the reference prompt ({len(chat)} conversations)")
     except Exception as e:  # a missing or unrenderable template is exactly what this check finds
@@ -121,12 +161,24 @@ def special_tokens(rt: Runtime, ref: Reference, checks: Checks) -> None:
     if bos != ref_bos:
         problems.append(f"BOS added: {_token(ref.special, bos)} vs reference {_token(ref.special, ref_bos)}")
     if special["eos"] != ref.special["eos"]:
-        problems.append(f"EOS changed: {_token(ref.special, special['eos'])} vs reference "
-                        f"{_token(ref.special, ref.special['eos'])}")
+        problems.append(
+            f"EOS changed: {_token(ref.special, special['eos'])} vs reference "
+            f"{_token(ref.special, ref.special['eos'])}"
+        )
     if ref.end_of_turn is not None and ref.end_of_turn not in special["stop"]:
-        problems.append(f"end-of-turn token {_token(ref.special, ref.end_of_turn)} is not a stop token "
-                        f"(stops: {special['stop']}): generation will run past the end of the answer")
+        problems.append(
+            f"end-of-turn token {_token(ref.special, ref.end_of_turn)} is not a stop token "
+            f"(stops: {special['stop']}): generation will run past the end of the answer"
+        )
     if ref.special["eos"] is not None and ref.special["eos"] not in special["stop"]:
-        problems.append(f"EOS {_token(ref.special, ref.special['eos'])} is not a stop token (stops: {special['stop']})")
-    checks.add("special_tokens", not problems, "; ".join(problems) or "BOS, EOS and end-of-turn agree",
-               bos=special["bos"], eos=special["eos"], stop=special["stop"])
+        problems.append(
+            f"EOS {_token(ref.special, ref.special['eos'])} is not a stop token (stops: {special['stop']})"
+        )
+    checks.add(
+        "special_tokens",
+        not problems,
+        "; ".join(problems) or "BOS, EOS and end-of-turn agree",
+        bos=special["bos"],
+        eos=special["eos"],
+        stop=special["stop"],
+    )

@@ -28,12 +28,28 @@ JAVA_SOURCES = ("Generate.java", "OrtGenAI.java", "GenerateGenAI.java", "Registr
 ROUTING_VECTORS = "routing-vectors.json"
 
 # ctypes type name → Java field type (C bool is one byte: JNA's `boolean` would be four).
-_JAVA = {"c_int": "int", "c_uint": "int", "c_int32": "int", "c_uint32": "int", "c_bool": "byte",
-         "c_float": "float", "c_ulong": "long", "c_size_t": "long", "c_int64": "long", "c_uint64": "long",
-         "c_char_p": "String", "c_byte": "byte", "c_int8": "byte"}
-STRUCTS = {"LlamaModelParams": "llama_model_params", "LlamaContextParams": "llama_context_params",
-           "LlamaBatch": "llama_batch", "LlamaSamplerChainParams": "llama_sampler_chain_params",
-           "LlamaChatMessage": "llama_chat_message"}
+_JAVA = {
+    "c_int": "int",
+    "c_uint": "int",
+    "c_int32": "int",
+    "c_uint32": "int",
+    "c_bool": "byte",
+    "c_float": "float",
+    "c_ulong": "long",
+    "c_size_t": "long",
+    "c_int64": "long",
+    "c_uint64": "long",
+    "c_char_p": "String",
+    "c_byte": "byte",
+    "c_int8": "byte",
+}
+STRUCTS = {
+    "LlamaModelParams": "llama_model_params",
+    "LlamaContextParams": "llama_context_params",
+    "LlamaBatch": "llama_batch",
+    "LlamaSamplerChainParams": "llama_sampler_chain_params",
+    "LlamaChatMessage": "llama_chat_message",
+}
 
 
 def _java_struct(java_name: str, c_struct: Any) -> str:
@@ -69,23 +85,34 @@ def binding_source() -> str:
 
 def readme(name: str, gguf_files: list[str]) -> str:
     return Template(_source("README.md.template")).substitute(
-        name=name, gguf_list="\n".join(f"- `../gguf/{f}`" for f in gguf_files),
-        first_gguf=gguf_files[0] if gguf_files else "<model>.gguf")
+        name=name,
+        gguf_list="\n".join(f"- `../gguf/{f}`" for f in gguf_files),
+        first_gguf=gguf_files[0] if gguf_files else "<model>.gguf",
+    )
 
 
 def onnx_section(onnx: list[Artifact]) -> str:
     """How to feed each plain ONNX model from ONNX Runtime Java: names, types, shapes, tokenizer."""
     if not onnx:
         return ""
-    out = ["", "## ONNX Runtime Java (plain ONNX + tokenizer.json)", "",
-           "Load `model.onnx` with `OrtEnvironment.getEnvironment().createSession(path)`, tokenize with",
-           "`tokenizer.json` beside it (DJL's `HuggingFaceTokenizer.newInstance(path)` reads it), render the",
-           "chat template from `tokenizer_config.json` (the `chat_template` the model was trained with), and",
-           "feed the first step with empty past tensors (sequence length 0); then feed each `present.*`",
-           "back as `past_key_values.*`. Stop at any id in `generation_config.json`'s `eos_token_id`.", ""]
+    out = [
+        "",
+        "## ONNX Runtime Java (plain ONNX + tokenizer.json)",
+        "",
+        "Load `model.onnx` with `OrtEnvironment.getEnvironment().createSession(path)`, tokenize with",
+        "`tokenizer.json` beside it (DJL's `HuggingFaceTokenizer.newInstance(path)` reads it), render the",
+        "chat template from `tokenizer_config.json` (the `chat_template` the model was trained with), and",
+        "feed the first step with empty past tensors (sequence length 0); then feed each `present.*`",
+        "back as `past_key_values.*`. Stop at any id in `generation_config.json`'s `eos_token_id`.",
+        "",
+    ]
     for a in onnx:
-        out += [f"### `../{a.path}/model.onnx` ({a.type}, opset {a.get('opset')})", "",
-                "| direction | name | type | shape |", "|---|---|---|---|"]
+        out += [
+            f"### `../{a.path}/model.onnx` ({a.type}, opset {a.get('opset')})",
+            "",
+            "| direction | name | type | shape |",
+            "|---|---|---|---|",
+        ]
         for direction in ("inputs", "outputs"):
             for io in a.get(direction, []):
                 shape = " × ".join(str(d) for d in io["shape"])
@@ -101,8 +128,14 @@ def genai_section(folders: list[str]) -> str:
     return Template(_source("README-genai.md.template")).substitute(folder=folders[0])
 
 
-def write_kit(dest: Path, name: str, gguf_files: list[str], onnx: list[Artifact] | None = None,
-              genai: list[str] | None = None, prompt_format: dict[str, str] | None = None) -> None:
+def write_kit(
+    dest: Path,
+    name: str,
+    gguf_files: list[str],
+    onnx: list[Artifact] | None = None,
+    genai: list[str] | None = None,
+    prompt_format: dict[str, str] | None = None,
+) -> None:
     """`prompt_format`: the verified plain pieces of the chat prompt (edgeft.models.prompt_format),
     written as prompt-format.properties; without it Generate uses llama.cpp's template matcher."""
     src = dest / "src" / "edgeft" / "kit"
@@ -110,14 +143,20 @@ def write_kit(dest: Path, name: str, gguf_files: list[str], onnx: list[Artifact]
     if prompt_format:
         from edgeft.models.prompt_format import to_properties
 
-        (dest / "prompt-format.properties").write_text(to_properties(
-            prompt_format, f"{name}: the chat prompt as plain pieces, derived by edgeft from the model's template\n"
-            f"and checked by edgeft verify to render every probe conversation exactly as the template does.\n"
-            f"prompt = start + user.prefix + message + user.suffix + generation (see Generate.java)"))
+        (dest / "prompt-format.properties").write_text(
+            to_properties(
+                prompt_format,
+                f"{name}: the chat prompt as plain pieces, derived by edgeft from the model's template\n"
+                f"and checked by edgeft verify to render every probe conversation exactly as the template does.\n"
+                f"prompt = start + user.prefix + message + user.suffix + generation (see Generate.java)",
+            )
+        )
     (src / "Llama.java").write_text(binding_source())
     for java in JAVA_SOURCES:
         (src / java).write_text(_source(java))
     (dest / ROUTING_VECTORS).write_text(_source(ROUTING_VECTORS))
     (dest / "build.sh").write_text(_source("build.sh"))
     (dest / "build.sh").chmod(0o755)
-    (dest / "README.md").write_text(readme(name, gguf_files) + onnx_section(onnx or []) + genai_section(genai or []))
+    (dest / "README.md").write_text(
+        readme(name, gguf_files) + onnx_section(onnx or []) + genai_section(genai or [])
+    )
