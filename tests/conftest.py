@@ -19,6 +19,18 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Tests marked `gpu` need CUDA (bitsandbytes' GPU kernels, bf16 training): skipped without it.
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in gpu:
+            item.add_marker(pytest.mark.skip(reason="needs CUDA (no GPU on this machine)"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def edgeft_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh edgeft cache per run, so tiny models are really built by the kit under test."""
