@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgeft.registry.store import BUCKETS, assign, bucket
+from edgeft.registry.index import BUCKETS
+from edgeft.registry.routing import assign, bucket
 
 OUT = Path(__file__).resolve().parent.parent / "edgeft" / "ship" / "javakit" / "routing-vectors.json"
 KEYS = [

@@ -15,7 +15,8 @@ from edgeft.cli import cli
 from edgeft.judge.paired import compare_binary, compare_chrf, examples_needed, mcnemar_p
 from edgeft.pipeline.evaluate import compare_answers, markdown, verdict_lines, versus_base
 from edgeft.pipeline.evaluate.results import EvalResults, Rule
-from edgeft.registry.store import Ref, Registry
+from edgeft.registry.routing import Ref
+from edgeft.registry.store import Registry
 
 GATE = {"min_relative": 0.95, "alpha": 0.05, "min_discordant": 3}  # eval.* as results.json records them
 RULE = Rule(**GATE)

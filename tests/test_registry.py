@@ -19,7 +19,9 @@ from edgeft.core.errors import InputError, RegistryRefused
 from edgeft.core.fileio import file_table
 from edgeft.core.manifest import StageWriter
 from edgeft.judge.integrity import dist_problems
-from edgeft.registry.store import BUCKETS, Ref, Registry, assign, bucket
+from edgeft.registry.index import BUCKETS
+from edgeft.registry.routing import Ref, assign, bucket
+from edgeft.registry.store import Registry
 from edgeft.ship.javakit import ROUTING_VECTORS
 
 VECTORS = Path(__file__).resolve().parent.parent / "edgeft" / "ship" / "javakit" / ROUTING_VECTORS

@@ -710,7 +710,7 @@ def registry_show(
     edgeft registry show nl2sql-tiny
     edgeft registry show nl2sql-tiny:2 --against nl2sql-tiny:1
     """
-    from edgeft.registry.store import Ref
+    from edgeft.registry.routing import Ref
     from edgeft.registry.view import show
 
     click.echo(
@@ -744,7 +744,7 @@ def registry_promote(
     edgeft registry promote nl2sql-tiny:2 --to production
     edgeft registry promote nl2sql-tiny:3 --force --reason "format fix outweighs -1 answer"
     """
-    from edgeft.registry.store import Ref
+    from edgeft.registry.routing import Ref
 
     result = _registry(registry_dir, config_path).promote(Ref.parse(ref), to, force=force, reason=reason)
     name = Ref.parse(ref).name
@@ -784,7 +784,7 @@ def registry_archive(
     \b
     edgeft registry archive nl2sql-tiny:1
     """
-    from edgeft.registry.store import Ref
+    from edgeft.registry.routing import Ref
 
     number = _registry(registry_dir, config_path).archive(Ref.parse(ref), reason)
     click.echo(f"{Ref.parse(ref).name}:{number} archived")
@@ -871,7 +871,7 @@ def registry_export(
     \b
     edgeft registry export nl2sql-tiny@production deploy/nl2sql-tiny
     """
-    from edgeft.registry.store import Ref
+    from edgeft.registry.routing import Ref
 
     path, number = _registry(registry_dir, config_path).export(Ref.parse(ref), out, force=force)
     click.echo(f"edgeft: {Ref.parse(ref).name}:{number} exported", err=True)

@@ -26,20 +26,12 @@ one after the other.
 Integrity: the index records every file of a version (bytes, sha256) when the verified dist is
 copied in, and that record, never a manifest inside the version folder, is what promote, split,
 route and export check the files against (edgeft/registry/index.py).
-
-Routing (the same in every language; the Java kit's Registry.java does exactly this, and both pass
-edgeft/ship/javakit/routing-vectors.json): bucket = the first 8 bytes of SHA-256 of the UTF-8 bytes of
-`split_id + ":" + request_key`, read as a big-endian unsigned integer, modulo 10000; the arms are
-walked in order and the first whose cumulative weight (in basis points) exceeds the bucket serves
-the request. Changing only the weights keeps the split id, so with production first, growing the
-candidate from 10% to 20% keeps every key that was on the candidate there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import getpass
-import hashlib
 import json
 import logging
 import os
@@ -47,7 +39,6 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -57,7 +48,6 @@ from edgeft.core.errors import InputError, RegistryRefused
 from edgeft.core.fileio import (
     FILE_MODE,
     clean_stale,
-    copy_file,
     hash_json,
     inside,
     scratch_dir,
@@ -65,8 +55,11 @@ from edgeft.core.fileio import (
     write_atomic,
 )
 from edgeft.core.manifest import MANIFEST, check_replaceable
-from edgeft.pipeline.evaluate.results import METRICS, RESULTS, VersionResults, compare_versions
+from edgeft.pipeline.evaluate.results import RESULTS
+from edgeft.registry.compare import regressions
+from edgeft.registry.dists import copy_dist, index_artifacts, lineage, stamp
 from edgeft.registry.index import BUCKETS, HashCache, read_index, recorded_files, version_problems
+from edgeft.registry.routing import Ref, assign, bucket
 
 log = logging.getLogger(__name__)
 
@@ -78,45 +71,6 @@ PRODUCTION, CANDIDATE = "production", "candidate"
 ALIASES = (PRODUCTION, CANDIDATE)
 STAGING, ARCHIVED = "staging", "archived"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_REF = re.compile(r"^(?P<name>[^:@]+)(?::v?(?P<version>\d+)|@(?P<alias>[A-Za-z_-]+))?$")
-
-
-def bucket(split_id: str, key: str) -> int:
-    """The request's bucket in [0, 10000): see the module docstring."""
-    digest = hashlib.sha256(f"{split_id}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % BUCKETS
-
-
-def assign(arms: list[dict[str, Any]], b: int) -> dict[str, Any]:
-    """The arm serving bucket `b`: arms in order, cumulative weights in basis points (sum 10000)."""
-    total = 0
-    for arm in arms:
-        total += int(arm["weight"])
-        if b < total:
-            return arm
-    raise ValueError(f"weights sum to {total}, not {BUCKETS}")
-
-
-@dataclass(frozen=True)
-class Ref:
-    """`NAME`, `NAME:VERSION` (also `NAME:vVERSION`) or `NAME@ALIAS`."""
-
-    name: str
-    version: int | None = None
-    alias: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> Ref:
-        m = _REF.match(text.strip())
-        if not m:
-            raise InputError(
-                f"{text!r}: expected NAME, NAME:VERSION or NAME@ALIAS (e.g. nl2sql:3, nl2sql@production)"
-            )
-        version = m.group("version")
-        return cls(m.group("name"), int(version) if version else None, m.group("alias"))
-
-    def __str__(self) -> str:
-        return self.name + (f":{self.version}" if self.version else f"@{self.alias}" if self.alias else "")
 
 
 def now() -> str:
@@ -128,140 +82,6 @@ def user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return os.environ.get("USER") or "unknown"
-
-
-def stamp(folder: Path, info: dict[str, Any]) -> None:
-    """Write the registry block (version, status, …) into a dist's edgeft.json and manifest.json,
-    and a "Version" section into its model card; the card's size and sha256 follow in both tables."""
-    card = folder / "README.md"
-    entry = None
-    if card.is_file():  # a dist without a card gets none: every file of a dist is in its table
-        lines = card.read_text(encoding="utf-8").split("\n")
-        start = next((i for i, line in enumerate(lines) if line == "## Version"), None)
-        if start is not None:
-            end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-            del lines[start:end]
-        at = next((i for i, line in enumerate(lines) if line.startswith("## ")), len(lines))
-        lines[at:at] = [
-            "## Version",
-            f"Version {info['version']} of `{info['name']}` in an edgeft registry: status "
-            f"**{info['status']}** as of {info['as_of']}"
-            + (f" (registered {info['registered']})" if info.get("registered") else "")
-            + ". The registry's `index.json` is authoritative for the current status.",
-            "",
-        ]
-        card.write_text("\n".join(lines), encoding="utf-8")
-        entry = {"bytes": card.stat().st_size, "sha256": sha256_file(card)}
-    for name in (MANIFEST, "manifest.json"):
-        path = folder / name
-        data = json.loads(path.read_text(encoding="utf-8"))
-        data["registry"] = info
-        if entry:
-            data["files"] = [
-                dict(f, bytes=entry["bytes"], sha256=entry["sha256"]) if f["path"] == "README.md" else f
-                for f in data.get("files", [])
-            ]
-            if "stat" in data:
-                data["stat"]["README.md"] = [card.stat().st_size, card.stat().st_mtime_ns]
-        path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-
-
-def copy_dist(src: Path, dst: Path, files: list[dict[str, Any]], changed: str) -> None:
-    """Copy a dist's listed files and its two manifests (unless listed), checking each listed
-    file's sha256 on the way (InputError `<file>: <changed>` on the first that differs)."""
-    for f in files:
-        if copy_file(inside(src, f["path"]), dst / f["path"]) != f["sha256"]:
-            raise InputError(f"{src / f['path']}: {changed}")
-    for name in {MANIFEST, "manifest.json"} - {f["path"] for f in files}:
-        copy_file(src / name, dst / name)
-
-
-def _lineage(dist: dict[str, Any], parent: int | None) -> dict[str, Any]:
-    lin = dist.get("lineage") or {}
-    data = lin.get("dataset") or {}
-    adapter = (lin.get("adapter") or {}).get("files")
-    training = lin.get("training") or {}
-    return {
-        "base_model": lin.get("base_model") or dist.get("base_model"),
-        "dataset_sha256": data.get("train_sha256"),
-        "train_rows": data.get("train_rows"),
-        "validation_rows": data.get("validation_rows"),
-        "config_sha256": hash_json(dist.get("config")),
-        "adapter_sha256": hash_json(adapter) if adapter else None,
-        "parent_version": parent,
-        "edgeft_version": dist.get("edgeft_version"),
-        "training": {k: training.get(k) for k in ("steps", "val_loss", "base_val_loss")},
-    }
-
-
-def _artifacts(dist: dict[str, Any]) -> list[dict[str, Any]]:
-    """What the index lists per artifact: the dist entry's identity and checksums (a folder's files)."""
-    keep = (
-        "name",
-        "path",
-        "format",
-        "type",
-        "runtime",
-        "bytes",
-        "sha256",
-        "files",
-        "verify",
-        "bits_per_weight",
-    )
-    return [{k: a[k] for k in keep if k in a} for a in dist.get("artifacts", [])]
-
-
-def compare(new: dict[str, Any], old: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows of what two versions share: eval scores (the fine-tuned model and each artifact both ship)
-    and verify's KL mean / top-1 per shared artifact. Higher is better for every row but KL."""
-    rows = []
-    a, b = (new.get("evaluation") or {}).get("scores", {}), (old.get("evaluation") or {}).get("scores", {})
-    for model in [m for m in a if m in b and m != "base"]:
-        for metric in METRICS:
-            if metric in a[model] and metric in b[model]:
-                rows.append(
-                    {
-                        "what": "eval",
-                        "model": model,
-                        "metric": metric,
-                        "new": a[model][metric],
-                        "old": b[model][metric],
-                        "higher_is_better": True,
-                    }
-                )
-    va = {x["name"]: x.get("verify") or {} for x in new.get("artifacts", [])}
-    vb = {x["name"]: x.get("verify") or {} for x in old.get("artifacts", [])}
-    for name in [n for n in va if n in vb]:
-        for metric, better in (("kl_mean", False), ("top1", True)):
-            if va[name].get(metric) is not None and vb[name].get(metric) is not None:
-                rows.append(
-                    {
-                        "what": "verify",
-                        "model": name,
-                        "metric": metric,
-                        "new": va[name][metric],
-                        "old": vb[name][metric],
-                        "higher_is_better": better,
-                    }
-                )
-    return rows
-
-
-def regressions(
-    new: dict[str, Any], old: dict[str, Any], new_dir: Path | None = None, old_dir: Path | None = None
-) -> list[str]:
-    """The promotion gate: where `new` is worse than `old`. With both versions' per-example eval
-    results (eval/results.json), eval's paired test on the examples they share, for the
-    fine-tuned model and each artifact both ship (the new version's eval.alpha, min_discordant
-    and min_relative); without (versions evaluated before it), any drop of a shared score."""
-    new_results, old_results = VersionResults.read(new_dir), VersionResults.read(old_dir)
-    if new_results is not None and old_results is not None:
-        return compare_versions(new_results, old_results)
-    return [
-        f"{r['model']} {r['metric']} {r['new']:.4g} < {r['old']:.4g}"
-        for r in compare(new, old)
-        if r["what"] == "eval" and r["new"] < r["old"] - 1e-9
-    ]
 
 
 class Registry:
@@ -473,10 +293,10 @@ class Registry:
                     "source": str(dist.path.resolve()),
                     "content": content,
                     "inputs_hash": data.get("inputs_hash"),
-                    "lineage": _lineage(data, parent),
+                    "lineage": lineage(data, parent),
                     "verify": data.get("verify"),
                     "evaluation": data.get("evaluation"),
-                    "artifacts": _artifacts(data),
+                    "artifacts": index_artifacts(data),
                     "files": sorted(files.values(), key=lambda f: f["path"]),
                 }
                 events.append(

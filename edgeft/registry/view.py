@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from edgeft.registry.store import PRODUCTION, Ref, Registry, compare
+from edgeft.registry.compare import compare
+from edgeft.registry.routing import Ref
+from edgeft.registry.store import PRODUCTION, Registry
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
