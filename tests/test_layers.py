@@ -139,3 +139,13 @@ def test_the_checks_see_what_they_should() -> None:
     # The graph is not empty and resolves submodules: the verify stage reads the gate from judge.
     assert "edgeft.judge.gate" in GRAPH["edgeft.pipeline.verify.run"]
     assert len(MODULES) > 60 and sum(map(len, GRAPH.values())) > 150
+
+
+def test_build_runs_every_stage_in_order_from_earlier_ones() -> None:
+    from edgeft.cli.build import SPECS
+    from edgeft.core import stages
+
+    assert [s.kind for s in SPECS] == list(stages.ORDER)
+    for i, spec in enumerate(SPECS):
+        assert set(spec.inputs) <= set(stages.ORDER[:i]), f"{spec.kind} reads a stage that runs after it"
+        assert spec.command.startswith("edgeft ")

@@ -397,10 +397,10 @@ def _export_command(fmt: str, doc: str) -> None:
     def command(
         config_path: Path, merge_dir: Path | None, out: Path | None, force: bool, overrides: tuple[str, ...]
     ) -> None:
-        import importlib
+        from edgeft.pipeline.export import gguf, onnx
 
-        stage = getattr(importlib.import_module(f"edgeft.pipeline.export.{fmt}"), f"export_{fmt}")
-        click.echo(str(stage(_load(config_path, overrides), merge_dir, out, force=force).path))
+        export = {"gguf": gguf.export_gguf, "onnx": onnx.export_onnx}[fmt]
+        click.echo(str(export(_load(config_path, overrides), merge_dir, out, force=force).path))
 
 
 _export_command(

@@ -9,14 +9,12 @@ re-runs nothing heavy, and changing only export settings re-exports without retr
 
 from __future__ import annotations
 
-import functools
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from edgeft.core import stages
 from edgeft.core.config import Config
@@ -66,16 +64,72 @@ def _existing(path: Path, kind: str, expected_hash: str) -> Stage | None:
     return stage
 
 
-# Each stage: the module whose `inputs_hash(cfg, upstream)` fingerprints it, and what makes it.
-MODULES: dict[str, Any] = {
-    stages.TRAIN: train_mod,
-    stages.MERGE: merge_mod,
-    stages.EXPORT_GGUF: gguf_mod,
-    stages.EXPORT_ONNX: onnx_mod,
-    stages.VERIFY: verify_mod,
-    stages.EVAL: eval_mod,
-    stages.DIST: package_mod,
-}
+def _train(cfg: Config, force: bool) -> Stage | None:
+    resume = not force and train_mod.interrupted_run(cfg)
+    if resume:
+        log.info(
+            "continuing the interrupted training in %s", partial_dir(stages.directory(cfg, stages.TRAIN))
+        )
+    return train_mod.train_adapter(cfg, force=force, replace_own=True, resume=resume)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage as build runs it: the stages it reads (by kind; an export the config does not ask
+    for is left out), the fingerprint of its inputs, and what makes it. Adding a stage is a row."""
+
+    kind: str
+    inputs: tuple[str, ...]
+    inputs_hash: Callable[[Config, Sequence[Stage]], str]
+    run: Callable[[Config, bool], Stage | None]  # (config, force) -> the published stage
+
+    @property
+    def label(self) -> str:
+        """As build reports it (the dist stage is the package command's)."""
+        return "package" if self.kind == stages.DIST else self.kind
+
+    @property
+    def command(self) -> str:
+        return stages.PRODUCED_BY[self.kind]
+
+
+_EXPORTED = (stages.MERGE, *stages.EXPORTS)
+SPECS = (
+    StageSpec(stages.TRAIN, (), train_mod.inputs_hash, _train),
+    StageSpec(
+        stages.MERGE,
+        (stages.TRAIN,),
+        merge_mod.inputs_hash,
+        lambda cfg, force: merge_mod.merge_adapter(cfg, force=force, replace_own=True),
+    ),
+    StageSpec(
+        stages.EXPORT_GGUF,
+        (stages.MERGE,),
+        gguf_mod.inputs_hash,
+        lambda cfg, force: gguf_mod.export_gguf(cfg, force=force, replace_own=True),
+    ),
+    StageSpec(
+        stages.EXPORT_ONNX,
+        (stages.MERGE,),
+        onnx_mod.inputs_hash,
+        lambda cfg, force: onnx_mod.export_onnx(cfg, force=force, replace_own=True),
+    ),
+    StageSpec(
+        stages.VERIFY,
+        _EXPORTED,
+        verify_mod.inputs_hash,
+        lambda cfg, force: verify_mod.verify_artifacts(cfg, force=force),
+    ),
+    StageSpec(
+        stages.EVAL, _EXPORTED, eval_mod.inputs_hash, lambda cfg, force: eval_mod.evaluate(cfg, force=force)
+    ),
+    StageSpec(
+        stages.DIST,
+        (*_EXPORTED, stages.VERIFY, stages.EVAL),
+        package_mod.inputs_hash,
+        lambda cfg, force: package_mod.package_dist(cfg, force=force),
+    ),
+)
 
 
 def build(
@@ -106,57 +160,35 @@ def _preflight(cfg: Config) -> None:
 
 def _build(cfg: Config, force: bool, on_stage: Callable[[str, str], None] | None) -> BuildResult:
     result = BuildResult(dist=cfg.dist_path)
-    own = {"force": force, "replace_own": True}
 
-    def step(kind: str, upstream: list[Stage], make: Callable[[], Stage | None]) -> Stage:
-        name = "package" if kind == stages.DIST else kind
-        path = stages.directory(cfg, kind)
-        found = None if force else _existing(path, kind, MODULES[kind].inputs_hash(cfg, upstream))
+    def step(spec: StageSpec, upstream: list[Stage]) -> Stage:
+        path = stages.directory(cfg, spec.kind)
+        found = None if force else _existing(path, spec.kind, spec.inputs_hash(cfg, upstream))
         if found is not None:
-            result.reused.append(name)
+            result.reused.append(spec.label)
             if on_stage:
-                on_stage(name, "up to date")
+                on_stage(spec.label, "up to date")
             return found
         if on_stage:
-            on_stage(name, "running")
+            on_stage(spec.label, "running")
         started = time.time()
-        stage = make()
+        stage = spec.run(cfg, force)
         assert stage is not None  # only other processes of a distributed training get None
-        result.seconds[name] = round(time.time() - started, 2)
-        result.ran.append(name)
+        result.seconds[spec.label] = round(time.time() - started, 2)
+        result.ran.append(spec.label)
         return stage
-
-    def train_stage() -> Stage | None:
-        resume = not force and train_mod.interrupted_run(cfg)
-        if resume:
-            log.info(
-                "continuing the interrupted training in %s", partial_dir(stages.directory(cfg, stages.TRAIN))
-            )
-        return train_mod.train_adapter(cfg, force=force, replace_own=True, resume=resume)
 
     # Before minutes of work: every output this build may replace must be edgeft's own (or --force).
     for kind in stages.ORDER:
         check_replaceable(stages.directory(cfg, kind), kind, force=force, replace_own=True)
     _preflight(cfg)
-    train = step(stages.TRAIN, [], train_stage)
-    merged = step(stages.MERGE, [train], lambda: merge_mod.merge_adapter(cfg, **own))
-    exports = []
+    done: dict[str, Stage] = {}
     wanted = stages.wanted_exports(cfg)
-    for kind, make in (
-        (stages.EXPORT_GGUF, gguf_mod.export_gguf),
-        (stages.EXPORT_ONNX, onnx_mod.export_onnx),
-    ):
-        if kind in wanted:
-            exports.append(step(kind, [merged], functools.partial(make, cfg, **own)))
-        elif owned(
-            stages.directory(cfg, kind), kind
-        ):  # a stale export must not be shipped (only edgeft's is removed)
-            shutil.rmtree(stages.directory(cfg, kind))
-    verified = step(stages.VERIFY, [merged, *exports], lambda: verify_mod.verify_artifacts(cfg, force=force))
-    evaluated = step(stages.EVAL, [merged, *exports], lambda: eval_mod.evaluate(cfg, force=force))
-    step(
-        stages.DIST,
-        [merged, *exports, verified, evaluated],
-        lambda: package_mod.package_dist(cfg, force=force),
-    )
+    for spec in SPECS:
+        if spec.kind in stages.EXPORTS and spec.kind not in wanted:
+            if owned(stages.directory(cfg, spec.kind), spec.kind):  # a stale export must not be shipped
+                shutil.rmtree(stages.directory(cfg, spec.kind))  # (only edgeft's own is removed)
+            continue
+        # The order of the upstream list is the order of `inputs` (each inputs_hash reads it so).
+        done[spec.kind] = step(spec, [done[k] for k in spec.inputs if k in done])
     return result

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from edgeft.core.manifest import Stage, read_stage
+from edgeft.core.manifest import Stage, StageWriter, read_stage
 
 if TYPE_CHECKING:
     from edgeft.core.config import Config
@@ -58,6 +58,33 @@ def read(path: Path | str, kinds: str | Sequence[str]) -> Stage:
 def load(cfg: Config, kind: str, given: Path | str | None = None) -> Stage:
     """The config's `kind` stage (or the one at `given`)."""
     return read(directory(cfg, kind, given), kind)
+
+
+def writer(
+    cfg: Config,
+    kind: str,
+    dest: Path,
+    inputs_hash: str,
+    parent: Stage | None,
+    *,
+    force: bool,
+    replace_own: bool,
+    **more: Any,
+) -> StageWriter:
+    """The writer of the `kind` stage of `cfg` at `dest`: its resolved config, the hash of its
+    inputs, the stage it was made from and the base model go into its manifest (`more`: the
+    training stage's resume settings)."""
+    return StageWriter(
+        dest,
+        kind,
+        config=cfg.to_dict(),
+        inputs_hash=inputs_hash,
+        parent=str(parent.path) if parent is not None else None,
+        base_model=cfg.base_model,
+        force=force,
+        replace_own=replace_own,
+        **more,
+    )
 
 
 def wanted_exports(cfg: Config) -> list[str]:

@@ -84,15 +84,8 @@ class Gate:
     ) -> Stage:
         """Write `<name>.json` and `<name>.md` (and whatever `more` adds) as the gate's stage, then
         raise `error` listing the failures, if any: the verdict is on disk either way."""
-        with StageWriter(
-            self.out_dir,
-            self.kind,
-            config=self.cfg.to_dict(),
-            inputs_hash=inputs_hash,
-            parent=str(self.merged.path),
-            base_model=self.cfg.base_model,
-            force=self.force,
-            replace_own=True,
+        with stages.writer(
+            self.cfg, self.kind, self.out_dir, inputs_hash, self.merged, force=self.force, replace_own=True
         ) as w:
             (w.tmp / f"{name}.json").write_text(
                 json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"

@@ -31,7 +31,7 @@ from edgeft.core import stages
 from edgeft.core.config import MERGE_STRATEGIES, Config, parse_config
 from edgeft.core.errors import ToolError
 from edgeft.core.fileio import hash_json
-from edgeft.core.manifest import Stage, StageWriter
+from edgeft.core.manifest import Stage
 from edgeft.core.workdir import in_session
 from edgeft.models.base import end_of_turn, load_base, resolve_base
 
@@ -153,15 +153,8 @@ def merge_adapter(
     trained_dir = train.artifact_path("model" if full else "adapter")
     quantization = "none" if full else train.artifact("adapter").get("quantization", "none")
     tokenizer = AutoTokenizer.from_pretrained(trained_dir)
-    with StageWriter(
-        out_dir,
-        stages.MERGE,
-        config=cfg.to_dict(),
-        inputs_hash=inputs_hash(cfg, [train]),
-        parent=str(train.path),
-        base_model=cfg.base_model,
-        force=force,
-        replace_own=replace_own,
+    with stages.writer(
+        cfg, stages.MERGE, out_dir, inputs_hash(cfg, [train]), train, force=force, replace_own=replace_own
     ) as w:
         strategy = "full-precision"
         if quantization != "none":

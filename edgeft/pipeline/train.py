@@ -31,7 +31,7 @@ from edgeft.core import stages
 from edgeft.core.config import Config
 from edgeft.core.errors import ConfigError, InputError, ToolError, no_space
 from edgeft.core.fileio import hash_json
-from edgeft.core.manifest import Stage, StageWriter, partial_dir
+from edgeft.core.manifest import Stage, partial_dir
 from edgeft.core.workdir import session
 from edgeft.data.check import analyse_config, data_files, paraphraser
 from edgeft.data.rows import file_hash, write_jsonl
@@ -367,12 +367,12 @@ def _train(
     t = cfg.train
     expected = _inputs_hash(cfg, base)
     with state.main_process_first():
-        w = StageWriter(
-            out_dir,
+        w = stages.writer(
+            cfg,
             stages.TRAIN,
-            config=cfg.to_dict(),
-            inputs_hash=expected,
-            base_model=cfg.base_model,
+            out_dir,
+            expected,
+            None,
             force=force,
             replace_own=replace_own,
             resumable=True,

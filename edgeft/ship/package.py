@@ -24,7 +24,7 @@ from edgeft.core import stages
 from edgeft.core.config import Config
 from edgeft.core.errors import InputError
 from edgeft.core.fileio import copy_file, file_table, hash_json, inside
-from edgeft.core.manifest import Artifact, Stage, StageWriter
+from edgeft.core.manifest import Artifact, Stage
 from edgeft.core.paths import vendor_dir
 from edgeft.core.workdir import in_session
 from edgeft.pipeline.evaluate import gate_rule, verdict_lines
@@ -184,13 +184,12 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
         )
     results = EvalResults.read(evaluated.file("results.json"))
     out_dir = stages.directory(cfg, stages.DIST, out_dir)
-    with StageWriter(
-        out_dir,
+    with stages.writer(
+        cfg,
         stages.DIST,
-        config=cfg.to_dict(),
-        inputs_hash=inputs_hash(cfg, [merge, *exports, verify, evaluated]),
-        parent=str(verify.path),
-        base_model=cfg.base_model,
+        out_dir,
+        inputs_hash(cfg, [merge, *exports, verify, evaluated]),
+        verify,
         force=force,
         replace_own=True,
     ) as w:

@@ -21,13 +21,12 @@ def open_export(
 ) -> tuple[Stage, Path, StageWriter]:
     """The merge stage, its model directory, and the writer for the `kind` stage."""
     merged = stages.load(cfg, stages.MERGE, merge_dir)
-    writer = StageWriter(
-        stages.directory(cfg, kind, out_dir),
+    writer = stages.writer(
+        cfg,
         kind,
-        config=cfg.to_dict(),
-        inputs_hash=inputs_hash(cfg, [merged]),
-        parent=str(merged.path),
-        base_model=cfg.base_model,
+        stages.directory(cfg, kind, out_dir),
+        inputs_hash(cfg, [merged]),
+        merged,
         force=force,
         replace_own=replace_own,
     )
