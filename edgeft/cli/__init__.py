@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from edgeft import __version__
-from edgeft.core.config import DataConfig
+from edgeft.core.config import Config, DataConfig
 from edgeft.core.errors import EdgeftError
 from edgeft.runtimes import Sampling
 
@@ -182,6 +182,59 @@ def data() -> None:
     """Inspect and validate training examples."""
 
 
+def _column_mapping(configured: dict[str, str], given: tuple[str, ...]) -> dict[str, str]:
+    """data.columns with each --column CANONICAL=YOURS laid over it."""
+    from edgeft.core.errors import InputError
+
+    mapping = dict(configured)
+    for item in given:
+        key, _, value = item.partition("=")
+        if not value:
+            raise InputError(f"--column {item!r}: expected CANONICAL=YOURS, e.g. prompt=question")
+        mapping[key] = value
+    return mapping
+
+
+def _data_tokenizer(model: str | None, cfg: Config | None) -> Any:
+    """The tokenizer lengths are checked under (--model, else the config's base), or None."""
+    source = model or (cfg.base_model if cfg else None)
+    if not source:
+        return None
+    from transformers import AutoTokenizer
+
+    from edgeft.models.base import ensure_chat_template, resolve_base
+
+    trust = cfg.trust_remote_code if cfg else False
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_base(source, cfg.root if cfg else None, trust), trust_remote_code=trust
+    )
+    ensure_chat_template(tokenizer)
+    return tokenizer
+
+
+def _echo_data_report(report: Any, train_path: Path) -> None:
+    """The data check's findings as a table, then its summary lines."""
+    from edgeft.data.check import format_augmentation, format_filter, format_near_duplicates, format_table
+
+    info = report.info
+    fmts = ", ".join(f"{n} {k}" for k, n in info["formats"].items()) or "none"
+    click.echo(format_table(report))
+    for line in format_filter(report) + format_near_duplicates(report) + format_augmentation(report):
+        click.echo(line)
+    click.echo(
+        f"{train_path}: {info['usable']} usable of {info['rows']} rows ({fmts}); "
+        f"{len(report.errors)} error(s), {len(report.warnings)} warning(s); "
+        f"split {len(report.train)} train / {len(report.validation)} validation"
+    )
+    if report.stats:
+        s = report.stats
+        click.echo(
+            f"tokens per example: min {s['min']}, median {s['median']:g}, p95 {s['p95']:g}, max {s['max']}"
+        )
+    if report.rendered_example is not None:
+        click.echo("first training example as the model sees it:\n" + report.rendered_example)
+
+
 @data.command("check")
 @click.argument("file", type=click.Path(path_type=Path), required=False)
 @click.option(
@@ -238,14 +291,7 @@ def data_check(
     edgeft data check logs.jsonl --filter 'rating >= 4' --filter 'len(reply) > 50'
     """
     from edgeft.core.errors import DataError, InputError
-    from edgeft.data.check import (
-        analyse_section,
-        format_augmentation,
-        format_filter,
-        format_near_duplicates,
-        format_table,
-        paraphraser,
-    )
+    from edgeft.data.check import analyse_section, paraphraser
 
     cfg = _load(config_path) if config_path else None
     d = cfg.data if cfg else DataConfig()
@@ -255,24 +301,6 @@ def data_check(
         train_path = cfg.path(d.train)
     else:
         raise InputError("give a data FILE, or -c CONFIG to check its data section")
-    mapping = dict(d.columns)
-    for item in columns:
-        key, _, value = item.partition("=")
-        if not value:
-            raise InputError(f"--column {item!r}: expected CANONICAL=YOURS, e.g. prompt=question")
-        mapping[key] = value
-    tokenizer = None
-    source = model or (cfg.base_model if cfg else None)
-    if source:
-        from transformers import AutoTokenizer
-
-        from edgeft.models.base import ensure_chat_template, resolve_base
-
-        trust = cfg.trust_remote_code if cfg else False
-        tokenizer = AutoTokenizer.from_pretrained(
-            resolve_base(source, cfg.root if cfg else None, trust), trust_remote_code=trust
-        )
-        ensure_chat_template(tokenizer)
     if conditions:
         from edgeft.core.rowfilter import compile_filter
 
@@ -280,7 +308,7 @@ def data_check(
     # The command line's options replace their config keys; analyse_section maps the section to the checks.
     d = dataclasses.replace(
         d,
-        columns=mapping,
+        columns=_column_mapping(d.columns, columns),
         val_ratio=val_ratio if val_ratio is not None else d.val_ratio,
         seed=seed if seed is not None else d.seed,
         dedup=dedup if dedup is not None else d.dedup,
@@ -290,7 +318,7 @@ def data_check(
         d,
         train_path,
         validation or (cfg.path(d.validation) if cfg and d.validation else None),
-        tokenizer=tokenizer,
+        tokenizer=_data_tokenizer(model, cfg),
         max_length=max_length if max_length is not None else (cfg.train.max_seq_length if cfg else None),
         paraphraser=paraphraser(cfg) if cfg else None,
         trust_remote_code=cfg.trust_remote_code if cfg else False,
@@ -298,26 +326,7 @@ def data_check(
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
-        info = report.info
-        fmts = ", ".join(f"{n} {k}" for k, n in info["formats"].items()) or "none"
-        click.echo(format_table(report))
-        for line in format_filter(report) + format_near_duplicates(report):
-            click.echo(line)
-        for line in format_augmentation(report):
-            click.echo(line)
-        click.echo(
-            f"{train_path}: {info['usable']} usable of {info['rows']} rows ({fmts}); "
-            f"{len(report.errors)} error(s), {len(report.warnings)} warning(s); "
-            f"split {len(report.train)} train / {len(report.validation)} validation"
-        )
-        if report.stats:
-            s = report.stats
-            click.echo(
-                f"tokens per example: min {s['min']}, median {s['median']:g}, p95 {s['p95']:g}, "
-                f"max {s['max']}"
-            )
-        if report.rendered_example is not None:
-            click.echo("first training example as the model sees it:\n" + report.rendered_example)
+        _echo_data_report(report, train_path)
     if report.errors:
         raise DataError(f"{train_path}: {len(report.errors)} error(s) in the data")
 

@@ -12,6 +12,7 @@ import difflib
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -292,11 +293,22 @@ def _build(cls: Any, raw: Any, where: str, problems: list[str]) -> Any:
     return cls(**kwargs)
 
 
+Bad = Callable[[bool, str], None]  # records `msg` as a problem when `cond` holds
+
+
 def _check_values(cfg: Config, problems: list[str]) -> None:
+    """Every value's range and every combination that cannot work, section by section."""
+
     def bad(cond: bool, msg: str) -> None:
         if cond:
             problems.append(msg)
 
+    for check in (_check_names, _check_data, _check_train, _check_choices, _check_stages):
+        check(cfg, bad, problems)
+    _check_gguf(cfg.export.gguf, bad)
+
+
+def _check_names(cfg: Config, bad: Bad, problems: list[str]) -> None:
     bad(not cfg.name, "name: required (it names dist/<name>/ and the exported model)")
     bad(
         bool(cfg.name) and not NAME.fullmatch(cfg.name),
@@ -304,6 +316,9 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
         f"'-', '_' and '.' (at most 64): it names folders and files",
     )
     bad(not cfg.base_model, "base_model: required (HF id, model directory or tiny:<size>)")
+
+
+def _check_data(cfg: Config, bad: Bad, problems: list[str]) -> None:
     bad(not cfg.data.train, "data.train: required (a JSONL file of examples)")
     bad(not 0 < cfg.data.val_ratio < 1, f"data.val_ratio: {cfg.data.val_ratio} must be in (0, 1)")
     bad(
@@ -336,6 +351,9 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
             key not in CANONICAL_FIELDS,
             f"data.columns: {key!r} is not a field edgeft reads; map to one of {', '.join(CANONICAL_FIELDS)}",
         )
+
+
+def _check_train(cfg: Config, bad: Bad, problems: list[str]) -> None:
     t = cfg.train
     for key, minimum in (
         ("lora_r", 1),
@@ -392,6 +410,10 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
             not t.target_modules or not all(m.strip() for m in t.target_modules),
             "train.target_modules: give module names (e.g. [q_proj, v_proj]) or 'all-linear'",
         )
+
+
+def _check_choices(cfg: Config, bad: Bad, problems: list[str]) -> None:
+    t = cfg.train
     for key, value, allowed in (
         ("train.method", t.method, METHODS),
         ("train.quantization", t.quantization, QUANTIZATIONS),
@@ -403,7 +425,10 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
         *(("export.onnx.types", v, ONNX_TYPES) for v in cfg.export.onnx.types),
     ):
         bad(value not in allowed, f"{key}: {value!r} is not one of {', '.join(allowed)}")
-    _check_gguf(cfg.export.gguf, bad)
+
+
+def _check_stages(cfg: Config, bad: Bad, problems: list[str]) -> None:
+    """merge, export.onnx, verify and eval."""
     bad(
         cfg.merge.compare_prompts < 1,
         f"merge.compare_prompts: {cfg.merge.compare_prompts} must be at least 1",
@@ -438,7 +463,7 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
             problems.append(f"eval.regex: not a valid regular expression ({e})")
 
 
-def _check_gguf(g: GGUFConfig, bad: Any) -> None:
+def _check_gguf(g: GGUFConfig, bad: Bad) -> None:
     needing = [t for t in g.types if t in formats.NEEDS_MATRIX]
     bad(
         g.imatrix == "none" and bool(needing),

@@ -27,11 +27,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeft.core import stages
+from edgeft.core import formats, stages
 from edgeft.core.config import Config
 from edgeft.core.errors import ConfigError, InputError, ToolError, no_space
 from edgeft.core.fileio import hash_json
-from edgeft.core.manifest import Stage, partial_dir
+from edgeft.core.manifest import Stage, StageWriter, partial_dir
 from edgeft.core.workdir import session
 from edgeft.data.check import analyse_config, data_files, paraphraser
 from edgeft.data.rows import file_hash, write_jsonl
@@ -336,20 +336,8 @@ def train_adapter(
         return _train(cfg, state, out_dir, force, replace_own, resume)
 
 
-def _train(
-    cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: bool, resume: bool
-) -> Stage | None:
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoTokenizer, EarlyStoppingCallback
-    from trl import SFTTrainer
-
-    base = resolve_base(cfg.base_model, cfg.root, cfg.trust_remote_code)
-    check_target_modules(cfg, base)
-    tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=cfg.trust_remote_code)
-    chosen = ensure_chat_template(tokenizer)
-    if chosen and state.is_main_process:
-        log.warning("base model %s has no chat template: using %s", cfg.base_model, chosen)
+def _checked_data(cfg: Config, tokenizer: Any, state: Any) -> Any:
+    """The data check's report of the config's data (errors raise; warnings are summarised once)."""
     with state.main_process_first():  # paraphrases are generated once, then read from edgeft's cache
         report = analyse_config(cfg, tokenizer)
     report.raise_on_errors()
@@ -363,6 +351,145 @@ def _train(
             ", ".join(f"{k}: {n}" for k, n in kinds.items()),
             report.warnings[0],
         )
+    return report
+
+
+def _resume_point(w: StageWriter, expected: str, resume: bool) -> Path | None:
+    """The checkpoint an interrupted run continues from (None: from the start), refusing one that
+    was made from other inputs."""
+    if not resume:
+        return None
+    started = json.loads((w.tmp / "run.json").read_text()) if (w.tmp / "run.json").exists() else {}
+    if started.get("inputs_hash") != expected:
+        raise InputError(
+            f"{w.tmp}: the interrupted run had other inputs (config, data or base); "
+            f"run without --resume to start again"
+        )
+    resume_from = last_checkpoint(w.tmp / "checkpoints")
+    log.info("resuming from %s", resume_from or "the start (no complete checkpoint yet)")
+    return resume_from
+
+
+def _peft_config(t: Any) -> Any:
+    """The LoRA (or DoRA) adapter's settings; None for a full fine-tune, where the trainer updates
+    every weight of the model it is given."""
+    from peft import LoraConfig
+
+    if t.method == "full":
+        return None
+    return LoraConfig(
+        r=t.lora_r,
+        lora_alpha=t.lora_alpha,
+        lora_dropout=t.lora_dropout,
+        target_modules=t.target_modules,
+        use_dora=t.dora,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _fit(trainer: Any, t: Any, resume_from: Path | None, checkpoints: Path) -> tuple[dict, Any, dict]:
+    """The base's validation loss, the training run and the best checkpoint's validation loss."""
+    from transformers import EarlyStoppingCallback
+
+    # The trainer prints its log lines to stdout, which carries edgeft's data: send to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        # LoRA's B matrices start at zero (DoRA's magnitudes at the weights' norms), and a full
+        # fine-tune has not moved yet: before training the model *is* the base.
+        base_eval = trainer.evaluate(metric_key_prefix="base")
+        if t.early_stopping_patience > 0:
+            # Added after the base evaluation, whose metrics are named base_* and which the
+            # callback would report as "early stopping is disabled" (it only skips that call).
+            trainer.add_callback(
+                EarlyStoppingCallback(
+                    early_stopping_patience=t.early_stopping_patience,
+                    early_stopping_threshold=t.early_stopping_threshold,
+                )
+            )
+        try:
+            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        except (RuntimeError, ValueError) as e:
+            if no_space(e):
+                raise
+            raise ToolError(
+                f"training failed: {e} (checkpoints kept in {checkpoints}; continue with --resume)"
+            ) from e
+        final_eval = trainer.evaluate()  # the best checkpoint, reloaded at the end
+    return base_eval, result, final_eval
+
+
+def _base_source(cfg: Config, base: str) -> str | None:
+    """Where a base made from a GGUF came from (edgeft.models.realmodel), for the lineage."""
+    source = Path(base) / "edgeft_source.json"
+    if not source.is_file():
+        return None
+    g = json.loads(source.read_text()).get("gguf") or {}
+    package = ", from the PyPI package " + cfg.base_model[5:] if cfg.base_model.startswith("gguf:") else ""
+    return (
+        f"dequantized from {g.get('file')} ({g.get('type', 'a quantized')} GGUF, sha256 {g.get('sha256')}"
+        f"{package}): the fine-tune inherits that file's rounding"
+    )
+
+
+def _record(
+    w: StageWriter,
+    cfg: Config,
+    trainer: Any,
+    fit: tuple[dict, Any, dict],
+    rows: tuple[int, int],
+    resume_from: Path | None,
+    trainable: int,
+    processes: int,
+) -> None:
+    """The trained weights, the splits, the loss curve and the metrics, into the stage."""
+    t = cfg.train
+    base_eval, result, final_eval = fit
+    history = trainer.state.log_history
+    plot_losses(history, w.tmp / "reports" / "loss.png")
+    if t.method == "full":
+        w.add_artifact(
+            "model", "model", formats.HF_SAFETENSORS, method="full", dtype=w.extra["base_loaded_as"]["dtype"]
+        )
+    else:
+        w.add_artifact(
+            "adapter", "adapter", formats.PEFT_LORA, method=t.method, quantization=t.quantization, dora=t.dora
+        )
+    w.add_artifact("train-split", "train.jsonl", formats.JSONL, rows=rows[0])
+    w.add_artifact("validation-split", "validation.jsonl", formats.JSONL, rows=rows[1])
+    w.add_artifact("metrics", "metrics.jsonl", formats.JSONL)
+    w.add_artifact("loss-plot", "reports/loss.png", formats.PNG)
+    mean_loss = train_loss(history)
+    w.metrics.update(
+        base_val_loss=round(base_eval["base_loss"], 5),
+        val_loss=round(final_eval["eval_loss"], 5),
+        val_losses=[round(e["eval_loss"], 5) for e in history if "eval_loss" in e],
+        train_loss=round(mean_loss, 5) if mean_loss is not None else None,
+        steps=result.global_step,
+        planned_steps=trainer.state.max_steps,
+        stopped_early=result.global_step < trainer.state.max_steps,
+        best_checkpoint_step=trainer.state.best_global_step,
+        train_seconds=round(result.metrics.get("train_runtime", 0.0), 2),
+        resumed_from_step=int(resume_from.name.split("-")[1]) if resume_from else None,
+        processes=processes,
+        method=t.method,
+        trainable_parameters=trainable,
+        peak_memory_mb=peak_memory_mb(),
+    )
+
+
+def _train(
+    cfg: Config, state: Any, out_dir: Path, force: bool, replace_own: bool, resume: bool
+) -> Stage | None:
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTTrainer
+
+    base = resolve_base(cfg.base_model, cfg.root, cfg.trust_remote_code)
+    check_target_modules(cfg, base)
+    tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=cfg.trust_remote_code)
+    chosen = ensure_chat_template(tokenizer)
+    if chosen and state.is_main_process:
+        log.warning("base model %s has no chat template: using %s", cfg.base_model, chosen)
+    report = _checked_data(cfg, tokenizer, state)
     train_rows, val_rows = report.train, report.validation
     t = cfg.train
     expected = _inputs_hash(cfg, base)
@@ -381,16 +508,7 @@ def _train(
         )
     with w:
         checkpoints = w.tmp / "checkpoints"
-        resume_from = None
-        if resume:
-            started = json.loads((w.tmp / "run.json").read_text()) if (w.tmp / "run.json").exists() else {}
-            if started.get("inputs_hash") != expected:
-                raise InputError(
-                    f"{w.tmp}: the interrupted run had other inputs (config, data or base); "
-                    f"run without --resume to start again"
-                )
-            resume_from = last_checkpoint(checkpoints)
-            log.info("resuming from %s", resume_from or "the start (no complete checkpoint yet)")
+        resume_from = _resume_point(w, expected, resume)
         if state.is_main_process:
             (w.tmp / "run.json").write_text(json.dumps({"inputs_hash": expected}))
             write_jsonl(w.tmp / "train.jsonl", train_rows)
@@ -401,19 +519,6 @@ def _train(
         if t.packing:
             check_packing_keeps_examples_apart(model)
         w.extra["base_loaded_as"] = describe_weights(model)
-        # full: no adapter, the trainer updates every weight of the model it is given.
-        peft_config = (
-            None
-            if t.method == "full"
-            else LoraConfig(
-                r=t.lora_r,
-                lora_alpha=t.lora_alpha,
-                lora_dropout=t.lora_dropout,
-                target_modules=t.target_modules,
-                use_dora=t.dora,
-                task_type="CAUSAL_LM",
-            )
-        )
         train_set, val_set, loss_on = training_rows(train_rows, val_rows, tokenizer, t.assistant_only_loss)
         w.extra["loss_on"] = loss_on
         trainer = SFTTrainer(
@@ -422,84 +527,35 @@ def _train(
             train_dataset=Dataset.from_list(train_set),
             eval_dataset=Dataset.from_list(val_set),
             processing_class=tokenizer,
-            peft_config=peft_config,
+            peft_config=_peft_config(t),
             callbacks=[metrics_callback(w.tmp / "metrics.jsonl")],
         )
-        # The trainer prints its log lines to stdout, which carries edgeft's data: send to stderr.
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-        with contextlib.redirect_stdout(sys.stderr):
-            # LoRA's B matrices start at zero (DoRA's magnitudes at the weights' norms), and a full
-            # fine-tune has not moved yet: before training the model *is* the base.
-            base_eval = trainer.evaluate(metric_key_prefix="base")
-            if t.early_stopping_patience > 0:
-                # Added after the base evaluation, whose metrics are named base_* and which the
-                # callback would report as "early stopping is disabled" (it only skips that call).
-                trainer.add_callback(
-                    EarlyStoppingCallback(
-                        early_stopping_patience=t.early_stopping_patience,
-                        early_stopping_threshold=t.early_stopping_threshold,
-                    )
-                )
-            try:
-                result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-            except (RuntimeError, ValueError) as e:
-                if no_space(e):
-                    raise
-                raise ToolError(
-                    f"training failed: {e} (checkpoints kept in {checkpoints}; continue with --resume)"
-                ) from e
-            final_eval = trainer.evaluate()  # the best checkpoint, reloaded at the end
+        fit = _fit(trainer, t, resume_from, checkpoints)
         if not state.is_main_process:
             return None
         weights = "model" if t.method == "full" else "adapter"
         trainer.model.save_pretrained(w.tmp / weights, safe_serialization=True)
         tokenizer.save_pretrained(w.tmp / weights)
-        history = trainer.state.log_history
-        plot_losses(history, w.tmp / "reports" / "loss.png")
         shutil.rmtree(checkpoints, ignore_errors=True)
         (w.tmp / "run.json").unlink()
-        if t.method == "full":
-            w.add_artifact(
-                "model", "model", "hf-safetensors", method="full", dtype=w.extra["base_loaded_as"]["dtype"]
-            )
-        else:
-            w.add_artifact(
-                "adapter", "adapter", "peft-lora", method=t.method, quantization=t.quantization, dora=t.dora
-            )
-        w.add_artifact("train-split", "train.jsonl", "jsonl", rows=len(train_rows))
-        w.add_artifact("validation-split", "validation.jsonl", "jsonl", rows=len(val_rows))
-        w.add_artifact("metrics", "metrics.jsonl", "jsonl")
-        w.add_artifact("loss-plot", "reports/loss.png", "png")
-        evals = [round(e["eval_loss"], 5) for e in history if "eval_loss" in e]
-        mean_loss = train_loss(history)
-        w.metrics.update(
-            base_val_loss=round(base_eval["base_loss"], 5),
-            val_loss=round(final_eval["eval_loss"], 5),
-            val_losses=evals,
-            train_loss=round(mean_loss, 5) if mean_loss is not None else None,
-            steps=result.global_step,
-            planned_steps=trainer.state.max_steps,
-            stopped_early=result.global_step < trainer.state.max_steps,
-            best_checkpoint_step=trainer.state.best_global_step,
-            train_seconds=round(result.metrics.get("train_runtime", 0.0), 2),
-            resumed_from_step=int(resume_from.name.split("-")[1]) if resume_from else None,
-            processes=state.num_processes,
-            method=t.method,
-            trainable_parameters=trainable,
-            peak_memory_mb=peak_memory_mb(),
+        _record(
+            w,
+            cfg,
+            trainer,
+            fit,
+            (len(train_rows), len(val_rows)),
+            resume_from,
+            trainable,
+            state.num_processes,
         )
         w.dataset = report.to_dict() | {"findings": [f.to_dict() for f in report.warnings]}
         w.resolved_base = base
         # Which template the model was trained with, and why (in the metrics, so the dist's lineage has it too).
         w.extra["chat_template"] = w.metrics["chat_template"] = chosen or "the base model's"
-        source = Path(base) / "edgeft_source.json"  # a base made from a GGUF (edgeft.models.realmodel)
-        if source.is_file():
-            g = json.loads(source.read_text()).get("gguf") or {}
-            w.extra["base_source"] = w.metrics["base_source"] = (
-                f"dequantized from {g.get('file')} ({g.get('type', 'a quantized')} GGUF, sha256 {g.get('sha256')}"
-                f"{', from the PyPI package ' + cfg.base_model[5:] if cfg.base_model.startswith('gguf:') else ''}): "
-                f"the fine-tune inherits that file's rounding"
-            )
+        source = _base_source(cfg, base)
+        if source is not None:
+            w.extra["base_source"] = w.metrics["base_source"] = source
         stage = w.publish()
     log.info(
         "adapter written to %s (val loss %.4f, base %.4f)",

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from edgeft import __version__
-from edgeft.core import stages
+from edgeft.core import formats, stages
 from edgeft.core.config import Config
 from edgeft.core.errors import InputError
 from edgeft.core.fileio import copy_file, file_table, hash_json, inside
-from edgeft.core.manifest import Artifact, Stage
+from edgeft.core.manifest import Artifact, Stage, StageWriter
 from edgeft.core.paths import vendor_dir
 from edgeft.core.workdir import in_session
 from edgeft.pipeline.evaluate import gate_rule, verdict_lines
@@ -151,14 +151,13 @@ def inputs_hash(cfg: Config, upstream: Sequence[Stage]) -> str:
 
 
 @in_session
-def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = False) -> Stage:
-    """Build dist/<name>/ from the config's stage directories (verify and eval must have passed on
-    exactly these artifacts). An earlier dist of edgeft's is replaced; anything else only with `force`."""
+def _judged(
+    cfg: Config, merge: Stage, exports: list[Stage]
+) -> tuple[Stage, VerifyReport, Stage, EvalResults]:
+    """The verify and eval stages, refused unless both passed on exactly these export stages."""
     from edgeft.pipeline import evaluate as eval_mod
     from edgeft.pipeline import verify as verify_mod
 
-    merge = stages.load(cfg, stages.MERGE)
-    exports = stages.exports(cfg)
     verify = stages.load(cfg, stages.VERIFY)
     if not verify.metrics.get("passed"):
         raise InputError(
@@ -171,7 +170,6 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
             f"{verify.path}: this report is for other artifacts or settings than the export stages "
             f"now hold: {again}"
         )
-    report = VerifyReport.read(verify.file("report.json"))
     evaluated = stages.load(cfg, stages.EVAL)
     if not evaluated.metrics.get("passed"):
         raise InputError(
@@ -182,7 +180,82 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
             f"{evaluated.path}: these results are for other artifacts or settings than the export "
             f"stages now hold: re-run `edgeft eval -c {cfg.source or 'CONFIG'}` (or `edgeft build`)"
         )
-    results = EvalResults.read(evaluated.file("results.json"))
+    return (
+        verify,
+        VerifyReport.read(verify.file("report.json")),
+        evaluated,
+        EvalResults.read(evaluated.file("results.json")),
+    )
+
+
+def _place_artifacts(w: StageWriter, exports: list[Stage], report: VerifyReport) -> list[Artifact]:
+    """Every exported artifact into gguf/ or onnx/, each byte checked against what verify judged."""
+    artifacts: list[Artifact] = []
+    for stage in exports:
+        sub = "gguf" if stage.kind == stages.EXPORT_GGUF else "onnx"
+        for a in stage.artifacts:
+            rel = f"{sub}/{Path(a.path).name}"
+            seen = report.verdict(a.name)
+            _place_verified(stage, a, w.tmp / rel, seen)
+            artifacts.append(
+                w.add_artifact(
+                    a.name,
+                    rel,
+                    a.format,
+                    type=a.type,
+                    runtime=a.runtime,
+                    verify=seen.summary() if seen else {"passed": None},
+                    **{k: a.info[k] for k in CARRIED if k in a.info},
+                )
+            )
+    return artifacts
+
+
+def _write_consumers(w: StageWriter, cfg: Config, artifacts: list[Artifact], report: VerifyReport) -> None:
+    """What consumers load the artifacts with: Ollama Modelfiles and the Java kit."""
+    from edgeft.ship.publish import write_modelfiles
+
+    write_modelfiles(w.tmp, artifacts, report, cfg.name, cfg.license)
+    gguf_files = [Path(a.path).name for a in artifacts if a.format == formats.GGUF]
+    onnx = [a for a in artifacts if a.format == formats.ONNX]
+    genai = [a.path for a in artifacts if a.format == formats.ONNX_GENAI]
+    if gguf_files or onnx or genai:
+        from edgeft.ship.javakit import write_kit
+
+        prompt_formats = [a.prompt_format for a in artifacts if a.prompt_format]
+        write_kit(
+            w.tmp / "java", cfg.name, gguf_files, onnx, genai, prompt_formats[0] if prompt_formats else None
+        )
+
+
+def _lineage(cfg: Config, merge: Stage, matrix: dict[str, Any] | None) -> dict[str, Any]:
+    """Where the model came from: base, data, adapter, method, training, importance matrix."""
+    lineage = {
+        "base_model": cfg.base_model,
+        "dataset": portable_dataset(cfg, merge.dataset),
+        "adapter": (
+            {
+                "files": file_table(merge.artifact_path("adapter")),
+                "quantization": cfg.train.quantization,
+                "dora": cfg.train.dora,
+            }
+            if merge.has("adapter")
+            else None
+        ),
+        "method": cfg.train.method,
+        "training": {k: v for k, v in merge.metrics.items() if k != "merge_comparison"},
+    }
+    if matrix is not None:
+        lineage["importance_matrix"] = matrix
+    return lineage
+
+
+def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = False) -> Stage:
+    """Build dist/<name>/ from the config's stage directories (verify and eval must have passed on
+    exactly these artifacts). An earlier dist of edgeft's is replaced; anything else only with `force`."""
+    merge = stages.load(cfg, stages.MERGE)
+    exports = stages.exports(cfg)
+    verify, report, evaluated, results = _judged(cfg, merge, exports)
     out_dir = stages.directory(cfg, stages.DIST, out_dir)
     with stages.writer(
         cfg,
@@ -193,65 +266,22 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
         force=force,
         replace_own=True,
     ) as w:
-        artifacts: list[Artifact] = []
-        for stage in exports:
-            sub = "gguf" if stage.kind == stages.EXPORT_GGUF else "onnx"
-            for a in stage.artifacts:
-                rel = f"{sub}/{Path(a.path).name}"
-                seen = report.verdict(a.name)
-                _place_verified(stage, a, w.tmp / rel, seen)
-                entry = w.add_artifact(
-                    a.name,
-                    rel,
-                    a.format,
-                    type=a.type,
-                    runtime=a.runtime,
-                    verify=seen.summary() if seen else {"passed": None},
-                    **{k: a.info[k] for k in CARRIED if k in a.info},
-                )
-                artifacts.append(entry)
+        artifacts = _place_artifacts(w, exports, report)
         matrix = _place_matrix(exports, w.tmp / "gguf")
         for name in ("report.json", "report.md", "kl.png"):
             if verify.file(name).is_file():
                 _place(verify.file(name), w.tmp / "verify" / name)
         for name in ("results.json", "results.md"):
             _place(evaluated.file(name), w.tmp / "eval" / name)
-        from edgeft.ship.publish import write_modelfiles
-
-        write_modelfiles(w.tmp, artifacts, report, cfg.name, cfg.license)
+        _write_consumers(w, cfg, artifacts, report)
         front = frontier.write(w.tmp, artifacts, report, results)
-        gguf_files = [Path(a.path).name for a in artifacts if a.format == "gguf"]
-        onnx = [a for a in artifacts if a.format == "onnx"]
-        genai = [a.path for a in artifacts if a.format == "onnx-genai"]
-        if gguf_files or onnx or genai:
-            from edgeft.ship.javakit import write_kit
-
-            formats = [a.prompt_format for a in artifacts if a.prompt_format]
-            write_kit(w.tmp / "java", cfg.name, gguf_files, onnx, genai, formats[0] if formats else None)
-        lineage = {
-            "base_model": cfg.base_model,
-            "dataset": portable_dataset(cfg, merge.dataset),
-            "adapter": (
-                {
-                    "files": file_table(merge.artifact_path("adapter")),
-                    "quantization": cfg.train.quantization,
-                    "dora": cfg.train.dora,
-                }
-                if merge.has("adapter")
-                else None
-            ),
-            "method": cfg.train.method,
-            "training": {k: v for k, v in merge.metrics.items() if k != "merge_comparison"},
-        }
-        if matrix is not None:
-            lineage["importance_matrix"] = matrix
+        lineage = _lineage(cfg, merge, matrix)
         (w.tmp / "README.md").write_text(model_card(cfg, lineage, artifacts, report, results, front))
-        files = file_table(w.tmp)
         w.extra.update(
             name=cfg.name,
             versions=versions(),
             lineage=lineage,
-            files=files,
+            files=file_table(w.tmp),
             verify={"passed": report.passed, "failures": report.failures},
             evaluation=_eval_summary(results),
             recommended=front["recommended"],

@@ -30,6 +30,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -322,6 +323,107 @@ def inputs_hash(cfg: Config, upstream: Sequence[Stage]) -> str:
 
 
 @in_session
+@dataclass
+class _Answers:
+    """Every model's greedy answers to the held-out prompts (and the general prompts, for base and
+    fine-tuned), the runtime each ran in, their speed, and why an artifact could not run."""
+
+    outputs: dict[str, list[str]] = field(default_factory=dict)
+    general: dict[str, list[str]] = field(default_factory=dict)
+    runtimes: dict[str, str] = field(
+        default_factory=lambda: {"base": "transformers", "fine-tuned": "transformers"}
+    )
+    speeds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unreadable: dict[str, str] = field(default_factory=dict)
+
+
+def _answer_all(
+    gate: Gate, prompts: Sequence[Prompt], general: Sequence[Prompt] | None, n_new: int
+) -> _Answers:
+    from edgeft.runtimes.hf import HFRuntime
+
+    got = _Answers()
+    reference = HFRuntime(gate.reference_dir)
+    got.outputs["fine-tuned"] = answer(reference, prompts, n_new, "fine-tuned (transformers)")
+    if general:
+        got.general["fine-tuned"] = answer(reference, general, n_new, "fine-tuned, general")
+    base = _base_runtime(str(gate.merged.resolved_base), reference)
+    del reference
+    got.outputs["base"] = answer(base, prompts, n_new, "base (transformers)")
+    if general:
+        got.general["base"] = answer(base, general, n_new, "base, general")
+    del base
+    for stage, art in gate.artifacts():
+        got.runtimes[art.name] = art.runtime or art.format
+        rt, why = load_or_why(stage, art, all_logits=False)
+        if rt is not None:
+            try:
+                with rt:
+                    got.outputs[art.name] = answer(
+                        rt, prompts, n_new, f"{art.name} ({art.runtime})", got.speeds.setdefault(art.name, {})
+                    )
+            except Exception as e:  # the artifact failed, not the evaluation: it scores nothing, named
+                log.debug("%s could not be evaluated", art.name, exc_info=True)
+                why = describe(e)
+        if why is not None:
+            got.unreadable[art.name] = why
+            got.outputs[art.name] = [""] * len(prompts)
+    return got
+
+
+def _judge(
+    got: _Answers, references: list[str], fmt: Callable[[str], bool] | None, rule: Rule, results: EvalResults
+) -> list[str]:
+    """Every model's scores into `results`, each artifact compared with the fine-tuned model on
+    the same examples; returns the failures."""
+    failures = []
+    for name, outs in got.outputs.items():
+        entry = ModelResult(
+            runtime=got.runtimes[name],
+            scores=score(outs, references, fmt),
+            speed=got.speeds.get(name) or None,
+        )
+        results.models[name] = entry
+        if name in ("base", "fine-tuned"):
+            continue
+        compared = compare_answers(got.outputs["fine-tuned"], outs, references, fmt, rule)
+        entry.relative = {m: c.relative for m, c in compared.items()}
+        entry.paired = {m: c.to_dict() for m, c in compared.items()}
+        entry.verdicts = {m: c.verdict("the fine-tuned model") for m, c in compared.items()}
+        low = [m for m, c in compared.items() if c.worse]
+        entry.passed = not low and name not in got.unreadable
+        if name in got.unreadable:
+            entry.error = got.unreadable[name]
+            failures.append(f"{name}: {got.runtimes[name]} cannot run it: {got.unreadable[name]}")
+        else:
+            failures += [
+                f"{name}: {m} {entry.verdicts[m]} (below {rule.min_relative:.0%}: {compared[m].relative:.1%})"
+                for m in low
+            ]
+    return failures
+
+
+def _forgetting(cfg: Config, got: _Answers, general: tuple[Sequence[Prompt], list[str]]) -> dict[str, Any]:
+    """chrF on the general-capability prompts, base against fine-tuned: catastrophic forgetting."""
+    g = {k: score(v, general[1], None) for k, v in got.general.items()}
+    drop = 1 - g["fine-tuned"]["chrf"] / g["base"]["chrf"] if g["base"]["chrf"] > 0 else 0.0
+    tolerance = cfg.eval.forgetting_tolerance
+    if drop > tolerance:
+        log.warning(
+            "catastrophic forgetting: on the general prompts the fine-tuned model's chrF is %.0f%% "
+            "below the base model's (tolerance %.0f%%)",
+            100 * drop,
+            100 * tolerance,
+        )
+    return {
+        "prompts": len(general[0]),
+        "scores": g,
+        "chrf_drop": drop,
+        "forgetting": drop > tolerance,
+        "tolerance": tolerance,
+    }
+
+
 def evaluate(
     cfg: Config,
     merge_dir: Path | None = None,
@@ -332,8 +434,6 @@ def evaluate(
 ) -> Stage:
     """Score base, fine-tuned model and every artifact on the held-out split; publish the results
     (replacing earlier eval results, nothing else without `force`)."""
-    from edgeft.runtimes.hf import HFRuntime
-
     gate = Gate.open(cfg, stages.EVAL, merge_dir, export_dirs, out_dir, force=force)
     merged = gate.merged
     if not merged.resolved_base:
@@ -346,71 +446,19 @@ def evaluate(
         raise InputError(f"{merged.file('validation.jsonl')}: no held-out examples to evaluate on")
     fmt, fmt_desc = format_checker(cfg)
     general = _general_prompts(cfg)
-    n_new = cfg.eval.max_new_tokens
     rule = Rule(cfg.eval.min_relative, cfg.eval.alpha, cfg.eval.min_discordant)
     results = EvalResults(
         examples=len(prompts),
-        max_new_tokens=n_new,
+        max_new_tokens=cfg.eval.max_new_tokens,
         format=fmt_desc,
         min_relative=rule.min_relative,
         alpha=rule.alpha,
         min_discordant=rule.min_discordant,
     )
-    outputs: dict[str, list[str]] = {}
-
-    reference = HFRuntime(gate.reference_dir)
-    outputs["fine-tuned"] = answer(reference, prompts, n_new, "fine-tuned (transformers)")
-    general_out = (
-        {"fine-tuned": answer(reference, general[0], n_new, "fine-tuned, general")} if general else {}
-    )
-    base = _base_runtime(str(merged.resolved_base), reference)
-    del reference
-    outputs["base"] = answer(base, prompts, n_new, "base (transformers)")
-    if general:
-        general_out["base"] = answer(base, general[0], n_new, "base, general")
-    del base
-    runtimes = {"base": "transformers", "fine-tuned": "transformers"}
-    unreadable: dict[str, str] = {}
-    speeds: dict[str, dict[str, Any]] = {}
-    for stage, art in gate.artifacts():
-        runtimes[art.name] = art.runtime or art.format
-        rt, why = load_or_why(stage, art, all_logits=False)
-        if rt is not None:
-            try:
-                with rt:
-                    outputs[art.name] = answer(
-                        rt, prompts, n_new, f"{art.name} ({art.runtime})", speeds.setdefault(art.name, {})
-                    )
-            except Exception as e:  # the artifact failed, not the evaluation: it scores nothing, named
-                log.debug("%s could not be evaluated", art.name, exc_info=True)
-                why = describe(e)
-        if why is not None:
-            unreadable[art.name] = why
-            outputs[art.name] = [""] * len(prompts)
-
-    ref_scores = score(outputs["fine-tuned"], references, fmt)
-    failures = []
-    for name, outs in outputs.items():
-        s = score(outs, references, fmt)
-        entry = ModelResult(runtime=runtimes[name], scores=s, speed=speeds.get(name) or None)
-        if name not in ("base", "fine-tuned"):
-            compared = compare_answers(outputs["fine-tuned"], outs, references, fmt, rule)
-            entry.relative = {m: c.relative for m, c in compared.items()}
-            entry.paired = {m: c.to_dict() for m, c in compared.items()}
-            entry.verdicts = {m: c.verdict("the fine-tuned model") for m, c in compared.items()}
-            low = [m for m, c in compared.items() if c.worse]
-            entry.passed = not low and name not in unreadable
-            if name in unreadable:
-                entry.error = unreadable[name]
-                failures.append(f"{name}: {runtimes[name]} cannot run it: {unreadable[name]}")
-            else:
-                failures += [
-                    f"{name}: {m} {compared[m].verdict('the fine-tuned model')} (below {cfg.eval.min_relative:.0%}: "
-                    f"{compared[m].relative:.1%})"
-                    for m in low
-                ]
-        results.models[name] = entry
-    base_scores = results.models["base"].scores
+    got = _answer_all(gate, prompts, general[0] if general else None, cfg.eval.max_new_tokens)
+    outputs = got.outputs
+    failures = _judge(got, references, fmt, rule, results)
+    ref_scores, base_scores = results.fine_tuned.scores, results.models["base"].scores
     results.improvement = {m: ref_scores[m] - base_scores[m] for m in ref_scores}
     results.versus_base = versus_base(outputs["fine-tuned"], outputs["base"], references, fmt, rule)
     if not results.versus_base["exact_match"]["better"]:
@@ -431,22 +479,7 @@ def evaluate(
         right={name: right(outs, references, fmt) for name, outs in outputs.items()},
     )
     if general:
-        g = {k: score(v, general[1], None) for k, v in general_out.items()}
-        drop = 1 - g["fine-tuned"]["chrf"] / g["base"]["chrf"] if g["base"]["chrf"] > 0 else 0.0
-        results.general = {
-            "prompts": len(general[0]),
-            "scores": g,
-            "chrf_drop": drop,
-            "forgetting": drop > cfg.eval.forgetting_tolerance,
-            "tolerance": cfg.eval.forgetting_tolerance,
-        }
-        if results.general["forgetting"]:
-            log.warning(
-                "catastrophic forgetting: on the general prompts the fine-tuned model's chrF is %.0f%% "
-                "below the base model's (tolerance %.0f%%)",
-                100 * drop,
-                100 * cfg.eval.forgetting_tolerance,
-            )
+        results.general = _forgetting(cfg, got, general)
     results.samples = [
         {
             "prompt": p if isinstance(p, str) else p[-1]["content"],
