@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgeft.registry.index import BUCKETS
+from edgeft.registry.index import BUCKETS, Split
 from edgeft.registry.routing import assign, bucket
 
 OUT = Path(__file__).resolve().parent.parent / "edgeft" / "ship" / "javakit" / "routing-vectors.json"
@@ -68,7 +68,7 @@ def main() -> None:
             {
                 **split,
                 "routes": [
-                    {"key": k, "version": assign(split["arms"], bucket(split["id"], k))["version"]}
+                    {"key": k, "version": assign(Split.from_json(split).arms, bucket(split["id"], k)).version}
                     for k in [*KEYS, *(f"req-{i}" for i in range(40))]
                 ],
             }

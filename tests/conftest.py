@@ -216,3 +216,10 @@ def resign(stage: Path, relpath: str) -> None:
         if relpath in mf.get("stat", {}):  # what build's change detection compares
             mf["stat"][relpath] = [target.stat().st_size, target.stat().st_mtime_ns]
         (stage / name).write_text(json.dumps(mf, indent=2))
+
+
+def on_disk(reg) -> dict:
+    """A registry's index.json as stored (the contract other readers, the Java kit among them, see)."""
+    import json
+
+    return json.loads((reg.root / "index.json").read_text(encoding="utf-8"))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import on_disk
 from test_registry import make_dist
 
 from edgeft.cli import cli
@@ -191,7 +192,7 @@ def test_registry_promotion_uses_the_paired_rule(tmp_path: Path) -> None:
     assert result.exit_code == 11, result.output
     assert "fine-tuned exact_match: worse than production: 8 lost, 0 won" in result.output
     assert "p = 0.002" in result.output and "--force" in result.output
-    assert reg.index()["models"]["m"]["aliases"]["production"] == 2
+    assert on_disk(reg)["models"]["m"]["aliases"]["production"] == 2
     # Versions evaluated on other held-out examples cannot be paired: only the margin applies.
     other = [q.replace("employees", "staff") for q in QUESTIONS]
     reg.add(make_dist(tmp_path / "v4", exact=18 / 24, seed="d", results=_results(18, questions=other)))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import on_disk
 
 from edgeft.cli import cli
 from edgeft.core import stages
@@ -19,7 +20,7 @@ from edgeft.core.errors import InputError, RegistryRefused
 from edgeft.core.fileio import file_table
 from edgeft.core.manifest import StageWriter
 from edgeft.judge.integrity import dist_problems
-from edgeft.registry.index import BUCKETS
+from edgeft.registry.index import BUCKETS, Arm, Split
 from edgeft.registry.routing import Ref, assign, bucket
 from edgeft.registry.store import Registry
 from edgeft.ship.javakit import ROUTING_VECTORS
@@ -98,15 +99,15 @@ def test_routing_follows_the_documented_hash_and_the_shipped_vectors() -> None:
         )
     for split in vectors["splits"]:
         for r in split["routes"]:
-            assert assign(split["arms"], bucket(split["id"], r["key"]))["version"] == r["version"]
+            assert assign(Split.from_json(split).arms, bucket(split["id"], r["key"])).version == r["version"]
     assert len({v["bucket"] for v in vectors["bucket"]}) > len(vectors["bucket"]) * 0.9  # not a constant
 
 
 def test_a_split_sends_its_share_and_growing_it_keeps_assigned_keys() -> None:
-    arms = lambda share: [{"version": 1, "weight": BUCKETS - share}, {"version": 2, "weight": share}]  # noqa: E731
+    arms = lambda share: [Arm("production", 1, BUCKETS - share), Arm("candidate", 2, share)]  # noqa: E731
     keys = [f"req-{i}" for i in range(10_000)]
-    at10 = [assign(arms(1000), bucket("m/1", k))["version"] for k in keys]
-    at20 = [assign(arms(2000), bucket("m/1", k))["version"] for k in keys]
+    at10 = [assign(arms(1000), bucket("m/1", k)).version for k in keys]
+    at20 = [assign(arms(2000), bucket("m/1", k)).version for k in keys]
     # Binomial(10000, 0.1) has a standard deviation of 30 keys: ±1% is more than 3 of them.
     assert 900 <= at10.count(2) <= 1100
     assert 1900 <= at20.count(2) <= 2100
@@ -119,7 +120,7 @@ def test_lifecycle_register_promote_split_promote_rollback(tmp_path: Path, reg: 
     assert reg.add(d1, "first") == ("m", 1, True)
     assert reg.add(d1) == ("m", 1, False)  # the same dist again is the same version
     assert reg.add(d2) == ("m", 2, True)
-    index = reg.index()
+    index = on_disk(reg)
     v2 = index["models"]["m"]["versions"]["2"]
     assert v2["lineage"]["parent_version"] == 1 and v2["status"] == "staging"
     assert (
@@ -136,17 +137,17 @@ def test_lifecycle_register_promote_split_promote_rollback(tmp_path: Path, reg: 
     reg.promote(Ref.parse("m:1"))
     reg.promote(Ref.parse("m:2"), "candidate")
     split = reg.split("m", ["production=90", "candidate=10"])
-    assert split is not None and [a["version"] for a in split["arms"]] == [1, 2]
-    assert reg.split("m", ["production=80", "candidate=20"])["id"] == split["id"]  # weights only: same id
+    assert split is not None and [a.version for a in split.arms] == [1, 2]
+    assert reg.split("m", ["production=80", "candidate=20"]).id == split.id  # weights only: same id
     assert {reg.route("m", f"r{i}")["version"] for i in range(200)} == {1, 2}
 
     reg.promote(Ref.parse("m@candidate"))
-    m = reg.index()["models"]["m"]
+    m = on_disk(reg)["models"]["m"]
     assert m["aliases"] == {"production": 2} and m["split"] is None and m["history"] == [1, 2]
     assert [m["versions"][v]["status"] for v in ("1", "2")] == ["archived", "production"]
 
     assert reg.rollback("m", "bad answers") == (2, 1)
-    m = reg.index()["models"]["m"]
+    m = on_disk(reg)["models"]["m"]
     assert m["aliases"]["production"] == 1 and [m["versions"][v]["status"] for v in ("1", "2")] == [
         "production",
         "archived",
@@ -167,7 +168,7 @@ def test_lifecycle_register_promote_split_promote_rollback(tmp_path: Path, reg: 
         "rollback",
         "archive",
     ]
-    assert [e["seq"] for e in events] == list(range(1, 12)) and reg.index()["last_event"] == 11
+    assert [e["seq"] for e in events] == list(range(1, 12)) and on_disk(reg)["last_event"] == 11
     assert events[0]["reason"] == "first" and events[9]["reason"] == "bad answers"
     assert all(e["user"] and e["time"].endswith("Z") for e in events)
 
@@ -179,7 +180,7 @@ def test_promotion_is_gated_on_scores_and_forcing_is_recorded(tmp_path: Path, re
     result = CliRunner().invoke(cli, ["registry", "promote", "m:2", "--registry", str(reg.root)])
     assert result.exit_code == 11, result.output
     assert "fine-tuned exact_match 0.5 < 0.8" in result.output and "--force" in result.output
-    assert reg.index()["models"]["m"]["aliases"]["production"] == 1  # nothing changed
+    assert on_disk(reg)["models"]["m"]["aliases"]["production"] == 1  # nothing changed
     result = CliRunner().invoke(cli, ["registry", "promote", "m:2", "--force", "--registry", str(reg.root)])
     assert result.exit_code == 5 and "--reason" in result.output
     result = CliRunner().invoke(
@@ -238,7 +239,7 @@ def test_refusals_and_bad_input(tmp_path: Path, reg: Registry) -> None:
     (altered / "gguf" / "m-q8_0.gguf").write_bytes(b"GGUF tampered")
     with pytest.raises(InputError, match="do not match its manifest"):
         reg.add(altered)
-    assert len(reg.index()["models"]["m"]["versions"]) == 2
+    assert len(on_disk(reg)["models"]["m"]["versions"]) == 2
     (reg.root / "index.json").write_text("{broken")
     result = CliRunner().invoke(cli, ["registry", "list", "--registry", str(reg.root)])
     assert result.exit_code == 5 and "index.json: not valid JSON" in result.output
@@ -280,7 +281,7 @@ def test_concurrent_registrations_both_succeed(tmp_path: Path, reg: Registry) ->
     outputs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
     assert sorted(out.strip() for out, _ in outputs) == [f"m:{i}" for i in range(1, 5)]
-    index = reg.index()
+    index = on_disk(reg)
     assert sorted(index["models"]["m"]["versions"]) == ["1", "2", "3", "4"] and index["last_event"] == 4
     assert [e["seq"] for e in reg.events()] == [1, 2, 3, 4]
     assert sorted(p.name for p in (reg.root / "models" / "m").iterdir()) == [
@@ -335,7 +336,7 @@ def test_events_stay_numbered_after_a_writer_died_between_log_and_index(
             + "\n"
         )
     reg.promote(Ref.parse("m:1"))
-    assert [e["seq"] for e in reg.events()] == [1, 2, 3] and reg.index()["last_event"] == 3
+    assert [e["seq"] for e in reg.events()] == [1, 2, 3] and on_disk(reg)["last_event"] == 3
 
 
 def _alter(path: Path, data: bytes = b"GGUF altered in the registry") -> None:
@@ -393,7 +394,7 @@ def test_the_sha256_cache_never_hides_a_change(tmp_path: Path, reg: Registry) ->
     import os
 
     reg.add(make_dist(tmp_path / "a", seed="a"))
-    version = reg.index()["models"]["m"]["versions"]["1"]
+    version = reg.index().models["m"].versions[1]
     reg.check("m", version, "checked")
     assert (reg.root / ".sha256-cache.json").is_file()
     gguf = reg.root / "models" / "m" / "1" / "gguf" / "m-q8_0.gguf"
@@ -426,13 +427,13 @@ def test_a_registration_killed_before_its_commit_leaves_nothing_counted(
         reg, make_dist(tmp_path / "b", seed="b"), "write_atomic"
     )  # the version folder is in place, no index
     assert (reg.root / "models" / "m" / "2").is_dir()
-    assert sorted(reg.index()["models"]["m"]["versions"]) == ["1"]
+    assert sorted(on_disk(reg)["models"]["m"]["versions"]) == ["1"]
     assert [e["event"] for e in reg.events()] == ["register"]  # no "register version=2"
     result = _registry_cli(reg, "show", "m")
     assert result.exit_code == 0 and result.output.count("staging") == 1
     assert reg.add(make_dist(tmp_path / "c", seed="c")) == ("m", 2, True)  # the next writer cleans up first
     assert sorted(p.name for p in (reg.root / "models" / "m").iterdir()) == ["1", "2"]
-    assert reg.index()["models"]["m"]["versions"]["2"]["lineage"]["dataset_sha256"]
+    assert on_disk(reg)["models"]["m"]["versions"]["2"]["lineage"]["dataset_sha256"]
     assert json.loads((reg.root / "models/m/2/manifest.json").read_text())["config"]["seed"] == "c"
     assert [e["seq"] for e in reg.events()] == [1, 2]
     _killed(reg, make_dist(tmp_path / "d", seed="d"), "copy_dist")  # killed while copying the dist in
@@ -446,7 +447,7 @@ def test_a_registration_killed_after_its_commit_is_logged_by_the_next_writer(
 ) -> None:
     reg.add(make_dist(tmp_path / "a", seed="a"))
     _killed(reg, make_dist(tmp_path / "b", seed="b"), "_append_events")  # committed, not yet logged
-    assert sorted(reg.index()["models"]["m"]["versions"]) == ["1", "2"]
+    assert sorted(on_disk(reg)["models"]["m"]["versions"]) == ["1", "2"]
     assert [(e["seq"], e["version"]) for e in reg.events()] == [
         (1, 1),
         (2, 2),
@@ -504,7 +505,7 @@ def test_a_malformed_index_is_an_error_naming_the_file_and_key(
     reg.add(make_dist(tmp_path / "a", seed="a"))
     reg.add(make_dist(tmp_path / "b", seed="b"))
     reg.promote(Ref.parse("m:1"))
-    index = reg.index()
+    index = on_disk(reg)
     edit(index["models"]["m"])
     (reg.root / "index.json").write_text(json.dumps(index))
     for args in (("show", "m"), ("show", "m:1"), ("list",), ("route", "m", "--key", "k"), ("log",)):
@@ -520,7 +521,7 @@ def test_nan_and_infinite_weights_are_refused(tmp_path: Path, reg: Registry) -> 
     for arms in (("production=nan", "2=nan"), ("production=inf", "2=-inf"), ("production=1e400", "2=1")):
         result = _registry_cli(reg, "split", "m", *arms)
         assert result.exit_code == 5 and "LABEL=PERCENT" in result.output, result.output
-    index = reg.index()
+    index = on_disk(reg)
     index["models"]["m"]["split"] = {
         "id": "m/1",
         "arms": [{"label": "a", "version": 1, "weight": 5000}, {"label": "b", "version": 2, "weight": 5000}],
@@ -538,7 +539,7 @@ def test_versions_registered_before_the_file_record_are_held_to_the_index_artifa
     tmp_path: Path, reg: Registry
 ) -> None:
     reg.add(make_dist(tmp_path / "a", seed="a"))
-    index = reg.index()
+    index = on_disk(reg)
     for key in ("files",):
         del index["models"]["m"]["versions"]["1"][key]
     del index["last_change"]

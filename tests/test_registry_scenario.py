@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import EXAMPLE, write_config
+from conftest import EXAMPLE, on_disk, write_config
 from test_publish import parse_modelfile
 
 from edgeft.cli import cli
@@ -64,7 +64,7 @@ def test_versions_promotion_ab_split_and_rollback(built: tuple[Path, Path, Path]
     opt = ["--registry", str(reg.root)]
     assert kinds() == ["register"]
     assert cli_ok("registry", "add", str(dist2), *opt, "--reason", "1 epoch").strip() == "nl2sql-micro:2"
-    index = reg.index()
+    index = on_disk(reg)
     versions = index["models"]["nl2sql-micro"]["versions"]
     assert [v["status"] for v in versions.values()] == ["staging", "staging"] and kinds() == ["register"] * 2
     assert versions["2"]["lineage"]["parent_version"] == 1
@@ -80,8 +80,8 @@ def test_versions_promotion_ab_split_and_rollback(built: tuple[Path, Path, Path]
     cli_ok("registry", "split", "nl2sql-micro", "production=90", "candidate=10", *opt)
     assert kinds()[2:] == ["promote", "alias", "split"]
     keys = [f"request-{i}" for i in range(10_000)]
-    index = reg.index()
-    at10 = [reg.route("nl2sql-micro", k, index)["version"] for k in keys]
+    index = on_disk(reg)
+    at10 = [reg.route("nl2sql-micro", k, on_disk(reg))["version"] for k in keys]
     assert 900 <= at10.count(2) <= 1100  # 10% ± 1% (binomial sd is 0.3%)
     assert at10 == [reg.route("nl2sql-micro", k)["version"] for k in keys]  # deterministic
     routed = json.loads(cli_ok("registry", "route", "nl2sql-micro", "--key", keys[0], "--json", *opt))
@@ -123,17 +123,17 @@ def test_versions_promotion_ab_split_and_rollback(built: tuple[Path, Path, Path]
 
     # v2 trained ten times longer: not worse than v1 on their shared examples (paired), so the gate lets it through.
     cli_ok("registry", "promote", "nl2sql-micro:2", *opt)
-    model = reg.index()["models"]["nl2sql-micro"]
+    model = on_disk(reg)["models"]["nl2sql-micro"]
     assert model["aliases"] == {"production": 2} and model["split"] is None
     assert [model["versions"][v]["status"] for v in ("1", "2")] == ["archived", "production"]
     assert kinds()[5:] == ["split", "promote", "archive", "split-end"]
     assert all(r == "production" for r in [reg.route("nl2sql-micro", k)["label"] for k in keys[:50]])
 
     cli_ok("registry", "rollback", "nl2sql-micro", "--reason", "drill", *opt)
-    model = reg.index()["models"]["nl2sql-micro"]
+    model = on_disk(reg)["models"]["nl2sql-micro"]
     assert model["aliases"]["production"] == 1 and model["history"] == [1]
     assert [model["versions"][v]["status"] for v in ("1", "2")] == ["production", "archived"]
-    assert kinds()[9:] == ["rollback", "archive"] and reg.index()["last_event"] == 11
+    assert kinds()[9:] == ["rollback", "archive"] and on_disk(reg)["last_event"] == 11
     shown = cli_ok("registry", "show", "nl2sql-micro:2", "--against", "nl2sql-micro:1", *opt)
     assert "chrf" in shown and "kl_mean" in shown
 

@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,6 +22,9 @@ from edgeft import __version__
 from edgeft.core.config import Config, DataConfig
 from edgeft.core.errors import EdgeftError
 from edgeft.runtimes import Sampling
+
+if TYPE_CHECKING:
+    from edgeft.registry.store import Registry
 
 CONFIG_OPTION = click.option(
     "-c",
@@ -654,7 +657,7 @@ def registry_options(f):
     )(f)
 
 
-def _registry(registry_dir: Path | None, config_path: Path | None):
+def _registry(registry_dir: Path | None, config_path: Path | None) -> Registry:
     from edgeft.registry.store import Registry
 
     if registry_dir is None and config_path is not None:
@@ -699,7 +702,7 @@ def registry_list(registry_dir: Path | None, config_path: Path | None, as_json: 
 
     reg = _registry(registry_dir, config_path)
     index = reg.index()
-    click.echo(json.dumps(index, indent=2, ensure_ascii=False) if as_json else list_table(index))
+    click.echo(json.dumps(index.to_json(), indent=2, ensure_ascii=False) if as_json else list_table(index))
 
 
 @registry.command("show")
@@ -832,8 +835,8 @@ def registry_split(
         click.echo(f"{name}: no split (all traffic to production)")
     else:
         click.echo(
-            f"{name}: split {split['id']}: "
-            + ", ".join(f"{a['label']} ({name}:{a['version']}) {a['weight'] / 100:g}%" for a in split["arms"])
+            f"{name}: split {split.id}: "
+            + ", ".join(f"{a.label} ({name}:{a.version}) {a.weight / 100:g}%" for a in split.arms)
         )
 
 
@@ -858,7 +861,7 @@ def registry_route(
     for key in keys:
         r = reg.route(name, key, index)
         if r["version"] not in checked:  # a version is named only when its files are the registered ones
-            reg.check(name, index["models"][name]["versions"][str(r["version"])], "routed to")
+            reg.check(name, index.models[name].versions[r["version"]], "routed to")
             checked.add(r["version"])
         click.echo(
             json.dumps({"key": key, **r}, ensure_ascii=False)

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from edgeft.pipeline.evaluate.results import METRICS, VersionResults, compare_versions
+from edgeft.registry.index import Version
 
 
-def compare(new: dict[str, Any], old: dict[str, Any]) -> list[dict[str, Any]]:
+def compare(new: Version, old: Version) -> list[dict[str, Any]]:
     """Rows of what two versions share: eval scores (the fine-tuned model and each artifact both ship)
     and verify's KL mean / top-1 per shared artifact. Higher is better for every row but KL."""
     rows = []
-    a, b = (new.get("evaluation") or {}).get("scores", {}), (old.get("evaluation") or {}).get("scores", {})
+    a, b = new.scores, old.scores
     for model in [m for m in a if m in b and m != "base"]:
         for metric in METRICS:
             if metric in a[model] and metric in b[model]:
@@ -28,8 +29,8 @@ def compare(new: dict[str, Any], old: dict[str, Any]) -> list[dict[str, Any]]:
                         "higher_is_better": True,
                     }
                 )
-    va = {x["name"]: x.get("verify") or {} for x in new.get("artifacts", [])}
-    vb = {x["name"]: x.get("verify") or {} for x in old.get("artifacts", [])}
+    va = {x.name: x.verify for x in new.artifacts}
+    vb = {x.name: x.verify for x in old.artifacts}
     for name in [n for n in va if n in vb]:
         for metric, better in (("kl_mean", False), ("top1", True)):
             if va[name].get(metric) is not None and vb[name].get(metric) is not None:
@@ -47,7 +48,7 @@ def compare(new: dict[str, Any], old: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def regressions(
-    new: dict[str, Any], old: dict[str, Any], new_dir: Path | None = None, old_dir: Path | None = None
+    new: Version, old: Version, new_dir: Path | None = None, old_dir: Path | None = None
 ) -> list[str]:
     """The promotion gate: where `new` is worse than `old`. With both versions' per-example eval
     results (eval/results.json), eval's paired test on the examples they share, for the

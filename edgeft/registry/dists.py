@@ -10,7 +10,7 @@ from typing import Any
 
 from edgeft.core.errors import InputError
 from edgeft.core.fileio import copy_file, hash_json, inside, sha256_file
-from edgeft.core.manifest import MANIFEST
+from edgeft.core.manifest import MANIFEST, Artifact
 
 
 def stamp(folder: Path, info: dict[str, Any]) -> None:
@@ -77,7 +77,7 @@ def lineage(dist: dict[str, Any], parent: int | None) -> dict[str, Any]:
     }
 
 
-def index_artifacts(dist: dict[str, Any]) -> list[dict[str, Any]]:
+def index_artifacts(dist: dict[str, Any]) -> list[Artifact]:
     """What the index lists per artifact: the dist entry's identity and checksums (a folder's files)."""
     keep = (
         "name",
@@ -91,4 +91,4 @@ def index_artifacts(dist: dict[str, Any]) -> list[dict[str, Any]]:
         "verify",
         "bits_per_weight",
     )
-    return [{k: a[k] for k in keep if k in a} for a in dist.get("artifacts", [])]
+    return [Artifact.from_json({k: a[k] for k in keep if k in a}) for a in dist.get("artifacts", [])]

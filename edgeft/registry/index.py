@@ -23,12 +23,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgeft.core.errors import InputError
 from edgeft.core.fileio import inside, sha256_file, write_atomic
-from edgeft.core.manifest import MANIFEST
+from edgeft.core.manifest import MANIFEST, Artifact
 
 SCHEMA = 1
 BUCKETS = 10_000
@@ -184,13 +185,13 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def read_index(path: Path) -> dict[str, Any]:
+def read_index(path: Path) -> RegistryIndex:
     """The index at `path`, checked (InputError naming the file and the key); an empty index when
     there is none yet."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return {"schema": SCHEMA, "last_event": 0, "models": {}}
+        return RegistryIndex()
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text: restore it from a backup") from None
     try:
@@ -213,7 +214,195 @@ def read_index(path: Path) -> dict[str, Any]:
             f"{path}: {e}: the index was edited by hand or damaged; restore it from a backup "
             f"(events.jsonl beside it records every change)"
         ) from None
-    return data
+    return RegistryIndex.from_json(data)
+
+
+# ---- the index, typed (read_index checks the JSON first) ----------------------------------------------
+
+
+@dataclass
+class Version:
+    """One registered version: where its copy is, its status, its lineage and the verify and eval
+    summaries of the dist it was, its artifacts and (since the index records them) every file."""
+
+    version: int
+    status: str
+    path: str  # its folder, relative to the registry
+    registered: str
+    artifacts: list[Artifact]
+    lineage: dict[str, Any] = field(default_factory=dict)
+    verify: dict[str, Any] = field(default_factory=dict)  # passed, failures
+    evaluation: dict[str, Any] = field(default_factory=dict)  # passed, scores (model -> metric -> score), ...
+    files: list[dict[str, Any]] | None = None  # None: registered before every file was recorded
+    user: str | None = None
+    reason: str | None = None
+    source: str | None = None  # the dist it was registered from
+    content: str | None = None  # the hash of the dist's file table: the same dist is the same version
+    inputs_hash: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # keys a later edgeft added, kept as they are
+
+    _KEYS = (
+        "version",
+        "status",
+        "path",
+        "registered",
+        "user",
+        "reason",
+        "source",
+        "content",
+        "inputs_hash",
+        "lineage",
+        "verify",
+        "evaluation",
+        "artifacts",
+        "files",
+    )
+
+    @property
+    def passed(self) -> bool:
+        """Whether the dist passed verify and eval (only such a version may be production)."""
+        return bool(self.verify.get("passed")) and bool(self.evaluation.get("passed"))
+
+    @property
+    def scores(self) -> dict[str, dict[str, float]]:
+        return self.evaluation.get("scores") or {}
+
+    def artifact(self, name: str) -> Artifact | None:
+        return next((a for a in self.artifacts if a.name == name), None)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Version:
+        return cls(
+            version=int(data["version"]),
+            status=data["status"],
+            path=data["path"],
+            registered=data["registered"],
+            artifacts=[Artifact.from_json(a) for a in data["artifacts"]],
+            lineage=data.get("lineage") or {},
+            verify=data.get("verify") or {},
+            evaluation=data.get("evaluation") or {},
+            files=data.get("files"),
+            user=data.get("user"),
+            reason=data.get("reason"),
+            source=data.get("source"),
+            content=data.get("content"),
+            inputs_hash=data.get("inputs_hash"),
+            extra={k: v for k, v in data.items() if k not in cls._KEYS},
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "version": self.version,
+            "status": self.status,
+            "path": self.path,
+            "registered": self.registered,
+            "user": self.user,
+            "reason": self.reason,
+            "source": self.source,
+            "content": self.content,
+            "inputs_hash": self.inputs_hash,
+            "lineage": self.lineage,
+            "verify": self.verify,
+            "evaluation": self.evaluation,
+            "artifacts": [a.to_json() for a in self.artifacts],
+        }
+        if self.files is not None:
+            out["files"] = self.files
+        return {**out, **self.extra}
+
+
+@dataclass(frozen=True)
+class Arm:
+    label: str  # what the user named: an alias or a version number
+    version: int
+    weight: int  # basis points of the traffic (all arms: BUCKETS)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "version": self.version, "weight": self.weight}
+
+
+@dataclass
+class Split:
+    """An A/B split: the request key's bucket (routing.bucket) picks the arm."""
+
+    id: str  # changes when the arms' versions change; the same for new weights
+    arms: list[Arm]
+    since: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Split:
+        return cls(
+            id=data["id"],
+            since=data.get("since"),
+            arms=[Arm(a["label"], int(a["version"]), int(a["weight"])) for a in data["arms"]],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "buckets": BUCKETS,
+            "arms": [a.to_json() for a in self.arms],
+            "since": self.since,
+        }
+
+
+@dataclass
+class ModelEntry:
+    """A registered model: its versions by number, its aliases, its production history (for
+    rollback) and its split, if any."""
+
+    versions: dict[int, Version] = field(default_factory=dict)
+    aliases: dict[str, int] = field(default_factory=dict)
+    history: list[int] = field(default_factory=list)
+    split: Split | None = None
+    splits_created: int = 0
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelEntry:
+        return cls(
+            versions={int(n): Version.from_json(v) for n, v in data["versions"].items()},
+            aliases={k: int(v) for k, v in data["aliases"].items()},
+            history=[int(n) for n in data.get("history", [])],
+            split=Split.from_json(data["split"]) if data.get("split") else None,
+            splits_created=int(data.get("splits_created", 0)),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "aliases": self.aliases,
+            "history": self.history,
+            "split": self.split.to_json() if self.split else None,
+            "splits_created": self.splits_created,
+            "versions": {str(n): v.to_json() for n, v in sorted(self.versions.items())},
+        }
+
+
+@dataclass
+class RegistryIndex:
+    """index.json: every model, the last event number, and the last change's events (the commit
+    point: they are appended to events.jsonl just after)."""
+
+    models: dict[str, ModelEntry] = field(default_factory=dict)
+    last_event: int = 0
+    last_change: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RegistryIndex:
+        return cls(
+            models={k: ModelEntry.from_json(m) for k, m in data["models"].items()},
+            last_event=int(data.get("last_event", 0)),
+            last_change=list(data.get("last_change", [])),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "schema": SCHEMA,
+            "last_event": self.last_event,
+            "models": {k: m.to_json() for k, m in self.models.items()},
+        }
+        if self.last_change:
+            out["last_change"] = self.last_change
+        return out
 
 
 # ---- the bytes of a version, held to the index -----------------------------------------------------
@@ -266,31 +455,24 @@ class HashCache:
         self.dirty = False
 
 
-def recorded_files(
-    root: Path, version: dict[str, Any], artifacts: list[str] | None = None
-) -> list[dict[str, Any]]:
+def recorded_files(root: Path, version: Version, artifacts: list[str] | None = None) -> list[dict[str, Any]]:
     """The files of a version as the index records them, relative to its folder: every file
     (`files`, since the index records them) or, for older versions, the index's artifact entries
     with the manifest's table for the rest. `artifacts`: names whose files alone are wanted."""
-    folder = inside(root, version["path"])
-    arts = (
-        version["artifacts"]
-        if artifacts is None
-        else [a for a in version["artifacts"] if a["name"] in artifacts]
-    )
+    folder = inside(root, version.path)
+    arts = version.artifacts if artifacts is None else [a for a in version.artifacts if a.name in artifacts]
     from_artifacts = []
     for a in arts:
-        if "files" in a:
+        if a.files is not None:
             from_artifacts += [
-                {"path": f"{a['path']}/{f['path']}", "bytes": f["bytes"], "sha256": f["sha256"]}
-                for f in a["files"]
+                {"path": f"{a.path}/{f['path']}", "bytes": f["bytes"], "sha256": f["sha256"]} for f in a.files
             ]
         else:
-            from_artifacts.append({"path": a["path"], "bytes": a["bytes"], "sha256": a["sha256"]})
+            from_artifacts.append({"path": a.path, "bytes": a.bytes, "sha256": a.sha256})
     if artifacts is not None:
         return from_artifacts
-    if "files" in version:
-        return list(version["files"])
+    if version.files is not None:
+        return list(version.files)
     table = {f["path"]: f for f in _manifest_files(folder)}
     table.update({f["path"]: f for f in from_artifacts})
     return list(table.values())
@@ -306,11 +488,11 @@ def _manifest_files(folder: Path) -> list[dict[str, Any]]:
 
 
 def version_problems(
-    root: Path, version: dict[str, Any], artifacts: list[str] | None = None, paths: set[str] | None = None
+    root: Path, version: Version, artifacts: list[str] | None = None, paths: set[str] | None = None
 ) -> list[str]:
     """One line per file of `version` (of its `artifacts` by name, or at these `paths`) that is
     missing or not the bytes the index recorded."""
-    folder = inside(root, version["path"])
+    folder = inside(root, version.path)
     cache = HashCache(root)
     problems = []
     for f in recorded_files(root, version, artifacts):

@@ -14,10 +14,9 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from edgeft.core.errors import InputError
-from edgeft.registry.index import BUCKETS
+from edgeft.registry.index import BUCKETS, Arm
 
 _REF = re.compile(r"^(?P<name>[^:@]+)(?::v?(?P<version>\d+)|@(?P<alias>[A-Za-z_-]+))?$")
 
@@ -28,11 +27,11 @@ def bucket(split_id: str, key: str) -> int:
     return int.from_bytes(digest[:8], "big") % BUCKETS
 
 
-def assign(arms: list[dict[str, Any]], b: int) -> dict[str, Any]:
+def assign(arms: list[Arm], b: int) -> Arm:
     """The arm serving bucket `b`: arms in order, cumulative weights in basis points (sum 10000)."""
     total = 0
     for arm in arms:
-        total += int(arm["weight"])
+        total += arm.weight
         if b < total:
             return arm
     raise ValueError(f"weights sum to {total}, not {BUCKETS}")

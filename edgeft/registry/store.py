@@ -58,7 +58,18 @@ from edgeft.core.manifest import MANIFEST, check_replaceable
 from edgeft.pipeline.evaluate.results import RESULTS
 from edgeft.registry.compare import regressions
 from edgeft.registry.dists import copy_dist, index_artifacts, lineage, stamp
-from edgeft.registry.index import BUCKETS, HashCache, read_index, recorded_files, version_problems
+from edgeft.registry.index import (
+    BUCKETS,
+    Arm,
+    HashCache,
+    ModelEntry,
+    RegistryIndex,
+    Split,
+    Version,
+    read_index,
+    recorded_files,
+    version_problems,
+)
 from edgeft.registry.routing import Ref, assign, bucket
 
 log = logging.getLogger(__name__)
@@ -92,7 +103,7 @@ class Registry:
     def index_path(self) -> Path:
         return self.root / INDEX
 
-    def index(self) -> dict[str, Any]:
+    def index(self) -> RegistryIndex:
         """The index as on disk, checked (an empty one when the registry does not exist yet)."""
         return read_index(self.index_path)
 
@@ -111,7 +122,7 @@ class Registry:
                     ) from None
                 out.append(event)
         last = max([0, *(int(e["seq"]) for e in out)])
-        out += [e for e in self.index().get("last_change", []) if e["seq"] > last]
+        out += [e for e in self.index().last_change if e["seq"] > last]
         return [e for e in out if name is None or e.get("model") == name]
 
     def _last_seq(self) -> int:
@@ -124,16 +135,16 @@ class Registry:
         except (ValueError, KeyError, TypeError):
             raise InputError(f"{path}: its last line is not an edgeft event (edited by hand?)") from None
 
-    def model(self, index: dict[str, Any], name: str) -> dict[str, Any]:
-        if name not in index["models"]:
-            known = ", ".join(sorted(index["models"])) or "none yet"
+    def model(self, index: RegistryIndex, name: str) -> ModelEntry:
+        if name not in index.models:
+            known = ", ".join(sorted(index.models)) or "none yet"
             raise InputError(
                 f"{self.root}: no model {name!r} registered (models: {known}); "
                 f"register a dist with `edgeft registry add DIST`"
             )
-        return index["models"][name]
+        return index.models[name]
 
-    def resolve(self, ref: Ref, index: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    def resolve(self, ref: Ref, index: RegistryIndex | None = None) -> tuple[ModelEntry, Version]:
         """(model, version) for a reference; a bare NAME means its production version."""
         index = index if index is not None else self.index()
         model = self.model(index, ref.name)
@@ -142,20 +153,22 @@ class Registry:
         else:
             alias = ref.alias or PRODUCTION
             if alias == "latest":
-                number = max(map(int, model["versions"]))
-            elif model["aliases"].get(alias) is None:
+                number = max(model.versions)
+            elif model.aliases.get(alias) is None:
                 raise InputError(
                     f"{ref.name} has no {alias!r} version (aliases: "
-                    f"{', '.join(f'{k}={v}' for k, v in model['aliases'].items()) or 'none'})"
+                    f"{', '.join(f'{k}={v}' for k, v in model.aliases.items()) or 'none'})"
                 )
             else:
-                number = model["aliases"][alias]
-        if str(number) not in model["versions"]:
-            raise InputError(f"{ref.name} has no version {number} (versions: {', '.join(model['versions'])})")
-        return model, model["versions"][str(number)]
+                number = model.aliases[alias]
+        if number not in model.versions:
+            raise InputError(
+                f"{ref.name} has no version {number} (versions: {', '.join(map(str, sorted(model.versions)))})"
+            )
+        return model, model.versions[number]
 
     @contextlib.contextmanager
-    def _change(self) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    def _change(self) -> Iterator[tuple[RegistryIndex, list[dict[str, Any]]]]:
         """Lock, read the index (finishing what a killed writer left), let the caller change it and
         list events; replace the index with the events in it (the commit), then append them to the log."""
         from edgeft.core.workdir import lock
@@ -168,15 +181,17 @@ class Registry:
             if not events:
                 return
             # Events an older writer appended before dying ahead of its index write keep their numbers.
-            seq = max(index["last_event"], self._last_seq())
-            index["last_change"] = [
+            seq = max(index.last_event, self._last_seq())
+            index.last_change = [
                 {"seq": seq + i, "time": now(), "user": user(), **event} for i, event in enumerate(events, 1)
             ]
-            index["last_event"] = seq + len(events)
+            index.last_event = seq + len(events)
             write_atomic(
-                self.index_path, json.dumps(index, indent=2, ensure_ascii=False) + "\n", durable=True
+                self.index_path,
+                json.dumps(index.to_json(), indent=2, ensure_ascii=False) + "\n",
+                durable=True,
             )
-            self._append_events(index["last_change"])
+            self._append_events(index.last_change)
 
     def _append_events(self, records: list[dict[str, Any]]) -> None:
         with (self.root / EVENTS).open("a", encoding="utf-8") as f:
@@ -185,20 +200,21 @@ class Registry:
             f.flush()
             os.fsync(f.fileno())
 
-    def _recover(self, index: dict[str, Any]) -> None:
+    def _recover(self, index: RegistryIndex) -> None:
         """What a writer killed mid-change left (under the lock): the committed change's events
         the log lacks are appended; a version folder no index names (a registration killed before
         its commit) is removed when it is edgeft's own copy, and skipped by numbering otherwise;
         copies of dead registrations are removed."""
         logged = self._last_seq()
-        missing = [e for e in index.get("last_change", []) if e["seq"] > logged]
+        missing = [e for e in index.last_change if e["seq"] > logged]
         if missing:
             self._append_events(missing)
         models = self.root / "models"
         for folder in sorted(models.iterdir()) if models.is_dir() else []:
             clean_stale(folder, ".version.tmp-")  # a registration killed while copying
-            known = (index["models"].get(folder.name) or {}).get("versions", {})
-            for version in [p for p in folder.iterdir() if p.name.isdigit() and p.name not in known]:
+            entry = index.models.get(folder.name)
+            known = set(entry.versions) if entry else set()
+            for version in [p for p in folder.iterdir() if p.name.isdigit() and int(p.name) not in known]:
                 try:
                     stamped = (
                         json.loads((version / MANIFEST).read_text(encoding="utf-8")).get("registry") or {}
@@ -248,12 +264,10 @@ class Registry:
                 existing = self._same(index, name, content)
                 if existing is not None:
                     return name, existing, False
-                model = index["models"].setdefault(
-                    name, {"aliases": {}, "history": [], "split": None, "splits_created": 0, "versions": {}}
-                )
+                model = index.models.setdefault(name, ModelEntry())
                 on_disk = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
-                number = max([0, *map(int, model["versions"]), *on_disk]) + 1
-                parent = model["aliases"].get(PRODUCTION) or max(map(int, model["versions"]), default=None)
+                number = max([0, *model.versions, *on_disk]) + 1
+                parent = model.aliases.get(PRODUCTION) or max(model.versions, default=None)
                 registered = now()
                 stamp(
                     tmp,
@@ -283,22 +297,22 @@ class Registry:
                 for f in files.values():
                     cache.remember(folder / str(number) / f["path"], f["sha256"])
                 cache.save()
-                model["versions"][str(number)] = {
-                    "version": number,
-                    "status": STAGING,
-                    "path": f"models/{name}/{number}",
-                    "registered": registered,
-                    "user": user(),
-                    "reason": reason,
-                    "source": str(dist.path.resolve()),
-                    "content": content,
-                    "inputs_hash": data.get("inputs_hash"),
-                    "lineage": lineage(data, parent),
-                    "verify": data.get("verify"),
-                    "evaluation": data.get("evaluation"),
-                    "artifacts": index_artifacts(data),
-                    "files": sorted(files.values(), key=lambda f: f["path"]),
-                }
+                model.versions[number] = Version(
+                    version=number,
+                    status=STAGING,
+                    path=f"models/{name}/{number}",
+                    registered=registered,
+                    user=user(),
+                    reason=reason,
+                    source=str(dist.path.resolve()),
+                    content=content,
+                    inputs_hash=data.get("inputs_hash"),
+                    lineage=lineage(data, parent),
+                    verify=data.get("verify") or {},
+                    evaluation=data.get("evaluation") or {},
+                    artifacts=index_artifacts(data),
+                    files=sorted(files.values(), key=lambda f: f["path"]),
+                )
                 events.append(
                     {
                         "event": "register",
@@ -315,11 +329,13 @@ class Registry:
         return name, number, True
 
     @staticmethod
-    def _same(index: dict[str, Any], name: str, content: str) -> int | None:
-        for v in index["models"].get(name, {}).get("versions", {}).values():
-            if v.get("content") == content:
-                return int(v["version"])
-        return None
+    def _same(index: RegistryIndex, name: str, content: str) -> int | None:
+        model = index.models.get(name)
+        return (
+            next((v.version for v in model.versions.values() if v.content == content), None)
+            if model
+            else None
+        )
 
     def promote(
         self, ref: Ref, to: str = PRODUCTION, *, force: bool = False, reason: str | None = None
@@ -331,14 +347,14 @@ class Registry:
             raise InputError("--force needs --reason: say why this promotion overrides the gate")
         with self._change() as (index, events):
             model, version = self.resolve(ref, index)
-            number = int(version["version"])
+            number = version.version
             self.check(ref.name, version, "promoted")
-            if version["status"] == ARCHIVED and to == CANDIDATE:
+            if version.status == ARCHIVED and to == CANDIDATE:
                 raise RegistryRefused(
                     f"{ref.name}:{number} is archived; register it again or promote it to production"
                 )
             if to == CANDIDATE:
-                model["aliases"][CANDIDATE] = number
+                model.aliases[CANDIDATE] = number
                 events.append(
                     {
                         "event": "alias",
@@ -349,14 +365,12 @@ class Registry:
                     }
                 )
                 return {"version": number, "alias": CANDIDATE}
-            current = model["aliases"].get(PRODUCTION)
+            current = model.aliases.get(PRODUCTION)
             if current == number:
                 raise RegistryRefused(f"{ref.name}:{number} is already production")
-            if not (version.get("verify") or {}).get("passed") or not (version.get("evaluation") or {}).get(
-                "passed"
-            ):
+            if not version.passed:
                 raise RegistryRefused(f"{ref.name}:{number} did not pass verify and eval")
-            previous = model["versions"][str(current)] if current is not None else None
+            previous = model.versions[current] if current is not None else None
             # Production's per-example results are read from its folder: only when they are the registered bytes.
             old_dir = (
                 self.version_dir(previous)
@@ -375,12 +389,12 @@ class Registry:
                     f"--reason '…' to promote it anyway"
                 )
             if current is not None:
-                model["versions"][str(current)]["status"] = ARCHIVED
-            version["status"] = PRODUCTION
-            model["aliases"][PRODUCTION] = number
-            if model["aliases"].get(CANDIDATE) == number:
-                del model["aliases"][CANDIDATE]
-            model["history"].append(number)
+                model.versions[current].status = ARCHIVED
+            version.status = PRODUCTION
+            model.aliases[PRODUCTION] = number
+            if model.aliases.get(CANDIDATE) == number:
+                del model.aliases[CANDIDATE]
+            model.history.append(number)
             events.append(
                 {
                     "event": "promote",
@@ -409,7 +423,7 @@ class Registry:
         """Production goes back to the version that was production before; (from, to)."""
         with self._change() as (index, events):
             model = self.model(index, name)
-            history = model["history"]
+            history = model.history
             if len(history) < 2:
                 raise RegistryRefused(
                     f"{name}: no earlier production version to roll back to "
@@ -417,9 +431,9 @@ class Registry:
                 )
             current = history.pop()
             previous = history[-1]
-            model["versions"][str(current)]["status"] = ARCHIVED
-            model["versions"][str(previous)]["status"] = PRODUCTION
-            model["aliases"][PRODUCTION] = previous
+            model.versions[current].status = ARCHIVED
+            model.versions[previous].status = PRODUCTION
+            model.aliases[PRODUCTION] = previous
             events.append(
                 {"event": "rollback", "model": name, "version": previous, "from": current, "reason": reason}
             )
@@ -430,25 +444,25 @@ class Registry:
     def archive(self, ref: Ref, reason: str | None = None) -> int:
         with self._change() as (index, events):
             model, version = self.resolve(ref, index)
-            number = int(version["version"])
-            if version["status"] == PRODUCTION:
+            number = version.version
+            if version.status == PRODUCTION:
                 raise RegistryRefused(
                     f"{ref.name}:{number} is production: promote another version or roll back first"
                 )
-            if model.get("split") and any(a["version"] == number for a in model["split"]["arms"]):
+            if model.split and any(a.version == number for a in model.split.arms):
                 raise RegistryRefused(
-                    f"{ref.name}:{number} serves traffic in split {model['split']['id']}: end "
+                    f"{ref.name}:{number} serves traffic in split {model.split.id}: end "
                     f"the split first (`edgeft registry split {ref.name} --off`)"
                 )
-            if version["status"] == ARCHIVED:
+            if version.status == ARCHIVED:
                 return number
-            version["status"] = ARCHIVED
-            for alias in [a for a, v in model["aliases"].items() if v == number]:
-                del model["aliases"][alias]
+            version.status = ARCHIVED
+            for alias in [a for a, v in model.aliases.items() if v == number]:
+                del model.aliases[alias]
             events.append({"event": "archive", "model": ref.name, "version": number, "reason": reason})
             return number
 
-    def split(self, name: str, arms: list[str], reason: str | None = None) -> dict[str, Any] | None:
+    def split(self, name: str, arms: list[str], reason: str | None = None) -> Split | None:
         """Set the A/B split from `LABEL=PERCENT` arms (an alias or a version number as label;
         percentages summing to 100); no arms ends it. Returns the split."""
         with self._change() as (index, events):
@@ -456,7 +470,7 @@ class Registry:
             if not arms:
                 self._end_split(model, name, events, reason or "ended")
                 return None
-            parsed: list[dict[str, Any]] = []
+            parsed: list[Arm] = []
             for text in arms:
                 label, _, weight = text.partition("=")
                 try:
@@ -477,82 +491,73 @@ class Registry:
                     else Ref(name, alias=label)
                 )
                 _, version = self.resolve(ref, index)
-                if version["status"] == ARCHIVED:
-                    raise RegistryRefused(f"{name}:{version['version']} is archived and cannot serve traffic")
+                if version.status == ARCHIVED:
+                    raise RegistryRefused(f"{name}:{version.version} is archived and cannot serve traffic")
                 self.check(name, version, "given traffic")
-                parsed.append({"label": label, "version": int(version["version"]), "weight": int(bp)})
-            total = sum(int(a["weight"]) for a in parsed)
+                parsed.append(Arm(label, version.version, int(bp)))
+            total = sum(a.weight for a in parsed)
             if total != BUCKETS:
                 raise InputError(f"the weights add up to {Decimal(total) / 100}%, not 100%")
-            versions = [a["version"] for a in parsed]
+            versions = [a.version for a in parsed]
             if len(set(versions)) != len(versions):
                 raise InputError(f"each version may appear in one arm only (arms: {', '.join(arms)})")
-            old = model.get("split")
+            old = model.split
             if len(parsed) == 1:
                 self._end_split(model, name, events, reason or f"all traffic on {versions[0]}")
                 return None
-            if old and [a["version"] for a in old["arms"]] == versions:
-                split_id = old["id"]  # same versions, new weights: the same keys stay where they were
+            if old and [a.version for a in old.arms] == versions:
+                split_id = old.id  # same versions, new weights: the same keys stay where they were
             else:
-                model["splits_created"] += 1
-                split_id = f"{name}/{model['splits_created']}"
-            model["split"] = {
-                "id": split_id,
-                "buckets": BUCKETS,
-                "arms": parsed,
-                "since": old["since"] if old and old["id"] == split_id else now(),
-            }
+                model.splits_created += 1
+                split_id = f"{name}/{model.splits_created}"
+            model.split = Split(split_id, parsed, old.since if old and old.id == split_id else now())
             events.append(
                 {
                     "event": "split",
                     "model": name,
                     "split": split_id,
-                    "arms": [{k: a[k] for k in ("label", "version", "weight")} for a in parsed],
+                    "arms": [a.to_json() for a in parsed],
                     "reason": reason,
                 }
             )
-            return model["split"]
+            return model.split
 
     @staticmethod
-    def _end_split(model: dict[str, Any], name: str, events: list[dict[str, Any]], reason: str) -> None:
-        if model.get("split"):
-            events.append(
-                {"event": "split-end", "model": name, "split": model["split"]["id"], "reason": reason}
-            )
-            model["split"] = None
+    def _end_split(model: ModelEntry, name: str, events: list[dict[str, Any]], reason: str) -> None:
+        if model.split:
+            events.append({"event": "split-end", "model": name, "split": model.split.id, "reason": reason})
+            model.split = None
 
     # ---- reading -----------------------------------------------------------------------------
 
-    def route(self, name: str, key: str, index: dict[str, Any] | None = None) -> dict[str, Any]:
+    def route(self, name: str, key: str, index: RegistryIndex | None = None) -> dict[str, Any]:
         """Which version serves request `key`: the split's arm for its bucket, else production.
         (Callers that hand the version on check its files first: `check`.)"""
         index = index if index is not None else self.index()
         model = self.model(index, name)
-        split = model.get("split")
+        split = model.split
         if split:
-            b = bucket(split["id"], key)
-            arm = assign(split["arms"], b)
-            return {"version": arm["version"], "label": arm["label"], "bucket": b, "split": split["id"]}
-        if model["aliases"].get(PRODUCTION) is None:
+            b = bucket(split.id, key)
+            arm = assign(split.arms, b)
+            return {"version": arm.version, "label": arm.label, "bucket": b, "split": split.id}
+        if model.aliases.get(PRODUCTION) is None:
             raise InputError(
                 f"{name} has no production version and no split: promote one "
                 f"(`edgeft registry promote {name}:N --to production`)"
             )
-        return {"version": model["aliases"][PRODUCTION], "label": PRODUCTION, "bucket": None, "split": None}
+        return {"version": model.aliases[PRODUCTION], "label": PRODUCTION, "bucket": None, "split": None}
 
-    def version_dir(self, version: dict[str, Any]) -> Path:
-        return inside(self.root, version["path"])
+    def version_dir(self, version: Version) -> Path:
+        return inside(self.root, version.path)
 
-    def check(
-        self, name: str, version: dict[str, Any], what: str, artifacts: list[str] | None = None
-    ) -> None:
+    def check(self, name: str, version: Version, what: str, artifacts: list[str] | None = None) -> None:
         """Refuse (InputError) a version whose files (or these artifacts' files) are not the bytes
         the index recorded at registration."""
         problems = version_problems(self.root, version, artifacts)
         if problems:
             n = len(problems)
             raise InputError(
-                f"{name}:{version['version']} is not {what}: {n} of its files {'is' if n == 1 else 'are'} "
+                f"{name}:{version.version} is not {what}: {n} of its files {'is' if n == 1 else 'are'} "
                 f"not what the registry recorded when it was registered (altered in the registry?); "
                 f"register the dist again:\n" + "\n".join(problems[:10])
             )
@@ -585,9 +590,9 @@ class Registry:
                 tmp,
                 {
                     **data.get("registry", {}),
-                    "status": version["status"],
+                    "status": version.status,
                     "as_of": now(),
-                    "aliases": sorted(a for a, v in model["aliases"].items() if v == version["version"]),
+                    "aliases": sorted(a for a, v in model.aliases.items() if v == version.version),
                 },
             )
             if out.is_dir() and not out.is_symlink():
@@ -598,4 +603,4 @@ class Registry:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        return out, int(version["version"])
+        return out, version.version

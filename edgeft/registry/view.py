@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from edgeft.registry.compare import compare
+from edgeft.registry.index import ModelEntry, RegistryIndex, Version
 from edgeft.registry.routing import Ref
 from edgeft.registry.store import PRODUCTION, Registry
 
@@ -16,33 +17,31 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
 
-def _split(model: dict[str, Any]) -> str:
-    s = model.get("split")
+def _split(model: ModelEntry) -> str:
+    s = model.split
     if not s:
         return "-"
-    return f"{s['id']}: " + ", ".join(
-        f"{a['label']}={a['version']} {a['weight'] / 100:g}%" for a in s["arms"]
-    )
+    return f"{s.id}: " + ", ".join(f"{a.label}={a.version} {a.weight / 100:g}%" for a in s.arms)
 
 
-def list_table(index: dict[str, Any]) -> str:
-    if not index["models"]:
+def list_table(index: RegistryIndex) -> str:
+    if not index.models:
         return "no models registered (edgeft registry add DIST)"
     rows = [
         [
             name,
-            len(m["versions"]),
-            m["aliases"].get(PRODUCTION, "-"),
-            m["aliases"].get("candidate", "-"),
+            len(m.versions),
+            m.aliases.get(PRODUCTION, "-"),
+            m.aliases.get("candidate", "-"),
             _split(m),
         ]
-        for name, m in sorted(index["models"].items())
+        for name, m in sorted(index.models.items())
     ]
     return _table(["model", "versions", "production", "candidate", "split"], rows)
 
 
-def _score(version: dict[str, Any], metric: str) -> str:
-    s = ((version.get("evaluation") or {}).get("scores") or {}).get("fine-tuned", {}).get(metric)
+def _score(version: Version, metric: str) -> str:
+    s = version.scores.get("fine-tuned", {}).get(metric)
     return "-" if s is None else f"{s:.3g}"
 
 
@@ -51,21 +50,21 @@ def show(reg: Registry, ref: Ref, against: Ref | None, as_json: bool) -> str:
     if ref.version is None and ref.alias is None:
         model = reg.model(index, ref.name)
         if as_json:
-            return json.dumps(model, indent=2, ensure_ascii=False)
-        aliases = {v: a for a, v in model["aliases"].items()}
+            return json.dumps(model.to_json(), indent=2, ensure_ascii=False)
+        aliases = {v: a for a, v in model.aliases.items()}
         table = [
             [
-                v["version"],
-                v["status"],
-                aliases.get(v["version"], ""),
-                v["registered"],
-                v.get("user"),
+                v.version,
+                v.status,
+                aliases.get(v.version, ""),
+                v.registered,
+                v.user,
                 _score(v, "exact_match"),
                 _score(v, "chrf"),
-                len(v["artifacts"]),
-                v.get("reason") or "",
+                len(v.artifacts),
+                v.reason or "",
             ]
-            for v in model["versions"].values()
+            for v in model.versions.values()
         ]
         return "\n".join(
             [
@@ -83,7 +82,7 @@ def show(reg: Registry, ref: Ref, against: Ref | None, as_json: bool) -> str:
                     ],
                     table,
                 ),
-                f"production history: {' → '.join(map(str, model['history'])) or '-'}",
+                f"production history: {' → '.join(map(str, model.history)) or '-'}",
                 f"split: {_split(model)}",
             ]
         )
@@ -92,22 +91,22 @@ def show(reg: Registry, ref: Ref, against: Ref | None, as_json: bool) -> str:
     if against is not None:
         other = reg.resolve(against, index)[1]
     else:
-        number = model["aliases"].get(PRODUCTION)
-        if number == version["version"] or number is None:
-            number = (version.get("lineage") or {}).get("parent_version")
-        other = model["versions"].get(str(number)) if number is not None else None
+        number = model.aliases.get(PRODUCTION)
+        if number == version.version or number is None:
+            number = version.lineage.get("parent_version")
+        other = model.versions.get(int(number)) if number is not None else None
     rows = compare(version, other) if other else []
     if as_json:
         return json.dumps(
-            {"version": version, "against": other and other["version"], "comparison": rows},
+            {"version": version.to_json(), "against": other and other.version, "comparison": rows},
             indent=2,
             ensure_ascii=False,
         )
-    lin = version.get("lineage") or {}
+    lin = version.lineage
     training = lin.get("training") or {}
     out: list[str] = [
-        f"{ref.name}:{version['version']}  status {version['status']}  registered {version['registered']} by "
-        f"{version.get('user')}" + (f"  ({version['reason']})" if version.get("reason") else ""),
+        f"{ref.name}:{version.version}  status {version.status}  registered {version.registered} by "
+        f"{version.user}" + (f"  ({version.reason})" if version.reason else ""),
         f"base model {lin.get('base_model')}; data sha256 {str(lin.get('dataset_sha256'))[:16]}… "
         f"({lin.get('train_rows')} train / {lin.get('validation_rows')} validation rows); config "
         f"{str(lin.get('config_sha256'))[:12]}…; adapter {str(lin.get('adapter_sha256'))[:12]}…; parent version "
@@ -119,24 +118,24 @@ def show(reg: Registry, ref: Ref, against: Ref | None, as_json: bool) -> str:
             ["artifact", "type", "MB", "sha256", "KL mean", "top-1", "verify"],
             [
                 [
-                    a["name"],
-                    a.get("type"),
-                    f"{a['bytes'] / 1e6:.2f}",
-                    (a.get("sha256") or "(folder)")[:12],
-                    _num((a.get("verify") or {}).get("kl_mean")),
-                    _num((a.get("verify") or {}).get("top1")),
-                    "pass" if (a.get("verify") or {}).get("passed") else "FAIL",
+                    a.name,
+                    a.type,
+                    f"{(a.bytes or 0) / 1e6:.2f}",
+                    (a.sha256 or "(folder)")[:12],
+                    _num(a.verify.get("kl_mean")),
+                    _num(a.verify.get("top1")),
+                    "pass" if a.verify.get("passed") else "FAIL",
                 ]
-                for a in version["artifacts"]
+                for a in version.artifacts
             ],
         ),
     ]
     if other:
         out += [
             "",
-            f"compared with {ref.name}:{other['version']} ({other['status']}):",
+            f"compared with {ref.name}:{other.version} ({other.status}):",
             _table(
-                ["", "model", "metric", f"v{version['version']}", f"v{other['version']}", "change"],
+                ["", "model", "metric", f"v{version.version}", f"v{other.version}", "change"],
                 [
                     [r["what"], r["model"], r["metric"], _num(r["new"]), _num(r["old"]), _change(r)]
                     for r in rows
