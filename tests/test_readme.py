@@ -207,3 +207,43 @@ def test_the_layout_table_names_every_module() -> None:
     named |= set(re.findall(r"`edgeft/([a-z_]+\.py)`", table))
     modules = {p.relative_to(REPO / "edgeft").as_posix() for p in (REPO / "edgeft").rglob("*.py")}
     assert named == modules, (sorted(modules - named), sorted(named - modules))
+
+
+def test_every_documented_edgeft_command_line_names_real_commands_and_options() -> None:
+    """Each `edgeft …` command line in the README and docs/ resolves to a command of the CLI, and
+    every --option it shows is one of that command's (docs that show a renamed option fail here)."""
+    import click
+
+    from edgeft.cli import cli
+
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    spans = [
+        (p.name, s) for p in pages for s in re.findall(r"`(edgeft [^`]+)`", p.read_text(encoding="utf-8"))
+    ]
+    blocks = [
+        (p.name, line.strip())
+        for p in pages
+        for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", p.read_text(encoding="utf-8"), re.S)
+        for line in block.splitlines()
+        if re.match(r"\s*(\.venv/bin/)?edgeft ", line)
+    ]
+    wrong = []
+    for page, text in spans + blocks:
+        words = text.split("#")[0].split()
+        words = words[words.index(next(w for w in words if w.endswith("edgeft"))) + 1 :]
+        command: click.Command = cli
+        while isinstance(command, click.Group) and words and words[0] in command.commands:
+            command = command.commands[words.pop(0)]
+        if isinstance(command, click.Group) and words and not words[0].startswith("-"):
+            if words[0].isupper() or words[0] in ("…", "..."):
+                continue  # a placeholder (`edgeft COMMAND --help`)
+            wrong.append(f"{page}: `{text}`: no command {words[0]!r}")
+            continue
+        options = {o for p in command.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
+        wrong += [
+            f"{page}: `{text}`: {command.name} has no option {w.split('=')[0]}"
+            for w in words
+            if w.startswith("--") and w.split("=")[0] not in options
+        ]
+    assert len(spans) + len(blocks) > 20  # the docs do show command lines
+    assert not wrong, wrong

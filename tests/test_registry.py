@@ -552,3 +552,18 @@ def test_versions_registered_before_the_file_record_are_held_to_the_index_artifa
         result.exit_code == 5
         and "m-q8_0.gguf: its sha256 is not the one the registry recorded" in result.output
     )
+
+
+def test_the_views_of_an_empty_and_a_registered_registry(tmp_path: Path, reg: Registry) -> None:
+    from edgeft.registry.index import RegistryIndex
+    from edgeft.registry.view import list_table, show
+
+    assert list_table(RegistryIndex()) == "no models registered (edgeft registry add DIST)"
+    reg.add(make_dist(tmp_path / "a", seed="a"))
+    reg.promote(Ref.parse("m:1"))
+    table = list_table(reg.index()).splitlines()
+    assert table[0].split() == ["model", "versions", "production", "candidate", "split"]
+    assert table[-1].split()[:4] == ["m", "1", "1", "-"]
+    card = show(reg, Ref.parse("m:1"), None, as_json=False)
+    assert card.startswith("m:1  status production") and "gguf-q8_0" in card
+    assert json.loads(show(reg, Ref.parse("m"), None, as_json=True))["aliases"] == {"production": 1}
