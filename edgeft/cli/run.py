@@ -63,7 +63,7 @@ def resolve_artifact(path: Path, artifact_type: str | None = None) -> tuple[Arti
     if not wanted:
         known = ", ".join(a.name for a in artifacts)
         raise InputError(f"{path}: no artifact of type {artifact_type!r} (has {known})")
-    gguf = [a for a in wanted if a.format == "gguf"]
+    gguf = [a for a in wanted if a.format == formats.GGUF]
     chosen = (gguf or wanted)[0]
     return chosen, path
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeft.core import stages
+from edgeft.core import formats, stages
 from edgeft.core.config import Config
 from edgeft.core.errors import EdgeftError, describe
 from edgeft.core.manifest import Artifact, Stage, StageWriter, check_replaceable
@@ -91,8 +91,8 @@ class Gate:
                 json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
             )
             (w.tmp / f"{name}.md").write_text(markdown, encoding="utf-8")
-            w.add_artifact(name, f"{name}.json", "json")
-            w.add_artifact(f"{name}-md", f"{name}.md", "markdown")
+            w.add_artifact(name, f"{name}.json", formats.JSON)
+            w.add_artifact(f"{name}-md", f"{name}.md", formats.MARKDOWN)
             if more is not None:
                 more(w)
             w.metrics.update(passed=not failures, failures=len(failures), **(metrics or {}))

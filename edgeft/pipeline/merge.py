@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeft.core import stages
+from edgeft.core import formats, stages
 from edgeft.core.config import MERGE_STRATEGIES, Config, parse_config
 from edgeft.core.errors import ToolError
 from edgeft.core.fileio import hash_json
@@ -182,9 +182,9 @@ def merge_adapter(
         model.generation_config = gen
         model.save_pretrained(w.tmp / "model", safe_serialization=True)
         tokenizer.save_pretrained(w.tmp / "model")
-        w.add_artifact("model", "model", "hf-safetensors", dtype=cfg.merge.dtype, strategy=strategy)
+        w.add_artifact("model", "model", formats.HF_SAFETENSORS, dtype=cfg.merge.dtype, strategy=strategy)
         shutil.copy(train.file("validation.jsonl"), w.tmp / "validation.jsonl")
-        w.add_artifact("validation-split", "validation.jsonl", "jsonl")
+        w.add_artifact("validation-split", "validation.jsonl", formats.JSONL)
         # Carried forward so that later stages need only this directory: the adapter (the GGUF
         # LoRA export, the dist's lineage), the base it applies to (eval's "before"), the data
         # record and the training metrics.
@@ -193,7 +193,7 @@ def merge_adapter(
             w.add_artifact(
                 "adapter",
                 "adapter",
-                "peft-lora",
+                formats.PEFT_LORA,
                 quantization=quantization,
                 dora=bool(train.artifact("adapter").get("dora")),
             )

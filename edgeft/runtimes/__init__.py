@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgeft.core import formats
 from edgeft.core.manifest import Artifact
 from edgeft.runtimes.base import GREEDY, Messages, Runtime, Sampling, bos_before, sample
 
@@ -28,11 +29,11 @@ def load_runtime(
 
     # Every path a manifest names stays inside its folder (fileio.inside).
     path = inside(stage_dir, artifact.path)
-    if artifact.format == "gguf":
+    if artifact.format == formats.GGUF:
         from edgeft.runtimes.llamacpp import LlamaCppRuntime
 
         return LlamaCppRuntime(path, n_ctx=n_ctx, all_logits=all_logits)
-    if artifact.format == "gguf-lora":  # base GGUF + adapter GGUF, applied at load time
+    if artifact.format == formats.GGUF_LORA:  # base GGUF + adapter GGUF, applied at load time
         from edgeft.runtimes.llamacpp import LlamaCppRuntime
 
         return LlamaCppRuntime(
@@ -41,16 +42,16 @@ def load_runtime(
             n_ctx=n_ctx,
             all_logits=all_logits,
         )
-    if artifact.format == "onnx":
+    if artifact.format == formats.ONNX:
         from edgeft.runtimes.onnx import OnnxRuntime
 
         inside(path, artifact.get("model_file", "model.onnx"))
         return OnnxRuntime(path, artifact.get("model_file", "model.onnx"))
-    if artifact.format == "onnx-genai":
+    if artifact.format == formats.ONNX_GENAI:
         from edgeft.runtimes.genai import GenAIRuntime
 
         return GenAIRuntime(path)
-    if artifact.format == "hf-safetensors":
+    if artifact.format == formats.HF_SAFETENSORS:
         from edgeft.runtimes.hf import HFRuntime
 
         return HFRuntime(path)

@@ -17,7 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from edgeft.core import stages
+from edgeft.core import formats, stages
 from edgeft.core.errors import InputError
 from edgeft.core.fileio import copy_file, inside, scratch_prefix, sha256_file
 from edgeft.core.manifest import Artifact
@@ -57,7 +57,7 @@ def write_modelfiles(
     """A Modelfile beside each GGUF artifact under `root` (a dist being written); their paths."""
     written = []
     for a in artifacts:
-        if a.format == "gguf":
+        if a.format == formats.GGUF:
             file = Path(a.path)
             target = file.with_suffix(".Modelfile")
             text = modelfile(
@@ -67,7 +67,7 @@ def write_modelfiles(
                 license,
                 command=f"ollama create {name}:{a.type} -f {target.name}",
             )
-        elif a.format == "gguf-lora":
+        elif a.format == formats.GGUF_LORA:
             target = Path(a.path) / "Modelfile"
             text = modelfile(
                 Path(a.get("base_file")).name,
@@ -96,7 +96,7 @@ def export_lmstudio(dist_dir: Path, out: Path, publisher: str, *, force: bool = 
     for part in (publisher, dist.data["name"]):
         if not part or "/" in part or part.startswith("."):
             raise InputError(f"{part!r}: not usable as a folder name in LM Studio's layout")
-    ggufs = [a for a in dist.artifacts if a.format == "gguf"]
+    ggufs = [a for a in dist.artifacts if a.format == formats.GGUF]
     if not ggufs:
         raise InputError(f"{dist_dir}: has no GGUF file to publish for LM Studio")
     target = Path(out) / publisher / dist.data["name"]

@@ -499,7 +499,7 @@ def export_gguf(
                 w.add_artifact(
                     f"gguf-{t}",
                     out.name,
-                    "gguf",
+                    formats.GGUF,
                     type=t,
                     runtime="llama.cpp",
                     fallback_tensors=len(fallbacks),
@@ -517,7 +517,7 @@ def export_gguf(
             w.add_artifact(
                 "gguf-lora",
                 "lora",
-                "gguf-lora",
+                formats.GGUF_LORA,
                 type="f16",
                 runtime="llama.cpp",
                 base_file=base_file,

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeft.core import stages
+from edgeft.core import formats, stages
 from edgeft.core.config import Config
 from edgeft.core.errors import ToolError
 from edgeft.core.fileio import hash_json
@@ -276,7 +276,7 @@ def export_onnx(
                 w.add_artifact(
                     "onnx-genai-int4",
                     folder.name,
-                    "onnx-genai",
+                    formats.ONNX_GENAI,
                     type=t,
                     runtime="onnxruntime-genai",
                     model_file="model.onnx",
@@ -287,7 +287,7 @@ def export_onnx(
             w.add_artifact(
                 f"onnx-{t}",
                 folder.name,
-                "onnx",
+                formats.ONNX,
                 type=t,
                 runtime="onnxruntime",
                 model_file="model.onnx",

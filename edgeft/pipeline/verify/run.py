@@ -157,7 +157,7 @@ def _verify(gate: Gate, dist_findings: list[str] | None = None) -> Stage:
     def plot(w: StageWriter) -> None:
         if curves:
             plot_kl(curves, [len(ids) for ids in ref.full_ids], [p.name for p in probes], w.tmp / "kl.png")
-            w.add_artifact("kl-plot", "kl.png", "png")
+            w.add_artifact("kl-plot", "kl.png", formats.PNG)
 
     return gate.publish(
         inputs_hash(cfg, [gate.merged, *gate.exports]),
