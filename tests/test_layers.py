@@ -149,3 +149,39 @@ def test_build_runs_every_stage_in_order_from_earlier_ones() -> None:
     for i, spec in enumerate(SPECS):
         assert set(spec.inputs) <= set(stages.ORDER[:i]), f"{spec.kind} reads a stage that runs after it"
         assert spec.command.startswith("edgeft ")
+
+
+# Keys of the typed contracts (artifact entries, the verify report, eval results, the registry
+# index): read and written only by their (de)serialisers.
+CONTRACT_KEYS = {
+    "artifacts",
+    "checks",
+    "numbers",
+    "models",
+    "per_example",
+    "second_opinion",
+    "versions",
+    "aliases",
+    "arms",
+}
+SERIALISERS = {
+    "edgeft.core.manifest",
+    "edgeft.pipeline.verify.report",
+    "edgeft.pipeline.evaluate.results",
+    "edgeft.registry.index",
+}
+
+
+def test_contracts_are_read_through_their_types() -> None:
+    raw = []
+    for module, path in MODULES.items():
+        if module in SERIALISERS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Subscript)
+                and isinstance(node.slice, ast.Constant)
+                and node.slice.value in CONTRACT_KEYS
+            ):
+                raw.append(f"{module}:{node.lineno} [{node.slice.value!r}]")
+    assert not raw, raw

@@ -50,11 +50,8 @@ def resolve_artifact(path: Path, artifact_type: str | None = None) -> tuple[Arti
             f"folder or a dist folder"
         )
     try:
-        entries = json.loads(manifest.read_text(encoding="utf-8"))["artifacts"]
-        if not all(isinstance(a, dict) and {"name", "type", "format", "path"} <= a.keys() for a in entries):
-            raise TypeError
-        artifacts = [Artifact.from_json(a) for a in entries]
-    except (ValueError, RecursionError, KeyError, TypeError):
+        artifacts = Artifact.list_from_json(json.loads(manifest.read_text(encoding="utf-8")))
+    except (ValueError, RecursionError):
         raise InputError(
             f"{manifest}: not a dist manifest (JSON with a list of artifacts); check the folder "
             f"with `edgeft verify {path} --check`"

@@ -84,6 +84,17 @@ class Artifact:
         """In a dist: the verify summary of this artifact (passed, KL, top-1)."""
         return self.info.get("verify") or {}
 
+    @classmethod
+    def list_from_json(cls, data: Any) -> list[Artifact]:
+        """The artifact entries of a manifest's JSON (edgeft.json, a dist's manifest.json);
+        ValueError when it has none or they lack a name, type, format or path."""
+        entries = data.get("artifacts") if isinstance(data, dict) else None
+        if not isinstance(entries, list) or not all(
+            isinstance(a, dict) and {"name", "type", "format", "path"} <= a.keys() for a in entries
+        ):
+            raise ValueError("no list of artifact entries")
+        return [cls.from_json(a) for a in entries]
+
     @property
     def type(self) -> str | None:
         """The artifact type within its format (formats.toml: q4_k_m, int8, ...)."""

@@ -48,7 +48,7 @@ def dist_problems(dist: Stage) -> list[str]:
     ):
         problems.append(f"{mf}: 'files' is missing or not a list of {{path, bytes, sha256}}")
         files = []
-    if not isinstance(data.get("artifacts"), list) or not data["artifacts"]:
+    if not isinstance(data.get("artifacts"), list) or not data.get("artifacts"):
         problems.append(f"{mf}: 'artifacts' is missing or empty")
     differ = [k for k in DIST_KEYS if data.get(k) != dist.data.get(k)]
     if differ:

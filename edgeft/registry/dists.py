@@ -5,12 +5,13 @@ the lineage and artifact entries the index keeps."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from edgeft.core.errors import InputError
 from edgeft.core.fileio import copy_file, hash_json, inside, sha256_file
-from edgeft.core.manifest import MANIFEST, Artifact
+from edgeft.core.manifest import MANIFEST, Artifact, Stage
 
 
 def stamp(folder: Path, info: dict[str, Any]) -> None:
@@ -77,18 +78,8 @@ def lineage(dist: dict[str, Any], parent: int | None) -> dict[str, Any]:
     }
 
 
-def index_artifacts(dist: dict[str, Any]) -> list[Artifact]:
-    """What the index lists per artifact: the dist entry's identity and checksums (a folder's files)."""
-    keep = (
-        "name",
-        "path",
-        "format",
-        "type",
-        "runtime",
-        "bytes",
-        "sha256",
-        "files",
-        "verify",
-        "bits_per_weight",
-    )
-    return [Artifact.from_json({k: a[k] for k in keep if k in a}) for a in dist.get("artifacts", [])]
+def index_artifacts(dist: Stage) -> list[Artifact]:
+    """What the index lists per artifact: the dist entry's identity and checksums (a folder's
+    files), its type and runtime, verify's summary and its bits per weight."""
+    keep = ("type", "runtime", "verify", "bits_per_weight")
+    return [replace(a, info={k: a.info[k] for k in keep if k in a.info}) for a in dist.artifacts]

@@ -310,7 +310,7 @@ class Registry:
                     lineage=lineage(data, parent),
                     verify=data.get("verify") or {},
                     evaluation=data.get("evaluation") or {},
-                    artifacts=index_artifacts(data),
+                    artifacts=index_artifacts(dist),
                     files=sorted(files.values(), key=lambda f: f["path"]),
                 )
                 events.append(

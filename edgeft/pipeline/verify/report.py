@@ -65,6 +65,11 @@ class Verdict:
         check = self.checks.get("special_tokens")
         return list(check.extra.get("stop") or []) if check else []
 
+    def add_check(self, check: str, passed: bool, detail: str) -> None:
+        """Add a check decided after the artifact's own checks (the second opinion)."""
+        self.checks[check] = Check(passed, detail)
+        self.passed = self.passed and passed
+
     def summary(self) -> dict[str, Any]:
         """What a dist's manifest carries for the artifact: passed, and the headline numbers."""
         return {"passed": self.passed, **{k: self.numbers.get(k) for k in SUMMARY_NUMBERS}}

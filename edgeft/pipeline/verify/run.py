@@ -24,7 +24,7 @@ from edgeft.models.base import end_of_turn
 from edgeft.pipeline.verify import distribution, files, generation, jsjinja, tokens
 from edgeft.pipeline.verify.checks import Checks
 from edgeft.pipeline.verify.probes import Probe, Reference, edge_probes, probes_from, reference_outputs
-from edgeft.pipeline.verify.report import Check, Verdict, VerifyReport, markdown_report, plot_kl
+from edgeft.pipeline.verify.report import Verdict, VerifyReport, markdown_report, plot_kl
 from edgeft.runtimes import Runtime
 
 log = logging.getLogger(__name__)
@@ -208,9 +208,8 @@ def _second_opinions(gate: Gate, report: VerifyReport) -> list[str]:
             f"mean KL edgeft {ours:.4g}, llama-perplexity {theirs:.4g} on the same {res['positions']} positions "
             f"(gap {res['gap']:.2g}, allowed {res['limit']:.2g})"
         )
-        entry.checks["second_opinion"] = Check(bool(res["agree"]), detail)
+        entry.add_check("second_opinion", bool(res["agree"]), detail)
         if not res["agree"]:
-            entry.passed = False
             failures.append(f"{name}: second_opinion: {detail}")
     return failures
 
