@@ -185,3 +185,16 @@ def test_contracts_are_read_through_their_types() -> None:
             ):
                 raw.append(f"{module}:{node.lineno} [{node.slice.value!r}]")
     assert not raw, raw
+
+
+def test_every_stage_entry_point_holds_the_work_directory() -> None:
+    # One process per work directory (core.workdir.session): each stage's public function is wrapped.
+    from edgeft.pipeline.evaluate import evaluate
+    from edgeft.pipeline.export.gguf import export_gguf
+    from edgeft.pipeline.export.onnx import export_onnx
+    from edgeft.pipeline.merge import merge_adapter
+    from edgeft.pipeline.verify import verify_artifacts
+    from edgeft.ship.package import package_dist
+
+    for f in (merge_adapter, export_gguf, export_onnx, verify_artifacts, evaluate, package_dist):
+        assert f.__code__.co_qualname == "in_session.<locals>.run" and hasattr(f, "__wrapped__"), f.__name__

@@ -14,7 +14,7 @@ checked and, when it fails, dropped and counted by reason:
 - changed-facts: a number, quoted text or name of the source is missing, or a number or a quote
   is new: the answer depends on them ("above 1000000" -> "above 100,000" is dropped).
 
-Then datacheck checks every augmented copy alike (too long for train.max_seq_length, a duplicate,
+Then the data check (data/check.py) checks every augmented copy alike (too long for train.max_seq_length, a duplicate,
 a near-duplicate of a validation row), and counts the paraphrases that are near-duplicates of
 their own source (kept, as intended). Generation runs in transformers (fp32 on CPU, batches of similar
 length, `edgeft.runtimes.hf`); its outputs are cached under a hash of the model's files and of

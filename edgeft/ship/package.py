@@ -150,7 +150,6 @@ def inputs_hash(cfg: Config, upstream: Sequence[Stage]) -> str:
     return hash_json([s.inputs_hash for s in upstream])
 
 
-@in_session
 def _judged(
     cfg: Config, merge: Stage, exports: list[Stage]
 ) -> tuple[Stage, VerifyReport, Stage, EvalResults]:
@@ -250,6 +249,7 @@ def _lineage(cfg: Config, merge: Stage, matrix: dict[str, Any] | None) -> dict[s
     return lineage
 
 
+@in_session
 def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = False) -> Stage:
     """Build dist/<name>/ from the config's stage directories (verify and eval must have passed on
     exactly these artifacts). An earlier dist of edgeft's is replaced; anything else only with `force`."""

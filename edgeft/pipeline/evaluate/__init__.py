@@ -322,7 +322,6 @@ def inputs_hash(cfg: Config, upstream: Sequence[Stage]) -> str:
     )
 
 
-@in_session
 @dataclass
 class _Answers:
     """Every model's greedy answers to the held-out prompts (and the general prompts, for base and
@@ -424,6 +423,7 @@ def _forgetting(cfg: Config, got: _Answers, general: tuple[Sequence[Prompt], lis
     }
 
 
+@in_session
 def evaluate(
     cfg: Config,
     merge_dir: Path | None = None,
