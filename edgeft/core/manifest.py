@@ -84,6 +84,17 @@ class Artifact:
         """In a dist: the verify summary of this artifact (passed, KL, top-1)."""
         return self.info.get("verify") or {}
 
+    def file_records(self) -> list[dict[str, Any]]:
+        """Every file the entry records, relative to its stage's folder: {path, bytes, sha256}."""
+        if self.files is not None:
+            return [
+                {"path": f"{self.path}/{f['path']}", "bytes": f["bytes"], "sha256": f["sha256"]}
+                for f in self.files
+            ]
+        if self.sha256 is None or self.bytes is None:
+            return []
+        return [{"path": self.path, "bytes": self.bytes, "sha256": self.sha256}]
+
     @classmethod
     def list_from_json(cls, data: Any) -> list[Artifact]:
         """The artifact entries of a manifest's JSON (edgeft.json, a dist's manifest.json);
@@ -194,10 +205,7 @@ class Stage:
         for f in self.data.get("files", []):
             out[f["path"]] = (f["bytes"], f["sha256"])
         for a in self.artifacts:
-            if a.sha256 is not None and a.bytes is not None:
-                out[a.path] = (a.bytes, a.sha256)
-            for f in a.files or []:
-                out[f"{a.path}/{f['path']}"] = (f["bytes"], f["sha256"])
+            out.update({f["path"]: (f["bytes"], f["sha256"]) for f in a.file_records()})
         return out
 
     def changed(self) -> list[str]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -241,23 +241,6 @@ class Version:
     inputs_hash: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys a later edgeft added, kept as they are
 
-    _KEYS = (
-        "version",
-        "status",
-        "path",
-        "registered",
-        "user",
-        "reason",
-        "source",
-        "content",
-        "inputs_hash",
-        "lineage",
-        "verify",
-        "evaluation",
-        "artifacts",
-        "files",
-    )
-
     @property
     def passed(self) -> bool:
         """Whether the dist passed verify and eval (only such a version may be production)."""
@@ -287,7 +270,7 @@ class Version:
             source=data.get("source"),
             content=data.get("content"),
             inputs_hash=data.get("inputs_hash"),
-            extra={k: v for k, v in data.items() if k not in cls._KEYS},
+            extra={k: v for k, v in data.items() if k not in {f.name for f in fields(cls)}},
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -461,14 +444,7 @@ def recorded_files(root: Path, version: Version, artifacts: list[str] | None = N
     with the manifest's table for the rest. `artifacts`: names whose files alone are wanted."""
     folder = inside(root, version.path)
     arts = version.artifacts if artifacts is None else [a for a in version.artifacts if a.name in artifacts]
-    from_artifacts = []
-    for a in arts:
-        if a.files is not None:
-            from_artifacts += [
-                {"path": f"{a.path}/{f['path']}", "bytes": f["bytes"], "sha256": f["sha256"]} for f in a.files
-            ]
-        else:
-            from_artifacts.append({"path": a.path, "bytes": a.bytes, "sha256": a.sha256})
+    from_artifacts = [f for a in arts for f in a.file_records()]
     if artifacts is not None:
         return from_artifacts
     if version.files is not None:

@@ -132,15 +132,15 @@ def versus_base(
     base: list[str],
     references: list[str],
     fmt: Callable[[str], bool] | None,
-    gate: Rule,
+    rule: Rule,
 ) -> dict[str, dict[str, Any]]:
     """Does the fine-tuned model beat the base? Per metric, the paired test with the base as the
     candidate that may be worse: `better` when the fine-tuned model scores higher at p < alpha."""
     out = {}
-    for m, c in compare_answers(fine_tuned, base, references, fmt, gate).items():
+    for m, c in compare_answers(fine_tuned, base, references, fmt, rule).items():
         out[m] = {
             "p": c.p,
-            "better": bool(c.p < gate.alpha and c.candidate < c.reference),
+            "better": bool(c.p < rule.alpha and c.candidate < c.reference),
             "difference": c.reference - c.candidate,
             "ci": [-c.ci[1], -c.ci[0]],
         }
@@ -159,7 +159,7 @@ def compare_answers(
     candidate: list[str],
     references: list[str],
     fmt: Callable[[str], bool] | None,
-    gate: Rule,
+    rule: Rule,
 ) -> dict[str, Comparison]:
     """The paired comparison (results.compare_outcomes) of two models' answers to the same
     examples, per metric, under the gate's rule (eval's config or results)."""
@@ -169,7 +169,7 @@ def compare_answers(
         reference,
         candidate,
         references,
-        gate,
+        rule,
     )
 
 
