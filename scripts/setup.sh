@@ -49,12 +49,13 @@ if [ -z "$WHEEL" ]; then
   WHEEL=$(ls "$CACHE"/wheels/llama_cpp_python-"$PKG_VERSION"-*.whl | head -n1)
 fi
 
-# llama.cpp's tools (llama-quantize, llama-imatrix, llama-perplexity, llama-bench) from the same
-# source package, linked against this wheel's libraries: ~15 s, cached per wheel.
+# llama.cpp's tools (llama-quantize, llama-imatrix, llama-perplexity, llama-bench, llama-server) from
+# the same source package, linked against this wheel's libraries: ~75 s, cached per wheel (a cache
+# from before llama-server was built is rebuilt).
 WHEEL_SHA=$(sha256sum "$WHEEL" | cut -c1-12)
 TOOLS="$CACHE/tools/llama-cpp-python-$PKG_VERSION-$WHEEL_SHA"
-if [ ! -f "$TOOLS/SOURCE" ]; then
-  say "building llama.cpp's tools against the wheel (about 15 seconds)"
+if [ ! -f "$TOOLS/SOURCE" ] || [ ! -x "$TOOLS/bin/llama-server" ]; then
+  say "building llama.cpp's tools against the wheel (about 75 seconds)"
   "$PY" scripts/build_llama_tools.py --sdist "$SDIST" --wheel "$WHEEL" --out "$TOOLS"
 fi
 if ! cmp -s "$TOOLS/SOURCE" vendor/tools/SOURCE; then

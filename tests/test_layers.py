@@ -12,7 +12,7 @@ PKG = REPO / "edgeft"
 
 # Lowest first (docs/contributing.md describes each). A module imports from its own layer or a
 # lower one.
-LAYERS = ["core", "models", "runtimes", "data", "judge", "pipeline", "ship", "registry", "cli"]
+LAYERS = ["core", "models", "runtimes", "data", "judge", "pipeline", "ship", "registry", "serve", "cli"]
 TOP = {"edgeft": -1, "edgeft.__main__": len(LAYERS)}  # the version string; `python -m edgeft`
 
 # The stage modules in the order the stages run (edgeft.core.stages.ORDER); the Java kit is

@@ -710,10 +710,21 @@ def registry_list(registry_dir: Path | None, config_path: Path | None, as_json: 
 @click.option(
     "--against", help="Compare with this version (NAME:VERSION or NAME@ALIAS) [production, else its parent]."
 )
+@click.option(
+    "--served",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    multiple=True,
+    help="An `edgeft serve` log folder (repeatable): compare the users' ratings, paired by request key.",
+)
 @registry_options
 @click.option("--json", "as_json", is_flag=True, help="Print the version (and the comparison) as JSON.")
 def registry_show(
-    ref: str, against: str | None, registry_dir: Path | None, config_path: Path | None, as_json: bool
+    ref: str,
+    against: str | None,
+    served: tuple[Path, ...],
+    registry_dir: Path | None,
+    config_path: Path | None,
+    as_json: bool,
 ) -> None:
     """A model's versions (NAME), or one version (NAME:VERSION, NAME@ALIAS) with its lineage,
     artifacts, and verify and eval compared with another version.
@@ -721,6 +732,7 @@ def registry_show(
     \b
     edgeft registry show nl2sql-tiny
     edgeft registry show nl2sql-tiny:2 --against nl2sql-tiny:1
+    edgeft registry show nl2sql-tiny:2 --against nl2sql-tiny:1 --served served
     """
     from edgeft.registry.routing import Ref
     from edgeft.registry.view import show
@@ -731,6 +743,7 @@ def registry_show(
             Ref.parse(ref),
             Ref.parse(against) if against else None,
             as_json,
+            list(served),
         )
     )
 
@@ -1072,6 +1085,15 @@ def tiny_model(out: Path, size: str, seed: int, tokenizer: str, force: bool) -> 
             click.echo(f"edgeft: pre-training step {step}/{total}, loss {loss:.3f}", err=True)
 
     click.echo(str(build_tiny_model(out, size, seed, force=force, progress=progress, tokenizer=tokenizer)))
+
+
+def _add_serve() -> None:
+    from edgeft.cli.serve import serve
+
+    cli.add_command(serve)
+
+
+_add_serve()
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """Examples: read any common dataset file, normalise rows, report what is wrong and where.
 
-Consumes JSONL, JSON (a list of objects), CSV, Parquet, or a directory saved by `datasets`,
+Consumes JSONL, JSON (a list of objects), CSV, Parquet, a directory saved by `datasets` or an
+`edgeft serve` log folder (edgeft.data.served),
 whose rows are alpaca (`instruction`, `input`?, `output`), chat (`messages`: role/content
 list, OpenAI fine-tuning style), `prompt`/`completion`, or plain `text`; other field names
 are mapped with `columns`. Produces `Example`s (chat messages, or text) and `Finding`s
@@ -194,7 +195,9 @@ def read_rows(path: Path) -> Iterator[tuple[str, Any]]:
     if not path.exists():
         raise InputError(f"{path}: data file not found")
     if path.is_dir():
-        return _rows_table(path)
+        from edgeft.data import served
+
+        return served.rows(path) if served.is_log(path) else _rows_table(path)
     suffix = path.suffix.lower()
     readers = {
         ".jsonl": _rows_jsonl,
@@ -205,8 +208,8 @@ def read_rows(path: Path) -> Iterator[tuple[str, Any]]:
     }
     if suffix not in readers:
         raise InputError(
-            f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .parquet "
-            f"or a directory saved by `datasets`"
+            f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .parquet, "
+            f"a directory saved by `datasets`, or an `edgeft serve` log folder"
         )
     return readers[suffix](path)
 

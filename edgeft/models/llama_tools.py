@@ -1,6 +1,7 @@
 """llama.cpp's command-line tools, built by set-up from the pinned source package against the
 llama-cpp-python wheel's own libraries (scripts/build_llama_tools.py): llama-quantize (importance
-matrix, per-tensor types), llama-imatrix, llama-perplexity (verify's second opinion), llama-bench.
+matrix, per-tensor types), llama-imatrix, llama-perplexity (verify's second opinion), llama-bench,
+llama-server (what `edgeft serve` fronts).
 They live in vendor/tools (EDGEFT_LLAMA_TOOLS overrides).
 """
 
@@ -15,7 +16,7 @@ from edgeft.core.errors import InputError, ToolError, full_disk, says_no_space
 from edgeft.core.paths import REPO_ROOT
 from edgeft.core.workdir import die_with_parent
 
-TOOLS = ("llama-quantize", "llama-imatrix", "llama-perplexity", "llama-bench")
+TOOLS = ("llama-quantize", "llama-imatrix", "llama-perplexity", "llama-bench", "llama-server")
 
 
 def tools_dir() -> Path:
@@ -28,7 +29,7 @@ def tool(name: str) -> Path:
     if not os.access(path, os.X_OK):
         raise InputError(
             f"{path}: llama.cpp's {name} is missing; run scripts/setup.sh (it builds llama.cpp's "
-            f"tools from the pinned source package in about 15 seconds)"
+            f"tools from the pinned source package in about 75 seconds)"
         )
     return path
 

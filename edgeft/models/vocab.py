@@ -3,7 +3,12 @@ pre-flight, the any-GGUF tokenizer proof and the importance matrix's token count
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+
+# llama.cpp's log callback is one per process: loads that swap it in and out must not overlap
+# (a callback freed while another thread's load still calls it crashes the process).
+_LOADING = threading.Lock()
 
 
 class VocabOnly:
@@ -36,11 +41,12 @@ class VocabOnly:
             self._overrides[0].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
             self._overrides[0].value.val_str = pre.encode()
             params.kv_overrides = self._overrides
-        llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
-        try:
-            self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
-        finally:
-            llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+        with _LOADING:
+            llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+            try:
+                self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+            finally:
+                llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
         self.vocab = llama_cpp.llama_model_get_vocab(self.model) if self.model else None
         why = [line.strip() for line in "".join(said).splitlines() if line.strip()]
         self.refusal = None if self.model else (why[0] if why else "it gives no reason")

@@ -62,3 +62,46 @@ def regressions(
         for r in compare(new, old)
         if r["what"] == "eval" and r["new"] < r["old"] - 1e-9
     ]
+
+
+def served_ratings(folders: list[Path], new: str, old: str) -> dict[str, Any]:
+    """What users said about two versions in `edgeft serve`'s logs (`new`, `old`: ids such as
+    `nl2sql-tiny:3`): per version the ratings' count and mean, and, paired where the same request
+    key rated both, each key's mean rating under the new version against the old one: wins,
+    losses, ties and the one-sided sign tests (the mid-p test eval's gate uses) that the new one
+    is worse, or better."""
+    import statistics
+
+    from edgeft.data.served import completions_with_feedback
+    from edgeft.judge.paired import mcnemar_p
+
+    rated = [
+        r for f in folders for r in completions_with_feedback(Path(f)) if isinstance(r.get("rating"), int)
+    ]
+    out: dict[str, Any] = {}
+    by_key: dict[str, dict[str, list[int]]] = {}
+    for label, version in (("new", new), ("old", old)):
+        ratings = [r["rating"] for r in rated if r.get("version") == version]
+        out[label] = {
+            "version": version,
+            "ratings": len(ratings),
+            "mean": round(statistics.fmean(ratings), 4) if ratings else None,
+            "share_4_or_5": round(sum(x >= 4 for x in ratings) / len(ratings), 4) if ratings else None,
+        }
+    for r in rated:
+        if r.get("key") and r.get("version") in (new, old):
+            by_key.setdefault(r["key"], {}).setdefault(r["version"], []).append(r["rating"])
+    wins = losses = ties = 0
+    for seen in by_key.values():
+        if new in seen and old in seen:
+            d = statistics.fmean(seen[new]) - statistics.fmean(seen[old])
+            wins, losses, ties = wins + (d > 0), losses + (d < 0), ties + (d == 0)
+    out["paired"] = {
+        "keys": wins + losses + ties,
+        "wins": wins,
+        "losses": losses,
+        "ties": ties,
+        "p_worse": round(mcnemar_p(losses, wins), 4),
+        "p_better": round(mcnemar_p(wins, losses), 4),
+    }
+    return out

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
-from edgeft.registry.compare import compare
+from edgeft.registry.compare import compare, served_ratings
 from edgeft.registry.index import ModelEntry, RegistryIndex, Version
 from edgeft.registry.routing import Ref
 from edgeft.registry.store import PRODUCTION, Registry
@@ -45,7 +46,9 @@ def _score(version: Version, metric: str) -> str:
     return "-" if s is None else f"{s:.3g}"
 
 
-def show(reg: Registry, ref: Ref, against: Ref | None, as_json: bool) -> str:
+def show(
+    reg: Registry, ref: Ref, against: Ref | None, as_json: bool, served: list[Path] | None = None
+) -> str:
     index = reg.index()
     if ref.version is None and ref.alias is None:
         model = reg.model(index, ref.name)
@@ -96,9 +99,19 @@ def show(reg: Registry, ref: Ref, against: Ref | None, as_json: bool) -> str:
             number = version.lineage.get("parent_version")
         other = model.versions.get(int(number)) if number is not None else None
     rows = compare(version, other) if other else []
+    said = (
+        served_ratings(served, f"{ref.name}:{version.version}", f"{ref.name}:{other.version}")
+        if served and other
+        else None
+    )
     if as_json:
         return json.dumps(
-            {"version": version.to_json(), "against": other and other.version, "comparison": rows},
+            {
+                "version": version.to_json(),
+                "against": other and other.version,
+                "comparison": rows,
+                **({"served": said} if said else {}),
+            },
             indent=2,
             ensure_ascii=False,
         )
@@ -142,7 +155,23 @@ def show(reg: Registry, ref: Ref, against: Ref | None, as_json: bool) -> str:
                 ],
             ),
         ]
+    if said:
+        out += ["", *_served_lines(said)]
     return "\n".join(out)
+
+
+def _served_lines(said: dict[str, Any]) -> list[str]:
+    p = said["paired"]
+    rows = [
+        [s["version"], s["ratings"], _num(s["mean"]), _num(s["share_4_or_5"])]
+        for s in (said["new"], said["old"])
+    ]
+    return [
+        "served ratings (edgeft serve's logs):",
+        _table(["version", "ratings", "mean", "4 or 5"], rows),
+        f"paired (same request key rated both): {p['keys']} keys, {p['wins']} better, {p['losses']} worse, "
+        f"{p['ties']} equal; sign test p(new worse) = {p['p_worse']:.3g}, p(new better) = {p['p_better']:.3g}",
+    ]
 
 
 def _num(x: Any) -> str:

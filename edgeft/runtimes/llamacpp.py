@@ -83,6 +83,84 @@ def check_before_loading(path: Path) -> int | None:
     return trained if isinstance(trained, int) and trained > 0 else None
 
 
+def gguf_formatter(template: str | None, tokens: dict[str, str]) -> Any:
+    """llama-cpp-python's formatter for a GGUF's chat template: what its chat API renders, and
+    what `edgeft run`, verify and `edgeft serve` render with."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    if not template:
+        raise LookupError("the GGUF has no tokenizer.chat_template")
+    return Jinja2ChatFormatter(template=template, **tokens)
+
+
+class LlamaCppPrompter(Runtime):
+    """The prompt side of `LlamaCppRuntime` without the weights (llama.cpp's tokenizer from the
+    file's vocabulary, the file's chat template, the same rendering and context rule): what
+    `edgeft serve` turns a conversation into token ids with before llama-server generates.
+    Thread-safe."""
+
+    name = "llama.cpp"
+
+    def __init__(self, path: Path | str, n_ctx: int | None = None):
+        import threading
+
+        from edgeft.models import gguf_header
+        from edgeft.models.vocab import VocabOnly
+
+        trained = check_before_loading(Path(path))
+        self.context = n_ctx or min(trained or MAX_CONTEXT, MAX_CONTEXT)
+        template = gguf_header.read(Path(path)).metadata.get("tokenizer.chat_template")
+        self.template = template if isinstance(template, str) else None
+        self.source = str(path)
+        self._vocab = VocabOnly(Path(path))
+        if self._vocab.model is None:
+            from edgeft.core.errors import InputError
+
+            raise InputError(f"{path}: llama.cpp refuses its vocabulary ({self._vocab.refusal})")
+        self._lock = threading.Lock()
+        self._formatter = gguf_formatter(self.template, self.template_tokens()) if self.template else None
+
+    def _text(self, token: int) -> str:
+        import llama_cpp
+
+        if token == -1:
+            return ""
+        return llama_cpp.llama_vocab_get_text(self._vocab.vocab, token).decode("utf-8", errors="replace")
+
+    def template_tokens(self) -> dict[str, str]:
+        import llama_cpp
+
+        vocab = self._vocab.vocab
+        return {
+            "eos_token": self._text(llama_cpp.llama_vocab_eos(vocab)),
+            "bos_token": self._text(llama_cpp.llama_vocab_bos(vocab)),
+        }
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        with self._lock:
+            return self._vocab.tokenize(text, add_special=add_special, parse_special=True)
+
+    def render_chat(self, messages: Messages) -> str:
+        if self._formatter is None:
+            raise LookupError("the GGUF has no tokenizer.chat_template")
+        return self._formatter(messages=messages).prompt
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        raise NotImplementedError("the prompter has no weights")
+
+    def special_tokens(self) -> dict[str, Any]:
+        import llama_cpp
+
+        vocab = self._vocab.vocab
+        bos, eos = llama_cpp.llama_vocab_bos(vocab), llama_cpp.llama_vocab_eos(vocab)
+        n = llama_cpp.llama_vocab_n_tokens(vocab)
+        stop = [t for t in range(n) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+        return {"bos": bos if bos != -1 else None, "eos": eos if eos != -1 else None, "stop": stop}
+
+    def close(self) -> None:
+        self._vocab.close()
+
+
 class LlamaCppRuntime(Runtime):
     name = "llama.cpp"
 
@@ -126,12 +204,8 @@ class LlamaCppRuntime(Runtime):
 
     def render_chat(self, messages: Messages) -> str:
         """Render with the template stored in the GGUF, the way llama-cpp-python's chat API does."""
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        if not self.template:
-            raise LookupError("the GGUF has no tokenizer.chat_template")
         if self._formatter is None:  # compiling the template costs more than a tiny model's reply
-            self._formatter = Jinja2ChatFormatter(template=self.template, **self.template_tokens())
+            self._formatter = gguf_formatter(self.template, self.template_tokens())
         return self._formatter(messages=messages).prompt
 
     def template_tokens(self) -> dict[str, str]:

@@ -23,7 +23,7 @@ from edgeft.core.manifest import Artifact
 
 # The kit's sources, shipped as files beside this module (package data): Java as Java. Only the
 # struct layouts of Llama.java (from Llama.java.template) and the READMEs' names are filled in.
-JAVA_SOURCES = ("Generate.java", "OrtGenAI.java", "GenerateGenAI.java", "Registry.java")
+JAVA_SOURCES = ("Generate.java", "OrtGenAI.java", "GenerateGenAI.java", "Registry.java", "ServeClient.java")
 # The A/B routing test vectors (edgeft.registry.store), shipped with the kit so a port can be checked too.
 ROUTING_VECTORS = "routing-vectors.json"
 

@@ -1,0 +1,329 @@
+"""The OpenAI chat-completions protocol as `edgeft serve` speaks it: a request checked field by
+field (what real clients send is accepted; an unknown field, an unsupported feature or a bad value
+is a 400 naming the field, never a 500 and never silently ignored), and the response objects and
+stream chunks built in OpenAI's shapes.
+
+Accepted (null is the same as absent, as the clients' serialisers omit or send it):
+  model, messages (system / developer / user / assistant; content a string or text parts),
+  temperature, top_p, seed, stop (a string or up to 4), max_tokens, max_completion_tokens,
+  response_format {"type": "text" | "json_object" | "json_schema"}, user, stream,
+  stream_options {"include_usage"}, n (1 only), and the sampling and reporting fields whose
+  neutral value changes nothing (presence_penalty 0, frequency_penalty 0, logprobs false,
+  parallel_tool_calls, store false, metadata, service_tier "auto"/"default", logit_bias {}).
+  `tools` / `tool_choice`: a 400 that says the model was not trained for tool calls.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_STOP = 4
+ROLES = ("system", "developer", "user", "assistant")
+
+
+class ApiError(Exception):
+    """An OpenAI-style error answer: HTTP status, message, the offending field (`param`)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+def bad(param: str, message: str, code: str = "invalid_value") -> ApiError:
+    return ApiError(400, f"{param}: {message}", param=param, code=code)
+
+
+@dataclass
+class ChatRequest:
+    model: str
+    messages: list[dict[str, str]]
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    json_schema: dict[str, Any] | None = None  # a grammar for the reply (json_object: any object)
+    user: str | None = None
+    stream: bool = False
+    include_usage: bool = False
+
+
+# field -> the values that change nothing (accepted, then ignored); anything else is refused.
+NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "presence_penalty": (0, 0.0),
+    "frequency_penalty": (0, 0.0),
+    "logprobs": (False,),
+    "store": (False,),
+    "service_tier": ("auto", "default"),
+}
+IGNORED = {"metadata", "parallel_tool_calls"}  # bookkeeping that does not change an answer
+KNOWN = {
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "response_format",
+    "user",
+    "stream",
+    "stream_options",
+    "n",
+    "logit_bias",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    *NEUTRAL,
+    *IGNORED,
+}
+
+
+def _number(body: dict[str, Any], name: str, lo: float, hi: float, default: float) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise bad(name, f"expected a number, got {json.dumps(value)[:60]}")
+    if not lo <= value <= hi:
+        raise bad(name, f"{value} is outside [{lo:g}, {hi:g}]")
+    return float(value)
+
+
+def _integer(body: dict[str, Any], name: str, lo: int, hi: int | None = None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad(name, f"expected an integer, got {json.dumps(value)[:60]}")
+    if value < lo or (hi is not None and value > hi):
+        raise bad(name, f"{value} is outside [{lo}, {hi if hi is not None else '∞'}]")
+    return value
+
+
+def _content(value: Any, where: str) -> str:
+    """A message's content: a string, or OpenAI's list of text parts (joined)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        texts = []
+        for i, part in enumerate(value):
+            if (
+                not isinstance(part, dict)
+                or part.get("type") != "text"
+                or not isinstance(part.get("text"), str)
+            ):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise bad(
+                    f"{where}.content[{i}]",
+                    f"only text parts are supported (got {kind!r}); this model reads text",
+                    "unsupported_content",
+                )
+            texts.append(part["text"])
+        return "".join(texts)
+    raise bad(f"{where}.content", "expected a string or a list of text parts")
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise bad("messages", "expected a non-empty list of messages")
+    out = []
+    for i, m in enumerate(value):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise bad(where, "expected an object with role and content")
+        role = m.get("role")
+        if role in ("tool", "function") or m.get("tool_calls") or m.get("function_call"):
+            raise bad(
+                where,
+                "tool calls and tool results are not supported: this model was not trained for tool calls",
+                "unsupported_feature",
+            )
+        if role not in ROLES:
+            raise bad(f"{where}.role", f"expected one of {', '.join(ROLES)}, got {json.dumps(role)[:40]}")
+        unknown = sorted(set(m) - {"role", "content", "name"})
+        if unknown:
+            raise bad(f"{where}.{unknown[0]}", "unknown message field", "unknown_parameter")
+        if m.get("content") is None:
+            raise bad(f"{where}.content", "missing")
+        # OpenAI's `developer` role is the newer name of `system` (what chat templates know).
+        out.append(
+            {"role": "system" if role == "developer" else role, "content": _content(m["content"], where)}
+        )
+    return out
+
+
+def _response_format(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise bad("response_format", 'expected an object such as {"type": "json_object"}')
+    kind = value.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise bad("response_format.json_schema.schema", "expected a JSON schema object")
+        return spec["schema"]
+    raise bad(
+        "response_format.type", f"expected text, json_object or json_schema, got {json.dumps(kind)[:40]}"
+    )
+
+
+def parse_chat(body: Any) -> ChatRequest:
+    """The request, checked; ApiError(400) naming the first field that is wrong."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    unknown = sorted(k for k in body if k not in KNOWN)
+    if unknown:
+        raise bad(
+            unknown[0],
+            "unknown field (edgeft serve does not ignore fields it does not know)",
+            "unknown_parameter",
+        )
+    for name in ("tools", "functions", "tool_choice", "function_call"):
+        if body.get(name) not in (None, [], "none"):
+            raise bad(
+                name,
+                "tool calls are not supported by this model: it was not trained for them",
+                "unsupported_feature",
+            )
+    for name, neutral in NEUTRAL.items():
+        value = body.get(name)
+        if value is not None and value not in neutral:
+            raise bad(
+                name, f"only {neutral[0]!r} is supported (got {json.dumps(value)[:40]})", "unsupported_value"
+            )
+    if body.get("logit_bias") not in (None, {}):
+        raise bad("logit_bias", "not supported", "unsupported_value")
+    if body.get("top_logprobs") not in (None, 0):
+        raise bad("top_logprobs", "log-probabilities are not returned", "unsupported_value")
+    n = _integer(body, "n", 1)
+    if n not in (None, 1):
+        raise bad("n", "only one choice per request (n = 1) is supported", "unsupported_value")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise bad("model", "missing (GET /v1/models lists what this server serves)")
+    max_tokens = _integer(body, "max_completion_tokens", 1)
+    older = _integer(body, "max_tokens", 1)
+    if max_tokens is not None and older is not None and max_tokens != older:
+        raise bad("max_tokens", "differs from max_completion_tokens; send one of them")
+    stop = body.get("stop")
+    if stop is None:
+        stops: list[str] = []
+    elif isinstance(stop, str):
+        stops = [stop]
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop) and len(stop) <= MAX_STOP:
+        stops = list(stop)
+    else:
+        raise bad("stop", f"expected a string or a list of at most {MAX_STOP} strings")
+    if any(not s for s in stops):
+        raise bad("stop", "an empty stop string would end every reply at once")
+    options = body.get("stream_options")
+    if options is not None and (not isinstance(options, dict) or set(options) - {"include_usage"}):
+        raise bad("stream_options", "only include_usage is supported")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise bad("stream", "expected true or false")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise bad("user", "expected a string")
+    seed = _integer(body, "seed", -(2**63), 2**64 - 1)
+    return ChatRequest(
+        model=model.strip(),
+        messages=_messages(body.get("messages")),
+        max_tokens=max_tokens if max_tokens is not None else older,
+        temperature=_number(body, "temperature", 0.0, 2.0, 1.0),
+        top_p=_number(body, "top_p", 0.0, 1.0, 1.0),
+        seed=seed,
+        stop=stops,
+        json_schema=_response_format(body.get("response_format")),
+        user=user or None,
+        stream=bool(stream),
+        include_usage=bool((options or {}).get("include_usage")),
+    )
+
+
+# ---- answers -----------------------------------------------------------------------------------
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def completion(
+    cid: str, model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int, fingerprint: str
+) -> dict[str, Any]:
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": fingerprint,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+        ],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
+
+
+def chunk(
+    cid: str,
+    model: str,
+    fingerprint: str,
+    delta: dict[str, Any] | None,
+    finish: str | None = None,
+    use: dict[str, int] | None = None,
+    created: int | None = None,
+) -> dict[str, Any]:
+    """One stream chunk: a delta (with its finish reason), or, with `use`, the usage chunk
+    (no choices) that stream_options.include_usage asks for."""
+    out: dict[str, Any] = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created or int(time.time()),
+        "model": model,
+        "system_fingerprint": fingerprint,
+        "choices": []
+        if delta is None
+        else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+    if use is not None:
+        out["usage"] = use
+    return out
+
+
+def sse(data: dict[str, Any] | str) -> bytes:
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {text}\n\n".encode()
