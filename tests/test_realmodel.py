@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import EXAMPLE, resign, write_config
 from test_faults import LLAMA2_TEMPLATE, rewrite_gguf
+from test_serve import answers_as_edgeft_run, serving, verify_probes
 
 from edgeft.cli import cli
 
@@ -260,3 +261,24 @@ def test_second_opinion_agrees_with_edgefts_kl(smol_build: dict) -> None:
     for client in ("edgeft", "llama_perplexity"):
         assert opinions["gguf-q4_k_m"][client]["kl_mean"] > 10 * opinions["gguf-f16"][client]["kl_mean"]
     assert "llama-perplexity" in (verify / "report.md").read_text()
+
+
+def test_the_real_model_is_served_as_edgeft_run_answers(smol_build: dict, tmp_path: Path) -> None:
+    """`edgeft serve` on the real build: its q4_k_m GGUF (with the iq4_nl embedding),
+    the verify probes (SmolLM2's template with its default system prompt, the edge cases) answered
+    as `edgeft run` answers them, token for token; a stream gives the same text."""
+    dist = smol_build["dist"]
+    gguf = next(dist.glob("gguf/*-q4_k_m.gguf"))
+    with serving(tmp_path, str(dist), "--type", "q4_k_m") as s:
+        c = s.client()
+        probes = verify_probes(smol_build["root"] / "runs" / "smol" / "merge" / "validation.jsonl", 3)
+        answers_as_edgeft_run(c, "smol", gguf, probes, max_tokens=32)
+        whole = c.chat.completions.create(model="smol", messages=probes[0], temperature=0, max_tokens=32)
+        parts = [
+            ch.choices[0].delta.content or ""
+            for ch in c.chat.completions.create(
+                model="smol", messages=probes[0], temperature=0, max_tokens=32, stream=True
+            )
+            if ch.choices
+        ]
+        assert "".join(parts) == whole.choices[0].message.content

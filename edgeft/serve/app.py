@@ -397,6 +397,8 @@ class _Run:
                     yield piece.text
                 if piece.done:
                     self.finish_reason = piece.finish
+                    if piece.completion_tokens is not None:
+                        self.completion_tokens = piece.completion_tokens
             self.status = "ok"
         except EngineError as e:
             raise ApiError(

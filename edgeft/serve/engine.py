@@ -57,6 +57,7 @@ class Piece:
     done: bool = False
     finish: str | None = None  # "stop" | "length"
     prompt_tokens: int = 0
+    completion_tokens: int | None = None  # at the end: every token generated, the stop token not
 
 
 class Engine:
@@ -270,12 +271,17 @@ class Engine:
                 tokens = [t for t in data.get("tokens") or [] if t not in self.stop_ids]
                 if data.get("stop"):
                     finish = "length" if data.get("stop_type") == "limit" else "stop"
+                    # Chunks carry the tokens of the text they carry: tokens of a character not yet
+                    # complete are held back with it, so the count comes from the end, where
+                    # llama-server counts the end-of-generation token too.
+                    predicted = int(data.get("tokens_predicted") or 0)
                     yield Piece(
                         data.get("content") or "",
                         tokens,
                         done=True,
                         finish=finish,
                         prompt_tokens=int(data.get("tokens_evaluated") or len(ids)),
+                        completion_tokens=predicted - (data.get("stop_type") == "eos"),
                     )
                     return
                 yield Piece(data.get("content") or "", tokens)
