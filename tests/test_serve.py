@@ -27,6 +27,7 @@ from click.testing import CliRunner
 from test_registry import make_dist
 
 from edgeft.cli import cli
+from edgeft.core.errors import InputError
 from edgeft.data import served
 from edgeft.registry.routing import Ref
 from edgeft.registry.store import Registry
@@ -264,6 +265,34 @@ def test_registry_show_compares_the_served_ratings_paired_by_key(tmp_path: Path)
     assert p["p_better"] < 0.05 < p["p_worse"]
     text = CliRunner().invoke(cli, show).output
     assert "served ratings" in text and "20 keys, 15 better, 5 worse" in text
+
+
+def test_which_artifact_is_served() -> None:
+    from edgeft.core.manifest import Artifact
+    from edgeft.serve.catalog import choose_gguf
+
+    def art(name: str, fmt: str, kind: str, passed: bool = True) -> Artifact:
+        return Artifact(
+            name, f"{name}.x", fmt, sha256="0" * 64, info={"type": kind, "verify": {"passed": passed}}
+        )
+
+    arts = [
+        art("gguf-f16", "gguf", "f16"),
+        art("gguf-q4_k_m", "gguf", "q4_k_m"),
+        art("onnx-int8", "onnx", "int8"),
+    ]
+    assert choose_gguf(arts, None, "gguf-q4_k_m", "d").name == "gguf-q4_k_m"  # the recommended one
+    assert choose_gguf(arts, None, "onnx-int8", "d").name == "gguf-f16"  # recommended is not a GGUF
+    assert choose_gguf(arts, "f16", "gguf-q4_k_m", "d").name == "gguf-f16"
+    with pytest.raises(InputError, match="continuous batching"):
+        choose_gguf(arts, "int8", None, "d")
+    with pytest.raises(InputError, match=r"no artifact of type 'q2_k' \(has f16, q4_k_m, int8\)"):
+        choose_gguf(arts, "q2_k", None, "d")
+    failed = [art("gguf-q2_k", "gguf", "q2_k", passed=False)]
+    with pytest.raises(InputError, match="did not pass verify"):
+        choose_gguf(failed, "q2_k", None, "d")
+    with pytest.raises(InputError, match="no verified GGUF"):
+        choose_gguf(failed, None, None, "d")
 
 
 def test_health_is_503_while_loading_and_the_api_key_is_required(tmp_path: Path) -> None:
