@@ -666,7 +666,17 @@ def test_overload_disconnects_kill_and_ctrl_c(built: dict, tmp_path: Path) -> No
     import httpx
 
     dist = str(built["dist"])
-    long = {"model": "micro", "messages": Q, "max_tokens": 200, "temperature": 1.0, "seed": 3}
+    # A reply of at least 120 characters whatever the CPU samples: the grammar of a JSON schema
+    # with a long string keeps the model from ending early, so requests overlap on any machine.
+    schema = {"type": "object", "properties": {"a": {"type": "string", "minLength": 120}}, "required": ["a"]}
+    long = {
+        "model": "micro",
+        "messages": Q,
+        "max_tokens": 200,
+        "temperature": 1.0,
+        "seed": 3,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "long", "schema": schema}},
+    }
     with serving(tmp_path, dist, "--slots", "1", "--queue", "1") as s:
         # Overload: one slot and one waiting; the rest get 429 with Retry-After, never a 500.
         statuses: list[int] = []
