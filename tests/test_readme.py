@@ -196,7 +196,7 @@ def test_every_command_is_in_the_commands_table() -> None:
 
 
 def test_the_layout_table_names_every_module() -> None:
-    from tests.test_layers import LAYERS
+    from test_layers import LAYERS
 
     table = _section("Working on edgeft").split("Where things are decided", 1)[0]
     rows = re.findall(r"^\| `([a-z]+)/` \|[^|]*\|(.*)\|$", table, re.M)
