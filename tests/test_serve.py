@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -133,17 +134,17 @@ def test_the_log_rotates_joins_feedback_and_skips_a_cut_line(tmp_path: Path) -> 
     log.feedback("chatcmpl-3", 2, None)
     log.feedback("chatcmpl-elsewhere", 4, None)  # answered by another replica: not joined
     log.close()
-    assert len(journal.files(folder)) >= 2  # rotated
-    with (folder / journal.CURRENT).open("ab") as f:  # a server killed mid-write
+    assert len(served.files(folder)) >= 2  # rotated
+    with (folder / served.CURRENT).open("ab") as f:  # a server killed mid-write
         f.write(b'{"type":"completion","id":"chatcmpl-cut","rep')
-    rows = {r["id"]: r for r in journal.completions_with_feedback(folder)}
+    rows = {r["id"]: r for r in served.completions_with_feedback(folder)}
     assert sorted(rows) == [f"chatcmpl-{i}" for i in range(6)]
     assert (rows["chatcmpl-2"]["rating"], rows["chatcmpl-2"]["correction"]) == (5, "SELECT 1;")
     assert rows["chatcmpl-3"]["rating"] == 2 and "rating" not in rows["chatcmpl-0"]
     private = journal.Journal(folder, 1 << 20, content=False)
     private.completion({"id": "chatcmpl-p", "messages": Q, "reply": "secret"})
     private.close()
-    assert "secret" not in (folder / journal.CURRENT).read_text()
+    assert "secret" not in (folder / served.CURRENT).read_text()
     # a folder that is not edgeft's is never written into
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
@@ -186,9 +187,9 @@ def test_the_served_log_is_a_data_source_with_its_feedback(tmp_path: Path) -> No
 
 def test_a_hand_edited_log_line_is_an_error_naming_it(tmp_path: Path) -> None:
     journal.prepare(tmp_path)
-    (tmp_path / journal.CURRENT).write_text('{"type":"completion","id":"chatcmpl-1"}\nnot json\n')
+    (tmp_path / served.CURRENT).write_text('{"type":"completion","id":"chatcmpl-1"}\nnot json\n')
     with pytest.raises(Exception, match=r"completions.jsonl:2: not a JSON line"):
-        journal.completions_with_feedback(tmp_path)
+        served.completions_with_feedback(tmp_path)
 
 
 # ---- routing (fast) -----------------------------------------------------------------------------
@@ -539,7 +540,7 @@ def test_the_openai_client_against_a_served_dist(built: dict, tmp_path: Path) ->
             "edgeft_time_to_first_token_seconds_bucket" in metrics
             and "edgeft_engine_resident_bytes" in metrics
         )
-    rows = {r["id"]: r for r in journal.completions_with_feedback(tmp_path / "served")}
+    rows = {r["id"]: r for r in served.completions_with_feedback(tmp_path / "served")}
     assert rows[whole.id]["rating"] == 5 and rows[whole.id]["version"] == "micro"
     assert len(rows) >= len(probes) + 4
 
@@ -657,7 +658,7 @@ def test_a_split_routes_sticky_and_a_promotion_during_traffic_fails_nothing(
                 t.join(60)
         assert not failures, failures[:3]
         assert seen["micro:2"] > 0 and sum(seen.values()) > 20
-    records = [r for _, _, r in journal.records(work / "served") if r["type"] == "completion"]
+    records = [r for _, _, r in served.records(work / "served") if r["type"] == "completion"]
     assert {r["status"] for r in records} == {"ok"} and all(r["key"] != "k0" for r in records)
 
 
@@ -718,7 +719,7 @@ def test_overload_disconnects_kill_and_ctrl_c(built: dict, tmp_path: Path) -> No
                 s.proc.kill()
                 break
         s.proc.wait(10)
-    list(journal.records(tmp_path / "served"))
+    list(served.records(tmp_path / "served"))
     with serving(tmp_path, dist) as s:
         assert s.post("/v1/chat/completions", {**long, "max_tokens": 2}).status_code == 200
         # Ctrl-C drains: a stream in flight ends with [DONE], then the server exits 0.
@@ -743,7 +744,9 @@ def test_overload_disconnects_kill_and_ctrl_c(built: dict, tmp_path: Path) -> No
         t.join(60)
         assert s.proc.wait(60) == 0, s.said()
         assert chunks and chunks[-1] == "data: [DONE]" or "data: [DONE]" in chunks, chunks[-3:]
-    assert not list(Path("/tmp").glob(f"edgeft-serve-{s.proc.pid}-*"))
+    assert not list(
+        Path(tempfile.gettempdir()).glob(f".edgeft-serve.tmp-{s.proc.pid}-*")
+    )  # its sockets' folder
 
 
 @pytest.mark.slow

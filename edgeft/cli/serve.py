@@ -27,6 +27,8 @@ def split_targets(
     targets: tuple[str, ...], registry_dir: Path | None
 ) -> tuple[list[Path], dict[Path, set[str] | None]]:
     """Dist folders, registry folders (every model) and model names (in --registry)."""
+    from edgeft.registry.routing import Ref
+
     dists: list[Path] = []
     registries: dict[Path, set[str] | None] = {}
     for target in targets:
@@ -44,7 +46,7 @@ def split_targets(
             root = registry_dir or Path(os.environ.get("EDGEFT_REGISTRY", "registry"))
             names = registries.setdefault(root, set())
             if names is not None:
-                names.add(target.split("@")[0].split(":")[0])
+                names.add(Ref.parse(target).name)
     return dists, registries
 
 

@@ -83,6 +83,16 @@ def check_before_loading(path: Path) -> int | None:
     return trained if isinstance(trained, int) and trained > 0 else None
 
 
+def vocab_special_tokens(vocab: Any) -> dict[str, Any]:
+    """BOS, EOS and every end-of-generation token of a llama.cpp vocabulary."""
+    import llama_cpp
+
+    bos, eos = llama_cpp.llama_vocab_bos(vocab), llama_cpp.llama_vocab_eos(vocab)
+    n = llama_cpp.llama_vocab_n_tokens(vocab)
+    stop = [t for t in range(n) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+    return {"bos": bos if bos != -1 else None, "eos": eos if eos != -1 else None, "stop": stop}
+
+
 def gguf_formatter(template: str | None, tokens: dict[str, str]) -> Any:
     """llama-cpp-python's formatter for a GGUF's chat template: what its chat API renders, and
     what `edgeft run`, verify and `edgeft serve` render with."""
@@ -149,13 +159,7 @@ class LlamaCppPrompter(Runtime):
         raise NotImplementedError("the prompter has no weights")
 
     def special_tokens(self) -> dict[str, Any]:
-        import llama_cpp
-
-        vocab = self._vocab.vocab
-        bos, eos = llama_cpp.llama_vocab_bos(vocab), llama_cpp.llama_vocab_eos(vocab)
-        n = llama_cpp.llama_vocab_n_tokens(vocab)
-        stop = [t for t in range(n) if llama_cpp.llama_vocab_is_eog(vocab, t)]
-        return {"bos": bos if bos != -1 else None, "eos": eos if eos != -1 else None, "stop": stop}
+        return vocab_special_tokens(self._vocab.vocab)
 
     def close(self) -> None:
         self._vocab.close()
@@ -282,10 +286,7 @@ class LlamaCppRuntime(Runtime):
         return self.llm.detokenize([token])
 
     def special_tokens(self) -> dict[str, Any]:
-        n = self._lib.llama_vocab_n_tokens(self._vocab)
-        stop = [t for t in range(n) if self.is_stop(t)]
-        bos, eos = self.llm.token_bos(), self.llm.token_eos()
-        return {"bos": bos if bos != -1 else None, "eos": eos if eos != -1 else None, "stop": stop}
+        return vocab_special_tokens(self._vocab)
 
     def close(self) -> None:
         # Closed explicitly: left to the interpreter's exit, llama.cpp's teardown errors out.

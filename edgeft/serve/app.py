@@ -554,17 +554,18 @@ def serve_forever(service: Service, sock: Any, drain_seconds: float, announce: A
         raise service.load_error
 
 
+RUNTIME_PREFIX = "edgeft-serve"
+
+
 def runtime_dir() -> Path:
-    """A private folder for the children's sockets (stale ones of dead servers are removed)."""
-    import os
-    import shutil
+    """A private folder for the children's sockets, named as edgeft's scratch folders are, so a
+    killed server's is removed by the next (fileio.clean_stale)."""
     import tempfile
 
+    from edgeft.core.fileio import clean_stale, scratch_prefix
+
     base = Path(tempfile.gettempdir())
-    for old in base.glob("edgeft-serve-*"):
-        pid = old.name.split("-")[2] if old.name.count("-") >= 3 else ""
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and old.stat().st_uid == os.getuid():
-            shutil.rmtree(old, ignore_errors=True)
-    path = Path(tempfile.mkdtemp(prefix=f"edgeft-serve-{os.getpid()}-", dir=base))
+    clean_stale(base, f".{RUNTIME_PREFIX}.")
+    path = Path(tempfile.mkdtemp(prefix=scratch_prefix(RUNTIME_PREFIX), dir=base))
     path.chmod(0o700)
     return path

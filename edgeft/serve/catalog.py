@@ -7,7 +7,7 @@ disk (checked every `WATCH_SECONDS`): the engines a new state needs are loaded f
 state takes effect for new requests; requests already running finish on the version they
 started on, and an engine no state needs is stopped once it is idle.
 
-Routing is edgeft.registry.routing's: a hash of the split id and the request key, so every replica
+Routing is the registry's own (Registry.route, edgeft.registry.routing): a hash of the split id and the request key, so every replica
 of a server reading the same registry sends a key to the same version, and so do
 `edgeft registry route` and the Java kit.
 """
@@ -25,7 +25,7 @@ from edgeft.core import formats, stages
 from edgeft.core.errors import InputError
 from edgeft.core.manifest import MANIFEST, Artifact, read_stage
 from edgeft.registry.index import RegistryIndex, Version, read_index
-from edgeft.registry.routing import Ref, assign, bucket
+from edgeft.registry.routing import Ref
 from edgeft.registry.store import ARCHIVED, PRODUCTION, Registry
 from edgeft.serve.engine import Engine, Servable
 from edgeft.serve.protocol import ApiError
@@ -271,24 +271,27 @@ class Catalog:
         if entry is None:
             raise _no_model(model)
         if ref.version is None and ref.alias is None:
-            if entry.split:
-                if key is None:  # no key: production, and the answer says so
-                    number, variant, split, b = entry.aliases.get(PRODUCTION), PRODUCTION, None, None
-                    routed_by = "none"
-                else:
-                    b = bucket(entry.split.id, key)
-                    arm = assign(entry.split.arms, b)
-                    number, variant, split = arm.version, arm.label, entry.split.id
-            else:
-                number, variant, split, b = entry.aliases.get(PRODUCTION), PRODUCTION, None, None
-                routed_by = "none" if key is None else routed_by
-            if number is None:
-                raise ApiError(
-                    404,
-                    f"{ref.name} has no production version (promote one with `edgeft registry promote`)",
-                    param="model",
-                    code="model_not_found",
+            if key is None:  # no key: production, and the answer says so
+                number, variant, split, b, routed_by = (
+                    entry.aliases.get(PRODUCTION),
+                    PRODUCTION,
+                    None,
+                    None,
+                    "none",
                 )
+                if number is None:
+                    raise ApiError(
+                        404,
+                        f"{ref.name} has no production version (promote one with `edgeft registry promote`)",
+                        param="model",
+                        code="model_not_found",
+                    )
+            else:  # the registry's own routing: the split's arm for the key, else production
+                try:
+                    r = reg.route(ref.name, key, index)
+                except InputError as e:
+                    raise ApiError(404, str(e), param="model", code="model_not_found") from None
+                number, variant, split, b = r["version"], r["label"], r["split"], r["bucket"]
         else:
             try:
                 _, version = reg.resolve(ref, index)

@@ -29,18 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeft.core.errors import InputError
-from edgeft.data.served import CURRENT, MARKER, PREFIX, completions_with_feedback, files, records
-
-__all__ = [
-    "CURRENT",
-    "MARKER",
-    "Journal",
-    "completions_with_feedback",
-    "files",
-    "key_hash",
-    "prepare",
-    "records",
-]
+from edgeft.data.served import CURRENT, MARKER, PREFIX
 
 
 def key_hash(key: str) -> str:
