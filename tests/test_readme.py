@@ -41,6 +41,7 @@ def _keys(cls: type, prefix: str = "") -> list[str]:
                 "data": "DataConfig",
                 "augment": "AugmentConfig",
                 "train": "TrainConfig",
+                "align": "AlignConfig",
                 "merge": "MergeConfig",
                 "export": "ExportConfig",
                 "verify": "VerifyConfig",

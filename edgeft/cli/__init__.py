@@ -283,7 +283,9 @@ def data_check(
 ) -> None:
     """Check a dataset (JSONL, JSON, CSV, Parquet, datasets dir): every problem with its location.
 
-    Rows may be alpaca, chat `messages`, prompt/completion or text. With a tokenizer (--model,
+    Rows may be alpaca, chat `messages`, prompt/completion or text; a file of preference pairs
+    (prompt, chosen, rejected) gets the pair checks, and -c checks the config's align.pairs
+    too. With a tokenizer (--model,
     or -c), also checks lengths under the model's chat template and shows one example exactly
     as the model sees it. With data.filter (or --filter), prints how many rows each condition
     removed. Exits 4 when any error is found; warnings (duplicates) do not fail.
@@ -292,6 +294,7 @@ def data_check(
     edgeft data check examples/nl2sql/data/nl2sql.jsonl
     edgeft data check -c examples/nl2sql/edgeft.yaml
     edgeft data check logs.jsonl --filter 'rating >= 4' --filter 'len(reply) > 50'
+    edgeft data check examples/nl2sql/data/nl2sql-pairs.jsonl
     """
     from edgeft.core.errors import DataError, InputError
     from edgeft.data.check import analyse_section, paraphraser
@@ -304,6 +307,9 @@ def data_check(
         train_path = cfg.path(d.train)
     else:
         raise InputError("give a data FILE, or -c CONFIG to check its data section")
+    if file is not None and _holds_pairs(file):
+        _check_pairs(file, validation, cfg, _data_tokenizer(model, cfg), max_length, [], as_json)
+        return
     if conditions:
         from edgeft.core.rowfilter import compile_filter
 
@@ -332,6 +338,72 @@ def data_check(
         _echo_data_report(report, train_path)
     if report.errors:
         raise DataError(f"{train_path}: {len(report.errors)} error(s) in the data")
+    if cfg is not None and file is None and cfg.aligned:  # the config's preference pairs too
+        _check_pairs(
+            cfg.path(cfg.align.pairs),
+            cfg.path(cfg.align.validation) if cfg.align.validation else None,
+            cfg,
+            _data_tokenizer(model, cfg),
+            None,
+            [e.messages for e in report.validation if e.messages],
+            as_json,
+        )
+
+
+def _check_pairs(
+    path: Path,
+    validation: Path | None,
+    cfg: Config | None,
+    tokenizer: Any,
+    max_length: int | None,
+    held_out: list[Any],
+    as_json: bool,
+) -> None:
+    """`edgeft data check` of preference pairs: findings, counts, the split; exit 4 on errors."""
+    from edgeft.core.errors import DataError
+    from edgeft.data import pairs
+
+    a = cfg.align if cfg else None
+    report = pairs.analyse(
+        path,
+        validation_path=validation,
+        system_prompt=cfg.data.system_prompt if cfg else None,
+        val_ratio=a.val_ratio if a else 0.1,
+        seed=a.seed if a else 0,
+        tokenizer=tokenizer,
+        max_length=max_length or (a.max_length if a and a.pairs else None),
+        held_out=held_out,
+    )
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        for f in report.findings:
+            click.echo(f"{f.severity}: {f}")
+        lengths = report.info.get("token_lengths")
+        click.echo(
+            f"{path}: {len(report.train) + len(report.validation)} usable preference pair(s) of "
+            f"{report.info['rows']} rows; {len(report.errors)} error(s), {len(report.warnings)} warning(s); "
+            f"split {len(report.train)} train / {len(report.validation)} validation"
+            + (
+                f"; tokens per pair (prompt + longer answer): median {lengths['median']:g}, max {lengths['max']}"
+                if lengths
+                else ""
+            )
+        )
+    if report.errors:
+        raise DataError(f"{path}: {len(report.errors)} error(s) in the preference pairs")
+
+
+def _holds_pairs(path: Path) -> bool:
+    """Whether a data file's first readable row is a preference pair (chosen and rejected)."""
+    from edgeft.data.rows import read_rows
+
+    if not path.is_file():
+        return False
+    for _, row in read_rows(path):
+        if isinstance(row, dict):
+            return "chosen" in row and "rejected" in row
+    return False
 
 
 @cli.command()
@@ -367,6 +439,39 @@ def train(config_path: Path, out: Path | None, resume: bool, force: bool, overri
 @cli.command()
 @CONFIG_OPTION
 @click.option("--train-dir", type=click.Path(path_type=Path), help="Train stage [<workdir>/<name>/train].")
+@click.option("--out", type=click.Path(path_type=Path), help="Output directory [<workdir>/<name>/align].")
+@FORCE_OPTION
+@SET_OPTION
+def align(
+    config_path: Path, train_dir: Path | None, out: Path | None, force: bool, overrides: tuple[str, ...]
+) -> None:
+    """Tune the trained model on preference pairs (DPO, after SFT): align.pairs of the config.
+
+    Continues the train stage's adapter (or model) with trl's DPOTrainer against a frozen copy
+    of it; records reward accuracy and margin on held-out pairs, and whether they are healthy.
+
+    \b
+    edgeft align -c examples/nl2sql/edgeft-dpo.yaml
+    """
+    from edgeft.pipeline.align import align as align_stage
+
+    stage = align_stage(_load(config_path, overrides), train_dir, out, force=force)
+    h = stage.metrics["align"]["health"]
+    click.echo(
+        f"edgeft: held-out reward accuracy {h['accuracy']:.3f}, margin {h['margin']:.3g}"
+        + ("" if h["healthy"] else f" (outside the healthy range: {'; '.join(h['problems'])})"),
+        err=True,
+    )
+    click.echo(str(stage.path))
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option(
+    "--train-dir",
+    type=click.Path(path_type=Path),
+    help="Train or align stage [<workdir>/<name>/align with align.pairs, else <workdir>/<name>/train].",
+)
 @click.option("--out", type=click.Path(path_type=Path), help="Output directory [<workdir>/<name>/merge].")
 @FORCE_OPTION
 @SET_OPTION
@@ -374,6 +479,9 @@ def merge(
     config_path: Path, train_dir: Path | None, out: Path | None, force: bool, overrides: tuple[str, ...]
 ) -> None:
     """Merge the adapter into the full-precision base model (never into 4-bit weights).
+
+    The adapter is the align stage's when the config tunes preferences (align.pairs), else the
+    train stage's.
 
     After QLoRA, also measures merge.strategy full-precision and dequantized against the
     adapter on the 4-bit base, and records both in the manifest. After a full fine-tune

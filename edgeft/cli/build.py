@@ -1,4 +1,4 @@
-"""The pipeline: train → merge → export (GGUF, ONNX) → verify → eval → package, from one config.
+"""The pipeline: train → [align] → merge → export (GGUF, ONNX) → verify → eval → package, from one config.
 
 Each stage's inputs are hashed into its manifest; a stage whose directory already holds a
 complete result for the same inputs is reused, so a second build with unchanged inputs
@@ -20,6 +20,7 @@ from edgeft.core import stages
 from edgeft.core.config import Config
 from edgeft.core.manifest import MANIFEST, Stage, check_replaceable, owned, partial_dir, read_stage
 from edgeft.core.workdir import session
+from edgeft.pipeline import align as align_mod
 from edgeft.pipeline import evaluate as eval_mod
 from edgeft.pipeline import merge as merge_mod
 from edgeft.pipeline import train as train_mod
@@ -97,8 +98,14 @@ _EXPORTED = (stages.MERGE, *stages.EXPORTS)
 SPECS = (
     StageSpec(stages.TRAIN, (), train_mod.inputs_hash, _train),
     StageSpec(
-        stages.MERGE,
+        stages.ALIGN,
         (stages.TRAIN,),
+        align_mod.inputs_hash,
+        lambda cfg, force: align_mod.align(cfg, force=force, replace_own=True),
+    ),
+    StageSpec(
+        stages.MERGE,
+        (stages.TRAIN, stages.ALIGN),  # the last one there holds the weights (align's, if it ran)
         merge_mod.inputs_hash,
         lambda cfg, force: merge_mod.merge_adapter(cfg, force=force, replace_own=True),
     ),
@@ -185,7 +192,9 @@ def _build(cfg: Config, force: bool, on_stage: Callable[[str, str], None] | None
     done: dict[str, Stage] = {}
     wanted = stages.wanted_exports(cfg)
     for spec in SPECS:
-        if spec.kind in stages.EXPORTS and spec.kind not in wanted:
+        if (spec.kind in stages.EXPORTS and spec.kind not in wanted) or (
+            spec.kind == stages.ALIGN and not cfg.aligned
+        ):
             if owned(stages.directory(cfg, spec.kind), spec.kind):  # a stale export must not be shipped
                 shutil.rmtree(stages.directory(cfg, spec.kind))  # (only edgeft's own is removed)
             continue

@@ -43,6 +43,27 @@ PARAPHRASE_INSTRUCTION = (
     "You rewrite a message in other words, keeping its meaning and every name, number and "
     "quoted text. You never answer it."
 )
+# align.loss_type: trl 1.16's DPO losses (DPOConfig.loss_type), each on (chosen, rejected) pairs.
+DPO_LOSSES = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sigmoid_norm",
+)
+ALIGN_METHODS = ("dpo",)
+# align.learning_rate when not given: DPO moves a model that SFT already fitted, in small steps
+# (the DPO paper's 5e-7 for every weight; adapters take the larger step LoRA recipes use).
+DEFAULT_ALIGN_LEARNING_RATE = {"lora": 5e-5, "qlora": 5e-5, "full": 5e-7}
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 
@@ -118,6 +139,32 @@ class TrainConfig:
     # An evaluation counts as an improvement only if validation loss falls by more than this
     # (nats): a plateau creeping down by 1e-4 per evaluation otherwise never stops.
     early_stopping_threshold: float = 0.0
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    # Preference tuning after SFT (stage `align`, trl's DPOTrainer): it continues the train stage's
+    # adapter (or model, after train.method full) on preference pairs, against a frozen copy of
+    # it as the reference. Off unless `pairs` is given.
+    pairs: str = ""  # preference rows: {prompt, chosen, rejected}, text or conversations (trl's formats)
+    validation: str | None = None  # held-out pairs; else split off `pairs` (a prompt's pairs stay together)
+    val_ratio: float = 0.1
+    seed: int = 0
+    method: str = "dpo"
+    beta: float = 0.1  # how far the model may move from the reference (higher: less)
+    loss_type: str = "sigmoid"  # trl's DPO loss (DPO_LOSSES): sigmoid is the DPO paper's
+    learning_rate: float | None = (
+        None  # None: 5e-5 with an adapter, 5e-7 for full (DEFAULT_ALIGN_LEARNING_RATE)
+    )
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.1
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 4
+    gradient_accumulation: int = 1
+    max_length: int | None = None  # prompt + answer tokens; None: train.max_seq_length
+    logging_steps: int = 5
+    eval_steps: int = 0  # evaluate every N steps; 0 = once per epoch
 
 
 @dataclass(frozen=True)
@@ -206,6 +253,7 @@ class Config:
     registry: str = "registry"  # model registry directory (edgeft build --register; edgeft registry -c)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
@@ -219,6 +267,11 @@ class Config:
     def path(self, p: str) -> Path:
         q = Path(p).expanduser()
         return q if q.is_absolute() else self.root / q
+
+    @property
+    def aligned(self) -> bool:
+        """Whether the build tunes preferences after SFT (the align stage)."""
+        return bool(self.align.pairs)
 
     @property
     def run_dir(self) -> Path:
@@ -303,7 +356,7 @@ def _check_values(cfg: Config, problems: list[str]) -> None:
         if cond:
             problems.append(msg)
 
-    for check in (_check_names, _check_data, _check_train, _check_choices, _check_stages):
+    for check in (_check_names, _check_data, _check_train, _check_align, _check_choices, _check_stages):
         check(cfg, bad, problems)
     _check_gguf(cfg.export.gguf, bad)
 
@@ -412,6 +465,46 @@ def _check_train(cfg: Config, bad: Bad, problems: list[str]) -> None:
         )
 
 
+def _check_align(cfg: Config, bad: Bad, problems: list[str]) -> None:
+    a = cfg.align
+    if not a.pairs:
+        changed = [f.name for f in dataclasses.fields(a) if getattr(a, f.name) != f.default]
+        bad(
+            bool(changed),
+            f"align.{changed[0] if changed else ''}: preference tuning is off without align.pairs "
+            f"(a file of {{prompt, chosen, rejected}} rows): give it, or remove the align section",
+        )
+        return
+    bad(not 0 < a.val_ratio < 1, f"align.val_ratio: {a.val_ratio} must be in (0, 1)")
+    bad(a.beta <= 0, f"align.beta: {a.beta} must be positive (e.g. 0.1)")
+    bad(
+        a.learning_rate is not None and a.learning_rate <= 0,
+        f"align.learning_rate: {a.learning_rate} must be positive",
+    )
+    bad(not 0 <= a.warmup_ratio < 1, f"align.warmup_ratio: {a.warmup_ratio} must be in [0, 1)")
+    bad(
+        a.max_steps <= 0 and a.epochs <= 0,
+        f"align.epochs: {a.epochs:g} trains nothing: give a positive number of epochs, or align.max_steps",
+    )
+    for key, minimum in (
+        ("batch_size", 1),
+        ("gradient_accumulation", 1),
+        ("logging_steps", 1),
+        ("eval_steps", 0),
+    ):
+        bad(getattr(a, key) < minimum, f"align.{key}: {getattr(a, key)} must be at least {minimum}")
+    bad(
+        a.max_length is not None and a.max_length < 16,
+        f"align.max_length: {a.max_length} must be at least 16",
+    )
+    for key, value, allowed in (
+        ("align.method", a.method, ALIGN_METHODS),
+        ("align.loss_type", a.loss_type, DPO_LOSSES),
+        ("align.lr_scheduler", a.lr_scheduler, LR_SCHEDULERS),
+    ):
+        bad(value not in allowed, f"{key}: {value!r} is not one of {', '.join(allowed)}")
+
+
 def _check_choices(cfg: Config, bad: Bad, problems: list[str]) -> None:
     t = cfg.train
     for key, value, allowed in (
@@ -505,7 +598,8 @@ def parse_config(raw: Any, source: str = "") -> Config:
         _check_values(cfg, problems)
     if problems:
         raise ConfigError(problems, source or None)
-    return dataclasses.replace(cfg, source=source, train=_resolved_train(cfg.train))
+    train = _resolved_train(cfg.train)
+    return dataclasses.replace(cfg, source=source, train=train, align=_resolved_align(cfg.align, train))
 
 
 def _resolved_train(t: TrainConfig) -> TrainConfig:
@@ -515,6 +609,20 @@ def _resolved_train(t: TrainConfig) -> TrainConfig:
     quantization = "nf4" if method == "qlora" and t.quantization == "none" else t.quantization
     lr = t.learning_rate if t.learning_rate is not None else DEFAULT_LEARNING_RATE[method]
     return dataclasses.replace(t, method=method, quantization=quantization, learning_rate=lr)
+
+
+def _resolved_align(a: AlignConfig, t: TrainConfig) -> AlignConfig:
+    """align's defaults made explicit (the manifest records what was trained): the learning rate
+    for the kind of weights train made, the length limit of the train section."""
+    if not a.pairs:
+        return a
+    return dataclasses.replace(
+        a,
+        learning_rate=a.learning_rate
+        if a.learning_rate is not None
+        else DEFAULT_ALIGN_LEARNING_RATE[t.method],
+        max_length=a.max_length if a.max_length is not None else t.max_seq_length,
+    )
 
 
 # A config is a few hundred values; YAML aliases let a few lines stand for billions of them

@@ -4,7 +4,7 @@ A stage reads only stages that run before it (`ORDER`); each writes one director
 `<workdir>/<name>/<kind>/` (the dist: `<dist_dir>/<name>/`), described by its manifest
 (edgeft.core.manifest). Every place that needs a stage's directory asks this module.
 
-    train → merge → export-gguf, export-onnx → verify → eval → dist
+    train → [align] → merge → export-gguf, export-onnx → verify → eval → dist
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from edgeft.core.config import Config
 
 TRAIN = "train"
+ALIGN = "align"  # only when the config tunes preferences (align.pairs)
 MERGE = "merge"
 EXPORT_GGUF = "export-gguf"
 EXPORT_ONNX = "export-onnx"
@@ -26,13 +27,14 @@ VERIFY = "verify"
 EVAL = "eval"
 DIST = "dist"
 
-ORDER = (TRAIN, MERGE, EXPORT_GGUF, EXPORT_ONNX, VERIFY, EVAL, DIST)
+ORDER = (TRAIN, ALIGN, MERGE, EXPORT_GGUF, EXPORT_ONNX, VERIFY, EVAL, DIST)
 EXPORTS = (EXPORT_GGUF, EXPORT_ONNX)
 
 # What to run to produce each kind of stage directory, for the "wrong directory" message
 # (tests/test_cli.py runs each command's --help and checks the options named).
 PRODUCED_BY = {
     TRAIN: "edgeft train -c CONFIG",
+    ALIGN: "edgeft align -c CONFIG",
     MERGE: "edgeft merge -c CONFIG",
     EXPORT_GGUF: "edgeft export gguf -c CONFIG",
     EXPORT_ONNX: "edgeft export onnx -c CONFIG",
@@ -85,6 +87,14 @@ def writer(
         replace_own=replace_own,
         **more,
     )
+
+
+def trained(cfg: Config, given: Path | str | None = None) -> Stage:
+    """The stage holding the weights merge merges: align's when the config tunes preferences,
+    else train's (or the train or align stage at `given`)."""
+    if given:
+        return read(given, (TRAIN, ALIGN))
+    return load(cfg, ALIGN if cfg.aligned else TRAIN)
 
 
 def wanted_exports(cfg: Config) -> list[str]:

@@ -1,7 +1,8 @@
 """Merge the adapter into the base: the reference model every export is checked against.
 After a full fine-tune (train.method: full) there is no adapter: the trained model is the reference.
 
-Consumes a `train` stage; produces a `merge` stage: `model/`, an HF model directory
+Consumes a `train` stage (or the `align` stage made from it, when the config tunes preferences);
+produces a `merge` stage: `model/`, an HF model directory
 (safetensors, tokenizer, chat template, generation config whose EOS includes the template's
 end-of-turn token), the validation split, and what later stages need from training (the
 adapter, the resolved base, the data record, the training metrics), so that they read this
@@ -34,6 +35,7 @@ from edgeft.core.fileio import hash_json
 from edgeft.core.manifest import Stage
 from edgeft.core.workdir import in_session
 from edgeft.models.base import end_of_turn, load_base, resolve_base
+from edgeft.pipeline.align import PAIRS_VALIDATION
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +46,10 @@ HANDOVER = 2
 
 
 def inputs_hash(cfg: Config, upstream: Sequence[Stage]) -> str:
-    """The train stage's inputs, the merge section and what the stage hands over."""
-    (train,) = upstream
-    return hash_json([train.inputs_hash, cfg.section("merge"), HANDOVER])
+    """The trained weights' inputs (the train stage's, or the align stage's after it), the merge
+    section and what the stage hands over."""
+    trained = upstream[-1]
+    return hash_json([trained.inputs_hash, cfg.section("merge"), HANDOVER])
 
 
 def _logits(model: Any, sequences: list[list[int]]) -> list[np.ndarray]:
@@ -141,8 +144,9 @@ def merge_adapter(
     force: bool = False,
     replace_own: bool = False,
 ) -> Stage:
-    """Merge the train stage's adapter into the base; return the published merge stage."""
-    train = stages.load(cfg, stages.TRAIN, train_dir)
+    """Merge the trained adapter (the train stage's, or after preference tuning the align stage's)
+    into the base; return the published merge stage."""
+    train = stages.trained(cfg, train_dir)
     from transformers import AutoTokenizer, GenerationConfig
 
     from edgeft.data.rows import read_conversations
@@ -185,6 +189,9 @@ def merge_adapter(
         w.add_artifact("model", "model", formats.HF_SAFETENSORS, dtype=cfg.merge.dtype, strategy=strategy)
         shutil.copy(train.file("validation.jsonl"), w.tmp / "validation.jsonl")
         w.add_artifact("validation-split", "validation.jsonl", formats.JSONL)
+        if train.has("pairs-validation"):  # the held-out preference pairs eval scores every model on
+            shutil.copy(train.artifact_path("pairs-validation"), w.tmp / PAIRS_VALIDATION)
+            w.add_artifact("pairs-validation", PAIRS_VALIDATION, formats.JSONL)
         # Carried forward so that later stages need only this directory: the adapter (the GGUF
         # LoRA export, the dist's lineage), the base it applies to (eval's "before"), the data
         # record and the training metrics.

@@ -27,7 +27,7 @@ from edgeft.core.fileio import copy_file, file_table, hash_json, inside
 from edgeft.core.manifest import Artifact, Stage, StageWriter
 from edgeft.core.paths import vendor_dir
 from edgeft.core.workdir import in_session
-from edgeft.pipeline.evaluate import gate_rule, verdict_lines
+from edgeft.pipeline.evaluate import gate_rule, preference_lines, verdict_lines
 from edgeft.pipeline.evaluate.results import EvalResults
 from edgeft.pipeline.verify.report import Verdict, VerifyReport
 from edgeft.ship import frontier
@@ -353,8 +353,21 @@ def _matrix_lines(matrix: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _align_lines(a: dict[str, Any] | None) -> list[str]:
+    """The model card's line on preference tuning after SFT (the align stage's record)."""
+    if not a:
+        return []
+    h = a["health"]
+    state = "healthy" if h["healthy"] else "outside the healthy range: " + "; ".join(h["problems"])
+    return [
+        f"- preference tuning: {a['method'].upper()} ({a['loss_type']} loss, beta {a['beta']:g}, learning rate "
+        f"{a['learning_rate']:g}) after SFT, {a['steps']} steps on {a['train_pairs']} pairs against the SFT model; "
+        f"held-out reward accuracy {h['accuracy']:.2f}, margin {h['margin']:.3g} ({state})"
+    ]
+
+
 def _eval_summary(results: EvalResults) -> dict[str, Any]:
-    out = {
+    out: dict[str, Any] = {
         "passed": results.passed,
         "examples": results.examples,
         "format": results.format,
@@ -367,6 +380,9 @@ def _eval_summary(results: EvalResults) -> dict[str, Any]:
     }
     if results.general is not None:
         out["forgetting"] = {k: results.general[k] for k in ("chrf_drop", "forgetting", "tolerance")}
+    if results.preference is not None:
+        pref = results.preference
+        out["preference"] = {"pairs": pref.pairs, "accuracy": pref.accuracy(), "versus": pref.versus}
     return out
 
 
@@ -415,6 +431,7 @@ def model_card(
             f"{data.get('train_rows')} training / {data.get('validation_rows')} validation rows",
             f"- {training_line(cfg.train)}, {t.get('steps')} steps",
             f"- validation loss: base {t.get('base_val_loss')} → fine-tuned {t.get('val_loss')}",
+            *_align_lines(t.get("align")),
             *([f"- chat template: {t['chat_template']}"] if t.get("chat_template") else []),
             *([f"- base weights: {t['base_source']}"] if t.get("base_source") else []),
             "",
@@ -444,6 +461,7 @@ def model_card(
                 if results.general is not None
                 else []
             ),
+            *([*preference_lines(results.preference), ""] if results.preference is not None else []),
             *(
                 [
                     "## Size, quality and speed",

@@ -49,6 +49,7 @@ from edgeft.pipeline.evaluate.results import (
     EvalResults,
     ModelResult,
     PerExample,
+    PreferenceResults,
     Rule,
     compare_outcomes,
 )
@@ -172,6 +173,10 @@ def compare_answers(
         rule,
     )
 
+
+# The models in transformers that are measured but not judged: the base, the SFT model a
+# preference-tuned one started from, and the fine-tuned model every artifact is judged against.
+REFERENCE_MODELS = ("base", "sft", "fine-tuned")
 
 Prompt = list[dict[str, str]] | str  # a conversation, or the first half of a plain text
 
@@ -307,6 +312,29 @@ def _base_runtime(base_dir: str, reference: Any) -> Runtime:
     return HFRuntime(base_dir, chat_template=reference.tokenizer.chat_template, extra_stop=ref["stop"])
 
 
+def _sft_runtime(merged: Stage, reference: Any) -> Runtime | None:
+    """After preference tuning: the SFT model it started from (the train stage's weights), in
+    transformers, prompted and stopped like the fine-tuned model; None where that stage is gone."""
+    from edgeft.runtimes.hf import HFRuntime
+
+    if not merged.has("pairs-validation"):
+        return None
+    try:
+        train = merged.ancestor(stages.TRAIN)
+    except InputError as e:
+        log.warning("the SFT model is not evaluated: %s", e)
+        return None
+    ref = reference.special_tokens()
+    template = reference.tokenizer.chat_template
+    if train.has("model"):
+        return HFRuntime(train.artifact_path("model"), chat_template=template, extra_stop=ref["stop"])
+    from peft import PeftModel
+
+    rt = HFRuntime(str(merged.resolved_base), chat_template=template, extra_stop=ref["stop"])
+    rt.model = PeftModel.from_pretrained(rt.model, train.artifact_path("adapter")).merge_and_unload().eval()
+    return rt
+
+
 def inputs_hash(cfg: Config, upstream: Sequence[Stage]) -> str:
     """The fine-tuned model's inputs, the *bytes* of every artifact, the eval section and the
     general prompts file. `upstream`: the merge stage, then the export stages."""
@@ -346,6 +374,11 @@ def _answer_all(
     got.outputs["fine-tuned"] = answer(reference, prompts, n_new, "fine-tuned (transformers)")
     if general:
         got.general["fine-tuned"] = answer(reference, general, n_new, "fine-tuned, general")
+    sft = _sft_runtime(gate.merged, reference)
+    if sft is not None:
+        got.runtimes["sft"] = "transformers"
+        got.outputs["sft"] = answer(sft, prompts, n_new, "sft (transformers)")
+        del sft
     base = _base_runtime(str(gate.merged.resolved_base), reference)
     del reference
     got.outputs["base"] = answer(base, prompts, n_new, "base (transformers)")
@@ -383,7 +416,7 @@ def _judge(
             speed=got.speeds.get(name) or None,
         )
         results.models[name] = entry
-        if name in ("base", "fine-tuned"):
+        if name in REFERENCE_MODELS:
             continue
         compared = compare_answers(got.outputs["fine-tuned"], outs, references, fmt, rule)
         entry.relative = {m: c.relative for m, c in compared.items()}
@@ -400,6 +433,86 @@ def _judge(
                 for m in low
             ]
     return failures
+
+
+def _preference(gate: Gate, rule: Rule, limit: int) -> tuple[PreferenceResults | None, list[str]]:
+    """Preference parity on the held-out pairs (edgeft.pipeline.evaluate.preference): each model's
+    accuracy and margin, every artifact judged against the tuned model, the tuned model against
+    the SFT model and the base. (None, []) for a model trained without preference pairs."""
+    from edgeft.data.pairs import read_pairs
+    from edgeft.judge.paired import compare_binary
+    from edgeft.pipeline.evaluate import preference
+    from edgeft.runtimes.hf import HFRuntime
+
+    merged = gate.merged
+    if not merged.has("pairs-validation"):
+        return None, []
+    pairs = read_pairs(merged.artifact_path("pairs-validation"))[:limit]
+    reference = HFRuntime(gate.reference_dir)
+    seqs = preference.sequences(pairs, reference.tokenizer)
+    got: dict[str, tuple[list[bool], list[float]]] = {"fine-tuned": preference.score(reference, seqs)}
+    sft = _sft_runtime(merged, reference)
+    if sft is not None:
+        got["sft"] = preference.score(sft, seqs)
+        del sft
+    got["base"] = preference.score(_base_runtime(str(merged.resolved_base), reference), seqs)
+    del reference
+    unreadable: dict[str, str] = {}
+    for stage, art in gate.artifacts():
+        rt, why = load_or_why(stage, art)
+        if rt is not None:
+            try:
+                with rt:
+                    got[art.name] = preference.score(rt, seqs)
+            except Exception as e:
+                log.debug("%s could not score the pairs", art.name, exc_info=True)
+                why = describe(e)
+        if why is not None:
+            unreadable[art.name] = why
+
+    def compare(reference: list[bool], candidate: list[bool]) -> Any:
+        return compare_binary(
+            "preference",
+            reference,
+            candidate,
+            min_relative=rule.min_relative,
+            alpha=rule.alpha,
+            min_discordant=rule.min_discordant,
+        )
+
+    tuned = got["fine-tuned"][0]
+    out = PreferenceResults(
+        pairs=len(pairs),
+        scoring="log-probability of each answer after the prompt, summed over its tokens (the same token ids in "
+        "every runtime)",
+        models={name: preference.summary(*v) for name, v in got.items()},
+    )
+    failures = []
+    for name, (prefers, _) in got.items():
+        if name in REFERENCE_MODELS:
+            continue
+        c = compare(tuned, prefers)
+        out.paired[name] = c.to_dict()
+        out.verdicts[name] = c.verdict("the fine-tuned model")
+        if c.worse:
+            failures.append(
+                f"{name}: preference accuracy {out.verdicts[name]} (below {rule.min_relative:.0%}: {c.relative:.1%})"
+            )
+    for name, why in unreadable.items():
+        out.models[name] = {"error": why}
+        failures.append(f"{name}: cannot score the preference pairs: {why}")
+    for before in ("sft", "base"):
+        if before in got:
+            # As versus_base: the earlier model is the candidate that may be worse than the tuned one.
+            c = compare(tuned, got[before][0])
+            out.versus[before] = {
+                "p": c.p,
+                "better": bool(c.p < rule.alpha and c.candidate < c.reference),
+                "difference": c.reference - c.candidate,
+                "tuned_only": c.losses,
+                f"{before}_only": c.wins,
+            }
+    return out, failures
 
 
 def _forgetting(cfg: Config, got: _Answers, general: tuple[Sequence[Prompt], list[str]]) -> dict[str, Any]:
@@ -458,6 +571,10 @@ def evaluate(
     got = _answer_all(gate, prompts, general[0] if general else None, cfg.eval.max_new_tokens)
     outputs = got.outputs
     failures = _judge(got, references, fmt, rule, results)
+    results.preference, lost = _preference(gate, rule, cfg.eval.max_examples)
+    failures += lost
+    if "sft" in outputs:
+        results.versus_sft = versus_base(outputs["fine-tuned"], outputs["sft"], references, fmt, rule)
     ref_scores, base_scores = results.fine_tuned.scores, results.models["base"].scores
     results.improvement = {m: ref_scores[m] - base_scores[m] for m in ref_scores}
     results.versus_base = versus_base(outputs["fine-tuned"], outputs["base"], references, fmt, rule)
@@ -499,7 +616,8 @@ def evaluate(
         failures,
         EvalFailed,
         f"evaluation: {len(failures)} regression(s) against the fine-tuned model",
-        metrics={"fine_tuned": ref_scores, "base": base_scores},
+        metrics={"fine_tuned": ref_scores, "base": base_scores}
+        | ({"preference": results.preference.accuracy()} if results.preference else {}),
     )
 
 
@@ -552,6 +670,42 @@ def verdict_lines(results: EvalResults, short: bool = False) -> list[str]:
     return lines
 
 
+def _versus(versus: dict[str, dict[str, Any]]) -> str:
+    names = {"exact_match": "exact match", "chrf": "chrF", "format": "format"}
+    return ", ".join(
+        f"{names[k]} {v['difference']:+.3f} ({'better' if v['better'] else 'not shown better'}, p = {v['p']:.2g})"
+        for k, v in versus.items()
+    )
+
+
+def preference_lines(pref: PreferenceResults) -> list[str]:
+    """The preference-parity section of results.md (and the model card)."""
+    lines = [
+        "## Preference parity (held-out pairs)",
+        "",
+        f"{pref.pairs} held-out preference pairs; a model prefers the chosen answer when its "
+        f"{pref.scoring} is higher than the rejected one's.",
+        "",
+        "| model | prefers chosen | mean log-prob margin | vs fine-tuned |",
+        "|---|---|---|---|",
+    ]
+    for name, m in pref.models.items():
+        if "error" in m:
+            lines.append(f"| {name} | – | – | cannot score: {m['error']} |")
+            continue
+        verdict = pref.verdicts.get(name, "–")
+        lines.append(f"| {name} | {m['accuracy']:.3f} | {m['mean_margin']:+.2f} | {verdict} |")
+    for before in ("sft", "base"):
+        v = pref.versus.get(before)
+        if v:
+            lines.append(
+                f"\nPreference-tuned vs {'the SFT model' if before == 'sft' else 'the base'}: "
+                f"{v['difference']:+.3f} ({'better' if v['better'] else 'not shown better'}, p = {v['p']:.2g}; "
+                f"{v['tuned_only']} pairs only the tuned model gets right, {v[before + '_only']} only the other)."
+            )
+    return lines
+
+
 def markdown(results: EvalResults) -> str:
     metrics = results.metrics
     names = {"exact_match": "exact match", "chrf": "chrF", "format": f"format ({results.format})"}
@@ -589,6 +743,15 @@ def markdown(results: EvalResults) -> str:
     verdicts = verdict_lines(results)
     if verdicts:
         lines += ["", "## Each artifact against the fine-tuned model", "", *verdicts]
+    if results.versus_sft:
+        lines += [
+            "",
+            "Fine-tuned (preference-tuned) vs the SFT model it started from: "
+            + _versus(results.versus_sft)
+            + ".",
+        ]
+    if results.preference is not None:
+        lines += ["", *preference_lines(results.preference)]
     if results.general is not None:
         g = results.general
         lines += [

@@ -52,6 +52,42 @@ class PerExample:
         )
 
 
+@dataclass
+class PreferenceResults:
+    """Preference parity on the held-out pairs (after align; edgeft.pipeline.evaluate.preference)."""
+
+    pairs: int
+    scoring: str  # how a model's preference is read, in words
+    models: dict[str, dict[str, Any]]  # model → {accuracy, mean_margin, right} or {error}
+    paired: dict[str, dict[str, Any]] = field(default_factory=dict)  # artifact → Comparison.to_dict()
+    verdicts: dict[str, str] = field(default_factory=dict)  # artifact → the comparison in words
+    versus: dict[str, dict[str, Any]] = field(default_factory=dict)  # "sft" / "base" → {better, p, …}
+
+    def accuracy(self) -> dict[str, float | None]:
+        return {name: m.get("accuracy") for name, m in self.models.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pairs": self.pairs,
+            "scoring": self.scoring,
+            "models": self.models,
+            "paired": self.paired,
+            "verdicts": self.verdicts,
+            "versus": self.versus,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PreferenceResults:
+        return cls(
+            pairs=int(data["pairs"]),
+            scoring=str(data.get("scoring", "")),
+            models=dict(data["models"]),
+            paired=dict(data.get("paired") or {}),
+            verdicts=dict(data.get("verdicts") or {}),
+            versus=dict(data.get("versus") or {}),
+        )
+
+
 @dataclass(frozen=True)
 class Rule:
     """The gate's rule, as the evaluation that wrote the results had it (eval.* in its config)."""
@@ -111,9 +147,12 @@ class EvalResults:
     models: dict[str, ModelResult] = field(default_factory=dict)
     improvement: dict[str, float] = field(default_factory=dict)  # fine-tuned minus base, per metric
     versus_base: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric -> {better, p}
+    versus_sft: dict[str, dict[str, Any]] | None = None  # after align: the same, against the SFT model
     examples_needed: int | None = None
     per_example: PerExample | None = None
     general: dict[str, Any] | None = None  # general-capability prompts: scores, chrf_drop, forgetting
+    # Held-out preference pairs (after align): per model accuracy and margin, artifacts' verdicts.
+    preference: PreferenceResults | None = None
     samples: list[dict[str, Any]] = field(default_factory=list)
     passed: bool = False
     failures: list[str] = field(default_factory=list)
@@ -148,6 +187,8 @@ class EvalResults:
             examples_needed=data.get("examples_needed"),
             per_example=PerExample.from_json(data["per_example"]) if "per_example" in data else None,
             general=data.get("general"),
+            preference=PreferenceResults.from_json(data["preference"]) if data.get("preference") else None,
+            versus_sft=data.get("versus_sft"),
             samples=list(data.get("samples") or []),
             passed=bool(data.get("passed")),
             failures=list(data.get("failures") or []),
@@ -184,6 +225,10 @@ class EvalResults:
             out["per_example"] = self.per_example.to_json()
         if self.general is not None:
             out["general"] = self.general
+        if self.preference is not None:
+            out["preference"] = self.preference.to_json()
+        if self.versus_sft is not None:
+            out["versus_sft"] = self.versus_sft
         out.update(passed=self.passed, failures=self.failures)
         return out
 
