@@ -184,3 +184,53 @@ def test_an_answers_log_probability_is_summed_after_the_prompt() -> None:
     logp = logits - np.log(np.exp(logits.astype(np.float64)).sum(axis=1, keepdims=True))
     want = sum(logp[t - 1, ids[t]] for t in range(3, 6))
     assert answer_logprob(logits, ids, 3) == pytest.approx(want, abs=1e-9)
+
+
+def test_served_feedback_becomes_pairs_with_counts(tmp_path: Path) -> None:
+    """Corrections and different ratings of one prompt become pairs; everything else is counted."""
+    from edgeft.serve import journal
+
+    folder = tmp_path / "served"
+    journal.prepare(folder)
+    log = journal.Journal(folder, 1 << 20)
+
+    def answered(n: int, question: str, reply: str, status: str = "ok") -> None:
+        msgs = [{"role": "user", "content": question}]
+        log.completion({"id": f"c{n}", "version": "m:1", "status": status, "messages": msgs, "reply": reply})
+
+    for i in range(12):  # corrected answers: 12 pairs
+        answered(i, f"question {i}", f"wrong {i}")
+        log.feedback(f"c{i}", 1, f"right {i}")
+    answered(20, "asked thrice", "best")  # rated 5, 2 and 5: best over the 2, one left over
+    answered(21, "asked thrice", "worse")
+    answered(22, "asked thrice", "best again")
+    for n, rating in ((20, 5), (21, 2), (22, 5)):
+        log.feedback(f"c{n}", rating, None)
+    answered(30, "asked once", "fine")
+    log.feedback("c30", 4, None)
+    answered(31, "no verdict", "x")
+    answered(32, "cut off", "y", status="disconnected")
+    log.close()
+    report = pairs.analyse(folder, val_ratio=0.1)
+    assert not report.errors, report.errors
+    got = {(p.prompt[-1]["content"], p.chosen, p.rejected) for p in report.train + report.validation}
+    assert ("question 3", "right 3", "wrong 3") in got
+    assert ("asked thrice", "best", "worse") in got and len(got) == 13
+    assert report.info["from_served_log"] == {
+        "completions": 18,
+        "with_feedback": 16,
+        "pairs_from_corrections": 12,
+        "pairs_from_ratings": 1,
+        "dropped_not_answered_in_full": 1,
+        "dropped_content_not_logged": 0,
+        "dropped_no_feedback": 1,
+        "dropped_prompt_answered_once": 1,
+        "dropped_no_rating_difference": 1,
+    }
+    result = CliRunner().invoke(cli, ["data", "check", str(folder), "--pairs"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "18 logged completion(s), 16 with feedback; paired 12 from corrections and 1 from ratings"
+        in result.output
+    )
+    assert "1 (no feedback)" in result.output

@@ -267,6 +267,13 @@ def _echo_data_report(report: Any, train_path: Path) -> None:
     metavar="CONDITION",
     help="Keep rows passing this condition, e.g. --filter 'rating >= 4' (repeatable; replaces data.filter).",
 )
+@click.option(
+    "--pairs",
+    "pairs_asked",
+    is_flag=True,
+    help="Read FILE as preference pairs (a pairs file is recognised by itself; an `edgeft serve` log "
+    "folder is paired from its feedback).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def data_check(
     file: Path | None,
@@ -279,6 +286,7 @@ def data_check(
     seed: int | None,
     dedup: bool | None,
     conditions: tuple[str, ...],
+    pairs_asked: bool,
     as_json: bool,
 ) -> None:
     """Check a dataset (JSONL, JSON, CSV, Parquet, datasets dir): every problem with its location.
@@ -295,6 +303,7 @@ def data_check(
     edgeft data check -c examples/nl2sql/edgeft.yaml
     edgeft data check logs.jsonl --filter 'rating >= 4' --filter 'len(reply) > 50'
     edgeft data check examples/nl2sql/data/nl2sql-pairs.jsonl
+    edgeft data check served/ --pairs
     """
     from edgeft.core.errors import DataError, InputError
     from edgeft.data.check import analyse_section, paraphraser
@@ -307,7 +316,7 @@ def data_check(
         train_path = cfg.path(d.train)
     else:
         raise InputError("give a data FILE, or -c CONFIG to check its data section")
-    if file is not None and _holds_pairs(file):
+    if file is not None and (pairs_asked or _holds_pairs(file)):
         _check_pairs(file, validation, cfg, _data_tokenizer(model, cfg), max_length, [], as_json)
         return
     if conditions:
@@ -379,6 +388,20 @@ def _check_pairs(
     else:
         for f in report.findings:
             click.echo(f"{f.severity}: {f}")
+        log = report.info.get("from_served_log")
+        if log:
+            dropped = {
+                k.removeprefix("dropped_"): n for k, n in log.items() if k.startswith("dropped_") and n
+            }
+            click.echo(
+                f"{path}: {log['completions']} logged completion(s), {log['with_feedback']} with feedback; paired "
+                f"{log['pairs_from_corrections']} from corrections and {log['pairs_from_ratings']} from ratings; "
+                + (
+                    "dropped " + ", ".join(f"{n} ({k.replace('_', ' ')})" for k, n in dropped.items())
+                    if dropped
+                    else "nothing dropped"
+                )
+            )
         lengths = report.info.get("token_lengths")
         click.echo(
             f"{path}: {len(report.train) + len(report.validation)} usable preference pair(s) of "

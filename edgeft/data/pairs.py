@@ -13,6 +13,10 @@ A `system` field, or data.system_prompt, adds the system turn the SFT rows get. 
 normalised to (prompt conversation, chosen answer, rejected answer) and written back in trl's
 conversational form, which DPOTrainer renders with the model's chat template.
 
+An `edgeft serve` log folder reads as pairs too (edgeft.data.served.pairs): a user's correction is
+chosen over the answer it corrects, and of one prompt answered several times, the best-rated
+answer over each one rated lower.
+
 Checks, each a `Finding` at FILE:LINE: rows that are not pairs, chosen equal to rejected, exact
 duplicates, a validation pair that is also a training pair, a held-out prompt of SFT's validation
 split among the training pairs (eval would score what was trained), and pairs longer than
@@ -177,12 +181,23 @@ class PairsReport:
             )
 
 
-def load_pairs(path: Path, system_prompt: str | None = None) -> tuple[list[Pair], list[Finding], int]:
-    """(pairs, findings, rows read): unusable rows are error findings, never exceptions."""
+def load_pairs(
+    path: Path, system_prompt: str | None = None, counts: dict[str, int] | None = None
+) -> tuple[list[Pair], list[Finding], int]:
+    """(pairs, findings, rows read): unusable rows are error findings, never exceptions. An `edgeft
+    serve` log folder is paired from its feedback (edgeft.data.served.pairs; `counts` gets what
+    was paired and what was dropped)."""
+    from edgeft.data import served
+
     pairs: list[Pair] = []
     findings: list[Finding] = []
     rows = 0
-    for where, row in read_rows(Path(path)):
+    source: Any = read_rows(Path(path))
+    if served.is_log(Path(path)):
+        source, paired = served.pairs(Path(path))
+        if counts is not None:
+            counts.update(paired)
+    for where, row in source:
         rows += 1
         if isinstance(row, ValueError):
             findings.append(Finding("error", where, "json", str(row)))
@@ -309,8 +324,11 @@ def analyse(
     held_out: list[Conversation] | None = None,
 ) -> PairsReport:
     """Load, check and split preference pairs; every problem becomes a finding."""
-    pairs, findings, rows = load_pairs(path, system_prompt)
+    from_log: dict[str, int] = {}
+    pairs, findings, rows = load_pairs(path, system_prompt, from_log)
     info: dict[str, Any] = {"pairs_file": str(path), "pairs_sha256": file_hash(path), "rows": rows}
+    if from_log:
+        info["from_served_log"] = from_log
     if len(pairs) < MIN_EXAMPLES:
         findings.append(
             Finding(

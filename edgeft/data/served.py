@@ -92,3 +92,78 @@ def rows(folder: Path) -> Iterator[tuple[str, Any]]:
         if "rating" in fb:
             row["rating"] = fb["rating"]
         yield where, row
+
+
+def pairs(folder: Path) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, int]]:
+    """Preference pairs from real traffic, and the counts of what was paired and what was dropped:
+
+    - an answer with a user's correction: the correction is chosen, the answer rejected;
+    - one prompt answered several times with different ratings (another request, another version
+      of an A/B split): the best-rated answer is chosen over each answer rated lower.
+
+    Only completions answered in full whose prompt and reply were logged can pair."""
+    completions: list[tuple[str, dict[str, Any]]] = []
+    feedback: dict[str, dict[str, Any]] = {}
+    counts = {
+        "completions": 0,
+        "with_feedback": 0,
+        "pairs_from_corrections": 0,
+        "pairs_from_ratings": 0,
+        "dropped_not_answered_in_full": 0,
+        "dropped_content_not_logged": 0,
+        "dropped_no_feedback": 0,
+        "dropped_prompt_answered_once": 0,
+        "dropped_no_rating_difference": 0,
+    }
+    for path, line, record in records(folder):
+        if record["type"] == "feedback":
+            feedback[record["id"]] = record
+        else:
+            completions.append((f"{path}:{line}", record))
+    out: list[tuple[str, dict[str, Any]]] = []
+    rated: dict[str, list[tuple[str, dict[str, Any], Any]]] = {}
+    for where, record in completions:
+        counts["completions"] += 1
+        fb = feedback.get(record["id"])
+        counts["with_feedback"] += fb is not None
+        if record.get("status") != "ok":
+            counts["dropped_not_answered_in_full"] += 1
+        elif "messages" not in record or "reply" not in record:
+            counts["dropped_content_not_logged"] += 1
+        elif fb is None:
+            counts["dropped_no_feedback"] += 1
+        elif (
+            isinstance(fb.get("correction"), str)
+            and fb["correction"].strip()
+            and fb["correction"] != record["reply"]
+        ):
+            out.append(
+                (
+                    where,
+                    {"prompt": record["messages"], "chosen": fb["correction"], "rejected": record["reply"]},
+                )
+            )
+            counts["pairs_from_corrections"] += 1
+        else:
+            key = json.dumps(record["messages"], sort_keys=True)
+            rated.setdefault(key, []).append((where, record, fb.get("rating")))
+    for answers in rated.values():
+        scored = [a for a in answers if isinstance(a[2], (int, float))]
+        if len(answers) < 2:
+            counts["dropped_prompt_answered_once"] += len(answers)
+            continue
+        scored.sort(key=lambda a: -a[2])
+        best_where, best, best_rating = scored[0] if scored else answers[0]
+        paired = 0
+        for where, record, rating in scored[1:]:
+            if rating < best_rating and record["reply"].strip() != best["reply"].strip():
+                out.append(
+                    (
+                        f"{best_where} over {where}",
+                        {"prompt": best["messages"], "chosen": best["reply"], "rejected": record["reply"]},
+                    )
+                )
+                paired += 1
+        counts["pairs_from_ratings"] += paired
+        counts["dropped_no_rating_difference"] += len(answers) - paired - (1 if paired else 0)
+    return out, counts
