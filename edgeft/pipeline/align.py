@@ -128,7 +128,7 @@ def dpo_config(cfg: Config, output_dir: Path) -> Any:
 
 def health(history: list[dict[str, Any]], after: dict[str, Any]) -> dict[str, Any]:
     """The held-out reward accuracy and margin after training against the ranges practitioners watch:
-    accuracy above 0.5 (chance) and not below where it started, margin positive."""
+    accuracy above 0.5 (chance) and rising during training, margin positive."""
     acc, margin = after.get("eval_rewards/accuracies"), after.get("eval_rewards/margins")
     trained = [e["rewards/accuracies"] for e in history if "rewards/accuracies" in e]
     problems = []
@@ -139,8 +139,13 @@ def health(history: list[dict[str, Any]], after: dict[str, Any]) -> dict[str, An
             problems.append(f"held-out reward accuracy {acc:.2f} is not above chance (0.5)")
         if margin <= 0:
             problems.append(f"held-out reward margin {margin:.3g} is not positive")
-    if len(trained) >= 2 and trained[-1] < trained[0]:
-        problems.append(f"training reward accuracy fell ({trained[0]:.2f} → {trained[-1]:.2f})")
+    # Each logged value is the mean over a few batches of a few pairs: judged by halves, and only
+    # when there are enough of them for a trend to be more than one batch's luck.
+    if len(trained) >= 4:
+        half = len(trained) // 2
+        early, late = sum(trained[:half]) / half, sum(trained[-half:]) / half
+        if late < early:
+            problems.append(f"training reward accuracy fell (first half {early:.2f}, last half {late:.2f})")
     return {
         "accuracy": acc,
         "margin": margin,
