@@ -234,3 +234,19 @@ def test_served_feedback_becomes_pairs_with_counts(tmp_path: Path) -> None:
         in result.output
     )
     assert "1 (no feedback)" in result.output
+
+
+def test_data_check_of_a_config_checks_its_pairs_against_the_held_out_split(tmp_path: Path) -> None:
+    """-c checks align.pairs too, and a pair asking one of the SFT split's held-out questions is a
+    leak: eval would score what preference tuning trained on."""
+    rows = [{"prompt": f"question {i}", "completion": f"answer {i}"} for i in range(20)]
+    data = _rows(tmp_path / "sft.jsonl", rows)
+    config = tmp_path / "edgeft.yaml"
+    config.write_text(
+        f"name: x\nbase_model: tiny:micro\ndata: {{train: {data}, val_ratio: 0.5}}\n"
+        f"align: {{pairs: {_rows(tmp_path / 'p.jsonl', _pairs(20))}}}\n"
+    )
+    result = CliRunner().invoke(cli, ["data", "check", "-c", str(config)])
+    assert result.exit_code == 4, result.output
+    assert "its prompt is one of the held-out examples eval scores" in result.output
+    assert "20 usable preference pair(s) of 20 rows" in result.output

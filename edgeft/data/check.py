@@ -23,10 +23,10 @@ from edgeft.data.rows import (
     MIN_EXAMPLES,
     Example,
     Finding,
+    Findings,
     LoadReport,
     file_hash,
     load_examples,
-    raise_listing,
     split,
 )
 
@@ -37,21 +37,13 @@ MAX_PAIRS_LISTED = 50
 
 
 @dataclass
-class DataReport:
+class DataReport(Findings):
     train: list[Example]
     validation: list[Example]
     findings: list[Finding] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     rendered_example: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "warning"]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,15 +57,6 @@ class DataReport:
             "token_lengths": self.stats,
             "rendered_example": self.rendered_example,
         }
-
-    def raise_on_errors(self) -> None:
-        if not self.errors:
-            return
-        where = self.errors[0].where.split(":")[0].split("[")[0]
-        raise_listing(
-            f"{where}: {len(self.errors)} data error(s); fix them (or see `edgeft data check`)",
-            [str(f) for f in self.errors],
-        )
 
 
 def exact_duplicates(examples: list[Example]) -> list[Finding]:

@@ -38,6 +38,7 @@ from edgeft.data.rows import (
     MIN_EXAMPLES,
     Conversation,
     Finding,
+    Findings,
     _Bad,
     _chat_messages,
     _check_roles,
@@ -146,19 +147,12 @@ def to_pair(row: Any, system_prompt: str | None = None) -> Pair:
 
 
 @dataclass
-class PairsReport:
+class PairsReport(Findings):
     train: list[Pair] = field(default_factory=list)
     validation: list[Pair] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "warning"]
+    noun = "preference pair"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -169,16 +163,6 @@ class PairsReport:
             "warnings": len(self.warnings),
             "findings": [f.to_dict() for f in self.findings],
         }
-
-    def raise_on_errors(self) -> None:
-        from edgeft.data.rows import raise_listing
-
-        if self.errors:
-            where = self.errors[0].where.split(":")[0].split("[")[0]
-            raise_listing(
-                f"{where}: {len(self.errors)} preference pair error(s); fix them (or see `edgeft data check`)",
-                [str(f) for f in self.errors],
-            )
 
 
 def load_pairs(

@@ -92,6 +92,31 @@ class Finding:
         return {"severity": self.severity, "where": self.where, "check": self.check, "message": self.message}
 
 
+class Findings:
+    """What a data report with `findings` offers alike (the data check's DataReport, the pairs'
+    PairsReport): its errors, its warnings, and a DataError listing every error (`noun` names them)."""
+
+    findings: list[Finding]
+    noun = "data"
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+    def raise_on_errors(self) -> None:
+        if not self.errors:
+            return
+        where = self.errors[0].where.split(":")[0].split("[")[0]
+        raise_listing(
+            f"{where}: {len(self.errors)} {self.noun} error(s); fix them (or see `edgeft data check`)",
+            [str(f) for f in self.errors],
+        )
+
+
 @dataclass
 class LoadReport:
     path: Path
