@@ -195,7 +195,8 @@ def _build(cfg: Config, force: bool, on_stage: Callable[[str, str], None] | None
         if (spec.kind in stages.EXPORTS and spec.kind not in wanted) or (
             spec.kind == stages.ALIGN and not cfg.aligned
         ):
-            if owned(stages.directory(cfg, spec.kind), spec.kind):  # a stale export must not be shipped
+            # A stale export (or preference tuning the config no longer asks for) must not be shipped.
+            if owned(stages.directory(cfg, spec.kind), spec.kind):
                 shutil.rmtree(stages.directory(cfg, spec.kind))  # (only edgeft's own is removed)
             continue
         # The order of the upstream list is the order of `inputs` (each inputs_hash reads it so).

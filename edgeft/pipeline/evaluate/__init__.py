@@ -450,12 +450,14 @@ def _preference(gate: Gate, rule: Rule, limit: int) -> tuple[PreferenceResults |
     pairs = read_pairs(merged.artifact_path("pairs-validation"))[:limit]
     reference = HFRuntime(gate.reference_dir)
     seqs = preference.sequences(pairs, reference.tokenizer)
-    got: dict[str, tuple[list[bool], list[float]]] = {"fine-tuned": preference.score(reference, seqs)}
+    got: dict[str, tuple[list[bool], list[float]]] = {
+        "fine-tuned": preference.score(reference, seqs, "fine-tuned")
+    }
     sft = _sft_runtime(merged, reference)
     if sft is not None:
-        got["sft"] = preference.score(sft, seqs)
+        got["sft"] = preference.score(sft, seqs, "sft")
         del sft
-    got["base"] = preference.score(_base_runtime(str(merged.resolved_base), reference), seqs)
+    got["base"] = preference.score(_base_runtime(str(merged.resolved_base), reference), seqs, "base")
     del reference
     unreadable: dict[str, str] = {}
     for stage, art in gate.artifacts():
@@ -463,7 +465,7 @@ def _preference(gate: Gate, rule: Rule, limit: int) -> tuple[PreferenceResults |
         if rt is not None:
             try:
                 with rt:
-                    got[art.name] = preference.score(rt, seqs)
+                    got[art.name] = preference.score(rt, seqs, f"{art.name} ({art.runtime})")
             except Exception as e:
                 log.debug("%s could not score the pairs", art.name, exc_info=True)
                 why = describe(e)

@@ -13,6 +13,7 @@ loses the trained preference fails the evaluation, naming the artifact and the p
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,8 +58,11 @@ def answer_logprob(logits: np.ndarray, ids: list[int], start: int) -> float:
     return float((picked - logz).sum())
 
 
-def score(rt: Runtime, seqs: Sequence[tuple[list[int], list[int], int]]) -> tuple[list[bool], list[float]]:
+def score(
+    rt: Runtime, seqs: Sequence[tuple[list[int], list[int], int]], label: str
+) -> tuple[list[bool], list[float]]:
     """(prefers chosen, log-prob margin chosen − rejected) per pair, in runtime `rt`."""
+    started = time.time()
     flat = [ids for c, r, _ in seqs for ids in (c, r)]
     logits = rt.logits_many(flat)
     prefers, margins = [], []
@@ -66,6 +70,7 @@ def score(rt: Runtime, seqs: Sequence[tuple[list[int], list[int], int]]) -> tupl
         margin = answer_logprob(logits[2 * k], c, n) - answer_logprob(logits[2 * k + 1], r, n)
         prefers.append(margin > 0)
         margins.append(margin)
+    log.info("%s: %d preference pairs scored in %.1f s", label, len(seqs), time.time() - started)
     return prefers, margins
 
 
