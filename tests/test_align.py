@@ -87,9 +87,18 @@ def test_dpo_after_sft_builds_and_eval_scores_the_preference_in_every_runtime(tm
             for r in map(json.loads, PAIRS.read_text().splitlines())
         )
     )
-    _build(tmp_path / "b", swapped, [])
+    # From the same SFT adapter: align, merge and export only (what verify would say is not the point).
+    b = tmp_path / "b"
+    swap = ("-c", str(cfg), "--set", f"align.pairs={swapped}")
+    for command in (
+        ["align", "--train-dir", str(runs / "train"), "--out", str(b / "align")],
+        ["merge", "--train-dir", str(b / "align"), "--out", str(b / "merge")],
+        ["export", "gguf", "--merge-dir", str(b / "merge"), "--out", str(b / "gguf")],
+    ):
+        result = CliRunner().invoke(cli, [*command, *swap])
+        assert result.exit_code == 0, (command, result.output)
     gguf_a = runs / "export-gguf" / "micro-dpo-f16.gguf"
-    shutil.copy(tmp_path / "b" / "runs" / "micro-dpo" / "export-gguf" / "micro-dpo-f16.gguf", gguf_a)
+    shutil.copy(b / "gguf" / "micro-dpo-f16.gguf", gguf_a)
     resign(runs / "export-gguf", gguf_a.name)
     result = CliRunner().invoke(cli, ["eval", "-c", str(cfg)])
     assert result.exit_code == 8, result.output

@@ -250,3 +250,14 @@ def test_data_check_of_a_config_checks_its_pairs_against_the_held_out_split(tmp_
     assert result.exit_code == 4, result.output
     assert "its prompt is one of the held-out examples eval scores" in result.output
     assert "20 usable preference pair(s) of 20 rows" in result.output
+
+
+def test_align_refuses_a_config_without_pairs_and_several_processes(tmp_path: Path, monkeypatch) -> None:
+    config = tmp_path / "edgeft.yaml"
+    config.write_text("name: x\nbase_model: tiny:micro\ndata: {train: d.jsonl}\n")
+    result = CliRunner().invoke(cli, ["align", "-c", str(config)])
+    assert result.exit_code == 3 and "align.pairs: not set" in result.output, result.output
+    config.write_text("name: x\nbase_model: tiny:micro\ndata: {train: d.jsonl}\nalign: {pairs: p.jsonl}\n")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = CliRunner().invoke(cli, ["align", "-c", str(config)])
+    assert result.exit_code == 3 and "runs in one process" in result.output, result.output

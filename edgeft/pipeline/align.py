@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -229,6 +230,10 @@ def align(
         raise ConfigError(
             "align.pairs: not set; preference tuning needs a file of {prompt, chosen, rejected} rows"
         )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(
+            "align: preference tuning runs in one process; run `edgeft align` (or the build) without accelerate launch"
+        )
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import DPOTrainer
@@ -262,8 +267,8 @@ def align(
         )
         before, result, after = _fit(trainer)
         trained = trainer.model
-        if not full:
-            trained.delete_adapter("ref") if "ref" in getattr(trained, "peft_config", {}) else None
+        if "ref" in getattr(trained, "peft_config", {}):  # trl's frozen copy: the reference, not the result
+            trained.delete_adapter("ref")
         trained.save_pretrained(w.tmp / weights, safe_serialization=True)
         tokenizer.save_pretrained(w.tmp / weights)
         shutil.rmtree(w.tmp / "checkpoints", ignore_errors=True)
