@@ -145,7 +145,9 @@ def cli(verbose: int, quiet: bool) -> None:
     "--register", is_flag=True, help="Then register the dist in the config's registry (a new version)."
 )
 def build(config_path: Path, force: bool, overrides: tuple[str, ...], register: bool) -> None:
-    """Run train → merge → export → verify → eval → package; print the dist directory.
+    """Run train → (align) → merge → export → verify → eval → package; print the dist directory.
+
+    align (DPO after SFT) runs when the config has align.pairs.
 
     Stages whose inputs and files are unchanged since the last build are reused; an interrupted
     training of the same inputs is resumed. --force re-runs everything and may replace output
