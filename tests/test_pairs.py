@@ -163,6 +163,10 @@ def test_align_keys_need_pairs_and_take_trls_losses() -> None:
     full = parse_config(base | {"align": {"pairs": "p.jsonl"}, "train": {"method": "full"}})
     assert full.align.learning_rate == 5e-7
     assert not parse_config(base).aligned
+    with pytest.raises(
+        ConfigError, match=r"train.method: 'dpo' is preference tuning.*add align: \{pairs: FILE\}"
+    ):
+        parse_config(base | {"train": {"method": "dpo"}})
 
 
 def test_edgefts_loss_list_is_trls() -> None:

@@ -507,6 +507,12 @@ def _check_align(cfg: Config, bad: Bad, problems: list[str]) -> None:
 
 def _check_choices(cfg: Config, bad: Bad, problems: list[str]) -> None:
     t = cfg.train
+    if t.method in ALIGN_METHODS:  # the objective, not the weights trained: its own stage after SFT
+        problems.append(
+            f"train.method: {t.method!r} is preference tuning, which runs after SFT in its own stage: keep "
+            f"train.method ({', '.join(METHODS)}: the weights trained) and add align: {{pairs: FILE}}"
+        )
+        return
     for key, value, allowed in (
         ("train.method", t.method, METHODS),
         ("train.quantization", t.quantization, QUANTIZATIONS),
