@@ -136,3 +136,24 @@ def test_dpo_continues_a_qlora_adapter_and_a_full_fine_tune(tmp_path: Path, meth
     else:
         merge = json.loads((runs / "merge" / "edgeft.json").read_text())
         assert Path(merge["parent"]).name == "align"
+
+
+def test_preferences_after_training_on_plain_text_are_refused(tmp_path: Path) -> None:
+    """Pairs are rendered with the chat template: a model trained on plain text never saw it."""
+    data = tmp_path / "text.jsonl"
+    data.write_text(
+        "".join(json.dumps({"text": f"select {i} from t where x = {i};"}) + "\n" for i in range(20))
+    )
+    cfg = write_config(
+        tmp_path / "edgeft.yaml",
+        name="m",
+        base_model="tiny:micro",
+        workdir="runs",
+        data={"train": str(data)},
+        train={"max_steps": 2, "max_seq_length": 64},
+        align={"pairs": str(PAIRS)},
+    )
+    assert CliRunner().invoke(cli, ["train", "-c", str(cfg)]).exit_code == 0
+    result = CliRunner().invoke(cli, ["align", "-c", str(cfg)])
+    assert result.exit_code == 3 and "trained on plain text rows" in result.output, result.output
+    assert not (tmp_path / "runs" / "m" / "align").exists()

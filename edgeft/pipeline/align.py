@@ -249,6 +249,12 @@ def align(
     weights = "model" if full else "adapter"
     tokenizer = AutoTokenizer.from_pretrained(train.artifact_path(weights))
     held_out = read_conversations(train.file("validation.jsonl"))
+    if not held_out:
+        raise ConfigError(
+            f"align.pairs: the model was trained on plain text rows ({cfg.path(cfg.data.train)}), and preference "
+            f"pairs are rendered with its chat template: train on conversations (chat, alpaca or prompt/completion "
+            f"rows) to tune preferences after"
+        )
     report = check_pairs(cfg, tokenizer, held_out)
     with stages.writer(
         cfg, stages.ALIGN, out_dir, inputs_hash(cfg, [train]), train, force=force, replace_own=replace_own
