@@ -10,9 +10,10 @@ example, exactly as the model will see it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -59,8 +60,16 @@ class DataReport(Findings):
         }
 
 
-def exact_duplicates(examples: list[Example]) -> list[Finding]:
-    seen: dict[bytes, Example] = {}
+class Keyed(Protocol):
+    """A row with a location and an identity: an Example, or a preference Pair."""
+
+    where: str
+
+    def key(self) -> bytes: ...
+
+
+def exact_duplicates(examples: Sequence[Keyed]) -> list[Finding]:
+    seen: dict[bytes, Keyed] = {}
     out = []
     for e in examples:
         k = e.key()

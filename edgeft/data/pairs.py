@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeft.data.check import exact_duplicates
 from edgeft.data.rows import (
     MIN_EXAMPLES,
     Conversation,
@@ -213,17 +214,6 @@ def split_by_prompt(pairs: list[Pair], val_ratio: float, seed: int) -> tuple[lis
     return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
 
 
-def _duplicates(pairs: list[Pair]) -> list[Finding]:
-    seen: dict[bytes, Pair] = {}
-    out = []
-    for p in pairs:
-        if p.key() in seen:
-            out.append(Finding("warning", p.where, "duplicate", f"exact duplicate of {seen[p.key()].where}"))
-        else:
-            seen[p.key()] = p
-    return out
-
-
 def _leakage(train: list[Pair], validation: list[Pair], held_out: list[Conversation]) -> list[Finding]:
     """A validation pair that is also a training pair; a training pair whose prompt is one eval
     scores (SFT's held-out split): both would overstate what eval measures."""
@@ -319,7 +309,7 @@ def analyse(
                 "error", str(path), "too-few", f"{len(pairs)} usable pair(s); at least {MIN_EXAMPLES} needed"
             )
         )
-    findings += _duplicates(pairs)
+    findings += exact_duplicates(pairs)
     if validation_path is not None:
         val, vfindings, _ = load_pairs(validation_path, system_prompt)
         findings += vfindings

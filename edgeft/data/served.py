@@ -49,21 +49,33 @@ def records(folder: Path) -> Iterator[tuple[Path, int, dict[str, Any]]]:
             yield path, i, record
 
 
+def _joined(folder: Path) -> list[tuple[str, dict[str, Any], dict[str, Any] | None]]:
+    """(location, completion, its latest feedback or None) for every logged completion."""
+    feedback: dict[str, dict[str, Any]] = {}
+    completions: list[tuple[str, dict[str, Any]]] = []
+    for path, line, record in records(folder):
+        if record["type"] == "feedback":
+            feedback[record["id"]] = record
+        else:
+            completions.append((f"{path}:{line}", record))
+    return [(where, record, feedback.get(record["id"])) for where, record in completions]
+
+
+def _usable(record: dict[str, Any]) -> bool:
+    """Answered in full, with its prompt and reply logged."""
+    return record.get("status") == "ok" and "messages" in record and "reply" in record
+
+
 def completions_with_feedback(folder: Path) -> list[dict[str, Any]]:
     """Every logged completion with its latest feedback (`rating`, `correction`) joined by id;
     feedback for an id this log does not hold (given to another replica) is left out."""
     out: dict[str, dict[str, Any]] = {}
-    feedback: dict[str, dict[str, Any]] = {}
-    for _, _, record in records(folder):
-        if record["type"] == "completion":
-            out[record["id"]] = record
-        else:
-            feedback[record["id"]] = record
-    for cid, fb in feedback.items():
-        if cid in out:
-            out[cid]["rating"] = fb.get("rating")
+    for _, record, fb in _joined(folder):
+        if fb is not None:
+            record["rating"] = fb.get("rating")
             if "correction" in fb:
-                out[cid]["correction"] = fb["correction"]
+                record["correction"] = fb["correction"]
+        out[record["id"]] = record
     return list(out.values())
 
 
@@ -72,15 +84,10 @@ def rows(folder: Path) -> Iterator[tuple[str, Any]]:
     a chat row (`messages` ending in the reply, or in the user's correction where one was given)
     with the fields a filter can use: rating (absent without feedback), corrected, reply,
     version, variant, finish_reason, id."""
-    ratings: dict[str, dict[str, Any]] = {}
-    logged: list[tuple[str, dict[str, Any]]] = []
-    for path, line, record in records(folder):
-        if record["type"] == "feedback":
-            ratings[record["id"]] = record
-        elif record.get("status") == "ok" and "messages" in record and "reply" in record:
-            logged.append((f"{path}:{line}", record))
-    for where, record in logged:
-        fb = ratings.get(record["id"], {})
+    for where, record, found in _joined(folder):
+        if not _usable(record):
+            continue
+        fb = found or {}
         correction = fb.get("correction")
         answer = correction if isinstance(correction, str) and correction.strip() else record["reply"]
         row = {
@@ -102,8 +109,6 @@ def pairs(folder: Path) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, int
       of an A/B split): the best-rated answer is chosen over each answer rated lower.
 
     Only completions answered in full whose prompt and reply were logged can pair."""
-    completions: list[tuple[str, dict[str, Any]]] = []
-    feedback: dict[str, dict[str, Any]] = {}
     counts = {
         "completions": 0,
         "with_feedback": 0,
@@ -115,20 +120,14 @@ def pairs(folder: Path) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, int
         "dropped_prompt_answered_once": 0,
         "dropped_no_rating_difference": 0,
     }
-    for path, line, record in records(folder):
-        if record["type"] == "feedback":
-            feedback[record["id"]] = record
-        else:
-            completions.append((f"{path}:{line}", record))
     out: list[tuple[str, dict[str, Any]]] = []
     rated: dict[str, list[tuple[str, dict[str, Any], Any]]] = {}
-    for where, record in completions:
+    for where, record, fb in _joined(folder):
         counts["completions"] += 1
-        fb = feedback.get(record["id"])
         counts["with_feedback"] += fb is not None
         if record.get("status") != "ok":
             counts["dropped_not_answered_in_full"] += 1
-        elif "messages" not in record or "reply" not in record:
+        elif not _usable(record):
             counts["dropped_content_not_logged"] += 1
         elif fb is None:
             counts["dropped_no_feedback"] += 1

@@ -87,14 +87,11 @@ def check_pairs(cfg: Config, tokenizer: Any, held_out: list[Any]) -> pairs_mod.P
 
 def dpo_config(cfg: Config, output_dir: Path) -> Any:
     """trl's DPOConfig from the align section (and train's dtype settings)."""
-    import torch
     from trl import DPOConfig
 
-    from edgeft.models.base import compute_dtype
+    from edgeft.pipeline.train import device_args
 
     a, t = cfg.align, cfg.train
-    on_gpu = torch.cuda.is_available()
-    dtype = compute_dtype(t.compute_dtype)
     every = (
         {"eval_strategy": "steps", "eval_steps": a.eval_steps}
         if a.eval_steps > 0
@@ -120,9 +117,7 @@ def dpo_config(cfg: Config, output_dir: Path) -> Any:
         **every,
         save_strategy="no",  # minutes, not hours: the last step is the result (no resume; see docs)
         report_to=[],
-        use_cpu=not on_gpu,
-        bf16=on_gpu and dtype == torch.bfloat16,
-        fp16=on_gpu and dtype == torch.float16,
+        **device_args(t),
         dataloader_num_workers=0,
     )
 

@@ -130,14 +130,25 @@ def describe_weights(model) -> dict[str, Any]:
     return {"dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "layers": counts}
 
 
+def device_args(t: Any) -> dict[str, Any]:
+    """Where a trainer runs and in what precision: the CPU in float32, or the GPU with mixed
+    precision in train.compute_dtype (the SFT and the DPO trainer alike)."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    dtype = compute_dtype(t.compute_dtype)
+    return {
+        "use_cpu": not on_gpu,
+        "bf16": on_gpu and dtype == torch.bfloat16,
+        "fp16": on_gpu and dtype == torch.float16,
+    }
+
+
 def sft_config(cfg: Config, output_dir: Path):
     """trl's SFTConfig from the train section: edgeft's defaults, evaluation and checkpoints."""
-    import torch
     from trl import SFTConfig
 
     t = cfg.train
-    on_gpu = torch.cuda.is_available()
-    dtype = compute_dtype(t.compute_dtype)
     every = (
         {
             "eval_strategy": "steps",
@@ -179,9 +190,7 @@ def sft_config(cfg: Config, output_dir: Path):
         save_total_limit=t.save_total_limit,
         save_only_model=False,  # optimizer, scheduler and RNG state too: resume continues exactly
         report_to=[],
-        use_cpu=not on_gpu,
-        bf16=on_gpu and dtype == torch.bfloat16,
-        fp16=on_gpu and dtype == torch.float16,
+        **device_args(t),
         dataloader_num_workers=0,
         pad_to_multiple_of=None,
         ddp_find_unused_parameters=False,

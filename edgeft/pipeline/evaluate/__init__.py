@@ -362,11 +362,20 @@ class _Answers:
     )
     speeds: dict[str, dict[str, Any]] = field(default_factory=dict)
     unreadable: dict[str, str] = field(default_factory=dict)
+    # After preference tuning: each model's (prefers chosen, margin) per held-out pair.
+    preference: dict[str, tuple[list[bool], list[float]]] = field(default_factory=dict)
 
 
 def _answer_all(
-    gate: Gate, prompts: Sequence[Prompt], general: Sequence[Prompt] | None, n_new: int
+    gate: Gate,
+    prompts: Sequence[Prompt],
+    general: Sequence[Prompt] | None,
+    n_new: int,
+    pairs: PairSequences | None = None,
 ) -> _Answers:
+    """Every model's answers; with `pairs`, the models in transformers score them too while loaded
+    (the artifacts score them in `_preference`, loaded with every position's logits)."""
+    from edgeft.pipeline.evaluate import preference
     from edgeft.runtimes.hf import HFRuntime
 
     got = _Answers()
@@ -374,16 +383,22 @@ def _answer_all(
     got.outputs["fine-tuned"] = answer(reference, prompts, n_new, "fine-tuned (transformers)")
     if general:
         got.general["fine-tuned"] = answer(reference, general, n_new, "fine-tuned, general")
+    if pairs is not None:
+        got.preference["fine-tuned"] = preference.score(reference, pairs, "fine-tuned")
     sft = _sft_runtime(gate.merged, reference)
     if sft is not None:
         got.runtimes["sft"] = "transformers"
         got.outputs["sft"] = answer(sft, prompts, n_new, "sft (transformers)")
+        if pairs is not None:
+            got.preference["sft"] = preference.score(sft, pairs, "sft")
         del sft
     base = _base_runtime(str(gate.merged.resolved_base), reference)
     del reference
     got.outputs["base"] = answer(base, prompts, n_new, "base (transformers)")
     if general:
         got.general["base"] = answer(base, general, n_new, "base, general")
+    if pairs is not None:
+        got.preference["base"] = preference.score(base, pairs, "base")
     del base
     for stage, art in gate.artifacts():
         got.runtimes[art.name] = art.runtime or art.format
@@ -435,37 +450,43 @@ def _judge(
     return failures
 
 
-def _preference(gate: Gate, rule: Rule, limit: int) -> tuple[PreferenceResults | None, list[str]]:
-    """Preference parity on the held-out pairs (edgeft.pipeline.evaluate.preference): each model's
-    accuracy and margin, every artifact judged against the tuned model, the tuned model against
-    the SFT model and the base. (None, []) for a model trained without preference pairs."""
+PairSequences = list[tuple[list[int], list[int], int]]  # per pair: chosen ids, rejected ids, prompt length
+
+
+def _pair_sequences(gate: Gate, limit: int) -> PairSequences | None:
+    """The held-out preference pairs (after align) as the reference tokenizer renders them: the
+    token ids every model scores. None for a model trained without preference pairs."""
+    from transformers import AutoTokenizer
+
     from edgeft.data.pairs import read_pairs
+    from edgeft.pipeline.evaluate import preference
+
+    if not gate.merged.has("pairs-validation"):
+        return None
+    pairs = read_pairs(gate.merged.artifact_path("pairs-validation"))[:limit]
+    return preference.sequences(pairs, AutoTokenizer.from_pretrained(gate.reference_dir))
+
+
+def _preference(
+    gate: Gate, got: _Answers, pairs: PairSequences | None, rule: Rule
+) -> tuple[PreferenceResults | None, list[str]]:
+    """Preference parity on the held-out pairs (edgeft.pipeline.evaluate.preference): each model's
+    accuracy and margin (the models in transformers scored in `_answer_all`, every artifact here),
+    every artifact judged against the tuned model, the tuned model against the SFT model and the
+    base. (None, []) for a model trained without preference pairs."""
     from edgeft.judge.paired import compare_binary
     from edgeft.pipeline.evaluate import preference
-    from edgeft.runtimes.hf import HFRuntime
 
-    merged = gate.merged
-    if not merged.has("pairs-validation"):
+    if pairs is None:
         return None, []
-    pairs = read_pairs(merged.artifact_path("pairs-validation"))[:limit]
-    reference = HFRuntime(gate.reference_dir)
-    seqs = preference.sequences(pairs, reference.tokenizer)
-    got: dict[str, tuple[list[bool], list[float]]] = {
-        "fine-tuned": preference.score(reference, seqs, "fine-tuned")
-    }
-    sft = _sft_runtime(merged, reference)
-    if sft is not None:
-        got["sft"] = preference.score(sft, seqs, "sft")
-        del sft
-    got["base"] = preference.score(_base_runtime(str(merged.resolved_base), reference), seqs, "base")
-    del reference
+    scored = dict(got.preference)
     unreadable: dict[str, str] = {}
     for stage, art in gate.artifacts():
         rt, why = load_or_why(stage, art)
         if rt is not None:
             try:
                 with rt:
-                    got[art.name] = preference.score(rt, seqs, f"{art.name} ({art.runtime})")
+                    scored[art.name] = preference.score(rt, pairs, f"{art.name} ({art.runtime})")
             except Exception as e:
                 log.debug("%s could not score the pairs", art.name, exc_info=True)
                 why = describe(e)
@@ -482,15 +503,15 @@ def _preference(gate: Gate, rule: Rule, limit: int) -> tuple[PreferenceResults |
             min_discordant=rule.min_discordant,
         )
 
-    tuned = got["fine-tuned"][0]
+    tuned = scored["fine-tuned"][0]
     out = PreferenceResults(
         pairs=len(pairs),
         scoring="log-probability of each answer after the prompt, summed over its tokens (the same token ids in "
         "every runtime)",
-        models={name: preference.summary(*v) for name, v in got.items()},
+        models={name: preference.summary(*v) for name, v in scored.items()},
     )
     failures = []
-    for name, (prefers, _) in got.items():
+    for name, (prefers, _) in scored.items():
         if name in REFERENCE_MODELS:
             continue
         c = compare(tuned, prefers)
@@ -504,9 +525,9 @@ def _preference(gate: Gate, rule: Rule, limit: int) -> tuple[PreferenceResults |
         out.models[name] = {"error": why}
         failures.append(f"{name}: cannot score the preference pairs: {why}")
     for before in ("sft", "base"):
-        if before in got:
+        if before in scored:
             # As versus_base: the earlier model is the candidate that may be worse than the tuned one.
-            c = compare(tuned, got[before][0])
+            c = compare(tuned, scored[before][0])
             out.versus[before] = {
                 "p": c.p,
                 "better": bool(c.p < rule.alpha and c.candidate < c.reference),
@@ -570,10 +591,11 @@ def evaluate(
         alpha=rule.alpha,
         min_discordant=rule.min_discordant,
     )
-    got = _answer_all(gate, prompts, general[0] if general else None, cfg.eval.max_new_tokens)
+    pairs = _pair_sequences(gate, cfg.eval.max_examples)
+    got = _answer_all(gate, prompts, general[0] if general else None, cfg.eval.max_new_tokens, pairs)
     outputs = got.outputs
     failures = _judge(got, references, fmt, rule, results)
-    results.preference, lost = _preference(gate, rule, cfg.eval.max_examples)
+    results.preference, lost = _preference(gate, got, pairs, rule)
     failures += lost
     if "sft" in outputs:
         results.versus_sft = versus_base(outputs["fine-tuned"], outputs["sft"], references, fmt, rule)
