@@ -14,7 +14,7 @@ from edgeft.cli import cli
 from edgeft.core.config import parse_config
 from edgeft.core.errors import ConfigError
 from edgeft.core.fileio import sha256_file
-from edgeft.pipeline.evaluate import format_checker, score, squash_whitespace
+from edgeft.pipeline.evaluate import Checks, format_checker, score, squash_whitespace
 
 
 def run(*args: str):
@@ -30,7 +30,7 @@ def _cfg(tmp_path: Path, **eval_section):
 
 def test_exact_match_ignores_whitespace_only() -> None:
     assert squash_whitespace("  SELECT *\n FROM  t; ") == "SELECT * FROM t;"
-    s = score(["SELECT * FROM t;", "select * from t;"], ["SELECT *  FROM t;", "SELECT * FROM t;"], None)
+    s = score(["SELECT * FROM t;", "select * from t;"], ["SELECT *  FROM t;", "SELECT * FROM t;"], Checks())
     assert s["exact_match"] == 0.5
     assert 0 < s["chrf"] < 100 and "format" not in s
 
@@ -55,7 +55,7 @@ def test_format_compliance_regex_json_and_schema(tmp_path: Path) -> None:
         0,
     ]
     assert desc == "JSON valid against schema.json"
-    assert score(['{"sql": "a"}', "b"], ["x", "y"], check)["format"] == 0.5
+    assert score(['{"sql": "a"}', "b"], ["x", "y"], Checks(check))["format"] == 0.5
 
 
 def test_eval_config_is_validated(tmp_path: Path) -> None:

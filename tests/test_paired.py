@@ -14,7 +14,7 @@ from test_registry import make_dist
 
 from edgeft.cli import cli
 from edgeft.judge.paired import compare_binary, compare_chrf, examples_needed, mcnemar_p
-from edgeft.pipeline.evaluate import compare_answers, markdown, verdict_lines, versus_base
+from edgeft.pipeline.evaluate import Checks, compare_answers, markdown, verdict_lines, versus_base
 from edgeft.pipeline.evaluate.results import EvalResults, Rule
 from edgeft.registry.routing import Ref
 from edgeft.registry.store import Registry
@@ -34,12 +34,12 @@ def test_one_answer_on_24_passes_and_a_real_drop_fails_with_its_p_value() -> Non
     # The case: 0.833 against 0.875 (95.2%) passed by one answer, and at 19 vs 18 (94.7%)
     # a plain ratio would have failed it. Paired: one lost example is never a regression.
     for ref, cand in ((21, 20), (19, 18), (18, 17)):
-        got = compare_answers(answers(ref), answers(cand), QUESTIONS, None, RULE)["exact_match"]
+        got = compare_answers(answers(ref), answers(cand), QUESTIONS, Checks(), RULE)["exact_match"]
         assert (got.losses, got.wins, got.worse) == (1, 0, False)
         assert got.relative < 0.95 or ref == 21
         assert "indistinguishable from the reference on 24 examples" in got.verdict()
     # 20 of 24 → 12 of 24: eight lost, none won back: p = 0.5^8 / 2 (mid-p McNemar, one-sided).
-    got = compare_answers(answers(20), answers(12), QUESTIONS, None, RULE)
+    got = compare_answers(answers(20), answers(12), QUESTIONS, Checks(), RULE)
     exact = got["exact_match"]
     assert (exact.losses, exact.wins, exact.worse) == (8, 0, True)
     assert exact.p == pytest.approx(0.5**9) and "p = 0.002" in exact.verdict()
@@ -120,7 +120,7 @@ def test_the_report_says_which_artifacts_are_indistinguishable_and_which_are_wor
             },
         }
         if name not in ("base", "fine-tuned"):
-            compared = compare_answers(outputs["fine-tuned"], outs, QUESTIONS, None, RULE)
+            compared = compare_answers(outputs["fine-tuned"], outs, QUESTIONS, Checks(), RULE)
             entry |= {
                 "relative": {m: c.relative for m, c in compared.items()},
                 "paired": {m: c.to_dict() for m, c in compared.items()},
@@ -204,12 +204,12 @@ def test_registry_promotion_uses_the_paired_rule(tmp_path: Path) -> None:
 
 
 def test_fine_tuned_beats_base_on_the_same_test() -> None:
-    both = versus_base(answers(20), answers(2), QUESTIONS, None, RULE)
+    both = versus_base(answers(20), answers(2), QUESTIONS, Checks(), RULE)
     assert json.loads(json.dumps(both)) == both
     clear = both["exact_match"]
     assert (
         clear["better"] and clear["fine_tuned_only"] == 18 and clear["base_only"] == 0 and clear["p"] < 1e-5
     )
     assert clear["ci"][0] > 0  # the interval of fine-tuned minus base excludes 0
-    close = versus_base(answers(12), answers(10), QUESTIONS, None, RULE)["exact_match"]
+    close = versus_base(answers(12), answers(10), QUESTIONS, Checks(), RULE)["exact_match"]
     assert not close["better"] and close["p"] > 0.05 and close["difference"] == pytest.approx(2 / 24)

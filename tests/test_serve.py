@@ -94,7 +94,8 @@ def test_the_request_bodies_real_clients_send_are_accepted() -> None:
     [
         ({"temperatur": 0}, "temperatur"),
         ({"n": 2}, "n"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"tools": [{"type": "function", "function": {"name": "f g"}}]}, "tools[0].function.name"),
         ({"logprobs": True}, "logprobs"),
         ({"temperature": 3}, "temperature"),
         ({"temperature": "hot"}, "temperature"),

@@ -89,10 +89,13 @@ def _noisy_span(span: str, rate: float, rng: random.Random) -> str:
 
 def user_turns(e: Example) -> list[tuple[int, str, str]]:
     """(index, fixed prefix, editable text) of each user turn of a conversation: what a user
-    typed, after the row's fixed instruction (`Example.fixed_prefix`) where it has one."""
+    typed, after the row's fixed instruction (`Example.fixed_prefix`) where it has one. A tool's
+    results, rendered as a user turn (edgeft.data.tools), are not typed by a user: left out."""
+    from edgeft.data.tools import RESULT_OPEN
+
     out = []
     for i, m in enumerate(e.messages or []):
-        if m["role"] != "user":
+        if m["role"] != "user" or (e.tools and m["content"].startswith(RESULT_OPEN)):
             continue
         prefix = e.fixed_prefix if e.fixed_prefix and m["content"].startswith(e.fixed_prefix) else ""
         out.append((i, prefix, m["content"][len(prefix) :]))

@@ -21,7 +21,7 @@ import json
 import random
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -48,6 +48,9 @@ class Example:
     # The start of the user turn that is the row's fixed instruction (an alpaca row with an input:
     # "instruction\n\n"): augmentation edits only what follows, the part a user types.
     fixed_prefix: str | None = None
+    # A row with tools (edgeft.data.tools): its function definitions by name; `messages` are then
+    # already rendered in edgeft's tool format (plain system/user/assistant turns).
+    tools: dict[str, dict[str, Any]] | None = None
 
     @property
     def is_chat(self) -> bool:
@@ -75,7 +78,9 @@ class Example:
         return self.text or "", self.text or ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"messages": self.messages} if self.messages is not None else {"text": self.text}
+        if self.messages is None:
+            return {"text": self.text}
+        return {"messages": self.messages} | ({"tools": list(self.tools.values())} if self.tools else {})
 
 
 @dataclass(frozen=True)
@@ -311,12 +316,9 @@ def to_example(
 ) -> tuple[Example | None, str | None, str]:
     """One row → (example, None, "") or (None, problem, check)."""
     try:
-        ex = _to_example(row, columns)
-        if ex.messages is not None and system_prompt and ex.messages[0]["role"] != "system":
-            ex.messages = [
-                {"role": "system", "content": fill_system_prompt(system_prompt, row)},
-                *ex.messages,
-            ]
+        ex = _to_example(
+            row, columns, (lambda: fill_system_prompt(system_prompt, row)) if system_prompt else None
+        )
     except _Bad as bad:
         return None, str(bad), bad.check
     return ex, None, ""
@@ -362,7 +364,36 @@ def _chat_messages(msgs: Any) -> Conversation:
     return out
 
 
-def _to_example(row: Any, columns: dict[str, str] | None) -> Example:
+def _tool_messages(row: dict[str, Any], system: Callable[[], str] | None) -> tuple[Conversation, dict]:
+    """A chat row with tools → (its turns rendered in edgeft's tool format, the tools by name)."""
+    from edgeft.data import tools as tools_mod
+
+    msgs = row["messages"]
+    if isinstance(msgs, str):
+        try:
+            msgs = json.loads(msgs)
+        except json.JSONDecodeError:
+            pass
+    if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
+        raise _Bad("'messages' must be a non-empty list of {role, content}")
+    try:
+        if row.get("tools") in (None, []):
+            raise tools_mod.BadTools(
+                "tools", "missing: a row with tool calls or tool turns defines its tools"
+            )
+        defined = tools_mod.specs(row["tools"])
+        first = msgs[0].get("role")
+        return tools_mod.conversation(
+            msgs, defined, system=system() if system and first != "system" else None
+        ), defined
+    except tools_mod.BadTools as e:
+        raise _Bad(str(e), e.check) from None
+
+
+def _to_example(
+    row: Any, columns: dict[str, str] | None, system_prompt: Callable[[], str] | None = None
+) -> Example:
+    """A row → its Example; `system_prompt` makes the system turn of a conversation that has none."""
     if not isinstance(row, dict):
         raise _Bad(f"expected an object, got {type(row).__name__}")
     if columns:
@@ -372,8 +403,15 @@ def _to_example(row: Any, columns: dict[str, str] | None) -> Example:
                 row[canonical] = row.pop(source)
     system = row.get("system") if isinstance(row.get("system"), str) and row["system"].strip() else None
     prefix = None
+    defined = None
     if "messages" in row:
-        fmt, out = "chat", _chat_messages(row["messages"])
+        from edgeft.data.tools import has_tools
+
+        if has_tools(row, row["messages"]):
+            rendered, defined = _tool_messages(row, system_prompt or ((lambda: system) if system else None))
+            fmt, out = "chat", _chat_messages(rendered)
+        else:
+            fmt, out = "chat", _chat_messages(row["messages"])
     elif "instruction" in row or "output" in row:
         hint = " (alpaca rows need instruction, input?, output)"
         instruction = _string(row, "instruction", hint=hint)
@@ -398,12 +436,15 @@ def _to_example(row: Any, columns: dict[str, str] | None) -> Example:
             f"unknown row format (keys: {keys}); use alpaca (instruction, input?, output), chat "
             f"(messages), prompt/completion or text, or map your fields with data.columns"
         )
-    if system and out[0]["role"] != "system":
-        out.insert(0, {"role": "system", "content": system})
+    if out[0]["role"] != "system":
+        if system:
+            out.insert(0, {"role": "system", "content": system})
+        elif system_prompt:
+            out.insert(0, {"role": "system", "content": system_prompt()})
     problem = _check_roles(out)
     if problem:
         raise _Bad(problem, "roles")
-    return Example("", fmt, messages=out, fixed_prefix=prefix)
+    return Example("", fmt, messages=out, fixed_prefix=prefix, tools=defined)
 
 
 def load_examples(

@@ -35,6 +35,7 @@ from edgeft.core.manifest import Stage, StageWriter, partial_dir
 from edgeft.core.workdir import session
 from edgeft.data.check import analyse_config, data_files, paraphraser
 from edgeft.data.rows import file_hash, write_jsonl
+from edgeft.data.tools import FORMAT as TOOL_FORMAT
 from edgeft.models.base import compute_dtype, ensure_chat_template, fingerprint, load_base, resolve_base
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,12 @@ def training_rows(
     that cannot be masked falls back to the whole sequence, with a warning."""
     from edgeft.data.loss_mask import tokenize_for_training
 
-    plain = ([e.to_json() for e in train_rows], [e.to_json() for e in val_rows])
+    def row(e: Any) -> dict[str, Any]:
+        # Tool rows are already rendered (edgeft.data.tools): trl gets their messages without a
+        # `tools` column, which it would hand to a template that renders tools itself.
+        return {"messages": e.messages} if e.is_chat else e.to_json()
+
+    plain = ([row(e) for e in train_rows], [row(e) for e in val_rows])
     if not train_rows[0].is_chat:
         return *plain, "whole text (text rows)"
     if not assistant_only:
@@ -565,6 +571,10 @@ def _train(
         source = _base_source(cfg, base)
         if source is not None:
             w.extra["base_source"] = w.metrics["base_source"] = source
+        if any(e.tools for e in train_rows):
+            # Trained on tool rows: the format a consumer renders tools in and reads calls back from
+            # (in the metrics, so the dist's lineage has it and `edgeft serve` accepts `tools`).
+            w.extra["tool_format"] = w.metrics["tool_format"] = TOOL_FORMAT
         stage = w.publish()
     log.info(
         "adapter written to %s (val loss %.4f, base %.4f)",

@@ -30,10 +30,23 @@ from typing import Any
 from starlette.responses import StreamingResponse
 
 from edgeft.core.errors import InputError
+from edgeft.data.tools import FORMAT as TOOL_FORMAT
+from edgeft.data.tools import parse as parse_calls
+from edgeft.data.tools import starts_call
 from edgeft.serve import journal as journal_mod
 from edgeft.serve.catalog import Catalog, Route
 from edgeft.serve.engine import EngineError
-from edgeft.serve.protocol import ApiError, ChatRequest, chunk, completion, parse_chat, sse, usage
+from edgeft.serve.protocol import (
+    ApiError,
+    ChatRequest,
+    chunk,
+    completion,
+    message,
+    parse_chat,
+    sse,
+    tool_calls,
+    usage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +292,14 @@ class Service:
         if not key and req.user:
             key, routed_by = req.user, "user"
         route = await self.catalog.route(req.model, key or None, routed_by)
+        if req.tools is not None and route.servable.tool_format != TOOL_FORMAT:
+            raise ApiError(
+                400,
+                f"tools: {route.servable.id} was not trained for tool calls (its dist records no "
+                f"{TOOL_FORMAT} training); send the request without tools",
+                param="tools",
+                code="unsupported_feature",
+            )
         engine = route.engine
         if engine.in_flight >= engine.limit:
             raise ApiError(
@@ -328,14 +349,16 @@ class Service:
             raise
         finally:
             run.finish()
+        reply, finish = None, run.finish_reason or "stop"
+        if req.call_tools:
+            parsed = parse_calls(text)
+            if parsed.calls:
+                reply, finish = (
+                    message(parsed.content, parsed.calls, _call_ids(len(parsed.calls))),
+                    "tool_calls",
+                )
         body = completion(
-            cid,
-            route.servable.id,
-            text,
-            run.finish_reason or "stop",
-            len(ids),
-            run.completion_tokens,
-            _fingerprint(route),
+            cid, route.servable.id, text, finish, len(ids), run.completion_tokens, _fingerprint(route), reply
         )
         return JSONResponse(body, headers=headers)
 
@@ -359,6 +382,10 @@ class Service:
                 code="context_length_exceeded",
             )
         return ids, req.max_tokens or room
+
+
+def _call_ids(n: int) -> list[str]:
+    return ["call_" + uuid.uuid4().hex[:24] for _ in range(n)]
 
 
 def _fingerprint(route: Route) -> str:
@@ -418,14 +445,34 @@ class _Run:
         self.status = "disconnected"
         try:
             yield sse(chunk(cid, model, fp, {"role": "assistant", "content": ""}, created=created))
+            sent = 0  # with tools, what of the reply was sent as text: all up to a call block
             try:
                 async for text in self.pieces(ids, max_tokens):
-                    yield sse(chunk(cid, model, fp, {"content": text}, created=created))
+                    if not self.req.call_tools:
+                        yield sse(chunk(cid, model, fp, {"content": text}, created=created))
+                        continue
+                    whole = "".join(self.parts)
+                    upto = starts_call(whole)
+                    if upto > sent:
+                        yield sse(chunk(cid, model, fp, {"content": whole[sent:upto]}, created=created))
+                        sent = upto
             except ApiError as e:
                 self.status = "error"
                 yield sse(e.body())
                 return
-            yield sse(chunk(cid, model, fp, {}, self.finish_reason or "stop", created=created))
+            finish = self.finish_reason or "stop"
+            if self.req.call_tools:
+                rest = "".join(self.parts)[sent:]
+                parsed = parse_calls(rest)
+                if parsed.calls:
+                    if parsed.content:
+                        yield sse(chunk(cid, model, fp, {"content": parsed.content}, created=created))
+                    calls = tool_calls(parsed.calls, _call_ids(len(parsed.calls)), streamed=True)
+                    yield sse(chunk(cid, model, fp, {"tool_calls": calls}, created=created))
+                    finish = "tool_calls"
+                elif rest:
+                    yield sse(chunk(cid, model, fp, {"content": rest}, created=created))
+            yield sse(chunk(cid, model, fp, {}, finish, created=created))
             if self.req.include_usage:
                 yield sse(
                     chunk(

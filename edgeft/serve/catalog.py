@@ -70,6 +70,13 @@ def choose_gguf(
     return chosen
 
 
+def tool_format(dist: dict[str, Any]) -> str | None:
+    """The tool format a dist's model was trained on (its lineage's training record), or None."""
+    training = (dist.get("lineage") or {}).get("training") or {}
+    value = training.get("tool_format")
+    return value if isinstance(value, str) else None
+
+
 @dataclass
 class Route:
     engine: Engine
@@ -136,7 +143,15 @@ class Catalog:
         name = stage.data.get("name") or path.name
         chosen = choose_gguf(stage.artifacts, self.artifact_type, stage.data.get("recommended"), str(path))
         assert chosen.sha256 is not None
-        return Servable(str(name), str(name), None, stage.file(chosen.path), chosen.sha256, chosen.type)
+        return Servable(
+            str(name),
+            str(name),
+            None,
+            stage.file(chosen.path),
+            chosen.sha256,
+            chosen.type,
+            tool_format(stage.data),
+        )
 
     def _version_servable(self, reg: Registry, name: str, version: Version) -> Servable:
         """A registered version's servable (kept: a version's files never change in the registry)."""
@@ -150,13 +165,17 @@ class Catalog:
     def _read_version(self, reg: Registry, name: str, version: Version) -> Servable:
         where = f"{name}:{version.version}"
         folder = reg.version_dir(version)
-        recommended = None
-        if (folder / MANIFEST).is_file():
-            recommended = read_stage(folder).data.get("recommended")
-        chosen = choose_gguf(version.artifacts, self.artifact_type, recommended, where)
+        data = read_stage(folder).data if (folder / MANIFEST).is_file() else {}
+        chosen = choose_gguf(version.artifacts, self.artifact_type, data.get("recommended"), where)
         assert chosen.sha256 is not None
         return Servable(
-            where, name, version.version, reg.version_dir(version) / chosen.path, chosen.sha256, chosen.type
+            where,
+            name,
+            version.version,
+            reg.version_dir(version) / chosen.path,
+            chosen.sha256,
+            chosen.type,
+            tool_format(data),
         )
 
     # ---- which versions are live ---------------------------------------------------------------

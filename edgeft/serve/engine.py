@@ -42,6 +42,7 @@ class Servable:
     gguf: Path
     sha256: str
     artifact_type: str | None
+    tool_format: str | None = None  # edgeft.data.tools.FORMAT when the model was trained on tool rows
 
     @property
     def key(self) -> tuple[str, int | None, str]:

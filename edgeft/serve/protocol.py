@@ -10,7 +10,10 @@ Accepted (null is the same as absent, as the clients' serialisers omit or send i
   stream_options {"include_usage"}, n (1 only), and the sampling and reporting fields whose
   neutral value changes nothing (presence_penalty 0, frequency_penalty 0, logprobs false,
   parallel_tool_calls, store false, metadata, service_tier "auto"/"default", logit_bias {}).
-  `tools` / `tool_choice`: a 400 that says the model was not trained for tool calls.
+  `tools` (function definitions), `tool_choice` "auto" / "none", assistant turns with
+  `tool_calls` and `tool` turns, for a model trained on tool rows: rendered in edgeft's tool format
+  (edgeft.data.tools) and the reply read back into `tool_calls`; for any other model a 400 that says
+  it was not trained for tool calls. The legacy `functions` / `function_call` get a 400 naming `tools`.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class ChatRequest:
     user: str | None = None
     stream: bool = False
     include_usage: bool = False
+    tools: dict[str, dict[str, Any]] | None = None  # the request's tools by name (edgeft.data.tools)
+    call_tools: bool = False  # read the reply's tool calls back (tools given, tool_choice "auto")
 
 
 # field -> the values that change nothing (accepted, then ignored); anything else is refused.
@@ -143,33 +148,82 @@ def _content(value: Any, where: str) -> str:
     raise bad(f"{where}.content", "expected a string or a list of text parts")
 
 
-def _messages(value: Any) -> list[dict[str, str]]:
+def _messages(value: Any, tools: dict[str, dict[str, Any]] | None, describe: bool) -> list[dict[str, str]]:
+    """The conversation as plain turns; with `tools`, tool calls and tool turns rendered in edgeft's
+    tool format, and the tools described in the system turn when `describe` (tool_choice "auto")."""
+    from edgeft.data import tools as tools_mod
+
     if not isinstance(value, list) or not value:
         raise bad("messages", "expected a non-empty list of messages")
-    out = []
+    out: list[dict[str, Any]] = []
     for i, m in enumerate(value):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
             raise bad(where, "expected an object with role and content")
         role = m.get("role")
-        if role in ("tool", "function") or m.get("tool_calls") or m.get("function_call"):
+        tooling = role in ("tool", "function") or m.get("tool_calls") or m.get("function_call")
+        if tooling and (tools is None or role == "function" or m.get("function_call")):
             raise bad(
                 where,
-                "tool calls and tool results are not supported: this model was not trained for tool calls",
+                "tool calls and tool results need the request's `tools` (and a model trained for tool calls)"
+                if tools is None
+                else "the legacy function role and function_call are not supported; use tool_calls and tool turns",
                 "unsupported_feature",
             )
-        if role not in ROLES:
-            raise bad(f"{where}.role", f"expected one of {', '.join(ROLES)}, got {json.dumps(role)[:40]}")
-        unknown = sorted(set(m) - {"role", "content", "name"})
+        if role not in (*ROLES, "tool"):
+            raise bad(
+                f"{where}.role", f"expected one of {', '.join(ROLES)}, tool; got {json.dumps(role)[:40]}"
+            )
+        allowed = {"role", "content", "name"} | (
+            {"tool_calls"} if role == "assistant" else {"tool_call_id"} if role == "tool" else set()
+        )
+        unknown = sorted(set(m) - allowed)
         if unknown:
             raise bad(f"{where}.{unknown[0]}", "unknown message field", "unknown_parameter")
-        if m.get("content") is None:
+        if m.get("content") is None and not m.get("tool_calls"):
             raise bad(f"{where}.content", "missing")
         # OpenAI's `developer` role is the newer name of `system` (what chat templates know).
-        out.append(
-            {"role": "system" if role == "developer" else role, "content": _content(m["content"], where)}
+        turn: dict[str, Any] = {
+            "role": "system" if role == "developer" else role,
+            "content": _content(m["content"], where) if m.get("content") is not None else "",
+        }
+        for k in ("tool_calls", "tool_call_id"):
+            if m.get(k) is not None:
+                turn[k] = m[k]
+        out.append(turn)
+    if tools is None:
+        return out
+    try:
+        return tools_mod.conversation(out, tools, strict=False, describe=describe)
+    except tools_mod.BadTools as e:
+        raise bad(e.where, e.message) from None
+
+
+def _tools(body: dict[str, Any]) -> tuple[dict[str, dict[str, Any]] | None, bool]:
+    """(the request's tools by name, or None; whether the tools are offered: tool_choice "auto")."""
+    from edgeft.data import tools as tools_mod
+
+    for name in ("functions", "function_call"):
+        if body.get(name) is not None:
+            raise bad(
+                name, "the legacy function-calling fields are not supported; use tools", "unsupported_feature"
+            )
+    choice = body.get("tool_choice")
+    if body.get("tools") in (None, []):
+        if choice not in (None, "none", "auto"):
+            raise bad("tool_choice", "names a tool choice without `tools`")
+        return None, False
+    try:
+        defined = tools_mod.specs(body["tools"])
+    except tools_mod.BadTools as e:
+        raise bad(e.where, e.message) from None
+    if choice not in (None, "auto", "none"):
+        raise bad(
+            "tool_choice",
+            'only "auto" and "none" are supported (a model decides itself whether to call a tool)',
+            "unsupported_value",
         )
-    return out
+    return defined, choice != "none"
 
 
 def _response_format(value: Any) -> dict[str, Any] | None:
@@ -203,13 +257,7 @@ def parse_chat(body: Any) -> ChatRequest:
             "unknown field (edgeft serve does not ignore fields it does not know)",
             "unknown_parameter",
         )
-    for name in ("tools", "functions", "tool_choice", "function_call"):
-        if body.get(name) not in (None, [], "none"):
-            raise bad(
-                name,
-                "tool calls are not supported by this model: it was not trained for them",
-                "unsupported_feature",
-            )
+    tools, offered = _tools(body)
     for name, neutral in NEUTRAL.items():
         value = body.get(name)
         if value is not None and value not in neutral:
@@ -253,7 +301,7 @@ def parse_chat(body: Any) -> ChatRequest:
     seed = _integer(body, "seed", -(2**63), 2**64 - 1)
     return ChatRequest(
         model=model.strip(),
-        messages=_messages(body.get("messages")),
+        messages=_messages(body.get("messages"), tools, offered),
         max_tokens=max_tokens if max_tokens is not None else older,
         temperature=_number(body, "temperature", 0.0, 2.0, 1.0),
         top_p=_number(body, "top_p", 0.0, 1.0, 1.0),
@@ -263,6 +311,8 @@ def parse_chat(body: Any) -> ChatRequest:
         user=user or None,
         stream=bool(stream),
         include_usage=bool((options or {}).get("include_usage")),
+        tools=tools,
+        call_tools=offered,
     )
 
 
@@ -277,8 +327,42 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
+def tool_calls(calls: list[Any], ids: list[str], streamed: bool = False) -> list[dict[str, Any]]:
+    """edgeft.data.tools Calls in OpenAI's shape (arguments as JSON text); `streamed`: as stream
+    deltas, each with its index."""
+    return [
+        ({"index": i} if streamed else {})
+        | {
+            "id": cid,
+            "type": "function",
+            "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)},
+        }
+        for i, (c, cid) in enumerate(zip(calls, ids, strict=True))
+    ]
+
+
+def message(text: str, calls: list[Any] | None, ids: list[str] | None) -> dict[str, Any]:
+    """The reply as a message: its text, or, when it called tools, their calls (content null when
+    the reply is only calls, as OpenAI sends it)."""
+    if not calls or ids is None:
+        return {"role": "assistant", "content": text, "refusal": None}
+    return {
+        "role": "assistant",
+        "content": text or None,
+        "refusal": None,
+        "tool_calls": tool_calls(calls, ids),
+    }
+
+
 def completion(
-    cid: str, model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int, fingerprint: str
+    cid: str,
+    model: str,
+    text: str,
+    finish: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    fingerprint: str,
+    reply: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "id": cid,
@@ -289,7 +373,7 @@ def completion(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
+                "message": reply or {"role": "assistant", "content": text, "refusal": None},
                 "logprobs": None,
                 "finish_reason": finish,
             }

@@ -45,6 +45,7 @@ from edgeft.judge import paired
 from edgeft.judge.gate import Gate, load_or_why
 from edgeft.judge.paired import Comparison
 from edgeft.pipeline.evaluate.results import (
+    METRIC_NAMES,
     METRICS,
     EvalResults,
     ModelResult,
@@ -99,32 +100,48 @@ def format_checker(cfg: Config) -> tuple[Callable[[str], bool] | None, str | Non
     return None, None
 
 
-def score(outputs: list[str], references: list[str], fmt: Callable[[str], bool] | None) -> dict[str, float]:
-    """Exact match, chrF (0-100, sacrebleu's corpus-level chrF) and format compliance."""
+@dataclass(frozen=True)
+class Checks:
+    """The binary checks beyond exact match: format compliance (eval.json and its kin), and, for a
+    model trained on tool rows, tool-call accuracy with each example's tools (edgeft.data.tools)."""
+
+    format: Callable[[str], bool] | None = None
+    tools: list[dict[str, Any] | None] | None = None  # per example, its tools by name (None: none)
+
+
+def score(outputs: list[str], references: list[str], checks: Checks) -> dict[str, float]:
+    """Exact match, chrF (0-100, sacrebleu's corpus-level chrF), format compliance and tool-call
+    accuracy (where `checks` has them)."""
     from sacrebleu.metrics import CHRF
 
     n = max(len(outputs), 1)
-    binary = right(outputs, references, fmt)
+    binary = right(outputs, references, checks)
     out = {
         "exact_match": sum(binary["exact_match"]) / n,
         "chrf": CHRF().corpus_score(outputs, [references]).score,
     }
-    if "format" in binary:
-        out["format"] = sum(binary["format"]) / n
+    for m in ("format", "tool_call"):
+        if m in binary:
+            out[m] = sum(binary[m]) / n
     return out
 
 
-def right(
-    outputs: list[str], references: list[str], fmt: Callable[[str], bool] | None
-) -> dict[str, list[bool]]:
-    """Per example, whether each binary metric holds: exact match, and format compliance."""
+def right(outputs: list[str], references: list[str], checks: Checks) -> dict[str, list[bool]]:
+    """Per example, whether each binary metric holds: exact match, format compliance, and tool-call
+    accuracy (the reference's calls, or none, each valid against its tool: edgeft.data.tools.agrees)."""
     out = {
         "exact_match": [
             squash_whitespace(o) == squash_whitespace(r) for o, r in zip(outputs, references, strict=True)
         ]
     }
-    if fmt is not None:
-        out["format"] = [fmt(o) for o in outputs]
+    if checks.format is not None:
+        out["format"] = [checks.format(o) for o in outputs]
+    if checks.tools is not None:
+        from edgeft.data.tools import agrees
+
+        out["tool_call"] = [
+            agrees(o, r, t) for o, r, t in zip(outputs, references, checks.tools, strict=True)
+        ]
     return out
 
 
@@ -132,13 +149,13 @@ def versus_base(
     fine_tuned: list[str],
     base: list[str],
     references: list[str],
-    fmt: Callable[[str], bool] | None,
+    checks: Checks,
     rule: Rule,
 ) -> dict[str, dict[str, Any]]:
     """Does the fine-tuned model beat the base? Per metric, the paired test with the base as the
     candidate that may be worse: `better` when the fine-tuned model scores higher at p < alpha."""
     out = {}
-    for m, c in compare_answers(fine_tuned, base, references, fmt, rule).items():
+    for m, c in compare_answers(fine_tuned, base, references, checks, rule).items():
         out[m] = {
             "p": c.p,
             "better": bool(c.p < rule.alpha and c.candidate < c.reference),
@@ -159,14 +176,14 @@ def compare_answers(
     reference: list[str],
     candidate: list[str],
     references: list[str],
-    fmt: Callable[[str], bool] | None,
+    checks: Checks,
     rule: Rule,
 ) -> dict[str, Comparison]:
     """The paired comparison (results.compare_outcomes) of two models' answers to the same
     examples, per metric, under the gate's rule (eval's config or results)."""
     return compare_outcomes(
-        right(reference, references, fmt),
-        right(candidate, references, fmt),
+        right(reference, references, checks),
+        right(candidate, references, checks),
         reference,
         candidate,
         references,
@@ -276,6 +293,15 @@ def _examples(rows: list[dict[str, Any]], limit: int) -> tuple[list[Prompt], lis
             prompts.append(text[:cut])
             references.append(text[cut:].strip())
     return prompts, references
+
+
+def _example_tools(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any] | None] | None:
+    """Each held-out example's tools by name (the first `n` conversations, as `_examples` takes
+    them), or None when no example has tools: tool-call accuracy is then not measured."""
+    convs = [r for r in rows if "messages" in r][:n]
+    if not any(r.get("tools") for r in convs):
+        return None
+    return [{t["name"]: t for t in r["tools"]} if r.get("tools") else None for r in convs]
 
 
 def _general_prompts(cfg: Config) -> tuple[list[list[dict[str, str]]], list[str]] | None:
@@ -419,7 +445,7 @@ def _answer_all(
 
 
 def _judge(
-    got: _Answers, references: list[str], fmt: Callable[[str], bool] | None, rule: Rule, results: EvalResults
+    got: _Answers, references: list[str], checks: Checks, rule: Rule, results: EvalResults
 ) -> list[str]:
     """Every model's scores into `results`, each artifact compared with the fine-tuned model on
     the same examples; returns the failures."""
@@ -427,13 +453,13 @@ def _judge(
     for name, outs in got.outputs.items():
         entry = ModelResult(
             runtime=got.runtimes[name],
-            scores=score(outs, references, fmt),
+            scores=score(outs, references, checks),
             speed=got.speeds.get(name) or None,
         )
         results.models[name] = entry
         if name in REFERENCE_MODELS:
             continue
-        compared = compare_answers(got.outputs["fine-tuned"], outs, references, fmt, rule)
+        compared = compare_answers(got.outputs["fine-tuned"], outs, references, checks, rule)
         entry.relative = {m: c.relative for m, c in compared.items()}
         entry.paired = {m: c.to_dict() for m, c in compared.items()}
         entry.verdicts = {m: c.verdict("the fine-tuned model") for m, c in compared.items()}
@@ -540,7 +566,7 @@ def _preference(
 
 def _forgetting(cfg: Config, got: _Answers, general: tuple[Sequence[Prompt], list[str]]) -> dict[str, Any]:
     """chrF on the general-capability prompts, base against fine-tuned: catastrophic forgetting."""
-    g = {k: score(v, general[1], None) for k, v in got.general.items()}
+    g = {k: score(v, general[1], Checks()) for k, v in got.general.items()}
     drop = 1 - g["fine-tuned"]["chrf"] / g["base"]["chrf"] if g["base"]["chrf"] > 0 else 0.0
     tolerance = cfg.eval.forgetting_tolerance
     if drop > tolerance:
@@ -577,10 +603,12 @@ def evaluate(
             f"{merged.path}: its manifest does not name the base model it was trained from: "
             f"re-run `edgeft merge` with this edgeft"
         )
-    prompts, references = _examples(read_split(merged.file("validation.jsonl")), cfg.eval.max_examples)
+    rows = read_split(merged.file("validation.jsonl"))
+    prompts, references = _examples(rows, cfg.eval.max_examples)
     if not prompts:
         raise InputError(f"{merged.file('validation.jsonl')}: no held-out examples to evaluate on")
     fmt, fmt_desc = format_checker(cfg)
+    checks = Checks(fmt, _example_tools(rows, len(prompts)))
     general = _general_prompts(cfg)
     rule = Rule(cfg.eval.min_relative, cfg.eval.alpha, cfg.eval.min_discordant)
     results = EvalResults(
@@ -594,14 +622,14 @@ def evaluate(
     pairs = _pair_sequences(gate, cfg.eval.max_examples)
     got = _answer_all(gate, prompts, general[0] if general else None, cfg.eval.max_new_tokens, pairs)
     outputs = got.outputs
-    failures = _judge(got, references, fmt, rule, results)
+    failures = _judge(got, references, checks, rule, results)
     results.preference, lost = _preference(gate, got, pairs, rule)
     failures += lost
     if "sft" in outputs:
-        results.versus_sft = versus_base(outputs["fine-tuned"], outputs["sft"], references, fmt, rule)
+        results.versus_sft = versus_base(outputs["fine-tuned"], outputs["sft"], references, checks, rule)
     ref_scores, base_scores = results.fine_tuned.scores, results.models["base"].scores
     results.improvement = {m: ref_scores[m] - base_scores[m] for m in ref_scores}
-    results.versus_base = versus_base(outputs["fine-tuned"], outputs["base"], references, fmt, rule)
+    results.versus_base = versus_base(outputs["fine-tuned"], outputs["base"], references, checks, rule)
     if not results.versus_base["exact_match"]["better"]:
         log.warning(
             "the fine-tuned model is not shown better than the base on exact match (%d examples, p = %.2g)",
@@ -617,7 +645,7 @@ def evaluate(
         ids=[example_id(p, r) for p, r in zip(prompts, references, strict=True)],
         references=references,
         answers=outputs,
-        right={name: right(outs, references, fmt) for name, outs in outputs.items()},
+        right={name: right(outs, references, checks) for name, outs in outputs.items()},
     )
     if general:
         results.general = _forgetting(cfg, got, general)
@@ -660,19 +688,20 @@ def verdict_lines(results: EvalResults, short: bool = False) -> list[str]:
     """Per artifact and metric, the paired verdict ('indistinguishable from … on N examples' or
     'worse …, p = …'; `short`: one line per artifact, as the model card has it), then how many
     examples a drop of the margin's size needs (report and card)."""
-    names = {"exact_match": "exact match", "chrf": "chrF", "format": "format"}
     if short:
         lines = [
             f"- {name} against the fine-tuned model on {results.examples} examples: "
             + "; ".join(
-                f"{names[k]} {Comparison.from_dict(m.paired[k]).short()}" for k in METRICS if k in m.paired
+                f"{METRIC_NAMES[k]} {Comparison.from_dict(m.paired[k]).short()}"
+                for k in METRICS
+                if k in m.paired
             )
             for name, m in results.models.items()
             if m.paired is not None
         ]
     else:
         lines = [
-            f"- {name}, {names[k]}: {verdicts[k]}"
+            f"- {name}, {METRIC_NAMES[k]}: {verdicts[k]}"
             for name, m in results.models.items()
             if (verdicts := m.verdicts or {})
             for k in METRICS
@@ -695,9 +724,8 @@ def verdict_lines(results: EvalResults, short: bool = False) -> list[str]:
 
 
 def _versus(versus: dict[str, dict[str, Any]]) -> str:
-    names = {"exact_match": "exact match", "chrf": "chrF", "format": "format"}
     return ", ".join(
-        f"{names[k]} {v['difference']:+.3f} ({'better' if v['better'] else 'not shown better'}, p = {v['p']:.2g})"
+        f"{METRIC_NAMES[k]} {v['difference']:+.3f} ({'better' if v['better'] else 'not shown better'}, p = {v['p']:.2g})"
         for k, v in versus.items()
     )
 
@@ -732,7 +760,7 @@ def preference_lines(pref: PreferenceResults) -> list[str]:
 
 def markdown(results: EvalResults) -> str:
     metrics = results.metrics
-    names = {"exact_match": "exact match", "chrf": "chrF", "format": f"format ({results.format})"}
+    names = METRIC_NAMES | {"format": f"format ({results.format})"}
     lines = [
         "# edgeft eval results",
         "",

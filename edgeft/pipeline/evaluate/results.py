@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from edgeft.judge.paired import Comparison
 
-METRICS = ("exact_match", "chrf", "format")  # eval's metrics, in report order; higher is better
+METRICS = ("exact_match", "chrf", "format", "tool_call")  # eval's metrics, in report order; higher is better
+# How reports name them.
+METRIC_NAMES = {"exact_match": "exact match", "chrf": "chrF", "format": "format", "tool_call": "tool calls"}
 RESULTS = "eval/results.json"  # where a dist keeps eval's results
 
 

@@ -1,4 +1,5 @@
-"""Check family 4: greedy generations reproduce the reference's, and stop where it stops."""
+"""Check family 4: greedy generations reproduce the reference's, stop where it stops, and (a model
+trained on tool rows) call the tools it calls."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from edgeft.core.formats import Band
+from edgeft.data.tools import parse
 from edgeft.pipeline.verify.checks import Checks
 from edgeft.pipeline.verify.probes import Probe, Reference, common_prefix
 from edgeft.runtimes import Runtime
@@ -17,9 +19,17 @@ def greedy(
 ) -> dict[str, Any]:
     """Identical generations (lossless types) or a long enough matching prefix (quantized)."""
     fractions, stop_mismatch, first_diff = [], [], None
+    calls: list[tuple[str, bool]] = []  # probes the reference answers with tool calls: same calls here?
     for i, p in enumerate(probes):
         want, want_stop = ref.generations[i]
         got, got_stop = rt.generate(ref.prompt_ids[i], max_new_tokens)
+        if not p.edge:
+            wanted = parse(rt.detokenize(want))
+            if wanted.calls:
+                same = got == want or sorted(c.key() for c in parse(rt.detokenize(got)).calls) == sorted(
+                    c.key() for c in wanted.calls
+                )
+                calls.append((p.name, same))
         n = common_prefix(got, want)
         full = n == len(want) == len(got)
         if not p.edge:
@@ -45,4 +55,16 @@ def greedy(
         else f"same tokens but a different stop on {', '.join(stop_mismatch)} "
         f"(the runtime does not treat the reference's stop token as end of generation)",
     )
+    if calls:
+        share = sum(same for _, same in calls) / len(calls)
+        differ = [name for name, same in calls if not same]
+        checks.add(
+            "tool_calls",
+            share >= band.gen_prefix,
+            f"{len(calls) - len(differ)} of {len(calls)} probes the reference answers with tool calls parse to "
+            f"its calls (function and arguments; minimum share {band.gen_prefix:g})"
+            + (f"; differ: {', '.join(differ[:5])}" if differ else ""),
+            value=share,
+            limit=band.gen_prefix,
+        )
     return {"generation_prefix": gen}
