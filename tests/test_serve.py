@@ -521,6 +521,11 @@ def test_the_openai_client_against_a_served_dist(built: dict, tmp_path: Path) ->
         assert e.value.body["param"] == "mirostat"
         with pytest.raises(openai.NotFoundError):
             c.chat.completions.create(model="other", messages=Q)
+        with pytest.raises(openai.BadRequestError) as e:  # a model not trained on tool rows
+            c.chat.completions.create(
+                model="micro", messages=Q, tools=[{"type": "function", "function": {"name": "f"}}]
+            )
+        assert e.value.body["param"] == "tools" and "not trained for tool calls" in e.value.body["message"]
         with pytest.raises(openai.BadRequestError) as e:  # past the context
             c.chat.completions.create(model="micro", messages=[{"role": "user", "content": "word " * 5000}])
         assert e.value.code == "context_length_exceeded"

@@ -16,31 +16,15 @@ from edgeft.data import tools
 from edgeft.data.augment import with_typos
 from edgeft.data.rows import load_examples, to_example
 from edgeft.pipeline.evaluate import Checks, right, score
-from edgeft.serve.protocol import ApiError, message, parse_chat
+from edgeft.serve.protocol import ApiError, ToolStream, message, parse_chat
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDERS = ROOT / "examples" / "orders" / "data" / "orders.jsonl"
-ORDER = {"type": "string", "pattern": "^A-[0-9]{4}$"}
+# Two of the bundled example's four tools (examples/orders/generate.py): get_order, list_orders.
 TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_order",
-            "description": "Status of one order.",
-            "parameters": {"type": "object", "properties": {"order_id": ORDER}, "required": ["order_id"]},
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "list_orders",
-            "parameters": {
-                "type": "object",
-                "properties": {"status": {"enum": ["open", "shipped"]}, "limit": {"type": "integer"}},
-                "required": ["status"],
-            },
-        },
-    },
+    t
+    for t in json.loads(ORDERS.read_text().splitlines()[0])["tools"]
+    if t["function"]["name"] in ("get_order", "list_orders")
 ]
 
 
@@ -239,3 +223,37 @@ def test_a_reply_with_calls_is_openai_shaped() -> None:
             "function": {"name": "get_order", "arguments": '{"order_id": "A-1042"}'},
         }
     ]
+
+
+def _streamed(pieces: list[str]) -> tuple[list[dict], str]:
+    stream = ToolStream(lambda n: [f"call_{i}" for i in range(n)])
+    deltas = [d for p in pieces for d in stream.feed(p)]
+    last, finish = stream.end("stop")
+    return deltas + last, finish
+
+
+def test_a_streamed_reply_sends_text_at_once_and_calls_as_one_delta_at_the_end() -> None:
+    reply = (
+        'Let me check.\n<tool_call>\n{"name": "get_order", "arguments": {"order_id": "A-1042"}}\n</tool_call>'
+    )
+    pieces = [reply[i : i + 3] for i in range(0, len(reply), 3)]  # cut anywhere, inside the tag too
+    deltas, finish = _streamed(pieces)
+    text = "".join(d.get("content", "") for d in deltas)
+    assert text.strip() == "Let me check." and "<tool" not in text
+    assert finish == "tool_calls"
+    assert deltas[-1] == {
+        "tool_calls": [
+            {
+                "index": 0,
+                "id": "call_0",
+                "type": "function",
+                "function": {"name": "get_order", "arguments": '{"order_id": "A-1042"}'},
+            }
+        ]
+    }
+    # Plain text streams through whole, a lone "<" included, and finishes as it finished.
+    deltas, finish = _streamed(["1 < 2", " and <to", "day>"])
+    assert "".join(d["content"] for d in deltas) == "1 < 2 and <today>" and finish == "stop"
+    # A block the model never closes is text, not a call.
+    deltas, finish = _streamed(['<tool_call>\n{"name": "get_'])
+    assert finish == "stop" and "".join(d["content"] for d in deltas).startswith("<tool_call>")

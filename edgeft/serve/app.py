@@ -32,19 +32,18 @@ from starlette.responses import StreamingResponse
 from edgeft.core.errors import InputError
 from edgeft.data.tools import FORMAT as TOOL_FORMAT
 from edgeft.data.tools import parse as parse_calls
-from edgeft.data.tools import starts_call
 from edgeft.serve import journal as journal_mod
 from edgeft.serve.catalog import Catalog, Route
 from edgeft.serve.engine import EngineError
 from edgeft.serve.protocol import (
     ApiError,
     ChatRequest,
+    ToolStream,
     chunk,
     completion,
     message,
     parse_chat,
     sse,
-    tool_calls,
     usage,
 )
 
@@ -445,33 +444,20 @@ class _Run:
         self.status = "disconnected"
         try:
             yield sse(chunk(cid, model, fp, {"role": "assistant", "content": ""}, created=created))
-            sent = 0  # with tools, what of the reply was sent as text: all up to a call block
+            tools = ToolStream(_call_ids) if self.req.call_tools else None
             try:
                 async for text in self.pieces(ids, max_tokens):
-                    if not self.req.call_tools:
-                        yield sse(chunk(cid, model, fp, {"content": text}, created=created))
-                        continue
-                    whole = "".join(self.parts)
-                    upto = starts_call(whole)
-                    if upto > sent:
-                        yield sse(chunk(cid, model, fp, {"content": whole[sent:upto]}, created=created))
-                        sent = upto
+                    for delta in tools.feed(text) if tools else [{"content": text}]:
+                        yield sse(chunk(cid, model, fp, delta, created=created))
             except ApiError as e:
                 self.status = "error"
                 yield sse(e.body())
                 return
             finish = self.finish_reason or "stop"
-            if self.req.call_tools:
-                rest = "".join(self.parts)[sent:]
-                parsed = parse_calls(rest)
-                if parsed.calls:
-                    if parsed.content:
-                        yield sse(chunk(cid, model, fp, {"content": parsed.content}, created=created))
-                    calls = tool_calls(parsed.calls, _call_ids(len(parsed.calls)), streamed=True)
-                    yield sse(chunk(cid, model, fp, {"tool_calls": calls}, created=created))
-                    finish = "tool_calls"
-                elif rest:
-                    yield sse(chunk(cid, model, fp, {"content": rest}, created=created))
+            if tools:
+                last, finish = tools.end(finish)
+                for delta in last:
+                    yield sse(chunk(cid, model, fp, delta, created=created))
             yield sse(chunk(cid, model, fp, {}, finish, created=created))
             if self.req.include_usage:
                 yield sse(

@@ -341,6 +341,41 @@ def tool_calls(calls: list[Any], ids: list[str], streamed: bool = False) -> list
     ]
 
 
+class ToolStream:
+    """A streamed reply to a request that offered tools: its text is sent as content deltas as it
+    comes, except what may begin a `<tool_call>` block, which is held back; once a block begins,
+    the rest waits for the end, where the calls go out as one `tool_calls` delta (OpenAI's stream
+    shape, each call with its index) and the finish reason becomes "tool_calls"."""
+
+    def __init__(self, new_ids: Any) -> None:
+        self.text = ""
+        self.sent = 0  # how much of the text went out as content
+        self.new_ids = new_ids  # n → n fresh call ids
+
+    def feed(self, piece: str) -> list[dict[str, Any]]:
+        """The deltas to send for one more piece of the reply."""
+        from edgeft.data.tools import starts_call
+
+        self.text += piece
+        upto = starts_call(self.text)
+        if upto <= self.sent:
+            return []
+        out, self.sent = [{"content": self.text[self.sent : upto]}], upto
+        return out
+
+    def end(self, finish: str) -> tuple[list[dict[str, Any]], str]:
+        """The last deltas and the finish reason, once the reply is complete."""
+        from edgeft.data.tools import parse
+
+        rest = self.text[self.sent :]
+        parsed = parse(rest)
+        if not parsed.calls:
+            return ([{"content": rest}] if rest else []), finish
+        out = [{"content": parsed.content}] if parsed.content else []
+        calls = tool_calls(parsed.calls, self.new_ids(len(parsed.calls)), streamed=True)
+        return [*out, {"tool_calls": calls}], "tool_calls"
+
+
 def message(text: str, calls: list[Any] | None, ids: list[str] | None) -> dict[str, Any]:
     """The reply as a message: its text, or, when it called tools, their calls (content null when
     the reply is only calls, as OpenAI sends it)."""

@@ -28,7 +28,7 @@ from edgeft.core.manifest import Artifact, Stage, StageWriter
 from edgeft.core.paths import vendor_dir
 from edgeft.core.workdir import in_session
 from edgeft.pipeline.evaluate import gate_rule, preference_lines, verdict_lines
-from edgeft.pipeline.evaluate.results import EvalResults
+from edgeft.pipeline.evaluate.results import METRIC_NAMES, EvalResults
 from edgeft.pipeline.verify.report import Verdict, VerifyReport
 from edgeft.ship import frontier
 
@@ -387,16 +387,16 @@ def _eval_summary(results: EvalResults) -> dict[str, Any]:
 
 
 def _eval_rows(results: EvalResults) -> list[str]:
-    fmt = "format" in results.fine_tuned.scores
+    extra = [m for m in ("format", "tool_call") if m in results.fine_tuned.scores]
     rows = [
-        "| model | runtime | exact match | chrF |" + (" format |" if fmt else ""),
-        "|---|---|---|---|" + ("---|" if fmt else ""),
+        "| model | runtime | exact match | chrF |" + "".join(f" {METRIC_NAMES[m]} |" for m in extra),
+        "|---|---|---|---|" + "---|" * len(extra),
     ]
     for name, m in results.models.items():
         s = m.scores
         rows.append(
             f"| {name} | {m.runtime} | {s['exact_match']:.3f} | {s['chrf']:.1f} |"
-            + (f" {s['format']:.3f} |" if fmt else "")
+            + "".join(f" {s[k]:.3f} |" for k in extra)
         )
     return rows
 
@@ -433,6 +433,15 @@ def model_card(
             f"- validation loss: base {t.get('base_val_loss')} → fine-tuned {t.get('val_loss')}",
             *_align_lines(t.get("align")),
             *([f"- chat template: {t['chat_template']}"] if t.get("chat_template") else []),
+            *(
+                [
+                    f"- tool calls: trained on tool rows in edgeft's tool format (`{t['tool_format']}`): tools "
+                    f"and calls are rendered as text before the chat template (docs/data-and-training.md, "
+                    f"Tool calling); `edgeft serve` takes OpenAI `tools` and answers `tool_calls`"
+                ]
+                if t.get("tool_format")
+                else []
+            ),
             *([f"- base weights: {t['base_source']}"] if t.get("base_source") else []),
             "",
             "## Artifacts",

@@ -15,12 +15,15 @@ import java.util.Map;
 /**
  * Calls `edgeft serve` (an OpenAI-compatible endpoint) with java.net.http.HttpClient and nothing
  * else, sending the request bodies LangChain4j's OpenAiChatModel and Spring AI's ChatClient send:
- * max_completion_tokens, response_format json_object, and streaming with
- * stream_options.include_usage (the usage chunk, without choices, comes last, then [DONE]).
+ * max_completion_tokens, response_format json_object, streaming with
+ * stream_options.include_usage (the usage chunk, without choices, comes last, then [DONE]), and
+ * `tools` for a model trained on tool rows (the answer's tool_calls, whole or streamed as deltas).
  *
  * <pre>
- * java -cp out edgeft.kit.ServeClient http://127.0.0.1:8080 nl2sql-tiny "How many employees work in Oslo?" [user-key]
+ * java -cp out edgeft.kit.ServeClient http://127.0.0.1:8080 nl2sql-tiny "How many employees work in Oslo?" [user-key [tools.json]]
  * </pre>
+ * tools.json holds the request's `tools` array as OpenAI defines it (LangChain4j's ToolSpecification
+ * and Spring AI's function callbacks serialise to the same).
  * Prints, for each call, the version and variant that answered (X-Edgeft-Version,
  * X-Edgeft-Variant), the text, and the token usage. $EDGEFT_API_KEY, when set, is sent as the
  * Bearer key. Exits 1 with the server's OpenAI error message on a 4xx/5xx.
@@ -35,9 +38,9 @@ public final class ServeClient {
         this.apiKey = apiKey;
     }
 
-    /** One answer and what answered it. */
+    /** One answer and what answered it; `calls`: each tool call as "name arguments-json". */
     public record Answer(String text, String finishReason, long promptTokens, long completionTokens,
-                         String version, String variant) {}
+                         String version, String variant, List<String> calls) {}
 
     static String quote(String s) {
         StringBuilder out = new StringBuilder("\"");
@@ -62,7 +65,7 @@ public final class ServeClient {
 
     /** The body LangChain4j's OpenAiChatModel sends (non-null fields only). */
     static String body(String model, String system, String question, String user, int maxTokens,
-                       boolean json, boolean stream) {
+                       boolean json, boolean stream, String tools) {
         StringBuilder b = new StringBuilder("{\"model\":").append(quote(model)).append(",\"messages\":[");
         if (system != null) {
             b.append("{\"role\":\"system\",\"content\":").append(quote(system)).append("},");
@@ -74,6 +77,9 @@ public final class ServeClient {
         }
         if (json) {
             b.append(",\"response_format\":{\"type\":\"json_object\"}");
+        }
+        if (tools != null) {
+            b.append(",\"tools\":").append(tools);
         }
         if (stream) {
             b.append(",\"stream\":true,\"stream_options\":{\"include_usage\":true}");
@@ -110,9 +116,9 @@ public final class ServeClient {
     }
 
     /** A non-streaming call, as OpenAiChatModel.chat(...) makes it. */
-    public Answer call(String model, String system, String question, String user, int maxTokens, boolean json)
-            throws IOException, InterruptedException {
-        HttpResponse<String> r = http.send(request(body(model, system, question, user, maxTokens, json, false)),
+    public Answer call(String model, String system, String question, String user, int maxTokens, boolean json,
+                       String tools) throws IOException, InterruptedException {
+        HttpResponse<String> r = http.send(request(body(model, system, question, user, maxTokens, json, false, tools)),
                 HttpResponse.BodyHandlers.ofString(StandardCharsets.UTF_8));
         if (r.statusCode() != 200) {
             throw failure(r.statusCode(), r.body());
@@ -121,21 +127,33 @@ public final class ServeClient {
         Map<?, ?> choice = (Map<?, ?>) ((List<?>) data.get("choices")).get(0);
         Map<?, ?> message = (Map<?, ?>) choice.get("message");
         Map<?, ?> usage = (Map<?, ?>) data.get("usage");
-        return new Answer((String) message.get("content"), (String) choice.get("finish_reason"),
+        List<String> calls = new java.util.ArrayList<>();
+        if (message.get("tool_calls") instanceof List<?> list) {
+            for (Object c : list) {
+                calls.add(call((Map<?, ?>) ((Map<?, ?>) c).get("function")));
+            }
+        }
+        Object content = message.get("content");
+        return new Answer(content instanceof String t ? t : "", (String) choice.get("finish_reason"),
                 number(usage.get("prompt_tokens")), number(usage.get("completion_tokens")),
                 r.headers().firstValue("x-edgeft-version").orElse(""),
-                r.headers().firstValue("x-edgeft-variant").orElse(""));
+                r.headers().firstValue("x-edgeft-variant").orElse(""), calls);
+    }
+
+    static String call(Map<?, ?> function) {
+        return function.get("name") + " " + function.get("arguments");
     }
 
     /** A streaming call, as Spring AI's ChatClient.stream() makes it: server-sent events read line by line. */
-    public Answer stream(String model, String system, String question, String user, int maxTokens)
+    public Answer stream(String model, String system, String question, String user, int maxTokens, String tools)
             throws IOException, InterruptedException {
-        HttpResponse<java.io.InputStream> r = http.send(request(body(model, system, question, user, maxTokens, false, true)),
+        HttpResponse<java.io.InputStream> r = http.send(request(body(model, system, question, user, maxTokens, false, true, tools)),
                 HttpResponse.BodyHandlers.ofInputStream());
         if (r.statusCode() != 200) {
             throw failure(r.statusCode(), new String(r.body().readAllBytes(), StandardCharsets.UTF_8));
         }
         StringBuilder text = new StringBuilder();
+        List<String> calls = new java.util.ArrayList<>();
         String finish = null;
         long prompt = -1;
         long completion = -1;
@@ -164,6 +182,11 @@ public final class ServeClient {
                     if (choice.get("delta") instanceof Map<?, ?> d && d.get("content") instanceof String s) {
                         text.append(s);
                     }
+                    if (choice.get("delta") instanceof Map<?, ?> d && d.get("tool_calls") instanceof List<?> list) {
+                        for (Object k : list) {  // edgeft sends each call whole, in one delta
+                            calls.add(call((Map<?, ?>) ((Map<?, ?>) k).get("function")));
+                        }
+                    }
                     if (choice.get("finish_reason") instanceof String f) {
                         finish = f;
                     }
@@ -175,7 +198,7 @@ public final class ServeClient {
         }
         return new Answer(text.toString(), finish, prompt, completion,
                 r.headers().firstValue("x-edgeft-version").orElse(""),
-                r.headers().firstValue("x-edgeft-variant").orElse(""));
+                r.headers().firstValue("x-edgeft-variant").orElse(""), calls);
     }
 
     static void print(String what, Answer a) {
@@ -184,19 +207,26 @@ public final class ServeClient {
         System.out.println(what + ".finish: " + a.finishReason());
         System.out.println(what + ".usage: " + a.promptTokens() + " " + a.completionTokens());
         System.out.println(what + ".text: " + quote(a.text()));
+        System.out.println(what + ".calls: " + quote(String.join("\n", a.calls())));
     }
 
     public static void main(String[] args) throws Exception {
         if (args.length < 3) {
-            System.err.println("usage: ServeClient BASE_URL MODEL QUESTION [USER_KEY]");
+            System.err.println("usage: ServeClient BASE_URL MODEL QUESTION [USER_KEY [TOOLS_JSON_FILE]]");
             System.exit(2);
         }
         ServeClient client = new ServeClient(args[0], System.getenv("EDGEFT_API_KEY"));
-        String user = args.length > 3 ? args[3] : null;
+        String user = args.length > 3 && !args[3].isEmpty() ? args[3] : null;
         try {
-            print("call", client.call(args[1], null, args[2], user, 48, false));
-            print("stream", client.stream(args[1], null, args[2], user, 48));
-            print("json", client.call(args[1], null, args[2], user, 48, true));
+            if (args.length > 4) {  // a tools request: the answer whole and streamed
+                String tools = java.nio.file.Files.readString(java.nio.file.Path.of(args[4]));
+                print("call", client.call(args[1], null, args[2], user, 48, false, tools));
+                print("stream", client.stream(args[1], null, args[2], user, 48, tools));
+                return;
+            }
+            print("call", client.call(args[1], null, args[2], user, 48, false, null));
+            print("stream", client.stream(args[1], null, args[2], user, 48, null));
+            print("json", client.call(args[1], null, args[2], user, 48, true, null));
         } catch (IOException e) {
             System.err.println("error: " + e.getMessage());
             System.exit(1);
