@@ -120,7 +120,7 @@ def test_tool_rows_build_and_serve_as_trained(tmp_path: Path) -> None:
             # whole and streamed.
             kit = ROOT / "edgeft" / "ship" / "javakit"
             out = tmp_path / "java"
-            javac = [str(kit / "Registry.java"), str(kit / "ServeClient.java")]
+            javac = [str(kit / "Registry.java"), str(kit / "ServeClient.java"), str(kit / "Tools.java")]
             subprocess.run(["javac", "-d", str(out), *javac], check=True, capture_output=True)
             (tmp_path / "tools.json").write_text(json.dumps(row["tools"]))
             question = row["messages"][0]["content"]
@@ -151,3 +151,21 @@ def test_tool_rows_build_and_serve_as_trained(tmp_path: Path) -> None:
             assert said["call.finish"] == said["stream.finish"] == py.choices[0].finish_reason
     finally:
         rt.close()
+    # An app prompting the model itself (JNA, ONNX Runtime): the kit's Tools renders the system turn
+    # from the dist's tools.jsonl exactly as training did, and reads calls back as edgeft does.
+    system = row["system"]
+    rendered = tools.with_tools([{"role": "system", "content": system}], tools.specs(row["tools"]))[0][
+        "content"
+    ]
+    java_tools = ["java", "-cp", str(out), "edgeft.kit.Tools"]
+    printed = subprocess.run(
+        [*java_tools, str(dist / "java" / "tools.jsonl"), system], capture_output=True, text=True
+    )
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout == rendered
+    answer = 'Sure.\n<tool_call>\n{"name": "list_orders", "arguments": {"status": "open", "limit": 3}}\n</tool_call>'
+    (tmp_path / "answer.txt").write_text(answer)
+    parsed = subprocess.run(
+        [*java_tools, "--parse", str(tmp_path / "answer.txt")], capture_output=True, text=True
+    )
+    assert parsed.returncode == 0 and parsed.stdout == "list_orders {status=open, limit=3}\n", parsed.stdout

@@ -220,8 +220,13 @@ def conversation(
 # --- rendering -------------------------------------------------------------------------------
 
 
+def definition_line(fn: dict[str, Any]) -> str:
+    """One tool's definition as the system turn lists it (and the Java kit's tools.jsonl holds it)."""
+    return json.dumps(fn, ensure_ascii=False)
+
+
 def system_block(tools: dict[str, dict[str, Any]]) -> str:
-    lines = "\n".join(json.dumps(fn, ensure_ascii=False) for fn in tools.values())
+    lines = "\n".join(definition_line(fn) for fn in tools.values())
     return f"{HEADER}\n<tools>\n{lines}\n</tools>\n{HOW}"
 
 

@@ -198,6 +198,15 @@ def sft_config(cfg: Config, output_dir: Path):
     )
 
 
+def trained_tools(rows: list) -> list[dict[str, Any]]:
+    """Every distinct tool definition of the training rows, in the order first seen."""
+    seen: dict[str, dict[str, Any]] = {}
+    for e in rows:
+        for fn in (e.tools or {}).values():
+            seen.setdefault(json.dumps(fn, sort_keys=True), fn)
+    return list(seen.values())
+
+
 def training_rows(
     train_rows: list, val_rows: list, tokenizer: Any, assistant_only: bool
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
@@ -572,9 +581,11 @@ def _train(
         if source is not None:
             w.extra["base_source"] = w.metrics["base_source"] = source
         if any(e.tools for e in train_rows):
-            # Trained on tool rows: the format a consumer renders tools in and reads calls back from
-            # (in the metrics, so the dist's lineage has it and `edgeft serve` accepts `tools`).
+            # Trained on tool rows: the format a consumer renders tools in and reads calls back from,
+            # and every definition trained with (in the metrics, so the dist's lineage has them:
+            # `edgeft serve` accepts `tools`, the Java kit ships the definitions as rendered).
             w.extra["tool_format"] = w.metrics["tool_format"] = TOOL_FORMAT
+            w.metrics["tools"] = trained_tools(train_rows)
         stage = w.publish()
     log.info(
         "adapter written to %s (val loss %.4f, base %.4f)",

@@ -210,8 +210,15 @@ def _place_artifacts(w: StageWriter, exports: list[Stage], report: VerifyReport)
     return artifacts
 
 
-def _write_consumers(w: StageWriter, cfg: Config, artifacts: list[Artifact], report: VerifyReport) -> None:
-    """What consumers load the artifacts with: Ollama Modelfiles and the Java kit."""
+def _write_consumers(
+    w: StageWriter,
+    cfg: Config,
+    artifacts: list[Artifact],
+    report: VerifyReport,
+    tools: list[dict[str, Any]] | None = None,
+) -> None:
+    """What consumers load the artifacts with: Ollama Modelfiles and the Java kit (with the tool
+    definitions a model trained on tool rows was trained with)."""
     from edgeft.ship.publish import write_modelfiles
 
     write_modelfiles(w.tmp, artifacts, report, cfg.name, cfg.license)
@@ -223,7 +230,13 @@ def _write_consumers(w: StageWriter, cfg: Config, artifacts: list[Artifact], rep
 
         prompt_formats = [a.prompt_format for a in artifacts if a.prompt_format]
         write_kit(
-            w.tmp / "java", cfg.name, gguf_files, onnx, genai, prompt_formats[0] if prompt_formats else None
+            w.tmp / "java",
+            cfg.name,
+            gguf_files,
+            onnx,
+            genai,
+            prompt_formats[0] if prompt_formats else None,
+            tools,
         )
 
 
@@ -273,7 +286,7 @@ def package_dist(cfg: Config, out_dir: Path | None = None, *, force: bool = Fals
                 _place(verify.file(name), w.tmp / "verify" / name)
         for name in ("results.json", "results.md"):
             _place(evaluated.file(name), w.tmp / "eval" / name)
-        _write_consumers(w, cfg, artifacts, report)
+        _write_consumers(w, cfg, artifacts, report, merge.metrics.get("tools"))
         front = frontier.write(w.tmp, artifacts, report, results)
         lineage = _lineage(cfg, merge, matrix)
         (w.tmp / "README.md").write_text(model_card(cfg, lineage, artifacts, report, results, front))

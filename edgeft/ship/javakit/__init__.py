@@ -23,7 +23,15 @@ from edgeft.core.manifest import Artifact
 
 # The kit's sources, shipped as files beside this module (package data): Java as Java. Only the
 # struct layouts of Llama.java (from Llama.java.template) and the READMEs' names are filled in.
-JAVA_SOURCES = ("Generate.java", "OrtGenAI.java", "GenerateGenAI.java", "Registry.java", "ServeClient.java")
+JAVA_SOURCES = (
+    "Generate.java",
+    "OrtGenAI.java",
+    "GenerateGenAI.java",
+    "Registry.java",
+    "ServeClient.java",
+    "Tools.java",
+)
+TOOLS_FILE = "tools.jsonl"  # a tool-trained model's definitions, one per line as training rendered them
 # The A/B routing test vectors (edgeft.registry.store), shipped with the kit so a port can be checked too.
 ROUTING_VECTORS = "routing-vectors.json"
 
@@ -135,9 +143,12 @@ def write_kit(
     onnx: list[Artifact] | None = None,
     genai: list[str] | None = None,
     prompt_format: dict[str, str] | None = None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> None:
     """`prompt_format`: the verified plain pieces of the chat prompt (edgeft.models.prompt_format),
-    written as prompt-format.properties; without it Generate uses llama.cpp's template matcher."""
+    written as prompt-format.properties; without it Generate uses llama.cpp's template matcher.
+    `tools`: the definitions a model trained on tool rows was trained with, written as tools.jsonl
+    for Tools.java (each line exactly as edgeft.data.tools rendered it)."""
     src = dest / "src" / "edgeft" / "kit"
     src.mkdir(parents=True)
     if prompt_format:
@@ -155,6 +166,10 @@ def write_kit(
     for java in JAVA_SOURCES:
         (src / java).write_text(_source(java))
     (dest / ROUTING_VECTORS).write_text(_source(ROUTING_VECTORS))
+    if tools:
+        from edgeft.data.tools import definition_line
+
+        (dest / TOOLS_FILE).write_text("".join(definition_line(fn) + "\n" for fn in tools), encoding="utf-8")
     (dest / "build.sh").write_text(_source("build.sh"))
     (dest / "build.sh").chmod(0o755)
     (dest / "README.md").write_text(
