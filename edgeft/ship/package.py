@@ -466,7 +466,12 @@ def model_card(
             "## Evaluation",
             f"Greedy replies to {results.examples} held-out prompts, scored by exact match (whitespace-normalised), "
             f"chrF"
-            + (f" and format compliance ({results.format})" if results.format else "")
+            + (f", format compliance ({results.format})" if results.format else "")
+            + (
+                ", tool-call accuracy (the reference's calls, or none, each valid against its tool's schema)"
+                if "tool_call" in results.fine_tuned.scores
+                else ""
+            )
             + " (`eval/results.md`). Each artifact is compared with the fine-tuned model on the same examples: "
             + gate_rule(results),
             "",
