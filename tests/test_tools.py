@@ -257,3 +257,20 @@ def test_a_streamed_reply_sends_text_at_once_and_calls_as_one_delta_at_the_end()
     # A block the model never closes is text, not a call.
     deltas, finish = _streamed(['<tool_call>\n{"name": "get_'])
     assert finish == "stop" and "".join(d["content"] for d in deltas).startswith("<tool_call>")
+
+
+def test_run_takes_tools_as_an_openai_array_or_a_dists_tools_jsonl(tmp_path: Path) -> None:
+    from edgeft.cli.run import read_tools
+
+    array = tmp_path / "tools.json"
+    array.write_text(json.dumps(TOOLS))
+    lines = tmp_path / "tools.jsonl"
+    lines.write_text("".join(tools.definition_line(t["function"]) + "\n" for t in TOOLS))
+    assert read_tools(array) == read_tools(lines) == tools.specs(TOOLS)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"name": "f"}\n{oops\n')
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "none.gguf"), "hi", "--tools", str(bad)])
+    assert result.exit_code == 5 and f"{bad}:2: not JSON" in result.output
+    bad.write_text('{"name": "f", "parameters": {"type": 5}}\n')
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "none.gguf"), "hi", "--tools", str(bad)])
+    assert result.exit_code == 5 and "tools[0].function.parameters: not a valid JSON schema" in result.output

@@ -1080,6 +1080,13 @@ def sampling_options(f):
 @click.argument("prompt")
 @sampling_options
 @click.option("--json", "as_json", is_flag=True, help="Print text, token counts and tokens/s as JSON.")
+@click.option(
+    "--tools",
+    "tools_file",
+    type=click.Path(path_type=Path),
+    help="Offer these tools (a model trained on tool rows): an OpenAI `tools` JSON array, or a dist's "
+    "java/tools.jsonl. With --json the answer's calls are listed.",
+)
 def run(
     artifact: Path,
     prompt: str,
@@ -1091,6 +1098,7 @@ def run(
     seed: int,
     system: str | None,
     as_json: bool,
+    tools_file: Path | None,
 ) -> None:
     """Answer one prompt with an exported artifact (GGUF file, ONNX folder or dist folder).
 
@@ -1099,16 +1107,28 @@ def run(
     \b
     edgeft run examples/nl2sql/dist/nl2sql-tiny "How many employees work in Oslo?"
     edgeft run model-q4_k_m.gguf "Hello" --temperature 0.7 --json
+    edgeft run examples/orders-smollm2/dist/orders-smollm2 "Where is A-1042?" \\
+      --tools examples/orders-smollm2/dist/orders-smollm2/java/tools.jsonl --json
     """
-    from edgeft.cli.run import open_runtime, respond
+    from edgeft.cli.run import open_runtime, read_tools, respond
 
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": prompt}
     ]
+    offered = read_tools(tools_file) if tools_file else None
+    if offered:
+        from edgeft.data.tools import with_tools
+
+        messages = with_tools(messages, offered)
     with open_runtime(artifact, artifact_type) as rt:
         stream = None if as_json else (lambda text: click.echo(text, nl=False))
         reply = respond(rt, messages, max_tokens, Sampling(temperature, top_k, top_p, seed), stream)
-    click.echo(json.dumps(reply.to_dict(), ensure_ascii=False) if as_json else "")
+    out = reply.to_dict()
+    if offered:
+        from edgeft.data.tools import parse
+
+        out["tool_calls"] = [{"name": c.name, "arguments": c.arguments} for c in parse(reply.text).calls]
+    click.echo(json.dumps(out, ensure_ascii=False) if as_json else "")
 
 
 @cli.command()

@@ -102,6 +102,34 @@ class Reply:
         }
 
 
+def read_tools(path: Path) -> dict[str, dict[str, Any]]:
+    """`--tools`: an OpenAI `tools` JSON array, or JSONL of function definitions (a dist's
+    java/tools.jsonl), checked; the tools by name (edgeft.data.tools)."""
+    from edgeft.data import tools
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read the tools file ({e})") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = []  # JSONL: one function definition per line
+        for n, line in enumerate(text.splitlines(), start=1):
+            try:
+                value += [{"type": "function", "function": json.loads(line)}] if line.strip() else []
+            except json.JSONDecodeError:
+                raise InputError(
+                    f"{path}:{n}: not JSON; --tools takes an OpenAI tools array or a dist's java/tools.jsonl"
+                ) from None
+    if isinstance(value, dict):  # JSONL of one line
+        value = [{"type": "function", "function": value}]
+    try:
+        return tools.specs(value)
+    except tools.BadTools as e:
+        raise InputError(f"{path}: {e}") from None
+
+
 def respond(
     rt: Runtime,
     messages: Messages,
