@@ -12,7 +12,7 @@ from conftest import resign
 
 from edgeft.cli import cli
 from edgeft.core.config import parse_config
-from edgeft.core.errors import ConfigError
+from edgeft.core.errors import ConfigError, InputError
 from edgeft.core.fileio import sha256_file
 from edgeft.pipeline.evaluate import Checks, format_checker, score, squash_whitespace
 
@@ -56,6 +56,13 @@ def test_format_compliance_regex_json_and_schema(tmp_path: Path) -> None:
     ]
     assert desc == "JSON valid against schema.json"
     assert score(['{"sql": "a"}', "b"], ["x", "y"], Checks(check))["format"] == 0.5
+    # A remote $ref is never fetched (jsonschema's default would): the check names the reference.
+    (tmp_path / "schema.json").write_text(
+        json.dumps({"properties": {"sql": {"$ref": "https://example.com/s"}}})
+    )
+    check, _ = format_checker(_cfg(tmp_path, json_schema="schema.json"))
+    with pytest.raises(InputError, match="a \\$ref edgeft cannot resolve"):
+        check('{"sql": "x"}')
 
 
 def test_eval_config_is_validated(tmp_path: Path) -> None:

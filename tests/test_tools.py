@@ -90,6 +90,19 @@ def test_a_tool_row_renders_as_plain_turns_with_the_tools_in_the_system_turn() -
             "tools[0].function.parameters: not a valid JSON schema",
         ),
         (lambda r: r["tools"].append(copy.deepcopy(r["tools"][0])), "'get_order' is defined twice"),
+        # jsonschema would fetch a remote $ref over the network: refused, never fetched
+        (
+            lambda r: r["tools"][0]["function"]["parameters"]["properties"].update(
+                x={"$ref": "https://example.com/s"}
+            ),
+            "points outside the schema",
+        ),
+        (
+            lambda r: r["tools"][0]["function"]["parameters"]["properties"].update(
+                order_id={"$ref": "#/$defs/none"}
+            ),
+            "a $ref edgeft cannot resolve",
+        ),
         (lambda r: r.pop("tools"), "tools: missing"),
         (
             lambda r: r["messages"].pop(1),

@@ -107,13 +107,49 @@ def specs(value: Any, where: str = "tools") -> dict[str, dict[str, Any]]:
             jsonschema.Draft202012Validator.check_schema(params)
         except jsonschema.SchemaError as e:
             raise BadTools(f"{at}.function.parameters", f"not a valid JSON schema ({e.message})") from None
+        remote = _remote_ref(params)
+        if remote is not None:
+            raise BadTools(
+                f"{at}.function.parameters",
+                f"$ref {remote!r} points outside the schema; edgeft never fetches schemas: "
+                f"use references inside it (#/$defs/...)",
+            )
         out[name] = {k: fn[k] for k in ("name", "description", "parameters") if k in fn}
     return out
+
+
+def validator(schema: dict[str, Any]) -> Any:
+    """A JSON-schema validator that resolves `$ref` only inside the schema: jsonschema's default
+    fetches a remote reference over the network, which a data check must never do. An
+    unresolvable reference raises referencing.exceptions.Unresolvable when it is reached."""
+    import jsonschema
+    import referencing
+
+    return jsonschema.Draft202012Validator(schema, registry=referencing.Registry())
+
+
+def _remote_ref(schema: Any) -> str | None:
+    """The first `$ref` that does not point inside the schema (not starting with #), or None."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and not ref.startswith("#"):
+            return ref
+        values = list(schema.values())
+    elif isinstance(schema, list):
+        values = schema
+    else:
+        return None
+    for v in values:
+        found = _remote_ref(v)
+        if found is not None:
+            return found
+    return None
 
 
 def invalid(call: Call, tools: dict[str, dict[str, Any]]) -> str | None:
     """Why a call does not fit its tools (an unknown function, arguments the schema rejects), or None."""
     import jsonschema
+    import referencing.exceptions
 
     fn = tools.get(call.name)
     if fn is None:
@@ -121,9 +157,13 @@ def invalid(call: Call, tools: dict[str, dict[str, Any]]) -> str | None:
     if not isinstance(call.arguments, dict):
         return f"{call.name}: arguments must be a JSON object"
     schema = fn.get("parameters") or {}
-    error = jsonschema.exceptions.best_match(
-        jsonschema.Draft202012Validator(schema).iter_errors(call.arguments)
-    )
+    try:
+        error = jsonschema.exceptions.best_match(validator(schema).iter_errors(call.arguments))
+    except referencing.exceptions.Unresolvable as e:
+        return (
+            f"{call.name}: its parameters schema has a $ref edgeft cannot resolve ({e}); "
+            f"use references inside the schema (#/$defs/...)"
+        )
     if error is None:
         return None
     path = "".join(f"[{p!r}]" if isinstance(p, str) else f"[{p}]" for p in error.absolute_path)

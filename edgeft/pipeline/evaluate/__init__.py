@@ -74,17 +74,27 @@ def format_checker(cfg: Config) -> tuple[Callable[[str], bool] | None, str | Non
         import jsonschema
 
         path = cfg.path(e.json_schema)
+        import referencing.exceptions
+
+        from edgeft.data.tools import validator as local_validator
+
         try:
             schema = json.loads(path.read_text())
-            validator = jsonschema.Draft202012Validator(schema)
+            jsonschema.Draft202012Validator.check_schema(schema)
+            checker = local_validator(schema)  # never fetches a remote $ref
         except (OSError, json.JSONDecodeError, jsonschema.SchemaError) as err:
             raise InputError(f"{path}: eval.json_schema is not a readable JSON schema: {err}") from None
 
         def valid(text: str) -> bool:
             try:
-                return validator.is_valid(json.loads(text))
+                return checker.is_valid(json.loads(text))
             except json.JSONDecodeError:
                 return False
+            except referencing.exceptions.Unresolvable as err:
+                raise InputError(
+                    f"{path}: eval.json_schema has a $ref edgeft cannot resolve ({err}); use references "
+                    f"inside the schema (#/$defs/...)"
+                ) from None
 
         return valid, f"JSON valid against {path.name}"
     if e.json:
