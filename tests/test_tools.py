@@ -56,7 +56,10 @@ def test_a_tool_row_renders_as_plain_turns_with_the_tools_in_the_system_turn() -
         == '<tool_call>\n{"name": "get_order", "arguments": {"order_id": "A-1042"}}\n</tool_call>'
     )
     assert ex.messages[3]["content"] == '<tool_response>\n{"status": "shipped"}\n</tool_response>'
-    assert set(ex.tools) == {"get_order", "list_orders"} and ex.to_json()["tools"][0]["name"] == "get_order"
+    assert (
+        set(ex.tools) == {"get_order", "list_orders"}
+        and ex.to_json()["tools"][0]["function"]["name"] == "get_order"
+    )
     # A row without a system turn gets one holding only the tools.
     bare, _, _ = to_example(ROW)
     assert bare is not None and bare.messages[0]["content"].startswith(tools.HEADER)
@@ -287,3 +290,36 @@ def test_run_takes_tools_as_an_openai_array_or_a_dists_tools_jsonl(tmp_path: Pat
     bad.write_text('{"name": "f", "parameters": {"type": 5}}\n')
     result = CliRunner().invoke(cli, ["run", str(tmp_path / "none.gguf"), "hi", "--tools", str(bad)])
     assert result.exit_code == 5 and "tools[0].function.parameters: not a valid JSON schema" in result.output
+
+
+def test_rendered_rows_read_back_as_the_same_example_and_the_served_log_keeps_its_tools(
+    tmp_path: Path,
+) -> None:
+    from edgeft.data import served
+
+    ex, _, _ = to_example(ROW, system_prompt="You are the order assistant.")
+    assert ex is not None
+    again, problem, _ = to_example(ex.to_json())  # a split file's row (tool_format marks it rendered)
+    assert problem is None and again is not None
+    assert again.messages == ex.messages and again.tools == ex.tools
+    # A tools request logged by `edgeft serve`: read back as a tool row, not rendered twice.
+    req = parse_chat(_body(messages=copy.deepcopy(ROW["messages"][:3])))
+    log = tmp_path / "served"
+    log.mkdir()
+    (log / served.MARKER).write_text("")
+    record = {
+        "type": "completion",
+        "id": "chatcmpl-1",
+        "status": "ok",
+        "messages": req.messages,
+        "tools": [{"type": "function", "function": fn} for fn in (req.tools or {}).values()],
+        "reply": "It has shipped.",
+    }
+    (log / served.CURRENT).write_text(json.dumps(record) + "\n")
+    report = load_examples(log)
+    assert not report.problems and len(report.examples) == 1
+    got = report.examples[0]
+    bare, _, _ = to_example(ROW)  # the request had no system turn
+    assert bare is not None
+    assert got.messages == bare.messages[:4] + [{"role": "assistant", "content": "It has shipped."}]
+    assert got.tools == tools.specs(TOOLS) and got.messages[0]["content"].count(tools.HEADER) == 1

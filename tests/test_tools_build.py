@@ -151,6 +151,13 @@ def test_tool_rows_build_and_serve_as_trained(tmp_path: Path) -> None:
             assert said["call.finish"] == said["stream.finish"] == py.choices[0].finish_reason
     finally:
         rt.close()
+    # The served log reads back as tool rows: rendered once, with their tools (the next training set).
+    from edgeft.data.rows import load_examples
+
+    logged = load_examples(tmp_path / "served")
+    assert not logged.problems and logged.examples
+    with_tools = [e for e in logged.examples if e.tools]
+    assert with_tools and all(e.messages[0]["content"].count(tools.HEADER) == 1 for e in with_tools)
     # An app prompting the model itself (JNA, ONNX Runtime): the kit's Tools renders the system turn
     # from the dist's tools.jsonl exactly as training did, and reads calls back as edgeft does.
     system = row["system"]

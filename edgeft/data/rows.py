@@ -80,7 +80,13 @@ class Example:
     def to_json(self) -> dict[str, Any]:
         if self.messages is None:
             return {"text": self.text}
-        return {"messages": self.messages} | ({"tools": list(self.tools.values())} if self.tools else {})
+        if not self.tools:
+            return {"messages": self.messages}
+        from edgeft.data.tools import FORMAT
+
+        # The turns are rendered: marked so, the row reads back as the same example.
+        tools = [{"type": "function", "function": fn} for fn in self.tools.values()]
+        return {"messages": self.messages, "tools": tools, "tool_format": FORMAT}
 
 
 @dataclass(frozen=True)
@@ -405,13 +411,18 @@ def _to_example(
     prefix = None
     defined = None
     if "messages" in row:
-        from edgeft.data.tools import has_tools
+        from edgeft.data.tools import BadTools, has_tools, rendered, specs
 
         if has_tools(row, row["messages"]):
-            rendered, defined = _tool_messages(row, system_prompt or ((lambda: system) if system else None))
-            fmt, out = "chat", _chat_messages(rendered)
+            plain, defined = _tool_messages(row, system_prompt or ((lambda: system) if system else None))
+            fmt, out = "chat", _chat_messages(plain)
         else:
             fmt, out = "chat", _chat_messages(row["messages"])
+            if rendered(row):  # already in edgeft's tool format: its tools are for eval and the record
+                try:
+                    defined = specs(row.get("tools"))
+                except BadTools as e:
+                    raise _Bad(str(e), e.check) from None
     elif "instruction" in row or "output" in row:
         hint = " (alpaca rows need instruction, input?, output)"
         instruction = _string(row, "instruction", hint=hint)

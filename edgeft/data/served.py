@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeft.core.errors import InputError
+from edgeft.data.tools import FORMAT as TOOL_FORMAT
 
 MARKER = ".edgeft-served"
 CURRENT = "completions.jsonl"
@@ -83,7 +84,8 @@ def rows(folder: Path) -> Iterator[tuple[str, Any]]:
     """(location, row) for each completion answered in full whose prompt and reply were logged:
     a chat row (`messages` ending in the reply, or in the user's correction where one was given)
     with the fields a filter can use: rating (absent without feedback), corrected, reply,
-    version, variant, finish_reason, id."""
+    version, variant, finish_reason, id. A tools request's row also has its `tools` and
+    `tool_format` (its turns are already in edgeft's tool format: edgeft.data.tools)."""
     for where, record, found in _joined(folder):
         if not _usable(record):
             continue
@@ -92,6 +94,8 @@ def rows(folder: Path) -> Iterator[tuple[str, Any]]:
         answer = correction if isinstance(correction, str) and correction.strip() else record["reply"]
         row = {
             "messages": [*record["messages"], {"role": "assistant", "content": answer}],
+            # A tools request was logged as rendered in edgeft's tool format, with its tools.
+            **({"tools": record["tools"], "tool_format": TOOL_FORMAT} if record.get("tools") else {}),
             "corrected": answer is not record["reply"],
             "reply": record["reply"],
             **{k: record.get(k) for k in ("id", "version", "variant", "finish_reason")},

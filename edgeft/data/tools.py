@@ -188,8 +188,16 @@ def _call(value: Any, where: str) -> Call:
     return Call(fn["name"], args, cid if isinstance(cid, str) else None)
 
 
+def rendered(row: dict[str, Any]) -> bool:
+    """Whether a row's turns are already in edgeft's tool format (`tool_format` names it: the
+    served log's rows and edgeft's own split files), its `tools` given for eval and the record."""
+    return row.get("tool_format") == FORMAT
+
+
 def has_tools(row: dict[str, Any], messages: Any) -> bool:
-    """Whether a chat row uses tools (a `tools` list, a tool call or a tool turn)."""
+    """Whether a chat row uses tools to render (a `tools` list, a tool call or a tool turn)."""
+    if rendered(row):
+        return False
     if row.get("tools") not in (None, []):
         return True
     return isinstance(messages, list) and any(

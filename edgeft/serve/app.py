@@ -333,6 +333,12 @@ class Service:
             "routed_by": headers["X-Edgeft-Routing"],
             "key": journal_mod.key_hash(key) if key else None,
             "messages": req.messages,
+            # A tools request: its tools, so the log read back as data is a tool row (edgeft.data.served).
+            **(
+                {"tools": [{"type": "function", "function": fn} for fn in req.tools.values()]}
+                if req.tools and req.call_tools
+                else {}
+            ),
         }
         run = _Run(self, route, req, record, started, len(ids))
         if req.stream:

@@ -86,7 +86,7 @@ class Journal:
 
     def completion(self, record: dict[str, Any]) -> None:
         if not self.content:
-            record = {k: v for k, v in record.items() if k not in ("messages", "reply")}
+            record = {k: v for k, v in record.items() if k not in ("messages", "reply", "tools")}
         self.write({"type": "completion", "time": _now(), **record})
 
     def feedback(self, cid: str, rating: int, correction: str | None) -> None:

@@ -311,7 +311,9 @@ def _example_tools(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any] | 
     convs = [r for r in rows if "messages" in r][:n]
     if not any(r.get("tools") for r in convs):
         return None
-    return [{t["name"]: t for t in r["tools"]} if r.get("tools") else None for r in convs]
+    from edgeft.data.tools import specs
+
+    return [specs(r["tools"]) if r.get("tools") else None for r in convs]
 
 
 def _general_prompts(cfg: Config) -> tuple[list[list[dict[str, str]]], list[str]] | None:
