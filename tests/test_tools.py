@@ -137,6 +137,14 @@ def test_data_check_locates_a_bad_call_at_its_line(tmp_path: Path) -> None:
     )
 
 
+def test_data_check_counts_tool_rows_functions_and_calls() -> None:
+    result = CliRunner().invoke(cli, ["data", "check", str(ORDERS)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in ORDERS.read_text().splitlines()]
+    calls = sum(len(m.get("tool_calls") or []) for r in rows for m in r["messages"])
+    assert f"(400 chat; 400 with tools: 4 functions, {calls} calls)" in result.output
+
+
 def test_the_bundled_orders_file_is_clean_and_typos_never_touch_a_tools_result() -> None:
     report = load_examples(ORDERS, system_prompt=None)
     assert not report.problems and len(report.examples) == 400

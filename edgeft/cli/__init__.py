@@ -223,6 +223,9 @@ def _echo_data_report(report: Any, train_path: Path) -> None:
 
     info = report.info
     fmts = ", ".join(f"{n} {k}" for k, n in info["formats"].items()) or "none"
+    if info.get("tools"):
+        t = info["tools"]
+        fmts += f"; {t['rows']} with tools: {t['functions']} functions, {t['calls']} calls"
     click.echo(format_table(report))
     for line in format_filter(report) + format_near_duplicates(report) + format_augmentation(report):
         click.echo(line)

@@ -266,6 +266,20 @@ def analyse(
         "usable": len(examples),
         "formats": dict(loaded.formats),
     }
+    tooled = [e for e in examples if e.tools]
+    if tooled:
+        from edgeft.data.tools import CALL_OPEN
+
+        info["tools"] = {
+            "rows": len(tooled),
+            "functions": len({name for e in tooled for name in e.tools or {}}),
+            "calls": sum(
+                m["content"].count(CALL_OPEN)
+                for e in tooled
+                for m in e.messages or []
+                if m["role"] == "assistant"
+            ),
+        }
     if loaded.filter is not None:
         info["filter"] = {"conditions": loaded.filter.conditions, "train": loaded.filter.to_dict()}
     if dedup:
