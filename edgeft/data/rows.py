@@ -82,11 +82,10 @@ class Example:
             return {"text": self.text}
         if not self.tools:
             return {"messages": self.messages}
-        from edgeft.data.tools import FORMAT
+        from edgeft.data.tools import FORMAT, openai_tools
 
         # The turns are rendered: marked so, the row reads back as the same example.
-        tools = [{"type": "function", "function": fn} for fn in self.tools.values()]
-        return {"messages": self.messages, "tools": tools, "tool_format": FORMAT}
+        return {"messages": self.messages, "tools": openai_tools(self.tools), "tool_format": FORMAT}
 
 
 @dataclass(frozen=True)
@@ -352,14 +351,20 @@ def _pseudo_fields(row: Any, columns: dict[str, str] | None) -> Any:
     return get
 
 
-def _chat_messages(msgs: Any) -> Conversation:
+def _message_list(msgs: Any) -> list[Any]:
+    """A row's `messages` as a non-empty list (CSV cells and some exports hold it as JSON text)."""
     if isinstance(msgs, str):
         try:
-            msgs = json.loads(msgs)  # CSV cells and some exports hold the list as JSON text
+            msgs = json.loads(msgs)
         except json.JSONDecodeError:
             pass
     if not isinstance(msgs, list) or not msgs:
         raise _Bad("'messages' must be a non-empty list of {role, content}")
+    return msgs
+
+
+def _chat_messages(msgs: Any) -> Conversation:
+    msgs = _message_list(msgs)
     out: Conversation = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
@@ -370,17 +375,13 @@ def _chat_messages(msgs: Any) -> Conversation:
     return out
 
 
-def _tool_messages(row: dict[str, Any], system: Callable[[], str] | None) -> tuple[Conversation, dict]:
-    """A chat row with tools → (its turns rendered in edgeft's tool format, the tools by name)."""
+def _tool_messages(row: dict[str, Any]) -> tuple[list[dict[str, Any]], dict]:
+    """A chat row with tools → (its turns rendered in edgeft's tool format, without the tools'
+    description, which goes into the system turn the caller settles first; the tools by name)."""
     from edgeft.data import tools as tools_mod
 
-    msgs = row["messages"]
-    if isinstance(msgs, str):
-        try:
-            msgs = json.loads(msgs)
-        except json.JSONDecodeError:
-            pass
-    if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
+    msgs = _message_list(row["messages"])
+    if not all(isinstance(m, dict) for m in msgs):
         raise _Bad("'messages' must be a non-empty list of {role, content}")
     try:
         if row.get("tools") in (None, []):
@@ -388,10 +389,7 @@ def _tool_messages(row: dict[str, Any], system: Callable[[], str] | None) -> tup
                 "tools", "missing: a row with tool calls or tool turns defines its tools"
             )
         defined = tools_mod.specs(row["tools"])
-        first = msgs[0].get("role")
-        return tools_mod.conversation(
-            msgs, defined, system=system() if system and first != "system" else None
-        ), defined
+        return tools_mod.conversation(msgs, defined, describe=False), defined
     except tools_mod.BadTools as e:
         raise _Bad(str(e), e.check) from None
 
@@ -409,13 +407,13 @@ def _to_example(
                 row[canonical] = row.pop(source)
     system = row.get("system") if isinstance(row.get("system"), str) and row["system"].strip() else None
     prefix = None
-    defined = None
+    defined = describe = None  # a tool row's tools; `describe`: the ones its system turn is to list
     if "messages" in row:
         from edgeft.data.tools import BadTools, has_tools, rendered, specs
 
         if has_tools(row, row["messages"]):
-            plain, defined = _tool_messages(row, system_prompt or ((lambda: system) if system else None))
-            fmt, out = "chat", _chat_messages(plain)
+            plain, defined = _tool_messages(row)
+            fmt, out, describe = "chat", _chat_messages(plain), defined
         else:
             fmt, out = "chat", _chat_messages(row["messages"])
             if rendered(row):  # already in edgeft's tool format: its tools are for eval and the record
@@ -452,6 +450,10 @@ def _to_example(
             out.insert(0, {"role": "system", "content": system})
         elif system_prompt:
             out.insert(0, {"role": "system", "content": system_prompt()})
+    if describe:
+        from edgeft.data.tools import with_tools
+
+        out = with_tools(out, describe)
     problem = _check_roles(out)
     if problem:
         raise _Bad(problem, "roles")

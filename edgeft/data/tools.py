@@ -210,13 +210,11 @@ def conversation(
     tools: dict[str, dict[str, Any]],
     strict: bool = True,
     describe: bool = True,
-    system: str | None = None,
 ) -> list[dict[str, str]]:
     """OpenAI-shaped messages with tool calls and tool turns → plain system/user/assistant turns in
     edgeft's format, the tools described in the system turn (unless not `describe`: a request whose
     tool_choice is "none"). `strict` (data rows) also checks each call's arguments against its
-    schema; a request's history is taken as the client wrote it. `system`: the system turn of a
-    conversation that has none (a row's `system` field, data.system_prompt)."""
+    schema; a request's history is taken as the client wrote it."""
     out: list[dict[str, str]] = []
     pending: list[Call] = []  # the calls of the last assistant turn that tool turns answer
     results: list[str] = []
@@ -260,12 +258,15 @@ def conversation(
         out.append({"role": role, "content": m["content"]})
     if results:
         out.append({"role": "user", "content": render_results(results)})
-    if system and (not out or out[0]["role"] != "system"):
-        out.insert(0, {"role": "system", "content": system})
     return with_tools(out, tools) if describe else out
 
 
 # --- rendering -------------------------------------------------------------------------------
+
+
+def openai_tools(tools: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tools by name back in OpenAI's `tools` shape (what `specs` reads)."""
+    return [{"type": "function", "function": fn} for fn in tools.values()]
 
 
 def definition_line(fn: dict[str, Any]) -> str:
@@ -305,6 +306,10 @@ class Parsed:
     calls: list[Call]
     problems: list[str]  # blocks that are not a {"name", "arguments"} object (the model's fault)
 
+    def same_calls(self, other: Parsed) -> bool:
+        """The same calls as `other`: each function with arguments equal as JSON, in any order."""
+        return sorted(c.key() for c in self.calls) == sorted(c.key() for c in other.calls)
+
 
 def parse(text: str) -> Parsed:
     """A model's answer in edgeft's format: its text, and each `<tool_call>` block as a Call."""
@@ -339,9 +344,7 @@ def starts_call(text: str) -> int:
 def agrees(answer: str, reference: str, tools: dict[str, dict[str, Any]] | None) -> bool:
     """Tool-call accuracy of one answer: the same calls as the reference (none, or each function
     with arguments equal as JSON, in any order), each valid against its tool's schema."""
-    got, want = parse(answer), parse(reference)
-    if got.problems:
-        return False
-    if sorted(c.key() for c in got.calls) != sorted(c.key() for c in want.calls):
+    got = parse(answer)
+    if got.problems or not got.same_calls(parse(reference)):
         return False
     return not tools or all(invalid(c, tools) is None for c in got.calls)

@@ -31,7 +31,7 @@ from starlette.responses import StreamingResponse
 
 from edgeft.core.errors import InputError
 from edgeft.data.tools import FORMAT as TOOL_FORMAT
-from edgeft.data.tools import parse as parse_calls
+from edgeft.data.tools import openai_tools
 from edgeft.serve import journal as journal_mod
 from edgeft.serve.catalog import Catalog, Route
 from edgeft.serve.engine import EngineError
@@ -41,8 +41,8 @@ from edgeft.serve.protocol import (
     ToolStream,
     chunk,
     completion,
-    message,
     parse_chat,
+    read_back,
     sse,
     usage,
 )
@@ -334,11 +334,7 @@ class Service:
             "key": journal_mod.key_hash(key) if key else None,
             "messages": req.messages,
             # A tools request: its tools, so the log read back as data is a tool row (edgeft.data.served).
-            **(
-                {"tools": [{"type": "function", "function": fn} for fn in req.tools.values()]}
-                if req.tools and req.call_tools
-                else {}
-            ),
+            **({"tools": openai_tools(req.tools)} if req.tools and req.call_tools else {}),
         }
         run = _Run(self, route, req, record, started, len(ids))
         if req.stream:
@@ -354,14 +350,7 @@ class Service:
             raise
         finally:
             run.finish()
-        reply, finish = None, run.finish_reason or "stop"
-        if req.call_tools:
-            parsed = parse_calls(text)
-            if parsed.calls:
-                reply, finish = (
-                    message(parsed.content, parsed.calls, _call_ids(len(parsed.calls))),
-                    "tool_calls",
-                )
+        reply, finish = read_back(text, run.finish_reason or "stop", _call_ids if req.call_tools else None)
         body = completion(
             cid, route.servable.id, text, finish, len(ids), run.completion_tokens, _fingerprint(route), reply
         )

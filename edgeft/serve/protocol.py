@@ -389,6 +389,19 @@ def message(text: str, calls: list[Any] | None, ids: list[str] | None) -> dict[s
     }
 
 
+def read_back(text: str, finish: str, new_ids: Any = None) -> tuple[dict[str, Any] | None, str]:
+    """A whole reply's message and finish reason. With `new_ids` (n → n fresh call ids: a request
+    that offered tools), a reply with call blocks is their `tool_calls` and finishes "tool_calls";
+    otherwise (None, finish): the plain text message."""
+    from edgeft.data.tools import parse
+
+    if new_ids is not None:
+        parsed = parse(text)
+        if parsed.calls:
+            return message(parsed.content, parsed.calls, new_ids(len(parsed.calls))), "tool_calls"
+    return None, finish
+
+
 def completion(
     cid: str,
     model: str,

@@ -28,7 +28,7 @@ from edgeft.core.manifest import Artifact, Stage, StageWriter
 from edgeft.core.paths import vendor_dir
 from edgeft.core.workdir import in_session
 from edgeft.pipeline.evaluate import gate_rule, preference_lines, verdict_lines
-from edgeft.pipeline.evaluate.results import METRIC_NAMES, EvalResults
+from edgeft.pipeline.evaluate.results import METRIC_NAMES, OPTIONAL_BINARY, EvalResults
 from edgeft.pipeline.verify.report import Verdict, VerifyReport
 from edgeft.ship import frontier
 
@@ -400,7 +400,7 @@ def _eval_summary(results: EvalResults) -> dict[str, Any]:
 
 
 def _eval_rows(results: EvalResults) -> list[str]:
-    extra = [m for m in ("format", "tool_call") if m in results.fine_tuned.scores]
+    extra = [m for m in OPTIONAL_BINARY if m in results.fine_tuned.scores]
     rows = [
         "| model | runtime | exact match | chrF |" + "".join(f" {METRIC_NAMES[m]} |" for m in extra),
         "|---|---|---|---|" + "---|" * len(extra),

@@ -47,6 +47,7 @@ from edgeft.judge.paired import Comparison
 from edgeft.pipeline.evaluate.results import (
     METRIC_NAMES,
     METRICS,
+    OPTIONAL_BINARY,
     EvalResults,
     ModelResult,
     PerExample,
@@ -130,7 +131,7 @@ def score(outputs: list[str], references: list[str], checks: Checks) -> dict[str
         "exact_match": sum(binary["exact_match"]) / n,
         "chrf": CHRF().corpus_score(outputs, [references]).score,
     }
-    for m in ("format", "tool_call"):
+    for m in OPTIONAL_BINARY:
         if m in binary:
             out[m] = sum(binary[m]) / n
     return out

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from edgeft.judge.paired import Comparison
 
 METRICS = ("exact_match", "chrf", "format", "tool_call")  # eval's metrics, in report order; higher is better
+# The binary metrics measured only where configured or where the data has them.
+OPTIONAL_BINARY = ("format", "tool_call")
 # How reports name them.
 METRIC_NAMES = {"exact_match": "exact match", "chrf": "chrF", "format": "format", "tool_call": "tool calls"}
 RESULTS = "eval/results.json"  # where a dist keeps eval's results

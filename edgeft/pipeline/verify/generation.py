@@ -26,10 +26,7 @@ def greedy(
         if not p.edge:
             wanted = parse(rt.detokenize(want))
             if wanted.calls:
-                same = got == want or sorted(c.key() for c in parse(rt.detokenize(got)).calls) == sorted(
-                    c.key() for c in wanted.calls
-                )
-                calls.append((p.name, same))
+                calls.append((p.name, got == want or parse(rt.detokenize(got)).same_calls(wanted)))
         n = common_prefix(got, want)
         full = n == len(want) == len(got)
         if not p.edge:
