@@ -67,11 +67,10 @@ def test_tool_rows_build_and_serve_as_trained(tmp_path: Path) -> None:
     for name in ("fine-tuned", "base", "gguf-f16", "onnx-fp32"):
         assert 0 <= results["models"][name]["scores"]["tool_call"] <= 1, name
     for name in ("gguf-f16", "onnx-fp32"):  # judged on tool calls like every binary metric
-        assert "tool_call" in results["models"][name]["paired"], name
-        assert (
-            results["per_example"]["right"][name]["tool_call"]
-            == results["per_example"]["right"]["fine-tuned"]["tool_call"]
-        )
+        # Not worse in the gate's paired test. Not asserted equal example by example: a near-tie
+        # in the micro model's flat distribution may flip a greedy fragment on another CPU.
+        paired = results["models"][name]["paired"]["tool_call"]
+        assert not paired["worse"] and results["models"][name]["passed"], (name, paired)
     dist = tmp_path / "dist" / "micro-tools"
     manifest = json.loads((dist / "manifest.json").read_text())
     assert manifest["lineage"]["training"]["tool_format"] == tools.FORMAT
