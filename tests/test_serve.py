@@ -13,6 +13,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -343,6 +344,57 @@ def test_serve_refuses_unverified_bytes_and_open_binds_without_a_key(tmp_path: P
     assert not (tmp_path / "served").exists()  # nothing written for a refused start
 
 
+def test_the_engine_client_reads_sse_lines_and_names_a_cut_answer(tmp_path: Path) -> None:
+    """edgeft.serve.upstream against a stand-in child: lines split across chunks arrive whole, the
+    request body arrives as JSON, an answer cut mid-body and a missing socket are UpstreamErrors."""
+    import asyncio
+
+    from edgeft.serve import upstream
+
+    path = str(tmp_path / "engine.sock")
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        seen.append(await reader.readexactly(length))
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for part in (b'data: {"a', b'": 1}\n'):  # one SSE line split over two chunks
+            writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+        if b"cut" not in seen[-1]:
+            writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_unix_server(handle, path)
+        client = upstream.Client(path)
+        async with client.stream("POST", "/completion", {"prompt": [1, 2]}) as r:
+            assert r.status_code == 200
+            assert [line async for line in r.aiter_lines()] == ['data: {"a": 1}']
+        assert json.loads(seen[0]) == {"prompt": [1, 2]}
+        with pytest.raises(upstream.UpstreamError, match="mid-answer"):
+            async with client.stream("POST", "/completion", {"cut": True}) as r:
+                [line async for line in r.aiter_lines()]
+        server.close()
+        await server.wait_closed()
+        with pytest.raises(upstream.UpstreamError, match="cannot reach llama-server"):
+            async with upstream.Client(str(tmp_path / "none.sock")).stream("GET", "/health"):
+                pass
+
+    asyncio.run(main())
+
+
+def test_a_version_that_cannot_start_ends_serve_with_its_error(tmp_path: Path, monkeypatch) -> None:
+    """A failure to load at start is the failure's own Error: and exit code (here the missing
+    llama-server, an InputError: 5), not the 503 a request would get, and never a traceback."""
+    dist = make_dist(tmp_path / "d", "m")
+    monkeypatch.setenv("EDGEFT_LLAMA_TOOLS", str(tmp_path / "no-tools"))
+    r = CliRunner().invoke(cli, ["serve", str(dist), "--port", "0", "--log-dir", str(tmp_path / "served")])
+    assert r.exit_code == 5 and "llama-server is missing" in r.output, (r.output, r.exception)
+    assert "Traceback" not in r.output
+
+
 # ---- the server on a real build (slow) ----------------------------------------------------------
 
 
@@ -479,6 +531,22 @@ def test_the_openai_client_against_a_served_dist(built: dict, tmp_path: Path) ->
         answers_as_edgeft_run(c, "micro", dist / "gguf" / "micro-q8_0.gguf", probes)
         # streaming, with usage last; the same text as without
         whole = c.chat.completions.create(model="micro", messages=Q, temperature=0, max_completion_tokens=12)
+        # A request offering an HTTP/2 upgrade, as every JDK HttpClient sends by default: answered
+        # over HTTP/1.1 with its body read (uvicorn's httptools parser drops it: uvicorn#2722).
+        body = json.dumps({"model": "micro", "messages": Q, "temperature": 0, "max_tokens": 12}).encode()
+        host, port = s.url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=60) as raw:
+            raw.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                b"Upgrade: h2c\r\nHTTP2-Settings: AAEAAEAAAAIAAAABAAMAAABkAAQBAAAAAAUAAEAA\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            reply = raw.makefile("rb")
+            status = reply.readline()
+            headers = dict(line.decode().lower().split(":", 1) for line in iter(reply.readline, b"\r\n"))
+            assert status.startswith(b"HTTP/1.1 200"), (status, headers)
+            answer = json.loads(reply.read(int(headers["content-length"])))
+        assert answer["choices"][0]["message"]["content"] == whole.choices[0].message.content
         parts, usage = [], None
         for ch in c.chat.completions.create(
             model="micro",

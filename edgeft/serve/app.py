@@ -559,6 +559,10 @@ def serve_forever(service: Service, sock: Any, drain_seconds: float, announce: A
         timeout_graceful_shutdown=max(1, round(drain_seconds)),
         access_log=False,
         lifespan="on",
+        # h11, never httptools (uvicorn's choice when it is installed): with httptools a request
+        # offering an HTTP/2 upgrade (`Upgrade: h2c`, what every JDK HttpClient sends by default,
+        # so LangChain4j's and Spring AI's too) reaches the app without its body (uvicorn#2722).
+        http="h11",
     )
     server = uvicorn.Server(config)
 

@@ -215,7 +215,20 @@ class Catalog:
         return engine
 
     async def load_all(self) -> None:
-        await asyncio.gather(*(self.engine_for(s) for s in self.needed()))
+        """Start every version the states route to; the first that cannot start is raised as its
+        own error (a missing llama-server is a ToolError, changed bytes an InputError), not as the
+        503 a request would get, so `edgeft serve` ends with its `Error:` and exit code."""
+
+        async def load(servable: Servable) -> None:
+            try:
+                await self.engine_for(servable)
+            except ApiError:
+                error = self.engines[servable.key].error
+                if error is None:
+                    raise
+                raise error from None
+
+        await asyncio.gather(*(load(s) for s in self.needed()))
 
     async def watch(self) -> None:
         """Follow the registries: a changed index takes effect once the engines it needs are ready."""

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeft.core.errors import InputError, ToolError
+from edgeft.core.errors import EdgeftError, InputError, ToolError
 from edgeft.core.fileio import sha256_file
 from edgeft.core.workdir import die_with_parent
 from edgeft.models import llama_tools
+from edgeft.serve import upstream
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +85,11 @@ class Engine:
         self.log_path = logs / f"{servable.id.replace(':', '-').replace('/', '_')}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.prompter: Any = None
-        self.client: Any = None
+        self.client: upstream.Client | None = None
         self.in_flight = 0
         self.ready = asyncio.Event()
         self.failed: str | None = None
+        self.error: EdgeftError | None = None  # why it failed to start, as the CLI reports it
         self.last_used = time.monotonic()
         self.started = 0.0
         self.stop_ids: set[int] = set()
@@ -113,9 +115,9 @@ class Engine:
         from edgeft.runtimes.llamacpp import LlamaCppPrompter
 
         self.check_bytes(self.servable)
+        binary = llama_tools.tool("llama-server")
         self.prompter = LlamaCppPrompter(self.servable.gguf, n_ctx=self.requested_context)
         self.stop_ids = set(self.prompter.special_tokens()["stop"])
-        binary = llama_tools.tool("llama-server")
         self.socket.unlink(missing_ok=True)
         args = [
             str(binary),
@@ -158,19 +160,10 @@ class Engine:
 
     async def start(self) -> None:
         """Check the bytes, start the child, wait until it answers /health."""
-        import httpx
-
         try:
             self.started = time.monotonic()
             await asyncio.to_thread(self._spawn)
-            transport = httpx.AsyncHTTPTransport(uds=str(self.socket))
-            # No keep-alive: llama-server closes a connection after a streamed answer without
-            # saying so, and the next request sent on it fails ("server disconnected"). A new
-            # unix-socket connection per request costs microseconds.
-            limits = httpx.Limits(max_connections=self.limit + 2, max_keepalive_connections=0)
-            self.client = httpx.AsyncClient(
-                transport=transport, base_url="http://llama-server", timeout=None, limits=limits
-            )
+            self.client = upstream.Client(str(self.socket))
             deadline = time.monotonic() + LOAD_TIMEOUT
             while True:
                 assert self.proc is not None
@@ -181,10 +174,9 @@ class Engine:
                     )
                 if self.socket.exists():
                     try:
-                        r = await self.client.get("/health", timeout=2.0)
-                        if r.status_code == 200:
+                        if await self.client.get_status("/health", timeout=2.0) == 200:
                             break
-                    except httpx.HTTPError:
+                    except (upstream.UpstreamError, TimeoutError):
                         pass
                 if time.monotonic() > deadline:
                     raise ToolError(f"llama-server did not load {self.servable.gguf} in {LOAD_TIMEOUT:g} s")
@@ -193,14 +185,13 @@ class Engine:
             self.ready.set()
         except Exception as e:
             self.failed = str(e) if not isinstance(e, AssertionError) else "llama-server did not start"
+            self.error = e if isinstance(e, EdgeftError) else ToolError(f"{self.servable.id}: {self.failed}")
             self.ready.set()
             await self.stop()
             raise
 
     async def stop(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
+        self.client = None
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -231,13 +222,18 @@ class Engine:
     def body(self, ids: list[int], max_tokens: int, req: Any, stream: bool) -> dict[str, Any]:
         """llama-server's /completion request: the token ids, and sampling as OpenAI defines it
         (temperature, top_p; no top-k, min-p or repetition penalty: llama-server's defaults for
-        those would change the distribution the client asked for). Temperature 0 is greedy."""
+        those would change the distribution the client asked for). Temperature 0 is greedy, and
+        then top-k 1: the same token (the first highest logit, as llama.cpp's partial sort and its
+        temperature-0 scan both keep), without a softmax over the whole vocabulary for each token
+        of each slot (measured on SmolLM2's 49k vocabulary: 5% of bare llama-server's throughput
+        at 8 clients)."""
+        greedy = req.temperature <= 0
         body: dict[str, Any] = {
             "prompt": ids,
             "n_predict": max_tokens,
             "temperature": req.temperature,
             "top_p": req.top_p,
-            "top_k": 0,
+            "top_k": 1 if greedy else 0,
             "min_p": 0.0,
             "repeat_penalty": 1.0,
             "stream": stream,
@@ -259,7 +255,16 @@ class Engine:
     async def generate(self, ids: list[int], max_tokens: int, req: Any) -> AsyncIterator[Piece]:
         """Stream the reply: text pieces, then one `done` piece with the finish reason."""
         assert self.client is not None
-        async with self.client.stream("POST", "/completion", json=self.body(ids, max_tokens, req, True)) as r:
+        try:
+            async for piece in self._pieces(ids, max_tokens, req):
+                yield piece
+        except upstream.UpstreamError as e:
+            raise EngineError(502, str(e)) from None
+
+    async def _pieces(self, ids: list[int], max_tokens: int, req: Any) -> AsyncIterator[Piece]:
+        body = self.body(ids, max_tokens, req, True)
+        assert self.client is not None
+        async with self.client.stream("POST", "/completion", body) as r:
             if r.status_code != 200:
                 text = (await r.aread()).decode("utf-8", "replace")
                 raise EngineError(r.status_code, _message(text))
