@@ -88,11 +88,15 @@ class Engine:
         self.client: upstream.Client | None = None
         self.in_flight = 0
         self.ready = asyncio.Event()
-        self.failed: str | None = None
         self.error: EdgeftError | None = None  # why it failed to start, as the CLI reports it
         self.last_used = time.monotonic()
         self.started = 0.0
         self.stop_ids: set[int] = set()
+
+    @property
+    def failed(self) -> str | None:
+        """Why it could not start (None while it starts or once it runs)."""
+        return None if self.error is None else str(self.error)
 
     @property
     def context(self) -> int:
@@ -184,8 +188,8 @@ class Engine:
             log.info("%s ready in %.1f s", self.servable.id, time.monotonic() - self.started)
             self.ready.set()
         except Exception as e:
-            self.failed = str(e) if not isinstance(e, AssertionError) else "llama-server did not start"
-            self.error = e if isinstance(e, EdgeftError) else ToolError(f"{self.servable.id}: {self.failed}")
+            why = str(e) if not isinstance(e, AssertionError) else "llama-server did not start"
+            self.error = e if isinstance(e, EdgeftError) else ToolError(why)
             self.ready.set()
             await self.stop()
             raise
@@ -254,7 +258,6 @@ class Engine:
 
     async def generate(self, ids: list[int], max_tokens: int, req: Any) -> AsyncIterator[Piece]:
         """Stream the reply: text pieces, then one `done` piece with the finish reason."""
-        assert self.client is not None
         try:
             async for piece in self._pieces(ids, max_tokens, req):
                 yield piece
