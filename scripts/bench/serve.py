@@ -14,7 +14,8 @@ greedy answer is `edgeft run`'s and never depends on the request before it), wit
 and with --prompt-cache --flash-attn, bare llama-server's own engine settings, which is the
 comparison the goal line judges. Every request carries an X-Edgeft-Key (hashed, routed, logged
 with its prompt and reply) and is counted in its metrics. Peak resident memory of each server (for
-edgeft, its front process and the llama-server of the loaded version) is printed too.
+edgeft, its front process and the llama-server of the loaded version) is printed too, and the CPU
+each server used per request (from /proc: all its processes, and edgeft's front alone).
 
 llama-cpp-python's server needs its `[server]` extras (FastAPI and friends); they are installed
 once into ~/.cache/edgeft/bench-deps (never into .venv, whose Starlette they would change).
@@ -54,13 +55,29 @@ def questions(n: int) -> list[str]:
     return [f"{r['instruction']}\n{r['input']}" for r in rows[:n]]
 
 
+def children(pid: int) -> list[int]:
+    return [int(p) for task in Path(f"/proc/{pid}/task").glob("*/children") for p in task.read_text().split()]
+
+
+def cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) used so far by a process itself, and by it with its children
+    (edgeft serve's front alone, and the front with its llama-server)."""
+
+    def used(p: int) -> float:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    own = used(pid)
+    return own, own + sum(used(c) for c in children(pid))
+
+
 def hwm(pid: int) -> int:
     """Peak resident bytes of a process and its children (VmHWM each)."""
     total = 0
-    pids = [pid]
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        pids += [int(p) for p in task.read_text().split()]
-    for p in pids:
+    for p in [pid, *children(pid)]:
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -145,6 +162,8 @@ def pooled(results: list[dict]) -> dict:
         "ttft_p50": statistics.median(ttft),
         "ttft_p99": ttft[min(len(ttft) - 1, int(round(0.99 * (len(ttft) - 1))))],
         "requests": sum(r["requests"] for r in results),
+        "cpu_ms": statistics.median(r["cpu_ms"] for r in results),
+        "front_ms": statistics.median(r["front_ms"] for r in results),
         "tokens": sum(r["tokens"] for r in results),
     }
 
@@ -300,6 +319,7 @@ def main() -> None:
                         load(base + "/v1/chat/completions", model, 1, 2, args.max_tokens, keyed)
                     )  # warm-up
                     for c in levels:
+                        before = cpu(proc.pid)
                         r = counted(
                             asyncio.run(
                                 load(
@@ -313,6 +333,9 @@ def main() -> None:
                             ),
                             count,
                         )
+                        after = cpu(proc.pid)
+                        r["front_ms"] = 1000 * (after[0] - before[0]) / r["requests"]
+                        r["cpu_ms"] = 1000 * (after[1] - before[1]) / r["requests"]
                         runs[kind][c].append(r)
                         print(
                             f"{kind:>40} x{c}: {r['tokens_per_s']:7.1f} tok/s  TTFT p50 {r['ttft_p50'] * 1000:6.0f} ms"
@@ -351,6 +374,12 @@ def main() -> None:
                 f"{r['ttft_p50'] * 1000:.0f} | {r['ttft_p99'] * 1000:.0f} | {r['ttft_p99'] / bare[c]['ttft_p99']:.2f} | "
                 f"{same[kind][0]}/{same[kind][1]} |"
             )
+    print("\n| server | clients | CPU ms per request, all its processes | edgeft's front alone |")
+    print("|---|---|---|---|")
+    for kind, rows in table.items():
+        for c, r in rows.items():
+            front = f"{r['front_ms']:.1f}" if kind.startswith("edgeft serve") else ""
+            print(f"| {kind} | {c} | {r['cpu_ms']:.1f} | {front} |")
     print("\n| server | peak resident memory (MB) |")
     print("|---|---|")
     for kind, b in memory.items():
